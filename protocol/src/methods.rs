@@ -1,0 +1,332 @@
+//! Every method of the protocol as typed Rust. `ClientRequest` and `ClientNotification` are enums
+//! tagged by method name, so a daemon that matches on them is proven by the compiler to handle
+//! each one; the marker types in `request` and `notification` give clients typed calls.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::RpcError;
+use crate::message::RequestId;
+
+/// Version of this protocol. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request: its method name, parameter and result types.
+pub trait Request {
+    const METHOD: &'static str;
+    type Params: Serialize + DeserializeOwned + Send + 'static;
+    type Result: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// A notification: its method name and parameter type.
+pub trait Notification {
+    const METHOD: &'static str;
+    type Params: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// Parameters of a method that takes none. Accepts a missing `params`, `null`, `{}` and `[]`
+/// (Neovim encodes an empty table as `[]`); serializes as `{}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoParams;
+
+impl Serialize for NoParams {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NoParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Any object is accepted (unknown members are ignored, as everywhere in this protocol).
+        serde::de::IgnoredAny::deserialize(d).map(|_| NoParams)
+    }
+}
+
+/// Decodes `params` for a method. A missing `params`, `null` and `[]` all mean "no parameters"
+/// and are read as `{}`; other arrays (by-position parameters) are refused. Errors name the field.
+pub fn parse_params<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, RpcError> {
+    let raw = params.map(RawValue::get).unwrap_or("{}").trim();
+    let raw = if raw == "null" || raw == "[]" { "{}" } else { raw };
+    if raw.starts_with('[') {
+        return Err(RpcError::invalid_params("params must be an object (by-name parameters)"));
+    }
+    let de = &mut serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            RpcError::invalid_params(format!("invalid params: {inner}"))
+        } else {
+            RpcError::invalid_params(format!("invalid params: {path}: {inner}"))
+        }
+    })
+}
+
+macro_rules! client_requests {
+    ($( $(#[$doc:meta])* $name:ident = $method:literal ($params:ty) -> $result:ty; )*) => {
+        /// Marker types for client→daemon requests, for typed calls.
+        pub mod request {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[derive(Debug)]
+                pub enum $name {}
+                impl $crate::methods::Request for $name {
+                    const METHOD: &'static str = $method;
+                    type Params = $params;
+                    type Result = $result;
+                }
+            )*
+        }
+
+        /// A client→daemon request with its decoded parameters.
+        #[derive(Debug)]
+        pub enum ClientRequest { $( $(#[$doc])* $name($params), )* }
+
+        impl ClientRequest {
+            /// Every request method name, in documentation order.
+            pub const METHODS: &'static [&'static str] = &[$($method),*];
+
+            /// Decodes a request. `Ok(None)` means the method is unknown.
+            pub fn parse(method: &str, params: Option<&RawValue>) -> Result<Option<Self>, RpcError> {
+                Ok(Some(match method {
+                    $( $method => Self::$name(parse_params(params)?), )*
+                    _ => return Ok(None),
+                }))
+            }
+
+            pub fn method(&self) -> &'static str {
+                match self { $( Self::$name(_) => $method, )* }
+            }
+        }
+    };
+}
+
+macro_rules! notifications {
+    ($enum_name:ident, $module:ident, $what:literal, $( $(#[$doc:meta])* $name:ident = $method:literal ($params:ty); )*) => {
+        #[doc = concat!("Marker types for ", $what, " notifications.")]
+        pub mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[derive(Debug)]
+                pub enum $name {}
+                impl $crate::methods::Notification for $name {
+                    const METHOD: &'static str = $method;
+                    type Params = $params;
+                }
+            )*
+        }
+
+        #[doc = concat!("A ", $what, " notification with its decoded parameters.")]
+        #[derive(Debug)]
+        pub enum $enum_name { $( $(#[$doc])* $name($params), )* }
+
+        impl $enum_name {
+            pub const METHODS: &'static [&'static str] = &[$($method),*];
+
+            /// Decodes a notification. `Ok(None)` means the method is unknown.
+            pub fn parse(method: &str, params: Option<&RawValue>) -> Result<Option<Self>, RpcError> {
+                Ok(Some(match method {
+                    $( $method => Self::$name(parse_params(params)?), )*
+                    _ => return Ok(None),
+                }))
+            }
+        }
+    };
+}
+
+client_requests! {
+    /// First request on every connection.
+    Initialize = "initialize" (InitializeParams) -> InitializeResult;
+    /// Ask the daemon to release this connection's state; only `exit` may follow.
+    Shutdown = "shutdown" (NoParams) -> Option<()>;
+    /// Process facts: pid, version, uptime, connections.
+    DaemonStatus = "daemon/status" (NoParams) -> DaemonStatusResult;
+    /// Stop the whole daemon.
+    DaemonShutdown = "daemon/shutdown" (DaemonShutdownParams) -> DaemonShutdownResult;
+    /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
+    DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
+    /// Diagnostic: the daemon sends the given request to the calling client and returns its
+    /// answer. Only with `crushd --debug-methods`.
+    DebugClientRequest = "debug/clientRequest" (DebugClientRequestParams) -> serde_json::Value;
+}
+
+notifications! {
+    ClientNotification, notification, "client→daemon",
+    /// The client received the `initialize` result.
+    Initialized = "initialized" (NoParams);
+    /// Close this connection.
+    Exit = "exit" (NoParams);
+    /// Cancel an in-flight request of this connection.
+    CancelRequest = "$/cancelRequest" (CancelParams);
+}
+
+notifications! {
+    DaemonNotification, daemon_notification, "daemon→client",
+    /// The daemon is about to close every connection and exit.
+    DaemonShutdownNotice = "$/daemonShutdown" (DaemonShutdownNoticeParams);
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitializeParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_info: Option<ClientInfo>,
+    /// A stable id the client reuses across reconnects (a UUID is recommended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The protocol version the client speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCapabilities {
+    /// Largest message body the daemon accepts, in bytes.
+    pub max_message_size: u64,
+    /// Whether `debug/*` methods are enabled on this daemon.
+    #[serde(default)]
+    pub debug_methods: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitializeResult {
+    pub server_info: ServerInfo,
+    pub protocol_version: u32,
+    pub capabilities: ServerCapabilities,
+    pub pid: u32,
+    /// The id this connection is known by: the client's `clientId`, or one the daemon made up.
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonStatusResult {
+    pub pid: u32,
+    pub version: String,
+    pub protocol_version: u32,
+    pub uptime_ms: u64,
+    /// Open connections, including the caller's.
+    pub connections: u64,
+    /// The socket (or pipe) the daemon listens on.
+    pub socket: String,
+    /// The directory holding the daemon's log files.
+    pub log_dir: String,
+    /// Idle exit delay in milliseconds; 0 means never.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonShutdownParams {
+    /// Shut down even while work is in progress.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonShutdownResult {
+    /// Always true when the call succeeds: the daemon has begun to shut down.
+    pub shutting_down: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugSleepParams {
+    pub ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugSleepResult {
+    pub slept_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugClientRequestParams {
+    pub method: String,
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// How long to wait for the client's answer; default 10 000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelParams {
+    #[serde(deserialize_with = "crate::message::deserialize_id")]
+    pub id: RequestId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonShutdownNoticeParams {
+    /// Why: `signal`, `request`, `idle`.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn no_params_accepts_every_empty_shape() {
+        for p in [None, Some(raw("{}")), Some(raw("[]")), Some(raw("null"))] {
+            let r = ClientRequest::parse("daemon/status", p.as_deref()).unwrap().unwrap();
+            assert!(matches!(r, ClientRequest::DaemonStatus(NoParams)));
+        }
+    }
+
+    #[test]
+    fn unknown_method_is_none() {
+        assert!(ClientRequest::parse("nope/nope", None).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_params_name_the_field() {
+        let e = ClientRequest::parse("debug/sleep", Some(&raw(r#"{"ms":"soon"}"#))).unwrap_err();
+        assert!(e.message.contains("ms"), "{}", e.message);
+        let e = ClientRequest::parse("debug/sleep", None).unwrap_err();
+        assert!(e.message.contains("missing field `ms`"), "{}", e.message);
+        let e = ClientRequest::parse("initialize", Some(&raw(r#"{"clientInfo":{"name":3}}"#))).unwrap_err();
+        assert!(e.message.contains("clientInfo.name"), "{}", e.message);
+        let e = ClientRequest::parse("debug/sleep", Some(&raw("[5]"))).unwrap_err();
+        assert!(e.message.contains("by-name"), "{}", e.message);
+    }
+
+    #[test]
+    fn optional_params_default() {
+        let r = ClientRequest::parse("daemon/shutdown", Some(&raw("[]"))).unwrap().unwrap();
+        assert!(matches!(r, ClientRequest::DaemonShutdown(DaemonShutdownParams { force: false })));
+    }
+}
