@@ -1,1 +1,11 @@
+//! crushd: a per-user daemon that runs AI coding-agent sessions for editors and the command
+//! line. This library holds everything; the `crushd` binary only parses flags and calls
+//! [`server::run`]. See ARCHITECTURE.md for the map.
 
+pub mod config;
+pub mod connection;
+pub mod handlers;
+pub mod logging;
+pub mod peer;
+pub mod server;
+pub mod transport;

@@ -180,15 +180,6 @@ impl Encoder<Bytes> for LspCodec {
     }
 }
 
-impl Encoder<&[u8]> for LspCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, body: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
-        encode_frame(body, dst);
-        Ok(())
-    }
-}
-
 /// Appends one framed message to `dst`. Outgoing messages are never refused for size here: the
 /// peer enforces its own limit, and our outbound size policy lives with the connection.
 pub fn encode_frame(body: &[u8], dst: &mut BytesMut) {

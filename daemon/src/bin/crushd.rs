@@ -1,1 +1,87 @@
-fn main(){}
+//! The `crushd` binary: flags → config → logging → runtime → `server::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crushd::config::{self, Config, IdleTimeout};
+
+/// Per-user daemon that runs AI coding-agent sessions for editors and the command line.
+///
+/// Clients (crushctl, editor plugins) start it on demand; you rarely run it by hand. It speaks
+/// JSON-RPC 2.0 with LSP framing on a private Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Log to stderr instead of the log file.
+    #[arg(long)]
+    foreground: bool,
+    /// Socket path [default: $XDG_RUNTIME_DIR/crushd/crushd.sock].
+    #[arg(long, env = crush_protocol::paths::SOCKET_ENV)]
+    socket: Option<PathBuf>,
+    /// Config file [default: $XDG_CONFIG_HOME/crushd/config.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Exit after this long without connections ("10m", "30s"; 0 = never).
+    #[arg(long, value_parser = parse_idle)]
+    idle_timeout: Option<IdleTimeout>,
+    /// Largest accepted message body, in bytes.
+    #[arg(long)]
+    max_message_size: Option<usize>,
+    /// Enable the debug/* diagnostic methods (for tests and client development).
+    #[arg(long, hide = true)]
+    debug_methods: bool,
+}
+
+fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crushd: {e:#}");
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cfg = Config::new(crush_protocol::paths::resolve_socket(args.socket.as_deref()));
+    let (config_path, must_exist) = match &args.config {
+        Some(p) => (Some(p.clone()), true),
+        None => (config::default_config_path(), false),
+    };
+    if let Some(path) = config_path
+        && let Some(file) = config::load_file(&path, must_exist)?
+    {
+        cfg.apply_file(&file);
+    }
+    if let Some(t) = args.idle_timeout {
+        cfg.idle_timeout = t.0;
+    }
+    if let Some(n) = args.max_message_size {
+        cfg.max_message_size = n;
+    }
+    cfg.debug_methods = args.debug_methods;
+
+    #[cfg(unix)]
+    if !args.foreground {
+        // Detach from the starting client's session so its terminal closing does not reach us.
+        // Fails harmlessly when we already lead a session.
+        let _ = rustix::process::setsid();
+    }
+    let _guard = crushd::logging::init(args.foreground, &cfg.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("crushd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crushd::server::run(cfg))?;
+    Ok(())
+}

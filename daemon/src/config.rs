@@ -1,0 +1,187 @@
+//! The daemon's settings: built-in defaults, overlaid by the config file
+//! (`$XDG_CONFIG_HOME/crushd/config.toml`), overlaid by command-line flags. A bad file is an error
+//! that names the file, the line and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default idle exit delay: no connections for this long and the daemon exits.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Effective daemon settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Socket path (or named pipe path on Windows).
+    pub socket: PathBuf,
+    /// Where logs go in background mode.
+    pub state_dir: PathBuf,
+    /// Exit after this long without connections; `None` means never.
+    pub idle_timeout: Option<Duration>,
+    /// Largest accepted message body in bytes.
+    pub max_message_size: usize,
+    /// Enables the `debug/*` diagnostic methods.
+    pub debug_methods: bool,
+    /// How long a graceful shutdown waits for connections to drain.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults for the given socket; everything else from the standard directories.
+    pub fn new(socket: PathBuf) -> Self {
+        Self {
+            socket,
+            state_dir: crush_protocol::paths::state_dir(),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_message_size: crush_protocol::codec::DEFAULT_MAX_MESSAGE_SIZE,
+            debug_methods: false,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Applies a parsed config file.
+    pub fn apply_file(&mut self, file: &ConfigFile) {
+        if let Some(t) = file.daemon.idle_timeout {
+            self.idle_timeout = t.0;
+        }
+        if let Some(n) = file.daemon.max_message_size {
+            self.max_message_size = n;
+        }
+    }
+}
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "crushd").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The config file's contents. Unknown keys are errors, so a typo is never silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub daemon: DaemonSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// `"10m"`, `"30s"`, or `"0"` for never.
+    pub idle_timeout: Option<IdleTimeout>,
+    pub max_message_size: Option<usize>,
+}
+
+/// An idle timeout written as a human duration; zero means never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdleTimeout(pub Option<Duration>);
+
+impl std::str::FromStr for IdleTimeout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "0" || s == "never" {
+            return Ok(Self(None));
+        }
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like \"10m\" or \"30s\" ({e})"))?;
+        Ok(Self(if d.is_zero() { None } else { Some(d) }))
+    }
+}
+
+impl<'de> Deserialize<'de> for IdleTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(0) => Ok(Self(None)),
+            Raw::Secs(n) => Ok(Self(Some(Duration::from_secs(n)))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {key}{message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Reads a config file. A missing file at the default location is not an error (`Ok(None)`).
+pub fn load_file(path: &Path, must_exist: bool) -> Result<Option<ConfigFile>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    parse_file(path, &text).map(Some)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+        let line = span
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(1);
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            key,
+            message,
+        }
+    };
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => format!("key `{p}`: "),
+        };
+        let inner = e.into_inner();
+        invalid(inner.span(), key, inner.message().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_never() {
+        let f = parse_file(Path::new("c.toml"), "[daemon]\nidle_timeout = \"30s\"\n").unwrap();
+        assert_eq!(f.daemon.idle_timeout, Some(IdleTimeout(Some(Duration::from_secs(30)))));
+        let f = parse_file(Path::new("c.toml"), "[daemon]\nidle_timeout = 0\n").unwrap();
+        assert_eq!(f.daemon.idle_timeout, Some(IdleTimeout(None)));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse_file(Path::new("/x/c.toml"), "\n[daemon]\nidle_timeout = \"soon\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("/x/c.toml:3: key `daemon.idle_timeout`"), "{msg}");
+        let e = parse_file(Path::new("c.toml"), "[daemon]\nidel_timeout = 5\n").unwrap_err();
+        assert!(e.to_string().contains("idel_timeout"), "{e}");
+        let e = parse_file(Path::new("c.toml"), "[daemon\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:1:"), "{e}");
+    }
+}

@@ -1,0 +1,299 @@
+//! One client connection: the read loop (framing → envelope → typed dispatch), the LSP
+//! lifecycle state machine, the in-flight request table that `$/cancelRequest` reaches into, and
+//! the writer task that drains the connection's outbound queue.
+//!
+//! Architecture invariant: nothing a client sends can end the daemon or another connection. A
+//! handler runs on its own task, so a slow request never blocks the read loop; every handler is
+//! tracked and is cancelled and awaited before the connection is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, warn};
+
+use crush_protocol::message::{encode_error, encode_result};
+use crush_protocol::{
+    ClientNotification, ClientRequest, ErrorCode, FrameError, Id, LspCodec, Message, RequestId, RpcError,
+};
+
+use crate::handlers;
+use crate::peer::Peer;
+use crate::server::Daemon;
+
+/// Where a connection is in the LSP lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    /// Only `initialize` is accepted.
+    New,
+    Ready,
+    /// `shutdown` was answered; only `exit` is meaningful now.
+    ShutDown,
+}
+
+type InFlight = Arc<Mutex<HashMap<RequestId, CancellationToken>>>;
+
+/// Serves one accepted connection until the client leaves, sends `exit`, breaks the framing, or
+/// the daemon stops.
+pub async fn serve(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
+    let span = tracing::info_span!("conn", id = conn_id);
+    serve_inner(daemon, stream, conn_id).instrument(span).await
+}
+
+async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
+    let shared = Arc::new(stream);
+    let (read_half, write_half) = (SharedStream(shared.clone()), SharedStream(shared));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let peer = Arc::new(Peer::new(conn_id, out_tx));
+    let writer_close = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(write_half, out_rx, writer_close.clone()).in_current_span());
+    daemon.register_peer(&peer);
+    debug!("connection opened");
+
+    let mut frames = FramedRead::new(read_half, LspCodec::new(daemon.config.max_message_size));
+    let handlers_done = TaskTracker::new();
+    let conn_token = CancellationToken::new();
+    let in_flight: InFlight = Arc::default();
+    let mut state = Lifecycle::New;
+
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = daemon.stopping().cancelled() => {
+                peer.notify::<crush_protocol::daemon_notification::DaemonShutdownNotice>(
+                    &crush_protocol::DaemonShutdownNoticeParams { reason: daemon.stop_reason() },
+                );
+                break;
+            }
+            frame = frames.next() => frame,
+        };
+        let body = match frame {
+            None => {
+                debug!("client closed the connection");
+                break;
+            }
+            Some(Ok(body)) => body,
+            Some(Err(FrameError::Io(e))) => {
+                debug!(error = %e, "read failed");
+                break;
+            }
+            Some(Err(FrameError::Truncated)) => {
+                debug!("client closed the connection in the middle of a message");
+                break;
+            }
+            Some(Err(e)) => {
+                // The byte stream cannot be resynchronized after a bad header: say why, then close.
+                warn!(error = %e, "unreadable frame header; closing the connection");
+                peer.send_raw(encode_error(&Id::Null, RpcError::parse_error(format!("{e}; closing the connection"))));
+                break;
+            }
+        };
+        let message = match Message::parse(&body) {
+            Ok(m) => m,
+            Err(invalid) => {
+                debug!(error = %invalid.error.message, "invalid message");
+                peer.send_raw(encode_error(&invalid.id, invalid.error));
+                continue;
+            }
+        };
+        match message {
+            Message::Request { id, method, params } => {
+                let reply = |r: Result<serde_json::Value, RpcError>| match r {
+                    Ok(v) => encode_result(&id, &v),
+                    Err(e) => encode_error(&id, e),
+                };
+                match (state, method.as_str()) {
+                    (Lifecycle::New, "initialize") => {
+                        let result = handlers::initialize(&daemon, &peer, params.as_deref());
+                        if result.is_ok() {
+                            state = Lifecycle::Ready;
+                        }
+                        peer.send_raw(reply(result));
+                    }
+                    (Lifecycle::New, _) => {
+                        peer.send_raw(reply(Err(RpcError::new(
+                            ErrorCode::ServerNotInitialized,
+                            format!("send initialize before {method}"),
+                        ))));
+                    }
+                    (_, "initialize") => {
+                        peer.send_raw(reply(Err(RpcError::invalid_request(
+                            "initialize was already received on this connection",
+                        ))));
+                    }
+                    (Lifecycle::ShutDown, _) => {
+                        peer.send_raw(reply(Err(RpcError::invalid_request(format!(
+                            "shutdown was requested; {method} is not accepted, only the exit notification"
+                        )))));
+                    }
+                    (Lifecycle::Ready, "shutdown") => {
+                        state = Lifecycle::ShutDown;
+                        peer.send_raw(reply(Ok(serde_json::Value::Null)));
+                    }
+                    (Lifecycle::Ready, _) => match ClientRequest::parse(&method, params.as_deref()) {
+                        Ok(Some(request)) => {
+                            let token = conn_token.child_token();
+                            {
+                                let mut map = lock(&in_flight);
+                                if map.contains_key(&id) {
+                                    drop(map);
+                                    peer.send_raw(reply(Err(RpcError::invalid_request(format!(
+                                        "request id {} is already in flight on this connection",
+                                        display_id(&id)
+                                    )))));
+                                    continue;
+                                }
+                                map.insert(id.clone(), token.clone());
+                            }
+                            let ctx = handlers::RequestCtx {
+                                daemon: daemon.clone(),
+                                peer: peer.clone(),
+                            };
+                            let in_flight = in_flight.clone();
+                            let span = tracing::info_span!("req", method = request.method());
+                            handlers_done.spawn(
+                                async move {
+                                    let result = tokio::select! {
+                                        biased;
+                                        r = handlers::handle(ctx.clone(), request) => r,
+                                        _ = token.cancelled() => Err(RpcError::cancelled()),
+                                    };
+                                    lock(&in_flight).remove(&id);
+                                    ctx.peer.send_raw(match result {
+                                        Ok(v) => encode_result(&id, &v),
+                                        Err(e) => encode_error(&id, e),
+                                    });
+                                }
+                                .instrument(span),
+                            );
+                        }
+                        Ok(None) => {
+                            peer.send_raw(reply(Err(RpcError::new(
+                                ErrorCode::MethodNotFound,
+                                format!("unknown method {method:?}"),
+                            ))));
+                        }
+                        Err(e) => {
+                            peer.send_raw(reply(Err(e)));
+                        }
+                    },
+                }
+            }
+            Message::Notification { method, params } => match ClientNotification::parse(&method, params.as_deref()) {
+                Ok(Some(ClientNotification::Exit(_))) => {
+                    debug!("client sent exit");
+                    break;
+                }
+                Ok(Some(ClientNotification::Initialized(_))) => {}
+                Ok(Some(ClientNotification::CancelRequest(p))) => {
+                    if let Some(token) = lock(&in_flight).get(&p.id) {
+                        token.cancel();
+                    }
+                }
+                Ok(None) if method.starts_with("$/") => {}
+                Ok(None) => debug!(%method, "ignoring unknown notification"),
+                Err(e) => debug!(%method, error = %e.message, "ignoring notification with bad params"),
+            },
+            Message::Response { id, result } => {
+                if !peer.complete(&id, result.map_err(RpcError::from)) {
+                    warn!(id = %display_id(&id), "dropping a response that matches no request");
+                }
+            }
+        }
+    }
+
+    // Tear down: cancel what is still running, let it finish, fail pending daemon→client requests,
+    // flush what is queued (bounded: a client that stopped reading cannot hold us), close.
+    conn_token.cancel();
+    handlers_done.close();
+    handlers_done.wait().await;
+    daemon.unregister_peer(conn_id);
+    peer.close();
+    writer_close.cancel();
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        info!("client did not read its last messages; dropping them");
+        writer.abort();
+    }
+    debug!("connection closed");
+}
+
+/// Writes queued messages until `close` fires, then drains what is already queued and returns.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    write_half: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    close: CancellationToken,
+) {
+    let mut sink = FramedWrite::new(write_half, LspCodec::default());
+    loop {
+        let next = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            _ = close.cancelled() => None,
+        };
+        let Some(first) = next else { break };
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        // Batch whatever else is ready into one flush.
+        while let Ok(more) = rx.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    while let Ok(more) = rx.try_recv() {
+        if sink.feed(more).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.flush().await;
+    let _ = sink.close().await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn display_id(id: &RequestId) -> String {
+    match id {
+        Id::Null => "null".to_owned(),
+        Id::Number(n) => n.to_string(),
+        Id::Str(s) => format!("{s:?}"),
+    }
+}
+
+/// One end of a shared stream: `&Stream` reads and writes, so the read loop and the writer task
+/// each hold an `Arc` instead of splitting (interprocess deprecates its split for this).
+struct SharedStream(Arc<Stream>);
+
+impl AsyncRead for SharedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,131 @@
+//! One connected client as the rest of the daemon sees it: a handle that queues outgoing
+//! messages for the connection's writer and sends daemon→client requests, matching their
+//! responses through a pending-request map. Cloned freely (`Arc<Peer>`); when the connection
+//! ends, [`Peer::close`] fails every pending request and later sends are dropped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crush_protocol::message::{encode_notification, encode_request};
+use crush_protocol::{ErrorCode, Id, Notification, RequestId, RpcError};
+
+type PendingReply = oneshot::Sender<Result<Box<RawValue>, RpcError>>;
+
+/// Who is on the other end, as told by `initialize`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIdentity {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub client_id: String,
+}
+
+#[derive(Debug)]
+pub struct Peer {
+    pub id: u64,
+    outbound: mpsc::UnboundedSender<Bytes>,
+    pending: Mutex<HashMap<RequestId, PendingReply>>,
+    next_request: AtomicU64,
+    closed: AtomicBool,
+    identity: Mutex<Option<ClientIdentity>>,
+}
+
+impl Peer {
+    pub fn new(id: u64, outbound: mpsc::UnboundedSender<Bytes>) -> Self {
+        Self {
+            id,
+            outbound,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            identity: Mutex::new(None),
+        }
+    }
+
+    /// Queues an already-encoded message. Returns false once the connection is gone.
+    pub fn send_raw(&self, body: Bytes) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.outbound.send(body).is_ok()
+    }
+
+    pub fn notify<N: Notification>(&self, params: &N::Params) -> bool {
+        self.send_raw(encode_notification(N::METHOD, params))
+    }
+
+    pub fn identity(&self) -> Option<ClientIdentity> {
+        self.identity.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub fn set_identity(&self, identity: ClientIdentity) {
+        if let Ok(mut g) = self.identity.lock() {
+            *g = Some(identity);
+        }
+    }
+
+    /// Sends a daemon→client request and waits for its response, at most `timeout`. On timeout
+    /// the client is told with `$/cancelRequest` and the caller gets `RequestTimeout`.
+    pub async fn request<P: Serialize>(
+        &self,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let id: RequestId = Id::Number(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id.clone(), tx);
+        if !self.send_raw(encode_request(&id, method, params)) {
+            self.lock_pending().remove(&id);
+            return Err(connection_closed());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(connection_closed()),
+            Err(_) => {
+                self.lock_pending().remove(&id);
+                self.send_raw(encode_notification(
+                    "$/cancelRequest",
+                    &crush_protocol::CancelParams { id: id.clone() },
+                ));
+                Err(RpcError::new(
+                    ErrorCode::RequestTimeout,
+                    format!("the client did not answer {method} within {} ms", timeout.as_millis()),
+                ))
+            }
+        }
+    }
+
+    /// Routes a response from the client. Returns false when no request is waiting for `id`.
+    pub fn complete(&self, id: &RequestId, result: Result<Box<RawValue>, RpcError>) -> bool {
+        match self.lock_pending().remove(id) {
+            Some(tx) => {
+                let _ = tx.send(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the connection gone: pending requests fail at once, later sends are dropped.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.lock_pending().clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, PendingReply>> {
+        // A poisoned map only means another task panicked mid-insert; the map itself is fine.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn connection_closed() -> RpcError {
+    RpcError::new(ErrorCode::RequestCancelled, "the client connection closed")
+}

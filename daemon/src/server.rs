@@ -1,0 +1,220 @@
+//! The daemon as a whole: shared state every connection sees, the accept loop, idle exit, signal
+//! handling and the shutdown sequence (stop accepting → tell every client → close connections →
+//! wait, bounded → remove the socket → release the lock).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::connection;
+use crate::peer::Peer;
+use crate::transport::{self, Endpoint, TransportError};
+
+/// State shared by every connection.
+pub struct Daemon {
+    pub config: Config,
+    started: Instant,
+    stopping: CancellationToken,
+    stop_reason: Mutex<Option<String>>,
+    connections: watch::Sender<usize>,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+}
+
+impl Daemon {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            started: Instant::now(),
+            stopping: CancellationToken::new(),
+            stop_reason: Mutex::new(None),
+            connections: watch::Sender::new(0),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Fires when the daemon begins to shut down.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Starts the shutdown sequence; the first reason given wins.
+    pub fn begin_shutdown(&self, reason: &str) {
+        if let Ok(mut r) = self.stop_reason.lock()
+            && r.is_none()
+        {
+            *r = Some(reason.to_owned());
+        }
+        self.stopping.cancel();
+    }
+
+    pub fn stop_reason(&self) -> String {
+        self.stop_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    pub fn connection_count(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    pub(crate) fn register_peer(&self, peer: &Arc<Peer>) {
+        if let Ok(mut p) = self.peers.lock() {
+            p.insert(peer.id, peer.clone());
+        }
+    }
+
+    pub(crate) fn unregister_peer(&self, id: u64) {
+        if let Ok(mut p) = self.peers.lock() {
+            p.remove(&id);
+        }
+    }
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Binds the socket and serves until a signal, `daemon/shutdown` or idle exit.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let endpoint = transport::bind(&config.socket)?;
+    serve(endpoint, config).await
+}
+
+/// Serves on an already-bound endpoint.
+pub async fn serve(endpoint: Endpoint, config: Config) -> Result<(), DaemonError> {
+    let Endpoint { listener, socket, lock } = endpoint;
+    #[cfg(unix)]
+    if rustix::process::geteuid().is_root() {
+        warn!("crushd is running as root; run it as the user whose sessions it serves");
+    }
+    info!(socket = %socket.display(), pid = std::process::id(), lock = %lock.path().display(), "listening");
+    let daemon = Daemon::new(config);
+    let background = TaskTracker::new();
+    background.spawn(watch_signals(daemon.clone()).map_err_log());
+    if let Some(idle) = daemon.config.idle_timeout {
+        background.spawn(idle_exit(daemon.clone(), idle));
+    }
+
+    let connections = TaskTracker::new();
+    let next_conn = AtomicU64::new(1);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = daemon.stopping.cancelled() => break,
+            a = transport::accept(&listener) => a,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning, keep serving the rest.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(why) = transport::check_peer(&stream) {
+            warn!(reason = %why, "refused a connection");
+            continue;
+        }
+        let id = next_conn.fetch_add(1, Ordering::Relaxed);
+        daemon.connections.send_modify(|n| *n += 1);
+        let d = daemon.clone();
+        connections.spawn(async move {
+            connection::serve(d.clone(), stream, id).await;
+            d.connections.send_modify(|n| *n -= 1);
+        });
+    }
+
+    info!(reason = %daemon.stop_reason(), "shutting down");
+    // Stop accepting first so nobody connects to a daemon that is going away.
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(daemon.config.shutdown_grace, connections.wait()).await.is_err() {
+        warn!("connections did not close within the grace period");
+    }
+    background.close();
+    // The signal and idle tasks end on `stopping`; they never block shutdown.
+    let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
+    #[cfg(unix)]
+    if std::fs::symlink_metadata(&socket).is_ok() {
+        let _ = std::fs::remove_file(&socket);
+    }
+    drop(lock);
+    info!("stopped");
+    Ok(())
+}
+
+trait LogErr {
+    fn map_err_log(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl<F: std::future::Future<Output = Result<(), DaemonError>> + Send> LogErr for F {
+    async fn map_err_log(self) {
+        if let Err(e) = self.await {
+            warn!(error = %e, "background task failed");
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn watch_signals(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => { info!("SIGTERM received"); daemon.begin_shutdown("signal"); }
+        _ = int.recv() => { info!("SIGINT received"); daemon.begin_shutdown("signal"); }
+        _ = daemon.stopping.cancelled() => {}
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+async fn watch_signals(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.map_err(DaemonError::Signals)?; daemon.begin_shutdown("signal"); }
+        _ = daemon.stopping.cancelled() => {}
+    }
+    Ok(())
+}
+
+/// Exits after `idle` with no connection. Later work (runs) will also hold the daemon up.
+async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
+    let mut count = daemon.connections.subscribe();
+    loop {
+        tokio::select! {
+            _ = daemon.stopping.cancelled() => return,
+            r = count.wait_for(|n| *n == 0) => if r.is_err() { return },
+        }
+        count.mark_unchanged();
+        tokio::select! {
+            _ = daemon.stopping.cancelled() => return,
+            _ = tokio::time::sleep(idle) => {
+                if *count.borrow() == 0 {
+                    info!(after = ?idle, "no connections; exiting");
+                    daemon.begin_shutdown("idle");
+                    return;
+                }
+            }
+            _ = count.changed() => {}
+        }
+    }
+}
