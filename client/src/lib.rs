@@ -1,1 +1,11 @@
+//! crush-client: what any Rust program needs to talk to crushd. It connects to the per-user
+//! socket (starting the daemon on demand), performs the `initialize` handshake, offers typed
+//! calls for every protocol method, a stream of daemon notifications, and a handler for
+//! daemon→client requests. The `crushctl` binary is a thin layer over it.
 
+pub mod autostart;
+pub mod connection;
+pub mod error;
+
+pub use connection::{Client, ConnectOptions, IncomingNotification, RequestHandler};
+pub use error::ClientError;

@@ -169,16 +169,26 @@ mod tests {
     #[test]
     fn parses_durations_and_never() {
         let f = parse_file(Path::new("c.toml"), "[daemon]\nidle_timeout = \"30s\"\n").unwrap();
-        assert_eq!(f.daemon.idle_timeout, Some(IdleTimeout(Some(Duration::from_secs(30)))));
+        assert_eq!(
+            f.daemon.idle_timeout,
+            Some(IdleTimeout(Some(Duration::from_secs(30))))
+        );
         let f = parse_file(Path::new("c.toml"), "[daemon]\nidle_timeout = 0\n").unwrap();
         assert_eq!(f.daemon.idle_timeout, Some(IdleTimeout(None)));
     }
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = parse_file(Path::new("/x/c.toml"), "\n[daemon]\nidle_timeout = \"soon\"\n").unwrap_err();
+        let e = parse_file(
+            Path::new("/x/c.toml"),
+            "\n[daemon]\nidle_timeout = \"soon\"\n",
+        )
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("/x/c.toml:3: key `daemon.idle_timeout`"), "{msg}");
+        assert!(
+            msg.starts_with("/x/c.toml:3: key `daemon.idle_timeout`"),
+            "{msg}"
+        );
         let e = parse_file(Path::new("c.toml"), "[daemon]\nidel_timeout = 5\n").unwrap_err();
         assert!(e.to_string().contains("idel_timeout"), "{e}");
         let e = parse_file(Path::new("c.toml"), "[daemon\n").unwrap_err();

@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,8 @@ use tracing::{Instrument, debug, info, warn};
 
 use crush_protocol::message::{encode_error, encode_result};
 use crush_protocol::{
-    ClientNotification, ClientRequest, ErrorCode, FrameError, Id, LspCodec, Message, RequestId, RpcError,
+    ClientNotification, ClientRequest, ErrorCode, FrameError, Id, LspCodec, Message, RequestId,
+    RpcError,
 };
 
 use crate::handlers;
@@ -56,7 +57,8 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let peer = Arc::new(Peer::new(conn_id, out_tx));
     let writer_close = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(write_half, out_rx, writer_close.clone()).in_current_span());
+    let writer =
+        tokio::spawn(write_loop(write_half, out_rx, writer_close.clone()).in_current_span());
     daemon.register_peer(&peer);
     debug!("connection opened");
 
@@ -94,7 +96,10 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             Some(Err(e)) => {
                 // The byte stream cannot be resynchronized after a bad header: say why, then close.
                 warn!(error = %e, "unreadable frame header; closing the connection");
-                peer.send_raw(encode_error(&Id::Null, RpcError::parse_error(format!("{e}; closing the connection"))));
+                peer.send_raw(encode_error(
+                    &Id::Null,
+                    RpcError::parse_error(format!("{e}; closing the connection")),
+                ));
                 break;
             }
         };
@@ -140,7 +145,8 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                         state = Lifecycle::ShutDown;
                         peer.send_raw(reply(Ok(serde_json::Value::Null)));
                     }
-                    (Lifecycle::Ready, _) => match ClientRequest::parse(&method, params.as_deref()) {
+                    (Lifecycle::Ready, _) => match ClientRequest::parse(&method, params.as_deref())
+                    {
                         Ok(Some(request)) => {
                             let token = conn_token.child_token();
                             {
@@ -189,21 +195,25 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                     },
                 }
             }
-            Message::Notification { method, params } => match ClientNotification::parse(&method, params.as_deref()) {
-                Ok(Some(ClientNotification::Exit(_))) => {
-                    debug!("client sent exit");
-                    break;
-                }
-                Ok(Some(ClientNotification::Initialized(_))) => {}
-                Ok(Some(ClientNotification::CancelRequest(p))) => {
-                    if let Some(token) = lock(&in_flight).get(&p.id) {
-                        token.cancel();
+            Message::Notification { method, params } => {
+                match ClientNotification::parse(&method, params.as_deref()) {
+                    Ok(Some(ClientNotification::Exit(_))) => {
+                        debug!("client sent exit");
+                        break;
+                    }
+                    Ok(Some(ClientNotification::Initialized(_))) => {}
+                    Ok(Some(ClientNotification::CancelRequest(p))) => {
+                        if let Some(token) = lock(&in_flight).get(&p.id) {
+                            token.cancel();
+                        }
+                    }
+                    Ok(None) if method.starts_with("$/") => {}
+                    Ok(None) => debug!(%method, "ignoring unknown notification"),
+                    Err(e) => {
+                        debug!(%method, error = %e.message, "ignoring notification with bad params")
                     }
                 }
-                Ok(None) if method.starts_with("$/") => {}
-                Ok(None) => debug!(%method, "ignoring unknown notification"),
-                Err(e) => debug!(%method, error = %e.message, "ignoring notification with bad params"),
-            },
+            }
             Message::Response { id, result } => {
                 if !peer.complete(&id, result.map_err(RpcError::from)) {
                     warn!(id = %display_id(&id), "dropping a response that matches no request");
@@ -221,7 +231,10 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     peer.close();
     writer_close.cancel();
     let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
         info!("client did not read its last messages; dropping them");
         writer.abort();
     }
@@ -281,13 +294,21 @@ fn display_id(id: &RequestId) -> String {
 struct SharedStream(Arc<Stream>);
 
 impl AsyncRead for SharedStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut &*self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for SharedStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut &*self.0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

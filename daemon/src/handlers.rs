@@ -10,8 +10,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crush_protocol::{
-    ClientRequest, DaemonShutdownResult, DaemonStatusResult, DebugSleepResult, ErrorCode, InitializeParams,
-    InitializeResult, PROTOCOL_VERSION, RpcError, ServerCapabilities, ServerInfo, methods::parse_params,
+    ClientRequest, DaemonShutdownResult, DaemonStatusResult, DebugSleepResult, ErrorCode,
+    InitializeParams, InitializeResult, PROTOCOL_VERSION, RpcError, ServerCapabilities, ServerInfo,
+    methods::parse_params,
 };
 
 use crate::peer::{ClientIdentity, Peer};
@@ -25,12 +26,17 @@ pub struct RequestCtx {
 }
 
 fn ok<T: Serialize>(value: T) -> Result<Value, RpcError> {
-    serde_json::to_value(value).map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))
+    serde_json::to_value(value)
+        .map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))
 }
 
 /// `initialize`, handled inline by the connection so its state change is ordered before any
 /// later request.
-pub fn initialize(daemon: &Daemon, peer: &Peer, params: Option<&RawValue>) -> Result<Value, RpcError> {
+pub fn initialize(
+    daemon: &Daemon,
+    peer: &Peer,
+    params: Option<&RawValue>,
+) -> Result<Value, RpcError> {
     let params: InitializeParams = parse_params(params)?;
     let client_id = params
         .client_id
@@ -70,9 +76,9 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
     let daemon = &ctx.daemon;
     match request {
         // Both are answered by the connection itself before dispatch reaches here.
-        ClientRequest::Initialize(_) | ClientRequest::Shutdown(_) => Err(RpcError::invalid_request(
-            "initialize and shutdown are handled by the connection",
-        )),
+        ClientRequest::Initialize(_) | ClientRequest::Shutdown(_) => Err(
+            RpcError::invalid_request("initialize and shutdown are handled by the connection"),
+        ),
         ClientRequest::DaemonStatus(_) => ok(DaemonStatusResult {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -81,12 +87,18 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             connections: daemon.connection_count() as u64,
             socket: daemon.config.socket.display().to_string(),
             log_dir: daemon.config.state_dir.display().to_string(),
-            idle_timeout_ms: daemon.config.idle_timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
+            idle_timeout_ms: daemon
+                .config
+                .idle_timeout
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         }),
         ClientRequest::DaemonShutdown(p) => {
             tracing::info!(force = p.force, "shutdown requested by a client");
             daemon.begin_shutdown("request");
-            ok(DaemonShutdownResult { shutting_down: true })
+            ok(DaemonShutdownResult {
+                shutting_down: true,
+            })
         }
         ClientRequest::DebugSleep(p) => {
             require_debug(daemon, "debug/sleep")?;
@@ -97,7 +109,8 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             require_debug(daemon, "debug/clientRequest")?;
             let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(10_000));
             let raw = ctx.peer.request(&p.method, &p.params, timeout).await?;
-            serde_json::from_str(raw.get()).map_err(|e| RpcError::internal(format!("client answer is not JSON: {e}")))
+            serde_json::from_str(raw.get())
+                .map_err(|e| RpcError::internal(format!("client answer is not JSON: {e}")))
         }
     }
 }

@@ -22,8 +22,12 @@ pub fn init(foreground: bool, state_dir: &Path) -> anyhow::Result<Option<WorkerG
             .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
         return Ok(None);
     }
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the log directory {}: {e}",
+            state_dir.display()
+        )
+    })?;
     let appender = Builder::new()
         .rotation(Rotation::DAILY)
         .filename_prefix(crush_protocol::paths::LOG_FILE_PREFIX)

@@ -93,7 +93,10 @@ impl Peer {
                 ));
                 Err(RpcError::new(
                     ErrorCode::RequestTimeout,
-                    format!("the client did not answer {method} within {} ms", timeout.as_millis()),
+                    format!(
+                        "the client did not answer {method} within {} ms",
+                        timeout.as_millis()
+                    ),
                 ))
             }
         }

@@ -100,7 +100,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
 /// Serves on an already-bound endpoint.
 pub async fn serve(endpoint: Endpoint, config: Config) -> Result<(), DaemonError> {
-    let Endpoint { listener, socket, lock } = endpoint;
+    let Endpoint {
+        listener,
+        socket,
+        lock,
+    } = endpoint;
     #[cfg(unix)]
     if rustix::process::geteuid().is_root() {
         warn!("crushd is running as root; run it as the user whose sessions it serves");
@@ -147,7 +151,10 @@ pub async fn serve(endpoint: Endpoint, config: Config) -> Result<(), DaemonError
     // Stop accepting first so nobody connects to a daemon that is going away.
     drop(listener);
     connections.close();
-    if tokio::time::timeout(daemon.config.shutdown_grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(daemon.config.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
         warn!("connections did not close within the grace period");
     }
     background.close();

@@ -19,13 +19,19 @@ use crush_protocol::paths;
 /// Why the daemon cannot listen.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("socket directory {0} is a symbolic link; refusing to use it (remove it or choose another --socket)")]
+    #[error(
+        "socket directory {0} is a symbolic link; refusing to use it (remove it or choose another --socket)"
+    )]
     DirIsSymlink(PathBuf),
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
-    #[error("socket directory {path} is owned by uid {owner}, not by you (uid {me}); refusing to use it")]
+    #[error(
+        "socket directory {path} is owned by uid {owner}, not by you (uid {me}); refusing to use it"
+    )]
     DirNotOwned { path: PathBuf, owner: u32, me: u32 },
-    #[error("socket directory {path} has mode {mode:04o}; it must be private (run `chmod 700 {path}`)")]
+    #[error(
+        "socket directory {path} has mode {mode:04o}; it must be private (run `chmod 700 {path}`)"
+    )]
     DirNotPrivate { path: PathBuf, mode: u32 },
     #[error("crushd is already running{} (socket {socket})", pid.map(|p| format!(" as pid {p}")).unwrap_or_default())]
     AlreadyRunning { pid: Option<u32>, socket: PathBuf },
@@ -65,7 +71,11 @@ pub fn prepare_private_dir(dir: &Path) -> Result<(), TransportError> {
 
 /// The checks of [`prepare_private_dir`] on given metadata (separate so tests can feed it any).
 #[cfg(unix)]
-pub fn check_private_dir(dir: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), TransportError> {
+pub fn check_private_dir(
+    dir: &Path,
+    meta: &std::fs::Metadata,
+    me: u32,
+) -> Result<(), TransportError> {
     use std::os::unix::fs::MetadataExt;
     if meta.file_type().is_symlink() {
         return Err(TransportError::DirIsSymlink(dir.to_path_buf()));
@@ -111,7 +121,11 @@ impl InstanceLock {
 /// Takes the instance lock in `dir`, writing our pid into it. When another daemon holds it,
 /// waits up to `wait` for it to go away (a daemon that is shutting down still holds the lock
 /// for a moment after its socket stopped answering), then gives up naming that daemon's pid.
-pub fn acquire_lock(dir: &Path, socket: &Path, wait: Duration) -> Result<InstanceLock, TransportError> {
+pub fn acquire_lock(
+    dir: &Path,
+    socket: &Path,
+    wait: Duration,
+) -> Result<InstanceLock, TransportError> {
     let path = dir.join(paths::LOCK_FILE);
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
@@ -182,7 +196,9 @@ pub fn bind(socket: &Path) -> Result<Endpoint, TransportError> {
         std::fs::remove_file(socket).map_err(io_err(socket))?;
     }
 
-    let name = socket.to_fs_name::<GenericFilePath>().map_err(io_err(socket))?;
+    let name = socket
+        .to_fs_name::<GenericFilePath>()
+        .map_err(io_err(socket))?;
     let opts = ListenerOptions::new().name(name).reclaim_name(true);
     #[cfg(unix)]
     let opts = {
@@ -194,7 +210,8 @@ pub fn bind(socket: &Path) -> Result<Endpoint, TransportError> {
     {
         use std::os::unix::fs::PermissionsExt;
         // Belt and braces: whatever the umask and the platform's bind did, the file is 0600.
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err(socket))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(socket))?;
     }
     Ok(Endpoint {
         listener,
@@ -254,7 +271,10 @@ mod tests {
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(matches!(prepare_private_dir(&link), Err(TransportError::DirIsSymlink(_))));
+        assert!(matches!(
+            prepare_private_dir(&link),
+            Err(TransportError::DirIsSymlink(_))
+        ));
 
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
         let err = prepare_private_dir(&real).unwrap_err();
@@ -275,7 +295,9 @@ mod tests {
         let sock = tmp.path().join("s.sock");
         let _held = acquire_lock(tmp.path(), &sock, Duration::ZERO).unwrap();
         match acquire_lock(tmp.path(), &sock, Duration::ZERO) {
-            Err(TransportError::AlreadyRunning { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            Err(TransportError::AlreadyRunning { pid, .. }) => {
+                assert_eq!(pid, Some(std::process::id()))
+            }
             other => panic!("{other:?}"),
         }
     }

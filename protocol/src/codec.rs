@@ -64,8 +64,9 @@ impl LspCodec {
 
     /// Parses a complete header block (without the terminating blank line).
     fn parse_headers(&self, block: &[u8]) -> Result<usize, FrameError> {
-        let text = std::str::from_utf8(block)
-            .map_err(|_| FrameError::MalformedHeader(String::from_utf8_lossy(block).into_owned()))?;
+        let text = std::str::from_utf8(block).map_err(|_| {
+            FrameError::MalformedHeader(String::from_utf8_lossy(block).into_owned())
+        })?;
         let mut length = None;
         for line in text.split("\r\n") {
             let Some((name, value)) = line.split_once(':') else {
@@ -218,7 +219,10 @@ mod tests {
     fn decodes_one_frame_and_headers_in_any_case() {
         let mut c = LspCodec::default();
         let input = b"content-length: 2\r\nContent-Type: application/vscode-jsonrpc; charset=utf8\r\n\r\n{}";
-        assert_eq!(decode_all(&mut c, &[input]).unwrap(), vec![Bytes::from_static(b"{}")]);
+        assert_eq!(
+            decode_all(&mut c, &[input]).unwrap(),
+            vec![Bytes::from_static(b"{}")]
+        );
     }
 
     #[test]
@@ -234,13 +238,22 @@ mod tests {
             (b"Content-Type: x\r\n\r\n{}", "no Content-Length"),
             (b"Content-Length: abc\r\n\r\n", "not a valid length"),
             (b"Content-Length: -1\r\n\r\n", "not a valid length"),
-            (b"Content-Length: 99999999999999999999999\r\n\r\n", "exceeds the maximum"),
+            (
+                b"Content-Length: 99999999999999999999999\r\n\r\n",
+                "exceeds the maximum",
+            ),
             (b"garbage\r\n\r\n", "malformed header"),
-            (b"Content-Length: 2\r\nContent-Type: text/x; charset=latin1\r\n\r\n", "charset"),
+            (
+                b"Content-Length: 2\r\nContent-Type: text/x; charset=latin1\r\n\r\n",
+                "charset",
+            ),
         ];
         for (input, needle) in cases {
             let err = decode_all(&mut LspCodec::default(), &[input]).unwrap_err();
-            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
         }
     }
 
@@ -255,7 +268,10 @@ mod tests {
     fn endless_header_is_refused() {
         let mut c = LspCodec::default();
         let junk = vec![b'a'; MAX_HEADER_SIZE + 1];
-        assert!(matches!(decode_all(&mut c, &[&junk]), Err(FrameError::HeaderTooLong)));
+        assert!(matches!(
+            decode_all(&mut c, &[&junk]),
+            Err(FrameError::HeaderTooLong)
+        ));
     }
 
     #[test]

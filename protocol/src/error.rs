@@ -106,7 +106,9 @@ impl From<ErrorObjectOwned> for RpcError {
         Self {
             code: e.code(),
             message: e.message().to_owned(),
-            data: e.data().and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            data: e
+                .data()
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
         }
     }
 }

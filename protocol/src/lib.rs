@@ -11,6 +11,6 @@ pub mod paths;
 
 pub use codec::{FrameError, LspCodec};
 pub use error::{ErrorCode, RpcError};
+pub use jsonrpsee_types::Id;
 pub use message::{Message, RequestId};
 pub use methods::*;
-pub use jsonrpsee_types::Id;

@@ -67,7 +67,8 @@ fn to_id(value: serde_json::Value) -> Option<RequestId> {
 /// Deserializes an owned request id (jsonrpsee's own impl borrows from the input).
 pub fn deserialize_id<'de, D: Deserializer<'de>>(d: D) -> Result<RequestId, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
-    to_id(value).ok_or_else(|| serde::de::Error::custom("id must be an unsigned integer or a string"))
+    to_id(value)
+        .ok_or_else(|| serde::de::Error::custom("id must be an unsigned integer or a string"))
 }
 
 impl Message {
@@ -81,14 +82,23 @@ impl Message {
         if first == Some(b'[') {
             // Still tell a client that sent garbage from one that sent a batch.
             return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Ok(_) => Err(invalid(Id::Null, "batch requests are not supported; send one message per frame".into())),
-                Err(e) => Err(InvalidMessage { id: Id::Null, error: RpcError::parse_error(format!("invalid JSON: {e}")) }),
+                Ok(_) => Err(invalid(
+                    Id::Null,
+                    "batch requests are not supported; send one message per frame".into(),
+                )),
+                Err(e) => Err(InvalidMessage {
+                    id: Id::Null,
+                    error: RpcError::parse_error(format!("invalid JSON: {e}")),
+                }),
             };
         }
         let env: Envelope = match serde_json::from_slice(body) {
             Ok(env) => env,
             Err(e) if e.is_data() => {
-                return Err(invalid(Id::Null, format!("not a JSON-RPC 2.0 message: {e}")));
+                return Err(invalid(
+                    Id::Null,
+                    format!("not a JSON-RPC 2.0 message: {e}"),
+                ));
             }
             Err(e) => {
                 return Err(InvalidMessage {
@@ -101,22 +111,52 @@ impl Message {
             None => None,
             Some(v) => match to_id(v) {
                 Some(id) => Some(id),
-                None => return Err(invalid(Id::Null, "id must be an unsigned integer or a string".into())),
+                None => {
+                    return Err(invalid(
+                        Id::Null,
+                        "id must be an unsigned integer or a string".into(),
+                    ));
+                }
             },
         };
         if env.jsonrpc.as_deref() != Some("2.0") {
-            return Err(invalid(id.unwrap_or(Id::Null), "the \"jsonrpc\" member must be exactly \"2.0\"".into()));
+            return Err(invalid(
+                id.unwrap_or(Id::Null),
+                "the \"jsonrpc\" member must be exactly \"2.0\"".into(),
+            ));
         }
         match (env.method, id) {
-            (Some(serde_json::Value::String(method)), Some(id)) => Ok(Message::Request { id, method, params: env.params }),
-            (Some(serde_json::Value::String(method)), None) => Ok(Message::Notification { method, params: env.params }),
-            (Some(_), id) => Err(invalid(id.unwrap_or(Id::Null), "\"method\" must be a string".into())),
+            (Some(serde_json::Value::String(method)), Some(id)) => Ok(Message::Request {
+                id,
+                method,
+                params: env.params,
+            }),
+            (Some(serde_json::Value::String(method)), None) => Ok(Message::Notification {
+                method,
+                params: env.params,
+            }),
+            (Some(_), id) => Err(invalid(
+                id.unwrap_or(Id::Null),
+                "\"method\" must be a string".into(),
+            )),
             (None, Some(id)) => match (env.result, env.error) {
-                (Some(result), None) => Ok(Message::Response { id, result: Ok(result) }),
-                (None, Some(error)) => Ok(Message::Response { id, result: Err(error) }),
-                _ => Err(invalid(id, "a response needs exactly one of \"result\" and \"error\"".into())),
+                (Some(result), None) => Ok(Message::Response {
+                    id,
+                    result: Ok(result),
+                }),
+                (None, Some(error)) => Ok(Message::Response {
+                    id,
+                    result: Err(error),
+                }),
+                _ => Err(invalid(
+                    id,
+                    "a response needs exactly one of \"result\" and \"error\"".into(),
+                )),
             },
-            (None, None) => Err(invalid(Id::Null, "a message needs a \"method\" or an \"id\"".into())),
+            (None, None) => Err(invalid(
+                Id::Null,
+                "a message needs a \"method\" or an \"id\"".into(),
+            )),
         }
     }
 }
@@ -164,20 +204,37 @@ fn to_bytes<T: Serialize>(value: &T) -> Bytes {
 }
 
 pub fn encode_request<P: Serialize>(id: &RequestId, method: &str, params: &P) -> Bytes {
-    to_bytes(&OutRequest { jsonrpc: TwoPointZero, id, method, params })
+    to_bytes(&OutRequest {
+        jsonrpc: TwoPointZero,
+        id,
+        method,
+        params,
+    })
 }
 
 pub fn encode_notification<P: Serialize>(method: &str, params: &P) -> Bytes {
-    to_bytes(&OutNotification { jsonrpc: TwoPointZero, method, params })
+    to_bytes(&OutNotification {
+        jsonrpc: TwoPointZero,
+        method,
+        params,
+    })
 }
 
 pub fn encode_result<R: Serialize>(id: &RequestId, result: &R) -> Bytes {
-    to_bytes(&OutResult { jsonrpc: TwoPointZero, id, result })
+    to_bytes(&OutResult {
+        jsonrpc: TwoPointZero,
+        id,
+        result,
+    })
 }
 
 pub fn encode_error(id: &RequestId, error: RpcError) -> Bytes {
     let error: ErrorObjectOwned = error.into();
-    to_bytes(&OutError { jsonrpc: TwoPointZero, id, error: &error })
+    to_bytes(&OutError {
+        jsonrpc: TwoPointZero,
+        id,
+        error: &error,
+    })
 }
 
 #[cfg(test)]
@@ -194,7 +251,10 @@ mod tests {
     fn classifies_messages() {
         assert!(matches!(
             Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"a","params":{}}"#).unwrap(),
-            Message::Request { id: Id::Number(1), .. }
+            Message::Request {
+                id: Id::Number(1),
+                ..
+            }
         ));
         assert!(matches!(
             Message::parse(br#"{"jsonrpc":"2.0","method":"a"}"#).unwrap(),
@@ -205,7 +265,8 @@ mod tests {
             Message::Response { result: Ok(_), .. }
         ));
         assert!(matches!(
-            Message::parse(br#"{"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"m"}}"#).unwrap(),
+            Message::parse(br#"{"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"m"}}"#)
+                .unwrap(),
             Message::Response { result: Err(_), .. }
         ));
     }
@@ -214,11 +275,26 @@ mod tests {
     fn rejects_what_is_not_jsonrpc() {
         assert_eq!(err_code("{not json"), ErrorCode::ParseError.code());
         assert_eq!(err_code("[1,2"), ErrorCode::ParseError.code());
-        assert_eq!(err_code(r#"[{"jsonrpc":"2.0","id":1,"method":"a"}]"#), ErrorCode::InvalidRequest.code());
-        assert_eq!(err_code(r#"{"id":1,"method":"a"}"#), ErrorCode::InvalidRequest.code());
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":{},"method":"a"}"#), ErrorCode::InvalidRequest.code());
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":5}"#), ErrorCode::InvalidRequest.code());
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0"}"#), ErrorCode::InvalidRequest.code());
+        assert_eq!(
+            err_code(r#"[{"jsonrpc":"2.0","id":1,"method":"a"}]"#),
+            ErrorCode::InvalidRequest.code()
+        );
+        assert_eq!(
+            err_code(r#"{"id":1,"method":"a"}"#),
+            ErrorCode::InvalidRequest.code()
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":{},"method":"a"}"#),
+            ErrorCode::InvalidRequest.code()
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":5}"#),
+            ErrorCode::InvalidRequest.code()
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0"}"#),
+            ErrorCode::InvalidRequest.code()
+        );
         assert_eq!(err_code("42"), ErrorCode::InvalidRequest.code());
     }
 
@@ -231,7 +307,9 @@ mod tests {
     #[test]
     fn encodes_round_trip() {
         let b = encode_request(&Id::Number(3), "x/y", &serde_json::json!({"a": 1}));
-        assert!(matches!(Message::parse(&b).unwrap(), Message::Request { method, .. } if method == "x/y"));
+        assert!(
+            matches!(Message::parse(&b).unwrap(), Message::Request { method, .. } if method == "x/y")
+        );
         let b = encode_error(&Id::Str("k".into()), RpcError::invalid_params("bad"));
         match Message::parse(&b).unwrap() {
             Message::Response { result: Err(e), .. } => assert_eq!(e.code(), -32602),

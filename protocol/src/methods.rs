@@ -48,9 +48,15 @@ impl<'de> Deserialize<'de> for NoParams {
 /// and are read as `{}`; other arrays (by-position parameters) are refused. Errors name the field.
 pub fn parse_params<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, RpcError> {
     let raw = params.map(RawValue::get).unwrap_or("{}").trim();
-    let raw = if raw == "null" || raw == "[]" { "{}" } else { raw };
+    let raw = if raw == "null" || raw == "[]" {
+        "{}"
+    } else {
+        raw
+    };
     if raw.starts_with('[') {
-        return Err(RpcError::invalid_params("params must be an object (by-name parameters)"));
+        return Err(RpcError::invalid_params(
+            "params must be an object (by-name parameters)",
+        ));
     }
     let de = &mut serde_json::Deserializer::from_str(raw);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -302,7 +308,9 @@ mod tests {
     #[test]
     fn no_params_accepts_every_empty_shape() {
         for p in [None, Some(raw("{}")), Some(raw("[]")), Some(raw("null"))] {
-            let r = ClientRequest::parse("daemon/status", p.as_deref()).unwrap().unwrap();
+            let r = ClientRequest::parse("daemon/status", p.as_deref())
+                .unwrap()
+                .unwrap();
             assert!(matches!(r, ClientRequest::DaemonStatus(NoParams)));
         }
     }
@@ -318,7 +326,8 @@ mod tests {
         assert!(e.message.contains("ms"), "{}", e.message);
         let e = ClientRequest::parse("debug/sleep", None).unwrap_err();
         assert!(e.message.contains("missing field `ms`"), "{}", e.message);
-        let e = ClientRequest::parse("initialize", Some(&raw(r#"{"clientInfo":{"name":3}}"#))).unwrap_err();
+        let e = ClientRequest::parse("initialize", Some(&raw(r#"{"clientInfo":{"name":3}}"#)))
+            .unwrap_err();
         assert!(e.message.contains("clientInfo.name"), "{}", e.message);
         let e = ClientRequest::parse("debug/sleep", Some(&raw("[5]"))).unwrap_err();
         assert!(e.message.contains("by-name"), "{}", e.message);
@@ -326,7 +335,12 @@ mod tests {
 
     #[test]
     fn optional_params_default() {
-        let r = ClientRequest::parse("daemon/shutdown", Some(&raw("[]"))).unwrap().unwrap();
-        assert!(matches!(r, ClientRequest::DaemonShutdown(DaemonShutdownParams { force: false })));
+        let r = ClientRequest::parse("daemon/shutdown", Some(&raw("[]")))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            r,
+            ClientRequest::DaemonShutdown(DaemonShutdownParams { force: false })
+        ));
     }
 }

@@ -49,7 +49,11 @@ pub fn default_socket() -> PathBuf {
 /// The daemon's state directory (`$XDG_STATE_HOME/crushd` on Linux), where its logs live.
 pub fn state_dir() -> PathBuf {
     project_dirs()
-        .map(|d| d.state_dir().unwrap_or_else(|| d.data_local_dir()).to_path_buf())
+        .map(|d| {
+            d.state_dir()
+                .unwrap_or_else(|| d.data_local_dir())
+                .to_path_buf()
+        })
         .unwrap_or_else(|| std::env::temp_dir().join("crushd-state"))
 }
 

@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 
 use crushd::config::{self, Config, IdleTimeout};
+use crushd::server::DaemonError;
+use crushd::transport::TransportError;
+
+/// Exit status when another daemon already runs (EX_TEMPFAIL); crush-client relies on it.
+const EXIT_ALREADY_RUNNING: u8 = 75;
 
 /// Per-user daemon that runs AI coding-agent sessions for editors and the command line.
 ///
@@ -45,14 +50,32 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("crushd: {e:#}");
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            let already_running = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<DaemonError>(),
+                    Some(DaemonError::Transport(
+                        TransportError::AlreadyRunning { .. }
+                    ))
+                ) || matches!(
+                    c.downcast_ref::<TransportError>(),
+                    Some(TransportError::AlreadyRunning { .. })
+                )
+            });
+            if already_running {
+                // Tells an autostarting client it lost the start race and should just connect.
+                ExitCode::from(EXIT_ALREADY_RUNNING)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg = Config::new(crush_protocol::paths::resolve_socket(args.socket.as_deref()));
+    let mut cfg = Config::new(crush_protocol::paths::resolve_socket(
+        args.socket.as_deref(),
+    ));
     let (config_path, must_exist) = match &args.config {
         Some(p) => (Some(p.clone()), true),
         None => (config::default_config_path(), false),

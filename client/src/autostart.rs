@@ -1,0 +1,151 @@
+//! Finding and starting the daemon. A client that finds nobody on the socket spawns `crushd`
+//! detached (it calls `setsid` itself), with its output appended to a file in the state
+//! directory, and waits, bounded, until the socket answers. When two clients race, both spawn,
+//! one daemon wins the instance lock, the other exits with [`EXIT_ALREADY_RUNNING`], and both
+//! clients connect to the winner.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+
+use crush_protocol::paths;
+
+use crate::error::ClientError;
+
+/// Exit status of a `crushd` that found another daemon already running.
+pub const EXIT_ALREADY_RUNNING: i32 = 75;
+
+/// Environment variable naming the `crushd` executable (the last place looked).
+pub const DAEMON_BIN_ENV: &str = "CRUSHD_BIN";
+
+/// Connects to whatever listens on `socket`.
+pub async fn connect(socket: &Path) -> Result<Stream, ClientError> {
+    let name = socket
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|source| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    match Stream::connect(name).await {
+        Ok(s) => Ok(s),
+        Err(e) if is_absent(&e) => Err(ClientError::NotRunning {
+            socket: socket.to_path_buf(),
+        }),
+        Err(source) => Err(ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// `crushd` next to this executable, else on `PATH`, else `$CRUSHD_BIN`.
+pub fn find_daemon_binary() -> Option<PathBuf> {
+    let exe_name = format!("crushd{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(&exe_name)))
+        .filter(|p| p.is_file());
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(&exe_name))
+                .find(|p| p.is_file())
+        })
+    };
+    let from_env = || {
+        std::env::var_os(DAEMON_BIN_ENV)
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+    };
+    beside.or_else(on_path).or_else(from_env)
+}
+
+/// Connects, starting the daemon first when nobody answers. `daemon_bin` overrides the search.
+pub async fn connect_or_start(
+    socket: &Path,
+    daemon_bin: Option<&Path>,
+    timeout: Duration,
+) -> Result<Stream, ClientError> {
+    match connect(socket).await {
+        Err(ClientError::NotRunning { .. }) => {}
+        other => return other,
+    }
+    let bin = match daemon_bin {
+        Some(b) => b.to_path_buf(),
+        None => find_daemon_binary().ok_or(ClientError::DaemonNotFound)?,
+    };
+    let state = paths::state_dir();
+    std::fs::create_dir_all(&state)?;
+    let stdio_log = state.join(paths::STDIO_LOG_FILE);
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stdio_log)?;
+    let err = out.try_clone()?;
+    let mut child = tokio::process::Command::new(&bin)
+        .arg("--socket")
+        .arg(socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source: std::io::Error::new(e.kind(), format!("cannot run {}: {e}", bin.display())),
+        })?;
+    tracing::debug!(bin = %bin.display(), pid = child.id(), "started crushd");
+
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(5);
+    let mut child_status = None;
+    loop {
+        match connect(socket).await {
+            Ok(s) => return Ok(s),
+            Err(ClientError::NotRunning { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if child_status.is_none()
+            && let Some(status) = child.try_wait()?
+        {
+            // Losing the lock race is fine: the winner is about to answer. Anything else is a
+            // failed start.
+            if status.code() != Some(EXIT_ALREADY_RUNNING) {
+                return Err(start_failed(&state, &stdio_log, Some(status.to_string())));
+            }
+            child_status = Some(status);
+        }
+        if Instant::now() >= deadline {
+            return Err(start_failed(&state, &stdio_log, None));
+        }
+        // Waiting for another process to bind: poll with a short, growing delay.
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn start_failed(state: &Path, stdio_log: &Path, status: Option<String>) -> ClientError {
+    // Point at whichever file has something to say: early failures land in the stdio log,
+    // everything after logging starts in the rotated log.
+    let log = match paths::newest_log_file(state) {
+        Some(l)
+            if std::fs::metadata(stdio_log)
+                .map(|m| m.len() == 0)
+                .unwrap_or(true) =>
+        {
+            l
+        }
+        _ => stdio_log.to_path_buf(),
+    };
+    ClientError::DaemonStartFailed { log, status }
+}

@@ -1,0 +1,438 @@
+//! A client connection to crushd: one writer task, one reader task that routes responses to
+//! waiting calls through the pending map, forwards notifications to the caller's stream without
+//! ever dropping one, and answers daemon→client requests with the caller's handler.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crush_protocol::message::{encode_error, encode_notification, encode_request, encode_result};
+use crush_protocol::{
+    ClientInfo, ErrorCode, Id, InitializeParams, InitializeResult, LspCodec, Message, Notification,
+    PROTOCOL_VERSION, Request, RequestId, RpcError, request,
+};
+
+use crate::autostart;
+use crate::error::ClientError;
+
+/// A notification from the daemon.
+#[derive(Debug, Clone)]
+pub struct IncomingNotification {
+    pub method: String,
+    pub params: Value,
+}
+
+impl IncomingNotification {
+    /// Decodes the params as notification `N`, if this is one.
+    pub fn parse<N: Notification>(&self) -> Option<Result<N::Params, ClientError>> {
+        (self.method == N::METHOD).then(|| {
+            serde_json::from_value(self.params.clone())
+                .map_err(|e| ClientError::Decode(e.to_string()))
+        })
+    }
+}
+
+/// Answers daemon→client requests: (method, params) → result.
+pub type RequestHandler =
+    Arc<dyn Fn(String, Value) -> BoxFuture<'static, Result<Value, RpcError>> + Send + Sync>;
+
+/// How to connect.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// Socket path; `None` resolves `$CRUSHD_SOCKET`, then the per-user default.
+    pub socket: Option<PathBuf>,
+    /// Start the daemon when nobody answers.
+    pub autostart: bool,
+    /// The `crushd` to start; `None` searches for it.
+    pub daemon_bin: Option<PathBuf>,
+    /// How long to wait for a started daemon to answer.
+    pub start_timeout: Duration,
+    pub client_info: ClientInfo,
+    /// Stable id reused across reconnects.
+    pub client_id: Option<String>,
+    /// Handler for daemon→client requests; `None` answers MethodNotFound.
+    pub request_handler: Option<RequestHandler>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            autostart: true,
+            daemon_bin: None,
+            start_timeout: Duration::from_secs(10),
+            client_info: ClientInfo {
+                name: "crush-client".to_owned(),
+                version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            },
+            client_id: None,
+            request_handler: None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Result<Box<RawValue>, RpcError>>>>>;
+
+/// A live, initialized connection to crushd.
+pub struct Client {
+    outbound: mpsc::UnboundedSender<Bytes>,
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+    notifications: Mutex<Option<mpsc::UnboundedReceiver<IncomingNotification>>>,
+    tasks: Vec<JoinHandle<()>>,
+    init: InitializeResult,
+    socket: PathBuf,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.closed.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Connects (starting the daemon if allowed and needed) and performs `initialize`.
+    pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
+        let socket = crush_protocol::paths::resolve_socket(opts.socket.as_deref());
+        let stream = if opts.autostart {
+            autostart::connect_or_start(&socket, opts.daemon_bin.as_deref(), opts.start_timeout)
+                .await?
+        } else {
+            autostart::connect(&socket).await?
+        };
+        Self::over_stream(stream, socket, opts).await
+    }
+
+    /// Performs `initialize` over an already-connected stream.
+    pub async fn over_stream(
+        stream: Stream,
+        socket: PathBuf,
+        opts: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let shared = Arc::new(stream);
+        Self::over_io(Half(shared.clone()), Half(shared), socket, opts).await
+    }
+
+    /// Performs `initialize` over any byte transport (used by tests and benchmarks).
+    pub async fn over_io<R, W>(
+        read: R,
+        write: W,
+        socket: PathBuf,
+        opts: ConnectOptions,
+    ) -> Result<Client, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (note_tx, note_rx) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::default();
+        let closed = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(write, out_rx, closed.clone()));
+        let reader = tokio::spawn(read_loop(
+            read,
+            pending.clone(),
+            note_tx,
+            out_tx.clone(),
+            opts.request_handler.clone(),
+            closed.clone(),
+        ));
+        let mut client = Client {
+            outbound: out_tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            closed,
+            notifications: Mutex::new(Some(note_rx)),
+            tasks: vec![writer, reader],
+            init: placeholder_init(),
+            socket,
+        };
+        client.init = client
+            .request::<request::Initialize>(InitializeParams {
+                client_info: Some(opts.client_info),
+                client_id: opts.client_id,
+                protocol_version: Some(PROTOCOL_VERSION),
+            })
+            .await?;
+        client.notify_raw("initialized", &serde_json::json!({}));
+        Ok(client)
+    }
+
+    /// What the daemon said in answer to `initialize`.
+    pub fn server(&self) -> &InitializeResult {
+        &self.init
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Takes the notification stream (once). Notifications are buffered until taken, and none is
+    /// ever dropped.
+    pub fn take_notifications(&self) -> Option<mpsc::UnboundedReceiver<IncomingNotification>> {
+        self.notifications.lock().ok().and_then(|mut n| n.take())
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// A typed request.
+    pub async fn request<R: Request>(&self, params: R::Params) -> Result<R::Result, ClientError> {
+        let raw = self.call(R::METHOD, &params).await?;
+        serde_json::from_str(raw.get())
+            .map_err(|e| ClientError::Decode(format!("{}: {e}", R::METHOD)))
+    }
+
+    /// An untyped request.
+    pub async fn request_raw(&self, method: &str, params: &Value) -> Result<Value, ClientError> {
+        let raw = self.call(method, params).await?;
+        serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Starts a request and returns its id (for `$/cancelRequest`) and a future for its answer.
+    pub fn start_request<P: Serialize>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> (
+        RequestId,
+        impl std::future::Future<Output = Result<Value, ClientError>> + use<P>,
+    ) {
+        let id: RequestId = Id::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        let sent = self
+            .outbound
+            .send(encode_request(&id, method, params))
+            .is_ok();
+        let fut = async move {
+            if !sent {
+                return Err(ClientError::Closed);
+            }
+            match rx.await {
+                Ok(Ok(raw)) => {
+                    serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(e.to_string()))
+                }
+                Ok(Err(e)) => Err(ClientError::Rpc(e)),
+                Err(_) => Err(ClientError::Closed),
+            }
+        };
+        (id, fut)
+    }
+
+    /// Asks the daemon to cancel request `id`.
+    pub fn cancel_request(&self, id: &RequestId) {
+        self.notify_raw(
+            "$/cancelRequest",
+            &crush_protocol::CancelParams { id: id.clone() },
+        );
+    }
+
+    async fn call<P: Serialize>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<Box<RawValue>, ClientError> {
+        let id: RequestId = Id::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        if self
+            .outbound
+            .send(encode_request(&id, method, params))
+            .is_err()
+        {
+            lock(&self.pending).remove(&id);
+            return Err(ClientError::Closed);
+        }
+        match rx.await {
+            Ok(Ok(raw)) => Ok(raw),
+            Ok(Err(e)) => Err(ClientError::Rpc(e)),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    pub fn notify<N: Notification>(&self, params: &N::Params) {
+        self.notify_raw(N::METHOD, params);
+    }
+
+    pub fn notify_raw<P: Serialize>(&self, method: &str, params: &P) {
+        let _ = self.outbound.send(encode_notification(method, params));
+    }
+
+    /// `shutdown` then `exit`: the polite way to leave.
+    pub async fn shutdown(self) -> Result<(), ClientError> {
+        self.request::<request::Shutdown>(crush_protocol::NoParams)
+            .await?;
+        self.notify_raw("exit", &serde_json::json!({}));
+        // The daemon closes the connection after `exit`; wait for that so nothing is cut off.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.closed()).await;
+        Ok(())
+    }
+}
+
+fn placeholder_init() -> InitializeResult {
+    InitializeResult {
+        server_info: crush_protocol::ServerInfo {
+            name: String::new(),
+            version: String::new(),
+        },
+        protocol_version: 0,
+        capabilities: Default::default(),
+        pid: 0,
+        client_id: String::new(),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    write: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    closed: CancellationToken,
+) {
+    let mut sink = FramedWrite::new(write, LspCodec::default());
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = closed.cancelled() => None,
+        };
+        let Some(first) = msg else { break };
+        if sink.feed(first).await.is_err() {
+            break;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if sink.feed(more).await.is_err() {
+                closed.cancel();
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    read: R,
+    pending: Pending,
+    notes: mpsc::UnboundedSender<IncomingNotification>,
+    outbound: mpsc::UnboundedSender<Bytes>,
+    handler: Option<RequestHandler>,
+    closed: CancellationToken,
+) {
+    let mut frames = FramedRead::new(read, LspCodec::default());
+    let mut handler_tasks = tokio::task::JoinSet::new();
+    loop {
+        let frame = tokio::select! {
+            f = frames.next() => f,
+            _ = closed.cancelled() => break,
+            // Reap finished handler tasks so the set does not grow.
+            Some(_) = handler_tasks.join_next(), if !handler_tasks.is_empty() => continue,
+        };
+        let Some(Ok(body)) = frame else { break };
+        match Message::parse(&body) {
+            Ok(Message::Response { id, result }) => {
+                if let Some(tx) = lock(&pending).remove(&id) {
+                    let _ = tx.send(result.map_err(RpcError::from));
+                } else {
+                    tracing::debug!(?id, "response to no request");
+                }
+            }
+            Ok(Message::Notification { method, params }) => {
+                let params = params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or(Value::Null);
+                let _ = notes.send(IncomingNotification { method, params });
+            }
+            Ok(Message::Request { id, method, params }) => {
+                let params = params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or(Value::Null);
+                let outbound = outbound.clone();
+                let handler = handler.clone();
+                handler_tasks.spawn(async move {
+                    let result = match handler {
+                        Some(h) => h(method, params).await,
+                        None => Err(RpcError::new(
+                            ErrorCode::MethodNotFound,
+                            format!("this client does not handle {method:?}"),
+                        )),
+                    };
+                    let _ = outbound.send(match result {
+                        Ok(v) => encode_result(&id, &v),
+                        Err(e) => encode_error(&id, e),
+                    });
+                });
+            }
+            Err(invalid) => {
+                tracing::debug!(error = %invalid.error.message, "unreadable message from crushd")
+            }
+        }
+    }
+    closed.cancel();
+    lock(&pending).clear();
+    handler_tasks.abort_all();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One side of a shared stream (`&Stream` reads and writes).
+struct Half(Arc<Stream>);
+
+impl AsyncRead for Half {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Half {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_shutdown(cx)
+    }
+}
