@@ -1,1 +1,357 @@
+//! Shared support for the black-box tests and benchmarks: a private temporary environment per
+//! test (socket, state and config directories), a real `crushd` process whose log lines can be
+//! awaited, and a raw framed connection for byte-level tests.
+//!
+//! Nothing here sleeps to synchronize: waits are on events (a log line, a frame, a process exit)
+//! with a deadline.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crush_protocol::LspCodec;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Path of a workspace binary built beside the running test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`). `CRUSHD_TEST_BIN_DIR` overrides.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CRUSHD_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let mut dir = exe.parent().expect("exe dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, or `--release` for benches)",
+        path.display()
+    );
+    path
+}
+
+/// One test's private world: its own socket, state, config and data directories.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("crushd-test")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("run").join("crushd.sock");
+        Self { dir, socket }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state").join("crushd")
+    }
+
+    /// A command for one of our binaries with this environment applied.
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(bin(name));
+        self.apply_env(&mut cmd);
+        cmd
+    }
+
+    pub fn apply_env(&self, cmd: &mut Command) {
+        let d = self.dir.path();
+        cmd.env("XDG_RUNTIME_DIR", d.join("xdg-run"))
+            .env("XDG_STATE_HOME", d.join("state"))
+            .env("XDG_CONFIG_HOME", d.join("config"))
+            .env("XDG_DATA_HOME", d.join("data"))
+            .env("CRUSHD_SOCKET", &self.socket)
+            .env_remove("CRUSHD_BIN")
+            .env("CRUSHD_LOG", "info");
+    }
+
+    /// Starts `crushd --foreground --debug-methods` with extra `args` and waits until it listens.
+    pub fn spawn_daemon(&self, args: &[&str]) -> DaemonProcess {
+        let d = self.start_daemon(args);
+        d.wait_for_log("listening", DEADLINE);
+        d
+    }
+
+    /// Starts `crushd --foreground --debug-methods` without waiting for anything.
+    pub fn start_daemon(&self, args: &[&str]) -> DaemonProcess {
+        let mut cmd = self.command("crushd");
+        cmd.arg("--foreground").arg("--debug-methods").args(args);
+        DaemonProcess::spawn(cmd)
+    }
+
+    /// Runs a `crushctl` command to completion.
+    pub fn crushctl(&self, args: &[&str]) -> std::process::Output {
+        self.command("crushctl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run crushctl")
+    }
+}
+
+/// A running `crushd` whose stderr is collected line by line.
+pub struct DaemonProcess {
+    child: Child,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl DaemonProcess {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn crushd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("CRUSHD_TEST_ECHO").is_some() {
+                    eprintln!("[crushd] {line}");
+                }
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+            // Wake waiters when the stream ends so they can fail fast.
+            sink.0.lock().unwrap().push(String::from("\u{0}eof"));
+            sink.1.notify_all();
+        });
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str, deadline: Duration) -> String {
+        self.try_wait_for_log(needle, deadline).unwrap_or_else(|| {
+            panic!(
+                "crushd never logged {needle:?}; log so far:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    pub fn try_wait_for_log(&self, needle: &str, deadline: Duration) -> Option<String> {
+        let end = Instant::now() + deadline;
+        let (lock, cv) = &*self.log;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            if lines.last().is_some_and(|l| l == "\u{0}eof") {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            lines = cv.wait_timeout(lines, end - now).unwrap().0;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "crushd did not exit; log:\n{}",
+                self.log_text()
+            );
+            // Process exit has no portable async notification in std; a short poll is the wait.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A framed connection that speaks raw JSON, for byte-level tests.
+pub struct RawConn {
+    reader: FramedRead<tokio::net::unix::OwnedReadHalf, LspCodec>,
+    writer: FramedWrite<tokio::net::unix::OwnedWriteHalf, LspCodec>,
+    next_id: u64,
+}
+
+impl RawConn {
+    pub async fn connect(socket: &Path) -> Self {
+        let stream = UnixStream::connect(socket)
+            .await
+            .expect("connect to crushd");
+        let (r, w) = stream.into_split();
+        Self {
+            reader: FramedRead::new(r, LspCodec::new(64 * 1024 * 1024)),
+            writer: FramedWrite::new(w, LspCodec::default()),
+            next_id: 1000,
+        }
+    }
+
+    /// Connects and completes `initialize`.
+    pub async fn initialized(socket: &Path) -> Self {
+        let mut c = Self::connect(socket).await;
+        let r = c
+            .request("initialize", json!({"clientInfo": {"name": "test"}}))
+            .await;
+        assert!(r.get("result").is_some(), "initialize failed: {r}");
+        c.notify("initialized", json!({})).await;
+        c
+    }
+
+    pub async fn send(&mut self, msg: Value) {
+        let body = serde_json::to_vec(&msg).unwrap();
+        self.writer
+            .send(bytes::Bytes::from(body))
+            .await
+            .expect("send");
+    }
+
+    /// Writes bytes as they are, without framing.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let w = self.writer.get_mut();
+        w.write_all(bytes).await.expect("write");
+        w.flush().await.expect("flush");
+    }
+
+    pub async fn notify(&mut self, method: &str, params: Value) {
+        self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}))
+            .await;
+    }
+
+    /// Sends a request and returns its id.
+    pub async fn start(&mut self, method: &str, params: Value) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        id
+    }
+
+    /// Sends a request and waits for the response with its id (other messages are skipped).
+    pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.start(method, params).await;
+        self.response(id).await
+    }
+
+    /// Waits for the response to `id`.
+    pub async fn response(&mut self, id: u64) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m.get("id") == Some(&json!(id)) && m.get("method").is_none() {
+                return m;
+            }
+        }
+    }
+
+    /// The next message, within the deadline.
+    pub async fn recv(&mut self) -> Value {
+        match tokio::time::timeout(DEADLINE, self.reader.next()).await {
+            Ok(Some(Ok(body))) => serde_json::from_slice(&body).expect("daemon sent JSON"),
+            Ok(other) => panic!("connection ended while waiting for a message: {other:?}"),
+            Err(_) => panic!("no message within {DEADLINE:?}"),
+        }
+    }
+
+    /// Waits until the daemon closes the connection, returning the messages that came first.
+    pub async fn recv_until_closed(&mut self) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(DEADLINE, self.reader.next()).await {
+                Ok(Some(Ok(body))) => got.push(serde_json::from_slice(&body).expect("JSON")),
+                Ok(Some(Err(_))) | Ok(None) => return got,
+                Err(_) => panic!("connection still open after {DEADLINE:?}; got {got:?}"),
+            }
+        }
+    }
+}
+
+/// The error code of a response, or `None` for a success.
+pub fn error_code(response: &Value) -> Option<i64> {
+    response.pointer("/error/code").and_then(Value::as_i64)
+}
+
+pub fn error_message(response: &Value) -> String {
+    response
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Pids of live `crushd` processes whose command line mentions `needle` (Linux `/proc`).
+pub fn crushd_pids_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Zombies (state Z) have exited; they only wait to be reaped.
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && cmdline.contains("crushd") && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

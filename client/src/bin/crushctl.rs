@@ -200,12 +200,26 @@ async fn stop(cli: &Cli, force: bool) -> anyhow::Result<ExitCode> {
     }
     let socket = client.socket().to_path_buf();
     drop(client);
+    // The daemon releases its instance lock as its very last step: once we can take it, the
+    // daemon is gone and a new one may start.
+    let lock_path = paths::lock_dir(&socket).join(paths::LOCK_FILE);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while autostart::connect(&socket).await.is_ok() {
+    loop {
+        let released = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+        {
+            Ok(f) => f.try_lock().is_ok(),
+            Err(_) => true,
+        };
+        if released {
+            break;
+        }
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!(
-                "crushd (pid {pid}) still answers on {} after 10 s",
-                socket.display()
+                "crushd (pid {pid}) still holds {} after 10 s",
+                lock_path.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
