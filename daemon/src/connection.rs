@@ -67,14 +67,13 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let conn_token = CancellationToken::new();
     let in_flight: InFlight = Arc::default();
     let mut state = Lifecycle::New;
+    let mut daemon_stopping = false;
 
     loop {
         let frame = tokio::select! {
             biased;
             _ = daemon.stopping().cancelled() => {
-                peer.notify::<crush_protocol::daemon_notification::DaemonShutdownNotice>(
-                    &crush_protocol::DaemonShutdownNoticeParams { reason: daemon.stop_reason() },
-                );
+                daemon_stopping = true;
                 break;
             }
             frame = frames.next() => frame,
@@ -227,6 +226,14 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     conn_token.cancel();
     handlers_done.close();
     handlers_done.wait().await;
+    if daemon_stopping {
+        // After the handlers, so a `daemon/shutdown` caller gets its answer before the notice.
+        peer.notify::<crush_protocol::daemon_notification::DaemonShutdownNotice>(
+            &crush_protocol::DaemonShutdownNoticeParams {
+                reason: daemon.stop_reason(),
+            },
+        );
+    }
     daemon.unregister_peer(conn_id);
     peer.close();
     writer_close.cancel();
