@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,9 +18,10 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crush_protocol::io::{SharedHalf, write_frames};
 use crush_protocol::message::{encode_error, encode_notification, encode_request, encode_result};
 use crush_protocol::{
     ClientInfo, ErrorCode, Id, InitializeParams, InitializeResult, LspCodec, Message, Notification,
@@ -128,8 +129,8 @@ impl Client {
         socket: PathBuf,
         opts: ConnectOptions,
     ) -> Result<Client, ClientError> {
-        let shared = Arc::new(stream);
-        Self::over_io(Half(shared.clone()), Half(shared), socket, opts).await
+        let (read, write) = SharedHalf::pair(stream);
+        Self::over_io(read, write, socket, opts).await
     }
 
     /// Performs `initialize` over any byte transport (used by tests and benchmarks).
@@ -310,29 +311,10 @@ fn placeholder_init() -> InitializeResult {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     write: W,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Bytes>,
     closed: CancellationToken,
 ) {
-    let mut sink = FramedWrite::new(write, LspCodec::default());
-    loop {
-        let msg = tokio::select! {
-            m = rx.recv() => m,
-            _ = closed.cancelled() => None,
-        };
-        let Some(first) = msg else { break };
-        if sink.feed(first).await.is_err() {
-            break;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if sink.feed(more).await.is_err() {
-                closed.cancel();
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            break;
-        }
-    }
+    let _ = write_frames(write, rx, closed.clone()).await;
     closed.cancel();
 }
 
@@ -400,39 +382,4 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One side of a shared stream (`&Stream` reads and writes).
-struct Half(Arc<Stream>);
-
-impl AsyncRead for Half {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Half {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_shutdown(cx)
-    }
 }

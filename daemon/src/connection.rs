@@ -10,18 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use interprocess::local_socket::tokio::Stream;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use crush_protocol::io::{SharedHalf, write_frames};
 use crush_protocol::message::{encode_error, encode_result};
 use crush_protocol::{
     ClientNotification, ClientRequest, ErrorCode, FrameError, Id, LspCodec, Message, RequestId,
@@ -52,13 +49,12 @@ pub async fn serve(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
 }
 
 async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
-    let shared = Arc::new(stream);
-    let (read_half, write_half) = (SharedStream(shared.clone()), SharedStream(shared));
+    let (read_half, write_half) = SharedHalf::pair(stream);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let peer = Arc::new(Peer::new(conn_id, out_tx));
     let writer_close = CancellationToken::new();
     let writer =
-        tokio::spawn(write_loop(write_half, out_rx, writer_close.clone()).in_current_span());
+        tokio::spawn(write_frames(write_half, out_rx, writer_close.clone()).in_current_span());
     daemon.register_peer(&peer);
     debug!("connection opened");
 
@@ -248,42 +244,6 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     debug!("connection closed");
 }
 
-/// Writes queued messages until `close` fires, then drains what is already queued and returns.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    write_half: W,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    close: CancellationToken,
-) {
-    let mut sink = FramedWrite::new(write_half, LspCodec::default());
-    loop {
-        let next = tokio::select! {
-            biased;
-            m = rx.recv() => m,
-            _ = close.cancelled() => None,
-        };
-        let Some(first) = next else { break };
-        if sink.feed(first).await.is_err() {
-            return;
-        }
-        // Batch whatever else is ready into one flush.
-        while let Ok(more) = rx.try_recv() {
-            if sink.feed(more).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    while let Ok(more) = rx.try_recv() {
-        if sink.feed(more).await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.flush().await;
-    let _ = sink.close().await;
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -293,35 +253,5 @@ fn display_id(id: &RequestId) -> String {
         Id::Null => "null".to_owned(),
         Id::Number(n) => n.to_string(),
         Id::Str(s) => format!("{s:?}"),
-    }
-}
-
-/// One end of a shared stream: `&Stream` reads and writes, so the read loop and the writer task
-/// each hold an `Arc` instead of splitting (interprocess deprecates its split for this).
-struct SharedStream(Arc<Stream>);
-
-impl AsyncRead for SharedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_shutdown(cx)
     }
 }

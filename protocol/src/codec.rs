@@ -282,6 +282,20 @@ mod tests {
         assert!(matches!(c.decode_eof(&mut buf), Err(FrameError::Truncated)));
     }
 
+    /// `data` cut at the given points (each taken modulo its length + 1).
+    fn split<'a>(data: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut prev = 0;
+        for p in points {
+            chunks.push(&data[prev..p]);
+            prev = p;
+        }
+        chunks.push(&data[prev..]);
+        chunks
+    }
+
     proptest! {
         // Nothing on the wire can make the decoder panic or buffer past its limits, however
         // the bytes are split.
@@ -289,13 +303,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096),
                                        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8)) {
             let mut c = LspCodec::new(1024);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut prev = 0;
-            for p in points { chunks.push(&data[prev..p]); prev = p; }
-            chunks.push(&data[prev..]);
-            if let Ok(frames) = decode_all(&mut c, &chunks) {
+            if let Ok(frames) = decode_all(&mut c, &split(&data, &cuts)) {
                 for f in frames { prop_assert!(f.len() <= 1024); }
             }
         }
@@ -306,13 +314,7 @@ mod tests {
                                           cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10)) {
             let mut wire = Vec::new();
             for b in &bodies { wire.extend_from_slice(&frame(b)); }
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut prev = 0;
-            for p in points { chunks.push(&wire[prev..p]); prev = p; }
-            chunks.push(&wire[prev..]);
-            let frames = decode_all(&mut LspCodec::default(), &chunks).unwrap();
+            let frames = decode_all(&mut LspCodec::default(), &split(&wire, &cuts)).unwrap();
             let got: Vec<Vec<u8>> = frames.into_iter().map(|b| b.to_vec()).collect();
             prop_assert_eq!(got, bodies);
         }

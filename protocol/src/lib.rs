@@ -1,10 +1,11 @@
 //! The crushd wire protocol: LSP-framed JSON-RPC 2.0 over a local socket. This crate is the only
-//! one that knows JSON-RPC field names: framing (`codec`), the envelope (`message`), every method
+//! one that knows JSON-RPC field names: framing (`codec`) and the frame writer (`io`), the envelope (`message`), every method
 //! with its parameter and result types (`methods`), error codes (`error`) and where the socket
 //! lives (`paths`). It holds no daemon logic.
 
 pub mod codec;
 pub mod error;
+pub mod io;
 pub mod message;
 pub mod methods;
 pub mod paths;

@@ -283,6 +283,15 @@ impl RawConn {
         self.response(id).await
     }
 
+    /// Asserts the connection still works: `daemon/status` gets a result.
+    pub async fn assert_alive(&mut self) {
+        let r = self.request("daemon/status", json!({})).await;
+        assert!(
+            r.get("result").is_some(),
+            "the connection should still work: {r}"
+        );
+    }
+
     /// Waits for the response to `id`.
     pub async fn response(&mut self, id: u64) -> Value {
         loop {
@@ -326,6 +335,16 @@ pub fn error_message(response: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Waits until `cond` holds, failing the test after [`DEADLINE`]. For conditions with no event
+/// to wait on (another process's exit, seen through `/proc`), checked every few milliseconds.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Pids of live `crushd` processes whose command line mentions `needle` (Linux `/proc`).
