@@ -17,6 +17,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Where logs go in background mode.
     pub state_dir: PathBuf,
+    /// Where the database lives (`$XDG_DATA_HOME/crushd`).
+    pub data_dir: PathBuf,
     /// Exit after this long without connections; `None` means never.
     pub idle_timeout: Option<Duration>,
     /// Largest accepted message body in bytes.
@@ -33,6 +35,7 @@ impl Config {
         Self {
             socket,
             state_dir: crush_protocol::paths::state_dir(),
+            data_dir: default_data_dir(),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_message_size: crush_protocol::codec::DEFAULT_MAX_MESSAGE_SIZE,
             debug_methods: false,
@@ -48,7 +51,17 @@ impl Config {
         if let Some(n) = file.daemon.max_message_size {
             self.max_message_size = n;
         }
+        if let Some(d) = &file.daemon.data_dir {
+            self.data_dir = d.clone();
+        }
     }
+}
+
+/// `$XDG_DATA_HOME/crushd` (or the platform's equivalent).
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "crushd")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| std::env::temp_dir().join("crushd-data"))
 }
 
 /// Where the config file is looked for when `--config` is not given.
@@ -70,6 +83,8 @@ pub struct DaemonSection {
     /// `"10m"`, `"30s"`, or `"0"` for never.
     pub idle_timeout: Option<IdleTimeout>,
     pub max_message_size: Option<usize>,
+    /// Directory of the database.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// An idle timeout written as a human duration; zero means never.

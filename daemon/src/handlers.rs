@@ -10,13 +10,16 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crush_protocol::{
-    ClientRequest, DaemonShutdownResult, DaemonStatusResult, DebugSleepResult, ErrorCode,
-    InitializeParams, InitializeResult, PROTOCOL_VERSION, RpcError, ServerCapabilities, ServerInfo,
+    ClientRequest, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
+    DebugSleepResult, ErrorCode, InitializeParams, InitializeResult, MAX_MESSAGE_PAGE, MessageInfo,
+    PROTOCOL_VERSION, RpcError, RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult,
+    SessionInfo, SessionListResult, SessionMessagesResult, WorkspaceInfo, WorkspaceListResult,
     methods::parse_params,
 };
 
 use crate::peer::{ClientIdentity, Peer};
 use crate::server::Daemon;
+use crate::store::{MessageRow, RunRow, SessionRow, StoreError, WorkspaceRow};
 
 /// What a handler may use: the daemon and the connection that asked.
 #[derive(Clone)]
@@ -100,6 +103,105 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 shutting_down: true,
             })
         }
+        ClientRequest::WorkspaceOpen(p) => {
+            let path = canonical_dir(&p.path).await?;
+            let row = daemon.store.open_workspace(&path).await.map_err(storage)?;
+            ok(workspace_info(row))
+        }
+        ClientRequest::WorkspaceList(_) => {
+            let rows = daemon.store.list_workspaces().await.map_err(storage)?;
+            ok(WorkspaceListResult {
+                workspaces: rows.into_iter().map(workspace_info).collect(),
+            })
+        }
+        ClientRequest::SessionCreate(p) => {
+            require_workspace(daemon, &p.workspace_id).await?;
+            let title = p
+                .title
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .unwrap_or("New session");
+            let row = daemon
+                .store
+                .create_session(&p.workspace_id, title, None)
+                .await
+                .map_err(storage)?;
+            ok(session_info(row))
+        }
+        ClientRequest::SessionList(p) => {
+            require_workspace(daemon, &p.workspace_id).await?;
+            let rows = daemon
+                .store
+                .list_sessions(&p.workspace_id)
+                .await
+                .map_err(storage)?;
+            ok(SessionListResult {
+                sessions: rows.into_iter().map(session_info).collect(),
+            })
+        }
+        ClientRequest::SessionGet(p) => {
+            ok(session_info(require_session(daemon, &p.session_id).await?))
+        }
+        ClientRequest::SessionRename(p) => {
+            let title = p.title.trim();
+            if title.is_empty() {
+                return Err(RpcError::invalid_params(
+                    "invalid params: title: must not be empty",
+                ));
+            }
+            match daemon
+                .store
+                .rename_session(&p.session_id, title)
+                .await
+                .map_err(storage)?
+            {
+                Some(row) => ok(session_info(row)),
+                None => Err(session_not_found(&p.session_id)),
+            }
+        }
+        ClientRequest::SessionDelete(p) => {
+            if !daemon
+                .store
+                .delete_session(&p.session_id)
+                .await
+                .map_err(storage)?
+            {
+                return Err(session_not_found(&p.session_id));
+            }
+            ok(SessionDeleteResult { deleted: true })
+        }
+        ClientRequest::SessionMessages(p) => {
+            require_session(daemon, &p.session_id).await?;
+            let limit = p.limit.unwrap_or(DEFAULT_MESSAGE_PAGE);
+            if !(1..=MAX_MESSAGE_PAGE).contains(&limit) {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid params: limit: must be between 1 and {MAX_MESSAGE_PAGE}"
+                )));
+            }
+            let page = daemon
+                .store
+                .list_messages(&p.session_id, p.before, i64::from(limit))
+                .await
+                .map_err(storage)?;
+            let next_before = if page.has_more {
+                page.messages.first().map(|m| m.seq)
+            } else {
+                None
+            };
+            ok(SessionMessagesResult {
+                messages: page.messages.into_iter().map(message_info).collect(),
+                has_more: page.has_more,
+                next_before,
+            })
+        }
+        ClientRequest::RunGet(p) => match daemon.store.get_run(&p.run_id).await.map_err(storage)? {
+            Some(row) => ok(run_info(row)),
+            None => Err(RpcError::new(
+                ErrorCode::RunNotFound,
+                format!("no run with id {:?}", p.run_id),
+            )),
+        },
         ClientRequest::DebugSleep(p) => {
             require_debug(daemon, "debug/sleep")?;
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
@@ -112,6 +214,126 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             serde_json::from_str(raw.get())
                 .map_err(|e| RpcError::internal(format!("client answer is not JSON: {e}")))
         }
+    }
+}
+
+/// Resolves a client-given path to a canonical directory, or says precisely why not.
+async fn canonical_dir(path: &str) -> Result<String, RpcError> {
+    let p = std::path::Path::new(path);
+    if path.trim().is_empty() || !p.is_absolute() {
+        return Err(RpcError::invalid_params(format!(
+            "invalid params: path: {path:?} is not an absolute path"
+        )));
+    }
+    let canonical = tokio::fs::canonicalize(p).await.map_err(|e| {
+        RpcError::invalid_params(format!("invalid params: path: cannot open {path:?}: {e}"))
+    })?;
+    let meta = tokio::fs::metadata(&canonical).await.map_err(|e| {
+        RpcError::invalid_params(format!("invalid params: path: cannot open {path:?}: {e}"))
+    })?;
+    if !meta.is_dir() {
+        return Err(RpcError::invalid_params(format!(
+            "invalid params: path: {path:?} is not a directory"
+        )));
+    }
+    canonical.to_str().map(str::to_owned).ok_or_else(|| {
+        RpcError::invalid_params(format!("invalid params: path: {path:?} is not valid UTF-8"))
+    })
+}
+
+fn storage(e: StoreError) -> RpcError {
+    tracing::error!(error = %e, "database failure");
+    RpcError::new(
+        ErrorCode::StorageFailed,
+        format!("the database failed: {e}"),
+    )
+}
+
+fn session_not_found(id: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::SessionNotFound,
+        format!("no session with id {id:?}"),
+    )
+}
+
+async fn require_workspace(daemon: &Daemon, id: &str) -> Result<WorkspaceRow, RpcError> {
+    daemon
+        .store
+        .get_workspace(id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::WorkspaceNotFound,
+                format!("no workspace with id {id:?}"),
+            )
+        })
+}
+
+async fn require_session(daemon: &Daemon, id: &str) -> Result<SessionRow, RpcError> {
+    daemon
+        .store
+        .get_session(id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| session_not_found(id))
+}
+
+fn workspace_info(r: WorkspaceRow) -> WorkspaceInfo {
+    WorkspaceInfo {
+        workspace_id: r.id,
+        path: r.path,
+        created_at: r.created_at,
+        last_opened_at: r.last_opened_at,
+    }
+}
+
+fn session_info(r: SessionRow) -> SessionInfo {
+    SessionInfo {
+        session_id: r.id,
+        workspace_id: r.workspace_id,
+        title: r.title,
+        model: r.model,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        message_count: r.message_count,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        cost: r.cost,
+    }
+}
+
+fn message_info(r: MessageRow) -> MessageInfo {
+    MessageInfo {
+        message_id: r.id,
+        session_id: r.session_id,
+        seq: r.seq,
+        run_id: r.run_id,
+        role: r.role,
+        // Parts are written only by the daemon as JSON; an unreadable value is shown, not hidden.
+        parts: serde_json::from_str(&r.parts).unwrap_or(Value::String(r.parts)),
+        model: r.model,
+        provider: r.provider,
+        finish_reason: r.finish_reason,
+        error: r.error,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        finished_at: r.finished_at,
+    }
+}
+
+fn run_info(r: RunRow) -> RunInfo {
+    RunInfo {
+        run_id: r.run_id,
+        session_id: r.session_id,
+        state: r.state,
+        prompt: r.prompt,
+        error: r.error,
+        user_message_id: r.user_message_id,
+        assistant_message_id: r.assistant_message_id,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
     }
 }
 

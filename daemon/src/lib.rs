@@ -8,4 +8,5 @@ pub mod handlers;
 pub mod logging;
 pub mod peer;
 pub mod server;
+pub mod store;
 pub mod transport;

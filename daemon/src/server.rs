@@ -15,11 +15,13 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::connection;
 use crate::peer::Peer;
+use crate::store::{Store, StoreError};
 use crate::transport::{self, Endpoint, TransportError};
 
 /// State shared by every connection.
 pub struct Daemon {
     pub config: Config,
+    pub store: Store,
     started: Instant,
     stopping: CancellationToken,
     stop_reason: Mutex<Option<String>>,
@@ -28,9 +30,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config, store: Store) -> Arc<Self> {
         Arc::new(Self {
             config,
+            store,
             started: Instant::now(),
             stopping: CancellationToken::new(),
             stop_reason: Mutex::new(None),
@@ -88,18 +91,22 @@ impl Daemon {
 pub enum DaemonError {
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
 
 /// Binds the socket and serves until a signal, `daemon/shutdown` or idle exit.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // The lock comes first: only the daemon holding it may open the database for writing.
     let endpoint = transport::bind(&config.socket)?;
-    serve(endpoint, config).await
+    let store = Store::open(&config.data_dir).await?;
+    serve(endpoint, config, store).await
 }
 
 /// Serves on an already-bound endpoint.
-pub async fn serve(endpoint: Endpoint, config: Config) -> Result<(), DaemonError> {
+pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(), DaemonError> {
     let Endpoint {
         listener,
         socket,
@@ -110,8 +117,11 @@ pub async fn serve(endpoint: Endpoint, config: Config) -> Result<(), DaemonError
         warn!("crushd is running as root; run it as the user whose sessions it serves");
     }
     info!(socket = %socket.display(), pid = std::process::id(), lock = %lock.path().display(), "listening");
-    let daemon = Daemon::new(config);
+    info!(database = %store.path().display(), "database open");
+    let daemon = Daemon::new(config, store);
     let background = TaskTracker::new();
+    #[cfg(unix)]
+    background.spawn(ignore_file_size_signal(daemon.clone()));
     background.spawn(watch_signals(daemon.clone()).map_err_log());
     if let Some(idle) = daemon.config.idle_timeout {
         background.spawn(idle_exit(daemon.clone(), idle));
@@ -160,6 +170,7 @@ pub async fn serve(endpoint: Endpoint, config: Config) -> Result<(), DaemonError
     background.close();
     // The signal and idle tasks end on `stopping`; they never block shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
+    daemon.store.close().await;
     #[cfg(unix)]
     if std::fs::symlink_metadata(&socket).is_ok() {
         let _ = std::fs::remove_file(&socket);
@@ -201,6 +212,23 @@ async fn watch_signals(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
         _ = daemon.stopping.cancelled() => {}
     }
     Ok(())
+}
+
+/// A write past the file-size limit (`ulimit -f`) raises SIGXFSZ, whose default action kills the
+/// process. Holding a handler for it turns that into an ordinary write error (EFBIG), which the
+/// store reports like a full disk, and the daemon keeps serving.
+#[cfg(unix)]
+async fn ignore_file_size_signal(daemon: Arc<Daemon>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut xfsz) = signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw())) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = daemon.stopping.cancelled() => return,
+            _ = xfsz.recv() => warn!("a write exceeded the file size limit"),
+        }
+    }
 }
 
 /// Exits after `idle` with no connection. Later work (runs) will also hold the daemon up.

@@ -26,6 +26,14 @@ pub enum ErrorCode {
     RequestCancelled = -32800,
     /// A daemon→client request got no answer in time.
     RequestTimeout = -32004,
+    /// No workspace has the given id.
+    WorkspaceNotFound = -32010,
+    /// No session has the given id.
+    SessionNotFound = -32011,
+    /// No run has the given id.
+    RunNotFound = -32012,
+    /// The database could not be read or written (disk full, I/O error, read-only file).
+    StorageFailed = -32020,
 }
 
 impl ErrorCode {
@@ -40,6 +48,10 @@ impl ErrorCode {
         (ErrorCode::ShuttingDown, "ShuttingDown"),
         (ErrorCode::RequestCancelled, "RequestCancelled"),
         (ErrorCode::RequestTimeout, "RequestTimeout"),
+        (ErrorCode::WorkspaceNotFound, "WorkspaceNotFound"),
+        (ErrorCode::SessionNotFound, "SessionNotFound"),
+        (ErrorCode::RunNotFound, "RunNotFound"),
+        (ErrorCode::StorageFailed, "StorageFailed"),
     ];
 
     pub const fn code(self) -> i32 {

@@ -155,6 +155,22 @@ client_requests! {
     DaemonStatus = "daemon/status" (NoParams) -> DaemonStatusResult;
     /// Stop the whole daemon.
     DaemonShutdown = "daemon/shutdown" (DaemonShutdownParams) -> DaemonShutdownResult;
+    /// Open (or register) a project directory; deduplicated by canonical path.
+    WorkspaceOpen = "workspace/open" (WorkspaceOpenParams) -> WorkspaceInfo;
+    /// Every known workspace, most recently opened first.
+    WorkspaceList = "workspace/list" (NoParams) -> WorkspaceListResult;
+    /// A new, empty session in a workspace.
+    SessionCreate = "session/create" (SessionCreateParams) -> SessionInfo;
+    /// Sessions of a workspace, most recently updated first.
+    SessionList = "session/list" (SessionListParams) -> SessionListResult;
+    SessionGet = "session/get" (SessionRef) -> SessionInfo;
+    SessionRename = "session/rename" (SessionRenameParams) -> SessionInfo;
+    /// Delete a session with its messages and runs.
+    SessionDelete = "session/delete" (SessionRef) -> SessionDeleteResult;
+    /// A page of a session's messages, oldest first within the page.
+    SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult;
+    /// A run's persisted state (also after a reconnect or a daemon restart).
+    RunGet = "run/get" (RunRef) -> RunInfo;
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
     /// Diagnostic: the daemon sends the given request to the calling client and returns its
@@ -280,6 +296,168 @@ pub struct DebugClientRequestParams {
     /// How long to wait for the client's answer; default 10 000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceOpenParams {
+    /// A directory; relative paths are refused, symlinks are resolved.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceInfo {
+    pub workspace_id: String,
+    /// The canonical absolute path.
+    pub path: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub last_opened_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceListResult {
+    pub workspaces: Vec<WorkspaceInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCreateParams {
+    pub workspace_id: String,
+    /// Defaults to "New session".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionListParams {
+    pub workspace_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRef {
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRenameParams {
+    pub session_id: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub workspace_id: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub message_count: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionListResult {
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDeleteResult {
+    pub deleted: bool,
+}
+
+/// Default and maximum page size of `session/messages`.
+pub const DEFAULT_MESSAGE_PAGE: u32 = 100;
+pub const MAX_MESSAGE_PAGE: u32 = 1000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionMessagesParams {
+    pub session_id: String,
+    /// Only messages with `seq` below this (the `nextBefore` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    /// Page size, 1..=1000; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageInfo {
+    pub message_id: String,
+    pub session_id: String,
+    /// Position in the session, from 1.
+    pub seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// `user`, `assistant`, `tool` or `system`.
+    pub role: String,
+    /// Text, reasoning, tool calls, tool results, attachments.
+    pub parts: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// `end_turn`, `max_tokens`, `tool_use`, `canceled`, `error`, `interrupted`; absent while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionMessagesResult {
+    pub messages: Vec<MessageInfo>,
+    /// Whether older messages exist.
+    pub has_more: bool,
+    /// Pass as `before` to get the previous page; absent when `hasMore` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRef {
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    pub run_id: String,
+    pub session_id: String,
+    /// `accepted`, `queued`, `running`, `completed`, `cancelled`, `failed`, `interrupted`.
+    pub state: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assistant_message_id: Option<String>,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -68,6 +68,11 @@ impl TestEnv {
         Self { dir, socket }
     }
 
+    /// Where the daemon's database lives in this environment (`$XDG_DATA_HOME/crushd`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join("crushd")
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state").join("crushd")
     }

@@ -29,6 +29,9 @@ struct Args {
     /// Config file [default: $XDG_CONFIG_HOME/crushd/config.toml].
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Directory of the database [default: $XDG_DATA_HOME/crushd].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Exit after this long without connections ("10m", "30s"; 0 = never).
     #[arg(long, value_parser = parse_idle)]
     idle_timeout: Option<IdleTimeout>,
@@ -90,6 +93,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_message_size {
         cfg.max_message_size = n;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
     }
     cfg.debug_methods = args.debug_methods;
 

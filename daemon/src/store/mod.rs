@@ -1,0 +1,263 @@
+//! The store: every byte crushd persists goes through here, and nothing else in the daemon writes
+//! SQL. One SQLite file per user (WAL, `synchronous=NORMAL`, foreign keys on, a busy timeout),
+//! opened by the daemon that holds the instance lock — the only writer. Migrations are embedded;
+//! a database newer than this binary is refused, never downgraded. Queries are checked at compile
+//! time against the schema (`.sqlx/` holds the offline data for builds without a database).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+mod rows;
+pub use rows::*;
+
+/// The embedded migrations (daemon/migrations).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The file name of the database inside the data directory.
+pub const DB_FILE: &str = "crushd.db";
+
+/// How long a statement waits for a lock held by another connection before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The error a recovered run carries.
+pub const INTERRUPTED_ERROR: &str = "the daemon stopped before the run finished";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error(
+        "the database {path} is unreadable or corrupt ({detail}); move it aside to start afresh"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the database {path} was written by a newer crushd (schema version {found}, this binary knows up to {known}); upgrade crushd or use another --data-dir"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot migrate the database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the failure is the disk's (full, read-only, I/O error) rather than ours.
+    pub fn is_disk_fault(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                let msg = e.message();
+                msg.contains("disk")
+                    || msg.contains("full")
+                    || msg.contains("readonly")
+                    || msg.contains("I/O")
+            }
+            StoreError::Db(sqlx::Error::Io(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The database handle. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`, migrates it, and turns runs left
+    /// unfinished by a previous daemon into `interrupted` ones.
+    pub async fn open(data_dir: &Path) -> Result<Store> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        Self::open_file(&path).await
+    }
+
+    pub async fn open_file(path: &Path) -> Result<Store> {
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| classify_open_error(path, e))?;
+        let store = Store {
+            pool,
+            path: path.to_path_buf(),
+        };
+        store.check_readable().await?;
+        store.refuse_newer_schema().await?;
+        MIGRATOR
+            .run(&store.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let recovered = store.recover_interrupted().await?;
+        if recovered > 0 {
+            tracing::info!(
+                runs = recovered,
+                "marked runs left unfinished by a previous daemon as interrupted"
+            );
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for in-flight statements and closes every connection (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn check_readable(&self) -> Result<()> {
+        let ok: std::result::Result<String, sqlx::Error> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_one(&self.pool)
+            .await;
+        match ok {
+            Ok(s) if s == "ok" => Ok(()),
+            Ok(s) => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: s,
+            }),
+            Err(e) => Err(classify_open_error(&self.path, e)),
+        }
+    }
+
+    async fn refuse_newer_schema(&self) -> Result<()> {
+        let has_table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if has_table.is_none() {
+            return Ok(());
+        }
+        let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&self.pool)
+            .await?;
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        match found {
+            Some(found) if found > known => Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found,
+                known,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Crash recovery: every run in a non-terminal state becomes `interrupted`, and every
+    /// assistant message still streaming gets finish reason `interrupted` (its flushed text
+    /// stays). Returns the number of runs changed.
+    pub async fn recover_interrupted(&self) -> Result<u64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let runs = sqlx::query!(
+            "UPDATE runs SET state = 'interrupted', error = ?, finished_at = ?
+             WHERE state IN ('accepted', 'queued', 'running')",
+            INTERRUPTED_ERROR,
+            now
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query!(
+            "UPDATE messages SET finish_reason = 'interrupted', error = ?, finished_at = ?, updated_at = ?
+             WHERE finish_reason IS NULL AND role = 'assistant'",
+            INTERRUPTED_ERROR,
+            now,
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(runs)
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn classify_open_error(path: &Path, e: sqlx::Error) -> StoreError {
+    let corrupt = match &e {
+        sqlx::Error::Database(db) => {
+            let m = db.message();
+            m.contains("not a database") || m.contains("malformed") || m.contains("corrupt")
+        }
+        _ => false,
+    };
+    if corrupt {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    } else {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| StoreError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;

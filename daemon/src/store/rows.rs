@@ -1,0 +1,445 @@
+//! Typed rows and the statements that read and write them.
+
+use super::{Result, Store, new_id, now_ms};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceRow {
+    pub id: String,
+    pub path: String,
+    pub created_at: i64,
+    pub last_opened_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub id: String,
+    pub workspace_id: String,
+    pub title: String,
+    pub model: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub message_count: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow {
+    pub id: String,
+    pub session_id: String,
+    pub seq: i64,
+    pub run_id: Option<String>,
+    pub role: String,
+    /// JSON array of parts.
+    pub parts: String,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub session_id: String,
+    pub state: String,
+    pub prompt: String,
+    pub error: Option<String>,
+    pub user_message_id: Option<String>,
+    pub assistant_message_id: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A new message to insert.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage<'a> {
+    pub session_id: &'a str,
+    pub run_id: Option<&'a str>,
+    pub role: &'a str,
+    pub parts: &'a str,
+    pub model: Option<&'a str>,
+    pub provider: Option<&'a str>,
+}
+
+/// One page of a session's messages, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePage {
+    pub messages: Vec<MessageRow>,
+    /// Whether older messages exist before this page.
+    pub has_more: bool,
+}
+
+impl Store {
+    // ---- workspaces ----
+
+    /// Creates the workspace for a canonical path, or refreshes its `last_opened_at`.
+    pub async fn open_workspace(&self, canonical_path: &str) -> Result<WorkspaceRow> {
+        let now = now_ms();
+        let id = new_id();
+        let row = sqlx::query_as!(
+            WorkspaceRow,
+            r#"INSERT INTO workspaces (id, path, created_at, last_opened_at) VALUES (?, ?, ?, ?)
+               ON CONFLICT(path) DO UPDATE SET last_opened_at = excluded.last_opened_at
+               RETURNING id AS "id!", path AS "path!", created_at AS "created_at!", last_opened_at AS "last_opened_at!""#,
+            id,
+            canonical_path,
+            now,
+            now
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    pub async fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRow>> {
+        Ok(sqlx::query_as!(
+            WorkspaceRow,
+            "SELECT id, path, created_at, last_opened_at FROM workspaces WHERE id = ?",
+            id
+        )
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceRow>> {
+        Ok(sqlx::query_as!(
+            WorkspaceRow,
+            "SELECT id, path, created_at, last_opened_at FROM workspaces ORDER BY last_opened_at DESC, id"
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    // ---- sessions ----
+
+    pub async fn create_session(
+        &self,
+        workspace_id: &str,
+        title: &str,
+        model: Option<&str>,
+    ) -> Result<SessionRow> {
+        let now = now_ms();
+        let id = new_id();
+        sqlx::query!(
+            "INSERT INTO sessions (id, workspace_id, title, model, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            id,
+            workspace_id,
+            title,
+            model,
+            now,
+            now
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(SessionRow {
+            id,
+            workspace_id: workspace_id.to_owned(),
+            title: title.to_owned(),
+            model: model.map(str::to_owned),
+            created_at: now,
+            updated_at: now,
+            message_count: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0.0,
+        })
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>> {
+        Ok(sqlx::query_as!(
+            SessionRow,
+            "SELECT id, workspace_id, title, model, created_at, updated_at, message_count,
+                    prompt_tokens, completion_tokens, cost
+             FROM sessions WHERE id = ?",
+            id
+        )
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Sessions of a workspace, most recently updated first.
+    pub async fn list_sessions(&self, workspace_id: &str) -> Result<Vec<SessionRow>> {
+        Ok(sqlx::query_as!(
+            SessionRow,
+            "SELECT id, workspace_id, title, model, created_at, updated_at, message_count,
+                    prompt_tokens, completion_tokens, cost
+             FROM sessions WHERE workspace_id = ? ORDER BY updated_at DESC, id DESC",
+            workspace_id
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Renames a session; `None` when it does not exist.
+    pub async fn rename_session(&self, id: &str, title: &str) -> Result<Option<SessionRow>> {
+        let now = now_ms();
+        let changed = sqlx::query!(
+            "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
+            title,
+            now,
+            id
+        )
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.get_session(id).await
+    }
+
+    /// Deletes a session with its messages and runs; false when it did not exist.
+    pub async fn delete_session(&self, id: &str) -> Result<bool> {
+        let deleted = sqlx::query!("DELETE FROM sessions WHERE id = ?", id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    /// Adds token usage and cost to a session's totals.
+    pub async fn add_session_usage(
+        &self,
+        id: &str,
+        prompt: i64,
+        completion: i64,
+        cost: f64,
+    ) -> Result<()> {
+        let now = now_ms();
+        sqlx::query!(
+            "UPDATE sessions SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,
+                    cost = cost + ?, updated_at = ? WHERE id = ?",
+            prompt,
+            completion,
+            cost,
+            now,
+            id
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    // ---- messages ----
+
+    /// Appends a message to its session (next `seq`), bumping the session's count and time.
+    pub async fn insert_message(&self, m: NewMessage<'_>) -> Result<MessageRow> {
+        let now = now_ms();
+        let id = new_id();
+        let mut tx = self.pool().begin().await?;
+        let seq = sqlx::query_scalar!(
+            r#"SELECT COALESCE(MAX(seq), 0) + 1 AS "seq!: i64" FROM messages WHERE session_id = ?"#,
+            m.session_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "INSERT INTO messages (id, session_id, seq, run_id, role, parts, model, provider, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            id,
+            m.session_id,
+            seq,
+            m.run_id,
+            m.role,
+            m.parts,
+            m.model,
+            m.provider,
+            now,
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE sessions SET message_count = message_count + 1, updated_at = ? WHERE id = ?",
+            now,
+            m.session_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(MessageRow {
+            id,
+            session_id: m.session_id.to_owned(),
+            seq,
+            run_id: m.run_id.map(str::to_owned),
+            role: m.role.to_owned(),
+            parts: m.parts.to_owned(),
+            model: m.model.map(str::to_owned),
+            provider: m.provider.map(str::to_owned),
+            finish_reason: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        })
+    }
+
+    /// Replaces a streaming message's parts (a flush).
+    pub async fn update_message_parts(&self, id: &str, parts: &str) -> Result<()> {
+        let now = now_ms();
+        sqlx::query!(
+            "UPDATE messages SET parts = ?, updated_at = ? WHERE id = ?",
+            parts,
+            now,
+            id
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Final write of a message: its parts, finish reason and error.
+    pub async fn finish_message(
+        &self,
+        id: &str,
+        parts: &str,
+        finish_reason: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let now = now_ms();
+        sqlx::query!(
+            "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+            parts,
+            finish_reason,
+            error,
+            now,
+            now,
+            id
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>> {
+        Ok(sqlx::query_as!(
+            MessageRow,
+            "SELECT id, session_id, seq, run_id, role, parts, model, provider, finish_reason, error,
+                    created_at, updated_at, finished_at
+             FROM messages WHERE id = ?",
+            id
+        )
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Up to `limit` messages with `seq < before` (all when `before` is `None`), the newest of
+    /// them, returned oldest first.
+    pub async fn list_messages(
+        &self,
+        session_id: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<MessagePage> {
+        let before = before.unwrap_or(i64::MAX);
+        let fetch = limit + 1;
+        let mut rows = sqlx::query_as!(
+            MessageRow,
+            "SELECT id, session_id, seq, run_id, role, parts, model, provider, finish_reason, error,
+                    created_at, updated_at, finished_at
+             FROM messages WHERE session_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            session_id,
+            before,
+            fetch
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let has_more = rows.len() as i64 > limit;
+        rows.truncate(limit.max(0) as usize);
+        rows.reverse();
+        Ok(MessagePage {
+            messages: rows,
+            has_more,
+        })
+    }
+
+    // ---- runs ----
+
+    pub async fn insert_run(
+        &self,
+        run_id: &str,
+        session_id: &str,
+        state: &str,
+        prompt: &str,
+    ) -> Result<RunRow> {
+        let now = now_ms();
+        sqlx::query!(
+            "INSERT INTO runs (run_id, session_id, state, prompt, created_at) VALUES (?, ?, ?, ?, ?)",
+            run_id,
+            session_id,
+            state,
+            prompt,
+            now
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(RunRow {
+            run_id: run_id.to_owned(),
+            session_id: session_id.to_owned(),
+            state: state.to_owned(),
+            prompt: prompt.to_owned(),
+            error: None,
+            user_message_id: None,
+            assistant_message_id: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        })
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
+        Ok(sqlx::query_as!(
+            RunRow,
+            "SELECT run_id, session_id, state, prompt, error, user_message_id, assistant_message_id,
+                    created_at, started_at, finished_at
+             FROM runs WHERE run_id = ?",
+            run_id
+        )
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Marks a run running, with the messages it produced so far.
+    pub async fn start_run(
+        &self,
+        run_id: &str,
+        user_message_id: Option<&str>,
+        assistant_message_id: Option<&str>,
+    ) -> Result<()> {
+        let now = now_ms();
+        sqlx::query!(
+            "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?),
+                    user_message_id = COALESCE(?, user_message_id),
+                    assistant_message_id = COALESCE(?, assistant_message_id)
+             WHERE run_id = ?",
+            now,
+            user_message_id,
+            assistant_message_id,
+            run_id
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records a run's terminal state (`completed`, `cancelled`, `failed`, `interrupted`).
+    pub async fn finish_run(&self, run_id: &str, state: &str, error: Option<&str>) -> Result<()> {
+        let now = now_ms();
+        sqlx::query!(
+            "UPDATE runs SET state = ?, error = ?, finished_at = ? WHERE run_id = ?",
+            state,
+            error,
+            now,
+            run_id
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data")).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn migrates_an_empty_file_and_uses_wal() {
+    let (_d, store) = temp_store().await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+}
+
+#[tokio::test]
+async fn workspaces_are_unique_by_path_and_refreshed() {
+    let (_d, store) = temp_store().await;
+    let a = store.open_workspace("/p/a").await.unwrap();
+    let again = store.open_workspace("/p/a").await.unwrap();
+    assert_eq!(a.id, again.id);
+    assert!(again.last_opened_at >= a.last_opened_at);
+    store.open_workspace("/p/b").await.unwrap();
+    assert_eq!(store.list_workspaces().await.unwrap().len(), 2);
+    assert_eq!(
+        store.get_workspace(&a.id).await.unwrap().unwrap().path,
+        "/p/a"
+    );
+    assert!(store.get_workspace("nope").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn sessions_crud_and_cascade_delete() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store
+        .create_session(&ws.id, "first", Some("echo"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_session(&s.id).await.unwrap().unwrap(), s);
+    let renamed = store
+        .rename_session(&s.id, "renamed")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.title, "renamed");
+    assert!(
+        store
+            .rename_session("missing", "x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let m = store
+        .insert_message(NewMessage {
+            session_id: &s.id,
+            role: "user",
+            parts: "[]",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .insert_run("r1", &s.id, "running", "hi")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_session(&s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        1
+    );
+    assert!(store.delete_session(&s.id).await.unwrap());
+    assert!(!store.delete_session(&s.id).await.unwrap());
+    assert!(
+        store.get_message(&m.id).await.unwrap().is_none(),
+        "messages cascade"
+    );
+    assert!(store.get_run("r1").await.unwrap().is_none(), "runs cascade");
+}
+
+#[tokio::test]
+async fn messages_paginate_oldest_first_within_a_page() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", None).await.unwrap();
+    for i in 0..7 {
+        let parts = format!(r#"[{{"type":"text","text":"{i}"}}]"#);
+        store
+            .insert_message(NewMessage {
+                session_id: &s.id,
+                role: "user",
+                parts: &parts,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let page = store.list_messages(&s.id, None, 3).await.unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+    assert!(page.has_more);
+    let page = store.list_messages(&s.id, Some(5), 3).await.unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert!(page.has_more);
+    let page = store.list_messages(&s.id, Some(2), 3).await.unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert!(!page.has_more);
+}
+
+#[tokio::test]
+async fn runs_record_their_lifecycle() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", None).await.unwrap();
+    store
+        .insert_run("r", &s.id, "accepted", "prompt")
+        .await
+        .unwrap();
+    let u = store
+        .insert_message(NewMessage {
+            session_id: &s.id,
+            run_id: Some("r"),
+            role: "user",
+            parts: "[]",
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store.start_run("r", Some(&u.id), None).await.unwrap();
+    let run = store.get_run("r").await.unwrap().unwrap();
+    assert_eq!(run.state, "running");
+    assert_eq!(run.user_message_id.as_deref(), Some(u.id.as_str()));
+    assert!(run.started_at.is_some());
+    store.finish_run("r", "failed", Some("boom")).await.unwrap();
+    let run = store.get_run("r").await.unwrap().unwrap();
+    assert_eq!(
+        (run.state.as_str(), run.error.as_deref()),
+        ("failed", Some("boom"))
+    );
+    assert!(run.finished_at.is_some());
+}
+
+#[tokio::test]
+async fn reopening_marks_unfinished_runs_interrupted_and_keeps_flushed_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (session, assistant) = {
+        let store = Store::open(&data).await.unwrap();
+        let ws = store.open_workspace("/p").await.unwrap();
+        let s = store.create_session(&ws.id, "t", None).await.unwrap();
+        store
+            .insert_run("done", &s.id, "completed", "a")
+            .await
+            .unwrap();
+        store
+            .insert_run("live", &s.id, "running", "b")
+            .await
+            .unwrap();
+        store
+            .insert_run("waiting", &s.id, "queued", "c")
+            .await
+            .unwrap();
+        let a = store
+            .insert_message(NewMessage {
+                session_id: &s.id,
+                run_id: Some("live"),
+                role: "assistant",
+                parts: "[]",
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .update_message_parts(&a.id, r#"[{"type":"text","text":"half"}]"#)
+            .await
+            .unwrap();
+        store.close().await;
+        (s.id, a.id)
+    };
+    let store = Store::open(&data).await.unwrap();
+    for id in ["live", "waiting"] {
+        let run = store.get_run(id).await.unwrap().unwrap();
+        assert_eq!(run.state, "interrupted");
+        assert_eq!(run.error.as_deref(), Some(INTERRUPTED_ERROR));
+    }
+    assert_eq!(
+        store.get_run("done").await.unwrap().unwrap().state,
+        "completed"
+    );
+    let m = store.get_message(&assistant).await.unwrap().unwrap();
+    assert_eq!(m.finish_reason.as_deref(), Some("interrupted"));
+    assert!(
+        m.parts.contains("half"),
+        "flushed text survives: {}",
+        m.parts
+    );
+    assert_eq!(
+        store
+            .get_session(&session)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        1
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = Store::open(&data).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (9999, 'from the future', 1, x'00', 0)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.close().await;
+    }
+    let err = Store::open(&data).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 9999, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer crushd"), "{err}");
+}
+
+#[tokio::test]
+async fn refuses_a_corrupt_file_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join(DB_FILE), vec![0x42u8; 8192]).unwrap();
+    let err = Store::open(&data).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&data.join(DB_FILE).display().to_string()),
+        "{msg}"
+    );
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
+}
