@@ -232,19 +232,17 @@ impl Store {
     pub async fn insert_message(&self, m: NewMessage<'_>) -> Result<MessageRow> {
         let now = now_ms();
         let id = new_id();
+        // The transaction's first statement writes: a deferred transaction that read first
+        // would have to upgrade its lock, and SQLite answers that with SQLITE_BUSY at once
+        // instead of waiting out the busy timeout.
         let mut tx = self.pool().begin().await?;
         let seq = sqlx::query_scalar!(
-            r#"SELECT COALESCE(MAX(seq), 0) + 1 AS "seq!: i64" FROM messages WHERE session_id = ?"#,
-            m.session_id
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO messages (id, session_id, seq, run_id, role, parts, model, provider, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            r#"INSERT INTO messages (id, session_id, seq, run_id, role, parts, model, provider, created_at, updated_at)
+               VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?), ?, ?, ?, ?, ?, ?, ?)
+               RETURNING seq AS "seq!: i64""#,
             id,
             m.session_id,
-            seq,
+            m.session_id,
             m.run_id,
             m.role,
             m.parts,
@@ -253,7 +251,7 @@ impl Store {
             now,
             now
         )
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         sqlx::query!(
             "UPDATE sessions SET message_count = message_count + 1, updated_at = ? WHERE id = ?",

@@ -264,3 +264,47 @@ async fn refuses_a_corrupt_file_naming_it() {
     );
     assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
 }
+
+/// Many writers at once wait for each other within the busy timeout; none sees "database is
+/// locked".
+#[tokio::test]
+async fn concurrent_writers_never_surface_busy() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let shared = store.create_session(&ws.id, "shared", None).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = store.clone();
+        let ws_id = ws.id.clone();
+        let shared_id = shared.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let own = store.create_session(&ws_id, &format!("s{i}"), None).await?;
+            for _ in 0..20 {
+                for sid in [&own.id, &shared_id] {
+                    let m = store
+                        .insert_message(NewMessage {
+                            session_id: sid,
+                            role: "assistant",
+                            parts: "[]",
+                            ..Default::default()
+                        })
+                        .await?;
+                    store
+                        .update_message_parts(&m.id, r#"[{"type":"text","text":"x"}]"#)
+                        .await?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let page = store.list_messages(&shared.id, None, 1000).await.unwrap();
+    let seqs: Vec<i64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=640).collect::<Vec<_>>(),
+        "every message got its own seq"
+    );
+}
