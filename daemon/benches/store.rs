@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crushd::store::Store;
 use crushd::store::live::{DEFAULT_FLUSH_INTERVAL, LiveMessage};
-use crushd::store::{NewMessage, Store};
 use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 
@@ -47,12 +47,7 @@ async fn run_case(runs: usize, interval: Duration, paced: bool) -> Outcome {
                 .await
                 .unwrap();
             let m = store
-                .insert_message(NewMessage {
-                    session_id: &s.id,
-                    role: "assistant",
-                    parts: "[]",
-                    ..Default::default()
-                })
+                .start_assistant_message(&s.id, None, None, None)
                 .await
                 .unwrap();
             let mut live = LiveMessage::new(m.id, interval);

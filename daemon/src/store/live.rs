@@ -140,23 +140,24 @@ impl LiveMessage {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::store::NewMessage;
+    use crate::store::MessageRow;
 
-    #[tokio::test]
-    async fn batches_deltas_and_always_writes_the_end() {
+    /// A store with one empty assistant message, as a run starts it.
+    async fn streaming_message() -> (tempfile::TempDir, Store, MessageRow) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let ws = store.open_workspace("/p").await.unwrap();
         let s = store.create_session(&ws.id, "t", None).await.unwrap();
         let m = store
-            .insert_message(NewMessage {
-                session_id: &s.id,
-                role: "assistant",
-                parts: "[]",
-                ..Default::default()
-            })
+            .start_assistant_message(&s.id, None, None, None)
             .await
             .unwrap();
+        (dir, store, m)
+    }
+
+    #[tokio::test]
+    async fn batches_deltas_and_always_writes_the_end() {
+        let (_dir, store, m) = streaming_message().await;
         let mut live = LiveMessage::new(m.id.clone(), Duration::from_secs(3600));
         for w in ["Hello", ", ", "world"] {
             live.push_text(w);
@@ -189,19 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn flushes_once_the_interval_has_passed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let ws = store.open_workspace("/p").await.unwrap();
-        let s = store.create_session(&ws.id, "t", None).await.unwrap();
-        let m = store
-            .insert_message(NewMessage {
-                session_id: &s.id,
-                role: "assistant",
-                parts: "[]",
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let (_dir, store, m) = streaming_message().await;
         let mut live = LiveMessage::new(m.id.clone(), Duration::ZERO);
         live.push_text("partial");
         assert!(live.flush_if_due(&store).await.unwrap());

@@ -278,6 +278,26 @@ impl Store {
         })
     }
 
+    /// The empty assistant message a run streams into (its finish reason stays null until the
+    /// final write).
+    pub async fn start_assistant_message(
+        &self,
+        session_id: &str,
+        run_id: Option<&str>,
+        model: Option<&str>,
+        provider: Option<&str>,
+    ) -> Result<MessageRow> {
+        self.insert_message(NewMessage {
+            session_id,
+            run_id,
+            role: "assistant",
+            parts: "[]",
+            model,
+            provider,
+        })
+        .await
+    }
+
     /// Replaces a streaming message's parts (a flush).
     pub async fn update_message_parts(&self, id: &str, parts: &str) -> Result<()> {
         let now = now_ms();
