@@ -155,18 +155,17 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Reads the header and the schema: enough to refuse a file that is not a database (or is
+    /// unreadable) before anything is written to it. A full `PRAGMA quick_check` would read every
+    /// page — seconds on a large database, on the path of a client waiting for autostart — so
+    /// damage deeper in the file is left to surface as an error on the request that touches it.
     async fn check_readable(&self) -> Result<()> {
-        let ok: std::result::Result<String, sqlx::Error> = sqlx::query_scalar("PRAGMA quick_check")
-            .fetch_one(&self.pool)
-            .await;
-        match ok {
-            Ok(s) if s == "ok" => Ok(()),
-            Ok(s) => Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                detail: s,
-            }),
-            Err(e) => Err(classify_open_error(&self.path, e)),
-        }
+        let read: std::result::Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master")
+                .fetch_one(&self.pool)
+                .await;
+        read.map(|_| ())
+            .map_err(|e| classify_open_error(&self.path, e))
     }
 
     async fn refuse_newer_schema(&self) -> Result<()> {
