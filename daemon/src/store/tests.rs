@@ -308,3 +308,18 @@ async fn concurrent_writers_never_surface_busy() {
         "every message got its own seq"
     );
 }
+
+#[tokio::test]
+async fn session_usage_accumulates() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", Some("m")).await.unwrap();
+    store.add_session_usage(&s.id, 100, 20, 0.5).await.unwrap();
+    store.add_session_usage(&s.id, 10, 2, 0.25).await.unwrap();
+    let got = store.get_session(&s.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.prompt_tokens, got.completion_tokens, got.cost),
+        (110, 22, 0.75)
+    );
+    assert!(got.updated_at >= s.updated_at);
+}
