@@ -224,24 +224,10 @@ impl Client {
         RequestId,
         impl std::future::Future<Output = Result<Value, ClientError>> + use<P>,
     ) {
-        let id: RequestId = Id::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id.clone(), tx);
-        let sent = self
-            .outbound
-            .send(encode_request(&id, method, params))
-            .is_ok();
+        let (id, reply) = self.send_request(method, params);
         let fut = async move {
-            if !sent {
-                return Err(ClientError::Closed);
-            }
-            match rx.await {
-                Ok(Ok(raw)) => {
-                    serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(e.to_string()))
-                }
-                Ok(Err(e)) => Err(ClientError::Rpc(e)),
-                Err(_) => Err(ClientError::Closed),
-            }
+            let raw = reply.await?;
+            serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(e.to_string()))
         };
         (id, fut)
     }
@@ -259,22 +245,39 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<Box<RawValue>, ClientError> {
+        self.send_request(method, params).1.await
+    }
+
+    /// Registers a pending request, sends it, and returns its id and a future for the raw answer.
+    fn send_request<P: Serialize>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> (
+        RequestId,
+        impl std::future::Future<Output = Result<Box<RawValue>, ClientError>> + use<P>,
+    ) {
         let id: RequestId = Id::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id.clone(), tx);
-        if self
+        let sent = self
             .outbound
             .send(encode_request(&id, method, params))
-            .is_err()
-        {
+            .is_ok();
+        if !sent {
             lock(&self.pending).remove(&id);
-            return Err(ClientError::Closed);
         }
-        match rx.await {
-            Ok(Ok(raw)) => Ok(raw),
-            Ok(Err(e)) => Err(ClientError::Rpc(e)),
-            Err(_) => Err(ClientError::Closed),
-        }
+        let fut = async move {
+            if !sent {
+                return Err(ClientError::Closed);
+            }
+            match rx.await {
+                Ok(Ok(raw)) => Ok(raw),
+                Ok(Err(e)) => Err(ClientError::Rpc(e)),
+                Err(_) => Err(ClientError::Closed),
+            }
+        };
+        (id, fut)
     }
 
     pub fn notify<N: Notification>(&self, params: &N::Params) {

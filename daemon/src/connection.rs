@@ -55,7 +55,6 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let writer_close = CancellationToken::new();
     let writer =
         tokio::spawn(write_frames(write_half, out_rx, writer_close.clone()).in_current_span());
-    daemon.register_peer(&peer);
     debug!("connection opened");
 
     let mut frames = FramedRead::new(read_half, LspCodec::new(daemon.config.max_message_size));
@@ -230,7 +229,6 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             },
         );
     }
-    daemon.unregister_peer(conn_id);
     peer.close();
     writer_close.cancel();
     let mut writer = writer;

@@ -119,10 +119,6 @@ impl Peer {
         self.lock_pending().clear();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, PendingReply>> {
         // A poisoned map only means another task panicked mid-insert; the map itself is fine.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())

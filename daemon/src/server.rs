@@ -2,7 +2,6 @@
 //! handling and the shutdown sequence (stop accepting → tell every client → close connections →
 //! wait, bounded → remove the socket → release the lock).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +13,6 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::connection;
-use crate::peer::Peer;
 use crate::store::{Store, StoreError};
 use crate::transport::{self, Endpoint, TransportError};
 
@@ -26,7 +24,6 @@ pub struct Daemon {
     stopping: CancellationToken,
     stop_reason: Mutex<Option<String>>,
     connections: watch::Sender<usize>,
-    peers: Mutex<HashMap<u64, Arc<Peer>>>,
 }
 
 impl Daemon {
@@ -38,7 +35,6 @@ impl Daemon {
             stopping: CancellationToken::new(),
             stop_reason: Mutex::new(None),
             connections: watch::Sender::new(0),
-            peers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -71,18 +67,6 @@ impl Daemon {
 
     pub fn connection_count(&self) -> usize {
         *self.connections.borrow()
-    }
-
-    pub(crate) fn register_peer(&self, peer: &Arc<Peer>) {
-        if let Ok(mut p) = self.peers.lock() {
-            p.insert(peer.id, peer.clone());
-        }
-    }
-
-    pub(crate) fn unregister_peer(&self, id: u64) {
-        if let Ok(mut p) = self.peers.lock() {
-            p.remove(&id);
-        }
     }
 }
 
@@ -122,7 +106,12 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
     let background = TaskTracker::new();
     #[cfg(unix)]
     background.spawn(ignore_file_size_signal(daemon.clone()));
-    background.spawn(watch_signals(daemon.clone()).map_err_log());
+    let signals = watch_signals(daemon.clone());
+    background.spawn(async move {
+        if let Err(e) = signals.await {
+            warn!(error = %e, "signal handling failed");
+        }
+    });
     if let Some(idle) = daemon.config.idle_timeout {
         background.spawn(idle_exit(daemon.clone(), idle));
     }
@@ -178,18 +167,6 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
     drop(lock);
     info!("stopped");
     Ok(())
-}
-
-trait LogErr {
-    fn map_err_log(self) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl<F: std::future::Future<Output = Result<(), DaemonError>> + Send> LogErr for F {
-    async fn map_err_log(self) {
-        if let Err(e) = self.await {
-            warn!(error = %e, "background task failed");
-        }
-    }
 }
 
 #[cfg(unix)]

@@ -86,10 +86,6 @@ impl RpcError {
         self
     }
 
-    pub fn kind(&self) -> Option<ErrorCode> {
-        ErrorCode::from_code(self.code)
-    }
-
     pub fn parse_error(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ParseError, message)
     }

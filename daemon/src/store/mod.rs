@@ -58,23 +58,6 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
-impl StoreError {
-    /// Whether the failure is the disk's (full, read-only, I/O error) rather than ours.
-    pub fn is_disk_fault(&self) -> bool {
-        match self {
-            StoreError::Db(sqlx::Error::Database(e)) => {
-                let msg = e.message();
-                msg.contains("disk")
-                    || msg.contains("full")
-                    || msg.contains("readonly")
-                    || msg.contains("I/O")
-            }
-            StoreError::Db(sqlx::Error::Io(_)) => true,
-            _ => false,
-        }
-    }
-}
-
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Milliseconds since the Unix epoch.
