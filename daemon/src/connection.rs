@@ -67,7 +67,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     loop {
         let frame = tokio::select! {
             biased;
-            _ = daemon.stopping().cancelled() => {
+            _ = daemon.disconnecting().cancelled() => {
                 daemon_stopping = true;
                 break;
             }
@@ -229,6 +229,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             },
         );
     }
+    daemon.runtime.disconnect(&peer);
     peer.close();
     writer_close.cancel();
     let mut writer = writer;

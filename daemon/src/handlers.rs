@@ -12,8 +12,9 @@ use serde_json::value::RawValue;
 use crush_protocol::{
     ClientRequest, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
     DebugSleepResult, ErrorCode, InitializeParams, InitializeResult, MAX_MESSAGE_PAGE, MessageInfo,
-    PROTOCOL_VERSION, RpcError, RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult,
-    SessionInfo, SessionListResult, SessionMessagesResult, WorkspaceInfo, WorkspaceListResult,
+    ModelListResult, PROTOCOL_VERSION, RpcError, RunInfo, ServerCapabilities, ServerInfo,
+    SessionDeleteResult, SessionInfo, SessionListResult, SessionMessagesResult,
+    SessionUnsubscribeResult, WorkspaceCloseResult, WorkspaceInfo, WorkspaceListResult,
     methods::parse_params,
 };
 
@@ -97,7 +98,21 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 .unwrap_or(0),
         }),
         ClientRequest::DaemonShutdown(p) => {
-            tracing::info!(force = p.force, "shutdown requested by a client");
+            let live = daemon.runtime.live_runs();
+            if live > 0 && !p.force {
+                return Err(RpcError::new(
+                    ErrorCode::RunsActive,
+                    format!(
+                        "{live} run(s) are active or queued; cancel them, or pass force: true to \
+                         end them as cancelled"
+                    ),
+                ));
+            }
+            tracing::info!(
+                force = p.force,
+                runs = live,
+                "shutdown requested by a client"
+            );
             daemon.begin_shutdown("request");
             ok(DaemonShutdownResult {
                 shutting_down: true,
@@ -106,7 +121,36 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
         ClientRequest::WorkspaceOpen(p) => {
             let path = canonical_dir(&p.path).await?;
             let row = daemon.store.open_workspace(&path).await.map_err(storage)?;
+            daemon.runtime.reopen_workspace(&row.id);
             ok(workspace_info(row))
+        }
+        ClientRequest::WorkspaceClose(p) => {
+            require_workspace(daemon, &p.workspace_id).await?;
+            if !p.force && daemon.runtime.workspace_busy(&p.workspace_id) {
+                return Err(RpcError::new(
+                    ErrorCode::RunsActive,
+                    "the workspace has active or queued runs; cancel them, or pass force: true",
+                ));
+            }
+            ok(WorkspaceCloseResult {
+                cancelled_runs: daemon.runtime.close_workspace(&p.workspace_id).await,
+            })
+        }
+        ClientRequest::AgentSend(p) => ok(daemon.runtime.send(Some(ctx.peer.clone()), p).await?),
+        ClientRequest::AgentCancel(p) => ok(daemon.runtime.cancel(&p.session_id).await?),
+        ClientRequest::AgentStatus(p) => ok(daemon.runtime.status(&p.session_id).await?),
+        ClientRequest::SessionSubscribe(p) => {
+            ok(daemon.runtime.subscribe(&ctx.peer, &p.session_id).await?)
+        }
+        ClientRequest::SessionUnsubscribe(p) => ok(SessionUnsubscribeResult {
+            unsubscribed: daemon.runtime.unsubscribe(&ctx.peer, &p.session_id).await?,
+        }),
+        ClientRequest::ModelList(_) => {
+            let models = daemon.runtime.models();
+            ok(ModelListResult {
+                default: models.default_name().map(str::to_owned),
+                models: models.list(),
+            })
         }
         ClientRequest::WorkspaceList(_) => {
             let rows = daemon.store.list_workspaces().await.map_err(storage)?;
@@ -161,6 +205,12 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             }
         }
         ClientRequest::SessionDelete(p) => {
+            if daemon.runtime.session_busy(&p.session_id) {
+                return Err(RpcError::new(
+                    ErrorCode::RunsActive,
+                    "the session has an active or queued run; cancel it first (agent/cancel)",
+                ));
+            }
             if !daemon
                 .store
                 .delete_session(&p.session_id)
@@ -195,13 +245,18 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 next_before,
             })
         }
-        ClientRequest::RunGet(p) => match daemon.store.get_run(&p.run_id).await.map_err(storage)? {
-            Some(row) => ok(run_info(row)),
-            None => Err(RpcError::new(
-                ErrorCode::RunNotFound,
-                format!("no run with id {:?}", p.run_id),
-            )),
-        },
+        ClientRequest::RunGet(p) => {
+            if let Some(live) = daemon.runtime.live_run(&p.run_id) {
+                return ok(live);
+            }
+            match daemon.store.get_run(&p.run_id).await.map_err(storage)? {
+                Some(row) => ok(run_info(row)),
+                None => Err(RpcError::new(
+                    ErrorCode::RunNotFound,
+                    format!("no run with id {:?}", p.run_id),
+                )),
+            }
+        }
         ClientRequest::DebugSleep(p) => {
             require_debug(daemon, "debug/sleep")?;
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
@@ -334,6 +389,7 @@ fn run_info(r: RunRow) -> RunInfo {
         created_at: r.created_at,
         started_at: r.started_at,
         finished_at: r.finished_at,
+        folded_into: r.folded_into,
     }
 }
 

@@ -3,7 +3,7 @@
 //! responses through a pending-request map. Cloned freely (`Arc<Peer>`); when the connection
 //! ends, [`Peer::close`] fails every pending request and later sends are dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,6 +34,8 @@ pub struct Peer {
     next_request: AtomicU64,
     closed: AtomicBool,
     identity: Mutex<Option<ClientIdentity>>,
+    /// Sessions this connection receives `$/sessionUpdate` for.
+    subscriptions: Mutex<HashSet<String>>,
 }
 
 impl Peer {
@@ -45,6 +47,7 @@ impl Peer {
             next_request: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             identity: Mutex::new(None),
+            subscriptions: Mutex::new(HashSet::new()),
         }
     }
 
@@ -65,6 +68,23 @@ impl Peer {
         if let Ok(mut g) = self.identity.lock() {
             *g = Some(identity);
         }
+    }
+
+    pub fn add_subscription(&self, session_id: &str) {
+        self.lock_subscriptions().insert(session_id.to_owned());
+    }
+
+    /// Returns whether the connection was subscribed.
+    pub fn remove_subscription(&self, session_id: &str) -> bool {
+        self.lock_subscriptions().remove(session_id)
+    }
+
+    pub fn take_subscriptions(&self) -> Vec<String> {
+        self.lock_subscriptions().drain().collect()
+    }
+
+    fn lock_subscriptions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends a daemon→client request and waits for its response, at most `timeout`. On timeout

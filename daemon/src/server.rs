@@ -1,6 +1,7 @@
 //! The daemon as a whole: shared state every connection sees, the accept loop, idle exit, signal
-//! handling and the shutdown sequence (stop accepting → tell every client → close connections →
-//! wait, bounded → remove the socket → release the lock).
+//! handling and the shutdown sequence (stop accepting → refuse new runs → cancel and wait for
+//! runs, bounded, so their `$/runComplete` is queued to clients → tell every client → close
+//! connections → wait, bounded → close the store → remove the socket → release the lock).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::connection;
+use crate::model::Models;
+use crate::runs::Runtime;
 use crate::store::{Store, StoreError};
 use crate::transport::{self, Endpoint, TransportError};
 
@@ -20,19 +23,30 @@ use crate::transport::{self, Endpoint, TransportError};
 pub struct Daemon {
     pub config: Config,
     pub store: Store,
+    pub runtime: Arc<Runtime>,
     started: Instant,
     stopping: CancellationToken,
+    /// Fires after the runs have ended: connections close.
+    disconnect: CancellationToken,
     stop_reason: Mutex<Option<String>>,
     connections: watch::Sender<usize>,
 }
 
 impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
+        let runtime = Arc::new(Runtime::new(
+            store.clone(),
+            Models::from_config(&config.models),
+            config.flush_interval,
+            config.shutdown_grace,
+        ));
         Arc::new(Self {
             config,
             store,
+            runtime,
             started: Instant::now(),
             stopping: CancellationToken::new(),
+            disconnect: CancellationToken::new(),
             stop_reason: Mutex::new(None),
             connections: watch::Sender::new(0),
         })
@@ -45,6 +59,11 @@ impl Daemon {
     /// Fires when the daemon begins to shut down.
     pub fn stopping(&self) -> &CancellationToken {
         &self.stopping
+    }
+
+    /// Fires when connections must close (after the runs have ended).
+    pub fn disconnecting(&self) -> &CancellationToken {
+        &self.disconnect
     }
 
     /// Starts the shutdown sequence; the first reason given wins.
@@ -149,6 +168,13 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
     info!(reason = %daemon.stop_reason(), "shutting down");
     // Stop accepting first so nobody connects to a daemon that is going away.
     drop(listener);
+    // Runs end before connections close, so their `$/runComplete` reaches the clients.
+    let live = daemon.runtime.live_runs();
+    if live > 0 {
+        info!(runs = live, "cancelling runs");
+    }
+    daemon.runtime.shutdown().await;
+    daemon.disconnect.cancel();
     connections.close();
     if tokio::time::timeout(daemon.config.shutdown_grace, connections.wait())
         .await
@@ -208,25 +234,31 @@ async fn ignore_file_size_signal(daemon: Arc<Daemon>) {
     }
 }
 
-/// Exits after `idle` with no connection. Later work (runs) will also hold the daemon up.
+/// Exits after `idle` with no connection and no run.
 async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
     let mut count = daemon.connections.subscribe();
+    let mut runs = daemon.runtime.watch_live_runs();
     loop {
-        tokio::select! {
-            _ = daemon.stopping.cancelled() => return,
-            r = count.wait_for(|n| *n == 0) => if r.is_err() { return },
+        let idle_now = *count.borrow_and_update() == 0 && *runs.borrow_and_update() == 0;
+        if !idle_now {
+            tokio::select! {
+                _ = daemon.stopping.cancelled() => return,
+                r = count.changed() => if r.is_err() { return },
+                r = runs.changed() => if r.is_err() { return },
+            }
+            continue;
         }
-        count.mark_unchanged();
         tokio::select! {
             _ = daemon.stopping.cancelled() => return,
             _ = tokio::time::sleep(idle) => {
-                if *count.borrow() == 0 {
-                    info!(after = ?idle, "no connections; exiting");
+                if *count.borrow() == 0 && *runs.borrow() == 0 {
+                    info!(after = ?idle, "no connections and no runs; exiting");
                     daemon.begin_shutdown("idle");
                     return;
                 }
             }
             _ = count.changed() => {}
+            _ = runs.changed() => {}
         }
     }
 }

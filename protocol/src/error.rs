@@ -32,8 +32,16 @@ pub enum ErrorCode {
     SessionNotFound = -32011,
     /// No run has the given id.
     RunNotFound = -32012,
+    /// The workspace is closing (or closed) and takes no new runs.
+    WorkspaceClosing = -32013,
+    /// Runs are active or queued; the operation would end them (pass `force`, or cancel first).
+    RunsActive = -32014,
+    /// A run with the given id exists with a different session or prompt.
+    DuplicateRunId = -32015,
     /// The database could not be read or written (disk full, I/O error, read-only file).
     StorageFailed = -32020,
+    /// No usable model is configured (or the requested one is unknown or lacks its API key).
+    ModelNotConfigured = -32030,
 }
 
 impl ErrorCode {
@@ -51,7 +59,11 @@ impl ErrorCode {
         (ErrorCode::WorkspaceNotFound, "WorkspaceNotFound"),
         (ErrorCode::SessionNotFound, "SessionNotFound"),
         (ErrorCode::RunNotFound, "RunNotFound"),
+        (ErrorCode::WorkspaceClosing, "WorkspaceClosing"),
+        (ErrorCode::RunsActive, "RunsActive"),
+        (ErrorCode::DuplicateRunId, "DuplicateRunId"),
         (ErrorCode::StorageFailed, "StorageFailed"),
+        (ErrorCode::ModelNotConfigured, "ModelNotConfigured"),
     ];
 
     pub const fn code(self) -> i32 {

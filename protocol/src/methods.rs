@@ -169,8 +169,22 @@ client_requests! {
     SessionDelete = "session/delete" (SessionRef) -> SessionDeleteResult;
     /// A page of a session's messages, oldest first within the page.
     SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult;
-    /// A run's persisted state (also after a reconnect or a daemon restart).
+    /// A run's state: live from memory while it is queued or running, else as persisted (also
+    /// after a reconnect or a daemon restart).
     RunGet = "run/get" (RunRef) -> RunInfo;
+    /// Stop a workspace's runs and refuse new ones until it is opened again.
+    WorkspaceClose = "workspace/close" (WorkspaceCloseParams) -> WorkspaceCloseResult;
+    /// Accept a prompt for a session and return at once; the run belongs to the workspace.
+    AgentSend = "agent/send" (AgentSendParams) -> AgentSendResult;
+    /// Cancel a session's active run and every prompt accepted before this call.
+    AgentCancel = "agent/cancel" (SessionRef) -> AgentCancelResult;
+    /// Whether a session is running, and what is queued.
+    AgentStatus = "agent/status" (SessionRef) -> AgentStatusResult;
+    /// Receive `$/sessionUpdate` (and `$/runComplete`) for a session on this connection.
+    SessionSubscribe = "session/subscribe" (SessionRef) -> SessionSubscribeResult;
+    SessionUnsubscribe = "session/unsubscribe" (SessionRef) -> SessionUnsubscribeResult;
+    /// The models this daemon can use, and the default.
+    ModelList = "model/list" (NoParams) -> ModelListResult;
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
     /// Diagnostic: the daemon sends the given request to the calling client and returns its
@@ -192,6 +206,10 @@ notifications! {
     DaemonNotification, daemon_notification, "daemon→client",
     /// The daemon is about to close every connection and exit.
     DaemonShutdownNotice = "$/daemonShutdown" (DaemonShutdownNoticeParams);
+    /// The one authoritative end of a run, sent exactly once per accepted run id.
+    RunComplete = "$/runComplete" (RunCompleteParams);
+    /// A live event of a subscribed session.
+    SessionUpdate = "$/sessionUpdate" (SessionUpdateParams);
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -458,6 +476,207 @@ pub struct RunInfo {
     pub started_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// For a steered run: the run whose turn it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded_into: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceCloseParams {
+    pub workspace_id: String,
+    /// Close even while runs are active or queued (they end cancelled).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceCloseResult {
+    /// Runs that were active or queued and ended cancelled.
+    pub cancelled_runs: Vec<String>,
+}
+
+/// How a prompt sent while the session is busy joins the work.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SendMode {
+    /// Run as its own turn after the active one and anything queued before it.
+    #[default]
+    Queue,
+    /// Join the active turn at its next model step; run as its own turn, next, if the active
+    /// turn ends first.
+    Steer,
+}
+
+/// Extra content sent with a prompt. Only text attachments exist in protocol version 1.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// A file name or label shown to the model with the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSendParams {
+    pub session_id: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// A client-chosen id making the send idempotent; a UUID v7 is generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub mode: SendMode,
+    /// A model name from `model/list`; the session's or the daemon's default otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSendResult {
+    pub run_id: String,
+    /// `running` or `queued` for a new run; for a repeated `runId`, the run's current state
+    /// (which may be terminal: `completed`, `cancelled`, `failed`, `interrupted`).
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCancelResult {
+    /// Every run this cancel ended: the active one, steered and queued prompts.
+    pub cancelled: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatusResult {
+    /// `idle` or `active`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_run_id: Option<String>,
+    /// Waiting prompts in the order they will run (steered ones first).
+    pub queued: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSubscribeResult {
+    /// The session's last event sequence number; the next event carries a higher one.
+    pub seq: u64,
+    pub status: AgentStatusResult,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionUnsubscribeResult {
+    /// False when this connection was not subscribed.
+    pub unsubscribed: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    /// The name used in `agent/send` and the config file.
+    pub name: String,
+    /// `openai` (any OpenAI-compatible Chat Completions API) or `echo` (diagnostic).
+    pub provider: String,
+    /// The provider's model id.
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Why the model cannot be used right now (e.g. its API key variable is unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelListResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    pub models: Vec<ModelInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCompleteParams {
+    pub session_id: String,
+    pub run_id: String,
+    /// The turn's last assistant message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The text of that message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Why the run failed; absent when it completed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub cancelled: bool,
+    /// For a steered prompt: the run whose turn it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded_into: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionUpdateParams {
+    pub session_id: String,
+    /// Increases by one with every event of the session.
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(flatten)]
+    pub event: SessionEvent,
+}
+
+/// What happened, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum SessionEvent {
+    /// The run waits behind the active one (`position` from 0).
+    #[serde(rename_all = "camelCase")]
+    RunQueued { position: u32, steer: bool },
+    /// The run's turn started.
+    RunStarted,
+    /// A steered run joined the active turn (`runId` is the steered run).
+    #[serde(rename_all = "camelCase")]
+    RunFolded { into: String },
+    /// `agent/cancel` (or a shutdown) covered these runs; nothing of theirs streams after this.
+    #[serde(rename_all = "camelCase")]
+    CancelRequested { run_ids: Vec<String> },
+    /// The run ended: `completed`, `cancelled` or `failed`.
+    #[serde(rename_all = "camelCase")]
+    RunFinished {
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A user message was stored.
+    #[serde(rename_all = "camelCase")]
+    UserMessage { message_id: String, text: String },
+    /// An assistant message started streaming.
+    #[serde(rename_all = "camelCase")]
+    AssistantStarted { message_id: String, model: String },
+    #[serde(rename_all = "camelCase")]
+    TextDelta { message_id: String, text: String },
+    #[serde(rename_all = "camelCase")]
+    ReasoningDelta { message_id: String, text: String },
+    /// A message is final; `finishReason` as in `session/messages`.
+    #[serde(rename_all = "camelCase")]
+    MessageFinished {
+        message_id: String,
+        finish_reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

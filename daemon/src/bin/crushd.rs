@@ -88,6 +88,7 @@ fn real_main() -> anyhow::Result<()> {
     {
         cfg.apply_file(&file);
     }
+    cfg.apply_env();
     if let Some(t) = args.idle_timeout {
         cfg.idle_timeout = t.0;
     }

@@ -54,6 +54,7 @@ pub struct RunRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub folded_into: Option<String>,
 }
 
 /// A new message to insert.
@@ -230,52 +231,13 @@ impl Store {
 
     /// Appends a message to its session (next `seq`), bumping the session's count and time.
     pub async fn insert_message(&self, m: NewMessage<'_>) -> Result<MessageRow> {
-        let now = now_ms();
-        let id = new_id();
         // The transaction's first statement writes: a deferred transaction that read first
         // would have to upgrade its lock, and SQLite answers that with SQLITE_BUSY at once
         // instead of waiting out the busy timeout.
         let mut tx = self.pool().begin().await?;
-        let seq = sqlx::query_scalar!(
-            r#"INSERT INTO messages (id, session_id, seq, run_id, role, parts, model, provider, created_at, updated_at)
-               VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?), ?, ?, ?, ?, ?, ?, ?)
-               RETURNING seq AS "seq!: i64""#,
-            id,
-            m.session_id,
-            m.session_id,
-            m.run_id,
-            m.role,
-            m.parts,
-            m.model,
-            m.provider,
-            now,
-            now
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "UPDATE sessions SET message_count = message_count + 1, updated_at = ? WHERE id = ?",
-            now,
-            m.session_id
-        )
-        .execute(&mut *tx)
-        .await?;
+        let row = insert_message_in(&mut tx, &new_id(), &m, now_ms()).await?;
         tx.commit().await?;
-        Ok(MessageRow {
-            id,
-            session_id: m.session_id.to_owned(),
-            seq,
-            run_id: m.run_id.map(str::to_owned),
-            role: m.role.to_owned(),
-            parts: m.parts.to_owned(),
-            model: m.model.map(str::to_owned),
-            provider: m.provider.map(str::to_owned),
-            finish_reason: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        })
+        Ok(row)
     }
 
     /// The empty assistant message a run streams into (its finish reason stays null until the
@@ -408,6 +370,7 @@ impl Store {
             created_at: now,
             started_at: None,
             finished_at: None,
+            folded_into: None,
         })
     }
 
@@ -415,7 +378,7 @@ impl Store {
         Ok(sqlx::query_as!(
             RunRow,
             "SELECT run_id, session_id, state, prompt, error, user_message_id, assistant_message_id,
-                    created_at, started_at, finished_at
+                    created_at, started_at, finished_at, folded_into
              FROM runs WHERE run_id = ?",
             run_id
         )
@@ -460,4 +423,335 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    // ---- turns: the writes of a run, each one transaction ----
+
+    /// Records an accepted run that waits behind another one. Does nothing if the run's row
+    /// already exists (its state only moves forward).
+    pub async fn insert_queued_run(
+        &self,
+        run_id: &str,
+        session_id: &str,
+        prompt: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        sqlx::query!(
+            "INSERT INTO runs (run_id, session_id, state, prompt, created_at) VALUES (?, ?, 'queued', ?, ?)
+             ON CONFLICT(run_id) DO NOTHING",
+            run_id,
+            session_id,
+            prompt,
+            now
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Starts a turn: the run's user message, the empty assistant message it streams into, and
+    /// the run row marked running, in one transaction.
+    pub async fn start_turn(&self, t: &StartTurn<'_>) -> Result<(MessageRow, MessageRow)> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let user = insert_message_in(
+            &mut tx,
+            &new_id(),
+            &NewMessage {
+                session_id: t.session_id,
+                run_id: Some(t.run_id),
+                role: "user",
+                parts: t.user_parts,
+                model: None,
+                provider: None,
+            },
+            now,
+        )
+        .await?;
+        let assistant = insert_message_in(
+            &mut tx,
+            &new_id(),
+            &NewMessage {
+                session_id: t.session_id,
+                run_id: Some(t.run_id),
+                role: "assistant",
+                parts: "[]",
+                model: Some(t.model),
+                provider: Some(t.provider),
+            },
+            now,
+        )
+        .await?;
+        upsert_running_run(
+            &mut tx,
+            t.run_id,
+            t.session_id,
+            t.prompt,
+            &user.id,
+            &assistant.id,
+            None,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((user, assistant))
+    }
+
+    /// A further step of a turn: the user messages of steered runs folded into it (their run
+    /// rows marked running and `folded_into` the turn's run), then a new empty assistant message.
+    pub async fn add_step(
+        &self,
+        session_id: &str,
+        run_id: &str,
+        folded: &[FoldedPrompt<'_>],
+        model: &str,
+        provider: &str,
+    ) -> Result<(Vec<MessageRow>, MessageRow)> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let mut users = Vec::with_capacity(folded.len());
+        for f in folded {
+            let user = insert_message_in(
+                &mut tx,
+                &new_id(),
+                &NewMessage {
+                    session_id,
+                    run_id: Some(f.run_id),
+                    role: "user",
+                    parts: f.user_parts,
+                    model: None,
+                    provider: None,
+                },
+                now,
+            )
+            .await?;
+            users.push(user);
+        }
+        let assistant = insert_message_in(
+            &mut tx,
+            &new_id(),
+            &NewMessage {
+                session_id,
+                run_id: Some(run_id),
+                role: "assistant",
+                parts: "[]",
+                model: Some(model),
+                provider: Some(provider),
+            },
+            now,
+        )
+        .await?;
+        for (f, user) in folded.iter().zip(&users) {
+            upsert_running_run(
+                &mut tx,
+                f.run_id,
+                session_id,
+                f.prompt,
+                &user.id,
+                &assistant.id,
+                Some(run_id),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((users, assistant))
+    }
+
+    /// Ends a turn: the last assistant message's final parts and finish reason, the terminal
+    /// state of every run that took part, and the session's token usage, in one transaction.
+    pub async fn finish_turn(&self, f: &FinishTurn<'_>) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        if let Some(id) = f.message_id {
+            sqlx::query!(
+                "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ?
+                 WHERE id = ?",
+                f.parts,
+                f.finish_reason,
+                f.error,
+                now,
+                now,
+                id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        for run_id in f.run_ids {
+            sqlx::query!(
+                "UPDATE runs SET state = ?, error = ?, finished_at = ?,
+                        assistant_message_id = COALESCE(?, assistant_message_id)
+                 WHERE run_id = ?",
+                f.run_state,
+                f.error,
+                now,
+                f.message_id,
+                run_id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        if f.prompt_tokens != 0 || f.completion_tokens != 0 {
+            sqlx::query!(
+                "UPDATE sessions SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,
+                        updated_at = ? WHERE id = ?",
+                f.prompt_tokens,
+                f.completion_tokens,
+                now,
+                f.session_id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records runs that were accepted but dropped before they ran (a cancel cleared the queue).
+    pub async fn record_dropped_runs(&self, runs: &[DroppedRun<'_>]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        for r in runs {
+            sqlx::query!(
+                "INSERT INTO runs (run_id, session_id, state, prompt, created_at, finished_at)
+                 VALUES (?, ?, 'cancelled', ?, ?, ?)
+                 ON CONFLICT(run_id) DO UPDATE SET state = 'cancelled', finished_at = excluded.finished_at
+                 WHERE runs.state IN ('accepted', 'queued', 'running')",
+                r.run_id,
+                r.session_id,
+                r.prompt,
+                now,
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The first write of a turn.
+#[derive(Debug, Clone)]
+pub struct StartTurn<'a> {
+    pub run_id: &'a str,
+    pub session_id: &'a str,
+    pub prompt: &'a str,
+    /// JSON array of the user message's parts.
+    pub user_parts: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+}
+
+/// A steered prompt joining a turn.
+#[derive(Debug, Clone)]
+pub struct FoldedPrompt<'a> {
+    pub run_id: &'a str,
+    pub prompt: &'a str,
+    pub user_parts: &'a str,
+}
+
+/// The last write of a turn.
+#[derive(Debug, Clone)]
+pub struct FinishTurn<'a> {
+    pub session_id: &'a str,
+    /// The turn's last assistant message, if one was started.
+    pub message_id: Option<&'a str>,
+    pub parts: &'a str,
+    pub finish_reason: &'a str,
+    pub error: Option<&'a str>,
+    /// `completed`, `cancelled` or `failed`.
+    pub run_state: &'a str,
+    /// The turn's run and the runs folded into it.
+    pub run_ids: &'a [&'a str],
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// A run dropped from the queue.
+#[derive(Debug, Clone)]
+pub struct DroppedRun<'a> {
+    pub run_id: &'a str,
+    pub session_id: &'a str,
+    pub prompt: &'a str,
+}
+
+async fn insert_message_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    m: &NewMessage<'_>,
+    now: i64,
+) -> Result<MessageRow> {
+    let seq = sqlx::query_scalar!(
+        r#"INSERT INTO messages (id, session_id, seq, run_id, role, parts, model, provider, created_at, updated_at)
+           VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?), ?, ?, ?, ?, ?, ?, ?)
+           RETURNING seq AS "seq!: i64""#,
+        id,
+        m.session_id,
+        m.session_id,
+        m.run_id,
+        m.role,
+        m.parts,
+        m.model,
+        m.provider,
+        now,
+        now
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE sessions SET message_count = message_count + 1, updated_at = ? WHERE id = ?",
+        now,
+        m.session_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(MessageRow {
+        id: id.to_owned(),
+        session_id: m.session_id.to_owned(),
+        seq,
+        run_id: m.run_id.map(str::to_owned),
+        role: m.role.to_owned(),
+        parts: m.parts.to_owned(),
+        model: m.model.map(str::to_owned),
+        provider: m.provider.map(str::to_owned),
+        finish_reason: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upsert_running_run(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run_id: &str,
+    session_id: &str,
+    prompt: &str,
+    user_message_id: &str,
+    assistant_message_id: &str,
+    folded_into: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query!(
+        "INSERT INTO runs (run_id, session_id, state, prompt, user_message_id, assistant_message_id,
+                           created_at, started_at, folded_into)
+         VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(run_id) DO UPDATE SET state = 'running', started_at = excluded.started_at,
+                user_message_id = excluded.user_message_id,
+                assistant_message_id = excluded.assistant_message_id,
+                folded_into = excluded.folded_into
+         WHERE runs.state IN ('accepted', 'queued')",
+        run_id,
+        session_id,
+        prompt,
+        user_message_id,
+        assistant_message_id,
+        now,
+        now,
+        folded_into
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

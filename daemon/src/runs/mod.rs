@@ -1,0 +1,940 @@
+//! Runs: accepting prompts, the per-session queue, cancellation, and the one `$/runComplete` of
+//! every accepted run. The [`Runtime`] owns the live state of every workspace and session; the
+//! turn itself (model stream → deltas → database) is in [`driver`].
+//!
+//! Architecture invariant: every transition of a session — accept (idle → active, or → queued),
+//! cancel, the fold of steered prompts at a step boundary, a turn's end and the hand-off to the
+//! next queued run — happens synchronously under that session's lock, and `agent/send` answers
+//! only after its transition. A cancel therefore sees every run accepted before it, as the active
+//! run (its token is registered before the answer) or in the queue; there is no
+//! accepted-but-unregistered window to cover. See ARCHITECTURE.md ("Runs") for the argument.
+//!
+//! Architecture invariant: a run's events are published under its session's lock, and a delta
+//! is published only if the run's token is not cancelled at that moment. Cancel fires the token
+//! under the same lock, so no delta of a run follows the event that announced its cancel.
+//!
+//! Lock order: workspace gate → session → run registry. No lock is held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, warn};
+
+use crush_protocol::message::encode_notification;
+use crush_protocol::{
+    AgentCancelResult, AgentSendParams, AgentSendResult, AgentStatusResult, Attachment, ErrorCode,
+    Notification, RpcError, RunCompleteParams, RunInfo, SendMode, SessionEvent,
+    SessionSubscribeResult, SessionUpdateParams, daemon_notification,
+};
+
+use crate::model::{Model, Models};
+use crate::peer::Peer;
+use crate::store::{DroppedRun, Store, StoreError, new_id, now_ms};
+
+mod driver;
+#[cfg(test)]
+mod tests;
+
+/// Longest client-supplied run id.
+pub const MAX_RUN_ID_LEN: usize = 128;
+
+/// Live state of every workspace, session and run of the daemon.
+pub struct Runtime {
+    store: Store,
+    models: Models,
+    flush_interval: Duration,
+    grace: Duration,
+    shutting_down: AtomicBool,
+    workspaces: Mutex<HashMap<String, Arc<Workspace>>>,
+    sessions: Mutex<HashMap<String, Arc<SessionRt>>>,
+    runs: Mutex<HashMap<String, LiveRun>>,
+    /// Bumped whenever a run leaves the registry (its terminal state is then in the database).
+    retired: AtomicU64,
+    /// Number of runs in the registry (accepted and not yet complete).
+    live: watch::Sender<usize>,
+}
+
+/// A workspace's run ownership: every run task of the workspace is on `tracker` and cancelled
+/// through `token`. `closing` is set once, under the gate, and never cleared (a reopened
+/// workspace gets a new `Workspace`).
+pub struct Workspace {
+    pub id: String,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    gate: Mutex<bool>,
+}
+
+impl Workspace {
+    fn new(id: &str) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_owned(),
+            token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            gate: Mutex::new(false),
+        })
+    }
+
+    fn is_closing(&self) -> bool {
+        *lock(&self.gate)
+    }
+}
+
+/// One session's live state.
+pub struct SessionRt {
+    pub id: String,
+    /// Replaced when a closed workspace is opened again.
+    ws: Mutex<Arc<Workspace>>,
+    inner: Mutex<SessionInner>,
+}
+
+#[derive(Default)]
+struct SessionInner {
+    /// Removed from the runtime's map; whoever holds this `Arc` must look the session up again.
+    evicted: bool,
+    seq: u64,
+    subscribers: BTreeMap<u64, Arc<Peer>>,
+    active: Option<Active>,
+    queue: VecDeque<Queued>,
+}
+
+struct Active {
+    run: Arc<RunMeta>,
+    token: CancellationToken,
+    /// A cancel already covered this run (its token may also fire through the workspace's).
+    cancel_requested: bool,
+    /// Steered prompts waiting for the next step boundary.
+    steered: Vec<Arc<RunMeta>>,
+    /// False once the turn has passed its last step boundary: later steers queue instead.
+    accepting_steer: bool,
+}
+
+struct Queued {
+    run: Arc<RunMeta>,
+    /// A steer that missed its turn runs next, ahead of plain queued prompts.
+    steer: bool,
+}
+
+/// What a run is, fixed at accept.
+#[derive(Debug)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub session_id: String,
+    pub prompt: String,
+    pub attachments: Vec<Attachment>,
+    pub model: Arc<dyn Model>,
+    /// The connection that sent it: it gets the `$/runComplete` even when not subscribed.
+    pub sender: Option<Arc<Peer>>,
+    pub created_at: i64,
+}
+
+impl RunMeta {
+    /// The user message's parts as stored.
+    fn user_parts(&self) -> String {
+        user_parts(&self.prompt, &self.attachments).to_string()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LiveRun {
+    session_id: String,
+    prompt: String,
+    state: &'static str,
+    created_at: i64,
+    started_at: Option<i64>,
+    folded_into: Option<String>,
+}
+
+/// The parts of a user message: the prompt as text, then each attachment.
+pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Value {
+    let mut parts = Vec::new();
+    if !prompt.is_empty() {
+        parts.push(json!({"type": "text", "text": prompt}));
+    }
+    for a in attachments {
+        let mut p = json!({"type": "attachment", "text": a.text});
+        if let Some(n) = &a.name {
+            p["name"] = json!(n);
+        }
+        if let Some(m) = &a.mime_type {
+            p["mimeType"] = json!(m);
+        }
+        parts.push(p);
+    }
+    Value::Array(parts)
+}
+
+/// What the model is shown for a user message's parts: the text, then each attachment wrapped
+/// with its name.
+pub fn user_content(parts: &Value) -> String {
+    let mut out = String::new();
+    for p in parts.as_array().into_iter().flatten() {
+        let text = p["text"].as_str().unwrap_or_default();
+        match p["type"].as_str() {
+            Some("text") => {
+                if !out.is_empty() {
+                    out.push_str("\n\n");
+                }
+                out.push_str(text);
+            }
+            Some("attachment") => {
+                if !out.is_empty() {
+                    out.push_str("\n\n");
+                }
+                let name = p["name"].as_str().unwrap_or("attachment");
+                out.push_str(&format!(
+                    "<attachment name={name:?}>\n{text}\n</attachment>"
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere mid-update; the state itself stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn storage(e: StoreError) -> RpcError {
+    tracing::error!(error = %e, "database failure");
+    RpcError::new(
+        ErrorCode::StorageFailed,
+        format!("the database failed: {e}"),
+    )
+}
+
+fn session_not_found(id: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::SessionNotFound,
+        format!("no session with id {id:?}"),
+    )
+}
+
+fn shutting_down() -> RpcError {
+    RpcError::new(
+        ErrorCode::ShuttingDown,
+        "the daemon is shutting down and accepts no new runs",
+    )
+}
+
+/// How a send relates to a run id that already exists.
+enum Existing {
+    New,
+    Same(AgentSendResult),
+}
+
+impl Runtime {
+    pub fn new(store: Store, models: Models, flush_interval: Duration, grace: Duration) -> Self {
+        Self {
+            store,
+            models,
+            flush_interval,
+            grace,
+            shutting_down: AtomicBool::new(false),
+            workspaces: Mutex::default(),
+            sessions: Mutex::default(),
+            runs: Mutex::default(),
+            retired: AtomicU64::new(0),
+            live: watch::Sender::new(0),
+        }
+    }
+
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// Number of accepted runs that have not completed yet (active, steered or queued).
+    pub fn live_runs(&self) -> usize {
+        *self.live.borrow()
+    }
+
+    /// Changes whenever [`Self::live_runs`] does.
+    pub fn watch_live_runs(&self) -> watch::Receiver<usize> {
+        self.live.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn workspace(&self, id: &str) -> Arc<Workspace> {
+        lock(&self.workspaces)
+            .entry(id.to_owned())
+            .or_insert_with(|| Workspace::new(id))
+            .clone()
+    }
+
+    /// Makes a closed workspace accept runs again (`workspace/open`).
+    pub fn reopen_workspace(&self, id: &str) {
+        let fresh = {
+            let mut map = lock(&self.workspaces);
+            if !map.get(id).is_some_and(|w| w.is_closing()) || self.is_shutting_down() {
+                return;
+            }
+            let fresh = Workspace::new(id);
+            map.insert(id.to_owned(), fresh.clone());
+            fresh
+        };
+        for s in lock(&self.sessions).values() {
+            let mut ws = lock(&s.ws);
+            if ws.id == id {
+                *ws = fresh.clone();
+            }
+        }
+    }
+
+    /// The live state of a session, created on first use.
+    fn session(&self, session_id: &str, workspace_id: &str) -> Arc<SessionRt> {
+        let mut map = lock(&self.sessions);
+        if let Some(s) = map.get(session_id) {
+            return s.clone();
+        }
+        let s = Arc::new(SessionRt {
+            id: session_id.to_owned(),
+            ws: Mutex::new(self.workspace(workspace_id)),
+            inner: Mutex::default(),
+        });
+        map.insert(session_id.to_owned(), s.clone());
+        s
+    }
+
+    fn existing_session(&self, session_id: &str) -> Option<Arc<SessionRt>> {
+        lock(&self.sessions).get(session_id).cloned()
+    }
+
+    /// Drops a session's live state when nothing needs it (idle, nothing queued, no subscriber).
+    fn maybe_evict(&self, s: &Arc<SessionRt>) {
+        let mut map = lock(&self.sessions);
+        let mut inner = lock(&s.inner);
+        if inner.evicted
+            || inner.active.is_some()
+            || !inner.queue.is_empty()
+            || !inner.subscribers.is_empty()
+        {
+            return;
+        }
+        inner.evicted = true;
+        if map.get(&s.id).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
+            map.remove(&s.id);
+        }
+    }
+
+    // ---- agent/send ----
+
+    /// Validates and accepts a prompt. Returns once the run is active or queued; never waits
+    /// for the model or the disk (beyond reading the session).
+    pub async fn send(
+        self: &Arc<Self>,
+        sender: Option<Arc<Peer>>,
+        p: AgentSendParams,
+    ) -> Result<AgentSendResult, RpcError> {
+        if p.prompt.trim().is_empty() && !p.attachments.iter().any(|a| !a.text.trim().is_empty()) {
+            return Err(RpcError::invalid_params(
+                "invalid params: prompt: must not be empty (or attach text)",
+            ));
+        }
+        if let Some(id) = &p.run_id
+            && (id.trim().is_empty()
+                || id.len() > MAX_RUN_ID_LEN
+                || id.chars().any(char::is_control))
+        {
+            return Err(RpcError::invalid_params(format!(
+                "invalid params: runId: must be 1 to {MAX_RUN_ID_LEN} characters without control characters"
+            )));
+        }
+        let session = self
+            .store
+            .get_session(&p.session_id)
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| session_not_found(&p.session_id))?;
+        if self.is_shutting_down() {
+            return Err(shutting_down());
+        }
+        let run_id = p.run_id.clone().unwrap_or_else(new_id);
+        let client_id = p.run_id.is_some();
+        let mut retired_seen = self.retired.load(Ordering::Acquire);
+        if client_id
+            && let Existing::Same(r) = self.existing_in_db(&run_id, &session.id, &p.prompt).await?
+        {
+            return Ok(r);
+        }
+        let model = self
+            .models
+            .resolve(p.model.as_deref().or(session.model.as_deref()))?;
+        let run = Arc::new(RunMeta {
+            run_id: run_id.clone(),
+            session_id: session.id.clone(),
+            prompt: p.prompt,
+            attachments: p.attachments,
+            model,
+            sender,
+            created_at: now_ms(),
+        });
+        loop {
+            let s = self.session(&session.id, &session.workspace_id);
+            let ws = s.ws();
+            let accepted = {
+                let gate = lock(&ws.gate);
+                if self.is_shutting_down() {
+                    return Err(shutting_down());
+                }
+                if *gate {
+                    return Err(RpcError::new(
+                        ErrorCode::WorkspaceClosing,
+                        format!(
+                            "workspace {} is closing; open it again with workspace/open",
+                            ws.id
+                        ),
+                    ));
+                }
+                let mut inner = lock(&s.inner);
+                if inner.evicted {
+                    continue;
+                }
+                {
+                    let mut runs = lock(&self.runs);
+                    if let Some(live) = runs.get(&run_id) {
+                        return same_or_duplicate(&run, live.state, &live.session_id, &live.prompt);
+                    }
+                    let retired_now = self.retired.load(Ordering::Acquire);
+                    if client_id && retired_now != retired_seen {
+                        // A run left the registry after our database check: it may have been
+                        // this id. Check again outside the locks.
+                        retired_seen = retired_now;
+                        None
+                    } else {
+                        runs.insert(
+                            run_id.clone(),
+                            LiveRun {
+                                session_id: run.session_id.clone(),
+                                prompt: run.prompt.clone(),
+                                state: "queued",
+                                created_at: run.created_at,
+                                started_at: None,
+                                folded_into: None,
+                            },
+                        );
+                        self.live.send_replace(runs.len());
+                        Some(self.admit(&s, &ws, &mut inner, &mut runs, run.clone(), p.mode))
+                    }
+                }
+            };
+            match accepted {
+                Some(state) => {
+                    if state == "queued" {
+                        let store = self.store.clone();
+                        let run = run.clone();
+                        ws.tracker.spawn(async move {
+                            if let Err(e) = store
+                                .insert_queued_run(&run.run_id, &run.session_id, &run.prompt)
+                                .await
+                            {
+                                warn!(run = %run.run_id, error = %e, "cannot record a queued run");
+                            }
+                        });
+                    }
+                    return Ok(AgentSendResult {
+                        run_id,
+                        state: state.to_owned(),
+                    });
+                }
+                None => {
+                    if let Existing::Same(r) = self
+                        .existing_in_db(&run_id, &session.id, &run.prompt)
+                        .await?
+                    {
+                        return Ok(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The accept transition, under the gate, the session lock and the registry lock.
+    fn admit(
+        self: &Arc<Self>,
+        s: &Arc<SessionRt>,
+        ws: &Workspace,
+        inner: &mut SessionInner,
+        runs: &mut HashMap<String, LiveRun>,
+        run: Arc<RunMeta>,
+        mode: SendMode,
+    ) -> &'static str {
+        match &mut inner.active {
+            None => {
+                let token = ws.token.child_token();
+                inner.active = Some(Active {
+                    run: run.clone(),
+                    token: token.clone(),
+                    cancel_requested: false,
+                    steered: Vec::new(),
+                    accepting_steer: true,
+                });
+                if let Some(l) = runs.get_mut(&run.run_id) {
+                    l.state = "running";
+                    l.started_at = Some(now_ms());
+                }
+                inner.publish(&s.id, Some(&run.run_id), SessionEvent::RunStarted);
+                let rt = self.clone();
+                let s2 = s.clone();
+                let span = tracing::info_span!("session", id = %s.id);
+                ws.tracker
+                    .spawn(async move { rt.drive(s2, run, token).await }.instrument(span));
+                "running"
+            }
+            Some(active)
+                if mode == SendMode::Steer
+                    && active.accepting_steer
+                    && !active.token.is_cancelled() =>
+            {
+                active.steered.push(run.clone());
+                let position = active.steered.len() as u32 - 1;
+                inner.publish(
+                    &s.id,
+                    Some(&run.run_id),
+                    SessionEvent::RunQueued {
+                        position,
+                        steer: true,
+                    },
+                );
+                "queued"
+            }
+            Some(active) => {
+                let steer = mode == SendMode::Steer;
+                let at = if steer {
+                    inner.queue.iter().take_while(|q| q.steer).count()
+                } else {
+                    inner.queue.len()
+                };
+                let position = (active.steered.len() + at) as u32;
+                inner.queue.insert(
+                    at,
+                    Queued {
+                        run: run.clone(),
+                        steer,
+                    },
+                );
+                inner.publish(
+                    &s.id,
+                    Some(&run.run_id),
+                    SessionEvent::RunQueued { position, steer },
+                );
+                "queued"
+            }
+        }
+    }
+
+    /// Looks a client-supplied run id up in the database.
+    async fn existing_in_db(
+        &self,
+        run_id: &str,
+        session_id: &str,
+        prompt: &str,
+    ) -> Result<Existing, RpcError> {
+        match self.store.get_run(run_id).await.map_err(storage)? {
+            None => Ok(Existing::New),
+            Some(row) => {
+                let state: &str = &row.state;
+                let probe = SameProbe {
+                    session_id,
+                    prompt,
+                    run_id,
+                };
+                probe
+                    .check(state, &row.session_id, &row.prompt)
+                    .map(Existing::Same)
+            }
+        }
+    }
+
+    // ---- agent/cancel, agent/status ----
+
+    /// Cancels the active run and every prompt accepted before this call. Returns the runs it
+    /// ended (empty when the session was idle or everything was already cancelled).
+    pub async fn cancel(self: &Arc<Self>, session_id: &str) -> Result<AgentCancelResult, RpcError> {
+        let Some(s) = self.existing_session(session_id) else {
+            self.require_session(session_id).await?;
+            return Ok(AgentCancelResult::default());
+        };
+        Ok(AgentCancelResult {
+            cancelled: self.cancel_session(&s),
+        })
+    }
+
+    fn cancel_session(self: &Arc<Self>, s: &Arc<SessionRt>) -> Vec<String> {
+        let mut covered = Vec::new();
+        let mut dropped = Vec::new();
+        {
+            let mut inner = lock(&s.inner);
+            if let Some(active) = &mut inner.active {
+                if !active.cancel_requested {
+                    active.cancel_requested = true;
+                    active.token.cancel();
+                    covered.push(active.run.run_id.clone());
+                }
+                dropped.append(&mut active.steered);
+            }
+            dropped.extend(inner.queue.drain(..).map(|q| q.run));
+            covered.extend(dropped.iter().map(|r| r.run_id.clone()));
+            if !covered.is_empty() {
+                inner.publish(
+                    &s.id,
+                    covered.first().map(String::as_str),
+                    SessionEvent::CancelRequested {
+                        run_ids: covered.clone(),
+                    },
+                );
+            }
+        }
+        if !dropped.is_empty() {
+            let rt = self.clone();
+            let s2 = s.clone();
+            s.ws()
+                .tracker
+                .spawn(async move { rt.complete_dropped(&s2, dropped).await });
+        }
+        covered
+    }
+
+    /// Records runs dropped from the queue as cancelled, then sends their `$/runComplete`.
+    async fn complete_dropped(&self, s: &Arc<SessionRt>, dropped: Vec<Arc<RunMeta>>) {
+        let rows: Vec<DroppedRun<'_>> = dropped
+            .iter()
+            .map(|r| DroppedRun {
+                run_id: &r.run_id,
+                session_id: &r.session_id,
+                prompt: &r.prompt,
+            })
+            .collect();
+        let error = self
+            .store
+            .record_dropped_runs(&rows)
+            .await
+            .err()
+            .map(|e| format!("the cancelled run could not be recorded: {e}"));
+        let mut inner = lock(&s.inner);
+        self.retire(dropped.iter().map(|r| r.run_id.as_str()));
+        for r in &dropped {
+            inner.publish(
+                &s.id,
+                Some(&r.run_id),
+                SessionEvent::RunFinished {
+                    state: "cancelled".to_owned(),
+                    error: error.clone(),
+                },
+            );
+            inner.complete(
+                RunCompleteParams {
+                    session_id: s.id.clone(),
+                    run_id: r.run_id.clone(),
+                    error: error.clone(),
+                    cancelled: true,
+                    ..Default::default()
+                },
+                r.sender.as_ref(),
+            );
+        }
+        drop(inner);
+        self.maybe_evict(s);
+    }
+
+    /// Removes runs from the registry (their terminal state is in the database by now).
+    fn retire<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut runs = lock(&self.runs);
+        for id in ids {
+            runs.remove(id);
+        }
+        self.retired.fetch_add(1, Ordering::AcqRel);
+        self.live.send_replace(runs.len());
+    }
+
+    pub async fn status(&self, session_id: &str) -> Result<AgentStatusResult, RpcError> {
+        match self.existing_session(session_id) {
+            Some(s) => Ok(lock(&s.inner).status()),
+            None => {
+                self.require_session(session_id).await?;
+                Ok(idle_status())
+            }
+        }
+    }
+
+    async fn require_session(
+        &self,
+        session_id: &str,
+    ) -> Result<crate::store::SessionRow, RpcError> {
+        self.store
+            .get_session(session_id)
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| session_not_found(session_id))
+    }
+
+    /// Whether the session has an active or queued run.
+    pub fn session_busy(&self, session_id: &str) -> bool {
+        self.existing_session(session_id).is_some_and(|s| {
+            let inner = lock(&s.inner);
+            inner.active.is_some() || !inner.queue.is_empty()
+        })
+    }
+
+    /// A live run's state, or `None` when the run is not live (ask the database).
+    pub fn live_run(&self, run_id: &str) -> Option<RunInfo> {
+        lock(&self.runs).get(run_id).map(|l| RunInfo {
+            run_id: run_id.to_owned(),
+            session_id: l.session_id.clone(),
+            state: l.state.to_owned(),
+            prompt: l.prompt.clone(),
+            error: None,
+            user_message_id: None,
+            assistant_message_id: None,
+            created_at: l.created_at,
+            started_at: l.started_at,
+            finished_at: None,
+            folded_into: l.folded_into.clone(),
+        })
+    }
+
+    // ---- subscriptions ----
+
+    pub async fn subscribe(
+        &self,
+        peer: &Arc<Peer>,
+        session_id: &str,
+    ) -> Result<SessionSubscribeResult, RpcError> {
+        let row = self.require_session(session_id).await?;
+        loop {
+            let s = self.session(&row.id, &row.workspace_id);
+            let mut inner = lock(&s.inner);
+            if inner.evicted {
+                continue;
+            }
+            inner.subscribers.insert(peer.id, peer.clone());
+            peer.add_subscription(&row.id);
+            return Ok(SessionSubscribeResult {
+                seq: inner.seq,
+                status: inner.status(),
+            });
+        }
+    }
+
+    pub async fn unsubscribe(&self, peer: &Peer, session_id: &str) -> Result<bool, RpcError> {
+        let removed = peer.remove_subscription(session_id);
+        if let Some(s) = self.existing_session(session_id) {
+            let was = lock(&s.inner).subscribers.remove(&peer.id).is_some();
+            self.maybe_evict(&s);
+            return Ok(was || removed);
+        }
+        if !removed {
+            self.require_session(session_id).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Forgets a closed connection's subscriptions.
+    pub fn disconnect(&self, peer: &Peer) {
+        for id in peer.take_subscriptions() {
+            if let Some(s) = self.existing_session(&id) {
+                lock(&s.inner).subscribers.remove(&peer.id);
+                self.maybe_evict(&s);
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// Whether a workspace has active or queued runs.
+    pub fn workspace_busy(&self, workspace_id: &str) -> bool {
+        self.sessions_of(Some(workspace_id)).iter().any(|s| {
+            let inner = lock(&s.inner);
+            inner.active.is_some() || !inner.queue.is_empty()
+        })
+    }
+
+    fn sessions_of(&self, workspace_id: Option<&str>) -> Vec<Arc<SessionRt>> {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| workspace_id.is_none_or(|w| lock(&s.ws).id == w))
+            .cloned()
+            .collect()
+    }
+
+    /// Closes a workspace: refuse new sends → cancel its token → cancel active runs and drop
+    /// queues → wait for its run tasks (bounded by the grace period). Returns the runs ended.
+    pub async fn close_workspace(self: &Arc<Self>, workspace_id: &str) -> Vec<String> {
+        let ws = self.workspace(workspace_id);
+        self.close(&ws).await
+    }
+
+    async fn close(self: &Arc<Self>, ws: &Arc<Workspace>) -> Vec<String> {
+        *lock(&ws.gate) = true;
+        ws.token.cancel();
+        let mut ended = Vec::new();
+        for s in self.sessions_of(Some(&ws.id)) {
+            ended.extend(self.cancel_session(&s));
+        }
+        ws.tracker.close();
+        if tokio::time::timeout(self.grace, ws.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(workspace = %ws.id, "runs did not end within the grace period");
+        }
+        if !ended.is_empty() {
+            info!(workspace = %ws.id, runs = ended.len(), "workspace closed; runs cancelled");
+        }
+        ended
+    }
+
+    /// Daemon shutdown: refuse new sends, then close every workspace (concurrently).
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.shutting_down.store(true, Ordering::Release);
+        let all: Vec<Arc<Workspace>> = lock(&self.workspaces).values().cloned().collect();
+        futures::future::join_all(all.iter().map(|ws| self.close(ws))).await;
+    }
+
+    /// Tasks still running in workspaces (diagnostics and leak checks).
+    pub fn tasks(&self) -> usize {
+        lock(&self.workspaces)
+            .values()
+            .map(|w| w.tracker.len())
+            .sum()
+    }
+
+    /// Sessions with live state (diagnostics and leak checks).
+    pub fn live_sessions(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+}
+
+fn idle_status() -> AgentStatusResult {
+    AgentStatusResult {
+        state: "idle".to_owned(),
+        active_run_id: None,
+        queued: Vec::new(),
+    }
+}
+
+struct SameProbe<'a> {
+    session_id: &'a str,
+    prompt: &'a str,
+    run_id: &'a str,
+}
+
+impl SameProbe<'_> {
+    fn check(
+        &self,
+        state: &str,
+        session_id: &str,
+        prompt: &str,
+    ) -> Result<AgentSendResult, RpcError> {
+        if session_id == self.session_id && prompt == self.prompt {
+            Ok(AgentSendResult {
+                run_id: self.run_id.to_owned(),
+                state: state.to_owned(),
+            })
+        } else {
+            Err(RpcError::new(
+                ErrorCode::DuplicateRunId,
+                format!(
+                    "run id {:?} is already used by a different prompt or session; pick a new id",
+                    self.run_id
+                ),
+            ))
+        }
+    }
+}
+
+fn same_or_duplicate(
+    run: &RunMeta,
+    state: &str,
+    session_id: &str,
+    prompt: &str,
+) -> Result<AgentSendResult, RpcError> {
+    SameProbe {
+        session_id: &run.session_id,
+        prompt: &run.prompt,
+        run_id: &run.run_id,
+    }
+    .check(state, session_id, prompt)
+}
+
+impl SessionRt {
+    fn ws(&self) -> Arc<Workspace> {
+        lock(&self.ws).clone()
+    }
+}
+
+impl SessionInner {
+    fn status(&self) -> AgentStatusResult {
+        match &self.active {
+            None => idle_status(),
+            Some(a) => AgentStatusResult {
+                state: "active".to_owned(),
+                active_run_id: Some(a.run.run_id.clone()),
+                queued: a
+                    .steered
+                    .iter()
+                    .map(|r| r.run_id.clone())
+                    .chain(self.queue.iter().map(|q| q.run.run_id.clone()))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Sends an event to every subscriber, with the session's next sequence number.
+    fn publish(&mut self, session_id: &str, run_id: Option<&str>, event: SessionEvent) {
+        self.seq += 1;
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let body = encode_notification(
+            daemon_notification::SessionUpdate::METHOD,
+            &SessionUpdateParams {
+                session_id: session_id.to_owned(),
+                seq: self.seq,
+                run_id: run_id.map(str::to_owned),
+                event,
+            },
+        );
+        for p in self.subscribers.values() {
+            p.send_raw(body.clone());
+        }
+    }
+
+    /// Publishes a delta of the active run unless its token is cancelled. Returns false when it
+    /// was not published (the run is cancelled and must stop).
+    fn publish_live(
+        &mut self,
+        session_id: &str,
+        token: &CancellationToken,
+        run_id: &str,
+        event: SessionEvent,
+    ) -> bool {
+        if token.is_cancelled() {
+            return false;
+        }
+        self.publish(session_id, Some(run_id), event);
+        true
+    }
+
+    /// Sends a `$/runComplete` to every subscriber and to the run's sender (once).
+    fn complete(&mut self, params: RunCompleteParams, sender: Option<&Arc<Peer>>) {
+        let body = encode_notification(daemon_notification::RunComplete::METHOD, &params);
+        for p in self.subscribers.values() {
+            p.send_raw(body.clone());
+        }
+        if let Some(p) = sender
+            && !self.subscribers.contains_key(&p.id)
+        {
+            p.send_raw(body);
+        }
+    }
+}
