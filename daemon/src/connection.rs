@@ -61,6 +61,9 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let handlers_done = TaskTracker::new();
     let conn_token = CancellationToken::new();
     let in_flight: InFlight = Arc::default();
+    // `agent/send` requests of this connection still being accepted. An `agent/cancel` waits for
+    // those read before it, so a cancel pipelined right behind a send covers that send.
+    let sends: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
     let mut state = Lifecycle::New;
     let mut daemon_stopping = false;
 
@@ -161,13 +164,40 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                             };
                             let in_flight = in_flight.clone();
                             let span = tracing::info_span!("req", method = request.method());
+                            // A send is never interrupted: it answers within one database read,
+                            // and half-accepting a run is worse than finishing the accept.
+                            let interruptible = !matches!(request, ClientRequest::AgentSend(_));
+                            let mut accepted = None;
+                            let mut earlier_sends = Vec::new();
+                            match &request {
+                                ClientRequest::AgentSend(_) => {
+                                    let done = CancellationToken::new();
+                                    let mut list = lock(&sends);
+                                    list.retain(|t| !t.is_cancelled());
+                                    list.push(done.clone());
+                                    accepted = Some(done.drop_guard());
+                                }
+                                ClientRequest::AgentCancel(_) => {
+                                    earlier_sends = lock(&sends).clone();
+                                }
+                                _ => {}
+                            }
                             handlers_done.spawn(
                                 async move {
-                                    let result = tokio::select! {
-                                        biased;
-                                        r = handlers::handle(ctx.clone(), request) => r,
-                                        _ = token.cancelled() => Err(RpcError::cancelled()),
+                                    for t in earlier_sends {
+                                        t.cancelled().await;
+                                    }
+                                    let handler = handlers::handle(ctx.clone(), request);
+                                    let result = if interruptible {
+                                        tokio::select! {
+                                            biased;
+                                            r = handler => r,
+                                            _ = token.cancelled() => Err(RpcError::cancelled()),
+                                        }
+                                    } else {
+                                        handler.await
                                     };
+                                    drop(accepted);
                                     lock(&in_flight).remove(&id);
                                     ctx.peer.send_raw(match result {
                                         Ok(v) => encode_result(&id, &v),

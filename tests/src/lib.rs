@@ -79,6 +79,20 @@ impl TestEnv {
         self.dir.path().join("state").join("crushd")
     }
 
+    /// Writes the daemon's config file (`$XDG_CONFIG_HOME/crushd/config.toml`).
+    pub fn write_config(&self, text: &str) {
+        let dir = self.dir.path().join("config").join("crushd");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+    }
+
+    /// A config whose default model is the OpenAI-compatible API at `base_url` (model `mock-1`).
+    pub fn use_model_at(&self, base_url: &str) {
+        self.write_config(&format!(
+            "default_model = \"mock\"\n\n[models.mock]\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"mock-1\"\n"
+        ));
+    }
+
     /// A command for one of our binaries with this environment applied.
     pub fn command(&self, name: &str) -> Command {
         let mut cmd = Command::new(bin(name));
@@ -228,6 +242,8 @@ pub struct RawConn {
     reader: FramedRead<tokio::net::unix::OwnedReadHalf, LspCodec>,
     writer: FramedWrite<tokio::net::unix::OwnedWriteHalf, LspCodec>,
     next_id: u64,
+    /// Messages read while waiting for something else, oldest first.
+    backlog: std::collections::VecDeque<Value>,
 }
 
 impl RawConn {
@@ -240,6 +256,7 @@ impl RawConn {
             reader: FramedRead::new(r, LspCodec::new(64 * 1024 * 1024)),
             writer: FramedWrite::new(w, LspCodec::default()),
             next_id: 1000,
+            backlog: Default::default(),
         }
     }
 
@@ -299,23 +316,62 @@ impl RawConn {
         );
     }
 
-    /// Waits for the response to `id`.
+    /// Waits for the response to `id`; other messages are kept for later `recv`/`wait_for`.
     pub async fn response(&mut self, id: u64) -> Value {
-        loop {
-            let m = self.recv().await;
-            if m.get("id") == Some(&json!(id)) && m.get("method").is_none() {
-                return m;
-            }
-        }
+        self.wait_for(&format!("the response to request {id}"), |m| {
+            m.get("id") == Some(&json!(id)) && m.get("method").is_none()
+        })
+        .await
     }
 
-    /// The next message, within the deadline.
+    /// The next message (kept ones first), within the deadline.
     pub async fn recv(&mut self) -> Value {
+        if let Some(m) = self.backlog.pop_front() {
+            return m;
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Value {
         match tokio::time::timeout(DEADLINE, self.reader.next()).await {
             Ok(Some(Ok(body))) => serde_json::from_slice(&body).expect("daemon sent JSON"),
             Ok(other) => panic!("connection ended while waiting for a message: {other:?}"),
-            Err(_) => panic!("no message within {DEADLINE:?}"),
+            Err(_) => panic!("no message within {DEADLINE:?}; kept: {:#?}", self.backlog),
         }
+    }
+
+    /// Waits for the first message matching `pred` (kept ones first) and removes it; messages
+    /// that do not match are kept, in order.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i).expect("index in range");
+        }
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let m = match tokio::time::timeout_at(end, self.reader.next()).await {
+                Ok(Some(Ok(body))) => serde_json::from_slice(&body).expect("daemon sent JSON"),
+                Ok(other) => panic!("connection ended while waiting for {what}: {other:?}"),
+                Err(_) => panic!("timed out waiting for {what}; got {:#?}", self.backlog),
+            };
+            if pred(&m) {
+                return m;
+            }
+            self.backlog.push_back(m);
+        }
+    }
+
+    /// Waits for the `$/runComplete` of `run_id` and returns its params.
+    pub async fn run_complete(&mut self, run_id: &str) -> Value {
+        self.wait_for(&format!("$/runComplete of {run_id}"), |m| {
+            m["method"] == "$/runComplete" && m["params"]["runId"] == run_id
+        })
+        .await["params"]
+            .clone()
+    }
+
+    /// Every message received so far and not yet taken.
+    pub fn kept(&self) -> Vec<Value> {
+        self.backlog.iter().cloned().collect()
     }
 
     /// Waits until the daemon closes the connection, returning the messages that came first.
