@@ -219,6 +219,7 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             {
                 return Err(session_not_found(&p.session_id));
             }
+            daemon.runtime.forget_session(&p.session_id);
             ok(SessionDeleteResult { deleted: true })
         }
         ClientRequest::SessionMessages(p) => {

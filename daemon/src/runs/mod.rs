@@ -88,6 +88,8 @@ impl Workspace {
 /// One session's live state.
 pub struct SessionRt {
     pub id: String,
+    /// The session's own model, if it has one (else the daemon default).
+    model: Option<String>,
     /// Replaced when a closed workspace is opened again.
     ws: Mutex<Arc<Workspace>>,
     inner: Mutex<SessionInner>,
@@ -224,6 +226,13 @@ fn shutting_down() -> RpcError {
     )
 }
 
+/// What `send` needs of a session.
+struct KnownSession {
+    id: String,
+    workspace_id: String,
+    model: Option<String>,
+}
+
 /// How a send relates to a run id that already exists.
 enum Existing {
     New,
@@ -291,13 +300,14 @@ impl Runtime {
     }
 
     /// The live state of a session, created on first use.
-    fn session(&self, session_id: &str, workspace_id: &str) -> Arc<SessionRt> {
+    fn session(&self, session_id: &str, workspace_id: &str, model: Option<&str>) -> Arc<SessionRt> {
         let mut map = lock(&self.sessions);
         if let Some(s) = map.get(session_id) {
             return s.clone();
         }
         let s = Arc::new(SessionRt {
             id: session_id.to_owned(),
+            model: model.map(str::to_owned),
             ws: Mutex::new(self.workspace(workspace_id)),
             inner: Mutex::default(),
         });
@@ -349,12 +359,27 @@ impl Runtime {
                 "invalid params: runId: must be 1 to {MAX_RUN_ID_LEN} characters without control characters"
             )));
         }
-        let session = self
-            .store
-            .get_session(&p.session_id)
-            .await
-            .map_err(storage)?
-            .ok_or_else(|| session_not_found(&p.session_id))?;
+        // A session with live state (busy or watched) is known to exist: no database read.
+        let session = match self.existing_session(&p.session_id) {
+            Some(s) => KnownSession {
+                id: s.id.clone(),
+                workspace_id: s.ws().id.clone(),
+                model: s.model.clone(),
+            },
+            None => {
+                let row = self
+                    .store
+                    .get_session(&p.session_id)
+                    .await
+                    .map_err(storage)?
+                    .ok_or_else(|| session_not_found(&p.session_id))?;
+                KnownSession {
+                    id: row.id,
+                    workspace_id: row.workspace_id,
+                    model: row.model,
+                }
+            }
+        };
         if self.is_shutting_down() {
             return Err(shutting_down());
         }
@@ -379,7 +404,7 @@ impl Runtime {
             created_at: now_ms(),
         });
         loop {
-            let s = self.session(&session.id, &session.workspace_id);
+            let s = self.session(&session.id, &session.workspace_id, session.model.as_deref());
             let ws = s.ws();
             let accepted = {
                 let gate = lock(&ws.gate);
@@ -677,6 +702,22 @@ impl Runtime {
             .ok_or_else(|| session_not_found(session_id))
     }
 
+    /// Drops a deleted session's live state (its subscribers stop hearing about it).
+    pub fn forget_session(&self, session_id: &str) {
+        let mut map = lock(&self.sessions);
+        if let Some(s) = map.get(session_id) {
+            let mut inner = lock(&s.inner);
+            if inner.active.is_none() && inner.queue.is_empty() {
+                inner.evicted = true;
+                for p in inner.subscribers.values() {
+                    p.remove_subscription(session_id);
+                }
+                drop(inner);
+                map.remove(session_id);
+            }
+        }
+    }
+
     /// Whether the session has an active or queued run.
     pub fn session_busy(&self, session_id: &str) -> bool {
         self.existing_session(session_id).is_some_and(|s| {
@@ -711,7 +752,7 @@ impl Runtime {
     ) -> Result<SessionSubscribeResult, RpcError> {
         let row = self.require_session(session_id).await?;
         loop {
-            let s = self.session(&row.id, &row.workspace_id);
+            let s = self.session(&row.id, &row.workspace_id, row.model.as_deref());
             let mut inner = lock(&s.inner);
             if inner.evicted {
                 continue;

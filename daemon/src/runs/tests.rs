@@ -1102,3 +1102,27 @@ async fn interleave(seed: u64) {
     assert_eq!(rt.live_sessions(), 0, "seed {seed}: no session state left");
     assert_eq!(rt.live_runs(), 0);
 }
+
+/// A watched session is sent to without reading the database; once deleted it is unknown again.
+#[tokio::test]
+async fn a_deleted_session_is_not_found_even_while_it_was_watched() {
+    let mut h = harness(reply(&["ok"])).await;
+    let a = h.send("hi").await;
+    h.watcher.complete(&a).await;
+    h.wait_idle().await;
+    assert!(h.store.delete_session(&h.session).await.unwrap());
+    h.rt.forget_session(&h.session);
+    let e =
+        h.rt.send(
+            None,
+            AgentSendParams {
+                session_id: h.session.clone(),
+                prompt: "again".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::SessionNotFound.code());
+    assert_eq!(h.rt.live_sessions(), 0);
+}
