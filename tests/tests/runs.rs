@@ -88,8 +88,11 @@ fn updates_of(msgs: &[Value], run: &str) -> Vec<Value> {
 #[tokio::test]
 async fn send_streams_deltas_then_completes_after_the_turn_is_saved() {
     let mut w = world().await;
-    w.mock
-        .push(Script::text("Hello from the model").usage(12, 4));
+    w.mock.push(
+        Script::text("Hello from the model")
+            .with_reasoning(vec!["The user".into(), " greets me.".into()])
+            .usage(12, 4),
+    );
     let r = send(&mut w.c, &w.session, "hi there", json!({})).await;
     assert_eq!(r["state"], "running");
     let run = run_id(&r);
@@ -103,6 +106,12 @@ async fn send_streams_deltas_then_completes_after_the_turn_is_saved() {
         .map(|u| u["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(deltas, "Hello from the model");
+    let reasoning: String = updates_of(&w.c.kept(), &run)
+        .iter()
+        .filter(|u| u["kind"] == "reasoningDelta")
+        .map(|u| u["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasoning, "The user greets me.");
     // What the model server received.
     let reqs = w.mock.requests();
     assert_eq!(reqs.len(), 1);
@@ -118,6 +127,10 @@ async fn send_streams_deltas_then_completes_after_the_turn_is_saved() {
     assert_eq!(msgs[1]["finishReason"], "end_turn");
     assert_eq!(msgs[1]["messageId"], done["messageId"]);
     assert_eq!(text(&msgs[1]), "Hello from the model");
+    assert_eq!(
+        msgs[1]["parts"][0],
+        json!({"type": "reasoning", "reasoning": "The user greets me."})
+    );
     let got = w.c.request("run/get", json!({"runId": run})).await;
     assert_eq!(got["result"]["state"], "completed");
     let s =

@@ -510,7 +510,8 @@ impl Runtime {
                 inner.publish(&s.id, Some(&run.run_id), SessionEvent::RunStarted);
                 let rt = self.clone();
                 let s2 = s.clone();
-                let span = tracing::info_span!("session", id = %s.id);
+                // The run is not the request's: its span has no parent.
+                let span = tracing::info_span!(parent: None, "session", id = %s.id);
                 ws.tracker
                     .spawn(async move { rt.drive(s2, run, token).await }.instrument(span));
                 "running"

@@ -100,13 +100,14 @@ impl LiveMessage {
         }
     }
 
-    /// Writes the current parts now.
+    /// Writes the current parts now. A failed write is retried no sooner than one interval
+    /// later, so a failing disk never starves the stream that feeds this message.
     pub async fn flush(&mut self, store: &Store) -> Result<()> {
+        self.last_flush = Instant::now();
         store
             .update_message_parts(&self.id, &self.parts_json())
             .await?;
         self.dirty = false;
-        self.last_flush = Instant::now();
         self.flushes += 1;
         Ok(())
     }
