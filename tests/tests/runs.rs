@@ -479,3 +479,64 @@ async fn sigterm_mid_run_persists_the_cancelled_turn() {
     assert_eq!(text(&msgs[1]), "started");
     assert_eq!(msgs[1]["finishReason"], "canceled");
 }
+
+/// A full disk mid-run (a real file-size limit, `ulimit -f`): the run still ends with exactly one
+/// `$/runComplete`, whose `error` says the turn could not be saved, and the daemon keeps serving.
+#[tokio::test]
+async fn a_full_disk_mid_run_still_completes_once_with_the_reason() {
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    env.use_model_at(&mock.base_url());
+    let mut big = Script::chunks(48);
+    big.chunks = vec!["y".repeat(64 * 1024); 48];
+    mock.set_default(big);
+    let crushd = crush_tests::bin("crushd");
+    let mut cmd = std::process::Command::new("/bin/sh");
+    // 2048 blocks: 1 MiB with 512-byte blocks (dash), 2 MiB with 1 KiB blocks (bash); each reply
+    // is 3 MiB.
+    cmd.arg("-c")
+        .arg("ulimit -f 2048 && exec \"$0\" --foreground")
+        .arg(&crushd);
+    env.apply_env(&mut cmd);
+    let d = DaemonProcess::spawn(cmd);
+    d.wait_for_log("listening", DEADLINE);
+    let mut c = RawConn::initialized(&env.socket).await;
+    let ws = c
+        .request("workspace/open", json!({"path": env.dir.path()}))
+        .await;
+    let s = c
+        .request(
+            "session/create",
+            json!({"workspaceId": ws["result"]["workspaceId"]}),
+        )
+        .await;
+    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    c.request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    let mut failed = None;
+    for _ in 0..4 {
+        let run = run_id(&send(&mut c, &session, "write a lot", json!({})).await);
+        let done = match tokio::time::timeout(Duration::from_secs(8), c.run_complete(&run)).await {
+            Ok(d) => d,
+            Err(_) => panic!("no complete; daemon log:\n{}", d.log_text()),
+        };
+        if let Some(e) = done.get("error") {
+            failed = Some((run, e.as_str().unwrap().to_owned()));
+            break;
+        }
+    }
+    let (run, error) = failed.expect("the file-size limit was never hit");
+    assert!(error.contains("save"), "{error}");
+    // Exactly one complete for that run, and the daemon still answers.
+    let more: Vec<Value> = c
+        .kept()
+        .into_iter()
+        .filter(|m| m["method"] == "$/runComplete" && m["params"]["runId"] == run.as_str())
+        .collect();
+    assert!(more.is_empty(), "{more:?}");
+    c.assert_alive().await;
+    let st = c
+        .request("agent/status", json!({"sessionId": session}))
+        .await;
+    assert_eq!(st["result"]["state"], "idle");
+}

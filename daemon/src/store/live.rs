@@ -100,13 +100,14 @@ impl LiveMessage {
         }
     }
 
-    /// Writes the current parts now. A failed write is retried no sooner than one interval
-    /// later, so a failing disk never starves the stream that feeds this message.
+    /// Writes the current parts now. The next flush is due one interval after this one
+    /// *ended*, failed or not, so a slow or failing disk never starves the stream feeding it.
     pub async fn flush(&mut self, store: &Store) -> Result<()> {
-        self.last_flush = Instant::now();
-        store
+        let written = store
             .update_message_parts(&self.id, &self.parts_json())
-            .await?;
+            .await;
+        self.last_flush = Instant::now();
+        written?;
         self.dirty = false;
         self.flushes += 1;
         Ok(())
