@@ -297,7 +297,8 @@ async fn canonical_dir(path: &str) -> Result<String, RpcError> {
     })
 }
 
-fn storage(e: StoreError) -> RpcError {
+/// A database failure as the client sees it (logged once, here).
+pub(crate) fn storage(e: StoreError) -> RpcError {
     tracing::error!(error = %e, "database failure");
     RpcError::new(
         ErrorCode::StorageFailed,
@@ -305,7 +306,7 @@ fn storage(e: StoreError) -> RpcError {
     )
 }
 
-fn session_not_found(id: &str) -> RpcError {
+pub(crate) fn session_not_found(id: &str) -> RpcError {
     RpcError::new(
         ErrorCode::SessionNotFound,
         format!("no session with id {id:?}"),

@@ -33,9 +33,10 @@ use crush_protocol::{
     SessionSubscribeResult, SessionUpdateParams, daemon_notification,
 };
 
+use crate::handlers::{session_not_found, storage};
 use crate::model::{Model, Models};
 use crate::peer::Peer;
-use crate::store::{DroppedRun, Store, StoreError, new_id, now_ms};
+use crate::store::{DroppedRun, Store, new_id, now_ms};
 
 mod driver;
 #[cfg(test)]
@@ -202,21 +203,6 @@ pub fn user_content(parts: &Value) -> String {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock means a panic elsewhere mid-update; the state itself stays usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn storage(e: StoreError) -> RpcError {
-    tracing::error!(error = %e, "database failure");
-    RpcError::new(
-        ErrorCode::StorageFailed,
-        format!("the database failed: {e}"),
-    )
-}
-
-fn session_not_found(id: &str) -> RpcError {
-    RpcError::new(
-        ErrorCode::SessionNotFound,
-        format!("no session with id {id:?}"),
-    )
 }
 
 fn shutting_down() -> RpcError {
