@@ -28,6 +28,7 @@ use crush_protocol::{
 use crate::handlers;
 use crate::peer::Peer;
 use crate::server::Daemon;
+use crate::sync::lock;
 
 /// Where a connection is in the LSP lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,10 +272,6 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
         writer.abort();
     }
     debug!("connection closed");
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn display_id(id: &RequestId) -> String {

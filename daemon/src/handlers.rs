@@ -20,7 +20,7 @@ use crush_protocol::{
 
 use crate::peer::{ClientIdentity, Peer};
 use crate::server::Daemon;
-use crate::store::{MessageRow, RunRow, SessionRow, StoreError, WorkspaceRow};
+use crate::store::{MessageRow, RunRow, SessionRow, Store, StoreError, WorkspaceRow};
 
 /// What a handler may use: the daemon and the connection that asked.
 #[derive(Clone)]
@@ -184,9 +184,9 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 sessions: rows.into_iter().map(session_info).collect(),
             })
         }
-        ClientRequest::SessionGet(p) => {
-            ok(session_info(require_session(daemon, &p.session_id).await?))
-        }
+        ClientRequest::SessionGet(p) => ok(session_info(
+            require_session(&daemon.store, &p.session_id).await?,
+        )),
         ClientRequest::SessionRename(p) => {
             let title = p.title.trim();
             if title.is_empty() {
@@ -223,7 +223,7 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             ok(SessionDeleteResult { deleted: true })
         }
         ClientRequest::SessionMessages(p) => {
-            require_session(daemon, &p.session_id).await?;
+            require_session(&daemon.store, &p.session_id).await?;
             let limit = p.limit.unwrap_or(DEFAULT_MESSAGE_PAGE);
             if !(1..=MAX_MESSAGE_PAGE).contains(&limit) {
                 return Err(RpcError::invalid_params(format!(
@@ -327,9 +327,8 @@ async fn require_workspace(daemon: &Daemon, id: &str) -> Result<WorkspaceRow, Rp
         })
 }
 
-async fn require_session(daemon: &Daemon, id: &str) -> Result<SessionRow, RpcError> {
-    daemon
-        .store
+pub(crate) async fn require_session(store: &Store, id: &str) -> Result<SessionRow, RpcError> {
+    store
         .get_session(id)
         .await
         .map_err(storage)?

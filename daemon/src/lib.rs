@@ -11,4 +11,5 @@ pub mod peer;
 pub mod runs;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod transport;

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use crush_protocol::message::{encode_notification, encode_request};
 use crush_protocol::{ErrorCode, Id, Notification, RequestId, RpcError};
 
+use crate::sync::lock;
+
 type PendingReply = oneshot::Sender<Result<Box<RawValue>, RpcError>>;
 
 /// Who is on the other end, as told by `initialize`.
@@ -84,7 +86,7 @@ impl Peer {
     }
 
     fn lock_subscriptions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.subscriptions)
     }
 
     /// Sends a daemon→client request and waits for its response, at most `timeout`. On timeout
@@ -141,7 +143,7 @@ impl Peer {
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, PendingReply>> {
         // A poisoned map only means another task panicked mid-insert; the map itself is fine.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pending)
     }
 }
 

@@ -15,10 +15,11 @@ use tracing::{debug, warn};
 
 use crush_protocol::{RunCompleteParams, SessionEvent};
 
-use super::{Active, RunMeta, Runtime, SessionRt, lock, user_content};
+use super::{RunMeta, Runtime, SessionRt, mark_running, user_content};
 use crate::model::{ChatMessage, FinishReason, ModelEvent, Role, TurnRequest, Usage};
 use crate::store::live::LiveMessage;
 use crate::store::{FinishTurn, FoldedPrompt, StartTurn};
+use crate::sync::lock;
 
 /// How many earlier messages of the session are sent to the model.
 const HISTORY_LIMIT: i64 = 400;
@@ -120,19 +121,8 @@ impl Runtime {
                 }
                 match inner.queue.pop_front() {
                     Some(q) => {
-                        let t = s.ws().token.child_token();
-                        inner.active = Some(Active {
-                            run: q.run.clone(),
-                            token: t.clone(),
-                            cancel_requested: false,
-                            steered: Vec::new(),
-                            accepting_steer: true,
-                        });
-                        if let Some(l) = lock(&self.runs).get_mut(&q.run.run_id) {
-                            l.state = "running";
-                            l.started_at = Some(crate::store::now_ms());
-                        }
-                        inner.publish(&s.id, Some(&q.run.run_id), SessionEvent::RunStarted);
+                        let t =
+                            inner.activate(&s.id, &s.ws(), &mut lock(&self.runs), q.run.clone());
                         Some((q.run, t))
                     }
                     None => None,
@@ -161,13 +151,14 @@ impl Runtime {
             }
         };
         let user_parts = run.user_parts();
+        let user_parts_json = user_parts.to_string();
         let (user, assistant) = match self
             .store
             .start_turn(&StartTurn {
                 run_id: &run.run_id,
                 session_id: &s.id,
                 prompt: &run.prompt,
-                user_parts: &user_parts,
+                user_parts: &user_parts_json,
                 model: &model.model,
                 provider: &model.provider,
             })
@@ -199,10 +190,9 @@ impl Runtime {
         let mut request = TurnRequest {
             messages: history_messages(&history),
         };
-        request.messages.push(ChatMessage::new(
-            Role::User,
-            user_content(&serde_json::from_str(&user_parts).unwrap_or(Value::Null)),
-        ));
+        request
+            .messages
+            .push(ChatMessage::new(Role::User, user_content(&user_parts)));
         let mut live = LiveMessage::new(assistant.id.clone(), self.flush_interval);
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
@@ -372,10 +362,11 @@ impl Runtime {
             .finish_message(&live.id, &live.parts_json(), reason.as_str(), None)
             .await
             .map_err(|e| format!("cannot save a step: {e}"))?;
-        let parts: Vec<String> = steered.iter().map(|r| r.user_parts()).collect();
+        let parts: Vec<Value> = steered.iter().map(|r| r.user_parts()).collect();
+        let parts_json: Vec<String> = parts.iter().map(Value::to_string).collect();
         let prompts: Vec<FoldedPrompt<'_>> = steered
             .iter()
-            .zip(&parts)
+            .zip(&parts_json)
             .map(|(r, p)| FoldedPrompt {
                 run_id: &r.run_id,
                 prompt: &r.prompt,
@@ -391,11 +382,7 @@ impl Runtime {
         {
             let mut runs = lock(&self.runs);
             for r in steered {
-                if let Some(l) = runs.get_mut(&r.run_id) {
-                    l.state = "running";
-                    l.started_at = Some(crate::store::now_ms());
-                    l.folded_into = Some(run.run_id.clone());
-                }
+                mark_running(&mut runs, &r.run_id, Some(&run.run_id));
             }
         }
         {
@@ -439,10 +426,9 @@ impl Runtime {
             .messages
             .push(ChatMessage::new(Role::Assistant, live.text()));
         for p in &parts {
-            request.messages.push(ChatMessage::new(
-                Role::User,
-                user_content(&serde_json::from_str(p).unwrap_or(Value::Null)),
-            ));
+            request
+                .messages
+                .push(ChatMessage::new(Role::User, user_content(p)));
         }
         *live = LiveMessage::new(assistant.id, self.flush_interval);
         Ok(())

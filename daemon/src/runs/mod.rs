@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -33,10 +33,11 @@ use crush_protocol::{
     SessionSubscribeResult, SessionUpdateParams, daemon_notification,
 };
 
-use crate::handlers::{session_not_found, storage};
+use crate::handlers::{require_session, storage};
 use crate::model::{Model, Models};
 use crate::peer::Peer;
 use crate::store::{DroppedRun, Store, new_id, now_ms};
+use crate::sync::lock;
 
 mod driver;
 #[cfg(test)]
@@ -137,9 +138,9 @@ pub struct RunMeta {
 }
 
 impl RunMeta {
-    /// The user message's parts as stored.
-    fn user_parts(&self) -> String {
-        user_parts(&self.prompt, &self.attachments).to_string()
+    /// The user message's parts.
+    fn user_parts(&self) -> Value {
+        user_parts(&self.prompt, &self.attachments)
     }
 }
 
@@ -198,11 +199,6 @@ pub fn user_content(parts: &Value) -> String {
         }
     }
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere mid-update; the state itself stays usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn shutting_down() -> RpcError {
@@ -353,12 +349,7 @@ impl Runtime {
                 model: s.model.clone(),
             },
             None => {
-                let row = self
-                    .store
-                    .get_session(&p.session_id)
-                    .await
-                    .map_err(storage)?
-                    .ok_or_else(|| session_not_found(&p.session_id))?;
+                let row = require_session(&self.store, &p.session_id).await?;
                 KnownSession {
                     id: row.id,
                     workspace_id: row.workspace_id,
@@ -481,19 +472,7 @@ impl Runtime {
     ) -> &'static str {
         match &mut inner.active {
             None => {
-                let token = ws.token.child_token();
-                inner.active = Some(Active {
-                    run: run.clone(),
-                    token: token.clone(),
-                    cancel_requested: false,
-                    steered: Vec::new(),
-                    accepting_steer: true,
-                });
-                if let Some(l) = runs.get_mut(&run.run_id) {
-                    l.state = "running";
-                    l.started_at = Some(now_ms());
-                }
-                inner.publish(&s.id, Some(&run.run_id), SessionEvent::RunStarted);
+                let token = inner.activate(&s.id, ws, runs, run.clone());
                 let rt = self.clone();
                 let s2 = s.clone();
                 // The run is not the request's: its span has no parent.
@@ -573,7 +552,7 @@ impl Runtime {
     /// ended (empty when the session was idle or everything was already cancelled).
     pub async fn cancel(self: &Arc<Self>, session_id: &str) -> Result<AgentCancelResult, RpcError> {
         let Some(s) = self.existing_session(session_id) else {
-            self.require_session(session_id).await?;
+            require_session(&self.store, session_id).await?;
             return Ok(AgentCancelResult::default());
         };
         Ok(AgentCancelResult {
@@ -672,21 +651,10 @@ impl Runtime {
         match self.existing_session(session_id) {
             Some(s) => Ok(lock(&s.inner).status()),
             None => {
-                self.require_session(session_id).await?;
+                require_session(&self.store, session_id).await?;
                 Ok(idle_status())
             }
         }
-    }
-
-    async fn require_session(
-        &self,
-        session_id: &str,
-    ) -> Result<crate::store::SessionRow, RpcError> {
-        self.store
-            .get_session(session_id)
-            .await
-            .map_err(storage)?
-            .ok_or_else(|| session_not_found(session_id))
     }
 
     /// Drops a deleted session's live state (its subscribers stop hearing about it).
@@ -737,7 +705,7 @@ impl Runtime {
         peer: &Arc<Peer>,
         session_id: &str,
     ) -> Result<SessionSubscribeResult, RpcError> {
-        let row = self.require_session(session_id).await?;
+        let row = require_session(&self.store, session_id).await?;
         loop {
             let s = self.session(&row.id, &row.workspace_id, row.model.as_deref());
             let mut inner = lock(&s.inner);
@@ -761,7 +729,7 @@ impl Runtime {
             return Ok(was || removed);
         }
         if !removed {
-            self.require_session(session_id).await?;
+            require_session(&self.store, session_id).await?;
         }
         Ok(removed)
     }
@@ -900,7 +868,38 @@ impl SessionRt {
     }
 }
 
+/// Marks a live run as started (as part of another run's turn when `folded_into` is given).
+fn mark_running(runs: &mut HashMap<String, LiveRun>, run_id: &str, folded_into: Option<&str>) {
+    if let Some(l) = runs.get_mut(run_id) {
+        l.state = "running";
+        l.started_at = Some(now_ms());
+        l.folded_into = folded_into.map(str::to_owned);
+    }
+}
+
 impl SessionInner {
+    /// Makes `run` the active run of an idle session: a fresh child of the workspace's token,
+    /// its registry entry marked running, `runStarted` published. Returns the run's token.
+    fn activate(
+        &mut self,
+        session_id: &str,
+        ws: &Workspace,
+        runs: &mut HashMap<String, LiveRun>,
+        run: Arc<RunMeta>,
+    ) -> CancellationToken {
+        let token = ws.token.child_token();
+        mark_running(runs, &run.run_id, None);
+        self.publish(session_id, Some(&run.run_id), SessionEvent::RunStarted);
+        self.active = Some(Active {
+            run,
+            token: token.clone(),
+            cancel_requested: false,
+            steered: Vec::new(),
+            accepting_steer: true,
+        });
+        token
+    }
+
     fn status(&self) -> AgentStatusResult {
         match &self.active {
             None => idle_status(),
