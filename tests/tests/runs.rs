@@ -28,12 +28,7 @@ async fn world() -> World {
     let mut c = RawConn::initialized(&env.socket).await;
     let project = env.dir.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
-    let ws = c.request("workspace/open", json!({"path": project})).await;
-    let workspace = ws["result"]["workspaceId"].as_str().unwrap().to_owned();
-    let s = c
-        .request("session/create", json!({"workspaceId": workspace}))
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    let (workspace, session) = open_session(&mut c, &project).await;
     let sub = c
         .request("session/subscribe", json!({"sessionId": session}))
         .await;
@@ -46,6 +41,17 @@ async fn world() -> World {
         workspace,
         c,
     }
+}
+
+/// Opens `path` as a workspace and creates a session in it: (workspace id, session id).
+async fn open_session(c: &mut RawConn, path: &std::path::Path) -> (String, String) {
+    let ws = c.request("workspace/open", json!({"path": path})).await;
+    let workspace = ws["result"]["workspaceId"].as_str().unwrap().to_owned();
+    let s = c
+        .request("session/create", json!({"workspaceId": workspace}))
+        .await;
+    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    (workspace, session)
 }
 
 async fn send(c: &mut RawConn, session: &str, prompt: &str, extra: Value) -> Value {
@@ -400,16 +406,7 @@ async fn no_model_configured_is_a_clear_error_and_echo_works_offline() {
     let env = TestEnv::new();
     let _d = env.spawn_daemon(&[]);
     let mut c = RawConn::initialized(&env.socket).await;
-    let ws = c
-        .request("workspace/open", json!({"path": env.dir.path()}))
-        .await;
-    let s = c
-        .request(
-            "session/create",
-            json!({"workspaceId": ws["result"]["workspaceId"]}),
-        )
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    let (_, session) = open_session(&mut c, env.dir.path()).await;
     let r = c
         .request("agent/send", json!({"sessionId": session, "prompt": "x"}))
         .await;
@@ -501,16 +498,7 @@ async fn a_full_disk_mid_run_still_completes_once_with_the_reason() {
     let d = DaemonProcess::spawn(cmd);
     d.wait_for_log("listening", DEADLINE);
     let mut c = RawConn::initialized(&env.socket).await;
-    let ws = c
-        .request("workspace/open", json!({"path": env.dir.path()}))
-        .await;
-    let s = c
-        .request(
-            "session/create",
-            json!({"workspaceId": ws["result"]["workspaceId"]}),
-        )
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    let (_, session) = open_session(&mut c, env.dir.path()).await;
     c.request("session/subscribe", json!({"sessionId": session}))
         .await;
     let mut failed = None;
