@@ -30,15 +30,180 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Longest time streamed text waits in memory before it is written to the database.
     pub flush_interval: Duration,
-    /// The models runs can use.
+    /// The providers (built-in presets overlaid by `[providers.<id>]` tables) and the default
+    /// model.
     pub models: ModelsConfig,
+    /// How runs behave (`[agent]`).
+    pub agent: AgentSettings,
+    /// What tools may do without asking (`[permissions]`).
+    pub permissions: PermissionRules,
 }
 
-/// The `default_model` key and the `[models.<name>]` tables.
-#[derive(Debug, Clone, Default)]
+/// The `default_model` key and the providers, presets included.
+#[derive(Debug, Clone)]
 pub struct ModelsConfig {
+    /// `<provider>/<model id>`, or a model id listed by exactly one provider.
     pub default: Option<String>,
-    pub entries: BTreeMap<String, ModelConfig>,
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for ModelsConfig {
+    /// The presets only.
+    fn default() -> Self {
+        Self {
+            default: None,
+            providers: presets(),
+        }
+    }
+}
+
+/// One provider as the daemon uses it: a preset, a `[providers.<id>]` table, or both merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub api: ApiKind,
+    pub base_url: String,
+    /// The name of the environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// A key written into the config file (discouraged; `config/get` never shows it).
+    pub api_key: Option<String>,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    /// `echo` only: the pause between two words.
+    pub delay: Option<Duration>,
+    /// Models known to this provider with their limits. Other model ids may be used too.
+    pub models: BTreeMap<String, ModelLimits>,
+    /// Whether this provider comes from the built-in presets (possibly adjusted by the file).
+    pub preset: bool,
+}
+
+/// What is known about one model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    /// Tokens of input and output together.
+    pub context_window: Option<u64>,
+    /// Longest output of one step, sent as the request's token cap.
+    pub max_output_tokens: Option<u32>,
+}
+
+/// `[agent]`: how runs behave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSettings {
+    /// Model calls in one run before it is stopped.
+    pub max_steps: u32,
+    /// Tries of one model call (the first and the retries) on 429, 5xx and connection errors.
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each retry (a server's `Retry-After` wins).
+    pub retry_base_delay: Duration,
+    /// Longest delay between two tries.
+    pub retry_max_delay: Duration,
+    /// Default and longest time a `bash` tool call may run.
+    pub bash_timeout: Duration,
+    pub bash_max_timeout: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            max_steps: 50,
+            max_attempts: 5,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(30),
+            bash_timeout: Duration::from_secs(120),
+            bash_max_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[permissions]`: tool calls that run without asking.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionRules {
+    /// Tools that never ask (`"edit"`, `"write"`, `"bash"`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `bash` commands that never ask, by prefix of whole words (`"cargo test"` allows
+    /// `cargo test -p x`, not `cargo testx`). Commands with shell control characters always ask.
+    #[serde(default)]
+    pub allow_bash: Vec<String>,
+}
+
+/// The providers every daemon knows: each needs nothing but its key (Ollama not even that).
+pub fn presets() -> BTreeMap<String, ProviderConfig> {
+    fn models(list: &[(&str, u64, u32)]) -> BTreeMap<String, ModelLimits> {
+        list.iter()
+            .map(|(id, ctx, out)| {
+                (
+                    (*id).to_owned(),
+                    ModelLimits {
+                        context_window: Some(*ctx),
+                        max_output_tokens: Some(*out),
+                    },
+                )
+            })
+            .collect()
+    }
+    let preset =
+        |api, base_url: &str, key: Option<&str>, list: &[(&str, u64, u32)]| ProviderConfig {
+            api,
+            base_url: base_url.to_owned(),
+            api_key_env: key.map(str::to_owned),
+            api_key: None,
+            connect_timeout: None,
+            read_timeout: None,
+            delay: None,
+            models: models(list),
+            preset: true,
+        };
+    let mut out = BTreeMap::new();
+    out.insert(
+        "openai".to_owned(),
+        preset(
+            ApiKind::Openai,
+            "https://api.openai.com/v1",
+            Some("OPENAI_API_KEY"),
+            &[
+                ("gpt-5", 400_000, 128_000),
+                ("gpt-5-mini", 400_000, 128_000),
+                ("gpt-4.1", 1_047_576, 32_768),
+                ("gpt-4.1-mini", 1_047_576, 32_768),
+            ],
+        ),
+    );
+    out.insert(
+        "anthropic".to_owned(),
+        preset(
+            ApiKind::Anthropic,
+            "https://api.anthropic.com",
+            Some("ANTHROPIC_API_KEY"),
+            &[
+                ("claude-sonnet-4-5", 200_000, 64_000),
+                ("claude-opus-4-1", 200_000, 32_000),
+                ("claude-haiku-4-5", 200_000, 64_000),
+            ],
+        ),
+    );
+    out.insert(
+        "openrouter".to_owned(),
+        preset(
+            ApiKind::Openai,
+            "https://openrouter.ai/api/v1",
+            Some("OPENROUTER_API_KEY"),
+            &[
+                ("anthropic/claude-sonnet-4.5", 200_000, 64_000),
+                ("openai/gpt-5", 400_000, 128_000),
+            ],
+        ),
+    );
+    out.insert(
+        "ollama".to_owned(),
+        preset(ApiKind::Openai, "http://127.0.0.1:11434/v1", None, &[]),
+    );
+    let mut echo = preset(ApiKind::Echo, "builtin:echo", None, &[]);
+    echo.models
+        .insert("echo".to_owned(), ModelLimits::default());
+    out.insert(crate::model::ECHO.to_owned(), echo);
+    out
 }
 
 /// Environment variable naming the default model; overrides `default_model`.
@@ -57,6 +222,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             flush_interval: crate::store::live::DEFAULT_FLUSH_INTERVAL,
             models: ModelsConfig::default(),
+            agent: AgentSettings::default(),
+            permissions: PermissionRules::default(),
         }
     }
 
@@ -86,7 +253,121 @@ impl Config {
         if let Some(m) = &file.default_model {
             self.models.default = Some(m.clone());
         }
-        self.models.entries.extend(file.models.clone());
+        for (id, table) in &file.providers {
+            let merged = match self.models.providers.remove(id) {
+                Some(preset) => table.over(preset),
+                // parse_file checked that a new provider names its type and base URL.
+                None => table.over(ProviderConfig {
+                    api: table.r#type.unwrap_or(ApiKind::Openai),
+                    base_url: String::new(),
+                    api_key_env: None,
+                    api_key: None,
+                    connect_timeout: None,
+                    read_timeout: None,
+                    delay: None,
+                    models: BTreeMap::new(),
+                    preset: false,
+                }),
+            };
+            self.models.providers.insert(id.clone(), merged);
+        }
+        let a = &file.agent;
+        let agent = &mut self.agent;
+        if let Some(n) = a.max_steps {
+            agent.max_steps = n;
+        }
+        if let Some(n) = a.max_attempts {
+            agent.max_attempts = n;
+        }
+        if let Some(d) = a.retry_base_delay {
+            agent.retry_base_delay = d.0;
+        }
+        if let Some(d) = a.retry_max_delay {
+            agent.retry_max_delay = d.0;
+        }
+        if let Some(d) = a.bash_timeout {
+            agent.bash_timeout = d.0;
+        }
+        if let Some(d) = a.bash_max_timeout {
+            agent.bash_max_timeout = d.0;
+        }
+        self.permissions = file.permissions.clone();
+    }
+}
+
+impl Config {
+    /// The effective configuration for `config/get`: every setting, with API keys replaced by
+    /// whether one is available. Key *variable names* are shown; key values never are.
+    pub fn redacted(&self) -> serde_json::Value {
+        use serde_json::json;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let providers: serde_json::Map<String, serde_json::Value> = self
+            .models
+            .providers
+            .iter()
+            .map(|(id, p)| {
+                let key_set = p.api_key.is_some()
+                    || p.api_key_env
+                        .as_deref()
+                        .is_some_and(|v| std::env::var(v).is_ok_and(|k| !k.trim().is_empty()));
+                let models: serde_json::Map<String, serde_json::Value> = p
+                    .models
+                    .iter()
+                    .map(|(m, l)| {
+                        (
+                            m.clone(),
+                            json!({
+                                "contextWindow": l.context_window,
+                                "maxOutputTokens": l.max_output_tokens,
+                            }),
+                        )
+                    })
+                    .collect();
+                let mut v = json!({
+                    "type": p.api.as_str(),
+                    "baseUrl": p.base_url,
+                    "apiKeyEnv": p.api_key_env,
+                    "apiKeySet": key_set,
+                    "preset": p.preset,
+                    "models": models,
+                });
+                if p.api_key.is_some() {
+                    v["apiKey"] = json!("<redacted>");
+                }
+                if let Some(d) = p.connect_timeout {
+                    v["connectTimeoutMs"] = json!(ms(d));
+                }
+                if let Some(d) = p.read_timeout {
+                    v["readTimeoutMs"] = json!(ms(d));
+                }
+                (id.clone(), v)
+            })
+            .collect();
+        json!({
+            "defaultModel": self.models.default,
+            "providers": providers,
+            "agent": {
+                "maxSteps": self.agent.max_steps,
+                "maxAttempts": self.agent.max_attempts,
+                "retryBaseDelayMs": ms(self.agent.retry_base_delay),
+                "retryMaxDelayMs": ms(self.agent.retry_max_delay),
+                "bashTimeoutMs": ms(self.agent.bash_timeout),
+                "bashMaxTimeoutMs": ms(self.agent.bash_max_timeout),
+            },
+            "permissions": {
+                "allow": self.permissions.allow,
+                "allowBash": self.permissions.allow_bash,
+            },
+            "daemon": {
+                "socket": self.socket.display().to_string(),
+                "dataDir": self.data_dir.display().to_string(),
+                "stateDir": self.state_dir.display().to_string(),
+                "idleTimeoutMs": self.idle_timeout.map(ms),
+                "maxMessageSize": self.max_message_size,
+                "flushIntervalMs": ms(self.flush_interval),
+                "shutdownGraceMs": ms(self.shutdown_grace),
+            },
+        })
     }
 }
 
@@ -108,36 +389,101 @@ pub fn default_config_path() -> Option<PathBuf> {
 pub struct ConfigFile {
     #[serde(default)]
     pub daemon: DaemonSection,
-    /// The model runs use when `agent/send` names none.
+    /// The model runs use when neither the send nor the session names one:
+    /// `<provider>/<model id>`.
     pub default_model: Option<String>,
     #[serde(default)]
-    pub models: BTreeMap<String, ModelConfig>,
+    pub providers: BTreeMap<String, ProviderTable>,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub permissions: PermissionRules,
 }
 
-/// Which API a model speaks.
+/// Which API a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
+pub enum ApiKind {
     /// Any OpenAI-compatible Chat Completions API.
     #[serde(alias = "openai-compatible")]
     Openai,
-    /// The diagnostic echo model.
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// The built-in diagnostic echo model.
     Echo,
 }
 
-/// One `[models.<name>]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+impl ApiKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::Openai => "openai",
+            ApiKind::Anthropic => "anthropic",
+            ApiKind::Echo => "echo",
+        }
+    }
+}
+
+/// One `[providers.<id>]` table. For a preset id every key is optional and overrides the preset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    pub provider: ProviderKind,
-    /// The API's base URL, up to `/v1` (default `https://api.openai.com/v1`).
+pub struct ProviderTable {
+    pub r#type: Option<ApiKind>,
+    /// The API's base URL (OpenAI-compatible: up to `/v1`).
     pub base_url: Option<String>,
-    /// The provider's model id.
-    pub model: Option<String>,
     /// The name of the environment variable holding the API key.
     pub api_key_env: Option<String>,
+    /// The key itself (prefer `api_key_env`).
+    pub api_key: Option<String>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub read_timeout: Option<HumanDuration>,
     /// `echo` only: the pause between two words.
     pub delay: Option<HumanDuration>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelLimits>,
+}
+
+impl ProviderTable {
+    fn over(&self, mut base: ProviderConfig) -> ProviderConfig {
+        if let Some(t) = self.r#type {
+            base.api = t;
+        }
+        if let Some(u) = &self.base_url {
+            base.base_url = u.trim_end_matches('/').to_owned();
+        }
+        if let Some(k) = &self.api_key_env {
+            base.api_key_env = Some(k.clone());
+        }
+        if let Some(k) = &self.api_key {
+            base.api_key = Some(k.clone());
+            // An inline key wins over the preset's variable.
+            if self.api_key_env.is_none() {
+                base.api_key_env = None;
+            }
+        }
+        if let Some(d) = self.connect_timeout {
+            base.connect_timeout = Some(d.0);
+        }
+        if let Some(d) = self.read_timeout {
+            base.read_timeout = Some(d.0);
+        }
+        if let Some(d) = self.delay {
+            base.delay = Some(d.0);
+        }
+        base.models.extend(self.models.clone());
+        base
+    }
+}
+
+/// `[agent]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub max_steps: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub retry_base_delay: Option<HumanDuration>,
+    pub retry_max_delay: Option<HumanDuration>,
+    pub bash_timeout: Option<HumanDuration>,
+    pub bash_max_timeout: Option<HumanDuration>,
 }
 
 /// A duration written like `"100ms"` or `"2s"`.
@@ -268,18 +614,35 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         key: format!("key `{key}`: "),
         message,
     };
-    for (name, m) in &file.models {
-        let header = format!("models.{name}");
-        if m.provider == ProviderKind::Openai
-            && m.model.as_deref().is_none_or(|s| s.trim().is_empty())
-        {
+    let known = presets();
+    for (id, p) in &file.providers {
+        let header = format!("providers.{id}");
+        if id.contains('/') || id.trim().is_empty() {
             return Err(problem(
                 line_of(&header),
-                format!("{header}.model"),
-                "an openai model needs `model` (the provider's model id)".to_owned(),
+                header,
+                "a provider id must not be empty or contain `/`".to_owned(),
             ));
         }
-        if let Some(url) = &m.base_url
+        if !known.contains_key(id) {
+            if p.r#type.is_none() {
+                return Err(problem(
+                    line_of(&header),
+                    format!("{header}.type"),
+                    "a provider that is not a preset (openai, anthropic, openrouter, ollama) \
+                     needs `type = \"openai\"` or `type = \"anthropic\"`"
+                        .to_owned(),
+                ));
+            }
+            if p.base_url.is_none() && p.r#type != Some(ApiKind::Echo) {
+                return Err(problem(
+                    line_of(&header),
+                    format!("{header}.base_url"),
+                    "a provider that is not a preset needs `base_url`".to_owned(),
+                ));
+            }
+        }
+        if let Some(url) = &p.base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(problem(
@@ -288,16 +651,57 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
+        if p.api_key.is_some() && p.api_key_env.is_some() {
+            return Err(problem(
+                line_of(&header),
+                format!("{header}.api_key"),
+                "give either `api_key` or `api_key_env`, not both".to_owned(),
+            ));
+        }
     }
-    if let Some(d) = &file.default_model
-        && d != crate::model::ECHO
-        && !file.models.contains_key(d)
+    if let Some(a) = file.agent.max_steps
+        && a == 0
     {
         return Err(problem(
-            line_of("default_model"),
-            "default_model".to_owned(),
-            format!("{d:?} is not a [models.{d}] table of this file nor the built-in \"echo\""),
+            line_of("max_steps"),
+            "agent.max_steps".to_owned(),
+            "must be at least 1".to_owned(),
         ));
+    }
+    if let Some(a) = file.agent.max_attempts
+        && a == 0
+    {
+        return Err(problem(
+            line_of("max_attempts"),
+            "agent.max_attempts".to_owned(),
+            "must be at least 1 (1 means no retries)".to_owned(),
+        ));
+    }
+    for tool in &file.permissions.allow {
+        if !["view", "ls", "glob", "grep", "write", "edit", "bash"].contains(&tool.as_str()) {
+            return Err(problem(
+                line_of(tool),
+                "permissions.allow".to_owned(),
+                format!("{tool:?} is not a tool (view, ls, glob, grep, write, edit, bash)"),
+            ));
+        }
+    }
+    if let Some(d) = &file.default_model {
+        let provider = d.split_once('/').map(|(p, _)| p);
+        let known_provider =
+            provider.is_some_and(|p| known.contains_key(p) || file.providers.contains_key(p));
+        let listed = file.providers.values().any(|p| p.models.contains_key(d))
+            || known.values().any(|p| p.models.contains_key(d));
+        if !(known_provider || listed) {
+            return Err(problem(
+                line_of("default_model"),
+                "default_model".to_owned(),
+                format!(
+                    "{d:?} names no provider: write it as \"<provider>/<model id>\" with a \
+                     provider of this file or a preset (openai, anthropic, openrouter, ollama, echo)"
+                ),
+            ));
+        }
     }
     Ok(file)
 }
@@ -337,34 +741,53 @@ mod tests {
     }
 
     #[test]
-    fn models_parse_and_bad_ones_name_line_and_key() {
-        let text = "default_model = \"local\"\n\n[models.local]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\napi_key_env = \"K\"\n\n[models.slow]\nprovider = \"echo\"\ndelay = \"5ms\"\n";
+    fn providers_merge_over_presets_and_bad_ones_name_line_and_key() {
+        let text = "default_model = \"local/m\"\n\n[providers.local]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key_env = \"K\"\n[providers.local.models.m]\ncontext_window = 1000\nmax_output_tokens = 100\n\n[providers.anthropic]\napi_key_env = \"MY_KEY\"\n\n[agent]\nmax_steps = 7\nretry_base_delay = \"10ms\"\n\n[permissions]\nallow = [\"edit\"]\nallow_bash = [\"git status\"]\n";
         let f = parse_file(Path::new("c.toml"), text).unwrap();
-        assert_eq!(f.default_model.as_deref(), Some("local"));
-        assert_eq!(f.models["local"].model.as_deref(), Some("m"));
-        assert_eq!(
-            f.models["slow"].delay,
-            Some(HumanDuration(Duration::from_millis(5)))
-        );
+        let mut cfg = Config::new(PathBuf::from("/s"));
+        cfg.apply_file(&f);
+        assert_eq!(cfg.models.default.as_deref(), Some("local/m"));
+        let local = &cfg.models.providers["local"];
+        assert_eq!(local.api, ApiKind::Openai);
+        assert_eq!(local.models["m"].max_output_tokens, Some(100));
+        assert!(!local.preset);
+        let anthropic = &cfg.models.providers["anthropic"];
+        assert_eq!(anthropic.api_key_env.as_deref(), Some("MY_KEY"));
+        assert_eq!(anthropic.base_url, "https://api.anthropic.com");
+        assert!(anthropic.models.contains_key("claude-sonnet-4-5"));
+        assert!(cfg.models.providers.contains_key("ollama"));
+        assert_eq!(cfg.agent.max_steps, 7);
+        assert_eq!(cfg.agent.retry_base_delay, Duration::from_millis(10));
+        assert_eq!(cfg.agent.max_attempts, 5);
+        assert_eq!(cfg.permissions.allow_bash, vec!["git status".to_owned()]);
 
-        let e = parse_file(Path::new("c.toml"), "\n[models.x]\nprovider = \"openai\"\n")
+        let e = parse_file(
+            Path::new("c.toml"),
+            "\n[providers.x]\nbase_url = \"http://h\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("c.toml:2: key `providers.x.type`"), "{e}");
+        let e = parse_file(Path::new("c.toml"), "[providers.x]\ntype = \"gpt\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("c.toml:2: key `models.x.model`"), "{e}");
-        let e = parse_file(Path::new("c.toml"), "[models.x]\nprovider = \"gpt\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("c.toml:2: key `models.x.provider`"), "{e}");
+        assert!(e.starts_with("c.toml:2: key `providers.x.type`"), "{e}");
         let e = parse_file(Path::new("c.toml"), "default_model = \"nope\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.toml:1: key `default_model`"), "{e}");
         let e = parse_file(
             Path::new("c.toml"),
-            "[models.x]\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"localhost:1\"\n",
+            "[providers.x]\ntype = \"openai\"\nbase_url = \"localhost:1\"\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("c.toml:4: key `models.x.base_url`"), "{e}");
+        assert!(e.starts_with("c.toml:3: key `providers.x.base_url`"), "{e}");
+        let e = parse_file(Path::new("c.toml"), "[permissions]\nallow = [\"rm\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("permissions.allow"), "{e}");
+        // A model id listed by a preset is a valid default on its own.
+        parse_file(Path::new("c.toml"), "default_model = \"gpt-5\"\n").unwrap();
     }
 }

@@ -10,12 +10,12 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crush_protocol::{
-    ClientRequest, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
+    ClientRequest, ConfigGetResult, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
     DebugSleepResult, ErrorCode, InitializeParams, InitializeResult, MAX_MESSAGE_PAGE, MessageInfo,
-    ModelListResult, PROTOCOL_VERSION, RpcError, RunInfo, ServerCapabilities, ServerInfo,
-    SessionDeleteResult, SessionInfo, SessionListResult, SessionMessagesResult,
-    SessionUnsubscribeResult, WorkspaceCloseResult, WorkspaceInfo, WorkspaceListResult,
-    methods::parse_params,
+    ModelListResult, PROTOCOL_VERSION, PermissionRespondResult, RpcError, RunInfo,
+    ServerCapabilities, ServerInfo, SessionDeleteResult, SessionInfo, SessionListResult,
+    SessionMessagesResult, SessionSetYoloResult, SessionUnsubscribeResult, WorkspaceCloseResult,
+    WorkspaceInfo, WorkspaceListResult, methods::parse_params,
 };
 
 use crate::peer::{ClientIdentity, Peer};
@@ -152,6 +152,37 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 models: models.list(),
             })
         }
+        ClientRequest::SessionSetModel(p) => {
+            let model = p.model.as_deref().map(str::trim).filter(|m| !m.is_empty());
+            if let Some(m) = model {
+                daemon.runtime.models().check(m)?;
+            }
+            let row = daemon
+                .store
+                .set_session_model(&p.session_id, model)
+                .await
+                .map_err(storage)?
+                .ok_or_else(|| session_not_found(&p.session_id))?;
+            daemon.runtime.set_session_model(&row.id, model);
+            ok(session_info(row))
+        }
+        ClientRequest::SessionSetYolo(p) => {
+            require_session(&daemon.store, &p.session_id).await?;
+            daemon.runtime.set_yolo(&p.session_id, p.yolo);
+            ok(SessionSetYoloResult { yolo: p.yolo })
+        }
+        ClientRequest::PermissionRespond(p) => {
+            daemon.runtime.answer_permission(
+                None,
+                &p.request_id,
+                p.decision,
+                &ctx.peer.display_name(),
+            )?;
+            ok(PermissionRespondResult {})
+        }
+        ClientRequest::ConfigGet(_) => ok(ConfigGetResult {
+            config: daemon.config.redacted(),
+        }),
         ClientRequest::WorkspaceList(_) => {
             let rows = daemon.store.list_workspaces().await.map_err(storage)?;
             ok(WorkspaceListResult {
@@ -166,11 +197,18 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .unwrap_or("New session");
+            let model = p.model.as_deref().map(str::trim).filter(|m| !m.is_empty());
+            if let Some(m) = model {
+                daemon.runtime.models().check(m)?;
+            }
             let row = daemon
                 .store
-                .create_session(&p.workspace_id, title, None)
+                .create_session(&p.workspace_id, title, model)
                 .await
                 .map_err(storage)?;
+            if p.yolo {
+                daemon.runtime.set_yolo(&row.id, true);
+            }
             ok(session_info(row))
         }
         ClientRequest::SessionList(p) => {

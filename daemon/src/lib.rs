@@ -12,4 +12,5 @@ pub mod runs;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tools;
 pub mod transport;

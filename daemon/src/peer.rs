@@ -19,6 +19,8 @@ use crush_protocol::{ErrorCode, Id, Notification, RequestId, RpcError};
 use crate::sync::lock;
 
 type PendingReply = oneshot::Sender<Result<Box<RawValue>, RpcError>>;
+/// Where the answer to a request started with [`Peer::start_request`] arrives.
+pub type ReplyReceiver = oneshot::Receiver<Result<Box<RawValue>, RpcError>>;
 
 /// Who is on the other end, as told by `initialize`.
 #[derive(Debug, Clone, Default)]
@@ -122,6 +124,42 @@ impl Peer {
                 ))
             }
         }
+    }
+
+    /// Sends a daemon→client request without waiting: the receiver gets the answer, or an
+    /// error once the connection closes or the request is abandoned. `None` when the connection
+    /// is already gone.
+    pub fn start_request<P: Serialize>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Option<(RequestId, ReplyReceiver)> {
+        let id: RequestId = Id::Number(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id.clone(), tx);
+        if !self.send_raw(encode_request(&id, method, params)) {
+            self.lock_pending().remove(&id);
+            return None;
+        }
+        Some((id, rx))
+    }
+
+    /// Withdraws a request started with [`Self::start_request`] that is still unanswered: its
+    /// waiter is dropped and the client gets `$/cancelRequest`, so it can take its prompt down.
+    pub fn abandon_request(&self, id: &RequestId) {
+        if self.lock_pending().remove(id).is_some() {
+            self.send_raw(encode_notification(
+                "$/cancelRequest",
+                &crush_protocol::CancelParams { id: id.clone() },
+            ));
+        }
+    }
+
+    /// The name the client gave in `initialize`, for "answered by …" notes.
+    pub fn display_name(&self) -> String {
+        self.identity()
+            .and_then(|i| i.name)
+            .unwrap_or_else(|| format!("connection {}", self.id))
     }
 
     /// Routes a response from the client. Returns false when no request is waiting for `id`.

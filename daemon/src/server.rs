@@ -34,12 +34,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
-        let runtime = Arc::new(Runtime::new(
-            store.clone(),
-            Models::from_config(&config.models),
-            config.flush_interval,
-            config.shutdown_grace,
-        ));
+        let runtime = Arc::new(
+            Runtime::new(
+                store.clone(),
+                Models::from_config(&config.models),
+                config.flush_interval,
+                config.shutdown_grace,
+            )
+            .configure(config.agent.clone(), config.permissions.clone()),
+        );
         Arc::new(Self {
             config,
             store,

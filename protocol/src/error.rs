@@ -38,6 +38,10 @@ pub enum ErrorCode {
     RunsActive = -32014,
     /// A run with the given id exists with a different session or prompt.
     DuplicateRunId = -32015,
+    /// No pending permission request has the given id.
+    PermissionNotFound = -32016,
+    /// The permission request was already answered (by another client, or the run was cancelled).
+    PermissionResolved = -32017,
     /// The database could not be read or written (disk full, I/O error, read-only file).
     StorageFailed = -32020,
     /// No usable model is configured (or the requested one is unknown or lacks its API key).
@@ -62,6 +66,8 @@ impl ErrorCode {
         (ErrorCode::WorkspaceClosing, "WorkspaceClosing"),
         (ErrorCode::RunsActive, "RunsActive"),
         (ErrorCode::DuplicateRunId, "DuplicateRunId"),
+        (ErrorCode::PermissionNotFound, "PermissionNotFound"),
+        (ErrorCode::PermissionResolved, "PermissionResolved"),
         (ErrorCode::StorageFailed, "StorageFailed"),
         (ErrorCode::ModelNotConfigured, "ModelNotConfigured"),
     ];

@@ -185,6 +185,15 @@ client_requests! {
     SessionUnsubscribe = "session/unsubscribe" (SessionRef) -> SessionUnsubscribeResult;
     /// The models this daemon can use, and the default.
     ModelList = "model/list" (NoParams) -> ModelListResult;
+    /// Choose the session's model (`null` returns it to the daemon's default).
+    SessionSetModel = "session/setModel" (SessionSetModelParams) -> SessionInfo;
+    /// Let the session's tool calls run without asking (or ask again).
+    SessionSetYolo = "session/setYolo" (SessionSetYoloParams) -> SessionSetYoloResult;
+    /// Answer a pending `permission/request` (for clients that cannot answer the request itself
+    /// later, such as Neovim's `vim.lsp.rpc`). The first answer of any client wins.
+    PermissionRespond = "permission/respond" (PermissionRespondParams) -> PermissionRespondResult;
+    /// The effective configuration, secrets redacted.
+    ConfigGet = "config/get" (NoParams) -> ConfigGetResult;
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
     /// Diagnostic: the daemon sends the given request to the calling client and returns its
@@ -210,6 +219,105 @@ notifications! {
     RunComplete = "$/runComplete" (RunCompleteParams);
     /// A live event of a subscribed session.
     SessionUpdate = "$/sessionUpdate" (SessionUpdateParams);
+    /// A permission request was answered (or withdrawn); clients remove their prompt.
+    PermissionResolved = "$/permissionResolved" (PermissionResolvedParams);
+}
+
+/// Daemon→client request: may this tool call run? Sent to every connection subscribed to the
+/// session; the first answer wins.
+pub mod daemon_request {
+    /// The method of a permission prompt.
+    pub const PERMISSION_REQUEST: &str = "permission/request";
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRequestParams {
+    pub request_id: String,
+    pub session_id: String,
+    pub run_id: String,
+    pub tool_call_id: String,
+    pub tool: String,
+    /// One line for a person: `Edit src/main.rs`, `Run: cargo test`.
+    pub title: String,
+    /// The tool's input as the model gave it.
+    pub input: serde_json::Value,
+    /// For `edit` and `write`: the change as a unified diff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// A client's answer to `permission/request` (its result) or in `permission/respond`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum PermissionDecision {
+    /// Run this call.
+    Allow,
+    /// Run this call and every later call of this tool in the session without asking.
+    AllowSession,
+    Deny,
+    /// Only as a result of `permission/request`: the prompt is shown; the answer will come with
+    /// `permission/respond`.
+    Deferred,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRequestResult {
+    pub decision: PermissionDecision,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRespondParams {
+    pub request_id: String,
+    pub decision: PermissionDecision,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRespondResult {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionResolvedParams {
+    pub request_id: String,
+    pub session_id: String,
+    pub run_id: String,
+    /// `allow`, `allowSession`, `deny`, or `cancelled` (the run was cancelled first).
+    pub decision: String,
+    /// The `clientInfo.name` of the client that answered (`"crushd"` for a cancel).
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSetModelParams {
+    pub session_id: String,
+    /// A model name from `model/list`, or `null` for the daemon's default.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSetYoloParams {
+    pub session_id: String,
+    pub yolo: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSetYoloResult {
+    pub yolo: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigGetResult {
+    /// The effective configuration: presets merged with the config file and the environment.
+    /// API keys never appear; `apiKeySet` says whether one is available.
+    pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -347,6 +455,12 @@ pub struct SessionCreateParams {
     /// Defaults to "New session".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// The session's model (a name from `model/list`); the daemon's default otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Run tool calls without asking (see `session/setYolo`).
+    #[serde(default)]
+    pub yolo: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -537,6 +651,9 @@ pub struct AgentSendParams {
     /// A model name from `model/list`; the session's or the daemon's default otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Run this prompt's tool calls without asking.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub yolo: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -558,12 +675,16 @@ pub struct AgentCancelResult {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatusResult {
-    /// `idle` or `active`.
+    /// `idle`, `active`, or `waitingForPermission` (active, and a tool call waits for an answer
+    /// to `permission/request`).
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_run_id: Option<String>,
     /// Waiting prompts in the order they will run (steered ones first).
     pub queued: Vec<String>,
+    /// Permission requests waiting for an answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_permissions: Vec<PermissionRequestParams>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -584,14 +705,23 @@ pub struct SessionUnsubscribeResult {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelInfo {
-    /// The name used in `agent/send` and the config file.
+    /// The name used in `agent/send`, `session/create` and the config file:
+    /// `<provider>/<model id>`.
     pub name: String,
-    /// `openai` (any OpenAI-compatible Chat Completions API) or `echo` (diagnostic).
+    /// The provider's id in the configuration (`openai`, `anthropic`, `ollama`, …).
     pub provider: String,
+    /// The API the provider speaks: `openai` (Chat Completions), `anthropic` (Messages) or
+    /// `echo` (the built-in diagnostic).
+    #[serde(default)]
+    pub api: String,
     /// The provider's model id.
     pub model: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
     /// Why the model cannot be used right now (e.g. its API key variable is unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
@@ -669,6 +799,49 @@ pub enum SessionEvent {
     TextDelta { message_id: String, text: String },
     #[serde(rename_all = "camelCase")]
     ReasoningDelta { message_id: String, text: String },
+    /// A model call failed in a way worth retrying; the next try starts after `delayMs`.
+    #[serde(rename_all = "camelCase")]
+    Retrying {
+        attempt: u32,
+        max_attempts: u32,
+        delay_ms: u64,
+        error: String,
+    },
+    /// The model called a tool (`input` as it gave it; a string if it was not JSON).
+    #[serde(rename_all = "camelCase")]
+    ToolCallStarted {
+        message_id: String,
+        tool_call_id: String,
+        tool: String,
+        input: serde_json::Value,
+    },
+    /// A tool call waits for a client to answer `permission/request`.
+    #[serde(rename_all = "camelCase")]
+    PermissionRequested {
+        request_id: String,
+        tool_call_id: String,
+        tool: String,
+        title: String,
+    },
+    /// The permission request was answered (`allow`, `allowSession`, `deny`, `cancelled`).
+    #[serde(rename_all = "camelCase")]
+    PermissionResolved {
+        request_id: String,
+        decision: String,
+        by: String,
+    },
+    /// A tool call ended: `completed`, `failed` (the tool reported an error), `denied`, or
+    /// `cancelled`. `output` is what the model sees.
+    #[serde(rename_all = "camelCase")]
+    ToolCallFinished {
+        message_id: String,
+        tool_call_id: String,
+        tool: String,
+        status: String,
+        output: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Value>,
+    },
     /// A message is final; `finishReason` as in `session/messages`.
     #[serde(rename_all = "camelCase")]
     MessageFinished {

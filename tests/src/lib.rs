@@ -86,10 +86,17 @@ impl TestEnv {
         std::fs::write(dir.join("config.toml"), text).unwrap();
     }
 
-    /// A config whose default model is the OpenAI-compatible API at `base_url` (model `mock-1`).
+    /// A config whose default model is `mock/mock-1`, served by the OpenAI-compatible API at
+    /// `base_url` (provider `mock`); `extra` is appended (more tables, `[agent]`, …).
     pub fn use_model_at(&self, base_url: &str) {
+        self.use_model_with(base_url, "openai", "");
+    }
+
+    /// Like [`Self::use_model_at`] for a provider speaking `api` (`openai` or `anthropic`), with
+    /// `extra` TOML appended.
+    pub fn use_model_with(&self, base_url: &str, api: &str, extra: &str) {
         self.write_config(&format!(
-            "default_model = \"mock\"\n\n[models.mock]\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"mock-1\"\n"
+            "default_model = \"mock/mock-1\"\n\n[providers.mock]\ntype = \"{api}\"\nbase_url = \"{base_url}\"\n\n{extra}\n"
         ));
     }
 

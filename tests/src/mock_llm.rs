@@ -1,12 +1,17 @@
-//! A loopback mock of the OpenAI Chat Completions *streaming* API, for black-box tests and
-//! benchmarks: a real HTTP/1.1 server on `127.0.0.1:0`, written directly on tokio, that answers
-//! each `POST …/chat/completions` with the next scripted reply as Server-Sent Events.
+//! A loopback mock of the streaming model APIs, for black-box tests and benchmarks: a real HTTP/1.1
+//! server on `127.0.0.1:0`, written directly on tokio, that answers each `POST …/chat/completions`
+//! (OpenAI Chat Completions) and each `POST …/messages` (Anthropic Messages) with the next scripted
+//! reply as Server-Sent Events in that API's dialect. Both dialects share one queue of [`Script`]s.
 //!
 //! It owns the whole wire: request parsing (request line, headers, `Content-Length` or chunked
 //! body), keep-alive (a pooling client sends several requests on one connection), and chunked
 //! responses where every SSE event is its own HTTP chunk, written as soon as it is due. It also
 //! watches the socket while it streams or waits, so a client that goes away is counted within
 //! milliseconds — that is what cancellation tests assert on.
+//!
+//! A script can also misbehave the ways real servers do: tool calls streamed in several quirky
+//! shapes ([`ToolStyle`]), error statuses with headers (`Retry-After`), and streams cut off
+//! mid-body ([`Cut`]).
 //!
 //! State shared with the test (queued scripts, recorded requests, counters) sits behind a
 //! `std::sync::Mutex`; every change wakes waiters through a `tokio::sync::Notify`, so nothing polls.
@@ -56,6 +61,7 @@ impl MockLlm {
                 requests: Vec::new(),
                 disconnects: 0,
                 completed: 0,
+                sent: Vec::new(),
             }),
             changed: Notify::new(),
         });
@@ -78,7 +84,8 @@ impl MockLlm {
         format!("http://{}/v1", self.addr)
     }
 
-    /// Queues a script; scripts are consumed first in, first out, one per completions request.
+    /// Queues a script; scripts are consumed first in, first out, one per model request (either
+    /// dialect).
     pub fn push(&self, script: Script) {
         self.shared.update(|s| s.queue.push_back(script));
     }
@@ -88,12 +95,12 @@ impl MockLlm {
         self.shared.update(|s| s.default = script);
     }
 
-    /// Every completions request received so far, in arrival order.
+    /// Every model request (either dialect) received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
     }
 
-    /// Waits until at least `n` completions requests have arrived and returns all of them.
+    /// Waits until at least `n` model requests have arrived and returns all of them.
     ///
     /// # Panics
     /// When `deadline` passes first; the message lists what did arrive.
@@ -110,7 +117,7 @@ impl MockLlm {
                     .map(|r| format!("#{} {} {}", r.index, r.method, r.path))
                     .collect();
                 panic!(
-                    "MockLlm: waited {deadline:?} for {n} completions request(s) but {} arrived: {summary:?}",
+                    "MockLlm: waited {deadline:?} for {n} model request(s) but {} arrived: {summary:?}",
                     got.len()
                 );
             }
@@ -143,9 +150,56 @@ impl MockLlm {
         }
     }
 
-    /// How many streams were written in full, up to and including `data: [DONE]`.
+    /// How many streams were written in full, up to and including `data: [DONE]` (OpenAI) or
+    /// `message_stop` (Anthropic).
     pub fn completed(&self) -> usize {
         self.shared.lock().completed
+    }
+
+    /// Every text delta written so far, over all requests and both dialects, in the order written,
+    /// each stamped when its bytes had been written to the socket. Reasoning, tool-call and
+    /// structural events are not included.
+    pub fn sent_deltas(&self) -> Vec<SentDelta> {
+        self.shared.lock().sent.clone()
+    }
+
+    /// Forgets the text deltas recorded so far (between benchmark iterations).
+    pub fn clear_sent(&self) {
+        self.shared.lock().sent.clear();
+    }
+}
+
+/// One text delta as the mock wrote it: see [`MockLlm::sent_deltas`].
+#[derive(Debug, Clone)]
+pub struct SentDelta {
+    /// When the event's bytes had been written (and flushed) to the socket.
+    pub at: std::time::Instant,
+    /// The delta's text.
+    pub text: String,
+    /// The [`RecordedRequest::index`] of the request it answered.
+    pub request: usize,
+}
+
+/// Which API a request spoke, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI Chat Completions: a path ending in `/chat/completions`.
+    OpenAi,
+    /// Anthropic Messages: a path ending in `/messages`.
+    Anthropic,
+}
+
+impl Dialect {
+    /// The dialect served at request target `target` (query ignored), if any.
+    fn of(target: &str) -> Option<Dialect> {
+        let path = target.split('?').next().unwrap_or_default();
+        if path.ends_with("/chat/completions") {
+            Some(Dialect::OpenAi)
+        } else if path.ends_with("/messages") {
+            Some(Dialect::Anthropic)
+        } else {
+            None
+        }
     }
 }
 
@@ -155,18 +209,18 @@ impl Drop for MockLlm {
     }
 }
 
-/// One completions request as the mock received it.
+/// One model request (either dialect) as the mock received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
     /// The HTTP method, e.g. `POST`.
     pub method: String,
-    /// The request target as sent, e.g. `/v1/chat/completions`.
+    /// The request target as sent, e.g. `/v1/chat/completions` or `/v1/messages`.
     pub path: String,
     /// Headers in the order received; names are lowercased.
     pub headers: Vec<(String, String)>,
     /// The JSON body, or `Value::Null` when the body was not JSON.
     pub body: Value,
-    /// 0-based arrival order among completions requests.
+    /// 0-based arrival order among model requests (both dialects share the count).
     pub index: usize,
 }
 
@@ -184,55 +238,235 @@ impl RecordedRequest {
         self.body.get("model").and_then(Value::as_str)
     }
 
-    /// `(role, content)` of every message. Content given as an array of parts is the
-    /// concatenation of their `text` fields; a missing or null content is `""`.
+    /// Which API the request spoke (by its path).
+    pub fn dialect(&self) -> Dialect {
+        Dialect::of(&self.path).unwrap_or(Dialect::OpenAi)
+    }
+
+    /// The parsed JSON body (`Value::Null` when it was not JSON).
+    pub fn body(&self) -> &Value {
+        &self.body
+    }
+
+    /// `(role, content)` of every entry of the body's `messages`; a missing or null content is `""`.
+    ///
+    /// OpenAI: one entry per message, in order (system messages included, tool results as role
+    /// `"tool"`). Content given as an array of parts is the concatenation of their `text` fields.
+    ///
+    /// Anthropic: the top-level `system` is not a message (see [`RecordedRequest::system`]).
+    /// String content is taken as is. In block content, each `tool_result` block becomes its own
+    /// `("tool", its content text)` entry, and the `text` blocks are concatenated into one
+    /// `(role, text)` entry that follows those tool entries; a message made only of tool results
+    /// has no entry of its own. Other blocks (`tool_use`, `thinking`, images) add nothing.
     pub fn messages(&self) -> Vec<(String, String)> {
         let Some(messages) = self.body.get("messages").and_then(Value::as_array) else {
             return Vec::new();
         };
-        messages
+        let mut out = Vec::new();
+        for m in messages {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+            match (self.dialect(), m.get("content")) {
+                (Dialect::Anthropic, Some(Value::Array(blocks))) => {
+                    let mut text = String::new();
+                    let mut tool_results = 0;
+                    for block in blocks {
+                        if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+                            out.push(("tool".to_owned(), content_text(block.get("content"))));
+                            tool_results += 1;
+                        } else if let Some(t) = block.get("text").and_then(Value::as_str) {
+                            text.push_str(t);
+                        }
+                    }
+                    if tool_results == 0 || !text.is_empty() {
+                        out.push((role.to_owned(), text));
+                    }
+                }
+                (_, content) => out.push((role.to_owned(), content_text(content))),
+            }
+        }
+        out
+    }
+
+    /// The system prompt. OpenAI: the content text of the first message whose role is `system`
+    /// (or `developer`). Anthropic: the top-level `system` field, a string or text blocks
+    /// (concatenated).
+    pub fn system(&self) -> Option<String> {
+        match self.dialect() {
+            Dialect::OpenAi => self
+                .body
+                .get("messages")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|m| {
+                    matches!(
+                        m.get("role").and_then(Value::as_str),
+                        Some("system" | "developer")
+                    )
+                })
+                .map(|m| content_text(m.get("content"))),
+            Dialect::Anthropic => self.body.get("system").map(|s| content_text(Some(s))),
+        }
+    }
+
+    /// Names of the tools offered in the request's `tools`, in order: `function.name` (OpenAI) or
+    /// `name` (Anthropic).
+    pub fn tool_names(&self) -> Vec<String> {
+        let Some(tools) = self.body.get("tools").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        tools
             .iter()
-            .map(|m| {
-                let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-                let content = match m.get("content") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Array(parts)) => parts
-                        .iter()
-                        .filter_map(|p| p.get("text").and_then(Value::as_str))
-                        .collect(),
-                    _ => String::new(),
-                };
-                (role.to_owned(), content)
+            .filter_map(|t| {
+                t.get("function")
+                    .and_then(|f| f.get("name"))
+                    .or_else(|| t.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
             })
             .collect()
     }
+
+    /// `(tool_call_id, content text)` of every tool result sent back in the request, in order:
+    /// OpenAI `role: "tool"` messages (`tool_call_id`), Anthropic `tool_result` blocks
+    /// (`tool_use_id`). Content given as blocks is the concatenation of their `text` fields.
+    pub fn tool_results(&self) -> Vec<(String, String)> {
+        let Some(messages) = self.body.get("messages").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        let id = |v: &Value, field: &str| {
+            v.get(field)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut out = Vec::new();
+        for m in messages {
+            match self.dialect() {
+                Dialect::OpenAi => {
+                    if m.get("role").and_then(Value::as_str) == Some("tool") {
+                        out.push((id(m, "tool_call_id"), content_text(m.get("content"))));
+                    }
+                }
+                Dialect::Anthropic => {
+                    let blocks = m.get("content").and_then(Value::as_array);
+                    for block in blocks.into_iter().flatten() {
+                        if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+                            out.push((
+                                id(block, "tool_use_id"),
+                                content_text(block.get("content")),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
-/// What the mock answers to one completions request.
+/// A content value as text: a string as is, an array as the concatenation of its parts' `text`
+/// fields, anything else `""`.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// What the mock answers to one model request, in whichever dialect the request spoke.
+///
+/// OpenAI streams: reasoning deltas, text deltas, tool-call deltas, a finish event, a usage event,
+/// `data: [DONE]`. Anthropic streams: `message_start`, a `thinking` block (reasoning, then a
+/// signature), a `text` block, one `tool_use` block per tool call, `message_delta` (stop reason and
+/// usage), `message_stop`.
 #[derive(Debug, Clone)]
 pub struct Script {
-    /// Text deltas, one SSE event each (`delta.content`).
+    /// Text deltas, one SSE event each (`delta.content` / `text_delta`).
     pub chunks: Vec<String>,
-    /// Reasoning deltas sent before the text, one event each (`delta.reasoning_content`).
+    /// Reasoning deltas sent before the text, one event each (`delta.reasoning_content` /
+    /// `thinking_delta`).
     pub reasoning: Vec<String>,
-    /// Delay between the response headers and the first event.
+    /// Tool calls sent after the text, in order (indices 0, 1, …).
+    pub tool_calls: Vec<ToolCall>,
+    /// How OpenAI tool-call deltas are shaped (Anthropic streams ignore it).
+    pub tool_style: ToolStyle,
+    /// Into how many argument pieces each tool call's arguments are split (at least 1; empty
+    /// arguments give no piece).
+    pub arg_pieces: usize,
+    /// Delay between the response headers and the first event (Anthropic: between
+    /// `message_start`, sent with the headers, and the first content event).
     pub first_chunk_delay: Duration,
-    /// Delay between consecutive delta events (reasoning and text). The finish, usage and
-    /// `[DONE]` events follow the last delta at once, as with the real API.
+    /// Delay between consecutive delta events (reasoning, text, tool-call pieces). The finish,
+    /// usage and `[DONE]` events follow the last delta at once, as with the real API.
     pub chunk_delay: Duration,
-    /// 200 streams; anything else answers that status with an OpenAI-style JSON error body
-    /// (delays and `hang` apply to streams only).
+    /// 200 streams; anything else answers that status with a JSON error body in the request's
+    /// dialect (delays, `hang` and `cut` apply to streams only).
     pub status: u16,
     /// The error message for a non-200 status.
     pub error_message: String,
+    /// Extra response headers, `(name, value)`, sent with the response whatever its status
+    /// (e.g. `Retry-After` on a 429).
+    pub headers: Vec<(String, String)>,
     /// After the deltas, send nothing more and keep the connection open until the client
     /// disconnects (counted in [`MockLlm::disconnects`]).
     pub hang: bool,
-    /// `finish_reason` of the final choice event: `"stop"` by default.
-    pub finish_reason: String,
+    /// End the stream early by closing the connection (takes precedence over `hang`).
+    pub cut: Option<Cut>,
+    /// `finish_reason` of the final choice event. `None`: `"stop"`, or `"tool_calls"` when the
+    /// script has tool calls. Anthropic's `stop_reason` is derived from it: `"stop"` →
+    /// `end_turn`, `"tool_calls"` → `tool_use`, `"length"` → `max_tokens`, others as they are.
+    pub finish_reason: Option<String>,
     /// `(prompt_tokens, completion_tokens)`, sent as a final event with empty `choices` and a
-    /// `usage` object (whatever `stream_options` says) when `Some`.
+    /// `usage` object (whatever `stream_options` says) when `Some`. Anthropic streams always
+    /// report usage (`input_tokens` in `message_start`, `output_tokens` in `message_delta`),
+    /// zeros when `None`.
     pub usage: Option<(u64, u64)>,
+}
+
+/// One scripted tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call id (`call_…` / `toolu_…`).
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments as JSON text, streamed in [`Script::arg_pieces`] pieces.
+    pub arguments: String,
+}
+
+/// How OpenAI-dialect tool calls are streamed; every style reassembles to the same calls, except
+/// that [`ToolStyle::MissingIds`] never sends the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolStyle {
+    /// As OpenAI does: a first delta with `index`, `id`, `type: "function"`, `function.name` and
+    /// empty `arguments`, then deltas with only `index` and an `arguments` piece.
+    #[default]
+    Standard,
+    /// One delta per call carrying `index`, `id`, `type`, `name` and the whole `arguments`.
+    AllInFirst,
+    /// As `Standard`, but no delta ever carries an `id` (some compatible servers send none; the
+    /// client has to make one up).
+    MissingIds,
+    /// The first delta carries only `index` and `id`; the second brings `function.name` with the
+    /// first `arguments` piece; then pieces as usual.
+    NameLate,
+}
+
+/// Where a streamed reply is cut off: the mock closes the connection without the rest (no
+/// finish, usage or `[DONE]`; no `message_delta`/`message_stop`), leaving a truncated chunked
+/// body. Neither a disconnect nor a completion is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Right after the 200 response head, before any event.
+    BeforeOutput,
+    /// After this many delta events (reasoning, text, tool-call pieces, Anthropic's signature);
+    /// `usize::MAX` for all of them. Structural events that follow the last delta sent
+    /// (Anthropic's `content_block_stop`, the next `content_block_start`) still go out.
+    AfterDeltas(usize),
 }
 
 impl Default for Script {
@@ -241,12 +475,17 @@ impl Default for Script {
         Script {
             chunks: Vec::new(),
             reasoning: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_style: ToolStyle::Standard,
+            arg_pieces: 3,
             first_chunk_delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             status: 200,
             error_message: String::new(),
+            headers: Vec::new(),
             hang: false,
-            finish_reason: "stop".to_owned(),
+            cut: None,
+            finish_reason: None,
             usage: Some((10, 0)),
         }
     }
@@ -286,7 +525,11 @@ impl Script {
         Script::from_chunks(chunks)
     }
 
-    /// Answers with HTTP `status` and `{"error":{"message":message,"type":"mock_error","code":null}}`.
+    /// Answers with HTTP `status` and, to OpenAI requests,
+    /// `{"error":{"message":message,"type":"mock_error","code":null}}`; to Anthropic requests,
+    /// `{"type":"error","error":{"type":…,"message":message}}` with the type Anthropic uses for
+    /// that status (`authentication_error` for 401, `rate_limit_error` for 429,
+    /// `overloaded_error` for 529, `api_error` for other 5xx, …).
     pub fn error(status: u16, message: &str) -> Script {
         Script {
             status,
@@ -328,12 +571,106 @@ impl Script {
         }
     }
 
-    /// Sets the final `finish_reason` (`"stop"`, `"length"`, …).
+    /// Sets the final `finish_reason` (`"stop"`, `"length"`, …), even when there are tool calls.
     pub fn finish_reason(self, r: &str) -> Script {
         Script {
-            finish_reason: r.to_owned(),
+            finish_reason: Some(r.to_owned()),
             ..self
         }
+    }
+
+    /// Adds a tool call after the text (call it again for parallel calls). Unless a finish
+    /// reason is set explicitly, the reply now finishes with `"tool_calls"` (`tool_use`).
+    pub fn tool_call(mut self, id: &str, name: &str, arguments_json: &str) -> Script {
+        self.tool_calls.push(ToolCall {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            arguments: arguments_json.to_owned(),
+        });
+        self
+    }
+
+    /// Sets how OpenAI tool-call deltas are shaped.
+    pub fn tool_style(self, style: ToolStyle) -> Script {
+        Script {
+            tool_style: style,
+            ..self
+        }
+    }
+
+    /// Splits each tool call's arguments into `n` pieces (at least 1; default 3).
+    pub fn arg_pieces(self, n: usize) -> Script {
+        Script {
+            arg_pieces: n.max(1),
+            ..self
+        }
+    }
+
+    /// Adds a response header (e.g. `("Retry-After", "1")` on a 429).
+    pub fn header(mut self, name: &str, value: &str) -> Script {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// After every delta, closes the connection without finishing the stream.
+    pub fn cut(self) -> Script {
+        self.cut_after(usize::MAX)
+    }
+
+    /// After `n` delta events (which may stop inside a tool call's arguments), closes the
+    /// connection without finishing the stream.
+    pub fn cut_after(self, n: usize) -> Script {
+        Script {
+            cut: Some(Cut::AfterDeltas(n)),
+            ..self
+        }
+    }
+
+    /// Sends the 200 response head, then closes the connection before any event.
+    pub fn cut_before_output(self) -> Script {
+        Script {
+            cut: Some(Cut::BeforeOutput),
+            ..self
+        }
+    }
+
+    /// The OpenAI `finish_reason` the reply ends with.
+    pub fn effective_finish_reason(&self) -> &str {
+        match &self.finish_reason {
+            Some(r) => r,
+            None if self.tool_calls.is_empty() => "stop",
+            None => "tool_calls",
+        }
+    }
+
+    /// The Anthropic `stop_reason` the reply ends with.
+    pub fn stop_reason(&self) -> &str {
+        match self.effective_finish_reason() {
+            "stop" => "end_turn",
+            "tool_calls" => "tool_use",
+            "length" => "max_tokens",
+            other => other,
+        }
+    }
+
+    /// A tool call's arguments in the pieces they are streamed as: `arg_pieces` pieces of
+    /// near-equal length (fewer when there are fewer characters), none for empty arguments.
+    fn pieces<'a>(&self, arguments: &'a str) -> Vec<&'a str> {
+        let chars = arguments.chars().count();
+        let n = self.arg_pieces.clamp(1, chars.max(1));
+        let (base, extra) = (chars / n, chars % n);
+        let mut pieces = Vec::with_capacity(n);
+        let mut rest = arguments;
+        for k in 0..n {
+            let len = base + usize::from(k < extra);
+            let end = rest.char_indices().nth(len).map_or(rest.len(), |(i, _)| i);
+            let (piece, tail) = rest.split_at(end);
+            if !piece.is_empty() {
+                pieces.push(piece);
+            }
+            rest = tail;
+        }
+        pieces
     }
 
     /// Sets the reported token usage.
@@ -370,6 +707,7 @@ struct State {
     requests: Vec<RecordedRequest>,
     disconnects: usize,
     completed: usize,
+    sent: Vec<SentDelta>,
 }
 
 impl Shared {
@@ -432,6 +770,8 @@ enum Stop {
     Cancelled,
     /// The client sent more than the mock is willing to buffer.
     Overflow,
+    /// The script cut the stream off; the connection is closed on purpose.
+    Cut,
 }
 
 /// Why no request could be read; a `Bad` request is answered, then the connection closes.
@@ -473,7 +813,7 @@ impl Connection {
                 Ok(None) | Err(ReadError::Gone) => return,
                 Err(ReadError::Bad(status, message)) => {
                     let body = error_body(&message, "invalid_request_error");
-                    let _ = self.send_json(status, &body, false).await;
+                    let _ = self.send_json(status, &body, &[], false).await;
                     let _ = self.stream.shutdown().await;
                     return;
                 }
@@ -642,17 +982,17 @@ impl Connection {
     /// Answers one request; `Err` means the connection must close.
     async fn respond(&mut self, request: Request) -> Result<(), Stop> {
         let keep_alive = request.keep_alive;
-        let path = request.target.split('?').next().unwrap_or_default();
-        if !path.ends_with("/chat/completions") {
+        let Some(dialect) = Dialect::of(&request.target) else {
             let message = format!("mock: no route for {} {}", request.method, request.target);
             return self
                 .send_json(
                     404,
                     &error_body(&message, "invalid_request_error"),
+                    &[],
                     keep_alive,
                 )
                 .await;
-        }
+        };
         let parsed = serde_json::from_slice::<Value>(&request.body);
         let is_post = request.method == "POST";
         let (index, script) = self.shared.update(|s| {
@@ -678,33 +1018,45 @@ impl Connection {
                 Err(e) => (400, format!("mock: request body is not JSON: {e}")),
                 Ok(_) => (500, "mock: no script for this request".to_owned()),
             };
-            let body = error_body(&message, "invalid_request_error");
-            return self.send_json(status, &body, keep_alive).await;
+            let body = match dialect {
+                Dialect::OpenAi => error_body(&message, "invalid_request_error"),
+                Dialect::Anthropic => anthropic_error_body(status, &message),
+            };
+            return self.send_json(status, &body, &[], keep_alive).await;
         };
         if script.status != 200 {
-            let error = error_body(&script.error_message, "mock_error");
-            return self.send_json(script.status, &error, keep_alive).await;
+            let error = match dialect {
+                Dialect::OpenAi => error_body(&script.error_message, "mock_error"),
+                Dialect::Anthropic => anthropic_error_body(script.status, &script.error_message),
+            };
+            return self
+                .send_json(script.status, &error, &script.headers, keep_alive)
+                .await;
         }
         let model = parsed
             .ok()
             .and_then(|b| b.get("model").cloned())
             .unwrap_or(Value::Null);
-        self.stream(index, model, &script, keep_alive).await
+        let plan = match dialect {
+            Dialect::OpenAi => openai_plan(index, model, &script),
+            Dialect::Anthropic => anthropic_plan(index, model, &script),
+        };
+        self.stream(index, plan, &script, keep_alive).await
     }
 
     /// Streams one scripted reply, counting how it ends.
     async fn stream(
         &mut self,
         index: usize,
-        model: Value,
+        plan: Plan,
         script: &Script,
         keep_alive: bool,
     ) -> Result<(), Stop> {
-        let result = self.stream_events(index, model, script, keep_alive).await;
+        let result = self.stream_events(index, plan, script, keep_alive).await;
         match result {
             Ok(()) => {}
             Err(Stop::Closed) => self.shared.update(|s| s.disconnects += 1),
-            Err(Stop::Cancelled | Stop::Overflow) => {}
+            Err(Stop::Cancelled | Stop::Overflow | Stop::Cut) => {}
         }
         result
     }
@@ -712,82 +1064,76 @@ impl Connection {
     async fn stream_events(
         &mut self,
         index: usize,
-        model: Value,
+        plan: Plan,
         script: &Script,
         keep_alive: bool,
     ) -> Result<(), Stop> {
-        let head = format!(
+        let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-             Transfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
-            if keep_alive { "keep-alive" } else { "close" }
+             Transfer-Encoding: chunked\r\n",
         );
+        push_headers(&mut head, &script.headers, keep_alive);
         self.send(head.as_bytes()).await?;
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let event = |choices: Value, usage: Option<Value>| {
-            let mut chunk = json!({
-                "id": format!("chatcmpl-mock-{index}"),
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": choices,
-            });
-            if let Some(usage) = usage {
-                chunk["usage"] = usage;
-            }
-            chunk
+        let limit = match script.cut {
+            Some(Cut::BeforeOutput) => return self.cut().await,
+            Some(Cut::AfterDeltas(n)) => Some(n),
+            None => None,
         };
-        let choice = |delta: Value, finish: Value| json!([{ "index": 0, "delta": delta, "finish_reason": finish }]);
-
-        let mut deltas: Vec<Value> = script
-            .reasoning
-            .iter()
-            .map(|r| json!({ "reasoning_content": r }))
-            .chain(script.chunks.iter().map(|c| json!({ "content": c })))
-            .collect();
-        if deltas.is_empty() {
-            // The role still arrives first, as with the real API.
-            deltas.push(json!({ "content": "" }));
+        for frame in &plan.prelude {
+            self.send(frame).await?;
         }
-        if let Some(first) = deltas.first_mut() {
-            let mut with_role = json!({ "role": "assistant" });
-            if let (Some(role), Some(rest)) = (with_role.as_object_mut(), first.as_object()) {
-                role.extend(rest.clone());
-            }
-            *first = with_role;
-        }
-
         self.watch(Some(Instant::now() + script.first_chunk_delay))
             .await?;
-        for (i, delta) in deltas.into_iter().enumerate() {
-            if i > 0 {
-                self.watch(Some(Instant::now() + script.chunk_delay))
-                    .await?;
+        let mut deltas = 0;
+        for event in plan.body {
+            match event {
+                Event::Frame(bytes) => self.send(&bytes).await?,
+                Event::Delta { bytes, text } => {
+                    if limit == Some(deltas) {
+                        return self.cut().await;
+                    }
+                    if deltas > 0 {
+                        self.watch(Some(Instant::now() + script.chunk_delay))
+                            .await?;
+                    }
+                    self.send(&bytes).await?;
+                    if let Some(text) = text {
+                        // TcpStream does not buffer: once written, the bytes are with the kernel.
+                        let at = std::time::Instant::now();
+                        let sent = SentDelta {
+                            at,
+                            text,
+                            request: index,
+                        };
+                        // No waiter watches this, so no notification: just the push.
+                        self.shared.lock().sent.push(sent);
+                    }
+                    deltas += 1;
+                }
             }
-            self.send_event(&event(choice(delta, Value::Null), None))
-                .await?;
+        }
+        if limit.is_some() {
+            return self.cut().await;
         }
         if script.hang {
             return self.watch(None).await;
         }
         self.watch(Some(Instant::now())).await?;
-        let finish = choice(json!({}), json!(script.finish_reason));
-        self.send_event(&event(finish, None)).await?;
-        if let Some((prompt, completion)) = script.usage {
-            let usage = json!({
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt.saturating_add(completion),
-            });
-            self.send_event(&event(json!([]), Some(usage))).await?;
+        for frame in &plan.tail {
+            self.send(frame).await?;
         }
-        self.send(&http_chunk(b"data: [DONE]\n\n")).await?;
         // Counted before the terminating chunk so a client that saw the end of the body
         // already sees the count.
         self.shared.update(|s| s.completed += 1);
         self.send(b"0\r\n\r\n").await
+    }
+
+    /// Ends a response abruptly: whatever was written stays written, then the connection closes
+    /// without the terminating chunk.
+    async fn cut(&mut self) -> Result<(), Stop> {
+        let _ = self.stream.flush().await;
+        let _ = self.stream.shutdown().await;
+        Err(Stop::Cut)
     }
 
     /// Waits until `until` (forever when `None`) while watching the socket, so a client that
@@ -823,20 +1169,21 @@ impl Connection {
         }
     }
 
-    async fn send_event(&mut self, event: &Value) -> Result<(), Stop> {
-        self.send(&http_chunk(format!("data: {event}\n\n").as_bytes()))
-            .await
-    }
-
-    async fn send_json(&mut self, status: u16, body: &Value, keep_alive: bool) -> Result<(), Stop> {
+    async fn send_json(
+        &mut self,
+        status: u16,
+        body: &Value,
+        headers: &[(String, String)],
+        keep_alive: bool,
+    ) -> Result<(), Stop> {
         let body = body.to_string();
-        let response = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: {}\r\n\r\n{body}",
+        let mut response = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             reason(status),
             body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
         );
+        push_headers(&mut response, headers, keep_alive);
+        response.push_str(&body);
         self.send(response.as_bytes()).await
     }
 
@@ -855,8 +1202,291 @@ fn http_chunk(data: &[u8]) -> Vec<u8> {
     chunk
 }
 
+/// The rest of a response head: extra headers, `Connection`, and the blank line.
+fn push_headers(head: &mut String, headers: &[(String, String)], keep_alive: bool) {
+    for (name, value) in headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+}
+
 fn error_body(message: &str, kind: &str) -> Value {
     json!({ "error": { "message": message, "type": kind, "code": null } })
+}
+
+/// Anthropic's error body, with the error type the real API uses for `status`.
+fn anthropic_error_body(status: u16, message: &str) -> Value {
+    let kind = match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    };
+    json!({ "type": "error", "error": { "type": kind, "message": message } })
+}
+
+/// A streamed reply laid out in advance; [`Connection::stream_events`] decides when each part
+/// goes out (delays, hang, cut).
+struct Plan {
+    /// Sent with the response head, before the first delay (Anthropic's `message_start`).
+    prelude: Vec<Vec<u8>>,
+    /// Deltas, and the structural events between them.
+    body: Vec<Event>,
+    /// Sent at once after the last delta: finish and usage, `[DONE]` / `message_stop`.
+    tail: Vec<Vec<u8>>,
+}
+
+/// One HTTP chunk of a [`Plan`]'s body.
+enum Event {
+    /// A structural event, sent right after what precedes it.
+    Frame(Vec<u8>),
+    /// A delta event: preceded by the chunk delay, counted for [`Cut::AfterDeltas`], recorded in
+    /// [`MockLlm::sent_deltas`] when it carries `text`.
+    Delta {
+        bytes: Vec<u8>,
+        text: Option<String>,
+    },
+}
+
+/// An OpenAI SSE event (`data: …`) as one HTTP chunk.
+fn openai_chunk(data: &Value) -> Vec<u8> {
+    http_chunk(format!("data: {data}\n\n").as_bytes())
+}
+
+/// An Anthropic SSE event (`event: type` then `data: …`) as one HTTP chunk.
+fn anthropic_chunk(data: &Value) -> Vec<u8> {
+    let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
+    http_chunk(format!("event: {kind}\ndata: {data}\n\n").as_bytes())
+}
+
+/// The OpenAI Chat Completions stream for `script`: reasoning, text, then tool-call deltas (the
+/// first delta also carries the role), then the finish event, the usage event and `[DONE]`.
+fn openai_plan(index: usize, model: Value, script: &Script) -> Plan {
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let event = |choices: Value, usage: Option<Value>| {
+        let mut chunk = json!({
+            "id": format!("chatcmpl-mock-{index}"),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        chunk
+    };
+    let choice = |delta: Value, finish: Value| json!([{ "index": 0, "delta": delta, "finish_reason": finish }]);
+
+    // (delta, text to record)
+    let mut deltas: Vec<(Value, Option<String>)> = script
+        .reasoning
+        .iter()
+        .map(|r| (json!({ "reasoning_content": r }), None))
+        .chain(
+            script
+                .chunks
+                .iter()
+                .map(|c| (json!({ "content": c }), Some(c.clone()))),
+        )
+        .collect();
+    for (i, call) in script.tool_calls.iter().enumerate() {
+        let tool = |fields: Value| json!({ "tool_calls": [fields] });
+        let pieces = script.pieces(&call.arguments);
+        match script.tool_style {
+            ToolStyle::AllInFirst => deltas.push((
+                tool(json!({
+                    "index": i,
+                    "id": call.id,
+                    "type": "function",
+                    "function": { "name": call.name, "arguments": call.arguments },
+                })),
+                None,
+            )),
+            ToolStyle::Standard | ToolStyle::MissingIds => {
+                let mut first = json!({
+                    "index": i,
+                    "type": "function",
+                    "function": { "name": call.name, "arguments": "" },
+                });
+                if script.tool_style == ToolStyle::Standard {
+                    first["id"] = json!(call.id);
+                }
+                deltas.push((tool(first), None));
+                for piece in pieces {
+                    let piece = json!({ "index": i, "function": { "arguments": piece } });
+                    deltas.push((tool(piece), None));
+                }
+            }
+            ToolStyle::NameLate => {
+                deltas.push((tool(json!({ "index": i, "id": call.id })), None));
+                let (first, rest) = pieces.split_first().map_or(("", &[][..]), |(f, r)| (*f, r));
+                let named = json!({
+                    "index": i,
+                    "type": "function",
+                    "function": { "name": call.name, "arguments": first },
+                });
+                deltas.push((tool(named), None));
+                for piece in rest {
+                    let piece = json!({ "index": i, "function": { "arguments": piece } });
+                    deltas.push((tool(piece), None));
+                }
+            }
+        }
+    }
+    if deltas.is_empty() {
+        // The role still arrives first, as with the real API.
+        deltas.push((json!({ "content": "" }), None));
+    }
+    if let Some((first, _)) = deltas.first_mut() {
+        let mut with_role = json!({ "role": "assistant" });
+        if let (Some(role), Some(rest)) = (with_role.as_object_mut(), first.as_object()) {
+            role.extend(rest.clone());
+        }
+        *first = with_role;
+    }
+    let body = deltas
+        .into_iter()
+        .map(|(delta, text)| Event::Delta {
+            bytes: openai_chunk(&event(choice(delta, Value::Null), None)),
+            text,
+        })
+        .collect();
+
+    let mut tail = Vec::new();
+    let finish = choice(json!({}), json!(script.effective_finish_reason()));
+    tail.push(openai_chunk(&event(finish, None)));
+    if let Some((prompt, completion)) = script.usage {
+        let usage = json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt.saturating_add(completion),
+        });
+        tail.push(openai_chunk(&event(json!([]), Some(usage))));
+    }
+    tail.push(http_chunk(b"data: [DONE]\n\n"));
+    Plan {
+        prelude: Vec::new(),
+        body,
+        tail,
+    }
+}
+
+/// The signature the mock puts on every thinking block.
+pub const MOCK_SIGNATURE: &str = "sig-mock";
+
+/// The Anthropic Messages stream for `script`: `message_start`; a `thinking` block (reasoning,
+/// then a `signature_delta`) when there is reasoning; a `text` block when there is text (or when
+/// there would be no block at all); a `tool_use` block per tool call; `message_delta`,
+/// `message_stop`. One `ping` follows the first `content_block_start`.
+fn anthropic_plan(index: usize, model: Value, script: &Script) -> Plan {
+    let (input_tokens, output_tokens) = script.usage.unwrap_or((0, 0));
+    let start = json!({
+        "type": "message_start",
+        "message": {
+            "id": format!("msg_mock_{index}"),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            // The real API reports a token or so here; the final count is in message_delta.
+            "usage": { "input_tokens": input_tokens, "output_tokens": output_tokens.min(1) },
+        },
+    });
+
+    let mut body = Vec::new();
+    let mut block = 0;
+    let mut open = |body: &mut Vec<Event>, content_block: Value| {
+        let start = json!({ "type": "content_block_start", "index": block, "content_block": content_block });
+        body.push(Event::Frame(anthropic_chunk(&start)));
+        if block == 0 {
+            body.push(Event::Frame(anthropic_chunk(&json!({ "type": "ping" }))));
+        }
+        block += 1;
+        block - 1
+    };
+    let delta = |index: usize, delta: Value, text: Option<String>| Event::Delta {
+        bytes: anthropic_chunk(
+            &json!({ "type": "content_block_delta", "index": index, "delta": delta }),
+        ),
+        text,
+    };
+    let stop = |index: usize| {
+        Event::Frame(anthropic_chunk(
+            &json!({ "type": "content_block_stop", "index": index }),
+        ))
+    };
+
+    if !script.reasoning.is_empty() {
+        let i = open(&mut body, json!({ "type": "thinking", "thinking": "" }));
+        for r in &script.reasoning {
+            body.push(delta(
+                i,
+                json!({ "type": "thinking_delta", "thinking": r }),
+                None,
+            ));
+        }
+        let signature = json!({ "type": "signature_delta", "signature": MOCK_SIGNATURE });
+        body.push(delta(i, signature, None));
+        body.push(stop(i));
+    }
+    if !script.chunks.is_empty() || (script.reasoning.is_empty() && script.tool_calls.is_empty()) {
+        let i = open(&mut body, json!({ "type": "text", "text": "" }));
+        for c in &script.chunks {
+            body.push(delta(
+                i,
+                json!({ "type": "text_delta", "text": c }),
+                Some(c.clone()),
+            ));
+        }
+        body.push(stop(i));
+    }
+    for call in &script.tool_calls {
+        let i = open(
+            &mut body,
+            json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": {} }),
+        );
+        for piece in script.pieces(&call.arguments) {
+            body.push(delta(
+                i,
+                json!({ "type": "input_json_delta", "partial_json": piece }),
+                None,
+            ));
+        }
+        body.push(stop(i));
+    }
+
+    let message_delta = json!({
+        "type": "message_delta",
+        "delta": { "stop_reason": script.stop_reason(), "stop_sequence": null },
+        "usage": { "output_tokens": output_tokens },
+    });
+    Plan {
+        prelude: vec![anthropic_chunk(&start)],
+        body,
+        tail: vec![
+            anthropic_chunk(&message_delta),
+            anthropic_chunk(&json!({ "type": "message_stop" })),
+        ],
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -880,6 +1510,7 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        529 => "Overloaded",
         _ => "Mock Status",
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::ModelInfo;
 
-use super::{EventStream, FinishReason, Model, ModelEvent, Role, TurnRequest, Usage};
+use super::{ChatMessage, EventStream, FinishReason, Model, ModelEvent, TurnRequest, Usage};
 
 #[derive(Debug)]
 pub struct EchoModel {
@@ -20,16 +20,20 @@ pub struct EchoModel {
 
 impl EchoModel {
     pub fn new(name: &str, delay: Duration) -> Self {
-        Self {
-            info: ModelInfo {
+        Self::with_info(
+            ModelInfo {
                 name: name.to_owned(),
                 provider: "echo".to_owned(),
+                api: "echo".to_owned(),
                 model: "echo".to_owned(),
-                base_url: None,
-                unavailable: None,
+                ..ModelInfo::default()
             },
             delay,
-        }
+        )
+    }
+
+    pub fn with_info(info: ModelInfo, delay: Duration) -> Self {
+        Self { info, delay }
     }
 }
 
@@ -64,13 +68,19 @@ impl Model for EchoModel {
             .messages
             .iter()
             .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.content.clone())
+            .find_map(|m| match m {
+                ChatMessage::User { content } => Some(content.clone()),
+                _ => None,
+            })
             .unwrap_or_default();
         let prompt_tokens = request
             .messages
             .iter()
-            .map(|m| words(&m.content).len() as u64)
+            .map(|m| match m {
+                ChatMessage::User { content } => words(content).len() as u64,
+                ChatMessage::Assistant { text, .. } => words(text).len() as u64,
+                ChatMessage::ToolResult { content, .. } => words(content).len() as u64,
+            })
             .sum();
         let pieces = words(&prompt);
         let completion_tokens = pieces.len() as u64;
@@ -96,7 +106,6 @@ impl Model for EchoModel {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::model::ChatMessage;
 
     #[test]
     fn words_concatenate_back() {
@@ -111,10 +120,11 @@ mod tests {
         let m = EchoModel::new("echo", Duration::ZERO);
         let req = TurnRequest {
             messages: vec![
-                ChatMessage::new(Role::User, "old"),
-                ChatMessage::new(Role::Assistant, "old"),
-                ChatMessage::new(Role::User, "hello there"),
+                ChatMessage::user("old"),
+                ChatMessage::assistant("old"),
+                ChatMessage::user("hello there"),
             ],
+            ..TurnRequest::default()
         };
         let events: Vec<_> = m.stream(req, CancellationToken::new()).collect().await;
         assert_eq!(
@@ -139,7 +149,8 @@ mod tests {
         let cancel = CancellationToken::new();
         let mut s = m.stream(
             TurnRequest {
-                messages: vec![ChatMessage::new(Role::User, "a b c")],
+                messages: vec![ChatMessage::user("a b c")],
+                ..TurnRequest::default()
             },
             cancel.clone(),
         );

@@ -6,9 +6,9 @@
 //! Providers: [`openai`] (any OpenAI-compatible Chat Completions API) and [`echo`] (a diagnostic
 //! that streams the prompt back). [`Models`] resolves a model by name from the configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -16,48 +16,88 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{ErrorCode, ModelInfo, RpcError};
 
-use crate::config::{ModelConfig, ModelsConfig, ProviderKind};
+use crate::config::{ApiKind, ModelsConfig, ProviderConfig};
+use crate::sync::lock;
 
+pub mod anthropic;
 pub mod echo;
+pub mod http;
 pub mod openai;
 
-/// Who said a message of the conversation sent to the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
+/// A tool the model may call: its name, what it does, and a JSON Schema of its input object.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// A tool call the model made: the provider's call id, the tool's name, and its input as the
+/// JSON text the model produced (not parsed here: a model may produce invalid JSON, and the
+/// tool reports that to it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub input: String,
+}
+
+/// Reasoning the model showed, with the provider's signature when it sent one (Anthropic
+/// requires the signed thinking block back in the same turn's tool loop).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reasoning {
+    pub text: String,
+    pub signature: Option<String>,
+}
+
+/// One message of the conversation sent to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatMessage {
+    User {
+        content: String,
+    },
+    Assistant {
+        text: String,
+        reasoning: Option<Reasoning>,
+        tool_calls: Vec<ToolCall>,
+    },
+    /// The result of one tool call; follows the assistant message that made the call.
+    ToolResult {
+        call_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    },
 }
 
 impl ChatMessage {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage::User {
             content: content.into(),
+        }
+    }
+
+    /// An assistant message with text only.
+    pub fn assistant(text: impl Into<String>) -> Self {
+        ChatMessage::Assistant {
+            text: text.into(),
+            reasoning: None,
+            tool_calls: Vec::new(),
         }
     }
 }
 
-/// One model step's input: the conversation so far, oldest first.
+/// One model step's input.
 #[derive(Debug, Clone, Default)]
 pub struct TurnRequest {
+    /// The system prompt (empty for none).
+    pub system: String,
+    /// The conversation so far, oldest first.
     pub messages: Vec<ChatMessage>,
+    /// The tools the model may call (empty for none).
+    pub tools: Vec<ToolSpec>,
+    /// Upper bound on the tokens of this step's output, when the model's limit is known.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// Why a step ended.
@@ -92,13 +132,29 @@ pub struct ModelError {
     pub message: String,
     /// The HTTP status, when the server answered with an error.
     pub status: Option<u16>,
+    /// Worth trying again (429, 5xx, connection failures, a stream cut before any output).
+    /// The driver retries only while nothing of the step was streamed.
+    pub retryable: bool,
+    /// How long the server asked us to wait (`Retry-After` / `retry-after-ms`).
+    pub retry_after: Option<Duration>,
 }
 
 impl ModelError {
+    /// A permanent error.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             status: None,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    /// An error worth retrying.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            ..Self::new(message)
         }
     }
 }
@@ -107,6 +163,11 @@ impl ModelError {
 pub enum ModelEvent {
     TextDelta(String),
     ReasoningDelta(String),
+    /// The signature of the reasoning streamed so far (Anthropic's `signature_delta`).
+    ReasoningSignature(String),
+    /// A complete tool call. Providers that stream a call in pieces emit it once it is whole,
+    /// before the `Finish`.
+    ToolCall(ToolCall),
     /// The step is complete; nothing follows.
     Finish {
         reason: FinishReason,
@@ -123,65 +184,47 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     /// Name, provider and model id, as `model/list` shows them.
     fn info(&self) -> &ModelInfo;
 
-    /// Streams one step. The stream yields deltas and then exactly one `Finish` or `Error`, and
+    /// Streams one step. The stream yields deltas and tool calls, then exactly one `Finish` or
+    /// `Error`, and
     /// ends early (yielding nothing more) as soon as `cancel` fires, releasing everything it holds
     /// (an HTTP response is dropped, closing the connection). It must not spawn work that
     /// outlives it.
     fn stream(&self, request: TurnRequest, cancel: CancellationToken) -> EventStream;
 }
 
-/// The built-in diagnostic model's name.
+/// The built-in diagnostic provider's id (and its one model's id).
 pub const ECHO: &str = "echo";
 
 /// Default delay between two words of the built-in `echo` model.
 pub const ECHO_DELAY: Duration = Duration::from_millis(20);
 
-/// Every model the daemon can use, by name, and the default.
-#[derive(Debug, Clone)]
+/// Every model the daemon can use, by name, and the default. Names are
+/// `<provider>/<model id>`; a model id listed by exactly one provider may be used alone.
+/// Models are built on first use and kept (one HTTP client per model).
+#[derive(Debug)]
 pub struct Models {
     default: Option<String>,
-    entries: BTreeMap<String, Entry>,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    info: ModelInfo,
-    model: Option<Arc<dyn Model>>,
+    providers: BTreeMap<String, ProviderConfig>,
+    /// Models given directly (tests and embedding), by name.
+    fixed: BTreeMap<String, Arc<dyn Model>>,
+    built: Mutex<HashMap<String, Arc<dyn Model>>>,
 }
 
 impl Models {
-    /// Builds the models of a configuration. A model whose API key variable is unset is listed
-    /// with the reason and refused when used.
     pub fn from_config(cfg: &ModelsConfig) -> Self {
-        let mut entries = BTreeMap::new();
-        let echo: Arc<dyn Model> = Arc::new(echo::EchoModel::new(ECHO, ECHO_DELAY));
-        entries.insert(
-            ECHO.to_owned(),
-            Entry {
-                info: echo.info().clone(),
-                model: Some(echo),
-            },
-        );
-        for (name, m) in &cfg.entries {
-            entries.insert(name.clone(), build(name, m));
-        }
         Self {
             default: cfg.default.clone(),
-            entries,
+            providers: cfg.providers.clone(),
+            fixed: BTreeMap::new(),
+            built: Mutex::default(),
         }
     }
 
-    /// A registry of the given models (for tests and embedding), plus `echo`.
+    /// A registry of the given models (for tests and embedding) plus the presets.
     pub fn with(default: Option<&str>, models: Vec<Arc<dyn Model>>) -> Self {
         let mut me = Self::from_config(&ModelsConfig::default());
         for m in models {
-            me.entries.insert(
-                m.info().name.clone(),
-                Entry {
-                    info: m.info().clone(),
-                    model: Some(m),
-                },
-            );
+            me.fixed.insert(m.info().name.clone(), m);
         }
         me.default = default.map(str::to_owned);
         me
@@ -191,8 +234,35 @@ impl Models {
         self.default.as_deref()
     }
 
+    /// The environment variables holding provider keys (scrubbed from tool processes).
+    pub fn key_variables(&self) -> Vec<String> {
+        let mut vars: Vec<String> = self
+            .providers
+            .values()
+            .filter_map(|p| p.api_key_env.clone())
+            .collect();
+        vars.sort();
+        vars.dedup();
+        vars
+    }
+
+    /// The listed models of every provider, each with why it cannot be used, if it cannot.
     pub fn list(&self) -> Vec<ModelInfo> {
-        self.entries.values().map(|e| e.info.clone()).collect()
+        let mut out: Vec<ModelInfo> = self.fixed.values().map(|m| m.info().clone()).collect();
+        for (id, p) in &self.providers {
+            let unavailable = key_of(id, p).err();
+            for model in p.models.keys() {
+                let mut info = info_for(id, p, model);
+                info.unavailable = unavailable.clone();
+                out.push(info);
+            }
+        }
+        out
+    }
+
+    /// Whether `name` resolves to a usable model.
+    pub fn check(&self, name: &str) -> Result<(), RpcError> {
+        self.resolve(Some(name)).map(|_| ())
     }
 
     /// The model to use: the requested one, else the default. The error names what to set.
@@ -201,82 +271,123 @@ impl Models {
             Some(n) => n,
             None => self.default.as_deref().ok_or_else(|| {
                 not_configured(
-                    "no model is configured: set `default_model` (and a [models.<name>] table) in \
-                     the daemon's config file, or CRUSHD_MODEL in its environment, or pass `model` \
-                     (see model/list; `echo` is a built-in diagnostic)",
+                    "no model is configured: set `default_model = \"<provider>/<model>\"` in the \
+                     daemon's config file (or CRUSHD_MODEL in its environment), or choose one \
+                     with session/setModel or agent/send's `model` (see model/list; `echo` is \
+                     a built-in diagnostic)",
                 )
             })?,
         };
-        let entry = self.entries.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-            not_configured(format!(
-                "unknown model {name:?}; configured: {}; add a [models.{name}] table to the config file",
-                known.join(", ")
-            ))
-        })?;
-        match &entry.model {
-            Some(m) => Ok(m.clone()),
-            None => Err(not_configured(format!(
-                "model {name:?} is not usable: {}",
-                entry
-                    .info
-                    .unavailable
-                    .as_deref()
-                    .unwrap_or("unknown reason")
+        if let Some(m) = self.fixed.get(name) {
+            return Ok(m.clone());
+        }
+        let (provider_id, model_id) = self.split(name)?;
+        let full = format!("{provider_id}/{model_id}");
+        if let Some(m) = lock(&self.built).get(&full) {
+            return Ok(m.clone());
+        }
+        let p = &self.providers[&provider_id];
+        let info = info_for(&provider_id, p, &model_id);
+        let model: Arc<dyn Model> = match p.api {
+            ApiKind::Echo => Arc::new(echo::EchoModel::with_info(
+                info,
+                p.delay.unwrap_or(ECHO_DELAY),
+            )),
+            ApiKind::Openai | ApiKind::Anthropic => {
+                let key = key_of(&provider_id, p).map_err(|why| {
+                    not_configured(format!("model {full:?} is not usable: {why}"))
+                })?;
+                let mut ep = http::Endpoint::new(&provider_id, &p.base_url);
+                ep.api_key = key;
+                ep.api_key_env = p.api_key_env.clone();
+                if let Some(d) = p.connect_timeout {
+                    ep.connect_timeout = d;
+                }
+                if let Some(d) = p.read_timeout {
+                    ep.read_timeout = d;
+                }
+                let built = if p.api == ApiKind::Openai {
+                    openai::OpenAiModel::new(info, ep).map(|m| Arc::new(m) as Arc<dyn Model>)
+                } else {
+                    anthropic::AnthropicModel::new(info, ep).map(|m| Arc::new(m) as Arc<dyn Model>)
+                };
+                built
+                    .map_err(|why| not_configured(format!("model {full:?} is not usable: {why}")))?
+            }
+        };
+        lock(&self.built).insert(full, model.clone());
+        Ok(model)
+    }
+
+    /// `(provider, model id)` for a name.
+    fn split(&self, name: &str) -> Result<(String, String), RpcError> {
+        if let Some((p, m)) = name.split_once('/')
+            && self.providers.contains_key(p)
+            && !m.trim().is_empty()
+        {
+            return Ok((p.to_owned(), m.to_owned()));
+        }
+        let owners: Vec<&String> = self
+            .providers
+            .iter()
+            .filter(|(_, p)| p.models.contains_key(name))
+            .map(|(id, _)| id)
+            .collect();
+        match owners.as_slice() {
+            [one] => Ok(((*one).clone(), name.to_owned())),
+            [] => {
+                let ids: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+                Err(not_configured(format!(
+                    "unknown model {name:?}: name it as \"<provider>/<model id>\" with a provider \
+                     of: {} (see model/list); add a [providers.<id>] table to the config file \
+                     for another",
+                    ids.join(", ")
+                )))
+            }
+            many => Err(not_configured(format!(
+                "model {name:?} is offered by several providers ({}); name it as \
+                 \"<provider>/{name}\"",
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
 }
 
-fn not_configured(message: impl Into<String>) -> RpcError {
-    RpcError::new(ErrorCode::ModelNotConfigured, message)
+fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
+    let limits = p.models.get(model).copied().unwrap_or_default();
+    ModelInfo {
+        name: format!("{provider_id}/{model}"),
+        provider: provider_id.to_owned(),
+        api: p.api.as_str().to_owned(),
+        model: model.to_owned(),
+        base_url: (p.api != ApiKind::Echo).then(|| p.base_url.clone()),
+        context_window: limits.context_window,
+        max_output_tokens: limits.max_output_tokens,
+        unavailable: None,
+    }
 }
 
-fn build(name: &str, m: &ModelConfig) -> Entry {
-    match m.provider {
-        ProviderKind::Echo => {
-            let model: Arc<dyn Model> = Arc::new(echo::EchoModel::new(
-                name,
-                m.delay.map(|d| d.0).unwrap_or(ECHO_DELAY),
-            ));
-            Entry {
-                info: model.info().clone(),
-                model: Some(model),
-            }
-        }
-        ProviderKind::Openai => {
-            let base_url = m
-                .base_url
-                .clone()
-                .unwrap_or_else(|| openai::DEFAULT_BASE_URL.to_owned());
-            let model_id = m.model.clone().unwrap_or_default();
-            let mut info = ModelInfo {
-                name: name.to_owned(),
-                provider: "openai".to_owned(),
-                model: model_id.clone(),
-                base_url: Some(base_url.clone()),
-                unavailable: None,
-            };
-            let key = match &m.api_key_env {
-                None => Ok(None),
-                Some(var) => match std::env::var(var) {
-                    Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
-                    _ => Err(format!(
-                        "its API key variable {var} is not set in the daemon's environment \
-                         (set it, then restart the daemon with `crushctl daemon stop`)"
-                    )),
-                },
-            };
-            match key.and_then(|key| openai::OpenAiModel::new(info.clone(), key)) {
-                Ok(model) => Entry {
-                    info,
-                    model: Some(Arc::new(model)),
-                },
-                Err(why) => {
-                    info.unavailable = Some(why);
-                    Entry { info, model: None }
-                }
-            }
-        }
+/// The provider's API key (`None` when it needs none), or why it is missing.
+fn key_of(id: &str, p: &ProviderConfig) -> Result<Option<String>, String> {
+    if let Some(k) = &p.api_key {
+        return Ok(Some(k.trim().to_owned()));
     }
+    match &p.api_key_env {
+        None => Ok(None),
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+            _ => Err(format!(
+                "provider {id} needs its API key in the environment variable {var}, which is not \
+                 set in the daemon's environment (set it, then restart the daemon with \
+                 `crushctl daemon restart`)"
+            )),
+        },
+    }
+}
+
+fn not_configured(message: impl Into<String>) -> RpcError {
+    RpcError::new(ErrorCode::ModelNotConfigured, message)
 }

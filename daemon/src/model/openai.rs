@@ -3,8 +3,8 @@
 //! speak. Server-sent events are decoded with `eventsource-stream`; each `data:` line is one
 //! `chat.completion.chunk`, and `data: [DONE]` ends the stream.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::stream;
@@ -14,16 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::ModelInfo;
 
-use super::{EventStream, FinishReason, Model, ModelError, ModelEvent, TurnRequest, Usage};
+use super::http::{Endpoint, error_message};
+use super::{
+    ChatMessage, EventStream, FinishReason, Model, ModelError, ModelEvent, ToolCall, TurnRequest,
+    Usage,
+};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
-/// How long connecting to the model server may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest silence between two reads of a streaming response.
-const READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// How much of an error body is read.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct OpenAiModel {
@@ -33,35 +30,23 @@ pub struct OpenAiModel {
 #[derive(Debug)]
 struct Inner {
     info: ModelInfo,
+    endpoint: Endpoint,
     url: String,
-    api_key: Option<String>,
     http: reqwest::Client,
 }
 
 impl OpenAiModel {
-    /// A model at `info.base_url` (the part before `/chat/completions`).
-    pub fn new(info: ModelInfo, api_key: Option<String>) -> Result<Self, String> {
-        let base = info
-            .base_url
-            .clone()
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!("base_url {base:?} is not an http(s) URL"));
-        }
+    /// A model reached at `endpoint` (whose base URL is the part before `/chat/completions`).
+    pub fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
         if info.model.trim().is_empty() {
-            return Err("it has no `model` (the provider's model id)".to_owned());
+            return Err("it has no model id".to_owned());
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("crushd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        let http = endpoint.client()?;
         Ok(Self {
             inner: Arc::new(Inner {
-                url: format!("{}/chat/completions", base.trim_end_matches('/')),
+                url: endpoint.url("/chat/completions"),
                 info,
-                api_key,
+                endpoint,
                 http,
             }),
         })
@@ -78,7 +63,7 @@ impl Model for OpenAiModel {
         let events =
             stream::once(async move { inner.open(request).await }).flat_map(
                 |opened| match opened {
-                    Ok(body) => decode(body).boxed(),
+                    Ok((inner, body)) => decode(inner, body).boxed(),
                     Err(e) => stream::iter([ModelEvent::Error(e)]).boxed(),
                 },
             );
@@ -87,96 +72,111 @@ impl Model for OpenAiModel {
     }
 }
 
+/// The request body for a step.
+pub fn request_body(model: &str, request: &TurnRequest) -> Value {
+    let mut messages = Vec::with_capacity(request.messages.len() + 1);
+    if !request.system.is_empty() {
+        messages.push(json!({"role": "system", "content": request.system}));
+    }
+    for m in &request.messages {
+        messages.push(match m {
+            ChatMessage::User { content } => json!({"role": "user", "content": content}),
+            ChatMessage::Assistant {
+                text, tool_calls, ..
+            } => {
+                let mut v = json!({"role": "assistant", "content": text});
+                if !tool_calls.is_empty() {
+                    if text.is_empty() {
+                        v["content"] = Value::Null;
+                    }
+                    v["tool_calls"] = tool_calls
+                        .iter()
+                        .map(|c| {
+                            json!({
+                                "id": c.id,
+                                "type": "function",
+                                "function": {"name": c.name, "arguments": c.input},
+                            })
+                        })
+                        .collect();
+                }
+                v
+            }
+            ChatMessage::ToolResult {
+                call_id, content, ..
+            } => json!({"role": "tool", "tool_call_id": call_id, "content": content}),
+        });
+    }
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                })
+            })
+            .collect();
+    }
+    if let Some(n) = request.max_output_tokens {
+        body["max_tokens"] = json!(n);
+    }
+    body
+}
+
 impl Inner {
     async fn open(
-        &self,
+        self: Arc<Self>,
         request: TurnRequest,
-    ) -> Result<impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + use<>, ModelError> {
-        let messages: Vec<Value> = request
-            .messages
-            .iter()
-            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-            .collect();
-        let body = json!({
-            "model": self.info.model,
-            "messages": messages,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
+    ) -> Result<
+        (
+            Arc<Self>,
+            impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + use<>,
+        ),
+        ModelError,
+    > {
+        let body = request_body(&self.info.model, &request);
         let mut req = self
             .http
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .body(body.to_string());
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &self.endpoint.api_key {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| {
-            ModelError::new(format!(
-                "cannot reach the model server at {}: {}",
-                self.url,
-                error_chain(&e)
-            ))
-        })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let detail = read_error_body(resp).await;
-            return Err(ModelError {
-                message: format!(
-                    "the model server answered {} for {}: {detail}",
-                    status.as_u16(),
-                    self.url
-                ),
-                status: Some(status.as_u16()),
-            });
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.endpoint.send_error(&self.url, &e))?;
+        if !resp.status().is_success() {
+            return Err(self
+                .endpoint
+                .status_error(&self.url, &self.info.model, resp)
+                .await);
         }
-        Ok(resp.bytes_stream())
+        Ok((self.clone(), resp.bytes_stream()))
     }
 }
 
-/// The error message of an OpenAI-style error body, or the start of the body as text.
-async fn read_error_body(resp: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    let mut chunks = resp.bytes_stream();
-    while let Some(Ok(chunk)) = chunks.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= MAX_ERROR_BODY {
-            body.truncate(MAX_ERROR_BODY);
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&body).into_owned();
-    serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| error_message(&v))
-        .unwrap_or_else(|| {
-            let t = text.trim();
-            if t.is_empty() {
-                "(empty body)".to_owned()
-            } else {
-                t.chars().take(500).collect()
-            }
-        })
-}
-
-fn error_message(v: &Value) -> Option<String> {
-    let e = v.get("error")?;
-    e.get("message")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| e.as_str().map(str::to_owned))
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// A tool call being streamed: pieces arrive by `index`, and compatible servers differ in
+/// which chunk carries the id, the name and the arguments.
+#[derive(Default)]
+struct PartialCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 /// What has been seen of a stream so far.
@@ -184,6 +184,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 struct Decoder {
     finish: Option<FinishReason>,
     usage: Usage,
+    calls: BTreeMap<u64, PartialCall>,
+    /// The index of the call a chunk without an index continues.
+    last_index: u64,
     done: bool,
 }
 
@@ -193,7 +196,7 @@ impl Decoder {
         let data = data.trim();
         if data == "[DONE]" {
             self.done = true;
-            return vec![self.finish_event()];
+            return self.finish_events();
         }
         if data.is_empty() {
             return Vec::new();
@@ -236,6 +239,11 @@ impl Decoder {
                 {
                     out.push(ModelEvent::TextDelta(t.to_owned()));
                 }
+                if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                    for c in calls {
+                        self.tool_call_piece(c);
+                    }
+                }
             }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 self.finish = Some(match reason {
@@ -248,54 +256,114 @@ impl Decoder {
         out
     }
 
-    fn finish_event(&self) -> ModelEvent {
-        ModelEvent::Finish {
-            reason: self.finish.unwrap_or(FinishReason::EndTurn),
-            usage: self.usage,
+    fn tool_call_piece(&mut self, c: &Value) {
+        let index = c
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(self.last_index);
+        self.last_index = index;
+        let call = self.calls.entry(index).or_default();
+        if let Some(id) = c
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            call.id = Some(id.to_owned());
+        }
+        let Some(f) = c.get("function") else { return };
+        if let Some(name) = f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            // Some servers repeat the whole name in every chunk, others split it.
+            if call.name.is_empty() {
+                call.name = name.to_owned();
+            } else if call.name != name {
+                call.name.push_str(name);
+            }
+        }
+        match f.get("arguments") {
+            Some(Value::String(a)) => call.arguments.push_str(a),
+            // A few servers send the arguments as an object rather than JSON text.
+            Some(v @ Value::Object(_)) => call.arguments.push_str(&v.to_string()),
+            _ => {}
         }
     }
 
+    /// The finished tool calls, then the `Finish`.
+    fn finish_events(&mut self) -> Vec<ModelEvent> {
+        let mut out = Vec::new();
+        for (i, (index, c)) in std::mem::take(&mut self.calls).into_iter().enumerate() {
+            let arguments = if c.arguments.trim().is_empty() {
+                "{}".to_owned()
+            } else {
+                c.arguments
+            };
+            out.push(ModelEvent::ToolCall(ToolCall {
+                // Servers that send no id still need one to pair the call with its result.
+                id: c.id.unwrap_or_else(|| format!("call_{index}_{i}")),
+                name: c.name,
+                input: arguments,
+            }));
+        }
+        let mut reason = self.finish.unwrap_or(FinishReason::EndTurn);
+        // Ollama and others finish a tool-calling reply with "stop".
+        if !out.is_empty() && reason == FinishReason::EndTurn {
+            reason = FinishReason::ToolUse;
+        }
+        out.push(ModelEvent::Finish {
+            reason,
+            usage: self.usage,
+        });
+        out
+    }
+
     /// The stream ended without `[DONE]`: finished if a finish reason came, else an error.
-    fn end(&mut self) -> Option<ModelEvent> {
+    fn end(&mut self) -> Vec<ModelEvent> {
         if self.done {
-            return None;
+            return Vec::new();
         }
         self.done = true;
-        Some(match self.finish {
-            Some(_) => self.finish_event(),
-            None => ModelEvent::Error(ModelError::new(
+        match self.finish {
+            Some(_) => self.finish_events(),
+            None => vec![ModelEvent::Error(ModelError::transient(
                 "the model server closed the stream before the reply was complete",
-            )),
-        })
+            ))],
+        }
     }
 }
 
 /// Decodes a response body into model events, ending after the first `Finish` or `Error`.
 fn decode(
+    inner: Arc<Inner>,
     body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
 ) -> impl Stream<Item = ModelEvent> + Send {
     let sse = Box::pin(body.eventsource());
-    stream::unfold(Some((sse, Decoder::default())), |state| async move {
-        let (mut sse, mut dec) = state?;
-        loop {
-            match sse.next().await {
-                Some(Ok(event)) => {
-                    let out = dec.data(&event.data);
-                    if dec.done {
-                        return Some((out, None));
+    stream::unfold(Some((sse, Decoder::default())), move |state| {
+        let inner = inner.clone();
+        async move {
+            let (mut sse, mut dec) = state?;
+            loop {
+                match sse.next().await {
+                    Some(Ok(event)) => {
+                        let out = dec.data(&event.data);
+                        if dec.done {
+                            return Some((out, None));
+                        }
+                        if !out.is_empty() {
+                            return Some((out, Some((sse, dec))));
+                        }
                     }
-                    if !out.is_empty() {
-                        return Some((out, Some((sse, dec))));
+                    Some(Err(e)) => {
+                        let err = inner.endpoint.stream_error(&inner.url, &e);
+                        return Some((vec![ModelEvent::Error(err)], None));
+                    }
+                    None => {
+                        let out = dec.end();
+                        return (!out.is_empty()).then_some((out, None));
                     }
                 }
-                Some(Err(e)) => {
-                    let err = ModelError::new(format!(
-                        "reading the model's stream failed: {}",
-                        error_chain(&e)
-                    ));
-                    return Some((vec![ModelEvent::Error(err)], None));
-                }
-                None => return dec.end().map(|e| (vec![e], None)),
             }
         }
     })
@@ -332,17 +400,111 @@ mod tests {
                 }
             }]
         );
-        assert_eq!(d.end(), None);
+        assert_eq!(d.end(), vec![]);
     }
 
     #[test]
     fn a_stream_cut_short_is_an_error_and_an_in_band_error_is_reported() {
         let mut d = Decoder::default();
         d.data(r#"{"choices":[{"delta":{"content":"par"}}]}"#);
-        assert!(matches!(d.end(), Some(ModelEvent::Error(_))));
+        assert!(matches!(&d.end()[..], [ModelEvent::Error(e)] if e.retryable));
         let mut d = Decoder::default();
         let ev = d.data(r#"{"error":{"message":"rate limited"}}"#);
         assert!(matches!(&ev[0], ModelEvent::Error(e) if e.message.contains("rate limited")));
         assert!(d.done);
+    }
+
+    fn call(id: &str, name: &str, input: &str) -> ModelEvent {
+        ModelEvent::ToolCall(ToolCall {
+            id: id.into(),
+            name: name.into(),
+            input: input.into(),
+        })
+    }
+
+    #[test]
+    fn tool_calls_accumulate_by_index_across_chunks() {
+        let mut d = Decoder::default();
+        assert!(d.data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"view","arguments":""}}]}}]}"#).is_empty());
+        d.data(r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"c2","function":{"name":"ls","arguments":"{}"}}]}}]}"#);
+        d.data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"path\":"}}]}}]}"#);
+        d.data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"a.rs\"}"}}]},"finish_reason":"tool_calls"}]}"#);
+        assert_eq!(
+            d.data("[DONE]"),
+            vec![
+                call("c1", "view", r#"{"path":"a.rs"}"#),
+                call("c2", "ls", "{}"),
+                ModelEvent::Finish {
+                    reason: FinishReason::ToolUse,
+                    usage: Usage::default()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn tool_call_quirks_missing_id_late_name_repeated_name_and_stop() {
+        let mut d = Decoder::default();
+        d.data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\""}}]}}]}"#);
+        d.data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"grep","arguments":":1}"}}]}}]}"#);
+        d.data(r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"grep","arguments":""}}]},"finish_reason":"stop"}]}"#);
+        let ev = d.end();
+        assert_eq!(ev.len(), 2);
+        match &ev[0] {
+            ModelEvent::ToolCall(c) => {
+                assert!(!c.id.is_empty());
+                assert_eq!(c.name, "grep");
+                assert_eq!(c.input, r#"{"a":1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ev[1],
+            ModelEvent::Finish {
+                reason: FinishReason::ToolUse,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn request_carries_system_tools_calls_and_results() {
+        let req = TurnRequest {
+            system: "sys".into(),
+            messages: vec![
+                ChatMessage::user("hi"),
+                ChatMessage::Assistant {
+                    text: String::new(),
+                    reasoning: None,
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "view".into(),
+                        input: "{}".into(),
+                    }],
+                },
+                ChatMessage::ToolResult {
+                    call_id: "c1".into(),
+                    name: "view".into(),
+                    content: "text".into(),
+                    is_error: false,
+                },
+            ],
+            tools: vec![crate::model::ToolSpec {
+                name: "view".into(),
+                description: "d".into(),
+                parameters: json!({"type": "object"}),
+            }],
+            max_output_tokens: Some(100),
+        };
+        let b = request_body("m", &req);
+        assert_eq!(b["messages"][0]["role"], "system");
+        assert_eq!(b["messages"][2]["content"], Value::Null);
+        assert_eq!(
+            b["messages"][2]["tool_calls"][0]["function"]["name"],
+            "view"
+        );
+        assert_eq!(b["messages"][3]["tool_call_id"], "c1");
+        assert_eq!(b["tools"][0]["function"]["name"], "view");
+        assert_eq!(b["max_tokens"], 100);
     }
 }

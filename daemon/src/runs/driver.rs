@@ -6,20 +6,27 @@
 //! token, so the writes after a cancel run to completion (each bounded by the store's busy
 //! timeout).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crush_protocol::{RunCompleteParams, SessionEvent};
+use crush_protocol::{
+    PermissionDecision, PermissionRequestParams, RunCompleteParams, SessionEvent,
+};
 
 use super::{RunMeta, Runtime, SessionRt, mark_running, user_content};
-use crate::model::{ChatMessage, FinishReason, ModelEvent, Role, TurnRequest, Usage};
+use crate::model::http::MAX_RETRY_AFTER;
+use crate::model::{
+    ChatMessage, FinishReason, ModelError, ModelEvent, Reasoning, ToolCall, TurnRequest, Usage,
+};
 use crate::store::live::LiveMessage;
-use crate::store::{FinishTurn, FoldedPrompt, StartTurn};
+use crate::store::{FinishTurn, FoldedPrompt, NextStep, StartTurn, new_id};
 use crate::sync::lock;
+use crate::tools::{Limits, ToolContext, ToolOutput};
 
 /// How many earlier messages of the session are sent to the model.
 const HISTORY_LIMIT: i64 = 400;
@@ -64,9 +71,16 @@ impl Outcome {
 
 /// How one model step ended.
 enum Step {
-    Finished(FinishReason),
+    /// With the tool calls the model made (empty when it is done).
+    Finished(FinishReason, Vec<ToolCall>),
     Cancelled,
     Failed(String),
+}
+
+/// How one try of a model call ended.
+enum Attempt {
+    Done(Step),
+    Failed(ModelError),
 }
 
 impl Runtime {
@@ -139,16 +153,28 @@ impl Runtime {
         self.maybe_evict(&s);
     }
 
-    /// One turn, written to the database before it returns.
-    async fn turn(&self, s: &SessionRt, run: &Arc<RunMeta>, token: &CancellationToken) -> Outcome {
+    /// One turn, written to the database before it returns: model steps, the tool calls between
+    /// them, and steered prompts folded in at step boundaries.
+    async fn turn(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &Arc<RunMeta>,
+        token: &CancellationToken,
+    ) -> Outcome {
         let model = run.model.info().clone();
-        let history = if token.is_cancelled() {
-            Vec::new()
+        let ws_id = s.ws().id.clone();
+        let (history, root) = if token.is_cancelled() {
+            (Vec::new(), None)
         } else {
-            match self.store.list_messages(&s.id, None, HISTORY_LIMIT).await {
+            let history = match self.store.list_messages(&s.id, None, HISTORY_LIMIT).await {
                 Ok(page) => page.messages,
                 Err(e) => return Outcome::failed(format!("cannot read the session: {e}")),
-            }
+            };
+            let root = match self.store.get_workspace(&ws_id).await {
+                Ok(w) => w.map(|w| PathBuf::from(w.path)),
+                Err(e) => return Outcome::failed(format!("cannot read the workspace: {e}")),
+            };
+            (history, root)
         };
         let user_parts = run.user_parts();
         let user_parts_json = user_parts.to_string();
@@ -187,30 +213,63 @@ impl Runtime {
             );
         }
 
+        let tools = ToolContext {
+            root: root.clone().unwrap_or_default(),
+            cancel: token.clone(),
+            scrub_env: self.models.key_variables(),
+            limits: Limits {
+                bash_default_timeout: self.agent.bash_timeout,
+                bash_max_timeout: self.agent.bash_max_timeout,
+                ..Limits::default()
+            },
+        };
         let mut request = TurnRequest {
+            system: match &root {
+                Some(root) => super::prompt::system_prompt(root).await,
+                None => String::new(),
+            },
             messages: history_messages(&history),
+            tools: if root.is_some() {
+                crate::tools::specs()
+            } else {
+                Vec::new()
+            },
+            max_output_tokens: model.max_output_tokens,
         };
         request
             .messages
-            .push(ChatMessage::new(Role::User, user_content(&user_parts)));
+            .push(ChatMessage::user(user_content(&user_parts)));
         let mut live = LiveMessage::new(assistant.id.clone(), self.flush_interval);
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
+        let mut steps: u32 = 0;
 
         let (end, reason, error) = loop {
+            if steps >= self.agent.max_steps && !token.is_cancelled() {
+                break (
+                    End::Failed,
+                    "error",
+                    Some(format!(
+                        "the run stopped after {steps} model steps (the [agent] max_steps limit); \
+                         send a follow-up prompt to let it continue"
+                    )),
+                );
+            }
             let step = if token.is_cancelled() {
                 // Cancelled before the model was called: the turn is written as cancelled.
                 Step::Cancelled
             } else {
+                steps += 1;
                 self.step(s, run, token, &request, &mut live, &mut usage)
                     .await
             };
-            let reason = match step {
+            let (reason, calls) = match step {
                 Step::Cancelled => break (End::Cancelled, "canceled", None),
                 Step::Failed(e) => break (End::Failed, "error", Some(e)),
-                Step::Finished(r) => r,
+                Step::Finished(r, calls) => (r, calls),
             };
-            // A step boundary: fold the steered prompts waiting, or close the turn to steers.
+            // A step boundary: take the steered prompts waiting, or close the turn to steers
+            // when it is about to end.
             let steered = {
                 let mut inner = lock(&s.inner);
                 match inner.active.as_mut() {
@@ -218,25 +277,50 @@ impl Runtime {
                         std::mem::take(&mut a.steered)
                     }
                     Some(a) => {
-                        a.accepting_steer = false;
+                        if calls.is_empty() {
+                            a.accepting_steer = false;
+                        }
                         Vec::new()
                     }
                     None => Vec::new(),
                 }
             };
-            if steered.is_empty() {
+            if calls.is_empty() && steered.is_empty() {
                 break (End::Completed, reason.as_str(), None);
             }
+            let assistant_text = live.text();
+            let reasoning = live.reasoning();
+            let results = if calls.is_empty() {
+                None
+            } else {
+                Some(
+                    self.run_tools(s, run, token, &tools, &live.id, &calls)
+                        .await,
+                )
+            };
             match self
-                .fold(s, run, &steered, &mut request, &mut live, reason)
+                .next_step(s, run, &steered, results.as_ref(), &mut live, reason)
                 .await
             {
-                Ok(()) => folded.extend(steered),
+                Ok(()) => folded.extend(steered.iter().cloned()),
                 Err(e) => {
                     // The steered prompts were not written; they still end with this turn.
                     folded.extend(steered);
                     break (End::Failed, "error", Some(e));
                 }
+            }
+            request.messages.push(ChatMessage::Assistant {
+                text: assistant_text,
+                reasoning,
+                tool_calls: calls,
+            });
+            if let Some(results) = results {
+                request.messages.extend(results.messages);
+            }
+            for r in &steered {
+                request
+                    .messages
+                    .push(ChatMessage::user(user_content(&r.user_parts())));
             }
         };
 
@@ -277,7 +361,7 @@ impl Runtime {
                 error: error.clone(),
             },
         );
-        debug!(run = %run.run_id, state = end.state(), "turn ended");
+        debug!(run = %run.run_id, state = end.state(), steps, "turn ended");
         Outcome {
             end,
             message_id: Some(live.id),
@@ -287,7 +371,10 @@ impl Runtime {
         }
     }
 
-    /// Streams one model step into `live`.
+    /// One model step with retries: a call that fails before anything of it was streamed, in
+    /// a way worth retrying (429, 5xx, connection errors), is tried again after a backoff that
+    /// honours the server's `Retry-After`, at most `[agent] max_attempts` times in all. Once
+    /// output streamed, a failure ends the step: retrying would repeat what clients saw.
     async fn step(
         &self,
         s: &SessionRt,
@@ -297,12 +384,82 @@ impl Runtime {
         live: &mut LiveMessage,
         usage: &mut Usage,
     ) -> Step {
+        let max = self.agent.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let mut streamed = false;
+            let e = match self
+                .step_once(s, run, token, request, live, usage, &mut streamed)
+                .await
+            {
+                Attempt::Done(step) => return step,
+                Attempt::Failed(e) => e,
+            };
+            if !e.retryable || streamed || attempt >= max {
+                return Step::Failed(if attempt > 1 {
+                    format!("{} (after {attempt} attempts)", e.message)
+                } else {
+                    e.message
+                });
+            }
+            let backoff = self
+                .agent
+                .retry_base_delay
+                .saturating_mul(1u32 << (attempt - 1).min(16))
+                .min(self.agent.retry_max_delay);
+            let delay = match e.retry_after {
+                Some(d) if d > MAX_RETRY_AFTER => {
+                    return Step::Failed(format!(
+                        "{} (the server asked to wait {} s before retrying)",
+                        e.message,
+                        d.as_secs()
+                    ));
+                }
+                Some(d) => d,
+                None => backoff,
+            };
+            attempt += 1;
+            warn!(run = %run.run_id, attempt, delay_ms = delay.as_millis() as u64, error = %e.message, "retrying a model call");
+            let announced = lock(&s.inner).publish_live(
+                &s.id,
+                token,
+                &run.run_id,
+                SessionEvent::Retrying {
+                    attempt,
+                    max_attempts: max,
+                    delay_ms: delay.as_millis() as u64,
+                    error: e.message.clone(),
+                },
+            );
+            if !announced {
+                return Step::Cancelled;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return Step::Cancelled,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Streams one model call into `live`.
+    #[allow(clippy::too_many_arguments)]
+    async fn step_once(
+        &self,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        request: &TurnRequest,
+        live: &mut LiveMessage,
+        usage: &mut Usage,
+        streamed: &mut bool,
+    ) -> Attempt {
         let mut stream = run.model.stream(request.clone(), token.clone());
+        let mut calls = Vec::new();
         loop {
             let flush_at = live.next_flush_at();
             let event = tokio::select! {
                 biased;
-                _ = token.cancelled() => return Step::Cancelled,
+                _ = token.cancelled() => return Attempt::Done(Step::Cancelled),
                 _ = sleep_until(flush_at), if flush_at.is_some() => {
                     if let Err(e) = live.flush(&self.store).await {
                         // Keep streaming: the final write retries the whole message.
@@ -314,54 +471,206 @@ impl Runtime {
             };
             match event {
                 Some(ModelEvent::TextDelta(t)) => {
+                    *streamed = true;
                     let ev = SessionEvent::TextDelta {
                         message_id: live.id.clone(),
                         text: t.clone(),
                     };
                     if !lock(&s.inner).publish_live(&s.id, token, &run.run_id, ev) {
-                        return Step::Cancelled;
+                        return Attempt::Done(Step::Cancelled);
                     }
                     live.push_text(&t);
                 }
                 Some(ModelEvent::ReasoningDelta(t)) => {
+                    *streamed = true;
                     let ev = SessionEvent::ReasoningDelta {
                         message_id: live.id.clone(),
                         text: t.clone(),
                     };
                     if !lock(&s.inner).publish_live(&s.id, token, &run.run_id, ev) {
-                        return Step::Cancelled;
+                        return Attempt::Done(Step::Cancelled);
                     }
                     live.push_reasoning(&t);
+                }
+                Some(ModelEvent::ReasoningSignature(sig)) => live.sign_reasoning(&sig),
+                Some(ModelEvent::ToolCall(c)) => {
+                    *streamed = true;
+                    live.push_part(json!({
+                        "type": "toolCall",
+                        "id": c.id,
+                        "name": c.name,
+                        "input": c.input,
+                    }));
+                    calls.push(c);
                 }
                 Some(ModelEvent::Finish { reason, usage: u }) => {
                     usage.prompt_tokens += u.prompt_tokens;
                     usage.completion_tokens += u.completion_tokens;
-                    return Step::Finished(reason);
+                    return Attempt::Done(Step::Finished(reason, calls));
                 }
-                Some(ModelEvent::Error(e)) => return Step::Failed(e.message),
-                None if token.is_cancelled() => return Step::Cancelled,
+                Some(ModelEvent::Error(e)) => return Attempt::Failed(e),
+                None if token.is_cancelled() => return Attempt::Done(Step::Cancelled),
                 None => {
-                    return Step::Failed("the model's stream ended without finishing".to_owned());
+                    return Attempt::Failed(ModelError::transient(
+                        "the model's stream ended without finishing",
+                    ));
                 }
             }
         }
     }
 
-    /// Folds steered prompts into the turn: the current assistant message is finished, their
-    /// user messages are written, and a new assistant message starts the next step.
-    async fn fold(
+    /// Runs a step's tool calls in order, asking for permission where needed. Every call gets
+    /// a result, also when the run is cancelled half-way, so the conversation stays valid for
+    /// the next turn.
+    async fn run_tools(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ctx: &ToolContext,
+        message_id: &str,
+        calls: &[ToolCall],
+    ) -> ToolResults {
+        let mut out = ToolResults::default();
+        for call in calls {
+            let input: Value = serde_json::from_str(&call.input)
+                .unwrap_or_else(|_| Value::String(call.input.clone()));
+            lock(&s.inner).publish(
+                &s.id,
+                Some(&run.run_id),
+                SessionEvent::ToolCallStarted {
+                    message_id: message_id.to_owned(),
+                    tool_call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    input: input.clone(),
+                },
+            );
+            let (status, output) = if token.is_cancelled() {
+                (
+                    "cancelled",
+                    tool_error("the run was cancelled before this tool ran"),
+                )
+            } else {
+                self.run_tool(s, run, token, ctx, call, input).await
+            };
+            let status = if status == "completed" && output.is_error {
+                "failed"
+            } else {
+                status
+            };
+            lock(&s.inner).publish(
+                &s.id,
+                Some(&run.run_id),
+                SessionEvent::ToolCallFinished {
+                    message_id: message_id.to_owned(),
+                    tool_call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    status: status.to_owned(),
+                    output: output.content.clone(),
+                    metadata: output.metadata.clone(),
+                },
+            );
+            let mut part = json!({
+                "type": "toolResult",
+                "toolCallId": call.id,
+                "name": call.name,
+                "content": output.content,
+                "isError": output.is_error,
+                "status": status,
+            });
+            if let Some(m) = &output.metadata {
+                part["metadata"] = m.clone();
+            }
+            out.parts.push(part);
+            out.messages.push(ChatMessage::ToolResult {
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                content: output.content,
+                is_error: output.is_error,
+            });
+        }
+        out
+    }
+
+    /// One tool call: prepare (validate, resolve paths, compute the diff), ask if needed, run.
+    async fn run_tool(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ctx: &ToolContext,
+        call: &ToolCall,
+        input: Value,
+    ) -> (&'static str, ToolOutput) {
+        if ctx.root.as_os_str().is_empty() {
+            return (
+                "failed",
+                tool_error("the workspace's directory is unknown; tools are unavailable"),
+            );
+        }
+        let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
+            Ok(p) => p,
+            Err(out) => return ("failed", out),
+        };
+        if crate::tools::needs_permission(&call.name)
+            && !self.allowed_without_asking(&s.id, run, &call.name, prepared.command.as_deref())
+        {
+            let params = PermissionRequestParams {
+                request_id: new_id(),
+                session_id: s.id.clone(),
+                run_id: run.run_id.clone(),
+                tool_call_id: call.id.clone(),
+                tool: call.name.clone(),
+                title: prepared.title.clone(),
+                input,
+                diff: prepared.diff.clone(),
+            };
+            let answer = self.ask_permission(s, token, params).await;
+            match answer.decision {
+                Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
+                Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
+                    return (
+                        "denied",
+                        tool_error(format!(
+                            "The user denied this action ({} was not run). Do not retry it; \
+                             ask the user or take another approach.",
+                            prepared.title
+                        )),
+                    );
+                }
+                None => {
+                    return (
+                        "cancelled",
+                        tool_error("the run was cancelled while waiting for permission"),
+                    );
+                }
+            }
+        }
+        if token.is_cancelled() {
+            return (
+                "cancelled",
+                tool_error("the run was cancelled before this tool ran"),
+            );
+        }
+        let out = prepared.run(ctx).await;
+        if token.is_cancelled() {
+            return ("cancelled", out);
+        }
+        ("completed", out)
+    }
+
+    /// Moves a turn to its next model step: the current assistant message is finished, the
+    /// step's tool results and the steered prompts' user messages are written, and a new
+    /// assistant message starts — one transaction.
+    async fn next_step(
         &self,
         s: &SessionRt,
         run: &RunMeta,
         steered: &[Arc<RunMeta>],
-        request: &mut TurnRequest,
+        results: Option<&ToolResults>,
         live: &mut LiveMessage,
         reason: FinishReason,
     ) -> Result<(), String> {
-        self.store
-            .finish_message(&live.id, &live.parts_json(), reason.as_str(), None)
-            .await
-            .map_err(|e| format!("cannot save a step: {e}"))?;
         let parts: Vec<Value> = steered.iter().map(|r| r.user_parts()).collect();
         let parts_json: Vec<String> = parts.iter().map(Value::to_string).collect();
         let prompts: Vec<FoldedPrompt<'_>> = steered
@@ -373,12 +682,24 @@ impl Runtime {
                 user_parts: p,
             })
             .collect();
+        let results_json = results.map(|r| Value::Array(r.parts.clone()).to_string());
         let info = run.model.info();
+        let previous_parts = live.parts_json();
         let (users, assistant) = self
             .store
-            .add_step(&s.id, &run.run_id, &prompts, &info.model, &info.provider)
+            .add_step(&NextStep {
+                session_id: &s.id,
+                run_id: &run.run_id,
+                previous_id: &live.id,
+                previous_parts: &previous_parts,
+                previous_finish: reason.as_str(),
+                tool_results: results_json.as_deref(),
+                folded: &prompts,
+                model: &info.model,
+                provider: &info.provider,
+            })
             .await
-            .map_err(|e| format!("cannot save a steered prompt: {e}"))?;
+            .map_err(|e| format!("cannot save a step: {e}"))?;
         {
             let mut runs = lock(&self.runs);
             for r in steered {
@@ -422,17 +743,16 @@ impl Runtime {
                 },
             );
         }
-        request
-            .messages
-            .push(ChatMessage::new(Role::Assistant, live.text()));
-        for p in &parts {
-            request
-                .messages
-                .push(ChatMessage::new(Role::User, user_content(p)));
-        }
         *live = LiveMessage::new(assistant.id, self.flush_interval);
         Ok(())
     }
+}
+
+/// A step's tool results: as stored (parts of a `tool` message) and as sent to the model.
+#[derive(Default)]
+struct ToolResults {
+    parts: Vec<Value>,
+    messages: Vec<ChatMessage>,
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {
@@ -442,28 +762,96 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
-/// The conversation so far as the model sees it: user and assistant text, oldest first.
-/// Assistant messages without text (a turn cancelled before it said anything) are left out.
+/// The conversation so far as the model sees it, oldest first: user text, assistant text with
+/// its tool calls, and tool results. The window may start mid-turn and a crash or cancel may
+/// leave a call without its result, so the result is repaired: results without their call are
+/// dropped, and a call without a result gets one saying it did not complete (both APIs reject
+/// unpaired calls).
 fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMessage> {
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(rows.len());
+    let mut open_calls: Vec<(String, String)> = Vec::new();
+    let close_open = |out: &mut Vec<ChatMessage>, open: &mut Vec<(String, String)>| {
+        for (id, name) in open.drain(..) {
+            out.push(ChatMessage::ToolResult {
+                call_id: id,
+                name,
+                content: "the tool call did not complete (the run was interrupted or cancelled)"
+                    .to_owned(),
+                is_error: true,
+            });
+        }
+    };
     for m in rows {
         let parts: Value = serde_json::from_str(&m.parts).unwrap_or(Value::Null);
+        let parts = parts.as_array().cloned().unwrap_or_default();
         match m.role.as_str() {
-            "user" => out.push(ChatMessage::new(Role::User, user_content(&parts))),
+            "user" => {
+                close_open(&mut out, &mut open_calls);
+                out.push(ChatMessage::user(user_content(&Value::Array(parts))));
+            }
             "assistant" => {
+                close_open(&mut out, &mut open_calls);
                 let text: String = parts
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                    .iter()
                     .filter(|p| p["type"] == "text")
                     .filter_map(|p| p["text"].as_str())
                     .collect();
-                if !text.is_empty() {
-                    out.push(ChatMessage::new(Role::Assistant, text));
+                let reasoning = parts
+                    .iter()
+                    .find(|p| p["type"] == "reasoning" && p["signature"].is_string())
+                    .map(|p| Reasoning {
+                        text: p["reasoning"].as_str().unwrap_or_default().to_owned(),
+                        signature: p["signature"].as_str().map(str::to_owned),
+                    });
+                let tool_calls: Vec<ToolCall> = parts
+                    .iter()
+                    .filter(|p| p["type"] == "toolCall")
+                    .map(|p| ToolCall {
+                        id: p["id"].as_str().unwrap_or_default().to_owned(),
+                        name: p["name"].as_str().unwrap_or_default().to_owned(),
+                        input: p["input"].as_str().unwrap_or("{}").to_owned(),
+                    })
+                    .collect();
+                if text.is_empty() && tool_calls.is_empty() {
+                    continue;
+                }
+                open_calls = tool_calls
+                    .iter()
+                    .map(|c| (c.id.clone(), c.name.clone()))
+                    .collect();
+                out.push(ChatMessage::Assistant {
+                    text,
+                    reasoning,
+                    tool_calls,
+                });
+            }
+            "tool" => {
+                for p in parts.iter().filter(|p| p["type"] == "toolResult") {
+                    let id = p["toolCallId"].as_str().unwrap_or_default();
+                    let Some(i) = open_calls.iter().position(|(c, _)| c == id) else {
+                        continue;
+                    };
+                    let (call_id, name) = open_calls.remove(i);
+                    out.push(ChatMessage::ToolResult {
+                        call_id,
+                        name,
+                        content: p["content"].as_str().unwrap_or_default().to_owned(),
+                        is_error: p["isError"].as_bool().unwrap_or(false),
+                    });
                 }
             }
             _ => {}
         }
     }
+    close_open(&mut out, &mut open_calls);
     out
+}
+
+/// A tool result the model sees as an error.
+fn tool_error(message: impl Into<String>) -> ToolOutput {
+    ToolOutput {
+        content: message.into(),
+        is_error: true,
+        metadata: None,
+    }
 }

@@ -15,13 +15,13 @@
 //!
 //! Lock order: workspace gate → session → run registry. No lock is held across an `.await`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
@@ -29,10 +29,12 @@ use tracing::{Instrument, info, warn};
 use crush_protocol::message::encode_notification;
 use crush_protocol::{
     AgentCancelResult, AgentSendParams, AgentSendResult, AgentStatusResult, Attachment, ErrorCode,
-    Notification, RpcError, RunCompleteParams, RunInfo, SendMode, SessionEvent,
-    SessionSubscribeResult, SessionUpdateParams, daemon_notification,
+    Notification, PermissionDecision, PermissionRequestParams, PermissionRequestResult,
+    PermissionResolvedParams, RequestId, RpcError, RunCompleteParams, RunInfo, SendMode,
+    SessionEvent, SessionSubscribeResult, SessionUpdateParams, daemon_notification, daemon_request,
 };
 
+use crate::config::{AgentSettings, PermissionRules};
 use crate::handlers::{require_session, storage};
 use crate::model::{Model, Models};
 use crate::peer::Peer;
@@ -40,6 +42,7 @@ use crate::store::{DroppedRun, Store, new_id, now_ms};
 use crate::sync::lock;
 
 mod driver;
+mod prompt;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +63,38 @@ pub struct Runtime {
     retired: AtomicU64,
     /// Number of runs in the registry (accepted and not yet complete).
     live: watch::Sender<usize>,
+    agent: AgentSettings,
+    rules: PermissionRules,
+    /// Per-session permission state (yolo, tools allowed for the session). Kept for the
+    /// daemon's lifetime, outside the evictable live state: a restarted daemon asks again.
+    grants: Mutex<HashMap<String, Grants>>,
+    /// Permission requests answered lately, so a late answer learns who answered first.
+    resolved: Mutex<VecDeque<(String, String)>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Grants {
+    yolo: bool,
+    tools: HashSet<String>,
+}
+
+/// How many answered permission requests are remembered for late answers.
+const RESOLVED_MEMORY: usize = 1024;
+
+/// How a permission request ended.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// `None`: withdrawn because the run was cancelled.
+    pub decision: Option<PermissionDecision>,
+    pub by: String,
+}
+
+/// A tool call waiting for a client's answer.
+struct PendingPermission {
+    params: PermissionRequestParams,
+    /// Every connection it was sent to, with that connection's request id.
+    sent: Vec<(Arc<Peer>, RequestId)>,
+    answer: oneshot::Sender<Resolution>,
 }
 
 /// A workspace's run ownership: every run task of the workspace is on `tracker` and cancelled
@@ -91,7 +126,7 @@ impl Workspace {
 pub struct SessionRt {
     pub id: String,
     /// The session's own model, if it has one (else the daemon default).
-    model: Option<String>,
+    model: Mutex<Option<String>>,
     /// Replaced when a closed workspace is opened again.
     ws: Mutex<Arc<Workspace>>,
     inner: Mutex<SessionInner>,
@@ -105,6 +140,8 @@ struct SessionInner {
     subscribers: BTreeMap<u64, Arc<Peer>>,
     active: Option<Active>,
     queue: VecDeque<Queued>,
+    /// Permission requests of the active run waiting for an answer.
+    permissions: Vec<PendingPermission>,
 }
 
 struct Active {
@@ -134,6 +171,8 @@ pub struct RunMeta {
     pub model: Arc<dyn Model>,
     /// The connection that sent it: it gets the `$/runComplete` even when not subscribed.
     pub sender: Option<Arc<Peer>>,
+    /// Tool calls of this prompt run without asking.
+    pub yolo: bool,
     pub created_at: i64,
 }
 
@@ -234,7 +273,18 @@ impl Runtime {
             runs: Mutex::default(),
             retired: AtomicU64::new(0),
             live: watch::Sender::new(0),
+            agent: AgentSettings::default(),
+            rules: PermissionRules::default(),
+            grants: Mutex::default(),
+            resolved: Mutex::default(),
         }
+    }
+
+    /// Sets how runs behave and what tools may do without asking.
+    pub fn configure(mut self, agent: AgentSettings, rules: PermissionRules) -> Self {
+        self.agent = agent;
+        self.rules = rules;
+        self
     }
 
     pub fn models(&self) -> &Models {
@@ -289,7 +339,7 @@ impl Runtime {
         }
         let s = Arc::new(SessionRt {
             id: session_id.to_owned(),
-            model: model.map(str::to_owned),
+            model: Mutex::new(model.map(str::to_owned)),
             ws: Mutex::new(self.workspace(workspace_id)),
             inner: Mutex::default(),
         });
@@ -346,7 +396,7 @@ impl Runtime {
             Some(s) => KnownSession {
                 id: s.id.clone(),
                 workspace_id: s.ws().id.clone(),
-                model: s.model.clone(),
+                model: lock(&s.model).clone(),
             },
             None => {
                 let row = require_session(&self.store, &p.session_id).await?;
@@ -378,6 +428,7 @@ impl Runtime {
             attachments: p.attachments,
             model,
             sender,
+            yolo: p.yolo,
             created_at: now_ms(),
         });
         loop {
@@ -575,6 +626,10 @@ impl Runtime {
             }
             dropped.extend(inner.queue.drain(..).map(|q| q.run));
             covered.extend(dropped.iter().map(|r| r.run_id.clone()));
+            let pending = std::mem::take(&mut inner.permissions);
+            for p in pending {
+                self.finish_permission(&mut inner, p, None, "cancel");
+            }
             if !covered.is_empty() {
                 inner.publish(
                     &s.id,
@@ -663,6 +718,7 @@ impl Runtime {
         if let Some(s) = map.get(session_id) {
             let mut inner = lock(&s.inner);
             if inner.active.is_none() && inner.queue.is_empty() {
+                lock(&self.grants).remove(session_id);
                 inner.evicted = true;
                 for p in inner.subscribers.values() {
                     p.remove_subscription(session_id);
@@ -701,7 +757,7 @@ impl Runtime {
     // ---- subscriptions ----
 
     pub async fn subscribe(
-        &self,
+        self: &Arc<Self>,
         peer: &Arc<Peer>,
         session_id: &str,
     ) -> Result<SessionSubscribeResult, RpcError> {
@@ -712,8 +768,16 @@ impl Runtime {
             if inner.evicted {
                 continue;
             }
-            inner.subscribers.insert(peer.id, peer.clone());
+            let new = inner.subscribers.insert(peer.id, peer.clone()).is_none();
             peer.add_subscription(&row.id);
+            // Requests are not lost because nobody was connected: a new subscriber gets every
+            // pending one at once.
+            if new {
+                let ws = s.ws();
+                for p in &mut inner.permissions {
+                    self.send_permission_request(&ws, p, peer);
+                }
+            }
             return Ok(SessionSubscribeResult {
                 seq: inner.seq,
                 status: inner.status(),
@@ -741,6 +805,243 @@ impl Runtime {
                 lock(&s.inner).subscribers.remove(&peer.id);
                 self.maybe_evict(&s);
             }
+        }
+    }
+
+    // ---- permissions ----
+
+    /// Sends a pending request to one connection and routes its answer back.
+    fn send_permission_request(
+        self: &Arc<Self>,
+        ws: &Workspace,
+        p: &mut PendingPermission,
+        peer: &Arc<Peer>,
+    ) {
+        let Some((id, reply)) = peer.start_request(daemon_request::PERMISSION_REQUEST, &p.params)
+        else {
+            return;
+        };
+        p.sent.push((peer.clone(), id));
+        let rt = self.clone();
+        let peer = peer.clone();
+        let session_id = p.params.session_id.clone();
+        let request_id = p.params.request_id.clone();
+        ws.tracker.spawn(async move {
+            // An error (the client does not implement the method, the connection closed, the
+            // request was withdrawn) is no answer: another client may still answer.
+            let Ok(Ok(raw)) = reply.await else { return };
+            match serde_json::from_str::<PermissionRequestResult>(raw.get()) {
+                Ok(r) if r.decision != PermissionDecision::Deferred => {
+                    let _ = rt.answer_permission(
+                        Some(&session_id),
+                        &request_id,
+                        r.decision,
+                        &peer.display_name(),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "unreadable answer to permission/request; ignored"),
+            }
+        });
+    }
+
+    /// Asks the session's clients whether a tool call may run, and waits for the first answer
+    /// (or the run's cancel). With no client connected the request waits for one.
+    async fn ask_permission(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        token: &CancellationToken,
+        params: PermissionRequestParams,
+    ) -> Resolution {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut inner = lock(&s.inner);
+            if token.is_cancelled() {
+                return Resolution {
+                    decision: None,
+                    by: "cancel".to_owned(),
+                };
+            }
+            let mut p = PendingPermission {
+                params,
+                sent: Vec::new(),
+                answer: tx,
+            };
+            let ws = s.ws();
+            let peers: Vec<Arc<Peer>> = inner.subscribers.values().cloned().collect();
+            for peer in &peers {
+                self.send_permission_request(&ws, &mut p, peer);
+            }
+            inner.publish(
+                &s.id,
+                Some(&p.params.run_id),
+                SessionEvent::PermissionRequested {
+                    request_id: p.params.request_id.clone(),
+                    tool_call_id: p.params.tool_call_id.clone(),
+                    tool: p.params.tool.clone(),
+                    title: p.params.title.clone(),
+                },
+            );
+            inner.permissions.push(p);
+        }
+        // A cancel resolves the request under the session lock (cancel_session), so the
+        // answer channel always yields; the token is a backstop for a dropped sender.
+        tokio::select! {
+            r = rx => r.unwrap_or(Resolution { decision: None, by: "cancel".to_owned() }),
+            _ = token.cancelled() => Resolution { decision: None, by: "cancel".to_owned() },
+        }
+    }
+
+    /// Resolves a pending request with a client's answer. The first answer wins; a later one
+    /// gets `PermissionResolved` naming who answered.
+    pub fn answer_permission(
+        &self,
+        session_id: Option<&str>,
+        request_id: &str,
+        decision: PermissionDecision,
+        by: &str,
+    ) -> Result<(), RpcError> {
+        if decision == PermissionDecision::Deferred {
+            return Err(RpcError::invalid_params(
+                "invalid params: decision: answer allow, allowSession or deny",
+            ));
+        }
+        let sessions: Vec<Arc<SessionRt>> = match session_id {
+            Some(id) => self.existing_session(id).into_iter().collect(),
+            None => lock(&self.sessions).values().cloned().collect(),
+        };
+        for s in sessions {
+            let mut inner = lock(&s.inner);
+            if let Some(i) = inner
+                .permissions
+                .iter()
+                .position(|p| p.params.request_id == request_id)
+            {
+                let p = inner.permissions.remove(i);
+                if decision == PermissionDecision::AllowSession {
+                    lock(&self.grants)
+                        .entry(s.id.clone())
+                        .or_default()
+                        .tools
+                        .insert(p.params.tool.clone());
+                }
+                self.finish_permission(&mut inner, p, Some(decision), by);
+                return Ok(());
+            }
+        }
+        let resolved = lock(&self.resolved)
+            .iter()
+            .find(|(id, _)| id == request_id)
+            .map(|(_, how)| how.clone());
+        Err(match resolved {
+            Some(how) => RpcError::new(
+                ErrorCode::PermissionResolved,
+                format!("permission request {request_id:?} was already resolved: {how}"),
+            ),
+            None => RpcError::new(
+                ErrorCode::PermissionNotFound,
+                format!("no pending permission request has id {request_id:?}"),
+            ),
+        })
+    }
+
+    /// Ends a pending request: answers the waiting run, withdraws the request from every other
+    /// connection, and tells every subscriber how it ended.
+    fn finish_permission(
+        &self,
+        inner: &mut SessionInner,
+        p: PendingPermission,
+        decision: Option<PermissionDecision>,
+        by: &str,
+    ) {
+        let name = match decision {
+            Some(PermissionDecision::Allow) => "allow",
+            Some(PermissionDecision::AllowSession) => "allowSession",
+            Some(PermissionDecision::Deny) => "deny",
+            Some(PermissionDecision::Deferred) | None => "cancelled",
+        };
+        for (peer, id) in &p.sent {
+            peer.abandon_request(id);
+        }
+        {
+            let mut resolved = lock(&self.resolved);
+            if resolved.len() >= RESOLVED_MEMORY {
+                resolved.pop_front();
+            }
+            resolved.push_back((p.params.request_id.clone(), format!("{name} by {by}")));
+        }
+        let note = PermissionResolvedParams {
+            request_id: p.params.request_id.clone(),
+            session_id: p.params.session_id.clone(),
+            run_id: p.params.run_id.clone(),
+            decision: name.to_owned(),
+            by: by.to_owned(),
+        };
+        let body = encode_notification(daemon_notification::PermissionResolved::METHOD, &note);
+        let mut told = HashSet::new();
+        for peer in inner.subscribers.values() {
+            told.insert(peer.id);
+            peer.send_raw(body.clone());
+        }
+        for (peer, _) in &p.sent {
+            if told.insert(peer.id) {
+                peer.send_raw(body.clone());
+            }
+        }
+        inner.publish(
+            &p.params.session_id,
+            Some(&p.params.run_id),
+            SessionEvent::PermissionResolved {
+                request_id: p.params.request_id.clone(),
+                decision: name.to_owned(),
+                by: by.to_owned(),
+            },
+        );
+        let _ = p.answer.send(Resolution {
+            decision,
+            by: by.to_owned(),
+        });
+    }
+
+    /// Whether a tool call may run without asking: the send or the session is in yolo mode,
+    /// the tool was allowed for the session, or a config rule allows it.
+    fn allowed_without_asking(
+        &self,
+        session_id: &str,
+        run: &RunMeta,
+        tool: &str,
+        command: Option<&str>,
+    ) -> bool {
+        if run.yolo || self.rules.allow.iter().any(|t| t == tool) {
+            return true;
+        }
+        if let Some(g) = lock(&self.grants).get(session_id)
+            && (g.yolo || g.tools.contains(tool))
+        {
+            return true;
+        }
+        match command {
+            Some(cmd) if tool == "bash" => bash_allowed(&self.rules.allow_bash, cmd),
+            _ => false,
+        }
+    }
+
+    /// Sets the session's yolo mode.
+    pub fn set_yolo(&self, session_id: &str, yolo: bool) {
+        lock(&self.grants)
+            .entry(session_id.to_owned())
+            .or_default()
+            .yolo = yolo;
+    }
+
+    pub fn yolo(&self, session_id: &str) -> bool {
+        lock(&self.grants).get(session_id).is_some_and(|g| g.yolo)
+    }
+
+    /// The session's model changed: the next runs use it.
+    pub fn set_session_model(&self, session_id: &str, model: Option<&str>) {
+        if let Some(s) = self.existing_session(session_id) {
+            *lock(&s.model) = model.map(str::to_owned);
         }
     }
 
@@ -810,11 +1111,24 @@ impl Runtime {
     }
 }
 
+/// Whether a bash command matches an allow rule: the rule's words are the command's first words,
+/// and the command has no shell syntax that could chain another command after an allowed one.
+pub fn bash_allowed(rules: &[String], command: &str) -> bool {
+    const CONTROL: &[&str] = &[";", "&", "|", "`", "$(", ">", "<", "\n", "\r"];
+    if CONTROL.iter().any(|c| command.contains(c)) {
+        return false;
+    }
+    let words: Vec<&str> = command.split_whitespace().collect();
+    rules.iter().any(|rule| {
+        let want: Vec<&str> = rule.split_whitespace().collect();
+        !want.is_empty() && words.len() >= want.len() && words[..want.len()] == want[..]
+    })
+}
+
 fn idle_status() -> AgentStatusResult {
     AgentStatusResult {
         state: "idle".to_owned(),
-        active_run_id: None,
-        queued: Vec::new(),
+        ..AgentStatusResult::default()
     }
 }
 
@@ -904,7 +1218,13 @@ impl SessionInner {
         match &self.active {
             None => idle_status(),
             Some(a) => AgentStatusResult {
-                state: "active".to_owned(),
+                state: if self.permissions.is_empty() {
+                    "active"
+                } else {
+                    "waitingForPermission"
+                }
+                .to_owned(),
+                pending_permissions: self.permissions.iter().map(|p| p.params.clone()).collect(),
                 active_run_id: Some(a.run.run_id.clone()),
                 queued: a
                     .steered

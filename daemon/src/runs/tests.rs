@@ -76,8 +76,7 @@ impl Scripted {
                     name: "scripted".into(),
                     provider: "test".into(),
                     model: "scripted-1".into(),
-                    base_url: None,
-                    unavailable: None,
+                    ..ModelInfo::default()
                 },
                 plans: StdMutex::default(),
                 default: StdMutex::new(default),
@@ -557,7 +556,10 @@ async fn queued_prompts_run_in_order_each_as_its_own_turn() {
     // The second turn saw the first one's conversation.
     let second = &h.model.calls()[1];
     assert_eq!(second.messages.len(), 3);
-    assert_eq!(second.messages[1].content, "first");
+    assert_eq!(
+        second.messages[1],
+        crate::model::ChatMessage::assistant("first")
+    );
     assert_eq!(h.rt.status(&h.session).await.unwrap().state, "idle");
 }
 
@@ -581,7 +583,7 @@ async fn steer_folds_into_the_active_turn_at_the_next_step() {
     let calls = h.model.calls();
     assert_eq!(calls.len(), 2, "one turn, two steps");
     let last = calls[1].messages.last().unwrap();
-    assert_eq!(last.content, "also this");
+    assert_eq!(*last, crate::model::ChatMessage::user("also this"));
     let msgs = h.messages().await;
     let roles: Vec<&str> = msgs.iter().map(|m| m.role.as_str()).collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);

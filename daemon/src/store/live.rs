@@ -65,6 +65,46 @@ impl LiveMessage {
         self.dirty = true;
     }
 
+    /// Attaches the provider's signature to the reasoning streamed last (Anthropic needs it
+    /// back with the reasoning in later steps of the turn).
+    pub fn sign_reasoning(&mut self, signature: &str) {
+        if let Some(p) = self
+            .parts
+            .iter_mut()
+            .rev()
+            .find(|p| p["type"] == "reasoning")
+        {
+            p["signature"] = Value::String(signature.to_owned());
+        } else {
+            self.parts
+                .push(json!({"type": "reasoning", "reasoning": "", "signature": signature}));
+        }
+        self.dirty = true;
+    }
+
+    /// The reasoning of this message, if it has some.
+    pub fn reasoning(&self) -> Option<crate::model::Reasoning> {
+        let parts: Vec<&Value> = self
+            .parts
+            .iter()
+            .filter(|p| p["type"] == "reasoning")
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
+        Some(crate::model::Reasoning {
+            text: parts
+                .iter()
+                .filter_map(|p| p["reasoning"].as_str())
+                .collect(),
+            signature: parts
+                .iter()
+                .rev()
+                .find_map(|p| p["signature"].as_str())
+                .map(str::to_owned),
+        })
+    }
+
     /// Adds a whole part (a tool call, a tool result…).
     pub fn push_part(&mut self, part: Value) {
         self.parts.push(part);

@@ -195,6 +195,28 @@ impl Store {
         self.get_session(id).await
     }
 
+    /// Sets (or clears) the session's model; `None` when the session does not exist.
+    pub async fn set_session_model(
+        &self,
+        id: &str,
+        model: Option<&str>,
+    ) -> Result<Option<SessionRow>> {
+        let now = now_ms();
+        let changed = sqlx::query!(
+            "UPDATE sessions SET model = ?, updated_at = ? WHERE id = ?",
+            model,
+            now,
+            id
+        )
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.get_session(id).await
+    }
+
     /// Deletes a session with its messages and runs; false when it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool> {
         let deleted = sqlx::query!("DELETE FROM sessions WHERE id = ?", id)
@@ -496,25 +518,48 @@ impl Store {
         Ok((user, assistant))
     }
 
-    /// A further step of a turn: the user messages of steered runs folded into it (their run
-    /// rows marked running and `folded_into` the turn's run), then a new empty assistant message.
-    pub async fn add_step(
-        &self,
-        session_id: &str,
-        run_id: &str,
-        folded: &[FoldedPrompt<'_>],
-        model: &str,
-        provider: &str,
-    ) -> Result<(Vec<MessageRow>, MessageRow)> {
+    /// A further step of a turn, in one transaction: the previous assistant message finished,
+    /// the step's tool results as a `tool` message, the user messages of steered runs folded in
+    /// (their run rows marked running and `folded_into` the turn's run), then a new empty
+    /// assistant message.
+    pub async fn add_step(&self, n: &NextStep<'_>) -> Result<(Vec<MessageRow>, MessageRow)> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let mut users = Vec::with_capacity(folded.len());
-        for f in folded {
+        sqlx::query!(
+            "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ?
+                 WHERE id = ?",
+            n.previous_parts,
+            n.previous_finish,
+            None::<String>,
+            now,
+            now,
+            n.previous_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        if let Some(results) = n.tool_results {
+            insert_message_in(
+                &mut tx,
+                &new_id(),
+                &NewMessage {
+                    session_id: n.session_id,
+                    run_id: Some(n.run_id),
+                    role: "tool",
+                    parts: results,
+                    model: None,
+                    provider: None,
+                },
+                now,
+            )
+            .await?;
+        }
+        let mut users = Vec::with_capacity(n.folded.len());
+        for f in n.folded {
             let user = insert_message_in(
                 &mut tx,
                 &new_id(),
                 &NewMessage {
-                    session_id,
+                    session_id: n.session_id,
                     run_id: Some(f.run_id),
                     role: "user",
                     parts: f.user_parts,
@@ -530,25 +575,25 @@ impl Store {
             &mut tx,
             &new_id(),
             &NewMessage {
-                session_id,
-                run_id: Some(run_id),
+                session_id: n.session_id,
+                run_id: Some(n.run_id),
                 role: "assistant",
                 parts: "[]",
-                model: Some(model),
-                provider: Some(provider),
+                model: Some(n.model),
+                provider: Some(n.provider),
             },
             now,
         )
         .await?;
-        for (f, user) in folded.iter().zip(&users) {
+        for (f, user) in n.folded.iter().zip(&users) {
             upsert_running_run(
                 &mut tx,
                 f.run_id,
-                session_id,
+                n.session_id,
                 f.prompt,
                 &user.id,
                 &assistant.id,
-                Some(run_id),
+                Some(n.run_id),
                 now,
             )
             .await?;
@@ -648,6 +693,22 @@ pub struct FoldedPrompt<'a> {
     pub run_id: &'a str,
     pub prompt: &'a str,
     pub user_parts: &'a str,
+}
+
+/// The boundary between two model steps of a turn.
+#[derive(Debug, Clone)]
+pub struct NextStep<'a> {
+    pub session_id: &'a str,
+    pub run_id: &'a str,
+    /// The assistant message of the step that ended, with its final parts.
+    pub previous_id: &'a str,
+    pub previous_parts: &'a str,
+    pub previous_finish: &'a str,
+    /// JSON array of the step's tool results, if it called tools.
+    pub tool_results: Option<&'a str>,
+    pub folded: &'a [FoldedPrompt<'a>],
+    pub model: &'a str,
+    pub provider: &'a str,
 }
 
 /// The last write of a turn.

@@ -1,0 +1,336 @@
+//! What the HTTP providers share: the endpoint a model is reached at (base URL, key, timeouts),
+//! and turning HTTP failures into [`ModelError`]s a person can act on — a rejected key names the
+//! provider and the variable holding it, an unknown model names the model and the provider, a
+//! timeout names the endpoint — and that say whether trying again can help (429, 5xx, connection
+//! failures) and how long the server asked us to wait.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use super::ModelError;
+
+/// How long connecting to a model server may take by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest silence between two reads of a streaming response by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// How much of an error body is read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest wait a server's `Retry-After` may impose before we give up instead.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// Where and how a provider's API is reached.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The provider's id in the configuration (`openai`, `anthropic`, `my-vllm`, …).
+    pub provider: String,
+    /// The API's base URL (for OpenAI-compatible APIs up to `/v1`).
+    pub base_url: String,
+    pub api_key: Option<String>,
+    /// Where the key came from, for error messages (`OPENAI_API_KEY`).
+    pub api_key_env: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Endpoint {
+    pub fn new(provider: &str, base_url: &str) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key: None,
+            api_key_env: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+
+    /// `base_url` joined with `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// An HTTP client with this endpoint's timeouts.
+    pub fn client(&self) -> Result<reqwest::Client, String> {
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err(format!(
+                "base_url {:?} is not an http(s) URL",
+                self.base_url
+            ));
+        }
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
+            .user_agent(concat!("crushd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))
+    }
+
+    /// A request that could not be sent or whose response did not start.
+    pub fn send_error(&self, url: &str, e: &reqwest::Error) -> ModelError {
+        if e.is_timeout() {
+            return ModelError::transient(format!(
+                "timed out waiting for the {} endpoint {url} ({}); is the server up and reachable?",
+                self.provider,
+                error_chain(e)
+            ));
+        }
+        ModelError::transient(format!(
+            "cannot reach the {} endpoint {url}: {}",
+            self.provider,
+            error_chain(e)
+        ))
+    }
+
+    /// A read of a streaming body that failed (a timeout or a cut connection).
+    pub fn stream_error(&self, url: &str, e: &(dyn std::error::Error + 'static)) -> ModelError {
+        let chain = error_chain(e);
+        if chain.contains("timed out") || chain.contains("timeout") {
+            return ModelError::transient(format!(
+                "timed out reading the stream from the {} endpoint {url}: {chain}",
+                self.provider
+            ));
+        }
+        ModelError::transient(format!(
+            "reading the stream from the {} endpoint {url} failed: {chain}",
+            self.provider
+        ))
+    }
+
+    /// A non-2xx answer: reads (a bounded part of) the body and says what to do about it.
+    pub async fn status_error(
+        &self,
+        url: &str,
+        model: &str,
+        resp: reqwest::Response,
+    ) -> ModelError {
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        let detail = read_error_body(resp).await;
+        classify(self, url, model, status, retry_after, &detail)
+    }
+}
+
+/// The error for an HTTP status, given the server's own explanation.
+pub fn classify(
+    ep: &Endpoint,
+    url: &str,
+    model: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    detail: &str,
+) -> ModelError {
+    let code = status.as_u16();
+    let provider = &ep.provider;
+    let message = match code {
+        401 | 403 => {
+            let key = match &ep.api_key_env {
+                Some(var) => format!("check the API key in the environment variable {var}"),
+                None if ep.api_key.is_some() => {
+                    "check the `api_key` of this provider in the config file".to_owned()
+                }
+                None => format!(
+                    "no API key is configured: set `api_key_env` for [providers.{provider}] in the \
+                     config file"
+                ),
+            };
+            format!(
+                "provider {provider} refused the request ({code} {}): {detail}; {key}",
+                reason(status)
+            )
+        }
+        404 => format!(
+            "provider {provider} does not know model {model:?} or the endpoint {url} ({code}): \
+             {detail}; check the model id and the provider's base_url"
+        ),
+        429 => format!("provider {provider} is rate limiting requests (429): {detail}"),
+        _ if status.is_server_error() => format!(
+            "provider {provider} failed ({code} {}) at {url}: {detail}",
+            reason(status)
+        ),
+        _ => format!(
+            "provider {provider} answered {code} {} for {url}: {detail}",
+            reason(status)
+        ),
+    };
+    let retryable = code == 429 || code == 408 || status.is_server_error();
+    ModelError {
+        message,
+        status: Some(code),
+        retryable,
+        retry_after: retry_after.filter(|_| retryable),
+    }
+}
+
+fn reason(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("")
+}
+
+/// The wait a server asked for: `retry-after-ms` (OpenAI) or `Retry-After` in seconds or as an
+/// HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate(v)?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers send today.
+fn httpdate(s: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64
+        + 1;
+    let year: u64 = year.parse().ok()?;
+    let hms: Vec<u64> = time.split(':').filter_map(|p| p.parse().ok()).collect();
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm), valid for years after 1970.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The message of an OpenAI- or Anthropic-style error body, or the start of the body as text.
+async fn read_error_body(resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut chunks = resp.bytes_stream();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_ERROR_BODY {
+            body.truncate(MAX_ERROR_BODY);
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| error_message(&v))
+        .unwrap_or_else(|| {
+            let t = text.trim();
+            if t.is_empty() {
+                "(empty body)".to_owned()
+            } else {
+                t.chars().take(500).collect()
+            }
+        })
+}
+
+/// `{"error": {"message": …}}` (both APIs) or `{"error": "…"}` (some compatible servers).
+pub fn error_message(v: &Value) -> Option<String> {
+    let e = v.get("error")?;
+    e.get("message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| e.as_str().map(str::to_owned))
+}
+
+/// An error and its sources, joined with `: `.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        // reqwest repeats its source in its own message; say each thing once.
+        let text = s.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = s.source();
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn ep() -> Endpoint {
+        let mut e = Endpoint::new("anthropic", "https://api.anthropic.com");
+        e.api_key_env = Some("ANTHROPIC_API_KEY".into());
+        e
+    }
+
+    #[test]
+    fn auth_errors_name_the_provider_and_the_key_variable() {
+        let e = classify(&ep(), "u", "m", StatusCode::UNAUTHORIZED, None, "bad key");
+        assert!(e.message.contains("anthropic"), "{}", e.message);
+        assert!(e.message.contains("ANTHROPIC_API_KEY"), "{}", e.message);
+        assert!(!e.retryable);
+        let e = classify(&ep(), "u", "claude-x", StatusCode::NOT_FOUND, None, "nope");
+        assert!(e.message.contains("\"claude-x\"") && e.message.contains("anthropic"));
+    }
+
+    #[test]
+    fn rate_limits_and_server_errors_are_retryable_with_the_servers_wait() {
+        let e = classify(
+            &ep(),
+            "u",
+            "m",
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(4)),
+            "slow down",
+        );
+        assert!(e.retryable);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(4)));
+        assert!(classify(&ep(), "u", "m", StatusCode::BAD_GATEWAY, None, "").retryable);
+        assert!(!classify(&ep(), "u", "m", StatusCode::BAD_REQUEST, None, "").retryable);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after-ms", "50".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(50)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(
+            httpdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Path confinement, the tools' security boundary. Every path argument is resolved against the
+//! workspace root: `.` and `..` are folded lexically and a path that leaves the root is refused;
+//! then the deepest part of the path that exists is canonicalized and must still be inside the
+//! canonical root, so a symlink (to a file, a directory, or in the parent chain of a file not yet
+//! created) cannot lead outside. Tools then do their I/O on the canonical form, never on the
+//! model's spelling.
+//!
+//! Known limit: a symlink swapped in between the check and the I/O (by another process) is not
+//! caught; the tools re-resolve right before acting to keep that window small.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::{ToolContext, ToolOutput};
+
+/// The workspace root, canonical and as given.
+#[derive(Debug, Clone)]
+pub(crate) struct Workspace {
+    /// Canonical: symlinks resolved. Every real path a tool touches starts with it.
+    pub root: PathBuf,
+    /// The root as configured, normalized lexically; an absolute path the model copied from a
+    /// message may be spelled with it rather than the canonical form.
+    given: PathBuf,
+}
+
+/// A path argument resolved inside the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    /// Where the I/O happens: the canonical deepest existing ancestor joined with the rest.
+    pub real: PathBuf,
+    /// The model's path relative to the root, normalized, for messages ("." for the root).
+    pub shown: String,
+}
+
+impl Workspace {
+    pub fn open(ctx: &ToolContext) -> Result<Self, ToolOutput> {
+        let root = std::fs::canonicalize(&ctx.root).map_err(|e| {
+            ToolOutput::error(format!(
+                "The workspace root {} is not accessible: {e}",
+                ctx.root.display()
+            ))
+        })?;
+        let given = normalize_absolute(&ctx.root).unwrap_or_else(|| root.clone());
+        Ok(Self { root, given })
+    }
+
+    /// Resolves a path argument, refusing anything that leads outside the root.
+    pub fn resolve(&self, input: &str) -> Result<Resolved, ToolOutput> {
+        if input.contains('\0') {
+            return Err(ToolOutput::error("The path contains a NUL byte."));
+        }
+        if input.trim().is_empty() {
+            return Err(ToolOutput::error("The path is empty."));
+        }
+        let outside = || {
+            ToolOutput::error(format!(
+                "{input} is outside the workspace ({}); only paths inside it can be used.",
+                self.root.display()
+            ))
+        };
+        let path = Path::new(input);
+        let rel: Vec<String> = if path.is_absolute() {
+            let abs = normalize_absolute(path).ok_or_else(outside)?;
+            let rest = abs
+                .strip_prefix(&self.root)
+                .or_else(|_| abs.strip_prefix(&self.given))
+                .map_err(|_| outside())?;
+            normal_components(rest).ok_or_else(outside)?
+        } else {
+            normal_components(path).ok_or_else(outside)?
+        };
+        let shown = if rel.is_empty() {
+            ".".to_owned()
+        } else {
+            rel.join("/")
+        };
+
+        // Canonicalize the deepest part that exists; the rest does not exist yet, so it holds
+        // no symlinks to follow.
+        for k in (0..=rel.len()).rev() {
+            let candidate = rel[..k].iter().fold(self.root.clone(), |p, c| p.join(c));
+            if k > 0 && std::fs::symlink_metadata(&candidate).is_err() {
+                continue;
+            }
+            let canonical = std::fs::canonicalize(&candidate).map_err(|e| {
+                ToolOutput::error(format!(
+                    "{shown} cannot be resolved (a broken symlink?): {e}"
+                ))
+            })?;
+            if !canonical.starts_with(&self.root) {
+                return Err(ToolOutput::error(format!(
+                    "{shown} resolves through a symlink to a place outside the workspace ({}); only paths inside it can be used.",
+                    self.root.display()
+                )));
+            }
+            let real = rel[k..].iter().fold(canonical, |p, c| p.join(c));
+            return Ok(Resolved { real, shown });
+        }
+        // k == 0 is the root itself, which canonicalize above always answers.
+        Err(outside())
+    }
+
+    /// A resolved or walked path for output: relative to the root, '/'-separated.
+    pub fn rel(&self, real: &Path) -> String {
+        match real.strip_prefix(&self.root) {
+            Ok(r) => display(r),
+            Err(_) => real.display().to_string(),
+        }
+    }
+}
+
+/// A relative path for people and models: '/'-separated, "." when empty.
+pub(crate) fn display(rel: &Path) -> String {
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Folds `.` and `..` of a relative path; None if it climbs above its start or is not relative.
+fn normal_components(p: &Path) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop()?;
+            }
+            Component::Normal(n) => out.push(n.to_string_lossy().into_owned()),
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Folds `.` and `..` of an absolute path (`..` at the top stays at the top, as the kernel does).
+fn normalize_absolute(p: &Path) -> Option<PathBuf> {
+    if !p.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => out.push(c.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,196 @@
+//! The `write` tool, and what it shares with `edit`: the unified diff shown in permission
+//! prompts, and the atomic write (a temporary file in the target's directory, renamed over the
+//! target) that never leaves a half-written file behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use similar::TextDiff;
+
+use super::paths::Workspace;
+use super::{Action, Prepared, ToolContext, ToolOutput};
+
+/// Above this size (either side) no diff is computed: it would be slow and unreadable.
+const DIFF_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// The line diff is allowed this long before it settles for a less minimal result.
+const DIFF_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Args {
+    path: String,
+    content: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Call {
+    path: String,
+    content: String,
+    diff: String,
+}
+
+pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOutput> {
+    let ws = Workspace::open(ctx)?;
+    let r = ws.resolve(&args.path)?;
+    let old = match fs::metadata(&r.real) {
+        Ok(m) if m.is_dir() => {
+            return Err(ToolOutput::error(format!(
+                "{} is a directory; give the path of a file to write.",
+                r.shown
+            )));
+        }
+        Ok(m) if m.len() > DIFF_MAX_BYTES as u64 => Some(None),
+        Ok(_) => match fs::read(&r.real) {
+            Ok(bytes) => Some(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) => {
+                return Err(ToolOutput::error(format!("Cannot read {}: {e}", r.shown)));
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        // A missing parent or a file where a directory should be: run reports it when it tries.
+        Err(_) => None,
+    };
+    let diff = match &old {
+        None => unified_diff(&r.shown, None, &args.content),
+        Some(Some(old)) => unified_diff(&r.shown, Some(old), &args.content),
+        Some(None) => too_big_diff(&r.shown),
+    };
+    let verb = if old.is_some() { "Write" } else { "Create" };
+    Ok(Prepared {
+        tool: "write".to_owned(),
+        title: format!("{verb} {}", r.shown),
+        diff: Some(diff.clone()),
+        command: None,
+        action: Action::Write(Call {
+            path: args.path,
+            content: args.content,
+            diff,
+        }),
+    })
+}
+
+pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
+    let ws = match Workspace::open(ctx) {
+        Ok(ws) => ws,
+        Err(e) => return e,
+    };
+    // Resolved again: the tree may have changed while the user was asked.
+    let r = match ws.resolve(&call.path) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let existed = match fs::metadata(&r.real) {
+        Ok(m) if m.is_dir() => {
+            return ToolOutput::error(format!("{} is a directory.", r.shown));
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    };
+    if let Some(dir) = r.real.parent()
+        && let Err(e) = fs::create_dir_all(dir)
+    {
+        return ToolOutput::error(format!(
+            "Cannot create the directories for {}: {e}",
+            r.shown
+        ));
+    }
+    if ctx.cancel.is_cancelled() {
+        return ToolOutput::cancelled();
+    }
+    if let Err(e) = atomic_write(&r.real, call.content.as_bytes()) {
+        return ToolOutput::error(format!("Cannot write {}: {e}", r.shown));
+    }
+    let n = call.content.len();
+    let content = if existed {
+        format!("Wrote {n} bytes to {}.", r.shown)
+    } else {
+        format!("Created {} ({n} bytes).", r.shown)
+    };
+    ToolOutput::ok(content).with_metadata(json!({"path": r.shown, "diff": call.diff}))
+}
+
+/// A unified diff of `old` (None: the file does not exist) to `new`, with `a/`/`b/` headers.
+pub(crate) fn unified_diff(shown: &str, old: Option<&str>, new: &str) -> String {
+    if old.map_or(0, str::len) > DIFF_MAX_BYTES || new.len() > DIFF_MAX_BYTES {
+        return too_big_diff(shown);
+    }
+    let a = match old {
+        Some(_) => format!("a/{shown}"),
+        None => "/dev/null".to_owned(),
+    };
+    let b = format!("b/{shown}");
+    TextDiff::configure()
+        .timeout(DIFF_TIMEOUT)
+        .diff_lines(old.unwrap_or(""), new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&a, &b)
+        .to_string()
+}
+
+fn too_big_diff(shown: &str) -> String {
+    format!(
+        "--- a/{shown}\n+++ b/{shown}\n(no diff: the file is larger than {} MiB)\n",
+        DIFF_MAX_BYTES / (1024 * 1024)
+    )
+}
+
+/// Replaces `target` with `content` atomically: the bytes go to a new temporary file in the same
+/// directory (same filesystem, so the rename is atomic), which takes the old file's permissions
+/// and is flushed to disk before it is renamed over the target. Readers see the old file or the
+/// new one, never a mix; on failure the temporary file is removed.
+pub(crate) fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
+    let dir = target
+        .parent()
+        .ok_or_else(|| io::Error::other("the path has no parent directory"))?;
+    let perms = match fs::metadata(target) {
+        Ok(m) => Some(m.permissions()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let (tmp, mut file) = create_temp(dir, target)?;
+    let written = (|| {
+        file.write_all(content)?;
+        if let Some(p) = perms {
+            file.set_permissions(p)?;
+        }
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, target)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Makes the rename itself durable; a failure here does not undo the write.
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A new, uniquely named file next to `target`. `create_new` refuses an existing name, so a
+/// symlink planted at the name is never followed.
+fn create_temp(dir: &Path, target: &Path) -> io::Result<(PathBuf, File)> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(64).collect::<String>())
+        .unwrap_or_default();
+    let mut last = None;
+    for _ in 0..16 {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.crushd-{}-{seq}.tmp", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("cannot create a temporary file")))
+}
