@@ -267,11 +267,16 @@ impl RawConn {
         }
     }
 
-    /// Connects and completes `initialize`.
+    /// Connects and completes `initialize` as client `test`.
     pub async fn initialized(socket: &Path) -> Self {
+        Self::initialized_as(socket, "test").await
+    }
+
+    /// Connects and completes `initialize` with `clientInfo.name` = `name`.
+    pub async fn initialized_as(socket: &Path, name: &str) -> Self {
         let mut c = Self::connect(socket).await;
         let r = c
-            .request("initialize", json!({"clientInfo": {"name": "test"}}))
+            .request("initialize", json!({"clientInfo": {"name": name}}))
             .await;
         assert!(r.get("result").is_some(), "initialize failed: {r}");
         c.notify("initialized", json!({})).await;
@@ -374,6 +379,20 @@ impl RawConn {
         })
         .await["params"]
             .clone()
+    }
+
+    /// Answers a daemon→client request.
+    pub async fn reply(&mut self, request: &Value, result: Value) {
+        self.send(json!({"jsonrpc": "2.0", "id": request["id"].clone(), "result": result}))
+            .await;
+    }
+
+    /// Waits for a daemon→client request of `method`.
+    pub async fn daemon_request(&mut self, method: &str) -> Value {
+        self.wait_for(&format!("a {method} request"), |m| {
+            m["method"] == method && m.get("id").is_some()
+        })
+        .await
     }
 
     /// Every message received so far and not yet taken.

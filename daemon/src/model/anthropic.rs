@@ -571,7 +571,7 @@ fn decode(
                         }
                     }
                     Some(Err(e)) => {
-                        let err = inner.endpoint.stream_error(&inner.url, &e);
+                        let err = inner.endpoint.sse_error(&inner.url, &e);
                         return Some((vec![ModelEvent::Error(err)], None));
                     }
                     None => {

@@ -85,6 +85,30 @@ impl Endpoint {
         ))
     }
 
+    /// A server-sent-events stream that failed: a transport failure is looked at as the HTTP
+    /// error it is (the SSE error type hides its source).
+    pub fn sse_error(
+        &self,
+        url: &str,
+        e: &eventsource_stream::EventStreamError<reqwest::Error>,
+    ) -> ModelError {
+        match e {
+            eventsource_stream::EventStreamError::Transport(re) => {
+                if re.is_timeout() {
+                    return ModelError::transient(format!(
+                        "timed out reading the stream from the {} endpoint {url} (no data for {} s; \
+                         raise read_timeout for [providers.{}] if the model is just slow)",
+                        self.provider,
+                        self.read_timeout.as_secs_f64(),
+                        self.provider
+                    ));
+                }
+                self.stream_error(url, re)
+            }
+            other => self.stream_error(url, other),
+        }
+    }
+
     /// A read of a streaming body that failed (a timeout or a cut connection).
     pub fn stream_error(&self, url: &str, e: &(dyn std::error::Error + 'static)) -> ModelError {
         let chain = error_chain(e);
