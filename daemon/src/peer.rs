@@ -99,22 +99,14 @@ impl Peer {
         params: &P,
         timeout: Duration,
     ) -> Result<Box<RawValue>, RpcError> {
-        let id: RequestId = Id::Number(self.next_request.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = oneshot::channel();
-        self.lock_pending().insert(id.clone(), tx);
-        if !self.send_raw(encode_request(&id, method, params)) {
-            self.lock_pending().remove(&id);
-            return Err(connection_closed());
-        }
+        let (id, rx) = self
+            .start_request(method, params)
+            .ok_or_else(connection_closed)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(connection_closed()),
             Err(_) => {
-                self.lock_pending().remove(&id);
-                self.send_raw(encode_notification(
-                    "$/cancelRequest",
-                    &crush_protocol::CancelParams { id: id.clone() },
-                ));
+                self.abandon_request(&id);
                 Err(RpcError::new(
                     ErrorCode::RequestTimeout,
                     format!(

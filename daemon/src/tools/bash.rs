@@ -78,7 +78,7 @@ mod unix {
     use serde_json::json;
     use tokio::io::{AsyncRead, AsyncReadExt};
     use tokio::process::{Child, Command};
-    use tokio::task::JoinHandle;
+    use tokio_util::task::AbortOnDropHandle;
 
     use super::Call;
     use crate::sync::lock;
@@ -122,16 +122,27 @@ mod unix {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .and_then(Pid::from_raw);
+        // Declared after `child`, so if this future is dropped mid-call the group is killed
+        // before the child's own kill_on_drop, while the unreaped shell still holds the id.
+        let mut guard = GroupGuard(pgid);
 
         let half = ctx.limits.output_max_bytes.max(2) / 2;
         let stdout = Arc::new(Mutex::new(Capture::new(half)));
         let stderr = Arc::new(Mutex::new(Capture::new(half)));
-        let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+        // Readers run as tasks so the pipes never fill and stall the command; they are aborted
+        // when dropped, so none outlives the call.
+        let mut pumps: Vec<AbortOnDropHandle<()>> = Vec::new();
         if let Some(s) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(s, stdout.clone())));
+            pumps.push(AbortOnDropHandle::new(tokio::spawn(pump(
+                s,
+                stdout.clone(),
+            ))));
         }
         if let Some(s) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(s, stderr.clone())));
+            pumps.push(AbortOnDropHandle::new(tokio::spawn(pump(
+                s,
+                stderr.clone(),
+            ))));
         }
 
         let end = tokio::select! {
@@ -154,6 +165,9 @@ mod unix {
             }
         }
 
+        // Every path above has killed the group; after the shell is reaped its id may be reused.
+        guard.0 = None;
+
         let drained = tokio::time::timeout(DRAIN_WAIT, async {
             for p in &mut pumps {
                 let _ = p.await;
@@ -161,11 +175,8 @@ mod unix {
         })
         .await
         .is_ok();
-        if !drained {
-            for p in &pumps {
-                p.abort();
-            }
-        }
+        // What they captured so far stays in the shared buffers.
+        drop(pumps);
 
         let stdout = lock(&stdout);
         let stderr = lock(&stderr);
@@ -262,6 +273,15 @@ mod unix {
         if let Some(pgid) = pgid {
             // ESRCH (the group is already gone) is the expected, harmless failure.
             let _ = kill_process_group(pgid, sig);
+        }
+    }
+
+    /// Kills the process group when dropped while still armed.
+    struct GroupGuard(Option<Pid>);
+
+    impl Drop for GroupGuard {
+        fn drop(&mut self) {
+            kill_group(self.0, Signal::KILL);
         }
     }
 

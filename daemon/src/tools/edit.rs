@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::paths::{Resolved, Workspace};
+use super::view::not_regular;
 use super::write::{atomic_write, unified_diff};
 use super::{Action, Prepared, ToolContext, ToolOutput, de_opt_bool};
 
@@ -141,6 +142,7 @@ fn read_text(r: &Resolved) -> Result<String, ToolOutput> {
                 "{shown} is a directory, not a file."
             )));
         }
+        Ok(m) if !m.is_file() => return Err(not_regular(shown)),
         Ok(m) if m.len() > EDIT_MAX_BYTES => {
             return Err(ToolOutput::error(format!(
                 "{shown} is {} bytes, too large to edit (limit {EDIT_MAX_BYTES}).",

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::output::cut_line;
 use super::paths::Workspace;
-use super::view::BINARY_SNIFF_BYTES;
+use super::view::{BINARY_SNIFF_BYTES, not_regular};
 use super::{Action, Prepared, ToolContext, ToolOutput, de_opt_bool, opt_path, walker};
 
 /// Matching lines are cut to this many characters.
@@ -36,7 +36,7 @@ pub(crate) struct Call {
 }
 
 /// The `include` filter: a glob without '/' is matched against file names, one with '/' against
-/// the path relative to the search directory.
+/// the path relative to the search directory or to the workspace root.
 #[derive(Debug)]
 struct Include {
     matcher: GlobMatcher,
@@ -99,7 +99,9 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
         Err(e) => return e,
     };
     let is_dir = match std::fs::metadata(&r.real) {
-        Ok(m) => m.is_dir(),
+        Ok(m) if m.is_dir() => true,
+        Ok(m) if m.is_file() => false,
+        Ok(_) => return not_regular(&r.shown),
         Err(e) => return ToolOutput::error(format!("Cannot search {}: {e}", r.shown)),
     };
     let mut s = Search {
@@ -123,10 +125,12 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
             }
             if let Some(inc) = &call.include {
                 let hit = if inc.on_path {
-                    entry
-                        .path()
-                        .strip_prefix(&r.real)
+                    // Relative to the search directory or to the root: models write either.
+                    let p = entry.path();
+                    p.strip_prefix(&r.real)
                         .is_ok_and(|rel| inc.matcher.is_match(rel))
+                        || p.strip_prefix(&ws.root)
+                            .is_ok_and(|rel| inc.matcher.is_match(rel))
                 } else {
                     inc.matcher.is_match(entry.file_name())
                 };

@@ -219,7 +219,7 @@ pub fn specs() -> Vec<ToolSpec> {
                 "properties": {
                     "pattern": {"type": "string", "description": "The regular expression to search for."},
                     "path": path_prop("The file or directory to search (default: the workspace root)"),
-                    "include": {"type": "string", "description": "Only search files matching this glob, e.g. '*.rs' or '*.{ts,tsx}' (matched against the file name), or 'src/**/*.rs' (matched against the path when it contains '/')."},
+                    "include": {"type": "string", "description": "Only search files matching this glob, e.g. '*.rs' or '*.{ts,tsx}' (matched against the file name), or 'src/**/*.rs' (matched against the path, relative to the search path or the workspace root, when it contains '/')."},
                     "ignore_case": {"type": "boolean", "description": "Match case-insensitively (default false)."}
                 },
                 "required": ["pattern"],
@@ -294,40 +294,31 @@ pub async fn prepare(ctx: &ToolContext, tool: &str, input: &str) -> Result<Prepa
     if ctx.cancel.is_cancelled() {
         return Err(ToolOutput::cancelled());
     }
-    let prepared = match tool {
-        "view" => {
-            let args = parse(tool, input)?;
-            let ctx = ctx.clone();
-            blocking(move || view::prepare(&ctx, args)).await?
-        }
-        "ls" => {
-            let args = parse(tool, input)?;
-            let ctx = ctx.clone();
-            blocking(move || ls::prepare(&ctx, args)).await?
-        }
-        "glob" => {
-            let args = parse(tool, input)?;
-            let ctx = ctx.clone();
-            blocking(move || glob::prepare(&ctx, args)).await?
-        }
-        "grep" => {
-            let args = parse(tool, input)?;
-            let ctx = ctx.clone();
-            blocking(move || grep::prepare(&ctx, args)).await?
-        }
-        "write" => {
-            let args = parse(tool, input)?;
-            let ctx = ctx.clone();
-            blocking(move || write::prepare(&ctx, args)).await?
-        }
-        "edit" => {
-            let args = parse(tool, input)?;
-            let ctx = ctx.clone();
-            blocking(move || edit::prepare(&ctx, args)).await?
-        }
-        _ => bash::prepare(ctx, parse(tool, input)?)?,
-    };
-    Ok(prepared)
+    match tool {
+        "view" => prepare_with(ctx, tool, input, view::prepare).await,
+        "ls" => prepare_with(ctx, tool, input, ls::prepare).await,
+        "glob" => prepare_with(ctx, tool, input, glob::prepare).await,
+        "grep" => prepare_with(ctx, tool, input, grep::prepare).await,
+        "write" => prepare_with(ctx, tool, input, write::prepare).await,
+        "edit" => prepare_with(ctx, tool, input, edit::prepare).await,
+        _ => bash::prepare(ctx, parse(tool, input)?),
+    }
+}
+
+/// Parses the input, then runs a tool's prepare (which resolves paths and may read files) on the
+/// blocking pool.
+async fn prepare_with<A: DeserializeOwned + Send + 'static>(
+    ctx: &ToolContext,
+    tool: &str,
+    input: &str,
+    f: fn(&ToolContext, A) -> Result<Prepared, ToolOutput>,
+) -> Result<Prepared, ToolOutput> {
+    let args = parse(tool, input)?;
+    let ctx = ctx.clone();
+    match tokio::task::spawn_blocking(move || f(&ctx, args)).await {
+        Ok(r) => r,
+        Err(e) => Err(internal_error(&e)),
+    }
 }
 
 impl Prepared {
@@ -336,7 +327,7 @@ impl Prepared {
         if ctx.cancel.is_cancelled() {
             return ToolOutput::cancelled();
         }
-        let out = match self.action {
+        let mut out = match self.action {
             Action::View(call) => run_blocking(ctx, move |ctx| view::run(ctx, call)).await,
             Action::Ls(call) => run_blocking(ctx, move |ctx| ls::run(ctx, call)).await,
             Action::Glob(call) => run_blocking(ctx, move |ctx| glob::run(ctx, call)).await,
@@ -345,22 +336,12 @@ impl Prepared {
             Action::Edit(call) => run_blocking(ctx, move |ctx| edit::run(ctx, call)).await,
             Action::Bash(call) => bash::run(ctx, call).await,
         };
-        let mut out = out;
         out.content = output::cap_text(&out.content, ctx.limits.output_max_bytes);
         out
     }
 }
 
-/// Runs blocking prepare work off the async threads. A panic in it becomes an error output.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ToolOutput> + Send + 'static,
-) -> Result<T, ToolOutput> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(internal_error(&e)),
-    }
-}
-
+/// Runs a tool's blocking work off the async threads. A panic in it becomes an error output.
 async fn run_blocking(
     ctx: &ToolContext,
     f: impl FnOnce(&ToolContext) -> ToolOutput + Send + 'static,

@@ -94,6 +94,10 @@ fn view(
             "{shown} is a directory; use ls to list it."
         )));
     }
+    if !meta.is_file() {
+        // Opening a FIFO would block until a writer appears; devices are not text files.
+        return Err(not_regular(shown));
+    }
     let ranged = offset.is_some() || limit.is_some();
     let max = ctx.limits.view_max_bytes;
     if meta.len() > max && !ranged {
@@ -195,6 +199,13 @@ fn view(
         ));
     }
     Ok(ToolOutput::ok(out))
+}
+
+/// The refusal for FIFOs, sockets and devices, which reading could block on forever.
+pub(crate) fn not_regular(shown: &str) -> ToolOutput {
+    ToolOutput::error(format!(
+        "{shown} is not a regular file (a FIFO, socket or device); the tools only read and write regular files."
+    ))
 }
 
 fn binary(shown: &str) -> ToolOutput {

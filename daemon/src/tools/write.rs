@@ -13,6 +13,7 @@ use serde_json::json;
 use similar::TextDiff;
 
 use super::paths::Workspace;
+use super::view::not_regular;
 use super::{Action, Prepared, ToolContext, ToolOutput};
 
 /// Above this size (either side) no diff is computed: it would be slow and unreadable.
@@ -43,6 +44,7 @@ pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOut
                 r.shown
             )));
         }
+        Ok(m) if !m.is_file() => return Err(not_regular(&r.shown)),
         Ok(m) if m.len() > DIFF_MAX_BYTES as u64 => Some(None),
         Ok(_) => match fs::read(&r.real) {
             Ok(bytes) => Some(Some(String::from_utf8_lossy(&bytes).into_owned())),
@@ -87,6 +89,7 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
         Ok(m) if m.is_dir() => {
             return ToolOutput::error(format!("{} is a directory.", r.shown));
         }
+        Ok(m) if !m.is_file() => return not_regular(&r.shown),
         Ok(_) => true,
         Err(_) => false,
     };
