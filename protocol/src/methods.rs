@@ -286,7 +286,7 @@ pub struct PermissionResolvedParams {
     pub run_id: String,
     /// `allow`, `allowSession`, `deny`, or `cancelled` (the run was cancelled first).
     pub decision: String,
-    /// The `clientInfo.name` of the client that answered (`"crushd"` for a cancel).
+    /// The `clientInfo.name` of the client that answered (`"cancel"` when a cancel withdrew it).
     pub by: String,
 }
 

@@ -381,8 +381,8 @@ fn key_of(id: &str, p: &ProviderConfig) -> Result<Option<String>, String> {
             Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
             _ => Err(format!(
                 "provider {id} needs its API key in the environment variable {var}, which is not \
-                 set in the daemon's environment (set it, then restart the daemon with \
-                 `crushctl daemon restart`)"
+                 set in the daemon's environment (set it, then stop the daemon with \
+                 `crushctl daemon stop` so the next client starts it with the new environment)"
             )),
         },
     }

@@ -73,7 +73,7 @@ impl Model for OpenAiModel {
 }
 
 /// The request body for a step.
-pub fn request_body(model: &str, request: &TurnRequest) -> Value {
+pub fn request_body(model: &str, request: &TurnRequest, official: bool) -> Value {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if !request.system.is_empty() {
         messages.push(json!({"role": "system", "content": request.system}));
@@ -130,7 +130,14 @@ pub fn request_body(model: &str, request: &TurnRequest) -> Value {
             .collect();
     }
     if let Some(n) = request.max_output_tokens {
-        body["max_tokens"] = json!(n);
+        // OpenAI's own API takes `max_completion_tokens` (its reasoning models refuse
+        // `max_tokens`); compatible servers know only `max_tokens`.
+        let key = if official {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body[key] = json!(n);
     }
     body
 }
@@ -146,7 +153,8 @@ impl Inner {
         ),
         ModelError,
     > {
-        let body = request_body(&self.info.model, &request);
+        let official = self.endpoint.base_url.starts_with("https://api.openai.com");
+        let body = request_body(&self.info.model, &request, official);
         let mut req = self
             .http
             .post(&self.url)
@@ -496,7 +504,7 @@ mod tests {
             }],
             max_output_tokens: Some(100),
         };
-        let b = request_body("m", &req);
+        let b = request_body("m", &req, false);
         assert_eq!(b["messages"][0]["role"], "system");
         assert_eq!(b["messages"][2]["content"], Value::Null);
         assert_eq!(
@@ -506,5 +514,8 @@ mod tests {
         assert_eq!(b["messages"][3]["tool_call_id"], "c1");
         assert_eq!(b["tools"][0]["function"]["name"], "view");
         assert_eq!(b["max_tokens"], 100);
+        let b = request_body("m", &req, true);
+        assert_eq!(b["max_completion_tokens"], 100);
+        assert!(b.get("max_tokens").is_none());
     }
 }

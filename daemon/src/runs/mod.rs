@@ -418,9 +418,10 @@ impl Runtime {
         {
             return Ok(r);
         }
+        let requested = p.model.as_deref().map(str::trim).filter(|m| !m.is_empty());
         let model = self
             .models
-            .resolve(p.model.as_deref().or(session.model.as_deref()))?;
+            .resolve(requested.or(session.model.as_deref()))?;
         let run = Arc::new(RunMeta {
             run_id: run_id.clone(),
             session_id: session.id.clone(),
@@ -788,7 +789,19 @@ impl Runtime {
     pub async fn unsubscribe(&self, peer: &Peer, session_id: &str) -> Result<bool, RpcError> {
         let removed = peer.remove_subscription(session_id);
         if let Some(s) = self.existing_session(session_id) {
-            let was = lock(&s.inner).subscribers.remove(&peer.id).is_some();
+            let was = {
+                let mut inner = lock(&s.inner);
+                // Its copies of pending prompts are withdrawn: it no longer speaks for the session.
+                for p in &mut inner.permissions {
+                    p.sent.retain(|(to, id)| {
+                        if to.id == peer.id {
+                            to.abandon_request(id);
+                        }
+                        to.id != peer.id
+                    });
+                }
+                inner.subscribers.remove(&peer.id).is_some()
+            };
             self.maybe_evict(&s);
             return Ok(was || removed);
         }
@@ -854,6 +867,7 @@ impl Runtime {
         params: PermissionRequestParams,
     ) -> Resolution {
         let (tx, rx) = oneshot::channel();
+        let request_id = params.request_id.clone();
         {
             let mut inner = lock(&s.inner);
             if token.is_cancelled() {
@@ -886,9 +900,22 @@ impl Runtime {
         }
         // A cancel resolves the request under the session lock (cancel_session), so the
         // answer channel always yields; the token is a backstop for a dropped sender.
+        let cancelled = || Resolution {
+            decision: None,
+            by: "cancel".to_owned(),
+        };
         tokio::select! {
-            r = rx => r.unwrap_or(Resolution { decision: None, by: "cancel".to_owned() }),
-            _ = token.cancelled() => Resolution { decision: None, by: "cancel".to_owned() },
+            r = rx => r.unwrap_or_else(|_| cancelled()),
+            _ = token.cancelled() => {
+                // A workspace close or shutdown fires the token before it drains the session:
+                // withdraw the request here so `permissionResolved` precedes the call's end.
+                let mut inner = lock(&s.inner);
+                if let Some(i) = inner.permissions.iter().position(|p| p.params.request_id == request_id) {
+                    let p = inner.permissions.remove(i);
+                    self.finish_permission(&mut inner, p, None, "cancel");
+                }
+                cancelled()
+            }
         }
     }
 
