@@ -53,6 +53,18 @@ async fn world() -> World {
     world_with("openai", "").await
 }
 
+/// Opens `project` as a workspace and creates a session in it.
+async fn new_session(c: &mut RawConn, project: &std::path::Path) -> String {
+    let ws = c.request("workspace/open", json!({"path": project})).await;
+    let s = c
+        .request(
+            "session/create",
+            json!({"workspaceId": ws["result"]["workspaceId"]}),
+        )
+        .await;
+    s["result"]["sessionId"].as_str().unwrap().to_owned()
+}
+
 async fn subscribe(c: &mut RawConn, session: &str) -> Value {
     let r = c
         .request("session/subscribe", json!({"sessionId": session}))
@@ -477,14 +489,7 @@ async fn auth_errors_name_the_provider_and_the_key_variable_and_are_not_retried(
     let mut c = RawConn::initialized(&env.socket).await;
     let project = env.dir.path().join("p");
     std::fs::create_dir_all(&project).unwrap();
-    let ws = c.request("workspace/open", json!({"path": project})).await;
-    let s = c
-        .request(
-            "session/create",
-            json!({"workspaceId": ws["result"]["workspaceId"]}),
-        )
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    let session = new_session(&mut c, &project).await;
     mock.push(Script::error(401, "invalid x-api-key"));
     let run = send(&mut c, &session, "hi", json!({})).await;
     let done = c.run_complete(&run).await;
@@ -609,14 +614,7 @@ async fn a_slow_server_times_out_naming_the_endpoint() {
     let mut c = RawConn::initialized(&env.socket).await;
     let project = env.dir.path().join("p");
     std::fs::create_dir_all(&project).unwrap();
-    let ws = c.request("workspace/open", json!({"path": project})).await;
-    let s = c
-        .request(
-            "session/create",
-            json!({"workspaceId": ws["result"]["workspaceId"]}),
-        )
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    let session = new_session(&mut c, &project).await;
     mock.push(Script::text("late").first_chunk_delay(std::time::Duration::from_secs(5)));
     let run = send(&mut c, &session, "hi", json!({})).await;
     let done = c.run_complete(&run).await;

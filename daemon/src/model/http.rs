@@ -6,12 +6,62 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt, stream};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::ModelError;
+use super::{ModelError, ModelEvent};
+
+/// A provider's stream decoder: turns server-sent events into model events.
+pub trait SseDecoder: Send + 'static {
+    /// The events one SSE event (`event:` name and `data:` payload) yields.
+    fn event(&mut self, name: &str, data: &str) -> Vec<ModelEvent>;
+    /// Whether the step ended (a `Finish` or `Error` was yielded); nothing is read after it.
+    fn done(&self) -> bool;
+    /// The body ended: a `Finish` if the reply was complete enough, else an `Error`.
+    fn end(&mut self) -> Vec<ModelEvent>;
+}
+
+/// Decodes a streaming response body with `dec`, ending after the first `Finish` or `Error`;
+/// a transport failure becomes an error naming `endpoint` and `url`.
+pub fn decode_sse<D: SseDecoder>(
+    endpoint: Endpoint,
+    url: String,
+    body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+    dec: D,
+) -> impl Stream<Item = ModelEvent> + Send {
+    let sse = Box::pin(body.eventsource());
+    stream::unfold(Some((sse, dec)), move |state| {
+        let (endpoint, url) = (endpoint.clone(), url.clone());
+        async move {
+            let (mut sse, mut dec) = state?;
+            loop {
+                match sse.next().await {
+                    Some(Ok(event)) => {
+                        let out = dec.event(&event.event, &event.data);
+                        if dec.done() {
+                            return Some((out, None));
+                        }
+                        if !out.is_empty() {
+                            return Some((out, Some((sse, dec))));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let err = endpoint.sse_error(&url, &e);
+                        return Some((vec![ModelEvent::Error(err)], None));
+                    }
+                    None => {
+                        let out = dec.end();
+                        return (!out.is_empty()).then_some((out, None));
+                    }
+                }
+            }
+        }
+    })
+    .flat_map(stream::iter)
+}
 
 /// How long connecting to a model server may take by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use eventsource_stream::Eventsource;
 use futures::stream;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::ModelInfo;
 
-use super::http::{Endpoint, error_message};
+use super::http::{Endpoint, SseDecoder, decode_sse, error_message};
 use super::{
     ChatMessage, EventStream, FinishReason, Model, ModelError, ModelEvent, ToolCall, TurnRequest,
     Usage,
@@ -342,40 +341,31 @@ impl Decoder {
     }
 }
 
+impl SseDecoder for Decoder {
+    fn event(&mut self, _name: &str, data: &str) -> Vec<ModelEvent> {
+        self.data(data)
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn end(&mut self) -> Vec<ModelEvent> {
+        Decoder::end(self)
+    }
+}
+
 /// Decodes a response body into model events, ending after the first `Finish` or `Error`.
 fn decode(
     inner: Arc<Inner>,
     body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
 ) -> impl Stream<Item = ModelEvent> + Send {
-    let sse = Box::pin(body.eventsource());
-    stream::unfold(Some((sse, Decoder::default())), move |state| {
-        let inner = inner.clone();
-        async move {
-            let (mut sse, mut dec) = state?;
-            loop {
-                match sse.next().await {
-                    Some(Ok(event)) => {
-                        let out = dec.data(&event.data);
-                        if dec.done {
-                            return Some((out, None));
-                        }
-                        if !out.is_empty() {
-                            return Some((out, Some((sse, dec))));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        let err = inner.endpoint.sse_error(&inner.url, &e);
-                        return Some((vec![ModelEvent::Error(err)], None));
-                    }
-                    None => {
-                        let out = dec.end();
-                        return (!out.is_empty()).then_some((out, None));
-                    }
-                }
-            }
-        }
-    })
-    .flat_map(stream::iter)
+    decode_sse(
+        inner.endpoint.clone(),
+        inner.url.clone(),
+        body,
+        Decoder::default(),
+    )
 }
 
 #[cfg(test)]
