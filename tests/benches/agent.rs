@@ -30,16 +30,10 @@ mod bench {
     use serde_json::{Value, json};
 
     use crush_tests::mock_llm::{MockLlm, Script};
-    use crush_tests::{RawConn, TestEnv};
+    use crush_tests::{RawConn, TestEnv, percentile as pct};
 
     const TOKENS: usize = 200;
     const LOOPS: usize = 40;
-
-    fn pct(samples: &mut [Duration], p: f64) -> Duration {
-        samples.sort_unstable();
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i]
-    }
 
     fn us(d: Duration) -> String {
         format!("{:.0} µs", d.as_secs_f64() * 1e6)

@@ -28,17 +28,11 @@ mod bench {
     use serde_json::{Value, json};
 
     use crush_tests::mock_llm::{MockLlm, Script};
-    use crush_tests::{RawConn, TestEnv};
+    use crush_tests::{RawConn, TestEnv, percentile as pct};
 
     const ITER: usize = 300;
     const CANCEL_ITER: usize = 200;
     const CHUNKS: usize = 20;
-
-    fn pct(samples: &mut [Duration], p: f64) -> Duration {
-        samples.sort_unstable();
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i]
-    }
 
     fn ms(d: Duration) -> String {
         format!("{:.3} ms", d.as_secs_f64() * 1e3)

@@ -414,6 +414,13 @@ impl RawConn {
 }
 
 /// The error code of a response, or `None` for a success.
+/// The `p` quantile (0.0–1.0) of `samples`, which it sorts: the benchmarks' percentiles.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
 pub fn error_code(response: &Value) -> Option<i64> {
     response.pointer("/error/code").and_then(Value::as_i64)
 }

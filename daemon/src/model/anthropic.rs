@@ -8,14 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::stream;
-use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crush_protocol::ModelInfo;
 
-use super::http::{Endpoint, SseDecoder, decode_sse, error_message};
+use super::http::{Endpoint, HttpModel, SseDecoder, error_message};
 use super::{
     ChatMessage, EventStream, FinishReason, Model, ModelError, ModelEvent, Reasoning, ToolCall,
     TurnRequest, Usage,
@@ -39,32 +37,16 @@ const RETRYABLE_ERRORS: [&str; 3] = ["overloaded_error", "api_error", "rate_limi
 
 #[derive(Debug, Clone)]
 pub struct AnthropicModel {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    info: ModelInfo,
-    endpoint: Endpoint,
-    url: String,
-    http: reqwest::Client,
+    inner: Arc<HttpModel>,
 }
 
 impl AnthropicModel {
     /// A model reached at `endpoint` (whose base URL is the part before `/v1`; one that already
     /// ends with `/v1` is accepted too).
     pub fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
-        if info.model.trim().is_empty() {
-            return Err("it has no model id".to_owned());
-        }
-        let http = endpoint.client()?;
+        let url = messages_url(&endpoint);
         Ok(Self {
-            inner: Arc::new(Inner {
-                url: messages_url(&endpoint),
-                info,
-                endpoint,
-                http,
-            }),
+            inner: Arc::new(HttpModel::new(info, endpoint, url)?),
         })
     }
 }
@@ -86,16 +68,15 @@ impl Model for AnthropicModel {
     }
 
     fn stream(&self, request: TurnRequest, cancel: CancellationToken) -> EventStream {
-        let inner = self.inner.clone();
-        let events =
-            stream::once(async move { inner.open(request).await }).flat_map(
-                |opened| match opened {
-                    Ok((inner, body)) => decode(inner, body).boxed(),
-                    Err(e) => stream::iter([ModelEvent::Error(e)]).boxed(),
-                },
-            );
-        // Ending the stream on cancel drops the response body, which closes the connection.
-        Box::pin(events.take_until(cancel.cancelled_owned()))
+        let info = &self.inner.info;
+        let default_max = info.max_output_tokens.unwrap_or(FALLBACK_MAX_TOKENS);
+        let body = request_body(&info.model, &request, default_max);
+        let mut headers = vec![("anthropic-version", API_VERSION.to_owned())];
+        if let Some(key) = &self.inner.endpoint.api_key {
+            headers.push(("x-api-key", key.clone()));
+        }
+        let dec = Decoder::new(&self.inner.endpoint.provider);
+        self.inner.stream(body, headers, dec, cancel)
     }
 }
 
@@ -242,43 +223,6 @@ fn tool_input(input: &str) -> Value {
     match serde_json::from_str::<Value>(input) {
         Ok(v @ Value::Object(_)) => v,
         _ => json!({}),
-    }
-}
-
-impl Inner {
-    async fn open(
-        self: Arc<Self>,
-        request: TurnRequest,
-    ) -> Result<
-        (
-            Arc<Self>,
-            impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + use<>,
-        ),
-        ModelError,
-    > {
-        let default_max = self.info.max_output_tokens.unwrap_or(FALLBACK_MAX_TOKENS);
-        let body = request_body(&self.info.model, &request, default_max);
-        let mut req = self
-            .http
-            .post(&self.url)
-            .header("anthropic-version", API_VERSION)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .body(body.to_string());
-        if let Some(key) = &self.endpoint.api_key {
-            req = req.header("x-api-key", key);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.endpoint.send_error(&self.url, &e))?;
-        if !resp.status().is_success() {
-            return Err(self
-                .endpoint
-                .status_error(&self.url, &self.info.model, resp)
-                .await);
-        }
-        Ok((self.clone(), resp.bytes_stream()))
     }
 }
 
@@ -561,20 +505,12 @@ impl SseDecoder for Decoder {
     }
 }
 
-/// Decodes a response body into model events, ending after the first `Finish` or `Error`.
-fn decode(
-    inner: Arc<Inner>,
-    body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
-) -> impl Stream<Item = ModelEvent> + Send {
-    let dec = Decoder::new(&inner.endpoint.provider);
-    decode_sse(inner.endpoint.clone(), inner.url.clone(), body, dec)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::model::ToolSpec;
+    use futures::StreamExt;
 
     fn feed(d: &mut Decoder, events: &[&str]) -> Vec<ModelEvent> {
         events.iter().flat_map(|e| d.event("", e)).collect()

@@ -4,6 +4,7 @@
 //! timeout names the endpoint — and that say whether trying again can help (429, 5xx, connection
 //! failures) and how long the server asked us to wait.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -12,7 +13,90 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::{ModelError, ModelEvent};
+use crush_protocol::ModelInfo;
+use tokio_util::sync::CancellationToken;
+
+use super::{EventStream, ModelError, ModelEvent};
+
+/// What an HTTP provider's model is: its identity, endpoint, the URL it posts to and the client
+/// (one per model, so connections are pooled across steps), plus the one streaming call both
+/// APIs make — POST a JSON body, fail on a non-2xx status, decode the SSE body.
+#[derive(Debug)]
+pub struct HttpModel {
+    pub info: ModelInfo,
+    pub endpoint: Endpoint,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl HttpModel {
+    pub fn new(info: ModelInfo, endpoint: Endpoint, url: String) -> Result<Self, String> {
+        if info.model.trim().is_empty() {
+            return Err("it has no model id".to_owned());
+        }
+        let http = endpoint.client()?;
+        Ok(Self {
+            info,
+            endpoint,
+            url,
+            http,
+        })
+    }
+
+    /// Posts `body` with the extra `headers` (authentication, API version) and streams the reply
+    /// through `dec`. A failure to connect or a non-2xx answer is the stream's one `Error`. The
+    /// stream ends as soon as `cancel` fires, dropping the response, which closes the connection.
+    pub fn stream<D: SseDecoder>(
+        self: &Arc<Self>,
+        body: Value,
+        headers: Vec<(&'static str, String)>,
+        dec: D,
+        cancel: CancellationToken,
+    ) -> EventStream {
+        let me = self.clone();
+        let events = stream::once(async move {
+            match me.open(body, headers).await {
+                Ok(resp) => decode_sse(
+                    me.endpoint.clone(),
+                    me.url.clone(),
+                    resp.bytes_stream(),
+                    dec,
+                )
+                .boxed(),
+                Err(e) => stream::iter([ModelEvent::Error(e)]).boxed(),
+            }
+        })
+        .flatten();
+        Box::pin(events.take_until(cancel.cancelled_owned()))
+    }
+
+    async fn open(
+        &self,
+        body: Value,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<reqwest::Response, ModelError> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(body.to_string());
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.endpoint.send_error(&self.url, &e))?;
+        if !resp.status().is_success() {
+            return Err(self
+                .endpoint
+                .status_error(&self.url, &self.info.model, resp)
+                .await);
+        }
+        Ok(resp)
+    }
+}
 
 /// A provider's stream decoder: turns server-sent events into model events.
 pub trait SseDecoder: Send + 'static {

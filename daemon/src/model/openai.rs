@@ -6,14 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::stream;
-use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crush_protocol::ModelInfo;
 
-use super::http::{Endpoint, SseDecoder, decode_sse, error_message};
+use super::http::{Endpoint, HttpModel, SseDecoder, error_message};
 use super::{
     ChatMessage, EventStream, FinishReason, Model, ModelError, ModelEvent, ToolCall, TurnRequest,
     Usage,
@@ -23,31 +21,19 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 #[derive(Debug, Clone)]
 pub struct OpenAiModel {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    info: ModelInfo,
-    endpoint: Endpoint,
-    url: String,
-    http: reqwest::Client,
+    inner: Arc<HttpModel>,
+    /// OpenAI's own API, which names the output cap differently from compatible servers.
+    official: bool,
 }
 
 impl OpenAiModel {
     /// A model reached at `endpoint` (whose base URL is the part before `/chat/completions`).
     pub fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
-        if info.model.trim().is_empty() {
-            return Err("it has no model id".to_owned());
-        }
-        let http = endpoint.client()?;
+        let official = endpoint.base_url.starts_with("https://api.openai.com");
+        let url = endpoint.url("/chat/completions");
         Ok(Self {
-            inner: Arc::new(Inner {
-                url: endpoint.url("/chat/completions"),
-                info,
-                endpoint,
-                http,
-            }),
+            inner: Arc::new(HttpModel::new(info, endpoint, url)?),
+            official,
         })
     }
 }
@@ -58,16 +44,12 @@ impl Model for OpenAiModel {
     }
 
     fn stream(&self, request: TurnRequest, cancel: CancellationToken) -> EventStream {
-        let inner = self.inner.clone();
-        let events =
-            stream::once(async move { inner.open(request).await }).flat_map(
-                |opened| match opened {
-                    Ok((inner, body)) => decode(inner, body).boxed(),
-                    Err(e) => stream::iter([ModelEvent::Error(e)]).boxed(),
-                },
-            );
-        // Ending the stream on cancel drops the response body, which closes the connection.
-        Box::pin(events.take_until(cancel.cancelled_owned()))
+        let body = request_body(&self.inner.info.model, &request, self.official);
+        let headers = match &self.inner.endpoint.api_key {
+            Some(key) => vec![("authorization", format!("Bearer {key}"))],
+            None => Vec::new(),
+        };
+        self.inner.stream(body, headers, Decoder::default(), cancel)
     }
 }
 
@@ -139,42 +121,6 @@ pub fn request_body(model: &str, request: &TurnRequest, official: bool) -> Value
         body[key] = json!(n);
     }
     body
-}
-
-impl Inner {
-    async fn open(
-        self: Arc<Self>,
-        request: TurnRequest,
-    ) -> Result<
-        (
-            Arc<Self>,
-            impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + use<>,
-        ),
-        ModelError,
-    > {
-        let official = self.endpoint.base_url.starts_with("https://api.openai.com");
-        let body = request_body(&self.info.model, &request, official);
-        let mut req = self
-            .http
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .body(body.to_string());
-        if let Some(key) = &self.endpoint.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.endpoint.send_error(&self.url, &e))?;
-        if !resp.status().is_success() {
-            return Err(self
-                .endpoint
-                .status_error(&self.url, &self.info.model, resp)
-                .await);
-        }
-        Ok((self.clone(), resp.bytes_stream()))
-    }
 }
 
 /// A tool call being streamed: pieces arrive by `index`, and compatible servers differ in
@@ -353,19 +299,6 @@ impl SseDecoder for Decoder {
     fn end(&mut self) -> Vec<ModelEvent> {
         Decoder::end(self)
     }
-}
-
-/// Decodes a response body into model events, ending after the first `Finish` or `Error`.
-fn decode(
-    inner: Arc<Inner>,
-    body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
-) -> impl Stream<Item = ModelEvent> + Send {
-    decode_sse(
-        inner.endpoint.clone(),
-        inner.url.clone(),
-        body,
-        Decoder::default(),
-    )
 }
 
 #[cfg(test)]

@@ -625,8 +625,7 @@ impl Runtime {
                 input,
                 diff: prepared.diff.clone(),
             };
-            let answer = self.ask_permission(s, token, params).await;
-            match answer.decision {
+            match self.ask_permission(s, token, params).await {
                 Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
                 Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
                     return (

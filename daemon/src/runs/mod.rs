@@ -81,20 +81,13 @@ struct Grants {
 /// How many answered permission requests are remembered for late answers.
 const RESOLVED_MEMORY: usize = 1024;
 
-/// How a permission request ended.
-#[derive(Debug, Clone)]
-pub struct Resolution {
-    /// `None`: withdrawn because the run was cancelled.
-    pub decision: Option<PermissionDecision>,
-    pub by: String,
-}
-
 /// A tool call waiting for a client's answer.
 struct PendingPermission {
     params: PermissionRequestParams,
     /// Every connection it was sent to, with that connection's request id.
     sent: Vec<(Arc<Peer>, RequestId)>,
-    answer: oneshot::Sender<Resolution>,
+    /// The decision, or `None` when a cancel withdrew the request.
+    answer: oneshot::Sender<Option<PermissionDecision>>,
 }
 
 /// A workspace's run ownership: every run task of the workspace is on `tracker` and cancelled
@@ -859,22 +852,19 @@ impl Runtime {
     }
 
     /// Asks the session's clients whether a tool call may run, and waits for the first answer
-    /// (or the run's cancel). With no client connected the request waits for one.
+    /// (or the run's cancel: `None`). With no client connected the request waits for one.
     async fn ask_permission(
         self: &Arc<Self>,
         s: &SessionRt,
         token: &CancellationToken,
         params: PermissionRequestParams,
-    ) -> Resolution {
+    ) -> Option<PermissionDecision> {
         let (tx, rx) = oneshot::channel();
         let request_id = params.request_id.clone();
         {
             let mut inner = lock(&s.inner);
             if token.is_cancelled() {
-                return Resolution {
-                    decision: None,
-                    by: "cancel".to_owned(),
-                };
+                return None;
             }
             let mut p = PendingPermission {
                 params,
@@ -900,12 +890,8 @@ impl Runtime {
         }
         // A cancel resolves the request under the session lock (cancel_session), so the
         // answer channel always yields; the token is a backstop for a dropped sender.
-        let cancelled = || Resolution {
-            decision: None,
-            by: "cancel".to_owned(),
-        };
         tokio::select! {
-            r = rx => r.unwrap_or_else(|_| cancelled()),
+            r = rx => r.unwrap_or(None),
             _ = token.cancelled() => {
                 // A workspace close or shutdown fires the token before it drains the session:
                 // withdraw the request here so `permissionResolved` precedes the call's end.
@@ -914,7 +900,7 @@ impl Runtime {
                     let p = inner.permissions.remove(i);
                     self.finish_permission(&mut inner, p, None, "cancel");
                 }
-                cancelled()
+                None
             }
         }
     }
@@ -1024,10 +1010,7 @@ impl Runtime {
                 by: by.to_owned(),
             },
         );
-        let _ = p.answer.send(Resolution {
-            decision,
-            by: by.to_owned(),
-        });
+        let _ = p.answer.send(decision);
     }
 
     /// Whether a tool call may run without asking: the send or the session is in yolo mode,
