@@ -172,6 +172,7 @@ impl Client {
                 client_info: Some(opts.client_info),
                 client_id: opts.client_id,
                 protocol_version: Some(PROTOCOL_VERSION),
+                restore_subscriptions: None,
             })
             .await?;
         client.notify_raw("initialized", &serde_json::json!({}));
@@ -309,6 +310,9 @@ fn placeholder_init() -> InitializeResult {
         capabilities: Default::default(),
         pid: 0,
         client_id: String::new(),
+        epoch: String::new(),
+        resumed: false,
+        restored: Vec::new(),
     }
 }
 

@@ -30,6 +30,16 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Longest time streamed text waits in memory before it is written to the database.
     pub flush_interval: Duration,
+    /// How long a dropped client's claims and subscriptions wait for it to reconnect.
+    pub claim_grace: Duration,
+    /// How long a workspace with no claims, runs or subscribers stays loaded.
+    pub workspace_idle: Duration,
+    /// The replay log of each session keeps at most this many events…
+    pub replay_events: usize,
+    /// …and at most this many bytes.
+    pub replay_bytes: usize,
+    /// A connection whose unread messages pass this many bytes is closed.
+    pub max_outbound_bytes: usize,
     /// The providers (built-in presets overlaid by `[providers.<id>]` tables) and the default
     /// model.
     pub models: ModelsConfig,
@@ -206,6 +216,17 @@ pub fn presets() -> BTreeMap<String, ProviderConfig> {
     out
 }
 
+/// Default for `[daemon] claim_grace`.
+pub const DEFAULT_CLAIM_GRACE: Duration = Duration::from_secs(30);
+/// Default for `[daemon] workspace_idle`.
+pub const DEFAULT_WORKSPACE_IDLE: Duration = Duration::from_secs(60);
+/// Default for `[daemon] replay_events`.
+pub const DEFAULT_REPLAY_EVENTS: usize = 10_000;
+/// Default for `[daemon] replay_bytes`.
+pub const DEFAULT_REPLAY_BYTES: usize = 64 << 20;
+/// Default for `[daemon] max_outbound_bytes`.
+pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 64 << 20;
+
 /// Environment variable naming the default model; overrides `default_model`.
 pub const MODEL_ENV: &str = "CRUSHD_MODEL";
 
@@ -221,6 +242,11 @@ impl Config {
             debug_methods: false,
             shutdown_grace: Duration::from_secs(5),
             flush_interval: crate::store::live::DEFAULT_FLUSH_INTERVAL,
+            claim_grace: DEFAULT_CLAIM_GRACE,
+            workspace_idle: DEFAULT_WORKSPACE_IDLE,
+            replay_events: DEFAULT_REPLAY_EVENTS,
+            replay_bytes: DEFAULT_REPLAY_BYTES,
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
             models: ModelsConfig::default(),
             agent: AgentSettings::default(),
             permissions: PermissionRules::default(),
@@ -249,6 +275,21 @@ impl Config {
         }
         if let Some(d) = file.daemon.flush_interval {
             self.flush_interval = d.0;
+        }
+        if let Some(d) = file.daemon.claim_grace {
+            self.claim_grace = d.0;
+        }
+        if let Some(d) = file.daemon.workspace_idle {
+            self.workspace_idle = d.0;
+        }
+        if let Some(n) = file.daemon.replay_events {
+            self.replay_events = n;
+        }
+        if let Some(n) = file.daemon.replay_bytes {
+            self.replay_bytes = n;
+        }
+        if let Some(n) = file.daemon.max_outbound_bytes {
+            self.max_outbound_bytes = n;
         }
         if let Some(m) = &file.default_model {
             self.models.default = Some(m.clone());
@@ -366,6 +407,11 @@ impl Config {
                 "maxMessageSize": self.max_message_size,
                 "flushIntervalMs": ms(self.flush_interval),
                 "shutdownGraceMs": ms(self.shutdown_grace),
+                "claimGraceMs": ms(self.claim_grace),
+                "workspaceIdleMs": ms(self.workspace_idle),
+                "replayEvents": self.replay_events,
+                "replayBytes": self.replay_bytes,
+                "maxOutboundBytes": self.max_outbound_bytes,
             },
         })
     }
@@ -513,6 +559,16 @@ pub struct DaemonSection {
     pub data_dir: Option<PathBuf>,
     /// Longest time streamed text waits before it is written (default `"100ms"`).
     pub flush_interval: Option<HumanDuration>,
+    /// How long a dropped client's claims and subscriptions are kept (default `"30s"`).
+    pub claim_grace: Option<HumanDuration>,
+    /// How long an unclaimed, idle workspace stays loaded (default `"60s"`).
+    pub workspace_idle: Option<HumanDuration>,
+    /// Events kept per session for replay (default 10000).
+    pub replay_events: Option<usize>,
+    /// Bytes kept per session for replay (default 64 MiB).
+    pub replay_bytes: Option<usize>,
+    /// Unread bytes after which a connection is closed (default 64 MiB).
+    pub max_outbound_bytes: Option<usize>,
 }
 
 /// An idle timeout written as a human duration; zero means never.

@@ -12,20 +12,21 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use interprocess::local_socket::tokio::Stream;
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
-use crush_protocol::io::{SharedHalf, write_frames};
+use crush_protocol::io::SharedHalf;
 use crush_protocol::message::{encode_error, encode_result};
 use crush_protocol::{
     ClientNotification, ClientRequest, ErrorCode, FrameError, Id, LspCodec, Message, RequestId,
     RpcError,
 };
 
+use crate::clients::KeptSubscription;
 use crate::handlers;
+use crate::outbound::{Outbound, write_loop};
 use crate::peer::Peer;
 use crate::server::Daemon;
 use crate::sync::lock;
@@ -51,11 +52,12 @@ pub async fn serve(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
 
 async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let (read_half, write_half) = SharedHalf::pair(stream);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let peer = Arc::new(Peer::new(conn_id, out_tx));
-    let writer_close = CancellationToken::new();
-    let writer =
-        tokio::spawn(write_frames(write_half, out_rx, writer_close.clone()).in_current_span());
+    let outbound = Outbound::new(daemon.config.max_outbound_bytes);
+    let peer = Arc::new(Peer::new(conn_id, outbound.clone()));
+    let writer_abort = CancellationToken::new();
+    let writer = tokio::spawn(
+        write_loop(outbound.clone(), write_half, writer_abort.clone()).in_current_span(),
+    );
     debug!("connection opened");
 
     let mut frames = FramedRead::new(read_half, LspCodec::new(daemon.config.max_message_size));
@@ -73,6 +75,14 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             biased;
             _ = daemon.disconnecting().cancelled() => {
                 daemon_stopping = true;
+                break;
+            }
+            _ = outbound.overflowed().cancelled() => {
+                warn!(
+                    limit = daemon.config.max_outbound_bytes,
+                    "client is not reading: its unread messages passed max_outbound_bytes; \
+                     disconnecting it (it can reconnect and replay from its last seq)"
+                );
                 break;
             }
             frame = frames.next() => frame,
@@ -117,7 +127,9 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                 };
                 match (state, method.as_str()) {
                     (Lifecycle::New, "initialize") => {
-                        let result = handlers::initialize(&daemon, &peer, params.as_deref());
+                        // Awaited inline: no later request of this connection runs before its
+                        // identity and restored subscriptions are in place.
+                        let result = handlers::initialize(&daemon, &peer, params.as_deref()).await;
                         if result.is_ok() {
                             state = Lifecycle::Ready;
                         }
@@ -260,16 +272,39 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             },
         );
     }
+    // What the client followed, and how far it got, outlives the connection for the grace
+    // period (unless it said goodbye with shutdown). The cursors are read once the writer is
+    // done, so they cover everything that reached the socket.
+    let followed = peer.subscriptions();
     daemon.runtime.disconnect(&peer);
     peer.close();
-    writer_close.cancel();
     let mut writer = writer;
+    if outbound.is_overflowed() {
+        writer_abort.cancel();
+    }
     if tokio::time::timeout(Duration::from_secs(2), &mut writer)
         .await
         .is_err()
     {
         info!("client did not read its last messages; dropping them");
+        writer_abort.cancel();
         writer.abort();
+    }
+    if state != Lifecycle::New {
+        let written = outbound.written();
+        let mut kept: Vec<KeptSubscription> = followed
+            .into_iter()
+            .map(|s| KeptSubscription {
+                cursor: written.get(s.as_str()).copied(),
+                session_id: s,
+            })
+            .collect();
+        kept.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        let clean = state == Lifecycle::ShutDown || daemon_stopping;
+        if let Some(expiry) = daemon.clients.detach(&peer, clean, kept) {
+            debug!(client = %expiry.client_id, "client kept for its reconnect grace period");
+            daemon.schedule_expiry(expiry);
+        }
     }
     debug!("connection closed");
 }

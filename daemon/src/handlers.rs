@@ -12,10 +12,10 @@ use serde_json::value::RawValue;
 use crush_protocol::{
     ClientRequest, ConfigGetResult, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
     DebugSleepResult, ErrorCode, InitializeParams, InitializeResult, MAX_MESSAGE_PAGE, MessageInfo,
-    ModelListResult, PROTOCOL_VERSION, PermissionRespondResult, RpcError, RunInfo,
-    ServerCapabilities, ServerInfo, SessionDeleteResult, SessionInfo, SessionListResult,
-    SessionMessagesResult, SessionSetYoloResult, SessionUnsubscribeResult, WorkspaceCloseResult,
-    WorkspaceInfo, WorkspaceListResult, methods::parse_params,
+    ModelListResult, PROTOCOL_VERSION, PermissionRespondResult, RestoredSubscription, RpcError,
+    RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult, SessionInfo, SessionListResult,
+    SessionMessagesResult, SessionSetYoloResult, SessionSubscribeParams, SessionUnsubscribeResult,
+    WorkspaceCloseResult, WorkspaceInfo, WorkspaceListResult, methods::parse_params,
 };
 
 use crate::peer::{ClientIdentity, Peer};
@@ -36,17 +36,15 @@ fn ok<T: Serialize>(value: T) -> Result<Value, RpcError> {
 
 /// `initialize`, handled inline by the connection so its state change is ordered before any
 /// later request.
-pub fn initialize(
-    daemon: &Daemon,
-    peer: &Peer,
+pub async fn initialize(
+    daemon: &Arc<Daemon>,
+    peer: &Arc<Peer>,
     params: Option<&RawValue>,
 ) -> Result<Value, RpcError> {
     let params: InitializeParams = parse_params(params)?;
-    let client_id = params
-        .client_id
-        .clone()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| format!("conn-{}", peer.id));
+    let explicit = params.client_id.clone().filter(|s| !s.trim().is_empty());
+    let explicit_id = explicit.is_some();
+    let client_id = explicit.unwrap_or_else(|| format!("conn-{}", peer.id));
     let info = params.client_info.clone().unwrap_or_default();
     tracing::info!(
         client = %info.name,
@@ -59,7 +57,35 @@ pub fn initialize(
         name: Some(info.name).filter(|n| !n.is_empty()),
         version: info.version,
         client_id: client_id.clone(),
+        explicit_id,
     });
+    let resumed = daemon.clients.attach(peer);
+    let mut restored = Vec::new();
+    if let Some(r) = &resumed {
+        tracing::info!(
+            client = %client_id,
+            claims = r.claims,
+            subscriptions = r.subscriptions.len(),
+            "client came back within its grace period"
+        );
+        if params.restore_subscriptions.unwrap_or(true) {
+            for kept in &r.subscriptions {
+                let sub = SessionSubscribeParams {
+                    session_id: kept.session_id.clone(),
+                    after_seq: kept.cursor,
+                    epoch: None,
+                };
+                // A session deleted meanwhile is simply not restored.
+                if let Ok(res) = daemon.runtime.subscribe(peer, &sub).await {
+                    restored.push(RestoredSubscription {
+                        session_id: kept.session_id.clone(),
+                        after_seq: kept.cursor.unwrap_or(res.seq),
+                        resync: res.resync,
+                    });
+                }
+            }
+        }
+    }
     ok(InitializeResult {
         server_info: ServerInfo {
             name: "crushd".to_owned(),
@@ -72,6 +98,9 @@ pub fn initialize(
         },
         pid: std::process::id(),
         client_id,
+        epoch: daemon.runtime.epoch().to_owned(),
+        resumed: resumed.is_some(),
+        restored,
     })
 }
 
@@ -122,26 +151,27 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             let path = canonical_dir(&p.path).await?;
             let row = daemon.store.open_workspace(&path).await.map_err(storage)?;
             daemon.runtime.reopen_workspace(&row.id);
-            ok(workspace_info(row))
+            daemon.clients.claim(&ctx.peer, &row.id);
+            ok(workspace_info(daemon, row))
         }
         ClientRequest::WorkspaceClose(p) => {
             require_workspace(daemon, &p.workspace_id).await?;
-            if !p.force && daemon.runtime.workspace_busy(&p.workspace_id) {
-                return Err(RpcError::new(
-                    ErrorCode::RunsActive,
-                    "the workspace has active or queued runs; cancel them, or pass force: true",
-                ));
-            }
+            let (released, remaining) = daemon.clients.release(&ctx.peer, &p.workspace_id);
+            let cancelled_runs = if p.force {
+                daemon.runtime.close_workspace(&p.workspace_id).await
+            } else {
+                Vec::new()
+            };
             ok(WorkspaceCloseResult {
-                cancelled_runs: daemon.runtime.close_workspace(&p.workspace_id).await,
+                released,
+                remaining_claims: remaining as u32,
+                cancelled_runs,
             })
         }
         ClientRequest::AgentSend(p) => ok(daemon.runtime.send(Some(ctx.peer.clone()), p).await?),
         ClientRequest::AgentCancel(p) => ok(daemon.runtime.cancel(&p.session_id).await?),
         ClientRequest::AgentStatus(p) => ok(daemon.runtime.status(&p.session_id).await?),
-        ClientRequest::SessionSubscribe(p) => {
-            ok(daemon.runtime.subscribe(&ctx.peer, &p.session_id).await?)
-        }
+        ClientRequest::SessionSubscribe(p) => ok(daemon.runtime.subscribe(&ctx.peer, &p).await?),
         ClientRequest::SessionUnsubscribe(p) => ok(SessionUnsubscribeResult {
             unsubscribed: daemon.runtime.unsubscribe(&ctx.peer, &p.session_id).await?,
         }),
@@ -186,7 +216,10 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
         ClientRequest::WorkspaceList(_) => {
             let rows = daemon.store.list_workspaces().await.map_err(storage)?;
             ok(WorkspaceListResult {
-                workspaces: rows.into_iter().map(workspace_info).collect(),
+                workspaces: rows
+                    .into_iter()
+                    .map(|r| workspace_info(daemon, r))
+                    .collect(),
             })
         }
         ClientRequest::SessionCreate(p) => {
@@ -373,8 +406,11 @@ pub(crate) async fn require_session(store: &Store, id: &str) -> Result<SessionRo
         .ok_or_else(|| session_not_found(id))
 }
 
-fn workspace_info(r: WorkspaceRow) -> WorkspaceInfo {
+fn workspace_info(daemon: &Daemon, r: WorkspaceRow) -> WorkspaceInfo {
     WorkspaceInfo {
+        loaded: daemon.runtime.is_loaded(&r.id),
+        claims: daemon.clients.claims_on(&r.id),
+        busy_sessions: daemon.runtime.busy_sessions(&r.id),
         workspace_id: r.id,
         path: r.path,
         created_at: r.created_at,

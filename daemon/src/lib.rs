@@ -2,11 +2,13 @@
 //! line. This library holds everything; the `crushd` binary only parses flags and calls
 //! [`server::run`]. See ARCHITECTURE.md for the map.
 
+pub mod clients;
 pub mod config;
 pub mod connection;
 pub mod handlers;
 pub mod logging;
 pub mod model;
+pub mod outbound;
 pub mod peer;
 pub mod runs;
 pub mod server;

@@ -4,18 +4,19 @@
 //! ends, [`Peer::close`] fails every pending request and later sends are dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crush_protocol::message::{encode_notification, encode_request};
 use crush_protocol::{ErrorCode, Id, Notification, RequestId, RpcError};
 
+use crate::outbound::{EventItem, Outbound};
 use crate::sync::lock;
 
 type PendingReply = oneshot::Sender<Result<Box<RawValue>, RpcError>>;
@@ -28,12 +29,14 @@ pub struct ClientIdentity {
     pub name: Option<String>,
     pub version: Option<String>,
     pub client_id: String,
+    /// Whether the client chose `client_id` (and may reconnect with it).
+    pub explicit_id: bool,
 }
 
 #[derive(Debug)]
 pub struct Peer {
     pub id: u64,
-    outbound: mpsc::UnboundedSender<Bytes>,
+    outbound: Arc<Outbound>,
     pending: Mutex<HashMap<RequestId, PendingReply>>,
     next_request: AtomicU64,
     closed: AtomicBool,
@@ -43,7 +46,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(id: u64, outbound: mpsc::UnboundedSender<Bytes>) -> Self {
+    pub fn new(id: u64, outbound: Arc<Outbound>) -> Self {
         Self {
             id,
             outbound,
@@ -57,7 +60,28 @@ impl Peer {
 
     /// Queues an already-encoded message. Returns false once the connection is gone.
     pub fn send_raw(&self, body: Bytes) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.outbound.send(body).is_ok()
+        !self.closed.load(Ordering::Acquire) && self.outbound.push_raw(body)
+    }
+
+    /// Queues a session event (deltas may merge with one queued right before).
+    pub fn send_event(&self, item: &EventItem) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.outbound.push_event(item)
+    }
+
+    pub fn outbound(&self) -> &Arc<Outbound> {
+        &self.outbound
+    }
+
+    /// The client's id for claims: its `clientId`, or one made up for this connection.
+    pub fn client_id(&self) -> String {
+        self.identity()
+            .map(|i| i.client_id)
+            .unwrap_or_else(|| format!("conn-{}", self.id))
+    }
+
+    /// The sessions this connection is subscribed to.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.lock_subscriptions().iter().cloned().collect()
     }
 
     pub fn notify<N: Notification>(&self, params: &N::Params) -> bool {
@@ -169,6 +193,7 @@ impl Peer {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.lock_pending().clear();
+        self.outbound.close();
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, PendingReply>> {

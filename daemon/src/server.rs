@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::clients::{Clients, Expiry};
 use crate::config::Config;
 use crate::connection;
 use crate::model::Models;
-use crate::runs::Runtime;
+use crate::runs::{ReplayLimits, Runtime};
 use crate::store::{Store, StoreError};
 use crate::transport::{self, Endpoint, TransportError};
 
@@ -24,6 +25,10 @@ pub struct Daemon {
     pub config: Config,
     pub store: Store,
     pub runtime: Arc<Runtime>,
+    /// Clients by `clientId`, their claims and what dropped ones left behind.
+    pub clients: Clients,
+    /// Grace-period timers of parked clients.
+    timers: TaskTracker,
     started: Instant,
     stopping: CancellationToken,
     /// Fires after the runs have ended: connections close.
@@ -41,9 +46,15 @@ impl Daemon {
                 config.flush_interval,
                 config.shutdown_grace,
             )
-            .configure(config.agent.clone(), config.permissions.clone()),
+            .configure(config.agent.clone(), config.permissions.clone())
+            .with_replay(ReplayLimits {
+                events: config.replay_events,
+                bytes: config.replay_bytes,
+            }),
         );
         Arc::new(Self {
+            clients: Clients::new(config.claim_grace),
+            timers: TaskTracker::new(),
             config,
             store,
             runtime,
@@ -89,6 +100,21 @@ impl Daemon {
 
     pub fn connection_count(&self) -> usize {
         *self.connections.borrow()
+    }
+
+    /// Releases a parked client when its grace period ends (unless it came back first).
+    pub fn schedule_expiry(self: &Arc<Self>, e: Expiry) {
+        let d = self.clone();
+        self.timers.spawn(async move {
+            tokio::select! {
+                _ = d.stopping.cancelled() => {}
+                _ = tokio::time::sleep_until(e.at) => {
+                    if d.clients.expire(&e) {
+                        info!(client = %e.client_id, "client did not come back within the grace period; claims released");
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -137,6 +163,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
     if let Some(idle) = daemon.config.idle_timeout {
         background.spawn(idle_exit(daemon.clone(), idle));
     }
+    background.spawn(unload_idle_workspaces(daemon.clone()));
 
     let connections = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
@@ -186,6 +213,8 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
         warn!("connections did not close within the grace period");
     }
     background.close();
+    daemon.timers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), daemon.timers.wait()).await;
     // The signal and idle tasks end on `stopping`; they never block shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     daemon.store.close().await;
@@ -237,31 +266,58 @@ async fn ignore_file_size_signal(daemon: Arc<Daemon>) {
     }
 }
 
-/// Exits after `idle` with no connection and no run.
+/// Exits after `idle` with no connection, no run and no client within its reconnect grace.
 async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
     let mut count = daemon.connections.subscribe();
     let mut runs = daemon.runtime.watch_live_runs();
+    let mut parked = daemon.clients.watch_parked();
     loop {
-        let idle_now = *count.borrow_and_update() == 0 && *runs.borrow_and_update() == 0;
+        let idle_now = *count.borrow_and_update() == 0
+            && *runs.borrow_and_update() == 0
+            && *parked.borrow_and_update() == 0;
         if !idle_now {
             tokio::select! {
                 _ = daemon.stopping.cancelled() => return,
                 r = count.changed() => if r.is_err() { return },
                 r = runs.changed() => if r.is_err() { return },
+                r = parked.changed() => if r.is_err() { return },
             }
             continue;
         }
         tokio::select! {
             _ = daemon.stopping.cancelled() => return,
             _ = tokio::time::sleep(idle) => {
-                if *count.borrow() == 0 && *runs.borrow() == 0 {
-                    info!(after = ?idle, "no connections and no runs; exiting");
+                if *count.borrow() == 0 && *runs.borrow() == 0 && *parked.borrow() == 0 {
+                    info!(after = ?idle, "no connections, runs or returning clients; exiting");
                     daemon.begin_shutdown("idle");
                     return;
                 }
             }
             _ = count.changed() => {}
             _ = runs.changed() => {}
+            _ = parked.changed() => {}
+        }
+    }
+}
+
+/// Unloads workspaces nobody claims, watches or runs anything in, once they have been idle for
+/// `[daemon] workspace_idle`.
+async fn unload_idle_workspaces(daemon: Arc<Daemon>) {
+    let delay = daemon.config.workspace_idle;
+    let tick = (delay / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = daemon.stopping.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let kept = daemon.clients.parked_sessions();
+        for id in daemon
+            .runtime
+            .unload_idle(delay, |w| daemon.clients.holds(w), &kept)
+        {
+            info!(workspace = %id, "workspace idle and unclaimed; unloaded");
         }
     }
 }

@@ -180,8 +180,9 @@ client_requests! {
     AgentCancel = "agent/cancel" (SessionRef) -> AgentCancelResult;
     /// Whether a session is running, and what is queued.
     AgentStatus = "agent/status" (SessionRef) -> AgentStatusResult;
-    /// Receive `$/sessionUpdate` (and `$/runComplete`) for a session on this connection.
-    SessionSubscribe = "session/subscribe" (SessionRef) -> SessionSubscribeResult;
+    /// Receive `$/sessionUpdate` (and `$/runComplete`) for a session on this connection,
+    /// replaying what followed `afterSeq` first.
+    SessionSubscribe = "session/subscribe" (SessionSubscribeParams) -> SessionSubscribeResult;
     SessionUnsubscribe = "session/unsubscribe" (SessionRef) -> SessionUnsubscribeResult;
     /// The models this daemon can use, and the default.
     ModelList = "model/list" (NoParams) -> ModelListResult;
@@ -339,6 +340,12 @@ pub struct InitializeParams {
     /// The protocol version the client speaks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// When this `clientId` dropped its connection less than the claim grace period ago:
+    /// subscribe this connection again to the sessions the old one followed, replaying from
+    /// the last event the daemon wrote to it. Default true. Clients that keep their own cursor
+    /// pass false and call `session/subscribe` with `afterSeq` themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_subscriptions: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -367,6 +374,27 @@ pub struct InitializeResult {
     pub pid: u32,
     /// The id this connection is known by: the client's `clientId`, or one the daemon made up.
     pub client_id: String,
+    /// This daemon process's stream epoch: event `seq` values are comparable only within one
+    /// epoch (a restarted daemon has a new one).
+    #[serde(default)]
+    pub epoch: String,
+    /// True when this `clientId` had claims or subscriptions kept from a dropped connection
+    /// (within the grace period); they now belong to this connection.
+    #[serde(default)]
+    pub resumed: bool,
+    /// Subscriptions restored by `resumed` (see `restoreSubscriptions`), with where their
+    /// replay started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<RestoredSubscription>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredSubscription {
+    pub session_id: String,
+    /// Events after this seq were replayed (or `resync` is true and none were).
+    pub after_seq: u64,
+    pub resync: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -440,6 +468,39 @@ pub struct WorkspaceInfo {
     /// Unix milliseconds.
     pub created_at: i64,
     pub last_opened_at: i64,
+    /// Whether the daemon holds the workspace's live state (claimed, busy, watched, or not yet
+    /// unloaded after its idle delay).
+    #[serde(default)]
+    pub loaded: bool,
+    /// Clients holding the workspace open, including ones inside their reconnect grace period.
+    #[serde(default)]
+    pub claims: Vec<WorkspaceClaim>,
+    /// Sessions with an active or queued run.
+    #[serde(default)]
+    pub busy_sessions: Vec<BusySession>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceClaim {
+    pub client_id: String,
+    /// The `clientInfo.name` it gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// False while the client is disconnected and its claim waits out the grace period.
+    pub connected: bool,
+    /// For a disconnected client: milliseconds until its claim is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BusySession {
+    pub session_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_run_id: Option<String>,
+    pub queued: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -599,7 +660,8 @@ pub struct RunInfo {
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceCloseParams {
     pub workspace_id: String,
-    /// Close even while runs are active or queued (they end cancelled).
+    /// Also stop the workspace: cancel its active and queued runs and refuse new ones until it
+    /// is opened again. Without it, close only releases this client's claim and runs go on.
     #[serde(default)]
     pub force: bool,
 }
@@ -607,7 +669,13 @@ pub struct WorkspaceCloseParams {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceCloseResult {
-    /// Runs that were active or queued and ended cancelled.
+    /// Whether this client held a claim that is now released.
+    #[serde(default)]
+    pub released: bool,
+    /// Claims other clients still hold.
+    #[serde(default)]
+    pub remaining_claims: u32,
+    /// Runs that were active or queued and ended cancelled (only with `force`).
     pub cancelled_runs: Vec<String>,
 }
 
@@ -689,10 +757,51 @@ pub struct AgentStatusResult {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+pub struct SessionSubscribeParams {
+    pub session_id: String,
+    /// Replay every event with a higher seq before the live stream (the last seq the client
+    /// saw). Absent: live events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// The epoch `afterSeq` belongs to (from `initialize` or an earlier subscribe). A different
+    /// epoch means the daemon restarted: the answer is `resync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionSubscribeResult {
-    /// The session's last event sequence number; the next event carries a higher one.
+    /// The session's last event sequence number when the live stream took over: every replayed
+    /// event has a seq at most this, every live one a higher seq.
     pub seq: u64,
+    /// The daemon's stream epoch (see `initialize`).
+    #[serde(default)]
+    pub epoch: String,
+    /// True when `afterSeq` could not be honoured (the replay log no longer reaches it, or it
+    /// is from another epoch): nothing was replayed; reload with `session/messages`, take
+    /// `streaming` as the current text of the message being streamed, and continue after `seq`.
+    #[serde(default)]
+    pub resync: bool,
+    /// Events replayed before this answer (each as a `$/sessionUpdate`).
+    #[serde(default)]
+    pub replayed: u64,
     pub status: AgentStatusResult,
+    /// The assistant message being streamed, as of `seq` (the database copy may lag behind by
+    /// up to the flush interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<StreamingMessage>,
+}
+
+/// A streaming assistant message's content so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamingMessage {
+    pub message_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Parts in the shape of `session/messages` (`text`, `reasoning`, `toolCall`).
+    pub parts: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -759,7 +868,9 @@ pub struct RunCompleteParams {
 #[serde(rename_all = "camelCase")]
 pub struct SessionUpdateParams {
     pub session_id: String,
-    /// Increases by one with every event of the session.
+    /// Increases with every event of the session. Consecutive text (or reasoning) deltas of one
+    /// message queued for a slow client are merged into one event carrying the last seq, so a
+    /// client may see seqs skip; order is never changed.
     pub seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,

@@ -530,7 +530,10 @@ async fn idle_daemon_exits_on_its_own() {
         let mut c = RawConn::initialized(&env.socket).await;
         assert!(c.request("daemon/status", json!({})).await["result"]["idleTimeoutMs"] == 300);
     }
-    d.wait_for_log("no connections and no runs; exiting", DEADLINE);
+    d.wait_for_log(
+        "no connections, runs or returning clients; exiting",
+        DEADLINE,
+    );
     let status = d.wait_exit(DEADLINE);
     assert!(status.success(), "{status:?}");
     assert!(!env.socket.exists());

@@ -390,10 +390,13 @@ async fn send_errors_are_precise() {
     );
     let got = w.c.request("run/get", json!({"runId": run})).await;
     assert_eq!(got["result"]["state"], "failed");
-    // Closing the workspace refuses new sends until it is opened again.
+    // Force-closing the workspace refuses new sends until it is opened again.
     let r =
-        w.c.request("workspace/close", json!({"workspaceId": w.workspace}))
-            .await;
+        w.c.request(
+            "workspace/close",
+            json!({"workspaceId": w.workspace, "force": true}),
+        )
+        .await;
     assert!(r.get("result").is_some(), "{r}");
     let r =
         w.c.request("agent/send", json!({"sessionId": w.session, "prompt": "x"}))

@@ -150,7 +150,6 @@ impl Runtime {
                 None => break,
             }
         }
-        self.maybe_evict(&s);
     }
 
     /// One turn, written to the database before it returns: model steps, the tool calls between

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -28,15 +30,17 @@ use tracing::{Instrument, info, warn};
 
 use crush_protocol::message::encode_notification;
 use crush_protocol::{
-    AgentCancelResult, AgentSendParams, AgentSendResult, AgentStatusResult, Attachment, ErrorCode,
-    Notification, PermissionDecision, PermissionRequestParams, PermissionRequestResult,
-    PermissionResolvedParams, RequestId, RpcError, RunCompleteParams, RunInfo, SendMode,
-    SessionEvent, SessionSubscribeResult, SessionUpdateParams, daemon_notification, daemon_request,
+    AgentCancelResult, AgentSendParams, AgentSendResult, AgentStatusResult, Attachment,
+    BusySession, ErrorCode, Notification, PermissionDecision, PermissionRequestParams,
+    PermissionRequestResult, PermissionResolvedParams, RequestId, RpcError, RunCompleteParams,
+    RunInfo, SendMode, SessionEvent, SessionSubscribeParams, SessionSubscribeResult,
+    SessionUpdateParams, StreamingMessage, daemon_notification, daemon_request,
 };
 
 use crate::config::{AgentSettings, PermissionRules};
 use crate::handlers::{require_session, storage};
 use crate::model::{Model, Models};
+use crate::outbound::{Delta, EventItem};
 use crate::peer::Peer;
 use crate::store::{DroppedRun, Store, new_id, now_ms};
 use crate::sync::lock;
@@ -70,6 +74,28 @@ pub struct Runtime {
     grants: Mutex<HashMap<String, Grants>>,
     /// Permission requests answered lately, so a late answer learns who answered first.
     resolved: Mutex<VecDeque<(String, String)>>,
+    /// This process's stream epoch: seqs are comparable only within it.
+    epoch: String,
+    /// The last seq of every session whose live state was unloaded, so seqs never go back
+    /// within one epoch.
+    seqs: Mutex<HashMap<String, u64>>,
+    replay: ReplayLimits,
+}
+
+/// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl Default for ReplayLimits {
+    fn default() -> Self {
+        Self {
+            events: crate::config::DEFAULT_REPLAY_EVENTS,
+            bytes: crate::config::DEFAULT_REPLAY_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,6 +124,8 @@ pub struct Workspace {
     token: CancellationToken,
     tracker: TaskTracker,
     gate: Mutex<bool>,
+    /// Since when the workspace was seen with nothing keeping it loaded.
+    idle_since: Mutex<Option<Instant>>,
 }
 
 impl Workspace {
@@ -107,6 +135,7 @@ impl Workspace {
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             gate: Mutex::new(false),
+            idle_since: Mutex::new(None),
         })
     }
 
@@ -129,7 +158,15 @@ pub struct SessionRt {
 struct SessionInner {
     /// Removed from the runtime's map; whoever holds this `Arc` must look the session up again.
     evicted: bool,
+    /// The session id, shared by every queued event.
+    sid: Arc<str>,
     seq: u64,
+    /// The last events, oldest first, for replay (bounded by `limits`).
+    log: VecDeque<EventItem>,
+    log_bytes: usize,
+    limits: ReplayLimits,
+    /// The assistant message being streamed, as of `seq`.
+    streaming: Option<StreamingMessage>,
     subscribers: BTreeMap<u64, Arc<Peer>>,
     active: Option<Active>,
     queue: VecDeque<Queued>,
@@ -270,7 +307,21 @@ impl Runtime {
             rules: PermissionRules::default(),
             grants: Mutex::default(),
             resolved: Mutex::default(),
+            epoch: new_id(),
+            seqs: Mutex::default(),
+            replay: ReplayLimits::default(),
         }
+    }
+
+    /// Sets how much of each session's stream is kept for replay.
+    pub fn with_replay(mut self, replay: ReplayLimits) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// This process's stream epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Sets how runs behave and what tools may do without asking.
@@ -305,11 +356,16 @@ impl Runtime {
             .clone()
     }
 
-    /// Makes a closed workspace accept runs again (`workspace/open`).
+    /// Loads a workspace, and makes a closed one accept runs again (`workspace/open`).
     pub fn reopen_workspace(&self, id: &str) {
         let fresh = {
             let mut map = lock(&self.workspaces);
-            if !map.get(id).is_some_and(|w| w.is_closing()) || self.is_shutting_down() {
+            if self.is_shutting_down() {
+                return;
+            }
+            if !map.get(id).is_some_and(|w| w.is_closing()) {
+                map.entry(id.to_owned())
+                    .or_insert_with(|| Workspace::new(id));
                 return;
             }
             let fresh = Workspace::new(id);
@@ -330,11 +386,17 @@ impl Runtime {
         if let Some(s) = map.get(session_id) {
             return s.clone();
         }
+        let inner = SessionInner {
+            sid: Arc::from(session_id),
+            seq: lock(&self.seqs).get(session_id).copied().unwrap_or(0),
+            limits: self.replay,
+            ..SessionInner::default()
+        };
         let s = Arc::new(SessionRt {
             id: session_id.to_owned(),
             model: Mutex::new(model.map(str::to_owned)),
             ws: Mutex::new(self.workspace(workspace_id)),
-            inner: Mutex::default(),
+            inner: Mutex::new(inner),
         });
         map.insert(session_id.to_owned(), s.clone());
         s
@@ -342,23 +404,6 @@ impl Runtime {
 
     fn existing_session(&self, session_id: &str) -> Option<Arc<SessionRt>> {
         lock(&self.sessions).get(session_id).cloned()
-    }
-
-    /// Drops a session's live state when nothing needs it (idle, nothing queued, no subscriber).
-    fn maybe_evict(&self, s: &Arc<SessionRt>) {
-        let mut map = lock(&self.sessions);
-        let mut inner = lock(&s.inner);
-        if inner.evicted
-            || inner.active.is_some()
-            || !inner.queue.is_empty()
-            || !inner.subscribers.is_empty()
-        {
-            return;
-        }
-        inner.evicted = true;
-        if map.get(&s.id).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
-            map.remove(&s.id);
-        }
     }
 
     // ---- agent/send ----
@@ -682,8 +727,6 @@ impl Runtime {
                 r.sender.as_ref(),
             );
         }
-        drop(inner);
-        self.maybe_evict(s);
     }
 
     /// Removes runs from the registry (their terminal state is in the database by now).
@@ -750,20 +793,45 @@ impl Runtime {
 
     // ---- subscriptions ----
 
+    /// Subscribes a connection to a session: replays what followed `afterSeq` from the log
+    /// (or answers `resync`), then the connection is a live subscriber. Replay and registration
+    /// happen under the session lock that publishing takes, so the replay ends exactly where
+    /// the live stream begins.
     pub async fn subscribe(
         self: &Arc<Self>,
         peer: &Arc<Peer>,
-        session_id: &str,
+        p: &SessionSubscribeParams,
     ) -> Result<SessionSubscribeResult, RpcError> {
-        let row = require_session(&self.store, session_id).await?;
+        let row = require_session(&self.store, &p.session_id).await?;
         loop {
             let s = self.session(&row.id, &row.workspace_id, row.model.as_deref());
             let mut inner = lock(&s.inner);
             if inner.evicted {
                 continue;
             }
+            let mut resync = false;
+            let mut replayed = 0u64;
+            let mut cursor = inner.seq;
+            if let Some(after) = p.after_seq {
+                let other_epoch = p.epoch.as_deref().is_some_and(|e| e != self.epoch);
+                if other_epoch || after > inner.seq {
+                    resync = true;
+                } else if after < inner.seq {
+                    match inner.log.front() {
+                        Some(first) if first.seq <= after + 1 => {
+                            cursor = after;
+                            for e in inner.log.iter().filter(|e| e.seq > after) {
+                                peer.send_event(e);
+                                replayed += 1;
+                            }
+                        }
+                        _ => resync = true,
+                    }
+                }
+            }
             let new = inner.subscribers.insert(peer.id, peer.clone()).is_none();
             peer.add_subscription(&row.id);
+            peer.outbound().set_cursor(&inner.sid, cursor);
             // Requests are not lost because nobody was connected: a new subscriber gets every
             // pending one at once.
             if new {
@@ -772,9 +840,18 @@ impl Runtime {
                     self.send_permission_request(&ws, p, peer);
                 }
             }
+            let streaming = if p.after_seq.is_none() || resync {
+                inner.streaming.clone()
+            } else {
+                None
+            };
             return Ok(SessionSubscribeResult {
                 seq: inner.seq,
+                epoch: self.epoch.clone(),
+                resync,
+                replayed,
                 status: inner.status(),
+                streaming,
             });
         }
     }
@@ -795,7 +872,6 @@ impl Runtime {
                 }
                 inner.subscribers.remove(&peer.id).is_some()
             };
-            self.maybe_evict(&s);
             return Ok(was || removed);
         }
         if !removed {
@@ -809,9 +885,95 @@ impl Runtime {
         for id in peer.take_subscriptions() {
             if let Some(s) = self.existing_session(&id) {
                 lock(&s.inner).subscribers.remove(&peer.id);
-                self.maybe_evict(&s);
             }
         }
+    }
+
+    // ---- loading and unloading ----
+
+    /// Whether the workspace's live state is in memory.
+    pub fn is_loaded(&self, workspace_id: &str) -> bool {
+        lock(&self.workspaces).contains_key(workspace_id)
+    }
+
+    /// Sessions of a workspace with an active or queued run.
+    pub fn busy_sessions(&self, workspace_id: &str) -> Vec<BusySession> {
+        let mut out: Vec<BusySession> = self
+            .sessions_of(Some(workspace_id))
+            .iter()
+            .filter_map(|s| {
+                let st = lock(&s.inner).status();
+                (st.active_run_id.is_some() || !st.queued.is_empty()).then(|| BusySession {
+                    session_id: s.id.clone(),
+                    active_run_id: st.active_run_id,
+                    queued: st.queued,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        out
+    }
+
+    /// Unloads every workspace that has been idle for `delay`: no claim (`claimed`), no active
+    /// or queued run, no task, no subscriber and no parked subscription (`kept`) to any of its
+    /// sessions. Its sessions' live state and replay logs go; their seqs are remembered.
+    /// Returns the workspaces unloaded.
+    pub fn unload_idle(
+        &self,
+        delay: Duration,
+        claimed: impl Fn(&str) -> bool,
+        kept: &HashSet<String>,
+    ) -> Vec<String> {
+        let now = Instant::now();
+        let mut unloaded = Vec::new();
+        let mut sessions = lock(&self.sessions);
+        let mut workspaces = lock(&self.workspaces);
+        let ids: Vec<String> = workspaces.keys().cloned().collect();
+        for id in ids {
+            let Some(ws) = workspaces.get(&id).cloned() else {
+                continue;
+            };
+            let mine: Vec<Arc<SessionRt>> = sessions
+                .values()
+                .filter(|s| lock(&s.ws).id == id)
+                .cloned()
+                .collect();
+            let busy = ws.is_closing()
+                || claimed(&id)
+                || !ws.tracker.is_empty()
+                || mine.iter().any(|s| {
+                    kept.contains(&s.id) || {
+                        let inner = lock(&s.inner);
+                        inner.active.is_some()
+                            || !inner.queue.is_empty()
+                            || !inner.subscribers.is_empty()
+                            || !inner.permissions.is_empty()
+                    }
+                });
+            let mut since = lock(&ws.idle_since);
+            if busy {
+                *since = None;
+                continue;
+            }
+            let Some(t) = *since else {
+                *since = Some(now);
+                continue;
+            };
+            if now.duration_since(t) < delay {
+                continue;
+            }
+            drop(since);
+            let mut seqs = lock(&self.seqs);
+            for s in &mine {
+                let mut inner = lock(&s.inner);
+                inner.evicted = true;
+                seqs.insert(s.id.clone(), inner.seq);
+                sessions.remove(&s.id);
+            }
+            workspaces.remove(&id);
+            unloaded.push(id);
+        }
+        unloaded
     }
 
     // ---- permissions ----
@@ -1246,12 +1408,15 @@ impl SessionInner {
         }
     }
 
-    /// Sends an event to every subscriber, with the session's next sequence number.
+    /// Sends an event to every subscriber, with the session's next sequence number, and keeps
+    /// it in the replay log.
     fn publish(&mut self, session_id: &str, run_id: Option<&str>, event: SessionEvent) {
         self.seq += 1;
-        if self.subscribers.is_empty() {
-            return;
+        if self.sid.is_empty() {
+            self.sid = Arc::from(session_id);
         }
+        self.track_streaming(run_id, &event);
+        let delta = Delta::of(run_id, &event).map(Arc::new);
         let body = encode_notification(
             daemon_notification::SessionUpdate::METHOD,
             &SessionUpdateParams {
@@ -1261,8 +1426,114 @@ impl SessionInner {
                 event,
             },
         );
+        let item = EventItem {
+            session: self.sid.clone(),
+            seq: self.seq,
+            body,
+            delta,
+        };
         for p in self.subscribers.values() {
-            p.send_raw(body.clone());
+            p.send_event(&item);
+        }
+        self.remember(item);
+    }
+
+    /// Appends to the replay log, dropping the oldest events past its bounds.
+    fn remember(&mut self, item: EventItem) {
+        if self.limits.events == 0 || self.limits.bytes == 0 {
+            return;
+        }
+        self.log_bytes += item.body.len();
+        self.log.push_back(item);
+        while self.log.len() > self.limits.events || self.log_bytes > self.limits.bytes {
+            match self.log.pop_front() {
+                Some(old) => self.log_bytes -= old.body.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Keeps the streaming message's content as of the latest event, for subscribers that
+    /// attach mid-message.
+    fn track_streaming(&mut self, run_id: Option<&str>, event: &SessionEvent) {
+        fn append(parts: &mut Vec<Value>, kind: &str, text: &str) {
+            if let Some(last) = parts.last_mut()
+                && last["type"] == kind
+                && let Some(Value::String(t)) = last.get_mut(kind)
+            {
+                t.push_str(text);
+                return;
+            }
+            parts.push(json!({"type": kind, kind: text}));
+        }
+        let current =
+            |m: &str, st: &Option<StreamingMessage>| st.as_ref().is_some_and(|s| s.message_id == m);
+        match event {
+            SessionEvent::AssistantStarted { message_id, .. } => {
+                self.streaming = Some(StreamingMessage {
+                    message_id: message_id.clone(),
+                    run_id: run_id.map(str::to_owned),
+                    parts: Vec::new(),
+                });
+            }
+            SessionEvent::TextDelta { message_id, text }
+                if current(message_id, &self.streaming) =>
+            {
+                if let Some(st) = &mut self.streaming {
+                    append(&mut st.parts, "text", text);
+                }
+            }
+            SessionEvent::ReasoningDelta { message_id, text }
+                if current(message_id, &self.streaming) =>
+            {
+                if let Some(st) = &mut self.streaming {
+                    append(&mut st.parts, "reasoning", text);
+                }
+            }
+            SessionEvent::ToolCallStarted {
+                message_id,
+                tool_call_id,
+                tool,
+                input,
+            } if current(message_id, &self.streaming) => {
+                if let Some(st) = &mut self.streaming {
+                    st.parts.push(json!({
+                        "type": "toolCall",
+                        "id": tool_call_id,
+                        "name": tool,
+                        "input": input,
+                    }));
+                }
+            }
+            SessionEvent::ToolCallFinished {
+                message_id,
+                tool_call_id,
+                tool,
+                status,
+                output,
+                metadata,
+            } if current(message_id, &self.streaming) => {
+                if let Some(st) = &mut self.streaming {
+                    let mut part = json!({
+                        "type": "toolResult",
+                        "toolCallId": tool_call_id,
+                        "name": tool,
+                        "status": status,
+                        "content": output,
+                    });
+                    if let Some(m) = metadata {
+                        part["metadata"] = m.clone();
+                    }
+                    st.parts.push(part);
+                }
+            }
+            SessionEvent::MessageFinished { message_id, .. }
+                if current(message_id, &self.streaming) =>
+            {
+                self.streaming = None;
+            }
+            SessionEvent::RunFinished { .. } => self.streaming = None,
+            _ => {}
         }
     }
 

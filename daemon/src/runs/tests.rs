@@ -28,7 +28,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream;
 use serde_json::Value;
@@ -189,24 +188,42 @@ impl Rng {
 /// A connection as the runtime sees it, with what it received.
 struct Client {
     peer: Arc<Peer>,
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: Arc<crate::outbound::Outbound>,
     seen: Vec<Value>,
 }
 
 static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
 
+fn sub(session: &str) -> crush_protocol::SessionSubscribeParams {
+    crush_protocol::SessionSubscribeParams {
+        session_id: session.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Unloads every idle workspace at once (the daemon does it after its idle delay).
+fn unload_all(rt: &Runtime) {
+    let none = std::collections::HashSet::new();
+    rt.unload_idle(Duration::ZERO, |_| false, &none);
+    rt.unload_idle(Duration::ZERO, |_| false, &none);
+}
+
 impl Client {
     fn new() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        // A reader that keeps up: every delta arrives as it was published.
+        let rx = crate::outbound::Outbound::with_merging(usize::MAX, false);
         Self {
-            peer: Arc::new(Peer::new(NEXT_PEER.fetch_add(1, Ordering::Relaxed), tx)),
+            peer: Arc::new(Peer::new(
+                NEXT_PEER.fetch_add(1, Ordering::Relaxed),
+                rx.clone(),
+            )),
             rx,
             seen: Vec::new(),
         }
     }
 
     fn drain(&mut self) {
-        while let Ok(b) = self.rx.try_recv() {
+        while let Some(b) = self.rx.try_pop() {
             self.seen.push(serde_json::from_slice(&b).unwrap());
         }
     }
@@ -218,7 +235,7 @@ impl Client {
         }
         let until = tokio::time::Instant::now() + DEADLINE;
         loop {
-            match tokio::time::timeout_at(until, self.rx.recv()).await {
+            match tokio::time::timeout_at(until, self.rx.pop()).await {
                 Ok(Some(b)) => {
                     let v: Value = serde_json::from_slice(&b).unwrap();
                     self.seen.push(v.clone());
@@ -286,7 +303,9 @@ async fn harness(default: StepPlan) -> H {
         Duration::from_secs(5),
     ));
     let watcher = Client::new();
-    rt.subscribe(&watcher.peer, &session.id).await.unwrap();
+    rt.subscribe(&watcher.peer, &sub(&session.id))
+        .await
+        .unwrap();
     H {
         _dir: dir,
         store,
@@ -931,6 +950,7 @@ async fn run_state_is_live_then_persisted() {
         "the watcher keeps the session live"
     );
     h.rt.unsubscribe(&h.watcher.peer, &h.session).await.unwrap();
+    unload_all(&h.rt);
     assert_eq!(
         h.rt.live_sessions(),
         0,
@@ -975,7 +995,7 @@ async fn interleave(seed: u64) {
     ));
     let mut observer = Client::new();
     for s in &sessions {
-        rt.subscribe(&observer.peer, s).await.unwrap();
+        rt.subscribe(&observer.peer, &sub(s)).await.unwrap();
     }
     let accepted = Arc::new(StdMutex::new(Vec::<String>::new()));
     let mut workers = Vec::new();
@@ -1020,7 +1040,7 @@ async fn interleave(seed: u64) {
                     }
                     _ => {
                         if rng.below(2) == 0 {
-                            rt.subscribe(&client.peer, s).await.unwrap();
+                            rt.subscribe(&client.peer, &sub(s)).await.unwrap();
                         }
                         tokio::time::sleep(Duration::from_micros(rng.below(3_000))).await;
                     }
@@ -1101,6 +1121,7 @@ async fn interleave(seed: u64) {
         rt.unsubscribe(&observer.peer, s).await.unwrap();
     }
     assert_eq!(rt.tasks(), 0, "seed {seed}: no task left");
+    unload_all(&rt);
     assert_eq!(rt.live_sessions(), 0, "seed {seed}: no session state left");
     assert_eq!(rt.live_runs(), 0);
 }

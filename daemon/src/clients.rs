@@ -1,0 +1,266 @@
+//! Who holds what: every client the daemon knows by its `clientId`, the workspaces it claims,
+//! and what a client whose connection dropped leaves behind for its grace period (its claims,
+//! and its subscriptions with the seq the daemon last wrote to it).
+//!
+//! A client that reconnects with the same `clientId` within the grace period takes all of it
+//! back ([`Clients::attach`]); after the grace period it is released ([`Clients::expire`]). A
+//! clean `shutdown`, or a connection that never gave a `clientId` (it cannot come back as the
+//! same client), releases everything at once.
+//!
+//! Architecture invariant: claims only keep a workspace loaded; they never own runs. A run
+//! belongs to its workspace and ends the same whether zero or ten clients hold a claim.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crush_protocol::WorkspaceClaim;
+
+use crate::peer::Peer;
+use crate::sync::lock;
+
+/// One subscription a client had: the session and the seq of the last event written to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSubscription {
+    pub session_id: String,
+    pub cursor: Option<u64>,
+}
+
+/// What a reconnecting client gets back.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    pub claims: usize,
+    pub subscriptions: Vec<KeptSubscription>,
+}
+
+/// A client gone quiet: when to release it, and which detach parked it.
+#[derive(Debug, Clone)]
+pub struct Expiry {
+    pub client_id: String,
+    pub generation: u64,
+    pub at: Instant,
+}
+
+#[derive(Debug)]
+struct ClientState {
+    name: Option<String>,
+    /// The connection speaking for the client now (`None` while parked).
+    conn: Option<Arc<Peer>>,
+    claims: BTreeSet<String>,
+    parked: Option<Parked>,
+}
+
+#[derive(Debug)]
+struct Parked {
+    subscriptions: Vec<KeptSubscription>,
+    expires: Instant,
+    generation: u64,
+}
+
+pub struct Clients {
+    grace: Duration,
+    map: Mutex<HashMap<String, ClientState>>,
+    next_generation: Mutex<u64>,
+    /// Number of parked clients (the daemon's idle exit waits for them).
+    parked: watch::Sender<usize>,
+}
+
+impl Clients {
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            map: Mutex::default(),
+            next_generation: Mutex::new(0),
+            parked: watch::Sender::new(0),
+        }
+    }
+
+    pub fn watch_parked(&self) -> watch::Receiver<usize> {
+        self.parked.subscribe()
+    }
+
+    fn count_parked(&self, map: &HashMap<String, ClientState>) {
+        let n = map.values().filter(|c| c.parked.is_some()).count();
+        self.parked.send_if_modified(|cur| {
+            let changed = *cur != n;
+            *cur = n;
+            changed
+        });
+    }
+
+    /// An initialized connection speaks for its client from now on. When the client was parked
+    /// (or another connection still spoke for it), what it held is returned.
+    pub fn attach(&self, peer: &Arc<Peer>) -> Option<Resumed> {
+        let id = peer.client_id();
+        let name = peer.identity().and_then(|i| i.name);
+        let mut map = lock(&self.map);
+        let entry = map.entry(id).or_insert_with(|| ClientState {
+            name: name.clone(),
+            conn: None,
+            claims: BTreeSet::new(),
+            parked: None,
+        });
+        entry.name = name;
+        let resumed = if let Some(p) = entry.parked.take() {
+            Some(Resumed {
+                claims: entry.claims.len(),
+                subscriptions: p.subscriptions,
+            })
+        } else if let Some(old) = entry.conn.as_ref().filter(|old| old.id != peer.id) {
+            // The old connection has not noticed it is dead yet: take over what it follows.
+            Some(Resumed {
+                claims: entry.claims.len(),
+                subscriptions: kept_subscriptions(old),
+            })
+        } else {
+            None
+        };
+        entry.conn = Some(peer.clone());
+        self.count_parked(&map);
+        resumed.filter(|r| r.claims > 0 || !r.subscriptions.is_empty())
+    }
+
+    /// The connection's client claims the workspace. Returns the number of claims on it.
+    pub fn claim(&self, peer: &Peer, workspace_id: &str) -> usize {
+        let mut map = lock(&self.map);
+        if let Some(c) = map.get_mut(&peer.client_id()) {
+            c.claims.insert(workspace_id.to_owned());
+        }
+        map.values()
+            .filter(|c| c.claims.contains(workspace_id))
+            .count()
+    }
+
+    /// Releases the client's claim. Returns whether it held one and how many others remain.
+    pub fn release(&self, peer: &Peer, workspace_id: &str) -> (bool, usize) {
+        let mut map = lock(&self.map);
+        let released = map
+            .get_mut(&peer.client_id())
+            .is_some_and(|c| c.claims.remove(workspace_id));
+        let remaining = map
+            .values()
+            .filter(|c| c.claims.contains(workspace_id))
+            .count();
+        (released, remaining)
+    }
+
+    /// The connection closed. A clean shutdown, or a client without a chosen id, releases
+    /// everything; otherwise the client is parked with `subscriptions` until the returned
+    /// expiry. Nothing happens when another connection already took the client over.
+    pub fn detach(
+        &self,
+        peer: &Peer,
+        clean: bool,
+        subscriptions: Vec<KeptSubscription>,
+    ) -> Option<Expiry> {
+        let id = peer.client_id();
+        let explicit = peer.identity().is_some_and(|i| i.explicit_id);
+        let mut map = lock(&self.map);
+        let entry = map.get_mut(&id)?;
+        if entry.conn.as_ref().is_none_or(|c| c.id != peer.id) {
+            return None;
+        }
+        entry.conn = None;
+        if clean || !explicit || self.grace.is_zero() {
+            map.remove(&id);
+            self.count_parked(&map);
+            return None;
+        }
+        let generation = {
+            let mut g = lock(&self.next_generation);
+            *g += 1;
+            *g
+        };
+        let at = Instant::now() + self.grace;
+        entry.parked = Some(Parked {
+            subscriptions,
+            expires: at,
+            generation,
+        });
+        self.count_parked(&map);
+        Some(Expiry {
+            client_id: id,
+            generation,
+            at,
+        })
+    }
+
+    /// The grace period of a parked client ended: release it, unless it came back (or was
+    /// parked again since). Returns whether it was released.
+    pub fn expire(&self, e: &Expiry) -> bool {
+        let mut map = lock(&self.map);
+        let gone = map
+            .get(&e.client_id)
+            .and_then(|c| c.parked.as_ref())
+            .is_some_and(|p| p.generation == e.generation);
+        if gone {
+            map.remove(&e.client_id);
+            self.count_parked(&map);
+        }
+        gone
+    }
+
+    /// Whether any client, connected or parked, claims the workspace.
+    pub fn holds(&self, workspace_id: &str) -> bool {
+        lock(&self.map)
+            .values()
+            .any(|c| c.claims.contains(workspace_id))
+    }
+
+    /// Sessions parked clients will want back.
+    pub fn parked_sessions(&self) -> HashSet<String> {
+        lock(&self.map)
+            .values()
+            .filter_map(|c| c.parked.as_ref())
+            .flat_map(|p| p.subscriptions.iter().map(|s| s.session_id.clone()))
+            .collect()
+    }
+
+    /// The claims on a workspace, for `workspace/list`.
+    pub fn claims_on(&self, workspace_id: &str) -> Vec<WorkspaceClaim> {
+        let now = Instant::now();
+        let map = lock(&self.map);
+        let mut out: Vec<WorkspaceClaim> = map
+            .iter()
+            .filter(|(_, c)| c.claims.contains(workspace_id))
+            .map(|(id, c)| WorkspaceClaim {
+                client_id: id.clone(),
+                name: c.name.clone(),
+                connected: c.conn.is_some(),
+                expires_in_ms: c
+                    .parked
+                    .as_ref()
+                    .map(|p| p.expires.saturating_duration_since(now).as_millis() as u64),
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// Clients known (connected or parked).
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A live connection's subscriptions with the seq last written to it.
+pub fn kept_subscriptions(peer: &Peer) -> Vec<KeptSubscription> {
+    let written = peer.outbound().written();
+    let mut subs: Vec<KeptSubscription> = peer
+        .subscriptions()
+        .into_iter()
+        .map(|s| KeptSubscription {
+            cursor: written.get(s.as_str()).copied(),
+            session_id: s,
+        })
+        .collect();
+    subs.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    subs
+}
