@@ -112,6 +112,8 @@ impl Item {
 struct State {
     items: VecDeque<Item>,
     bytes: usize,
+    /// The largest message queued since the queue was last empty.
+    largest: usize,
     closed: bool,
     overflowed: bool,
     /// Seq of the last event written to the socket, per session.
@@ -176,7 +178,9 @@ impl Outbound {
         if st.closed {
             return false;
         }
-        st.bytes += body.len() + ITEM_OVERHEAD;
+        let size = body.len() + ITEM_OVERHEAD;
+        st.bytes += size;
+        st.largest = st.largest.max(size);
         st.items.push_back(Item::Raw(body));
         self.after_push(st)
     }
@@ -219,17 +223,28 @@ impl Outbound {
             lock(&self.stats).merged += 1;
             return self.after_push(st);
         }
-        st.bytes += item.body.len() + ITEM_OVERHEAD;
+        let size = item.body.len() + ITEM_OVERHEAD;
+        st.bytes += size;
+        st.largest = st.largest.max(size);
         st.items.push_back(Item::Event(item.clone()));
         self.after_push(st)
     }
 
     fn after_push(&self, mut st: std::sync::MutexGuard<'_, State>) -> bool {
-        if st.bytes > self.limit {
+        // The largest queued message does not count (a `$/runComplete` carries the whole text
+        // of its run): the bound is about a client falling behind, not about message size.
+        if st.bytes.saturating_sub(st.largest) > self.limit {
+            tracing::debug!(
+                queued_bytes = st.bytes,
+                queued_messages = st.items.len(),
+                largest = st.largest,
+                "outbound queue over its bound"
+            );
             st.overflowed = true;
             st.closed = true;
             st.items.clear();
             st.bytes = 0;
+            st.largest = 0;
             drop(st);
             self.overflow.cancel();
             self.ready.notify_one();
@@ -267,6 +282,7 @@ impl Outbound {
             return if st.closed { None } else { Some(Vec::new()) };
         }
         st.bytes = 0;
+        st.largest = 0;
         let items: Vec<Item> = st.items.drain(..).collect();
         drop(st);
         Some(items.into_iter().map(encode).collect())

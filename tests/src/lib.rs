@@ -283,6 +283,21 @@ impl RawConn {
         c
     }
 
+    /// Connects and initializes with `params` (e.g. a `clientId`), returning the `initialize`
+    /// result too.
+    pub async fn initialized_with(socket: &Path, params: Value) -> (Self, Value) {
+        let mut c = Self::connect(socket).await;
+        let r = c.request("initialize", params).await;
+        assert!(r.get("result").is_some(), "initialize failed: {r}");
+        c.notify("initialized", json!({})).await;
+        (c, r["result"].clone())
+    }
+
+    /// Forgets the kept messages (the caller has looked at them through [`Self::kept`]).
+    pub fn clear_kept(&mut self) {
+        self.backlog.clear();
+    }
+
     pub async fn send(&mut self, msg: Value) {
         let body = serde_json::to_vec(&msg).unwrap();
         self.writer

@@ -416,6 +416,9 @@ pub struct Script {
     pub hang: bool,
     /// End the stream early by closing the connection (takes precedence over `hang`).
     pub cut: Option<Cut>,
+    /// After the deltas, wait until this token is cancelled (the test "opens the gate"), then
+    /// finish normally. Lets a test hold a run mid-stream for as long as it needs.
+    pub hold: Option<CancellationToken>,
     /// `finish_reason` of the final choice event. `None`: `"stop"`, or `"tool_calls"` when the
     /// script has tool calls. Anthropic's `stop_reason` is derived from it: `"stop"` →
     /// `end_turn`, `"tool_calls"` → `tool_use`, `"length"` → `max_tokens`, others as they are.
@@ -484,6 +487,7 @@ impl Default for Script {
             error_message: String::new(),
             headers: Vec::new(),
             hang: false,
+            hold: None,
             cut: None,
             finish_reason: None,
             usage: Some((10, 0)),
@@ -544,6 +548,14 @@ impl Script {
         Script {
             hang: true,
             ..Script::from_chunks(chunks)
+        }
+    }
+
+    /// Holds the stream after its deltas until `gate` is cancelled.
+    pub fn held(self, gate: CancellationToken) -> Script {
+        Script {
+            hold: Some(gate),
+            ..self
         }
     }
 
@@ -686,7 +698,8 @@ impl Script {
         self.chunks.concat()
     }
 
-    fn from_chunks(chunks: Vec<String>) -> Script {
+    /// Streams exactly these text pieces.
+    pub fn from_chunks(chunks: Vec<String>) -> Script {
         let n = chunks.len() as u64;
         Script {
             chunks,
@@ -1114,6 +1127,12 @@ impl Connection {
         }
         if limit.is_some() {
             return self.cut().await;
+        }
+        if let Some(gate) = script.hold.clone() {
+            tokio::select! {
+                _ = gate.cancelled() => {}
+                r = self.watch(None) => return r,
+            }
         }
         if script.hang {
             return self.watch(None).await;
