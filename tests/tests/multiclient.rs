@@ -749,3 +749,25 @@ async fn randomized_round(seed: u64) {
     let got = sender.request("run/get", json!({"runId": run})).await;
     assert_eq!(got["result"]["state"], "completed");
 }
+
+#[tokio::test]
+async fn idle_exit_waits_for_a_client_within_its_grace_period() {
+    let env = TestEnv::new();
+    env.write_config("[daemon]\nclaim_grace = \"1s\"\n");
+    let mut d = env.spawn_daemon(&["--idle-timeout", "200ms"]);
+    let (c, _) = RawConn::initialized_with(&env.socket, json!({"clientId": "coming-back"})).await;
+    drop(c);
+    // The daemon stays for the client it expects back, then exits once the grace period ends.
+    d.wait_for_log(
+        "no connections, runs or returning clients; exiting",
+        DEADLINE,
+    );
+    let log = d.log_text();
+    let released = log.find("did not come back within the grace period");
+    let exiting = log.find("no connections, runs or returning clients; exiting");
+    assert!(
+        released.is_some() && released < exiting,
+        "the claim was released before the idle exit:\n{log}"
+    );
+    assert!(d.wait_exit(DEADLINE).success());
+}
