@@ -37,7 +37,7 @@ use crate::sync::lock;
 
 /// Per-item bookkeeping charged against the bound on top of the payload, so a flood of tiny
 /// messages is bounded too.
-const ITEM_OVERHEAD: usize = 64;
+pub const ITEM_OVERHEAD: usize = 64;
 
 /// What a text or reasoning delta event is, so a later one can be merged into it.
 #[derive(Debug)]
@@ -95,6 +95,14 @@ enum Item {
 }
 
 impl Item {
+    fn seq(&self) -> u64 {
+        match self {
+            Item::Raw(_) => 0,
+            Item::Event(e) => e.seq,
+            Item::Merged { seq, .. } => *seq,
+        }
+    }
+
     fn delta(&self) -> Option<(&Arc<str>, &Delta)> {
         match self {
             Item::Event(EventItem {
@@ -198,6 +206,7 @@ impl Outbound {
             && let Some((session, prev)) = last.delta()
             && *session == item.session
             && prev.same_stream(d)
+            && item.seq > last.seq()
         {
             let added = d.text.len();
             match last {
@@ -479,6 +488,17 @@ mod tests {
         assert_eq!(d["params"]["text"], " message");
         assert!(q.try_pop().is_none());
         assert_eq!(q.stats().merged, 1);
+    }
+
+    #[test]
+    fn a_replayed_delta_never_merges_into_a_later_one() {
+        let s: Arc<str> = Arc::from("s1");
+        let q = Outbound::new(1 << 20);
+        q.push_event(&delta_item(&s, 7, "m1", "live"));
+        // A re-subscribe replays an earlier delta of the same message behind it.
+        q.push_event(&delta_item(&s, 5, "m1", "old"));
+        assert_eq!(json(q.try_pop().unwrap())["params"]["seq"], 7);
+        assert_eq!(json(q.try_pop().unwrap())["params"]["seq"], 5);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crush_protocol::{
 use crate::config::{AgentSettings, PermissionRules};
 use crate::handlers::{require_session, storage};
 use crate::model::{Model, Models};
-use crate::outbound::{Delta, EventItem};
+use crate::outbound::{Delta, EventItem, ITEM_OVERHEAD};
 use crate::peer::Peer;
 use crate::store::{DroppedRun, Store, new_id, now_ms};
 use crate::sync::lock;
@@ -1443,11 +1443,13 @@ impl SessionInner {
         if self.limits.events == 0 || self.limits.bytes == 0 {
             return;
         }
-        self.log_bytes += item.body.len();
+        // Counted as the outbound queue counts it, so a full log replays within a queue
+        // bound of the same size.
+        self.log_bytes += item.body.len() + ITEM_OVERHEAD;
         self.log.push_back(item);
         while self.log.len() > self.limits.events || self.log_bytes > self.limits.bytes {
             match self.log.pop_front() {
-                Some(old) => self.log_bytes -= old.body.len(),
+                Some(old) => self.log_bytes -= old.body.len() + ITEM_OVERHEAD,
                 None => break,
             }
         }
