@@ -950,6 +950,9 @@ async fn reconnect(shared: &Arc<Shared>, old_epoch: &str) -> Option<Arc<Client>>
                 match restored {
                     Ok(()) => return Some(client),
                     Err(e) => {
+                        // Let its reader hand over its last notifications first, so none of
+                        // them lands behind the next connection's snapshot.
+                        client.finished().await;
                         shared.emit(ClientEvent::Disconnected {
                             reason: format!("the connection dropped again while restoring: {e}"),
                         });
@@ -962,20 +965,19 @@ async fn reconnect(shared: &Arc<Shared>, old_epoch: &str) -> Option<Arc<Client>>
         tracing::debug!(attempts, error = %failure, "reconnect attempt failed");
         let now = Instant::now();
         let pause = jitter(delay);
-        if let Some(d) = deadline {
-            if now >= d {
-                let after = policy.give_up_after.unwrap_or_default();
-                let reason = format!("{failure} (after {attempts} attempts)");
-                shared.emit(ClientEvent::GaveUp {
-                    error: ClientError::GaveUp {
-                        after,
-                        reason: reason.clone(),
-                    }
-                    .to_string(),
-                });
-                shared.finish(Ended::GaveUp { after, reason });
-                return None;
-            }
+        if let Some(after) = policy.give_up_after
+            && deadline.is_some_and(|d| now >= d)
+        {
+            let reason = format!("{failure} (after {attempts} attempts)");
+            shared.emit(ClientEvent::GaveUp {
+                error: ClientError::GaveUp {
+                    after,
+                    reason: reason.clone(),
+                }
+                .to_string(),
+            });
+            shared.finish(Ended::GaveUp { after, reason });
+            return None;
         }
         // The last pause ends at the deadline, so the last attempt is made right on it.
         let pause = match deadline {
@@ -1443,4 +1445,250 @@ impl Actor {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use serde_json::json;
+
+    /// Feeds the inputs to an actor and returns every event it emitted.
+    async fn run(inputs: Vec<Input>) -> Vec<ClientEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let actor = tokio::spawn(
+            Actor {
+                events: events_tx,
+                subs: HashMap::new(),
+                watched: HashMap::new(),
+                finished: Recent::default(),
+            }
+            .run(rx),
+        );
+        for i in inputs {
+            tx.send(i).unwrap();
+        }
+        tx.send(Input::Stop).unwrap();
+        actor.await.unwrap();
+        let mut out = Vec::new();
+        while let Some(e) = events.recv().await {
+            out.push(e);
+        }
+        out
+    }
+
+    fn delta(seq: u64, text: &str) -> Input {
+        Input::Note(IncomingNotification {
+            method: "$/sessionUpdate".into(),
+            params: json!({"sessionId": "s", "seq": seq, "runId": "r", "kind": "textDelta",
+                           "messageId": "m", "text": text}),
+        })
+    }
+
+    fn complete(run: &str) -> Input {
+        Input::Note(IncomingNotification {
+            method: "$/runComplete".into(),
+            params: json!({"sessionId": "s", "runId": run, "cancelled": false, "text": "live"}),
+        })
+    }
+
+    fn start() -> Input {
+        Input::SubscribeStart {
+            session_id: "s".into(),
+        }
+    }
+
+    fn done(visible: bool, after: Option<u64>, seq: u64, resync: bool) -> Input {
+        Input::SubscribeDone {
+            session_id: "s".into(),
+            visible,
+            after,
+            result: SessionSubscribeResult {
+                seq,
+                epoch: "e1".into(),
+                resync,
+                ..SessionSubscribeResult::default()
+            },
+        }
+    }
+
+    fn watch(run: &str) -> Input {
+        Input::Watch {
+            run_id: run.into(),
+            session_id: "s".into(),
+            confirmed: true,
+            reply: None,
+        }
+    }
+
+    fn recovered(run: &str) -> Input {
+        Input::Outcome(RunOutcome {
+            session_id: "s".into(),
+            run_id: run.into(),
+            state: "completed".into(),
+            cancelled: false,
+            error: None,
+            message_id: None,
+            text: Some("recovered".into()),
+            folded_into: None,
+            recovered: true,
+        })
+    }
+
+    /// What a test looks at: `u<seq>`, `resync<seq>`, `outcome:<run>:<recovered>`.
+    fn summary(events: &[ClientEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                ClientEvent::Update(u) => format!("u{}", u.seq),
+                ClientEvent::Resync(r) => format!("resync{}", r.seq),
+                ClientEvent::RunOutcome(o) => format!("outcome:{}:{}", o.run_id, o.recovered),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn live_events_that_overtake_a_resync_answer_come_after_the_resync() {
+        let events = run(vec![
+            start(),
+            done(true, None, 3, false),
+            delta(4, "a"),
+            // Reconnected: the cursor (4) is out of the log; live events race the answer.
+            start(),
+            delta(9, "x"),
+            delta(10, "y"),
+            done(true, Some(4), 8, true),
+            delta(11, "z"),
+        ])
+        .await;
+        assert_eq!(summary(&events), ["u4", "resync8", "u9", "u10", "u11"]);
+    }
+
+    #[tokio::test]
+    async fn events_are_delivered_at_most_once_and_in_order() {
+        let events = run(vec![
+            start(),
+            done(true, None, 0, false),
+            delta(1, "a"),
+            delta(2, "b"),
+            // A replay from an older cursor (e.g. a caller's own afterSeq) repeats 2.
+            start(),
+            delta(2, "b"),
+            delta(3, "c"),
+            done(true, Some(1), 3, false),
+            delta(3, "c"),
+            delta(5, "merged"),
+        ])
+        .await;
+        assert_eq!(summary(&events), ["u1", "u2", "u3", "u5"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_cut_off_drops_what_it_held_and_a_refused_one_keeps_the_stream() {
+        let events = run(vec![
+            start(),
+            done(true, None, 0, false),
+            delta(1, "a"),
+            start(),
+            delta(2, "b"),
+            // The connection dropped before the answer: 2 will be replayed from cursor 1.
+            Input::SubscribeAbort {
+                session_id: "s".into(),
+                lost: true,
+            },
+            start(),
+            delta(2, "b"),
+            done(true, Some(1), 2, false),
+            start(),
+            delta(3, "c"),
+            // Refused on a working connection that is still subscribed: 3 continues the stream.
+            Input::SubscribeAbort {
+                session_id: "s".into(),
+                lost: false,
+            },
+        ])
+        .await;
+        assert_eq!(summary(&events), ["u1", "u2", "u3"]);
+    }
+
+    #[tokio::test]
+    async fn a_followed_run_ends_exactly_once_whichever_report_comes_first() {
+        let events = run(vec![
+            watch("r1"),
+            watch("r2"),
+            complete("r1"),
+            recovered("r1"),
+            recovered("r2"),
+            complete("r2"),
+            // Watching a run that already ended changes nothing.
+            watch("r2"),
+            recovered("r2"),
+        ])
+        .await;
+        assert_eq!(summary(&events), ["outcome:r1:false", "outcome:r2:true"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_kept_only_for_a_run_delivers_no_events() {
+        let events = run(vec![
+            watch("r"),
+            start(),
+            done(false, None, 5, false),
+            delta(6, "hidden"),
+            complete("r"),
+        ])
+        .await;
+        assert_eq!(summary(&events), ["outcome:r:false"]);
+    }
+
+    #[tokio::test]
+    async fn a_restore_resubscribes_the_callers_sessions_and_those_of_unfinished_runs() {
+        let (tx, rx) = oneshot::channel();
+        run(vec![
+            start(),
+            done(true, None, 0, false),
+            delta(7, "a"),
+            Input::SubscribeStart {
+                session_id: "t".into(),
+            },
+            Input::SubscribeDone {
+                session_id: "t".into(),
+                visible: false,
+                after: None,
+                result: SessionSubscribeResult::default(),
+            },
+            Input::Watch {
+                run_id: "open".into(),
+                session_id: "u".into(),
+                confirmed: false,
+                reply: None,
+            },
+            Input::Snapshot(tx),
+        ])
+        .await;
+        let snap = rx.await.unwrap();
+        let subs: Vec<(String, u64, String)> = snap
+            .subs
+            .into_iter()
+            .map(|s| (s.session_id, s.cursor, s.epoch))
+            .collect();
+        // "t" only served runs that have all ended.
+        assert_eq!(subs, [("s".to_owned(), 7, "e1".to_owned())]);
+        assert_eq!(snap.runs.len(), 1);
+        assert_eq!(snap.runs[0].run_id, "open");
+        assert_eq!(snap.runs[0].session_id, "u");
+        assert!(!snap.runs[0].confirmed);
+    }
+
+    #[test]
+    fn backoff_pauses_stay_in_the_upper_half() {
+        let d = Duration::from_millis(400);
+        for _ in 0..1000 {
+            let p = jitter(d);
+            assert!(p >= d / 2 && p <= d, "{p:?}");
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
 }

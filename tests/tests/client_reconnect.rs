@@ -314,6 +314,10 @@ async fn streamed_text_arrives_exactly_once_across_repeated_cuts() {
     let mut events = rc.take_events().unwrap();
     let session = new_session(&rc, &w.project).await;
     subscribe(&rc, &session).await;
+    let mut observer = RawConn::initialized(&w.env.socket).await;
+    observer
+        .request("session/subscribe", json!({"sessionId": session}))
+        .await;
     let script = Script::chunks(60).chunk_delay(Duration::from_millis(15));
     let full = script.full_text();
     w.mock.push(script);
@@ -322,15 +326,33 @@ async fn streamed_text_arrives_exactly_once_across_repeated_cuts() {
     let mut seen = Seen::default();
     let mut cut_connections = 0;
     // Cut when the text has reached 15%, 40% and 65% of its length (deltas the daemon merged
-    // for a slow reader cannot skip a cut: one cut per delta, while any is due).
+    // for a slow reader cannot skip a cut: one cut per delta, while any is due). The first and
+    // last cuts let the client straight back in (it races the live stream); the middle one
+    // keeps it out until three more events have passed, which it must get from the replay.
     let cut_at = [15, 40, 65].map(|pct| full.len() * pct / 100);
     let mut cuts = 0;
+    let mut last_seq = 0;
     loop {
         let e = next(&mut events).await;
         let before = seen.deltas;
         seen.record(&run, &e);
+        if let ClientEvent::Update(u) = &e {
+            last_seq = u.seq;
+        }
         if seen.deltas != before && cuts < cut_at.len() && seen.text.len() >= cut_at[cuts] {
-            cut_connections += w.proxy.cut();
+            if cuts == 1 {
+                w.proxy.pause();
+                cut_connections += w.proxy.cut();
+                observer
+                    .wait_for("three more events", |m| {
+                        m["method"] == "$/sessionUpdate"
+                            && m["params"]["seq"].as_u64() > Some(last_seq + 3)
+                    })
+                    .await;
+                w.proxy.resume();
+            } else {
+                cut_connections += w.proxy.cut();
+            }
             cuts += 1;
         }
         if !seen.outcomes_of(&run).is_empty() {
@@ -892,4 +914,63 @@ async fn a_daemon_restart_resyncs_and_reports_the_run_interrupted() {
             .any(|x| x.claims.iter().any(|c| c.client_id == rc.client_id())),
         "{list:?}"
     );
+}
+
+/// Following another client's run subscribes to its session underneath, which makes the daemon
+/// send that session's pending prompts to this client too: they are not passed to the
+/// caller's handler (it never subscribed to the session), and the subscriber's answer decides.
+#[tokio::test]
+async fn prompts_of_a_session_followed_only_for_a_run_are_left_to_its_subscribers() {
+    let w = world("").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    // Were it asked, it would deny at once, before the subscriber's allow.
+    let handler: RequestHandler = Arc::new(move |_method, _params| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(json!({"decision": "deny"})) })
+    });
+    let rc = ReconnectingClient::connect(options(&w.proxy.path, Some(handler)), fast_policy())
+        .await
+        .unwrap();
+    let mut events = rc.take_events().unwrap();
+    let session = new_session(&rc, &w.project).await;
+    let mut observer = RawConn::initialized(&w.env.socket).await;
+    observer
+        .request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    w.mock.push(Script::text("Let me fix that.").tool_call(
+        "call_1",
+        "edit",
+        r#"{"path":"hello.txt","old_string":"world","new_string":"crush"}"#,
+    ));
+    w.mock.push(Script::text("Done."));
+    let r = observer
+        .request(
+            "agent/send",
+            json!({"sessionId": session, "prompt": "fix it", "runId": "r-edit"}),
+        )
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let ask = observer.daemon_request("permission/request").await;
+    let info = rc.watch_run("r-edit").await.unwrap();
+    assert_eq!(info.state, "running");
+    rc.request::<request::DaemonStatus>(NoParams).await.unwrap();
+    observer.reply(&ask, json!({"decision": "allow"})).await;
+
+    let o = loop {
+        match next(&mut events).await {
+            ClientEvent::RunOutcome(o) => break o,
+            ClientEvent::Update(u) => panic!("not subscribed, yet got {u:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(o.run_id, "r-edit");
+    assert_eq!(o.state, "completed");
+    assert!(!o.recovered);
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("hello.txt")).unwrap(),
+        "hello crush\n",
+        "the subscriber's allow decided"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the caller was not asked");
 }
