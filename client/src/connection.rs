@@ -68,6 +68,11 @@ pub struct ConnectOptions {
     pub client_id: Option<String>,
     /// Handler for daemon→client requests; `None` answers MethodNotFound.
     pub request_handler: Option<RequestHandler>,
+    /// `initialize`'s `restoreSubscriptions`: whether a connection resuming a dropped one (same
+    /// `client_id`, within the daemon's grace period) gets its subscriptions back from the
+    /// daemon. `None` leaves it to the daemon (true). [`crate::ReconnectingClient`] passes false:
+    /// it resubscribes from its own cursors.
+    pub restore_subscriptions: Option<bool>,
 }
 
 impl Default for ConnectOptions {
@@ -83,11 +88,15 @@ impl Default for ConnectOptions {
             },
             client_id: None,
             request_handler: None,
+            restore_subscriptions: None,
         }
     }
 }
 
 type Pending = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Result<Box<RawValue>, RpcError>>>>>;
+
+/// Where the reader puts notifications, in the order they arrived.
+pub(crate) type NoteSink = Box<dyn FnMut(IncomingNotification) + Send>;
 
 /// A live, initialized connection to crushd.
 pub struct Client {
@@ -95,6 +104,8 @@ pub struct Client {
     pending: Pending,
     next_id: AtomicU64,
     closed: CancellationToken,
+    /// Cancelled once the reader has stopped: every notification it read has been handed on.
+    reader_done: CancellationToken,
     notifications: Mutex<Option<mpsc::UnboundedReceiver<IncomingNotification>>>,
     tasks: Vec<JoinHandle<()>>,
     init: InitializeResult,
@@ -144,25 +155,58 @@ impl Client {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (note_tx, note_rx) = mpsc::unbounded_channel();
+        let sink: NoteSink = Box::new(move |n| {
+            let _ = note_tx.send(n);
+        });
+        Self::start(read, write, socket, opts, sink, Some(note_rx)).await
+    }
+
+    /// Performs `initialize` over a connected stream, handing every notification to `sink` in
+    /// arrival order (the reconnecting client's single ordered inbox).
+    pub(crate) async fn with_sink(
+        stream: Stream,
+        socket: PathBuf,
+        opts: ConnectOptions,
+        sink: NoteSink,
+    ) -> Result<Client, ClientError> {
+        let (read, write) = SharedHalf::pair(stream);
+        Self::start(read, write, socket, opts, sink, None).await
+    }
+
+    async fn start<R, W>(
+        read: R,
+        write: W,
+        socket: PathBuf,
+        opts: ConnectOptions,
+        sink: NoteSink,
+        notifications: Option<mpsc::UnboundedReceiver<IncomingNotification>>,
+    ) -> Result<Client, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let closed = CancellationToken::new();
+        let reader_done = CancellationToken::new();
         let writer = tokio::spawn(write_loop(write, out_rx, closed.clone()));
         let reader = tokio::spawn(read_loop(
             read,
             pending.clone(),
-            note_tx,
+            sink,
             out_tx.clone(),
             opts.request_handler.clone(),
             closed.clone(),
+            reader_done.clone(),
         ));
         let mut client = Client {
             outbound: out_tx,
             pending,
             next_id: AtomicU64::new(1),
             closed,
-            notifications: Mutex::new(Some(note_rx)),
+            reader_done,
+            notifications: Mutex::new(notifications),
             tasks: vec![writer, reader],
             init: placeholder_init(),
             socket,
@@ -172,7 +216,7 @@ impl Client {
                 client_info: Some(opts.client_info),
                 client_id: opts.client_id,
                 protocol_version: Some(PROTOCOL_VERSION),
-                restore_subscriptions: None,
+                restore_subscriptions: opts.restore_subscriptions,
             })
             .await?;
         client.notify_raw("initialized", &serde_json::json!({}));
@@ -201,6 +245,13 @@ impl Client {
 
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// Resolves once the reader has stopped (after [`Self::closed`]): every notification that
+    /// arrived on this connection has been handed on by then, and every unanswered request has
+    /// failed.
+    pub async fn finished(&self) {
+        self.reader_done.cancelled().await
     }
 
     /// A typed request.
@@ -250,6 +301,9 @@ impl Client {
     }
 
     /// Registers a pending request, sends it, and returns its id and a future for the raw answer.
+    /// The answer fails with [`ClientError::Closed`] when the request was never written (the
+    /// connection was already gone), and with [`ClientError::ConnectionLost`] when the
+    /// connection dropped while it was in flight (the daemon may or may not have acted on it).
     fn send_request<P: Serialize>(
         &self,
         method: &str,
@@ -261,13 +315,17 @@ impl Client {
         let id: RequestId = Id::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id.clone(), tx);
-        let sent = self
-            .outbound
-            .send(encode_request(&id, method, params))
-            .is_ok();
+        // The reader cancels `closed` before it clears the pending map: an entry inserted after
+        // that clear would never be answered, so look again once it is in.
+        let sent = !self.closed.is_cancelled()
+            && self
+                .outbound
+                .send(encode_request(&id, method, params))
+                .is_ok();
         if !sent {
             lock(&self.pending).remove(&id);
         }
+        let method = method.to_owned();
         let fut = async move {
             if !sent {
                 return Err(ClientError::Closed);
@@ -275,7 +333,7 @@ impl Client {
             match rx.await {
                 Ok(Ok(raw)) => Ok(raw),
                 Ok(Err(e)) => Err(ClientError::Rpc(e)),
-                Err(_) => Err(ClientError::Closed),
+                Err(_) => Err(ClientError::ConnectionLost { method }),
             }
         };
         (id, fut)
@@ -328,11 +386,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop<R: AsyncRead + Unpin>(
     read: R,
     pending: Pending,
-    notes: mpsc::UnboundedSender<IncomingNotification>,
+    mut notes: NoteSink,
     outbound: mpsc::UnboundedSender<Bytes>,
     handler: Option<RequestHandler>,
     closed: CancellationToken,
+    reader_done: CancellationToken,
 ) {
+    // Signals the end however the task ends (also when it is aborted).
+    let _done = reader_done.drop_guard();
     let mut frames = FramedRead::new(read, LspCodec::default());
     let mut handler_tasks = tokio::task::JoinSet::new();
     loop {
@@ -355,7 +416,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let params = params
                     .and_then(|p| serde_json::from_str(p.get()).ok())
                     .unwrap_or(Value::Null);
-                let _ = notes.send(IncomingNotification { method, params });
+                notes(IncomingNotification { method, params });
             }
             Ok(Message::Request { id, method, params }) => {
                 let params = params

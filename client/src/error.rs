@@ -24,6 +24,18 @@ pub enum ClientError {
     },
     #[error("the connection to crushd closed")]
     Closed,
+    /// The connection dropped after the request was written and before its answer came: the
+    /// daemon may or may not have acted on it.
+    #[error(
+        "the connection to crushd dropped while {method} was in flight; it may or may not have taken effect"
+    )]
+    ConnectionLost { method: String },
+    /// A reconnecting client stopped trying.
+    #[error("lost the connection to crushd and could not reconnect within {}: {reason}", human(*after))]
+    GaveUp {
+        after: std::time::Duration,
+        reason: String,
+    },
     #[error("crushd: {0}")]
     Rpc(#[from] RpcError),
     #[error("unexpected answer from crushd: {0}")]
@@ -41,6 +53,15 @@ impl ClientError {
                 | ClientError::Connect { .. }
                 | ClientError::DaemonNotFound
                 | ClientError::DaemonStartFailed { .. }
+                | ClientError::GaveUp { .. }
         )
+    }
+}
+
+fn human(d: std::time::Duration) -> String {
+    if d.as_secs() >= 1 && d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
     }
 }
