@@ -60,6 +60,9 @@ pub async fn initialize(
         explicit_id,
     });
     let resumed = daemon.clients.attach(peer);
+    if explicit_id {
+        daemon.runtime.rebind_sender(&client_id, peer);
+    }
     let mut restored = Vec::new();
     if let Some(r) = &resumed {
         tracing::info!(

@@ -899,6 +899,9 @@ pub enum SessionEvent {
         state: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The assistant message of the run's turn (absent when it never started one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
     },
     /// A user message was stored.
     #[serde(rename_all = "camelCase")]

@@ -771,3 +771,25 @@ async fn idle_exit_waits_for_a_client_within_its_grace_period() {
     );
     assert!(d.wait_exit(DEADLINE).success());
 }
+
+#[tokio::test]
+async fn the_run_complete_follows_its_sender_to_the_new_connection() {
+    let w = world("").await;
+    let gate = CancellationToken::new();
+    w.mock.push(Script::chunks(3).held(gate.clone()));
+    let params = json!({"clientId": "cli-7", "restoreSubscriptions": false});
+    let (mut c, _) = RawConn::initialized_with(&w.env.socket, params.clone()).await;
+    // Sent without subscribing: only the sender hears of its end.
+    let run = send(&mut c, &w.session, "hold on").await;
+    let mut watcher = RawConn::initialized(&w.env.socket).await;
+    subscribe(&mut watcher, json!({"sessionId": w.session})).await;
+    drop(c);
+    let (mut c, init) = RawConn::initialized_with(&w.env.socket, params).await;
+    assert_eq!(init["restored"], Value::Null, "{init}");
+    gate.cancel();
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["cancelled"], false);
+    let finished = wait_update(&mut watcher, "runFinished", |u| u["kind"] == "runFinished").await;
+    assert_eq!(finished["messageId"], done["messageId"], "{finished}");
+    assert!(finished["messageId"].is_string());
+}

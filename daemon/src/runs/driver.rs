@@ -106,6 +106,7 @@ impl Runtime {
                         SessionEvent::RunFinished {
                             state: outcome.end.state().to_owned(),
                             error: outcome.error.clone(),
+                            message_id: outcome.message_id.clone(),
                         },
                     );
                     inner.complete(
@@ -118,7 +119,7 @@ impl Runtime {
                             cancelled: outcome.end == End::Cancelled,
                             folded_into,
                         },
-                        r.sender.as_ref(),
+                        r.sender().as_ref(),
                     );
                 }
                 // Steered prompts that missed the turn run next, ahead of the queue.

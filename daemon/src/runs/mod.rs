@@ -200,13 +200,18 @@ pub struct RunMeta {
     pub attachments: Vec<Attachment>,
     pub model: Arc<dyn Model>,
     /// The connection that sent it: it gets the `$/runComplete` even when not subscribed.
-    pub sender: Option<Arc<Peer>>,
+    /// Replaced by the client's new connection when it reconnects with the same `clientId`.
+    pub sender: Mutex<Option<Arc<Peer>>>,
     /// Tool calls of this prompt run without asking.
     pub yolo: bool,
     pub created_at: i64,
 }
 
 impl RunMeta {
+    pub fn sender(&self) -> Option<Arc<Peer>> {
+        lock(&self.sender).clone()
+    }
+
     /// The user message's parts.
     fn user_parts(&self) -> Value {
         user_parts(&self.prompt, &self.attachments)
@@ -466,7 +471,7 @@ impl Runtime {
             prompt: p.prompt,
             attachments: p.attachments,
             model,
-            sender,
+            sender: Mutex::new(sender),
             yolo: p.yolo,
             created_at: now_ms(),
         });
@@ -714,6 +719,7 @@ impl Runtime {
                 SessionEvent::RunFinished {
                     state: "cancelled".to_owned(),
                     error: error.clone(),
+                    message_id: None,
                 },
             );
             inner.complete(
@@ -724,7 +730,7 @@ impl Runtime {
                     cancelled: true,
                     ..Default::default()
                 },
-                r.sender.as_ref(),
+                r.sender().as_ref(),
             );
         }
     }
@@ -887,6 +893,31 @@ impl Runtime {
                 lock(&s.inner).subscribers.remove(&peer.id);
             }
         }
+    }
+
+    /// A client came back on a new connection: the runs its old connection sent report their
+    /// `$/runComplete` to the new one.
+    pub fn rebind_sender(&self, client_id: &str, to: &Arc<Peer>) -> usize {
+        let mut moved = 0;
+        for s in lock(&self.sessions).values() {
+            let inner = lock(&s.inner);
+            let runs = inner
+                .active
+                .iter()
+                .flat_map(|a| std::iter::once(&a.run).chain(a.steered.iter()))
+                .chain(inner.queue.iter().map(|q| &q.run));
+            for r in runs {
+                let mut sender = lock(&r.sender);
+                if sender
+                    .as_ref()
+                    .is_some_and(|p| p.id != to.id && p.client_id() == client_id)
+                {
+                    *sender = Some(to.clone());
+                    moved += 1;
+                }
+            }
+        }
+        moved
     }
 
     // ---- loading and unloading ----
