@@ -126,6 +126,7 @@ struct State {
     overflowed: bool,
     /// Seq of the last event written to the socket, per session.
     written: HashMap<Arc<str>, u64>,
+    stats: QueueStats,
 }
 
 /// Counters for logs and benchmarks.
@@ -144,7 +145,6 @@ pub struct Outbound {
     limit: usize,
     merge: bool,
     overflow: CancellationToken,
-    stats: Mutex<QueueStats>,
 }
 
 impl Outbound {
@@ -162,7 +162,6 @@ impl Outbound {
             limit,
             merge,
             overflow: CancellationToken::new(),
-            stats: Mutex::default(),
         })
     }
 
@@ -177,7 +176,7 @@ impl Outbound {
     }
 
     pub fn stats(&self) -> QueueStats {
-        *lock(&self.stats)
+        lock(&self.state).stats
     }
 
     /// Queues an encoded message. False when the queue is closed (or just overflowed).
@@ -229,7 +228,7 @@ impl Outbound {
                 Item::Raw(_) => {}
             }
             st.bytes += added;
-            lock(&self.stats).merged += 1;
+            st.stats.merged += 1;
             return self.after_push(st);
         }
         let size = item.body.len() + ITEM_OVERHEAD;
@@ -259,12 +258,8 @@ impl Outbound {
             self.ready.notify_one();
             return false;
         }
-        let bytes = st.bytes;
+        st.stats.peak_bytes = st.stats.peak_bytes.max(st.bytes);
         drop(st);
-        {
-            let mut stats = lock(&self.stats);
-            stats.peak_bytes = stats.peak_bytes.max(bytes);
-        }
         self.ready.notify_one();
         true
     }
@@ -402,7 +397,13 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
             tokio::select! {
                 biased;
                 _ = abort.cancelled() => break,
-                _ = notified => continue,
+                _ = notified => {
+                    // Woken for a new message: let the publisher (and the other writers) run
+                    // once before taking the queue, so a burst is taken as one batch (and its
+                    // deltas merged) instead of one write per delta per client.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
             }
         }
         let mut done: Vec<(Arc<str>, u64)> = Vec::new();
