@@ -228,12 +228,32 @@ mod bench {
         _env: TestEnv,
         daemon: DaemonProcess,
         clients: Vec<Client>,
+        /// Subscribed, never read after that.
+        _stalled: Option<Client>,
         session: String,
     }
 
-    async fn setup(mock: &MockLlm, n: usize) -> Case {
+    /// How a case differs from the plain fan-out.
+    #[derive(Clone, Copy)]
+    struct Variant {
+        name: &'static str,
+        pace: Duration,
+        /// Every chunk is `" {tag}{i}"`: a longer tag makes a bigger reply.
+        tag: &'static str,
+        /// Appended to the daemon's config.
+        config: &'static str,
+        /// One more subscriber that never reads.
+        stalled: bool,
+    }
+
+    /// A tag of 100 bytes: chunks of ≈105 bytes, ≈1 MiB per 10 000-chunk reply — enough to fill
+    /// a stalled client's socket buffers and pass the queue bound set in `STALL_CONFIG`.
+    const BIG_TAG: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    const STALL_CONFIG: &str = "[daemon]\nmax_outbound_bytes = 262144\n";
+
+    async fn setup(mock: &MockLlm, n: usize, v: Variant) -> Case {
         let env = TestEnv::new();
-        env.use_model_at(&mock.base_url());
+        env.use_model_with(&mock.base_url(), "openai", v.config);
         let mut cmd = env.command("crushd");
         cmd.arg("--foreground")
             .arg("--idle-timeout")
@@ -265,10 +285,19 @@ mod bench {
                 .await;
             clients.push(c);
         }
+        let stalled = if v.stalled {
+            let mut c = Client::connect(&env.socket).await;
+            c.request("session/subscribe", json!({"sessionId": session}))
+                .await;
+            Some(c)
+        } else {
+            None
+        };
         Case {
             _env: env,
             daemon,
             clients,
+            _stalled: stalled,
             session,
         }
     }
@@ -336,15 +365,16 @@ mod bench {
         rss_peak: f64,
     }
 
-    async fn measure(mock: &MockLlm, variant: &'static str, n: usize, pace: Duration) -> Row {
-        let mut case = setup(mock, n).await;
+    async fn measure(mock: &MockLlm, v: Variant, n: usize) -> Row {
+        let (variant, pace) = (v.name, v.pace);
+        let mut case = setup(mock, n, v).await;
         let pid = case.daemon.pid();
         eprintln!("{variant} N={n}: crushd pid {pid}");
 
         mock.push(reply("w", WARMUP, pace));
         run_once(&mut case).await;
 
-        let script = reply("t", DELTAS, pace);
+        let script = reply(v.tag, DELTAS, pace);
         let text = script.full_text();
         mock.clear_sent();
         mock.push(script);
@@ -429,6 +459,20 @@ mod bench {
             rss_peak,
         };
         print_row(&row);
+        if v.stalled {
+            let cut = case
+                .daemon
+                .try_wait_for_log("client is not reading", Duration::from_secs(5))
+                .is_some();
+            eprintln!(
+                "{variant} N={n}: the stalled subscriber was {}",
+                if cut {
+                    "disconnected at its bound"
+                } else {
+                    "NOT disconnected"
+                }
+            );
+        }
         drop(case);
         row
     }
@@ -471,16 +515,46 @@ mod bench {
             .unwrap();
         let mut rows = Vec::new();
         rt.block_on(async {
-            for (variant, pace) in [("unpaced", Duration::ZERO), ("paced", PACE)] {
-                if !only.is_empty() && !variant.starts_with(&only) {
+            let plain = |name, pace| Variant {
+                name,
+                pace,
+                tag: "t",
+                config: "",
+                stalled: false,
+            };
+            for v in [plain("unpaced", Duration::ZERO), plain("paced", PACE)] {
+                if !only.is_empty() && !v.name.starts_with(&only) {
                     continue;
                 }
                 for n in CLIENTS {
                     if only_n.is_some_and(|o| o != n) {
                         continue;
                     }
-                    rows.push(measure(&mock, variant, n, pace).await);
+                    rows.push(measure(&mock, v, n).await);
                 }
+            }
+            // A stalled subscriber must not slow the run or the others: the same 1 MiB paced
+            // reply to 10 clients, without and with an 11th that never reads (cut off at a
+            // 256 KiB bound).
+            for stalled in [false, true] {
+                let v = Variant {
+                    name: if stalled {
+                        "stall:with"
+                    } else {
+                        "stall:without"
+                    },
+                    pace: PACE,
+                    tag: BIG_TAG,
+                    config: STALL_CONFIG,
+                    stalled,
+                };
+                if !only.is_empty() && !v.name.starts_with(&only) {
+                    continue;
+                }
+                if only_n.is_some_and(|o| o != 10) {
+                    continue;
+                }
+                rows.push(measure(&mock, v, 10).await);
             }
         });
         drop(mock);
