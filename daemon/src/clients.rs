@@ -36,6 +36,19 @@ pub struct Resumed {
     pub subscriptions: Vec<KeptSubscription>,
 }
 
+/// What became of a client whose connection closed.
+#[derive(Debug)]
+pub enum Detached {
+    /// Nothing is kept (clean shutdown, no `clientId`, or no grace period).
+    Released,
+    /// Kept until the expiry.
+    Parked(Expiry),
+    /// Another connection already speaks for the client.
+    TakenOver(Arc<Peer>),
+    /// The connection never registered (it did not initialize).
+    Unknown,
+}
+
 /// A client gone quiet: when to release it, and which detach parked it.
 #[derive(Debug, Clone)]
 pub struct Expiry {
@@ -155,33 +168,41 @@ impl Clients {
         peer: &Peer,
         clean: bool,
         subscriptions: Vec<KeptSubscription>,
-    ) -> Option<Expiry> {
+    ) -> Detached {
         let id = peer.client_id();
         let explicit = peer.identity().is_some_and(|i| i.explicit_id);
         let mut map = lock(&self.map);
-        let entry = map.get_mut(&id)?;
-        if entry.conn.as_ref().is_none_or(|c| c.id != peer.id) {
-            return None;
+        let Some(entry) = map.get_mut(&id) else {
+            return Detached::Unknown;
+        };
+        match &entry.conn {
+            Some(c) if c.id == peer.id => {}
+            Some(c) => return Detached::TakenOver(c.clone()),
+            None => return Detached::Unknown,
         }
         entry.conn = None;
         if clean || !explicit || self.grace.is_zero() {
             map.remove(&id);
             self.count_parked(&map);
-            return None;
+            return Detached::Released;
         }
         let generation = {
             let mut g = lock(&self.next_generation);
             *g += 1;
             *g
         };
-        let at = Instant::now() + self.grace;
+        // A grace period too long to represent is as good as a day.
+        let now = Instant::now();
+        let at = now
+            .checked_add(self.grace)
+            .unwrap_or(now + Duration::from_secs(86_400));
         entry.parked = Some(Parked {
             subscriptions,
             expires: at,
             generation,
         });
         self.count_parked(&map);
-        Some(Expiry {
+        Detached::Parked(Expiry {
             client_id: id,
             generation,
             at,
@@ -250,11 +271,12 @@ impl Clients {
     }
 }
 
-/// A live connection's subscriptions with the seq last written to it.
+/// A connection's subscriptions (as they were when it began to close, if it did) with the seq
+/// last written to it.
 pub fn kept_subscriptions(peer: &Peer) -> Vec<KeptSubscription> {
     let written = peer.outbound().written();
     let mut subs: Vec<KeptSubscription> = peer
-        .subscriptions()
+        .followed()
         .into_iter()
         .map(|s| KeptSubscription {
             cursor: written.get(s.as_str()).copied(),

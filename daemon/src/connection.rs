@@ -24,7 +24,7 @@ use crush_protocol::{
     RpcError,
 };
 
-use crate::clients::KeptSubscription;
+use crate::clients::{Detached, KeptSubscription};
 use crate::handlers;
 use crate::outbound::{Outbound, write_loop};
 use crate::peer::Peer;
@@ -55,9 +55,21 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let outbound = Outbound::new(daemon.config.max_outbound_bytes);
     let peer = Arc::new(Peer::new(conn_id, outbound.clone()));
     let writer_abort = CancellationToken::new();
-    let writer = tokio::spawn(
-        write_loop(outbound.clone(), write_half, writer_abort.clone()).in_current_span(),
-    );
+    // Fires when the writer ends on its own (a write failed): the connection is useless then.
+    let writer_gone = CancellationToken::new();
+    let writer = {
+        let gone = writer_gone.clone().drop_guard();
+        let out = outbound.clone();
+        let abort = writer_abort.clone();
+        tokio::spawn(
+            async move {
+                let r = write_loop(out, write_half, abort).await;
+                drop(gone);
+                r
+            }
+            .in_current_span(),
+        )
+    };
     debug!("connection opened");
 
     let mut frames = FramedRead::new(read_half, LspCodec::new(daemon.config.max_message_size));
@@ -83,6 +95,10 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                     "client is not reading: its unread messages passed max_outbound_bytes; \
                      disconnecting it (it can reconnect and replay from its last seq)"
                 );
+                break;
+            }
+            _ = writer_gone.cancelled() => {
+                debug!("writing to the client failed; closing the connection");
                 break;
             }
             frame = frames.next() => frame,
@@ -275,7 +291,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     // What the client followed, and how far it got, outlives the connection for the grace
     // period (unless it said goodbye with shutdown). The cursors are read once the writer is
     // done, so they cover everything that reached the socket.
-    let followed = peer.subscriptions();
+    let followed = peer.freeze_subscriptions();
     daemon.runtime.disconnect(&peer);
     peer.close();
     let mut writer = writer;
@@ -301,9 +317,17 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             .collect();
         kept.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         let clean = state == Lifecycle::ShutDown || daemon_stopping;
-        if let Some(expiry) = daemon.clients.detach(&peer, clean, kept) {
-            debug!(client = %expiry.client_id, "client kept for its reconnect grace period");
-            daemon.schedule_expiry(expiry);
+        match daemon.clients.detach(&peer, clean, kept) {
+            Detached::Parked(expiry) => {
+                debug!(client = %expiry.client_id, "client kept for its reconnect grace period");
+                daemon.schedule_expiry(expiry);
+            }
+            Detached::TakenOver(current) => {
+                // The client came back before this connection noticed it was gone: the runs
+                // this connection sent report to the new one.
+                daemon.runtime.rebind_sender(&current.client_id(), &current);
+            }
+            Detached::Released | Detached::Unknown => {}
         }
     }
     debug!("connection closed");

@@ -43,6 +43,14 @@ pub async fn initialize(
 ) -> Result<Value, RpcError> {
     let params: InitializeParams = parse_params(params)?;
     let explicit = params.client_id.clone().filter(|s| !s.trim().is_empty());
+    if explicit
+        .as_deref()
+        .is_some_and(|id| id.starts_with("conn-"))
+    {
+        return Err(RpcError::invalid_params(
+            "invalid params: clientId: ids starting with \"conn-\" are reserved for clients that give none",
+        ));
+    }
     let explicit_id = explicit.is_some();
     let client_id = explicit.unwrap_or_else(|| format!("conn-{}", peer.id));
     let info = params.client_info.clone().unwrap_or_default();
@@ -78,13 +86,19 @@ pub async fn initialize(
                     after_seq: kept.cursor,
                     epoch: None,
                 };
-                // A session deleted meanwhile is simply not restored.
-                if let Ok(res) = daemon.runtime.subscribe(peer, &sub).await {
-                    restored.push(RestoredSubscription {
+                match daemon.runtime.subscribe(peer, &sub).await {
+                    Ok(res) => restored.push(RestoredSubscription {
                         session_id: kept.session_id.clone(),
                         after_seq: kept.cursor.unwrap_or(res.seq),
                         resync: res.resync,
-                    });
+                    }),
+                    // A session deleted meanwhile is simply not restored.
+                    Err(e) if e.code == ErrorCode::SessionNotFound.code() => {}
+                    Err(e) => tracing::warn!(
+                        session = %kept.session_id,
+                        error = %e.message,
+                        "cannot restore a subscription; the client must subscribe again"
+                    ),
                 }
             }
         }
@@ -153,8 +167,9 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
         ClientRequest::WorkspaceOpen(p) => {
             let path = canonical_dir(&p.path).await?;
             let row = daemon.store.open_workspace(&path).await.map_err(storage)?;
-            daemon.runtime.reopen_workspace(&row.id);
+            // Claimed first, so the idle reaper cannot unload it between the two.
             daemon.clients.claim(&ctx.peer, &row.id);
+            daemon.runtime.reopen_workspace(&row.id);
             ok(workspace_info(daemon, row))
         }
         ClientRequest::WorkspaceClose(p) => {

@@ -85,6 +85,10 @@ pub struct EventItem {
 enum Item {
     Raw(Bytes),
     Event(EventItem),
+    /// An event at or below the highest seq already queued for its session: a replay on a
+    /// connection that already had events. It neither merges nor takes merges, so every
+    /// event of its seq range stays whole and a client can drop it by seq.
+    Replayed(EventItem),
     /// Two or more deltas merged: encoded when written.
     Merged {
         session: Arc<str>,
@@ -98,7 +102,7 @@ impl Item {
     fn seq(&self) -> u64 {
         match self {
             Item::Raw(_) => 0,
-            Item::Event(e) => e.seq,
+            Item::Event(e) | Item::Replayed(e) => e.seq,
             Item::Merged { seq, .. } => *seq,
         }
     }
@@ -126,6 +130,8 @@ struct State {
     overflowed: bool,
     /// Seq of the last event written to the socket, per session.
     written: HashMap<Arc<str>, u64>,
+    /// Highest seq ever queued, per session.
+    high: HashMap<Arc<str>, u64>,
     stats: QueueStats,
 }
 
@@ -199,13 +205,23 @@ impl Outbound {
         if st.closed {
             return false;
         }
+        let high = st.high.entry(item.session.clone()).or_insert(0);
+        let replayed = item.seq <= *high;
+        *high = (*high).max(item.seq);
+        if replayed {
+            let size = item.body.len() + ITEM_OVERHEAD;
+            st.bytes += size;
+            st.largest = st.largest.max(size);
+            st.items.push_back(Item::Replayed(item.clone()));
+            return self.after_push(st);
+        }
         if self.merge
             && let Some(d) = &item.delta
             && let Some(last) = st.items.back_mut()
             && let Some((session, prev)) = last.delta()
             && *session == item.session
             && prev.same_stream(d)
-            && item.seq > last.seq()
+            && item.seq == last.seq() + 1
         {
             let added = d.text.len();
             match last {
@@ -225,7 +241,7 @@ impl Outbound {
                         text,
                     };
                 }
-                Item::Raw(_) => {}
+                Item::Raw(_) | Item::Replayed(_) => {}
             }
             st.bytes += added;
             st.stats.merged += 1;
@@ -336,7 +352,7 @@ impl Outbound {
 fn item_size(item: &Item) -> usize {
     match item {
         Item::Raw(b) => b.len() + ITEM_OVERHEAD,
-        Item::Event(e) => e.body.len() + ITEM_OVERHEAD,
+        Item::Event(e) | Item::Replayed(e) => e.body.len() + ITEM_OVERHEAD,
         Item::Merged { text, .. } => text.len() + ITEM_OVERHEAD,
     }
 }
@@ -347,7 +363,7 @@ type Encoded = (Bytes, Option<(Arc<str>, u64)>);
 fn encode(item: Item) -> Encoded {
     match item {
         Item::Raw(b) => (b, None),
-        Item::Event(e) => (e.body, Some((e.session, e.seq))),
+        Item::Event(e) | Item::Replayed(e) => (e.body, Some((e.session, e.seq))),
         Item::Merged {
             session,
             seq,
@@ -492,14 +508,55 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_delta_never_merges_into_a_later_one() {
+    fn replayed_deltas_stay_whole_and_live_ones_never_merge_into_them() {
         let s: Arc<str> = Arc::from("s1");
         let q = Outbound::new(1 << 20);
-        q.push_event(&delta_item(&s, 7, "m1", "live"));
-        // A re-subscribe replays an earlier delta of the same message behind it.
-        q.push_event(&delta_item(&s, 5, "m1", "old"));
-        assert_eq!(json(q.try_pop().unwrap())["params"]["seq"], 7);
-        assert_eq!(json(q.try_pop().unwrap())["params"]["seq"], 5);
+        for seq in 5..=7 {
+            q.push_event(&delta_item(&s, seq, "m1", &format!("t{seq}")));
+        }
+        // A re-subscribe with afterSeq 4 replays 5..7 behind them, then live 8 arrives.
+        for seq in 5..=8 {
+            q.push_event(&delta_item(&s, seq, "m1", &format!("t{seq}")));
+        }
+        let got: Vec<(u64, String)> = std::iter::from_fn(|| q.try_pop())
+            .map(json)
+            .map(|v| {
+                (
+                    v["params"]["seq"].as_u64().unwrap(),
+                    v["params"]["text"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (7, "t5t6t7".to_owned()),
+                (5, "t5".to_owned()),
+                (6, "t6".to_owned()),
+                (7, "t7".to_owned()),
+                (8, "t8".to_owned()),
+            ]
+        );
+        // Applying every event whose seq is above the last applied gives the text once.
+        let mut cursor = 0;
+        let mut text = String::new();
+        for (seq, t) in got {
+            if seq > cursor {
+                text.push_str(&t);
+                cursor = seq;
+            }
+        }
+        assert_eq!(text, "t5t6t7t8");
+    }
+
+    #[test]
+    fn deltas_merge_only_across_consecutive_seqs() {
+        let s: Arc<str> = Arc::from("s1");
+        let q = Outbound::new(1 << 20);
+        q.push_event(&delta_item(&s, 1, "m1", "a"));
+        q.push_event(&delta_item(&s, 3, "m1", "c"));
+        assert_eq!(json(q.try_pop().unwrap())["params"]["text"], "a");
+        assert_eq!(json(q.try_pop().unwrap())["params"]["text"], "c");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Peer {
     identity: Mutex<Option<ClientIdentity>>,
     /// Sessions this connection receives `$/sessionUpdate` for.
     subscriptions: Mutex<HashSet<String>>,
+    /// The subscriptions when the connection began to close (teardown empties the live set).
+    followed_at_close: Mutex<Option<Vec<String>>>,
 }
 
 impl Peer {
@@ -55,6 +57,7 @@ impl Peer {
             closed: AtomicBool::new(false),
             identity: Mutex::new(None),
             subscriptions: Mutex::new(HashSet::new()),
+            followed_at_close: Mutex::new(None),
         }
     }
 
@@ -82,6 +85,21 @@ impl Peer {
     /// The sessions this connection is subscribed to.
     pub fn subscriptions(&self) -> Vec<String> {
         self.lock_subscriptions().iter().cloned().collect()
+    }
+
+    /// Remembers what the connection follows before teardown forgets its subscriptions, so a
+    /// client taking it over meanwhile still gets them. Returns them.
+    pub fn freeze_subscriptions(&self) -> Vec<String> {
+        let subs = self.subscriptions();
+        *lock(&self.followed_at_close) = Some(subs.clone());
+        subs
+    }
+
+    /// The sessions followed: as frozen at close, or the live set.
+    pub fn followed(&self) -> Vec<String> {
+        lock(&self.followed_at_close)
+            .clone()
+            .unwrap_or_else(|| self.subscriptions())
     }
 
     pub fn notify<N: Notification>(&self, params: &N::Params) -> bool {
@@ -187,6 +205,10 @@ impl Peer {
             }
             None => false,
         }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Marks the connection gone: pending requests fail at once, later sends are dropped.

@@ -167,6 +167,8 @@ struct SessionInner {
     limits: ReplayLimits,
     /// The assistant message being streamed, as of `seq`.
     streaming: Option<StreamingMessage>,
+    /// Since when the session was seen idle and unwatched (for unloading it alone).
+    idle_since: Option<Instant>,
     subscribers: BTreeMap<u64, Arc<Peer>>,
     active: Option<Active>,
     queue: VecDeque<Queued>,
@@ -220,6 +222,8 @@ impl RunMeta {
 
 #[derive(Debug, Clone)]
 struct LiveRun {
+    /// The run itself, so a reconnecting client's runs can be found until they complete.
+    meta: Arc<RunMeta>,
     session_id: String,
     prompt: String,
     state: &'static str,
@@ -511,6 +515,7 @@ impl Runtime {
                         runs.insert(
                             run_id.clone(),
                             LiveRun {
+                                meta: run.clone(),
                                 session_id: run.session_id.clone(),
                                 prompt: run.prompt.clone(),
                                 state: "queued",
@@ -817,27 +822,39 @@ impl Runtime {
             }
             let mut resync = false;
             let mut replayed = 0u64;
-            let mut cursor = inner.seq;
+            let already = inner.subscribers.contains_key(&peer.id);
+            let mut replay_from = None;
             if let Some(after) = p.after_seq {
                 let other_epoch = p.epoch.as_deref().is_some_and(|e| e != self.epoch);
                 if other_epoch || after > inner.seq {
                     resync = true;
                 } else if after < inner.seq {
                     match inner.log.front() {
-                        Some(first) if first.seq <= after + 1 => {
-                            cursor = after;
-                            for e in inner.log.iter().filter(|e| e.seq > after) {
-                                peer.send_event(e);
-                                replayed += 1;
-                            }
-                        }
+                        Some(first) if first.seq <= after + 1 => replay_from = Some(after),
                         _ => resync = true,
                     }
                 }
             }
+            // Where this connection's copy of the stream now starts, for a restore after a
+            // drop: set before the replay is queued. A repeated subscribe never moves it past
+            // events still queued for the connection.
+            let start = replay_from.unwrap_or(inner.seq);
+            let cursor = match (already, peer.outbound().written().get(&*inner.sid)) {
+                (true, Some(&had)) => had.min(start),
+                _ => start,
+            };
+            peer.outbound().set_cursor(&inner.sid, cursor);
+            if let Some(after) = replay_from {
+                for e in inner.log.iter().filter(|e| e.seq > after) {
+                    if !peer.send_event(e) {
+                        // The connection closed (or overflowed): stop holding the lock for it.
+                        break;
+                    }
+                    replayed += 1;
+                }
+            }
             let new = inner.subscribers.insert(peer.id, peer.clone()).is_none();
             peer.add_subscription(&row.id);
-            peer.outbound().set_cursor(&inner.sid, cursor);
             // Requests are not lost because nobody was connected: a new subscriber gets every
             // pending one at once.
             if new {
@@ -895,26 +912,20 @@ impl Runtime {
         }
     }
 
-    /// A client came back on a new connection: the runs its old connection sent report their
-    /// `$/runComplete` to the new one.
+    /// A client is on a new connection: the runs its closed connections sent report their
+    /// `$/runComplete` to the new one. Runs stay in the registry until they complete (under the
+    /// lock that sends the complete), so none is missed: active, steered, folded, queued, or
+    /// dropped and not yet recorded. A sender that is still open keeps its runs.
     pub fn rebind_sender(&self, client_id: &str, to: &Arc<Peer>) -> usize {
         let mut moved = 0;
-        for s in lock(&self.sessions).values() {
-            let inner = lock(&s.inner);
-            let runs = inner
-                .active
-                .iter()
-                .flat_map(|a| std::iter::once(&a.run).chain(a.steered.iter()))
-                .chain(inner.queue.iter().map(|q| &q.run));
-            for r in runs {
-                let mut sender = lock(&r.sender);
-                if sender
-                    .as_ref()
-                    .is_some_and(|p| p.id != to.id && p.client_id() == client_id)
-                {
-                    *sender = Some(to.clone());
-                    moved += 1;
-                }
+        for live in lock(&self.runs).values() {
+            let mut sender = lock(&live.meta.sender);
+            if sender
+                .as_ref()
+                .is_some_and(|p| p.id != to.id && p.is_closed() && p.client_id() == client_id)
+            {
+                *sender = Some(to.clone());
+                moved += 1;
             }
         }
         moved
@@ -947,8 +958,14 @@ impl Runtime {
 
     /// Unloads every workspace that has been idle for `delay`: no claim (`claimed`), no active
     /// or queued run, no task, no subscriber and no parked subscription (`kept`) to any of its
-    /// sessions. Its sessions' live state and replay logs go; their seqs are remembered.
-    /// Returns the workspaces unloaded.
+    /// sessions. Its sessions' live state and replay logs go; their seqs are remembered. In a
+    /// workspace that stays loaded, a session idle and unwatched for `delay` is dropped alone,
+    /// so a long-claimed workspace does not keep every log it ever had. Returns the workspaces
+    /// unloaded.
+    ///
+    /// The check and the eviction happen under the workspace's gate and every session lock of
+    /// the workspace at once, so no send or subscribe can slip in between (a send needs the
+    /// gate; a subscribe that waited for a session lock finds it evicted and starts over).
     pub fn unload_idle(
         &self,
         delay: Duration,
@@ -956,6 +973,14 @@ impl Runtime {
         kept: &HashSet<String>,
     ) -> Vec<String> {
         let now = Instant::now();
+        let elapsed = |since: &mut Option<Instant>, busy: bool| -> bool {
+            if busy {
+                *since = None;
+                return false;
+            }
+            let t = *since.get_or_insert(now);
+            now.duration_since(t) >= delay
+        };
         let mut unloaded = Vec::new();
         let mut sessions = lock(&self.sessions);
         let mut workspaces = lock(&self.workspaces);
@@ -964,45 +989,53 @@ impl Runtime {
             let Some(ws) = workspaces.get(&id).cloned() else {
                 continue;
             };
+            let gate = lock(&ws.gate);
+            if *gate {
+                // A force-closed workspace stays until it is opened again.
+                continue;
+            }
             let mine: Vec<Arc<SessionRt>> = sessions
                 .values()
                 .filter(|s| lock(&s.ws).id == id)
                 .cloned()
                 .collect();
-            let busy = ws.is_closing()
-                || claimed(&id)
-                || !ws.tracker.is_empty()
-                || mine.iter().any(|s| {
-                    kept.contains(&s.id) || {
-                        let inner = lock(&s.inner);
-                        inner.active.is_some()
-                            || !inner.queue.is_empty()
-                            || !inner.subscribers.is_empty()
-                            || !inner.permissions.is_empty()
-                    }
-                });
-            let mut since = lock(&ws.idle_since);
-            if busy {
-                *since = None;
+            let mut inners: Vec<std::sync::MutexGuard<'_, SessionInner>> =
+                mine.iter().map(|s| lock(&s.inner)).collect();
+            let no_tasks = ws.tracker.is_empty();
+            let mut idle_sessions = Vec::new();
+            let mut any_busy = false;
+            for (s, inner) in mine.iter().zip(inners.iter_mut()) {
+                let busy = kept.contains(&s.id)
+                    || inner.active.is_some()
+                    || !inner.queue.is_empty()
+                    || !inner.subscribers.is_empty()
+                    || !inner.permissions.is_empty();
+                any_busy |= busy;
+                if elapsed(&mut inner.idle_since, busy) {
+                    idle_sessions.push(s.id.clone());
+                }
+            }
+            let ws_busy = any_busy || !no_tasks || claimed(&id);
+            let whole = elapsed(&mut lock(&ws.idle_since), ws_busy);
+            if !whole && !no_tasks {
+                // A task of the workspace may still publish to one of its sessions.
                 continue;
             }
-            let Some(t) = *since else {
-                *since = Some(now);
-                continue;
-            };
-            if now.duration_since(t) < delay {
-                continue;
-            }
-            drop(since);
             let mut seqs = lock(&self.seqs);
-            for s in &mine {
-                let mut inner = lock(&s.inner);
-                inner.evicted = true;
-                seqs.insert(s.id.clone(), inner.seq);
-                sessions.remove(&s.id);
+            for (s, inner) in mine.iter().zip(inners.iter_mut()) {
+                if whole || idle_sessions.contains(&s.id) {
+                    inner.evicted = true;
+                    seqs.insert(s.id.clone(), inner.seq);
+                    sessions.remove(&s.id);
+                }
             }
-            workspaces.remove(&id);
-            unloaded.push(id);
+            drop(seqs);
+            drop(inners);
+            drop(gate);
+            if whole {
+                workspaces.remove(&id);
+                unloaded.push(id);
+            }
         }
         unloaded
     }
