@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crush_tests::cli::CliProcess;
 use crush_tests::mock_llm::{MockLlm, Script};
-use crush_tests::{DaemonProcess, RawConn, TestEnv};
+use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv};
 
 struct World {
     env: TestEnv,
@@ -43,7 +43,9 @@ impl World {
     fn ctl(&self) -> Command {
         let mut cmd = self.env.command("crushctl");
         cmd.current_dir(&self.project);
-        Command::from_std(cmd)
+        let mut cmd = Command::from_std(cmd);
+        cmd.timeout(DEADLINE);
+        cmd
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -65,7 +67,7 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_shows_history_then_a_run_started_by_another_client() {
     let w = world().await;
     w.mock.push(Script::text("The first answer."));
@@ -102,7 +104,7 @@ async fn attach_shows_history_then_a_run_started_by_another_client() {
     assert_eq!(attach.wait_exit().code(), Some(0), "{}", attach.stderr());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_list_show_rename_and_rm() {
     let w = world().await;
     w.mock.push(Script::text("Answer one."));
@@ -142,7 +144,7 @@ async fn sessions_list_show_rename_and_rm() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_daemon_its_workspaces_and_clients() {
     let w = world().await;
     let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
@@ -180,7 +182,7 @@ async fn status_shows_the_daemon_its_workspaces_and_clients() {
     assert!(text.contains("nvim"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_names_the_problem_and_show_redacts_keys() {
     let w = world_with("api_key = \"sk-very-secret\"").await;
     // The running daemon's configuration, with the key of a provider redacted.
@@ -224,7 +226,7 @@ async fn config_check_names_the_problem_and_show_redacts_keys() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_and_help() {
     let w = world().await;
     for shell in ["bash", "zsh", "fish"] {

@@ -41,7 +41,9 @@ impl World {
     fn ctl(&self) -> Command {
         let mut cmd = self.env.command("crushctl");
         cmd.current_dir(&self.project);
-        Command::from_std(cmd)
+        let mut cmd = Command::from_std(cmd);
+        cmd.timeout(DEADLINE);
+        cmd
     }
 
     /// `crushctl args…` started in the background, output collected.
@@ -66,7 +68,7 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_the_answer_live_and_prints_exactly_the_models_text() {
     let w = world().await;
     let gate = CancellationToken::new();
@@ -85,7 +87,7 @@ async fn run_streams_the_answer_live_and_prints_exactly_the_models_text() {
     assert_eq!(req.messages().last().unwrap().1, "say hello");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piped_stdin_comes_before_the_prompt() {
     let w = world().await;
     w.mock.push(Script::text("Looks fine."));
@@ -105,7 +107,7 @@ async fn piped_stdin_comes_before_the_prompt() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_sends_to_the_most_recent_session() {
     let w = world().await;
     w.mock.push(Script::text("First answer."));
@@ -133,7 +135,7 @@ async fn continue_sends_to_the_most_recent_session() {
     assert_eq!(sessions[0]["messages"], 4);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_exits_1_and_says_why() {
     let w = world().await;
     w.mock
@@ -147,7 +149,7 @@ async fn a_failed_run_exits_1_and_says_why() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_the_run_and_exits_130() {
     let w = world().await;
     let gate = CancellationToken::new();
@@ -173,7 +175,7 @@ async fn ctrl_c_cancels_the_run_and_exits_130() {
     assert!(p.stderr().contains("cancelling"), "stderr: {}", p.stderr());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_daemon_exits_3() {
     let env = TestEnv::new();
     let out = Command::from_std(env.command("crushctl"))
@@ -188,7 +190,7 @@ async fn an_unreachable_daemon_exits_3() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2() {
     let w = world().await;
     let out = w.ctl().args(["run"]).output().unwrap();
@@ -208,7 +210,7 @@ async fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_is_one_object_per_line_with_the_documented_shape() {
     let w = world().await;
     w.mock.push(Script::text("One two three."));
@@ -235,7 +237,7 @@ async fn json_output_is_one_object_per_line_with_the_documented_shape() {
     assert!(last["error"].is_null());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_model_it_fails_fast_saying_what_to_set_and_echo_works_offline() {
     let env = TestEnv::new();
     // No default model; Ollama pointed at a port nobody listens on.
@@ -286,7 +288,7 @@ async fn without_a_model_it_fails_fast_saying_what_to_set_and_echo_works_offline
     assert_eq!(stdout(&out), "hello offline world\n");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_are_denied_without_a_terminal_unless_yolo() {
     let w = world().await;
     std::fs::write(w.project.join("hello.txt"), "hi\n").unwrap();
@@ -317,7 +319,7 @@ async fn tool_calls_are_denied_without_a_terminal_unless_yolo() {
     assert!(results.iter().any(|(_, r)| r.contains("hi")), "{results:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_runs_in_the_same_session_are_not_printed() {
     let w = world().await;
     let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
@@ -363,7 +365,7 @@ async fn other_runs_in_the_same_session_are_not_printed() {
     assert!(!p.stdout().contains("Foreign"), "{}", p.stdout());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_returns_the_run_id_and_wait_reports_the_finished_run() {
     let w = world().await;
     w.mock.push(Script::text("Done in the background."));
@@ -385,7 +387,7 @@ async fn send_returns_the_run_id_and_wait_reports_the_finished_run() {
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_the_busy_session_and_wait_exits_130() {
     let w = world().await;
     let gate = CancellationToken::new();
