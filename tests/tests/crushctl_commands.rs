@@ -80,11 +80,11 @@ async fn attach_shows_history_then_a_run_started_by_another_client() {
     let mut cmd = w.env.command("crushctl");
     cmd.current_dir(&w.project).arg("attach");
     let mut attach = CliProcess::spawn(cmd);
+    // Recent history first, then it says it follows (stdout and stderr are read by separate
+    // threads here, so each is waited for).
+    attach.wait_stdout("the first prompt");
+    attach.wait_stdout("The first answer.");
     attach.wait_stderr("following session");
-    // Recent history first.
-    let history = attach.stdout();
-    assert!(history.contains("the first prompt"), "{history}");
-    assert!(history.contains("The first answer."), "{history}");
 
     // An editor sends a prompt to the same session; attach shows it live.
     w.mock.push(Script::text("An answer for the editor."));

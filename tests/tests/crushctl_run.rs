@@ -155,11 +155,11 @@ async fn ctrl_c_cancels_the_run_and_exits_130() {
     let gate = CancellationToken::new();
     w.mock
         .push(Script::text("Partial answer").held(gate.clone()));
-    // A second client watches the workspace to see the run start and end.
     let mut p = w.spawn(&["run", "--json", "long job"]);
     p.wait_stdout("Partial answer");
     let first: Value = serde_json::from_str(p.stdout().lines().next().unwrap()).unwrap();
     let run_id = first["runId"].as_str().unwrap().to_owned();
+    // A second client confirms the run is under way before the interrupt.
     let mut c = RawConn::initialized(&w.env.socket).await;
     let r = c.request("run/get", json!({"runId": run_id})).await;
     assert_eq!(r["result"]["state"], "running", "{r}");
