@@ -7,6 +7,7 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cli;
 pub mod mock_llm;
 
 use std::io::{BufRead, BufReader};

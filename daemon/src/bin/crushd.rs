@@ -38,6 +38,10 @@ struct Args {
     /// Largest accepted message body, in bytes.
     #[arg(long)]
     max_message_size: Option<usize>,
+    /// Check the config file (and the default model it names) and exit: 0 when it is usable,
+    /// 2 with every problem named (file, line, key) when it is not. Starts nothing.
+    #[arg(long)]
+    check_config: bool,
     /// Enable the debug/* diagnostic methods (for tests and client development).
     #[arg(long, hide = true)]
     debug_methods: bool,
@@ -48,7 +52,11 @@ fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
 }
 
 fn main() -> ExitCode {
-    match real_main() {
+    let args = Args::parse();
+    if args.check_config {
+        return check_config(&args);
+    }
+    match real_main(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("crushd: {e:#}");
@@ -74,8 +82,51 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// `--check-config`: what the daemon would say about its config file at start-up, and whether
+/// the default model it names can be used with this environment.
+fn check_config(args: &Args) -> ExitCode {
+    let (path, must_exist) = match &args.config {
+        Some(p) => (Some(p.clone()), true),
+        None => (config::default_config_path(), false),
+    };
+    let Some(path) = path else {
+        println!("no config file location (no home directory); the defaults apply");
+        return ExitCode::SUCCESS;
+    };
+    let mut cfg = Config::new(crush_protocol::paths::resolve_socket(
+        args.socket.as_deref(),
+    ));
+    match config::load_file(&path, must_exist) {
+        Ok(None) => {
+            println!("{}: no such file; the defaults apply", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Some(file)) => cfg.apply_file(&file),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    }
+    cfg.apply_env();
+    let models = crushd::model::Models::from_config(&cfg.models);
+    match models.default_name() {
+        Some(name) => {
+            if let Err(e) = models.check(name) {
+                eprintln!(
+                    "{}: default_model {name:?}: {} (checked in this environment)",
+                    path.display(),
+                    e.message
+                );
+                return ExitCode::from(2);
+            }
+            println!("{}: ok (default model {name})", path.display());
+        }
+        None => println!("{}: ok (no default model)", path.display()),
+    }
+    ExitCode::SUCCESS
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
     let mut cfg = Config::new(crush_protocol::paths::resolve_socket(
         args.socket.as_deref(),
     ));

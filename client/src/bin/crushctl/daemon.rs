@@ -1,140 +1,24 @@
-//! `crushctl`: the command line for crushd. Exit codes: 0 success, 1 the operation failed,
-//! 2 usage or configuration error, 3 could not reach or start the daemon.
+//! The daemon commands: `status`, `daemon start|stop|restart|logs`, `proxy`.
 
 use std::io::{BufRead, Seek, Write};
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 
-use crush_client::{Client, ClientError, ConnectOptions, autostart};
-use crush_protocol::{
-    ClientInfo, DaemonShutdownParams, DaemonStatusResult, NoParams, paths, request,
-};
+use crush_client::{Client, ClientError, autostart};
+use crush_protocol::{DaemonShutdownParams, DaemonStatusResult, NoParams, paths, request};
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_UNREACHABLE: u8 = 3;
+use crate::{EXIT_UNREACHABLE, Global};
 
-/// Talk to crushd, the per-user daemon that runs AI coding-agent sessions.
-#[derive(Debug, Parser)]
-#[command(version, about, after_help = EXAMPLES)]
-struct Cli {
-    /// Socket of the daemon [default: $CRUSHD_SOCKET, else $XDG_RUNTIME_DIR/crushd/crushd.sock].
-    #[arg(long, global = true, env = paths::SOCKET_ENV)]
-    socket: Option<PathBuf>,
-    /// Never start the daemon; fail when it is not running.
-    #[arg(long, global = true)]
-    no_autostart: bool,
-    #[command(subcommand)]
-    command: Command,
+pub async fn start(g: &Global) -> anyhow::Result<u8> {
+    let client = Client::connect(g.options(true)).await?;
+    let st = client.request::<request::DaemonStatus>(NoParams).await?;
+    println!("crushd is running (pid {}, socket {})", st.pid, st.socket);
+    Ok(0)
 }
 
-const EXAMPLES: &str = "Examples:
-  crushctl status              show whether the daemon runs, its pid and connections
-  crushctl daemon start        start the daemon in the background (no-op when it runs)
-  crushctl daemon stop         ask the daemon to exit
-  crushctl daemon logs -f      follow the daemon's log
-  crushctl proxy               bridge stdin/stdout to the daemon (for editors that spawn a stdio server)";
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Show the daemon's status (does not start it).
-    Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Manage the daemon process.
-    #[command(subcommand)]
-    Daemon(DaemonCommand),
-    /// Bridge stdin/stdout to the daemon socket byte for byte (starting the daemon if needed).
-    Proxy,
-}
-
-#[derive(Debug, Subcommand)]
-enum DaemonCommand {
-    /// Start the daemon in the background if it is not running.
-    Start,
-    /// Ask the daemon to shut down and wait until it has.
-    Stop {
-        /// Stop even while work is in progress.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Show the daemon's status (does not start it).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the daemon's log.
-    Logs {
-        /// Keep printing new lines as they are written.
-        #[arg(short, long)]
-        follow: bool,
-        /// Number of lines from the end to print first.
-        #[arg(short = 'n', long, default_value_t = 100)]
-        lines: usize,
-    },
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("crushctl: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("crushctl: {e}");
-            let code = match e.downcast_ref::<ClientError>() {
-                Some(ce) if ce.is_unreachable() => EXIT_UNREACHABLE,
-                _ => EXIT_FAILED,
-            };
-            ExitCode::from(code)
-        }
-    }
-}
-
-fn options(cli: &Cli, autostart: bool) -> ConnectOptions {
-    ConnectOptions {
-        socket: Some(paths::resolve_socket(cli.socket.as_deref())),
-        autostart: autostart && !cli.no_autostart,
-        client_info: ClientInfo {
-            name: "crushctl".to_owned(),
-            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-        },
-        ..ConnectOptions::default()
-    }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match &cli.command {
-        Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {
-            status(&cli, *json).await
-        }
-        Command::Daemon(DaemonCommand::Start) => {
-            let client = Client::connect(options(&cli, true)).await?;
-            let st = client.request::<request::DaemonStatus>(NoParams).await?;
-            println!("crushd is running (pid {}, socket {})", st.pid, st.socket);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Daemon(DaemonCommand::Stop { force }) => stop(&cli, *force).await,
-        Command::Daemon(DaemonCommand::Logs { follow, lines }) => logs(*follow, *lines),
-        Command::Proxy => proxy(&cli).await,
-    }
-}
-
-async fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
-    let client = match Client::connect(options(cli, false)).await {
+pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
+    let client = match Client::connect(g.options(false)).await {
         Ok(c) => c,
         Err(ClientError::NotRunning { socket }) => {
             if json {
@@ -145,43 +29,101 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
             } else {
                 println!("crushd is not running (socket {})", socket.display());
             }
-            return Ok(ExitCode::from(EXIT_UNREACHABLE));
+            return Ok(EXIT_UNREACHABLE);
         }
         Err(e) => return Err(e.into()),
     };
     let st: DaemonStatusResult = client.request::<request::DaemonStatus>(NoParams).await?;
+    let ws = client.request::<request::WorkspaceList>(NoParams).await?;
+    // Clients by id, with the name they gave and whether they are connected right now.
+    let mut clients: std::collections::BTreeMap<String, (Option<String>, bool, Vec<String>)> =
+        Default::default();
+    let mut runs = Vec::new();
+    for w in &ws.workspaces {
+        for c in &w.claims {
+            let e = clients.entry(c.client_id.clone()).or_insert((
+                c.name.clone(),
+                c.connected,
+                Vec::new(),
+            ));
+            e.2.push(w.path.clone());
+        }
+        for b in &w.busy_sessions {
+            if let Some(r) = &b.active_run_id {
+                runs.push(serde_json::json!({"runId": r, "sessionId": b.session_id, "workspace": w.path, "state": "running"}));
+            }
+            for q in &b.queued {
+                runs.push(serde_json::json!({"runId": q, "sessionId": b.session_id, "workspace": w.path, "state": "queued"}));
+            }
+        }
+    }
     if json {
         let mut v = serde_json::to_value(&st)?;
         v["running"] = serde_json::Value::Bool(true);
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("crushd {} is running", st.version);
-        println!("  pid          {}", st.pid);
-        println!(
-            "  uptime       {}",
-            human_duration(Duration::from_millis(st.uptime_ms))
-        );
-        println!("  connections  {}", st.connections);
-        println!("  socket       {}", st.socket);
-        println!("  logs         {}", st.log_dir);
-        let idle = match st.idle_timeout_ms {
-            0 => "never".to_owned(),
-            ms => format!(
-                "after {} without clients",
-                human_duration(Duration::from_millis(ms))
-            ),
-        };
-        println!("  idle exit    {idle}");
+        v["workspaces"] = serde_json::to_value(&ws.workspaces)?;
+        v["clients"] = clients
+            .iter()
+            .map(|(id, (name, connected, workspaces))| {
+                serde_json::json!({"clientId": id, "name": name, "connected": connected, "workspaces": workspaces})
+            })
+            .collect();
+        v["activeRuns"] = serde_json::Value::Array(runs);
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(0);
     }
-    Ok(ExitCode::SUCCESS)
+    println!("crushd {} is running", st.version);
+    println!("  pid          {}", st.pid);
+    println!(
+        "  uptime       {}",
+        human_duration(Duration::from_millis(st.uptime_ms))
+    );
+    println!("  connections  {}", st.connections);
+    println!("  socket       {}", st.socket);
+    println!("  logs         {}", st.log_dir);
+    let idle = match st.idle_timeout_ms {
+        0 => "never".to_owned(),
+        ms => format!(
+            "after {} without clients",
+            human_duration(Duration::from_millis(ms))
+        ),
+    };
+    println!("  idle exit    {idle}");
+    let loaded: Vec<_> = ws.workspaces.iter().filter(|w| w.loaded).collect();
+    println!(
+        "  workspaces   {} known, {} loaded",
+        ws.workspaces.len(),
+        loaded.len()
+    );
+    for w in loaded {
+        println!("    {}", w.path);
+    }
+    println!("  clients      {}", clients.len());
+    for (id, (name, connected, _)) in &clients {
+        let state = if *connected {
+            ""
+        } else {
+            " (disconnected, in grace period)"
+        };
+        println!("    {} {id}{state}", name.as_deref().unwrap_or("?"));
+    }
+    println!("  active runs  {}", runs.len());
+    for r in &runs {
+        println!(
+            "    {} {} in {}",
+            r["runId"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            r["workspace"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(0)
 }
 
-async fn stop(cli: &Cli, force: bool) -> anyhow::Result<ExitCode> {
-    let client = match Client::connect(options(cli, false)).await {
+pub async fn stop(g: &Global, force: bool) -> anyhow::Result<u8> {
+    let client = match Client::connect(g.options(false)).await {
         Ok(c) => c,
         Err(ClientError::NotRunning { .. }) => {
             println!("crushd is not running");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(0);
         }
         Err(e) => return Err(e.into()),
     };
@@ -225,10 +167,10 @@ async fn stop(cli: &Cli, force: bool) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("crushd (pid {pid}) stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-fn logs(follow: bool, lines: usize) -> anyhow::Result<ExitCode> {
+pub fn logs(follow: bool, lines: usize) -> anyhow::Result<u8> {
     let dir = paths::state_dir();
     let Some(path) = paths::newest_log_file(&dir) else {
         anyhow::bail!(
@@ -246,7 +188,7 @@ fn logs(follow: bool, lines: usize) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     if !follow {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let mut pos = file.seek(std::io::SeekFrom::End(0))?;
     let mut current = path;
@@ -275,8 +217,8 @@ fn logs(follow: bool, lines: usize) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn proxy(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let opts = options(cli, true);
+pub async fn proxy(g: &Global) -> anyhow::Result<u8> {
+    let opts = g.options(true);
     let socket = paths::resolve_socket(opts.socket.as_deref());
     let stream = if opts.autostart {
         autostart::connect_or_start(&socket, None, opts.start_timeout).await?
@@ -288,7 +230,7 @@ async fn proxy(cli: &Cli) -> anyhow::Result<ExitCode> {
     #[cfg(windows)]
     let (from_daemon, to_daemon) = tokio::io::split(stream);
     relay(from_daemon, to_daemon).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// interprocess's streams cannot half-close (their `shutdown` is a no-op), and the proxy must
@@ -334,7 +276,7 @@ where
     Ok(())
 }
 
-fn human_duration(d: Duration) -> String {
+pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

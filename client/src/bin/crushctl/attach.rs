@@ -1,0 +1,167 @@
+//! `attach`: follow a session like `tail -f`. It subscribes first (so nothing that happens from
+//! then on is missed), prints the recent history — with the streaming message taken from the
+//! subscription's snapshot, since the stored copy may lag — and then every event of every run,
+//! whoever started it. Across a dropped connection the reconnecting client continues the stream;
+//! after a resync the history is read again and only what was not printed is printed.
+
+use serde_json::{Value, json};
+
+use crush_client::ClientEvent;
+use crush_protocol::{MessageInfo, SessionMessagesParams, SessionSubscribeParams, request};
+
+use crate::render::Conversation;
+use crate::run::Interrupts;
+use crate::ui::{DIM, Term, Ui, YELLOW};
+use crate::{
+    AttachArgs, EXIT_FAILED, EXIT_UNREACHABLE, Exit, Global, get_session, leave, list_sessions,
+    open_workspace, usage,
+};
+
+/// Every message of a session (`from_start`) or its newest `limit`, oldest first.
+pub async fn history(
+    client: &crush_client::ReconnectingClient,
+    session_id: &str,
+    from_start: bool,
+    limit: u32,
+) -> anyhow::Result<Vec<MessageInfo>> {
+    let mut out: Vec<MessageInfo> = Vec::new();
+    let mut before = None;
+    loop {
+        let page = client
+            .request::<request::SessionMessages>(SessionMessagesParams {
+                session_id: session_id.to_owned(),
+                before,
+                limit: Some(if from_start {
+                    1000
+                } else {
+                    limit.clamp(1, 1000)
+                }),
+            })
+            .await?;
+        let mut msgs = page.messages;
+        msgs.append(&mut out);
+        out = msgs;
+        if !from_start || !page.has_more {
+            return Ok(out);
+        }
+        before = page.next_before;
+    }
+}
+
+pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
+    let term = Term::detect();
+    let ui = Ui::new(term, false);
+    let mut interrupts = Interrupts::new()?;
+    let client = g.reconnecting(g.options(true)).await?;
+    let Some(mut events) = client.take_events() else {
+        anyhow::bail!("the client's event stream was already taken");
+    };
+    let result = async {
+        let session = match &a.session {
+            Some(id) => get_session(&client, id).await?,
+            None => {
+                let w = open_workspace(&client, &a.ws).await?;
+                match list_sessions(&client, &w.workspace_id).await?.into_iter().next() {
+                    Some(s) => s,
+                    None => {
+                        return Err(usage(format!(
+                            "no session in {} yet (`crushctl run` starts one)",
+                            w.path
+                        )));
+                    }
+                }
+            }
+        };
+        let sub = client
+            .subscribe(SessionSubscribeParams {
+                session_id: session.session_id.clone(),
+                after_seq: None,
+                epoch: None,
+            })
+            .await?;
+        let mut conv = Conversation::new(ui.clone());
+        let streaming = sub.streaming.clone();
+        let show = |conv: &mut Conversation, msgs: &[MessageInfo]| {
+            for m in msgs {
+                let live = streaming
+                    .as_ref()
+                    .filter(|s| s.message_id == m.message_id)
+                    .map(|s| Value::Array(s.parts.clone()));
+                if a.json {
+                    let mut v = serde_json::to_value(m).unwrap_or_default();
+                    if let Some(parts) = live {
+                        v["parts"] = parts;
+                    }
+                    v["type"] = json!("message");
+                    conv.ui.out_line(&v.to_string());
+                } else {
+                    conv.message(m, live.as_ref());
+                }
+            }
+        };
+        let msgs = history(&client, &session.session_id, a.from_start, a.lines).await?;
+        show(&mut conv, &msgs);
+        ui.err_line(&ui.paint_err(
+            DIM,
+            &format!(
+                "crushctl: following session {:?} ({}); Ctrl-C to stop",
+                session.title, session.session_id
+            ),
+        ));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ClientEvent::Update(u)) if u.session_id == session.session_id => {
+                        if a.json {
+                            let mut v = serde_json::to_value(&u)?;
+                            v["type"] = json!("event");
+                            ui.out_line(&v.to_string());
+                        } else {
+                            conv.event(u.run_id.as_deref(), &u.event);
+                        }
+                    }
+                    Some(ClientEvent::Resync(r)) if r.session_id == session.session_id => {
+                        // Events were missed: the history since then, then the live stream.
+                        let msgs = history(&client, &session.session_id, false, 50).await?;
+                        for m in &msgs {
+                            let live = r
+                                .streaming
+                                .as_ref()
+                                .filter(|s| s.message_id == m.message_id)
+                                .map(|s| Value::Array(s.parts.clone()));
+                            if a.json {
+                                let mut v = serde_json::to_value(m)?;
+                                v["type"] = json!("message");
+                                ui.out_line(&v.to_string());
+                            } else if m.role == "assistant" {
+                                conv.message(m, live.as_ref());
+                            }
+                        }
+                    }
+                    Some(ClientEvent::Disconnected { reason }) => ui.err_line(&ui.paint_err(
+                        YELLOW,
+                        &format!("crushctl: lost the connection to crushd ({reason}); reconnecting"),
+                    )),
+                    Some(ClientEvent::Reconnected(_)) => {
+                        ui.err_line(&ui.paint_err(DIM, "crushctl: reconnected"))
+                    }
+                    Some(ClientEvent::SubscriptionLost { error, .. }) => {
+                        return Err(Exit { code: EXIT_FAILED, message: format!("the session is gone: {error}") }.into());
+                    }
+                    Some(ClientEvent::GaveUp { error }) => {
+                        return Err(Exit { code: EXIT_UNREACHABLE, message: error }.into());
+                    }
+                    Some(_) => {}
+                    None => return Err(Exit { code: EXIT_UNREACHABLE, message: "the connection to crushd closed".to_owned() }.into()),
+                },
+                _ = interrupts.recv() => {
+                    ui.end_line();
+                    return Ok(0);
+                }
+            }
+        }
+    }
+    .await;
+    leave(client).await;
+    result
+}

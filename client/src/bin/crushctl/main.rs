@@ -1,0 +1,484 @@
+//! `crushctl`: the command line for crushd. This file owns the command-line surface (clap
+//! derive), the exit codes and the helpers every command shares (connecting, finding the
+//! workspace and the session); each group of commands lives in its own module.
+//!
+//! Exit codes (stable, documented in README.md and docs/cli.md): 0 success (the run completed),
+//! 1 the run or the operation failed, 2 usage or configuration error, 3 could not reach or start
+//! the daemon, 130 cancelled (Ctrl-C).
+
+mod attach;
+mod config;
+mod daemon;
+mod model;
+mod render;
+mod run;
+mod sessions;
+mod ui;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crush_client::{ClientError, ConnectOptions, ReconnectPolicy, ReconnectingClient};
+use crush_protocol::{
+    ClientInfo, ErrorCode, RpcError, SessionInfo, SessionListParams, WorkspaceInfo, paths, request,
+};
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+pub const EXIT_CANCELLED: u8 = 130;
+
+/// An error that carries its exit code; its message is printed as it is.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// A usage or configuration error (exit 2).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Exit {
+        code: EXIT_USAGE,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// Talk to crushd, the per-user daemon that runs AI coding-agent sessions.
+///
+/// `crushctl run "…"` runs a prompt in the current directory and streams the answer; the other
+/// commands follow, list and manage sessions and the daemon. The daemon is started on demand.
+#[derive(Debug, Parser)]
+#[command(name = "crushctl", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Socket of the daemon [default: $CRUSHD_SOCKET, else $XDG_RUNTIME_DIR/crushd/crushd.sock].
+    #[arg(long, global = true, env = paths::SOCKET_ENV, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Never start the daemon; fail (exit 3) when it is not running.
+    #[arg(long, global = true)]
+    no_autostart: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  crushctl run \"explain src/main.rs\"       run a prompt here, stream the answer
+  git diff | crushctl run \"review this\"    piped input is put before the prompt
+  crushctl run -c \"now add tests\"          continue the most recent session
+  crushctl run -m echo \"hello\"             the offline diagnostic model (no key needed)
+  crushctl run --json \"list the todos\"     one JSON object per line, for scripts
+  crushctl attach                          follow the latest session live (like tail -f)
+  crushctl sessions                        list this directory's sessions
+  crushctl status                          daemon pid, uptime, clients, active runs
+
+Exit codes: 0 completed, 1 failed, 2 usage or configuration error,
+            3 could not reach or start the daemon, 130 cancelled.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a prompt in a session and stream the answer to stdout (the main job).
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+    /// Send a prompt, print its run id and return at once (`crushctl wait` waits for it).
+    Send(SendArgs),
+    /// Wait for a run to end; print its answer. Exit code as for `run`.
+    Wait {
+        run_id: String,
+        /// Print the outcome as one JSON object (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a session's active and queued runs [default: the busy or latest session here].
+    Cancel {
+        session: Option<String>,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
+    Attach(AttachArgs),
+    /// List the workspace's sessions, or show, remove or rename one.
+    Sessions(SessionsArgs),
+    /// Show the daemon's pid, version, uptime, workspaces, clients and active runs.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the daemon process.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Bridge stdin/stdout to the daemon socket byte for byte (starting the daemon if needed).
+    Proxy,
+    /// Show or check the daemon's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script: `crushctl completions bash > ~/.local/share/bash-completion/completions/crushctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+const RUN_HELP: &str = "Examples:
+  crushctl run \"fix the failing test\"
+  crushctl run fix the failing test           (words are joined)
+  cat error.log | crushctl run \"why?\"        (stdin, then a blank line, then the prompt)
+  crushctl run -c \"and now the docs\"         (the workspace's most recent session)
+  crushctl run -w ~/src/app -m anthropic/claude-sonnet-4-5 \"…\"
+  crushctl run --yolo \"run the tests and fix what fails\"
+
+The answer streams to stdout; tool activity and a spinner go to stderr when it is a terminal.
+Tool calls that need permission are asked on the terminal (default: deny); without a terminal
+they are denied (and said so on stderr) unless --yolo. Ctrl-C cancels the run and waits for it
+to end; a second Ctrl-C quits at once.
+
+Exit codes: 0 completed, 1 the run failed, 2 usage or configuration error (e.g. no model),
+            3 could not reach or start the daemon, 130 cancelled.";
+
+#[derive(Debug, Args)]
+pub struct WorkspaceArg {
+    /// The project directory [default: the current directory].
+    #[arg(short, long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// The prompt (several words are joined with spaces). Piped stdin is put before it.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: Vec<String>,
+    #[command(flatten)]
+    pub ws: WorkspaceArg,
+    /// Use this session.
+    #[arg(short, long, value_name = "ID", conflicts_with = "continue_")]
+    pub session: Option<String>,
+    /// Continue the workspace's most recently updated session.
+    #[arg(short = 'c', long = "continue")]
+    pub continue_: bool,
+    /// The model, `<provider>/<model>` (see `crushctl config show`); `echo` is the offline diagnostic.
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Run tool calls without asking.
+    #[arg(long)]
+    pub yolo: bool,
+    /// When the session is busy, join its active run instead of queueing behind it.
+    #[arg(long)]
+    pub steer: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub p: PromptArgs,
+    /// Print one JSON object per line instead of text (shape: docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Print only the answer: no spinner, tool activity or notices.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub p: PromptArgs,
+    /// Print `{"runId":…,"sessionId":…,"state":…}` instead of the run id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The session [default: the workspace's most recently updated one].
+    pub session: Option<String>,
+    #[command(flatten)]
+    pub ws: WorkspaceArg,
+    /// Print the whole history first, not only the recent messages.
+    #[arg(long)]
+    pub from_start: bool,
+    /// How many recent messages to print first.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub lines: u32,
+    /// Print protocol messages and events, one JSON object per line (see docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SessionsArgs {
+    #[command(subcommand)]
+    pub command: Option<SessionsCommand>,
+    #[command(flatten)]
+    pub ws: WorkspaceArg,
+    /// One JSON object per session per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Print a session's conversation.
+    Show {
+        id: String,
+        /// One JSON object per message per line (the protocol's MessageInfo).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a session with its messages and runs.
+    Rm { id: String },
+    /// Give a session a new title.
+    Rename { id: String, title: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonCommand {
+    /// Start the daemon in the background if it is not running.
+    Start,
+    /// Ask the daemon to shut down and wait until it has.
+    Stop {
+        /// Stop even while work is in progress.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop the daemon (if it runs) and start a fresh one, e.g. after changing the config.
+    Restart {
+        /// Stop even while work is in progress.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the daemon's status (does not start it).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon's log.
+    Logs {
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines from the end to print first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print where the daemon's config file is (or would be).
+    Path,
+    /// Print the running daemon's effective configuration (API keys redacted).
+    Show {
+        /// One line of JSON instead of indented JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config file and name its problems (runs `crushd --check-config`).
+    Check {
+        /// The file to check [default: the daemon's config file].
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+/// Connection settings every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub socket: Option<PathBuf>,
+    pub no_autostart: bool,
+}
+
+impl Global {
+    pub fn options(&self, autostart: bool) -> ConnectOptions {
+        ConnectOptions {
+            socket: Some(paths::resolve_socket(self.socket.as_deref())),
+            autostart: autostart && !self.no_autostart,
+            client_info: ClientInfo {
+                name: "crushctl".to_owned(),
+                version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            },
+            ..ConnectOptions::default()
+        }
+    }
+
+    /// A reconnecting client (starting the daemon unless `--no-autostart`).
+    pub async fn reconnecting(
+        &self,
+        opts: ConnectOptions,
+    ) -> Result<ReconnectingClient, ClientError> {
+        ReconnectingClient::connect(opts, ReconnectPolicy::default()).await
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crushctl: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // Background tasks (a blocked terminal read, the reconnect supervisor) must not hold the
+    // exit up.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("crushctl: {e}");
+            ExitCode::from(exit_code_of(&e))
+        }
+    }
+}
+
+/// The exit code for an error: its own, 3 when the daemon is out of reach, 2 for errors that
+/// mean the user asked for something that does not exist or is not set up, else 1.
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    if let Some(x) = e.downcast_ref::<Exit>() {
+        return x.code;
+    }
+    match e.downcast_ref::<ClientError>() {
+        Some(ce) if ce.is_unreachable() => EXIT_UNREACHABLE,
+        Some(ClientError::Rpc(r)) => rpc_exit_code(r),
+        _ => EXIT_FAILED,
+    }
+}
+
+pub fn rpc_exit_code(r: &RpcError) -> u8 {
+    let usage_codes = [
+        ErrorCode::ModelNotConfigured,
+        ErrorCode::SessionNotFound,
+        ErrorCode::WorkspaceNotFound,
+        ErrorCode::RunNotFound,
+        ErrorCode::InvalidParams,
+    ];
+    if usage_codes.iter().any(|c| *c as i32 == r.code) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let g = Global {
+        socket: cli.socket.clone(),
+        no_autostart: cli.no_autostart,
+    };
+    match cli.command {
+        Command::Run(a) => run::run(&g, a).await,
+        Command::Send(a) => run::send(&g, a).await,
+        Command::Wait { run_id, json } => run::wait(&g, &run_id, json).await,
+        Command::Cancel { session, ws } => run::cancel(&g, session, &ws).await,
+        Command::Attach(a) => attach::attach(&g, a).await,
+        Command::Sessions(a) => sessions::sessions(&g, a).await,
+        Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {
+            daemon::status(&g, json).await
+        }
+        Command::Daemon(DaemonCommand::Start) => daemon::start(&g).await,
+        Command::Daemon(DaemonCommand::Stop { force }) => daemon::stop(&g, force).await,
+        Command::Daemon(DaemonCommand::Restart { force }) => {
+            daemon::stop(&g, force).await?;
+            daemon::start(&g).await
+        }
+        Command::Daemon(DaemonCommand::Logs { follow, lines }) => daemon::logs(follow, lines),
+        Command::Proxy => daemon::proxy(&g).await,
+        Command::Config(ConfigCommand::Path) => config::path(),
+        Command::Config(ConfigCommand::Show { json }) => config::show(&g, json).await,
+        Command::Config(ConfigCommand::Check { file }) => config::check(file.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "crushctl",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// The workspace directory as an absolute, canonical path (exit 2 when it is not a directory).
+pub fn workspace_dir(arg: &WorkspaceArg) -> anyhow::Result<String> {
+    let p = match &arg.workspace {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()
+            .map_err(|e| usage(format!("cannot read the current directory: {e}")))?,
+    };
+    let abs =
+        std::fs::canonicalize(&p).map_err(|e| usage(format!("workspace {}: {e}", p.display())))?;
+    if !abs.is_dir() {
+        return Err(usage(format!(
+            "workspace {} is not a directory",
+            abs.display()
+        )));
+    }
+    abs.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| usage(format!("workspace {} is not valid UTF-8", abs.display())))
+}
+
+/// Opens the workspace (`workspace/open`).
+pub async fn open_workspace(
+    client: &ReconnectingClient,
+    arg: &WorkspaceArg,
+) -> anyhow::Result<WorkspaceInfo> {
+    let dir = workspace_dir(arg)?;
+    Ok(client.open_workspace(&dir).await?)
+}
+
+/// The workspace's sessions, most recently updated first.
+pub async fn list_sessions(
+    client: &ReconnectingClient,
+    workspace_id: &str,
+) -> anyhow::Result<Vec<SessionInfo>> {
+    Ok(client
+        .request::<request::SessionList>(SessionListParams {
+            workspace_id: workspace_id.to_owned(),
+        })
+        .await?
+        .sessions)
+}
+
+/// `session/get`, with an error (exit 2) that says which id was not found.
+pub async fn get_session(client: &ReconnectingClient, id: &str) -> anyhow::Result<SessionInfo> {
+    match client
+        .request::<request::SessionGet>(crush_protocol::SessionRef {
+            session_id: id.to_owned(),
+        })
+        .await
+    {
+        Ok(s) => Ok(s),
+        Err(ClientError::Rpc(r)) if r.code == ErrorCode::SessionNotFound as i32 => Err(usage(
+            format!("no session {id:?} (`crushctl sessions` lists them)"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Leaves politely so the daemon releases this client's claims at once.
+pub async fn leave(client: ReconnectingClient) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.shutdown()).await;
+}
+
+/// Where the daemon looks for its config file (the same rule as `crushd`).
+pub fn default_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "crushd").map(|d| d.config_dir().join("config.toml"))
+}
+
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}

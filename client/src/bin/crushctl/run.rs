@@ -1,0 +1,858 @@
+//! `run`, `send`, `wait` and `cancel`: prompts and their runs.
+//!
+//! `run` subscribes to the session, sends with its own `runId` and follows only that run (and a
+//! run it was steered into): events of other runs in the session, and permission prompts for
+//! them, are left to their own clients. It is built on [`ReconnectingClient`], so a dropped
+//! connection costs nothing: replayed events continue the text where it stopped, a resync is
+//! bridged with the streaming snapshot and `session/messages`, and the run's outcome comes
+//! exactly once; the text tracker prints every byte of the answer once whichever way it came.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{IsTerminal, Read};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crush_client::{
+    ClientError, ClientEvent, ReconnectingClient, RequestHandler, Resync, RunOutcome,
+};
+use crush_protocol::{
+    AgentSendParams, ErrorCode, PermissionDecision, PermissionRequestParams,
+    PermissionRequestResult, RpcError, SendMode, SessionCreateParams, SessionEvent, SessionInfo,
+    SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionUpdateParams, WorkspaceInfo,
+    daemon_request, request,
+};
+
+use crate::render::{TextTracker, first_line, text_of, tool_summary};
+use crate::ui::{DIM, GREEN, RED, Term, Ui, YELLOW};
+use crate::{
+    EXIT_CANCELLED, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, Exit, Global, PromptArgs, RunArgs,
+    SendArgs, WorkspaceArg, get_session, leave, list_sessions, open_workspace, usage,
+};
+
+/// The prompt: piped stdin (if any), a blank line, then the words of the command line.
+pub fn read_prompt(words: &[String]) -> anyhow::Result<String> {
+    let arg = words.join(" ");
+    let mut piped = String::new();
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        stdin
+            .lock()
+            .read_to_string(&mut piped)
+            .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+    }
+    let prompt = match (piped.trim().is_empty(), arg.trim().is_empty()) {
+        (true, true) => {
+            return Err(usage(
+                "no prompt: give it as an argument (`crushctl run \"…\"`) or on stdin",
+            ));
+        }
+        (true, false) => arg,
+        (false, true) => piped.trim_end().to_owned(),
+        (false, false) => format!("{}\n\n{arg}", piped.trim_end()),
+    };
+    Ok(prompt)
+}
+
+/// The session `-s`/`-c` names (not created yet when it is to be new).
+async fn existing_session(
+    client: &ReconnectingClient,
+    p: &PromptArgs,
+    ws: &WorkspaceInfo,
+) -> anyhow::Result<Option<SessionInfo>> {
+    if let Some(id) = &p.session {
+        return Ok(Some(get_session(client, id).await?));
+    }
+    if p.continue_ {
+        return Ok(list_sessions(client, &ws.workspace_id)
+            .await?
+            .into_iter()
+            .next());
+    }
+    Ok(None)
+}
+
+/// The session to send to, the model to send with, and whether the session was made for this
+/// prompt (so it can be removed again if the prompt is refused).
+async fn prepare(
+    client: &ReconnectingClient,
+    p: &PromptArgs,
+    prompt: &str,
+) -> anyhow::Result<(SessionInfo, Option<String>, bool)> {
+    let ws = open_workspace(client, &p.ws).await?;
+    let existing = existing_session(client, p, &ws).await?;
+    let model = crate::model::choose(
+        client,
+        p.model.as_deref(),
+        existing.as_ref().and_then(|s| s.model.as_deref()),
+    )
+    .await?;
+    match existing {
+        Some(s) => Ok((s, model, false)),
+        None => {
+            let title = first_line(p.prompt.join(" ").trim(), 60);
+            let title = if title.is_empty() {
+                first_line(prompt, 60)
+            } else {
+                title
+            };
+            let s = client
+                .request::<request::SessionCreate>(SessionCreateParams {
+                    workspace_id: ws.workspace_id.clone(),
+                    title: Some(title),
+                    model: None,
+                    yolo: false,
+                })
+                .await?;
+            Ok((s, model, true))
+        }
+    }
+}
+
+/// Sends; a refused prompt in a session made for it removes the session again. A model the
+/// daemon cannot use is a configuration error (exit 2) whose message says what to do.
+async fn send_prompt(
+    client: &ReconnectingClient,
+    params: AgentSendParams,
+    created: bool,
+) -> anyhow::Result<()> {
+    let session_id = params.session_id.clone();
+    match client.send(params).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if created {
+                let _ = client
+                    .request::<request::SessionDelete>(SessionRef { session_id })
+                    .await;
+            }
+            match e {
+                ClientError::Rpc(r) if r.code == ErrorCode::ModelNotConfigured as i32 => {
+                    Err(Exit {
+                        code: EXIT_USAGE,
+                        message: format!(
+                            "{}\n(`-m echo` runs the offline diagnostic model)",
+                            r.message
+                        ),
+                    }
+                    .into())
+                }
+                e => Err(e.into()),
+            }
+        }
+    }
+}
+
+type PromptRequest = (PermissionRequestParams, oneshot::Sender<PermissionDecision>);
+
+/// Hands the daemon's permission prompts to the command's event loop, which knows which run
+/// they are for and whether anyone can be asked.
+fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandler {
+    Arc::new(move |method, params| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            if method != daemon_request::PERMISSION_REQUEST {
+                return Err(RpcError::new(
+                    ErrorCode::MethodNotFound,
+                    format!("crushctl does not handle {method:?}"),
+                ));
+            }
+            let p: PermissionRequestParams = serde_json::from_value(params)
+                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
+            let (reply, answer) = oneshot::channel();
+            let decision = if tx.send((p, reply)).is_ok() {
+                answer.await.unwrap_or(PermissionDecision::Deferred)
+            } else {
+                PermissionDecision::Deferred
+            };
+            serde_json::to_value(PermissionRequestResult { decision })
+                .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
+        })
+    })
+}
+
+/// SIGINT (Ctrl-C), registered before anything is sent so that none is lost.
+pub struct Interrupts {
+    #[cfg(unix)]
+    sig: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            sig: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+        })
+    }
+
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            self.sig.recv().await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn outcome_code(state: &str) -> u8 {
+    match state {
+        "completed" => 0,
+        "cancelled" => EXIT_CANCELLED,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// The terminal a permission question can be asked on, if any.
+fn open_tty() -> Option<std::fs::File> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open("/dev/tty").ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
+    let prompt = read_prompt(&a.p.prompt)?;
+    let term = Term::detect();
+    let activity = term.stderr_tty && !a.quiet && !a.json;
+    let ui = Ui::new(term, activity);
+    let interactive = term.stderr_tty && open_tty().is_some();
+    let interrupts = Interrupts::new()?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let (prompt_tx, prompt_rx) = mpsc::unbounded_channel();
+    let mut opts = g.options(true);
+    opts.request_handler = Some(permission_handler(prompt_tx));
+    let client = g.reconnecting(opts).await?;
+    let Some(events) = client.take_events() else {
+        anyhow::bail!("the client's event stream was already taken");
+    };
+    let (session, model, created) = match prepare(&client, &a.p, &prompt).await {
+        Ok(x) => x,
+        Err(e) => {
+            leave(client).await;
+            return Err(e);
+        }
+    };
+    let mut view = RunView {
+        ui,
+        json: a.json,
+        activity,
+        quiet: a.quiet,
+        interactive,
+        session_id: session.session_id.clone(),
+        run_id: run_id.clone(),
+        followed: HashSet::from([run_id.clone()]),
+        text: TextTracker::default(),
+        messages: Vec::new(),
+        prompts: VecDeque::new(),
+        asking: None,
+    };
+    let result = async {
+        client
+            .subscribe(SessionSubscribeParams {
+                session_id: session.session_id.clone(),
+                after_seq: None,
+                epoch: None,
+            })
+            .await?;
+        if view.json {
+            view.emit(
+                json!({"type": "run", "sessionId": session.session_id, "runId": run_id,
+                "workspaceId": session.workspace_id, "model": model}),
+            );
+        }
+        view.ui.spin(Some("sending"));
+        send_prompt(
+            &client,
+            AgentSendParams {
+                session_id: session.session_id.clone(),
+                prompt,
+                run_id: Some(run_id.clone()),
+                mode: if a.p.steer {
+                    SendMode::Steer
+                } else {
+                    SendMode::Queue
+                },
+                model,
+                yolo: a.p.yolo,
+                ..AgentSendParams::default()
+            },
+            created,
+        )
+        .await?;
+        view.ui.spin(Some("thinking"));
+        view.follow(&client, events, prompt_rx, interrupts).await
+    }
+    .await;
+    view.ui.spin(None);
+    match result {
+        // A second Ctrl-C: quit at once, without the polite goodbye.
+        Ok(Flow::Quit) => Ok(EXIT_CANCELLED),
+        Ok(Flow::Done(code)) => {
+            leave(client).await;
+            Ok(code)
+        }
+        Err(e) => {
+            leave(client).await;
+            Err(e)
+        }
+    }
+}
+
+enum Flow {
+    Done(u8),
+    Quit,
+}
+
+struct RunView {
+    ui: Ui,
+    json: bool,
+    activity: bool,
+    quiet: bool,
+    interactive: bool,
+    session_id: String,
+    run_id: String,
+    /// This run and a run it was steered into.
+    followed: HashSet<String>,
+    text: TextTracker,
+    /// Assistant messages whose text was printed, in order.
+    messages: Vec<String>,
+    /// Permission questions waiting for the terminal.
+    prompts: VecDeque<PromptRequest>,
+    /// The question on the terminal now (its request id and reply).
+    asking: Option<PromptRequest>,
+}
+
+impl RunView {
+    fn emit(&self, v: Value) {
+        self.ui.out_line(&v.to_string());
+    }
+
+    fn notice(&self, sgr: &str, s: &str) {
+        if !self.quiet && !self.json {
+            self.ui
+                .err_line(&self.ui.paint_err(sgr, &format!("crushctl: {s}")));
+        }
+    }
+
+    fn activity_line(&self, sgr: &str, s: &str) {
+        if self.activity {
+            self.ui.err_line(&self.ui.paint_err(sgr, s));
+        }
+    }
+
+    fn print_text(&mut self, message_id: &str, new: String) {
+        if new.is_empty() {
+            return;
+        }
+        if self.json {
+            self.emit(
+                json!({"type": "text", "runId": self.run_id, "messageId": message_id, "text": new}),
+            );
+            return;
+        }
+        if !self.messages.iter().any(|m| m == message_id) {
+            // A later step's text starts on its own line.
+            if !self.messages.is_empty() && !self.ui.at_line_start() {
+                self.ui.out("\n");
+            }
+            self.messages.push(message_id.to_owned());
+        }
+        self.ui.out(&new);
+    }
+
+    async fn follow(
+        &mut self,
+        client: &ReconnectingClient,
+        mut events: mpsc::UnboundedReceiver<ClientEvent>,
+        mut prompts: mpsc::UnboundedReceiver<PromptRequest>,
+        mut interrupts: Interrupts,
+    ) -> anyhow::Result<Flow> {
+        let (answers_tx, mut answers) = mpsc::unbounded_channel::<(String, String)>();
+        let mut interrupted = 0;
+        loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else {
+                        return Err(Exit { code: EXIT_UNREACHABLE, message: "the connection to crushd closed".to_owned() }.into());
+                    };
+                    if let Some(code) = self.event(client, ev).await? {
+                        return Ok(Flow::Done(code));
+                    }
+                }
+                Some(p) = prompts.recv() => self.permission(p, &answers_tx),
+                Some((request_id, line)) = answers.recv() => self.answered(&request_id, &line, &answers_tx),
+                _ = interrupts.recv() => {
+                    interrupted += 1;
+                    if interrupted > 1 {
+                        self.ui.spin(None);
+                        self.ui.err_line("crushctl: quit without waiting for the run to end");
+                        return Ok(Flow::Quit);
+                    }
+                    self.ui.err_line(&self.ui.paint_err(YELLOW, "crushctl: cancelling the run (Ctrl-C again to quit at once)"));
+                    self.ui.spin(Some("cancelling"));
+                    client
+                        .request::<request::AgentCancel>(SessionRef { session_id: self.session_id.clone() })
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// One event; `Some(exit code)` when the run has ended.
+    async fn event(
+        &mut self,
+        client: &ReconnectingClient,
+        ev: ClientEvent,
+    ) -> anyhow::Result<Option<u8>> {
+        match ev {
+            ClientEvent::Update(u) => self.update(u),
+            ClientEvent::Resync(r) if r.session_id == self.session_id => {
+                self.resync(client, r).await?
+            }
+            ClientEvent::RunOutcome(o) if o.run_id == self.run_id => {
+                return Ok(Some(self.outcome(o)));
+            }
+            ClientEvent::Disconnected { reason } => {
+                self.notice(
+                    YELLOW,
+                    &format!("lost the connection to crushd ({reason}); reconnecting"),
+                );
+                if self.json {
+                    self.emit(json!({"type": "disconnected", "reason": reason}));
+                }
+            }
+            ClientEvent::Reconnected(r) => {
+                self.notice(DIM, "reconnected to crushd");
+                if self.json {
+                    self.emit(json!({"type": "reconnected", "daemonRestarted": r.epoch_changed}));
+                }
+            }
+            ClientEvent::GaveUp { error } => {
+                return Err(Exit {
+                    code: EXIT_UNREACHABLE,
+                    message: error,
+                }
+                .into());
+            }
+            ClientEvent::SubscriptionLost { session_id, error }
+                if session_id == self.session_id =>
+            {
+                return Err(Exit {
+                    code: EXIT_FAILED,
+                    message: format!("lost the session: {error}"),
+                }
+                .into());
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    fn update(&mut self, u: SessionUpdateParams) {
+        let Some(run) = u.run_id.as_deref() else {
+            return;
+        };
+        if u.session_id != self.session_id || !self.followed.contains(run) {
+            return;
+        }
+        let run = run.to_owned();
+        match u.event {
+            SessionEvent::AssistantStarted { message_id, .. } => self.text.started(&message_id),
+            SessionEvent::TextDelta { message_id, text } => {
+                let new = self.text.delta(&message_id, &text);
+                self.print_text(&message_id, new);
+            }
+            SessionEvent::ReasoningDelta { message_id, text } => {
+                if self.json {
+                    self.emit(json!({"type": "reasoning", "runId": run, "messageId": message_id, "text": text}));
+                }
+            }
+            SessionEvent::ToolCallStarted {
+                tool,
+                tool_call_id,
+                input,
+                ..
+            } => {
+                if self.json {
+                    self.emit(json!({"type": "toolCall", "runId": run, "toolCallId": tool_call_id, "tool": tool, "input": input}));
+                }
+                self.activity_line(DIM, &format!("⚙ {}", tool_summary(&tool, &input)));
+                self.ui.spin(Some(&format!("running {tool}")));
+            }
+            SessionEvent::ToolCallFinished {
+                tool,
+                tool_call_id,
+                status,
+                output,
+                ..
+            } => {
+                if self.json {
+                    self.emit(json!({"type": "toolResult", "runId": run, "toolCallId": tool_call_id, "tool": tool, "status": status, "output": output}));
+                }
+                if status == "completed" {
+                    self.activity_line(GREEN, &format!("  ✓ {tool}"));
+                } else {
+                    self.activity_line(
+                        RED,
+                        &format!("  ✗ {tool} {status}: {}", first_line(&output, 100)),
+                    );
+                }
+                self.ui.spin(Some("thinking"));
+            }
+            SessionEvent::RunQueued { position, .. } => {
+                if self.json {
+                    self.emit(json!({"type": "queued", "runId": run, "position": position}));
+                }
+                self.ui.spin(Some(&format!(
+                    "queued behind {} run(s) of this session",
+                    position + 1
+                )));
+            }
+            SessionEvent::RunFolded { into } => {
+                if self.json {
+                    self.emit(json!({"type": "folded", "runId": run, "into": into}));
+                }
+                self.followed.insert(into);
+            }
+            SessionEvent::RunStarted => self.ui.spin(Some("thinking")),
+            SessionEvent::Retrying {
+                attempt,
+                max_attempts,
+                delay_ms,
+                error,
+            } => {
+                if self.json {
+                    self.emit(json!({"type": "retrying", "runId": run, "attempt": attempt, "maxAttempts": max_attempts, "delayMs": delay_ms, "error": error}));
+                }
+                self.activity_line(
+                    YELLOW,
+                    &format!("retrying ({attempt}/{max_attempts}) in {delay_ms} ms: {error}"),
+                );
+            }
+            SessionEvent::PermissionResolved {
+                request_id,
+                decision,
+                by,
+            } => self.resolved_elsewhere(&request_id, &decision, &by),
+            SessionEvent::UserMessage { .. }
+            | SessionEvent::CancelRequested { .. }
+            | SessionEvent::PermissionRequested { .. }
+            | SessionEvent::RunFinished { .. }
+            | SessionEvent::MessageFinished { .. } => {}
+        }
+    }
+
+    /// Events were missed: print what of this run's text was not printed yet, from the stored
+    /// messages and the streaming snapshot.
+    async fn resync(&mut self, client: &ReconnectingClient, r: Resync) -> anyhow::Result<()> {
+        let page = client
+            .request::<request::SessionMessages>(SessionMessagesParams {
+                session_id: self.session_id.clone(),
+                before: None,
+                limit: Some(200),
+            })
+            .await?;
+        let streaming_id = r.streaming.as_ref().map(|s| s.message_id.clone());
+        for m in page.messages {
+            let ours = m
+                .run_id
+                .as_deref()
+                .is_some_and(|id| self.followed.contains(id));
+            // The stored copy of the streaming message may lag behind: the snapshot wins.
+            if ours && m.role == "assistant" && Some(&m.message_id) != streaming_id.as_ref() {
+                let new = self.text.snapshot(&m.message_id, &text_of(&m.parts));
+                self.print_text(&m.message_id, new);
+            }
+        }
+        if let Some(s) = r.streaming
+            && s.run_id
+                .as_deref()
+                .is_some_and(|id| self.followed.contains(id))
+        {
+            let new = self
+                .text
+                .snapshot(&s.message_id, &text_of(&Value::Array(s.parts)));
+            self.print_text(&s.message_id, new);
+        }
+        Ok(())
+    }
+
+    fn outcome(&mut self, o: RunOutcome) -> u8 {
+        self.ui.spin(None);
+        if let (Some(mid), Some(text)) = (&o.message_id, &o.text) {
+            let new = self.text.snapshot(mid, text);
+            self.print_text(mid, new);
+        }
+        let code = outcome_code(&o.state);
+        if self.json {
+            self.emit(
+                json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
+                "state": o.state, "text": o.text, "error": o.error}),
+            );
+            return code;
+        }
+        self.ui.end_line();
+        match o.state.as_str() {
+            "completed" => {}
+            "cancelled" => self
+                .ui
+                .err_line(&self.ui.paint_err(YELLOW, "crushctl: the run was cancelled")),
+            state => {
+                let why = o.error.unwrap_or_else(|| "no reason given".to_owned());
+                self.ui.err_line(
+                    &self
+                        .ui
+                        .paint_err(RED, &format!("crushctl: run {state}: {why}")),
+                );
+            }
+        }
+        code
+    }
+
+    /// A permission request: ask on the terminal, or deny and say so.
+    fn permission(&mut self, p: PromptRequest, answers: &mpsc::UnboundedSender<(String, String)>) {
+        let (params, reply) = p;
+        if !self.followed.contains(&params.run_id) || params.session_id != self.session_id {
+            // Another client's run: its own clients answer.
+            let _ = reply.send(PermissionDecision::Deferred);
+            return;
+        }
+        if !self.interactive {
+            let _ = reply.send(PermissionDecision::Deny);
+            if self.json {
+                self.emit(json!({"type": "permission", "runId": params.run_id, "tool": params.tool,
+                    "title": params.title, "decision": "deny", "reason": "not a terminal; pass --yolo to allow tool calls"}));
+            }
+            // Said even with --quiet: an action the user asked for was not done.
+            self.ui.err_line(&self.ui.paint_err(
+                YELLOW,
+                &format!(
+                    "crushctl: denied {:?} ({}): nobody can be asked without a terminal; pass --yolo to allow tool calls without asking",
+                    params.title, params.tool
+                ),
+            ));
+            return;
+        }
+        self.prompts.push_back((params, reply));
+        self.next_question(answers);
+    }
+
+    fn next_question(&mut self, answers: &mpsc::UnboundedSender<(String, String)>) {
+        if self.asking.is_some() {
+            return;
+        }
+        let Some((params, reply)) = self.prompts.pop_front() else {
+            return;
+        };
+        if let Some(diff) = &params.diff {
+            self.ui.err_line(&self.ui.paint_err(DIM, diff.trim_end()));
+        }
+        self.ui.ask(&format!(
+            "{} {}\n  allow? [y] once  [a] for this session  [N] deny: ",
+            self.ui.paint_err(YELLOW, "permission:"),
+            params.title
+        ));
+        let id = params.request_id.clone();
+        let tx = answers.clone();
+        // A terminal read cannot be cancelled; if the question is answered elsewhere first, the
+        // line typed later is discarded.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            if let Some(tty) = open_tty() {
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(tty), &mut line);
+            }
+            let _ = tx.send((id, line));
+        });
+        self.asking = Some((params, reply));
+    }
+
+    fn answered(
+        &mut self,
+        request_id: &str,
+        line: &str,
+        answers: &mpsc::UnboundedSender<(String, String)>,
+    ) {
+        if self
+            .asking
+            .as_ref()
+            .is_none_or(|(p, _)| p.request_id != request_id)
+        {
+            return;
+        }
+        let Some((params, reply)) = self.asking.take() else {
+            return;
+        };
+        let (decision, said) = match line.trim().to_lowercase().as_str() {
+            "y" | "yes" => (PermissionDecision::Allow, "allowed once"),
+            "a" | "always" => (PermissionDecision::AllowSession, "allowed for this session"),
+            _ => (PermissionDecision::Deny, "denied"),
+        };
+        let _ = reply.send(decision);
+        let sgr = if decision == PermissionDecision::Deny {
+            RED
+        } else {
+            GREEN
+        };
+        self.ui.err_line(
+            &self
+                .ui
+                .paint_err(sgr, &format!("  {said}: {}", params.title)),
+        );
+        self.ui.spin(Some("thinking"));
+        self.next_question(answers);
+    }
+
+    fn resolved_elsewhere(&mut self, request_id: &str, decision: &str, by: &str) {
+        if by == "crushctl" {
+            return;
+        }
+        if self
+            .asking
+            .as_ref()
+            .is_some_and(|(p, _)| p.request_id == request_id)
+            && let Some((params, reply)) = self.asking.take()
+        {
+            let _ = reply.send(PermissionDecision::Deferred);
+            self.ui.err_line("");
+            self.ui.err_line(
+                &self
+                    .ui
+                    .paint_err(DIM, &format!("  {}: {decision} by {by}", params.title)),
+            );
+        }
+        self.prompts.retain(|(p, _)| p.request_id != request_id);
+    }
+}
+
+pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
+    let prompt = read_prompt(&a.p.prompt)?;
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let (session, model, created) = prepare(&client, &a.p, &prompt).await?;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        send_prompt(
+            &client,
+            AgentSendParams {
+                session_id: session.session_id.clone(),
+                prompt,
+                run_id: Some(run_id.clone()),
+                mode: if a.p.steer {
+                    SendMode::Steer
+                } else {
+                    SendMode::Queue
+                },
+                model,
+                yolo: a.p.yolo,
+                ..AgentSendParams::default()
+            },
+            created,
+        )
+        .await?;
+        if a.json {
+            println!(
+                "{}",
+                json!({"runId": run_id, "sessionId": session.session_id})
+            );
+        } else {
+            println!("{run_id}");
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let Some(mut events) = client.take_events() else {
+        anyhow::bail!("the client's event stream was already taken");
+    };
+    let mut interrupts = Interrupts::new()?;
+    let result = async {
+        client.watch_run(run_id).await?;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ClientEvent::RunOutcome(o)) if o.run_id == run_id => {
+                        let code = outcome_code(&o.state);
+                        if json_out {
+                            println!("{}", json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
+                                "state": o.state, "text": o.text, "error": o.error}));
+                        } else {
+                            if let Some(t) = &o.text {
+                                print!("{t}");
+                                if !t.ends_with('\n') {
+                                    println!();
+                                }
+                            }
+                            match o.state.as_str() {
+                                "completed" => {}
+                                "cancelled" => eprintln!("crushctl: the run was cancelled"),
+                                s => eprintln!("crushctl: run {s}: {}", o.error.as_deref().unwrap_or("no reason given")),
+                            }
+                        }
+                        return Ok(code);
+                    }
+                    Some(ClientEvent::GaveUp { error }) => {
+                        return Err(Exit { code: EXIT_UNREACHABLE, message: error }.into());
+                    }
+                    Some(_) => {}
+                    None => return Err(Exit { code: EXIT_UNREACHABLE, message: "the connection to crushd closed".to_owned() }.into()),
+                },
+                _ = interrupts.recv() => return Ok(EXIT_CANCELLED),
+            }
+        }
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+pub async fn cancel(g: &Global, session: Option<String>, ws: &WorkspaceArg) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let session_id = match session {
+            Some(id) => id,
+            None => {
+                let w = open_workspace(&client, ws).await?;
+                match w.busy_sessions.as_slice() {
+                    [one] => one.session_id.clone(),
+                    [] => match list_sessions(&client, &w.workspace_id).await?.first() {
+                        Some(s) => s.session_id.clone(),
+                        None => return Err(usage(format!("no session in {}", w.path))),
+                    },
+                    many => {
+                        let ids: Vec<&str> = many.iter().map(|b| b.session_id.as_str()).collect();
+                        return Err(usage(format!(
+                            "several sessions of {} are busy; name one: {}",
+                            w.path,
+                            ids.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let r = client
+            .request::<request::AgentCancel>(SessionRef {
+                session_id: session_id.clone(),
+            })
+            .await?;
+        if r.cancelled.is_empty() {
+            println!("nothing to cancel in session {session_id}");
+        } else {
+            println!("cancelled {}", r.cancelled.join(", "));
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}

@@ -1,0 +1,175 @@
+//! `sessions`: list a workspace's sessions (a table on a terminal, JSON lines with `--json`),
+//! show one readably, remove or rename one.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crush_protocol::{SessionRef, SessionRenameParams, request};
+
+use crate::attach::history;
+use crate::render::Conversation;
+use crate::ui::{BOLD, DIM, Term, Ui};
+use crate::{
+    Global, SessionsArgs, SessionsCommand, get_session, leave, list_sessions, open_workspace,
+};
+
+pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        match a.command {
+            None => list(&client, &a).await,
+            Some(SessionsCommand::Show { id, json }) => show(&client, &id, json).await,
+            Some(SessionsCommand::Rm { id }) => {
+                get_session(&client, &id).await?;
+                client
+                    .request::<request::SessionDelete>(SessionRef {
+                        session_id: id.clone(),
+                    })
+                    .await?;
+                println!("deleted session {id}");
+                Ok(0)
+            }
+            Some(SessionsCommand::Rename { id, title }) => {
+                get_session(&client, &id).await?;
+                let s = client
+                    .request::<request::SessionRename>(SessionRenameParams {
+                        session_id: id,
+                        title,
+                    })
+                    .await?;
+                println!("renamed session {} to {:?}", s.session_id, s.title);
+                Ok(0)
+            }
+        }
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+async fn list(client: &crush_client::ReconnectingClient, a: &SessionsArgs) -> anyhow::Result<u8> {
+    let w = open_workspace(client, &a.ws).await?;
+    let sessions = list_sessions(client, &w.workspace_id).await?;
+    let mut state: HashMap<&str, &str> = HashMap::new();
+    for b in &w.busy_sessions {
+        state.insert(
+            &b.session_id,
+            if b.active_run_id.is_some() {
+                "running"
+            } else {
+                "queued"
+            },
+        );
+    }
+    let state_of = |id: &str| state.get(id).copied().unwrap_or("idle");
+    if a.json {
+        for s in &sessions {
+            println!(
+                "{}",
+                json!({"sessionId": s.session_id, "title": s.title, "updatedAt": s.updated_at,
+                    "createdAt": s.created_at, "messages": s.message_count, "state": state_of(&s.session_id),
+                    "model": s.model})
+            );
+        }
+        return Ok(0);
+    }
+    let term = Term::detect();
+    let ui = Ui::new(term, false);
+    if sessions.is_empty() {
+        eprintln!("no sessions in {} yet (`crushctl run` starts one)", w.path);
+        return Ok(0);
+    }
+    let now = now_ms();
+    let rows: Vec<[String; 5]> = sessions
+        .iter()
+        .map(|s| {
+            [
+                s.session_id.clone(),
+                s.title.clone(),
+                ago(now - s.updated_at),
+                s.message_count.to_string(),
+                state_of(&s.session_id).to_owned(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "TITLE", "UPDATED", "MSGS", "STATE"];
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count().min(if i == 1 { 50 } else { 80 }));
+        }
+    }
+    let fmt = |cells: [String; 5]| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let c: String = c.chars().take(if i == 1 { 50 } else { 80 }).collect();
+                format!("{c:<w$}", w = widths[i])
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    ui.out_line(&ui.paint_out(BOLD, &fmt(header.map(str::to_owned))));
+    for r in rows {
+        ui.out_line(&fmt(r));
+    }
+    Ok(0)
+}
+
+async fn show(
+    client: &crush_client::ReconnectingClient,
+    id: &str,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let s = get_session(client, id).await?;
+    let msgs = history(client, id, true, 1000).await?;
+    if json_out {
+        for m in &msgs {
+            println!("{}", serde_json::to_string(m)?);
+        }
+        return Ok(0);
+    }
+    let ui = Ui::new(Term::detect(), false);
+    ui.out_line(&ui.paint_out(BOLD, &s.title));
+    ui.out_line(&ui.paint_out(
+        DIM,
+        &format!(
+            "{} · {} messages · updated {} ago{}",
+            s.session_id,
+            s.message_count,
+            ago(now_ms() - s.updated_at),
+            s.model
+                .as_deref()
+                .map(|m| format!(" · {m}"))
+                .unwrap_or_default()
+        ),
+    ));
+    let mut conv = Conversation::new(ui.clone());
+    for m in &msgs {
+        conv.message(m, None);
+    }
+    ui.end_line();
+    Ok(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// `5s`, `3m`, `2h`, `4d` (ago).
+fn ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
