@@ -1,0 +1,82 @@
+-- Permission prompts: the model (the mock) writes hello.txt, then runs `rm -rf build`.
+local crush = require("crush")
+local session = require("crush.session")
+
+local completes = T.record("CrushRunComplete")
+local requests = T.record("CrushPermissionRequest")
+
+T.it("shows a write's prompt with its diff and allows it with a key", function()
+  vim.cmd("Crush")
+  T.wait("the chat", function()
+    return vim.b.crush_session ~= nil
+  end)
+  local buf, win = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
+  vim.cmd("Crush send write hello.txt")
+  T.wait("the permission request", function()
+    return #requests == 1
+  end)
+  T.eq("write", requests[1].tool, "tool")
+  T.eq("Create hello.txt", requests[1].title, "title")
+  T.eq("hello.txt", requests[1].input.path, "input")
+  T.wait("the prompt in the chat", function()
+    return T.contains(buf, "**Permission needed** · Create hello.txt")
+  end)
+  T.ok(T.contains(buf, "+hi from crush"), "the diff is shown:\n" .. T.text(buf))
+  T.ok(T.contains(buf, "[a] allow once"), "the keys are shown")
+  T.eq("crush: waiting for permission", crush.statusline(), "status line")
+  -- The prompt is not folded away; the tool call is a fold.
+  local header = vim.fn.search("^▸ write: Create hello.txt", "nw")
+  T.ok(header > 0, "tool call line:\n" .. T.text(buf))
+  local prompt_line = vim.fn.search("Permission needed", "nw")
+  vim.api.nvim_win_call(win, function()
+    T.eq(-1, vim.fn.foldclosed(prompt_line), "the prompt is visible")
+  end)
+  vim.api.nvim_set_current_win(win)
+  vim.api.nvim_feedkeys("a", "mx", false)
+  local done
+  T.wait("the run's end", function()
+    done = completes[1]
+    return done
+  end, 15000)
+  T.eq("Wrote hello.txt.", done.text, "reply")
+  T.wait("the prompt gone", function()
+    return not T.contains(buf, "Permission needed")
+  end)
+  T.ok(T.contains(buf, "permission allowed once by crush.nvim"), "note:\n" .. T.text(buf))
+  T.ok(T.contains(buf, "│ result (completed):"), "result shown")
+  header = vim.fn.search("^▸ write: Create hello.txt", "nw")
+  vim.api.nvim_win_call(win, function()
+    vim.api.nvim_win_set_cursor(win, { 1, 0 })
+    T.eq(header, vim.fn.foldclosed(header + 1), "the tool call is folded with its result")
+  end)
+  T.eq("hi from crush\n", table.concat(vim.fn.readfile("hello.txt"), "\n") .. "\n", "file written")
+  T.eq("crush: idle", crush.statusline(), "idle again")
+end)
+
+T.it("answers through vim.ui.select (deny)", function()
+  local buf = vim.api.nvim_get_current_buf()
+  crush.send("clean up")
+  T.wait("the second request", function()
+    return #requests == 2 and T.contains(buf, "Permission needed")
+  end)
+  T.eq("bash", requests[2].tool, "tool")
+  T.ok(T.contains(buf, "$ rm -rf build"), "the command is shown")
+  local orig = vim.ui.select
+  local offered
+  vim.ui.select = function(items, opts, cb)
+    offered = vim.tbl_map(opts.format_item, items)
+    cb(items[3])
+  end
+  vim.cmd("Crush permission")
+  vim.ui.select = orig
+  T.eq({ "Allow once", "Allow for this session", "Deny" }, offered, "choices")
+  T.wait("the run's end", function()
+    return completes[2]
+  end, 15000)
+  T.eq("Not running it.", completes[2].text, "reply")
+  T.wait("the denied note", function()
+    return T.contains(buf, "permission denied by crush.nvim") and not T.contains(buf, "Permission needed")
+  end)
+  T.ok(T.contains(buf, "· denied"), "tool status denied")
+  T.eq(0, #session.pending_prompts(session.sessions[vim.b.crush_session]), "no prompt left")
+end)
