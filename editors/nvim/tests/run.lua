@@ -23,13 +23,14 @@ function T.signal(name)
 end
 
 --- Waits (processing events) until pred() is truthy; fails after timeout ms.
-function T.wait(what, pred, timeout)
+--- `show` (optional) says what to print with the failure.
+function T.wait(what, pred, timeout, show)
   local ok = vim.wait(timeout or 10000, function()
     local good, v = pcall(pred)
     return good and v
   end, 10)
   if not ok then
-    error("timed out waiting until " .. what, 2)
+    error("timed out waiting until " .. what .. (show and (":\n" .. tostring(show())) or ""), 2)
   end
 end
 

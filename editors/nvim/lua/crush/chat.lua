@@ -244,6 +244,9 @@ end
 
 local function entry_lines(s, e)
   local out = {}
+  if e.hidden then
+    return out
+  end
   if e.kind == "header" then
     table.insert(out, "# " .. (s.title or "crush session"))
     table.insert(out, "")

@@ -156,15 +156,22 @@ end
 local function dispatchers(gen)
   return {
     notification = function(method, params)
-      -- Called in a fast (luv) context: run the handler on the main loop, in arrival order.
-      vim.schedule(function()
+      local function handle()
         if gen == state.gen then
           if method == "$/daemonShutdown" and type(params) == "table" and params.reason == "request" then
             state.no_autostart = true
           end
           M.handlers.notification(method, params or {})
         end
-      end)
+      end
+      -- vim.lsp.rpc already schedules notifications (as it schedules server requests and
+      -- responses) onto the main loop; scheduling once more would let a daemon request that
+      -- came after a notification be handled before it.
+      if vim.in_fast_event() then
+        vim.schedule(handle)
+      else
+        handle()
+      end
     end,
     server_request = function(method, params)
       -- vim.lsp.rpc sends whatever this returns as the response, at once: it must be a table

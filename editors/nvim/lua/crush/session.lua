@@ -184,6 +184,11 @@ local function place_prompts(s)
   for _, p in pairs(s.prompts) do
     local part = s.tools[p.params.toolCallId]
     if part then
+      if p.entry and p.entry.kind == "permission" then
+        -- Shown on its own until its tool call was known: now it moves under the call.
+        p.entry.hidden = true
+        M.touch(s, p.entry)
+      end
       part.permission = p
       p.entry = part.entry
       M.touch(s, part.entry)
@@ -560,7 +565,8 @@ resolve_prompt = function(s, request_id, decision, by, quiet)
       part.status = decision == "deny" and "denied" or (decision == "cancelled" and "cancelled" or "running")
     end
     M.touch(s, part.entry)
-  elseif p.entry then
+  end
+  if p.entry and s.entries[p.entry.idx] == p.entry then
     M.touch(s, p.entry)
   end
   M.changed(s)
