@@ -211,7 +211,7 @@ end
 
 local function tool_summary(part)
   local i = type(part.input) == "table" and part.input or {}
-  local what = part.title or i.path or i.command or i.pattern
+  local what = part.title or (part.permission and part.permission.params.title) or i.path or i.command or i.pattern
   return (part.name or "tool") .. (what and (": " .. tostring(what)) or "")
 end
 
@@ -284,7 +284,9 @@ local function entry_lines(s, e)
           table.insert(out, "")
         end
         local status = part.status or "running"
-        if part.permission and part.permission.state == "resolved" then
+        if part.permission and part.permission.state ~= "resolved" then
+          status = "waiting for permission"
+        elseif part.permission then
           status = status .. " · " .. part.permission.note
         end
         table.insert(out, "▸ " .. tool_summary(part) .. " · " .. status)
