@@ -57,7 +57,9 @@ fn nvim_bin() -> PathBuf {
             nvim.display()
         )
     });
-    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     assert!(
         (major, minor) >= (0, 10),
@@ -100,7 +102,10 @@ fn spawn_nvim(env: &TestEnv, spec: &str, cwd: &Path, extra_env: &[(&str, String)
         .arg("--cmd")
         .arg(format!("set rtp^={}", plugin.display()))
         .arg("-c")
-        .arg(format!("luafile {}", plugin.join("tests").join("run.lua").display()))
+        .arg(format!(
+            "luafile {}",
+            plugin.join("tests").join("run.lua").display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -158,10 +163,7 @@ impl Nvim {
                         return;
                     }
                 }
-                Ok(None) => panic!(
-                    "nvim ended before signalling {name}; {}",
-                    self.transcript()
-                ),
+                Ok(None) => panic!("nvim ended before signalling {name}; {}", self.transcript()),
                 Err(_) => panic!("nvim never signalled {name}; {}", self.transcript()),
             }
         }
@@ -194,14 +196,13 @@ impl Nvim {
                 Some((p.parse::<usize>().ok()?, f.parse::<usize>().ok()?))
             })
             .unwrap_or_else(|| panic!("no `N passed, N failed` line; {}", self.transcript()));
-        assert_eq!(
-            summary.1,
-            0,
-            "Lua tests failed; {}",
+        assert_eq!(summary.1, 0, "Lua tests failed; {}", self.transcript());
+        assert!(summary.0 > 0, "no Lua test ran; {}", self.transcript());
+        assert!(
+            status.success(),
+            "nvim exited with {status}; {}",
             self.transcript()
         );
-        assert!(summary.0 > 0, "no Lua test ran; {}", self.transcript());
-        assert!(status.success(), "nvim exited with {status}; {}", self.transcript());
         summary.0
     }
 }
@@ -220,7 +221,11 @@ impl Drop for Nvim {
 async fn world() -> (TestEnv, MockLlm, PathBuf) {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
-    env.use_model_with(&mock.base_url(), "openai", "[daemon]\nidle_timeout = \"60s\"\n");
+    env.use_model_with(
+        &mock.base_url(),
+        "openai",
+        "[daemon]\nidle_timeout = \"60s\"\n",
+    );
     let project = env.dir.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
     (env, mock, project)
@@ -341,7 +346,14 @@ async fn nvim_shares_a_session_with_another_client() {
         .filter(|m| m["method"] == "$/sessionUpdate" && m["params"]["runId"] == run_id.as_str())
         .filter_map(|m| m["params"]["kind"].as_str())
         .collect();
-    for kind in ["runStarted", "userMessage", "toolCallStarted", "permissionResolved", "toolCallFinished", "runFinished"] {
+    for kind in [
+        "runStarted",
+        "userMessage",
+        "toolCallStarted",
+        "permissionResolved",
+        "toolCallFinished",
+        "runFinished",
+    ] {
         assert!(kinds.contains(&kind), "this client saw {kind}: {kinds:?}");
     }
     let resolved: Vec<&Value> = kept
