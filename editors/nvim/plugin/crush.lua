@@ -20,21 +20,35 @@ local subcommands = {
     require("crush").open()
   end,
   send = function(args, opts)
+    local crush = require("crush")
     local text = table.concat(args, " ")
-    if opts.range > 0 then
-      return require("crush").send_range(text, opts.line1, opts.line2)
+    local function show(err, _, s)
+      if not err and s then
+        crush.show(s)
+      end
     end
     if vim.trim(text) == "" then
-      return require("crush").prompt()
+      if opts.range > 0 then
+        return crush.prompt(nil, opts.line1, opts.line2)
+      end
+      return crush.prompt()
     end
-    require("crush").send(text)
+    if opts.range > 0 then
+      return crush.send_range(text, opts.line1, opts.line2, show)
+    end
+    crush.send(text, {}, show)
   end,
   steer = function(args)
+    local crush = require("crush")
     local text = table.concat(args, " ")
     if vim.trim(text) == "" then
       return vim.notify("crush: usage: :Crush steer {text}", vim.log.levels.ERROR)
     end
-    require("crush").steer(text)
+    crush.steer(text, function(err, _, s)
+      if not err and s then
+        crush.show(s)
+      end
+    end)
   end,
   cancel = function()
     require("crush").cancel()

@@ -149,6 +149,18 @@ function M.send(text, opts, cb)
   end)
 end
 
+--- Shows the chat of `s` in a split when no window shows it, keeping the current window.
+function M.show(s)
+  if chat().visible(s) then
+    return
+  end
+  local win = vim.api.nvim_get_current_win()
+  chat().open(s)
+  if vim.api.nvim_win_is_valid(win) then
+    vim.api.nvim_set_current_win(win)
+  end
+end
+
 --- `:Crush steer {text}`: a prompt folded into the turn in progress.
 function M.steer(text, cb)
   return M.send(text, { mode = "steer" }, cb)
@@ -185,7 +197,11 @@ function M.prompt(session_id, line1, line2)
     if text == nil or (vim.trim(text) == "" and not att) then
       return
     end
-    M.send(text, { session = session_id, attachments = att and { att } or nil })
+    M.send(text, { session = session_id, attachments = att and { att } or nil }, function(err, _, s)
+      if not err and s then
+        M.show(s)
+      end
+    end)
   end)
 end
 
