@@ -20,11 +20,15 @@ function M.version_error()
 end
 
 local seeded = false
-local function rand_hex(n)
+local function seed()
   if not seeded then
     math.randomseed(vim.uv.hrtime() % 2147483647 + vim.uv.os_getpid())
     seeded = true
   end
+end
+
+local function rand_hex(n)
+  seed()
   local t = {}
   for i = 1, n do
     t[i] = string.format("%x", math.random(0, 15))
@@ -34,6 +38,7 @@ end
 
 --- A UUID version 7 (time-ordered), as the protocol recommends for run ids and client ids.
 function M.uuid7()
+  seed()
   local sec, usec = vim.uv.gettimeofday()
   local ms = sec * 1000 + math.floor(usec / 1000)
   local hex = string.format("%012x", ms)
