@@ -1,7 +1,12 @@
 --- :checkhealth crush — Neovim version, crushctl/crushd, the daemon, its protocol and model.
 local M = {}
 
-local health = vim.health
+-- Neovim < 0.10 has the older `health` module (report_*); enough of it to say "too old".
+local health = vim.health and vim.health.start and vim.health
+  or (function()
+    local old = require("health")
+    return { start = old.report_start, ok = old.report_ok, warn = old.report_warn, error = old.report_error }
+  end)()
 
 --- Connects once (without a clientId, without starting the daemon) and asks `daemon/status`
 --- and `model/list`, waiting at most `timeout` ms. Uses the plugin's connection when it is up.
