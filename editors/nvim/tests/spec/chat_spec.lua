@@ -169,6 +169,9 @@ T.it("sends a selection with its file and line range", function()
   T.eq("fn two() {}\nfn three() {}\nfn four() {}\n", att.text, "text")
   T.eq("text/x-rust", att.mimeType, "mime type")
   T.eq("what do these do", sends[1].prompt, "prompt")
+  T.wait("the attachment in the chat", function()
+    return T.contains(vim.fn.bufnr("crush://session/" .. sid), "📎 src/lib.rs:2-4\n```rs\nfn two() {}")
+  end)
   -- The same from Visual mode through the <Plug> mapping.
   local orig = vim.ui.input
   vim.ui.input = function(_, cb)
