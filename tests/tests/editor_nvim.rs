@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crush_tests::mock_llm::{MockLlm, Script};
 use crush_tests::{RawConn, TestEnv, bin};
@@ -220,12 +221,17 @@ impl Drop for Nvim {
 /// A test world: the mock model (the daemon's default model) and a project directory that is
 /// Neovim's working directory, i.e. the plugin's workspace.
 async fn world() -> (TestEnv, MockLlm, PathBuf) {
+    world_with("").await
+}
+
+/// [`world`] with more `[daemon]` settings.
+async fn world_with(daemon_toml: &str) -> (TestEnv, MockLlm, PathBuf) {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
     env.use_model_with(
         &mock.base_url(),
         "openai",
-        "[daemon]\nidle_timeout = \"60s\"\n",
+        &format!("[daemon]\nidle_timeout = \"60s\"\n{daemon_toml}\n"),
     );
     let project = env.dir.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
@@ -381,4 +387,20 @@ async fn nvim_reconnects_and_catches_up() {
     nvim.finish().await;
     drop(daemon);
     stop_started_daemon(&env);
+}
+
+/// A reconnect that the daemon cannot replay (its replay log is disabled) while a reply is being
+/// streamed: the plugin rebuilds the chat from `session/messages` and the `streaming` message,
+/// then continues with the live deltas; the reply appears once and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_resyncs_while_a_reply_streams() {
+    let (env, mock, project) = world_with("replay_events = 0").await;
+    let gate = CancellationToken::new();
+    mock.push(Script::chunks(10).held(gate.clone()));
+    let _daemon = env.spawn_daemon(&[]);
+    let mut nvim = spawn_nvim(&env, "resync", &project, &[]);
+    // The reply is held after its deltas until the plugin has resynced.
+    nvim.signal("resynced").await;
+    gate.cancel();
+    nvim.finish().await;
 }

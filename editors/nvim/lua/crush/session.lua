@@ -240,6 +240,7 @@ local function rebuild(s, sub, page)
   end
   local st = sub.streaming
   if st and st.messageId then
+    s.streaming_rebuilds = (s.streaming_rebuilds or 0) + 1
     local e = s.by_msg[st.messageId]
     if e then
       e.parts = {}
