@@ -70,11 +70,13 @@ T.it("shows the session's history when a chat is opened afresh", function()
   vim.api.nvim_buf_delete(chat_buf, { force = true })
   session.sessions[sid] = nil
   vim.cmd("Crush attach " .. sid)
-  T.wait("the history", function()
-    return vim.b.crush_session == sid and T.contains(0, "count to forty") and T.contains(0, " w39")
+  T.wait("the history and the title", function()
+    return vim.b.crush_session == sid
+      and T.contains(0, "count to forty")
+      and T.contains(0, " w39")
+      and T.contains(0, "# New session")
   end)
   chat_buf, chat_win = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
-  T.ok(T.contains(chat_buf, "# New session"), "title")
 end)
 
 T.it("cancels a run that is streaming", function()
