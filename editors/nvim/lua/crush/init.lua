@@ -1,0 +1,441 @@
+--- crush.nvim: chat with the crushd agent from Neovim. The public API: `setup()`, the actions
+--- behind `:Crush` and its `<Plug>` mappings, and a status line component.
+local config = require("crush.config")
+local util = require("crush.util")
+
+local M = {}
+
+local function client()
+  require("crush.session") -- installs the connection's handlers
+  return require("crush.client")
+end
+local function session()
+  return require("crush.session")
+end
+local function chat()
+  return require("crush.chat")
+end
+
+--- Optional: merges `opts` over the defaults (see `:help crush-config`).
+function M.setup(opts)
+  config.setup(opts)
+  if not util.nvim_ok() then
+    util.error(util.version_error())
+  end
+  return M
+end
+
+local function guard()
+  if not util.nvim_ok() then
+    util.error(util.version_error())
+    return false
+  end
+  return true
+end
+
+--- The workspace of this editor: the current working directory.
+function M.workspace_path()
+  return vim.fn.getcwd()
+end
+
+--- Calls cb(err, s) with the current session of the current workspace, choosing the most
+--- recently updated one (or creating one) the first time, and following it.
+function M.current(cb)
+  local path = M.workspace_path()
+  local sess = session()
+  sess.open_workspace(path, function(err, w)
+    if err then
+      return cb(err)
+    end
+    local function use(id)
+      w.current = id
+      sess.follow(id, function(ferr, s)
+        cb(ferr, s)
+      end)
+    end
+    if w.current then
+      return use(w.current)
+    end
+    client().request("session/list", { workspaceId = w.id }, function(lerr, res)
+      if lerr then
+        return cb(lerr.message)
+      end
+      local first = res.sessions and res.sessions[1]
+      if first then
+        return use(first.sessionId)
+      end
+      client().request("session/create", { workspaceId = w.id }, function(cerr, info)
+        if cerr then
+          return cb(cerr.message)
+        end
+        use(info.sessionId)
+      end)
+    end)
+  end)
+end
+
+--- The session of buffer `buf` (a chat buffer), else the workspace's current one (if known).
+function M.session_of_buf(buf)
+  local id = vim.b[buf or 0].crush_session
+  if id then
+    return session().get(id)
+  end
+  local w = session().workspaces[M.workspace_path()]
+  if w and w.current then
+    return session().get(w.current)
+  end
+end
+
+local function with_session(id, cb)
+  if id then
+    return session().follow(id, function(err, s)
+      if err then
+        return util.error(err)
+      end
+      cb(s)
+    end)
+  end
+  local s = M.session_of_buf(0)
+  if s and s.followed then
+    return cb(s)
+  end
+  M.current(function(err, s2)
+    if err then
+      return util.error(err)
+    end
+    cb(s2)
+  end)
+end
+
+--- `:Crush`: opens (or focuses) the chat of the current workspace's session.
+function M.open(how)
+  if not guard() then
+    return
+  end
+  with_session(nil, function(s)
+    chat().open(s, how)
+  end)
+end
+
+--- Sends `text` to the session (id, or the current one); opts.attachments, opts.mode ("queue"
+--- or "steer"), opts.model. cb(err, result) when the daemon has accepted it.
+function M.send(text, opts, cb)
+  if not guard() then
+    return
+  end
+  opts = opts or {}
+  cb = cb or function() end
+  with_session(opts.session, function(s)
+    local run_id = util.uuid7()
+    local params = { sessionId = s.id, prompt = text or "", runId = run_id }
+    if opts.attachments and #opts.attachments > 0 then
+      params.attachments = opts.attachments
+    end
+    if opts.mode then
+      params.mode = opts.mode
+    end
+    if opts.model then
+      params.model = opts.model
+    end
+    session().runs[run_id] = { sessionId = s.id, prompt = text, attachments = params.attachments }
+    client().request("agent/send", params, function(err, res)
+      if err then
+        session().runs[run_id] = nil
+        util.error("agent/send failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      cb(nil, res, s)
+    end)
+  end)
+end
+
+--- Shows the chat of `s` in a split when no window shows it, keeping the current window.
+function M.show(s)
+  if chat().visible(s) then
+    return
+  end
+  local win = vim.api.nvim_get_current_win()
+  chat().open(s)
+  if vim.api.nvim_win_is_valid(win) then
+    vim.api.nvim_set_current_win(win)
+  end
+end
+
+--- `:Crush steer {text}`: a prompt folded into the turn in progress.
+function M.steer(text, cb)
+  return M.send(text, { mode = "steer" }, cb)
+end
+
+--- The selection (or a line range) of buffer `buf` as an `agent/send` attachment.
+function M.attachment(buf, line1, line2)
+  buf = buf == 0 and vim.api.nvim_get_current_buf() or buf
+  local lines = vim.api.nvim_buf_get_lines(buf, line1 - 1, line2, false)
+  local name = vim.api.nvim_buf_get_name(buf)
+  if name == "" then
+    name = "[No Name]"
+  else
+    name = vim.fn.fnamemodify(name, ":.")
+  end
+  local ft = vim.bo[buf].filetype
+  return {
+    name = string.format("%s:%d-%d", name, line1, line2),
+    mimeType = ft ~= "" and ("text/x-" .. ft) or "text/plain",
+    text = table.concat(lines, "\n") .. "\n",
+  }
+end
+
+--- Sends `text` with lines line1..line2 of the current buffer attached.
+function M.send_range(text, line1, line2, cb)
+  local att = M.attachment(0, line1, line2)
+  return M.send(text or "", { attachments = { att } }, cb)
+end
+
+--- Asks for a prompt with vim.ui.input and sends it (with the range, when given).
+function M.prompt(session_id, line1, line2)
+  local att = line1 and M.attachment(0, line1, line2) or nil
+  vim.ui.input({ prompt = att and ("crush (" .. att.name .. "): ") or "crush: " }, function(text)
+    if text == nil or (vim.trim(text) == "" and not att) then
+      return
+    end
+    M.send(text, { session = session_id, attachments = att and { att } or nil }, function(err, _, s)
+      if not err and s then
+        M.show(s)
+      end
+    end)
+  end)
+end
+
+--- `:Crush cancel`: cancels the session's active run and what waits.
+function M.cancel(session_id, cb)
+  cb = cb or function() end
+  with_session(session_id, function(s)
+    client().request("agent/cancel", { sessionId = s.id }, function(err, res)
+      if err then
+        util.error("agent/cancel failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      cb(nil, res)
+    end)
+  end)
+end
+
+--- `:Crush new [title]`: a new session in the current workspace, opened in the chat.
+function M.new(title, cb)
+  if not guard() then
+    return
+  end
+  cb = cb or function() end
+  session().open_workspace(M.workspace_path(), function(err, w)
+    if err then
+      return util.error(err)
+    end
+    local params = { workspaceId = w.id }
+    if title and title ~= "" then
+      params.title = title
+    end
+    client().request("session/create", params, function(cerr, info)
+      if cerr then
+        util.error("session/create failed: " .. tostring(cerr.message))
+        return cb(cerr.message)
+      end
+      w.current = info.sessionId
+      session().follow(info.sessionId, function(ferr, s)
+        if ferr then
+          return cb(ferr)
+        end
+        chat().open(s)
+        cb(nil, s)
+      end)
+    end)
+  end)
+end
+
+--- `:Crush attach {id}`: follows a session (any workspace's) and opens its chat.
+function M.attach(id, cb)
+  if not guard() then
+    return
+  end
+  cb = cb or function() end
+  id = vim.trim(id or "")
+  if id == "" then
+    return util.error("usage: :Crush attach {session id}")
+  end
+  local w = session().workspaces[M.workspace_path()]
+  session().follow(id, function(err, s)
+    if err then
+      util.error("cannot attach to " .. id .. ": " .. tostring(err))
+      return cb(err)
+    end
+    if w and s.workspace_id == w.id then
+      w.current = id
+    end
+    chat().open(s)
+    cb(nil, s)
+  end)
+end
+
+--- The sessions of the current workspace, each with its state; cb(err, list).
+function M.list_sessions(cb)
+  session().open_workspace(M.workspace_path(), function(err, w)
+    if err then
+      return cb(err)
+    end
+    client().request("session/list", { workspaceId = w.id }, function(lerr, res)
+      if lerr then
+        return cb(lerr.message)
+      end
+      local busy = {}
+      for _, b in ipairs(w.busy or {}) do
+        busy[b.sessionId] = b
+      end
+      local list = {}
+      for _, info in ipairs(res.sessions or {}) do
+        local b = busy[info.sessionId]
+        local st = "idle"
+        if b then
+          st = b.activeRunId and "running" or "queued"
+          if b.queued and #b.queued > 0 then
+            st = st .. ", queued " .. #b.queued
+          end
+        end
+        info.state = st
+        table.insert(list, info)
+      end
+      M._session_cache = list
+      cb(nil, list)
+    end)
+  end)
+end
+
+--- `:Crush sessions`: pick a session with vim.ui.select and open it.
+function M.sessions()
+  if not guard() then
+    return
+  end
+  M.list_sessions(function(err, list)
+    if err then
+      return util.error(err)
+    end
+    if #list == 0 then
+      return util.notify("no sessions in this workspace yet (:Crush new)")
+    end
+    vim.ui.select(list, {
+      prompt = "crush sessions",
+      format_item = function(info)
+        return string.format("%s · updated %s · %s", info.title, util.ago(info.updatedAt), info.state)
+      end,
+    }, function(choice)
+      if choice then
+        M.attach(choice.sessionId)
+      end
+    end)
+  end)
+end
+
+--- `:Crush model [name]`: sets the session's model (no name: pick from model/list).
+function M.model(name, cb)
+  if not guard() then
+    return
+  end
+  cb = cb or function() end
+  local function set(s, model)
+    client().request("session/setModel", { sessionId = s.id, model = model or vim.NIL }, function(err, info)
+      if err then
+        util.error("session/setModel failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      s.model = info.model
+      if s.entries[1] then
+        session().touch(s, s.entries[1])
+        session().changed(s)
+      end
+      util.notify("model of this session: " .. (info.model or "the daemon's default"))
+      cb(nil, info)
+    end)
+  end
+  with_session(nil, function(s)
+    if name and vim.trim(name) ~= "" then
+      return set(s, vim.trim(name))
+    end
+    M.list_models(function(err, models)
+      if err then
+        return util.error(err)
+      end
+      vim.ui.select(models, { prompt = "crush model" }, function(choice)
+        if choice then
+          set(s, choice)
+        end
+      end)
+    end)
+  end)
+end
+
+--- Model names from model/list (usable ones first); cb(err, names).
+function M.list_models(cb)
+  client().request("model/list", vim.empty_dict(), function(err, res)
+    if err then
+      return cb(err.message)
+    end
+    local names = {}
+    -- The default may be a model its provider serves without listing it.
+    if type(res.default) == "string" and res.default ~= "" then
+      table.insert(names, res.default)
+    end
+    for _, m in ipairs(res.models or {}) do
+      if not m.unavailable and m.name ~= res.default then
+        table.insert(names, m.name)
+      end
+    end
+    M._model_cache = names
+    cb(nil, names)
+  end)
+end
+
+--- `:Crush permission`: answer a pending permission prompt with vim.ui.select.
+function M.permission()
+  local s = M.session_of_buf(0)
+  local pending = {}
+  for _, sx in pairs(session().sessions) do
+    if not s or sx == s then
+      vim.list_extend(pending, session().pending_prompts(sx))
+    end
+  end
+  if #pending == 0 then
+    return util.notify("no permission prompt is waiting")
+  end
+  if #pending == 1 then
+    return session().choose(pending[1].requestId)
+  end
+  vim.ui.select(pending, {
+    prompt = "crush: which request?",
+    format_item = function(p)
+      return p.params.title or p.params.tool
+    end,
+  }, function(p)
+    if p then
+      session().choose(p.requestId)
+    end
+  end)
+end
+
+--- Status line component: "crush: idle", "crush: running", "crush: running, queued 2",
+--- "crush: waiting for permission", "crush: disconnected" (empty before first use).
+function M.statusline()
+  local ok, s = pcall(M.session_of_buf, 0)
+  if not ok or not s then
+    return ""
+  end
+  local c = client().state
+  if c.status ~= "ready" then
+    return "crush: " .. (c.status == "connecting" and "connecting" or "disconnected")
+  end
+  local st, queued = session().state_of(s)
+  if queued > 0 and st ~= "queued" then
+    return string.format("crush: %s, queued %d", st, queued)
+  elseif st == "queued" then
+    return string.format("crush: queued %d", queued)
+  end
+  return "crush: " .. st
+end
+
+return M

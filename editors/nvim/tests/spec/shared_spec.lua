@@ -1,0 +1,35 @@
+-- Another client (the Rust test, "rust-test") follows the same session and answers the
+-- permission request first: the prompt disappears here with a note naming it.
+local session = require("crush.session")
+
+local completes = T.record("CrushRunComplete")
+local requests = T.record("CrushPermissionRequest")
+local sid = assert(vim.env.CRUSH_TEST_SESSION, "CRUSH_TEST_SESSION")
+
+T.it("attaches to the session the other client created", function()
+  vim.cmd("Crush attach " .. sid)
+  T.wait("the chat", function()
+    return vim.b.crush_session == sid and T.contains(0, "# Shared")
+  end)
+end)
+
+T.it("the other client's answer takes the prompt down, with a note saying who", function()
+  local buf = vim.api.nvim_get_current_buf()
+  vim.cmd("Crush send write shared.txt")
+  T.wait("the prompt", function()
+    return #requests == 1 and T.contains(buf, "Permission needed")
+  end)
+  T.signal("prompt-shown")
+  T.wait("the prompt gone", function()
+    return not T.contains(buf, "Permission needed")
+  end, 15000)
+  T.ok(T.contains(buf, "permission allowed once by rust-test"), "note:\n" .. T.text(buf))
+  T.wait("the run's end", function()
+    return completes[1]
+  end, 15000)
+  T.eq("Shared done.", completes[1].text, "reply")
+  T.wait("the reply in the chat", function()
+    return T.contains(buf, "Shared done.")
+  end)
+  T.eq(0, #session.pending_prompts(session.sessions[sid]), "no prompt left")
+end)
