@@ -93,7 +93,9 @@ pub fn typescript() -> String {
          // regenerate with `CRUSH_UPDATE_TS=1 cargo test -p crush-tests --test editor_vscode`.\n\
          /* eslint-disable */\n\n",
     );
-    out.push_str(&format!("export const PROTOCOL_VERSION = {PROTOCOL_VERSION};\n\n"));
+    out.push_str(&format!(
+        "export const PROTOCOL_VERSION = {PROTOCOL_VERSION};\n\n"
+    ));
     for d in decls {
         out.push_str(&d);
         out.push_str("\n\n");
@@ -107,11 +109,15 @@ pub fn typescript() -> String {
             ts_type(result)
         ));
     }
-    out.push_str("}\n\n/** Daemon→client notifications. */\nexport interface DaemonNotifications {\n");
+    out.push_str(
+        "}\n\n/** Daemon→client notifications. */\nexport interface DaemonNotifications {\n",
+    );
     for (method, params) in DaemonNotification::SIGNATURES {
         out.push_str(&format!("  {method:?}: {};\n", ts_type(params)));
     }
-    out.push_str("}\n\n/** Client→daemon notifications. */\nexport interface ClientNotifications {\n");
+    out.push_str(
+        "}\n\n/** Client→daemon notifications. */\nexport interface ClientNotifications {\n",
+    );
     for (method, params) in ClientNotification::SIGNATURES {
         out.push_str(&format!("  {method:?}: {};\n", ts_type(params)));
     }

@@ -53,10 +53,15 @@ fn node_counts(output: &str) -> (Option<u64>, Option<u64>) {
 fn node_test_suite_passes() {
     let dir = extension_dir();
     let node_version = Command::new("node").arg("--version").output();
-    let major = node_version
-        .as_ref()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().trim_start_matches('v').split('.').next()?.parse::<u32>().ok());
+    let major = node_version.as_ref().ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
     assert!(
         matches!(major, Some(m) if m >= 20),
         "the VS Code extension's tests need Node 20 or later on PATH (found: {:?}); install it, then run `npm ci` in {}",
@@ -65,7 +70,11 @@ fn node_test_suite_passes() {
     );
     assert!(
         dir.join("node_modules").join("vscode-jsonrpc").is_dir()
-            && dir.join("node_modules").join(".bin").join("esbuild").exists(),
+            && dir
+                .join("node_modules")
+                .join(".bin")
+                .join("esbuild")
+                .exists(),
         "{}/node_modules is missing or incomplete: run `npm ci` in {}",
         dir.display(),
         dir.display()

@@ -149,7 +149,17 @@
     $("sessions").innerHTML = h.sessions;
     $("model").innerHTML = h.models;
     $("status").innerHTML = h.status;
+    // Keep the tool calls the user expanded expanded across re-renders.
+    var open = {};
+    log.querySelectorAll("details[open]").forEach(function (d) {
+      open[d.getAttribute("data-id")] = true;
+    });
     log.innerHTML = h.log;
+    log.querySelectorAll("details").forEach(function (d) {
+      if (open[d.getAttribute("data-id")]) {
+        d.open = true;
+      }
+    });
     $("prompts").innerHTML = h.prompts;
     if (atBottom) {
       window.scrollTo(0, document.body.scrollHeight);

@@ -199,6 +199,12 @@ export class CrushClient extends EventEmitter {
       this.emit("daemonShutdown", p);
     });
     conn.onRequest("permission/request", async (params: PermissionRequestParams, token: CancellationToken) => {
+      // A copy withdrawn before vscode-jsonrpc dispatched it comes with a token that is already
+      // cancelled and whose event never fires: check first.
+      if (token.isCancellationRequested) {
+        this.emit("permissionWithdrawn", params.requestId);
+        throw new ResponseError(-32800, "withdrawn before it was shown");
+      }
       token.onCancellationRequested(() => this.emit("permissionWithdrawn", params.requestId));
       if (!this.permissionHandler) {
         // No prompt to show: leave the request to the other clients (§7, answers).
@@ -241,7 +247,9 @@ export class CrushClient extends EventEmitter {
     }
     this.conn = undefined;
     this.socket = undefined;
-    conn.dispose();
+    // vscode-jsonrpc hands queued messages over asynchronously: let what arrived before the close
+    // (a response, `$/daemonShutdown`) through before pending requests are failed.
+    setTimeout(() => conn.dispose(), 100);
     if (this.disposed) {
       this.setState("closed");
       return;
@@ -430,7 +438,7 @@ export class CrushClient extends EventEmitter {
       this.reconnectTimer = undefined;
     }
     const conn = this.conn;
-    if (conn && this.state === "connected") {
+    if (conn && this.state === "connected" && !this.shutdownNotice && this.socket?.readyState === "open") {
       try {
         await conn.sendRequest("shutdown", {});
         await conn.sendNotification("exit", {});

@@ -296,7 +296,7 @@ export class Controller implements vscode.Disposable {
       sessions: this.sessions.map((s) => ({ sessionId: s.sessionId, title: s.title, busy: false })),
       sessionId: this.model?.sessionId,
       model: this.sessionInfo?.model ?? undefined,
-      models: this.models.map((m) => ({ name: m.name, unavailable: m.unavailable })),
+      models: this.models.map((m) => ({ name: m.name, unavailable: m.unavailable ?? undefined })),
       state: this.sessionState,
       items: this.model?.items ?? [],
       prompts: [...prompts.values()],

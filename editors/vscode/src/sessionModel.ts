@@ -120,7 +120,7 @@ export class SessionModel extends EventEmitter implements SessionFollower {
       const attachments = parts.filter((p) => p.type === "attachment").map((p) => String(p.name ?? "attachment"));
       this.items.push({ kind: "user", messageId: m.messageId, text, attachments });
     } else if (m.role === "assistant") {
-      this.addParts(m.messageId, parts, m.finishReason, m.error);
+      this.addParts(m.messageId, parts, m.finishReason ?? undefined, m.error ?? undefined);
     } else if (m.role === "tool") {
       for (const p of parts) {
         if (p.type === "toolResult") {
@@ -204,7 +204,7 @@ export class SessionModel extends EventEmitter implements SessionFollower {
         const a = this.assistant(ev.messageId);
         if (a) {
           a.finishReason = ev.finishReason;
-          a.error = ev.error;
+          a.error = ev.error ?? undefined;
         }
         break;
       }
@@ -214,7 +214,7 @@ export class SessionModel extends EventEmitter implements SessionFollower {
         }
         break;
       case "runStarted":
-        this.activeRunId = ev.runId;
+        this.activeRunId = ev.runId ?? undefined;
         this.queued = this.queued.filter((r) => r !== ev.runId);
         break;
       case "runFolded":

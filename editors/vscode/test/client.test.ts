@@ -118,9 +118,11 @@ describe("protocol client against a real daemon", () => {
     const resolved = waitFor<any>(b, "permissionResolved", () => true, "$/permissionResolved on B");
     const runId = randomUUID();
     const done = runComplete(a, runId);
+    const doneB = runComplete(b, runId);
     await a.request("agent/send", { sessionId, prompt: "#write hello.txt", attachments: [], runId, mode: "queue", yolo: false });
     const rc = await done;
     assert.equal(rc.text, "Done.");
+    await doneB;
     const res = await resolved;
     assert.equal(res.decision, "allow");
     assert.equal(res.by, "client-a");
@@ -206,7 +208,9 @@ describe("daemon start", () => {
       assert.ok(info.pid > 0);
       const st = await c.request("daemon/status", {});
       assert.equal(st.socket, env.socket);
+      const closed = waitFor(c, "state", (s) => s === "disconnected", "the daemon closing the connection");
       await c.request("daemon/shutdown", { force: true });
+      await closed;
     } finally {
       await c.dispose();
       await mock.close();
