@@ -9,6 +9,8 @@ pub mod io;
 pub mod message;
 pub mod methods;
 pub mod paths;
+#[cfg(feature = "ts")]
+pub mod ts;
 
 pub use codec::{FrameError, LspCodec};
 pub use error::{ErrorCode, RpcError};

@@ -96,6 +96,12 @@ macro_rules! client_requests {
             /// Every request method name, in documentation order.
             pub const METHODS: &'static [&'static str] = &[$($method),*];
 
+            /// `(method, params type, result type)` of every request, the types as written here,
+            /// for the TypeScript generator (`crate::ts`).
+            #[cfg(feature = "ts")]
+            pub const SIGNATURES: &'static [(&'static str, &'static str, &'static str)] =
+                &[$(($method, stringify!($params), stringify!($result))),*];
+
             /// Decodes a request. `Ok(None)` means the method is unknown.
             pub fn parse(method: &str, params: Option<&RawValue>) -> Result<Option<Self>, RpcError> {
                 Ok(Some(match method {
@@ -134,6 +140,11 @@ macro_rules! notifications {
 
         impl $enum_name {
             pub const METHODS: &'static [&'static str] = &[$($method),*];
+
+            /// `(method, params type)` of every notification, for the TypeScript generator.
+            #[cfg(feature = "ts")]
+            pub const SIGNATURES: &'static [(&'static str, &'static str)] =
+                &[$(($method, stringify!($params))),*];
 
             /// Decodes a notification. `Ok(None)` means the method is unknown.
             pub fn parse(method: &str, params: Option<&RawValue>) -> Result<Option<Self>, RpcError> {
@@ -232,6 +243,7 @@ pub mod daemon_request {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRequestParams {
     pub request_id: String,
@@ -250,6 +262,7 @@ pub struct PermissionRequestParams {
 
 /// A client's answer to `permission/request` (its result) or in `permission/respond`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub enum PermissionDecision {
     /// Run this call.
@@ -263,12 +276,14 @@ pub enum PermissionDecision {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRequestResult {
     pub decision: PermissionDecision,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRespondParams {
     pub request_id: String,
@@ -276,10 +291,12 @@ pub struct PermissionRespondParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRespondResult {}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionResolvedParams {
     pub request_id: String,
@@ -292,6 +309,7 @@ pub struct PermissionResolvedParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSetModelParams {
     pub session_id: String,
@@ -301,6 +319,7 @@ pub struct SessionSetModelParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSetYoloParams {
     pub session_id: String,
@@ -308,12 +327,14 @@ pub struct SessionSetYoloParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSetYoloResult {
     pub yolo: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigGetResult {
     /// The effective configuration: presets merged with the config file and the environment.
@@ -322,6 +343,7 @@ pub struct ConfigGetResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ClientInfo {
     pub name: String,
@@ -330,6 +352,7 @@ pub struct ClientInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct InitializeParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,6 +372,7 @@ pub struct InitializeParams {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ServerInfo {
     pub name: String,
@@ -356,6 +380,7 @@ pub struct ServerInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ServerCapabilities {
     /// Largest message body the daemon accepts, in bytes.
@@ -366,6 +391,7 @@ pub struct ServerCapabilities {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct InitializeResult {
     pub server_info: ServerInfo,
@@ -389,6 +415,7 @@ pub struct InitializeResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoredSubscription {
     pub session_id: String,
@@ -398,6 +425,7 @@ pub struct RestoredSubscription {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonStatusResult {
     pub pid: u32,
@@ -415,6 +443,7 @@ pub struct DaemonStatusResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonShutdownParams {
     /// Shut down even while work is in progress.
@@ -423,6 +452,7 @@ pub struct DaemonShutdownParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonShutdownResult {
     /// Always true when the call succeeds: the daemon has begun to shut down.
@@ -430,18 +460,21 @@ pub struct DaemonShutdownResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DebugSleepParams {
     pub ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DebugSleepResult {
     pub slept_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DebugClientRequestParams {
     pub method: String,
@@ -453,6 +486,7 @@ pub struct DebugClientRequestParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceOpenParams {
     /// A directory; relative paths are refused, symlinks are resolved.
@@ -460,6 +494,7 @@ pub struct WorkspaceOpenParams {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceInfo {
     pub workspace_id: String,
@@ -481,6 +516,7 @@ pub struct WorkspaceInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceClaim {
     pub client_id: String,
@@ -495,6 +531,7 @@ pub struct WorkspaceClaim {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct BusySession {
     pub session_id: String,
@@ -504,12 +541,14 @@ pub struct BusySession {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceListResult {
     pub workspaces: Vec<WorkspaceInfo>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionCreateParams {
     pub workspace_id: String,
@@ -525,18 +564,21 @@ pub struct SessionCreateParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionListParams {
     pub workspace_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRef {
     pub session_id: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRenameParams {
     pub session_id: String,
@@ -544,6 +586,7 @@ pub struct SessionRenameParams {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
     pub session_id: String,
@@ -560,12 +603,14 @@ pub struct SessionInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionListResult {
     pub sessions: Vec<SessionInfo>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionDeleteResult {
     pub deleted: bool,
@@ -576,6 +621,7 @@ pub const DEFAULT_MESSAGE_PAGE: u32 = 100;
 pub const MAX_MESSAGE_PAGE: u32 = 1000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionMessagesParams {
     pub session_id: String,
@@ -588,6 +634,7 @@ pub struct SessionMessagesParams {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageInfo {
     pub message_id: String,
@@ -616,6 +663,7 @@ pub struct MessageInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionMessagesResult {
     pub messages: Vec<MessageInfo>,
@@ -627,12 +675,14 @@ pub struct SessionMessagesResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct RunRef {
     pub run_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct RunInfo {
     pub run_id: String,
@@ -657,6 +707,7 @@ pub struct RunInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceCloseParams {
     pub workspace_id: String,
@@ -667,6 +718,7 @@ pub struct WorkspaceCloseParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceCloseResult {
     /// Whether this client held a claim that is now released.
@@ -681,6 +733,7 @@ pub struct WorkspaceCloseResult {
 
 /// How a prompt sent while the session is busy joins the work.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub enum SendMode {
     /// Run as its own turn after the active one and anything queued before it.
@@ -693,6 +746,7 @@ pub enum SendMode {
 
 /// Extra content sent with a prompt. Only text attachments exist in protocol version 1.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Attachment {
     /// A file name or label shown to the model with the text.
@@ -704,6 +758,7 @@ pub struct Attachment {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSendParams {
     pub session_id: String,
@@ -725,6 +780,7 @@ pub struct AgentSendParams {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSendResult {
     pub run_id: String,
@@ -734,6 +790,7 @@ pub struct AgentSendResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentCancelResult {
     /// Every run this cancel ended: the active one, steered and queued prompts.
@@ -741,6 +798,7 @@ pub struct AgentCancelResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatusResult {
     /// `idle`, `active`, or `waitingForPermission` (active, and a tool call waits for an answer
@@ -756,6 +814,7 @@ pub struct AgentStatusResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSubscribeParams {
     pub session_id: String,
@@ -770,6 +829,7 @@ pub struct SessionSubscribeParams {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSubscribeResult {
     /// The session's last event sequence number when the live stream took over: every replayed
@@ -795,6 +855,7 @@ pub struct SessionSubscribeResult {
 
 /// A streaming assistant message's content so far.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct StreamingMessage {
     pub message_id: String,
@@ -805,6 +866,7 @@ pub struct StreamingMessage {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionUnsubscribeResult {
     /// False when this connection was not subscribed.
@@ -812,6 +874,7 @@ pub struct SessionUnsubscribeResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelInfo {
     /// The name used in `agent/send`, `session/create` and the config file:
@@ -837,6 +900,7 @@ pub struct ModelInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelListResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -845,6 +909,7 @@ pub struct ModelListResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct RunCompleteParams {
     pub session_id: String,
@@ -865,6 +930,7 @@ pub struct RunCompleteParams {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionUpdateParams {
     pub session_id: String,
@@ -880,6 +946,7 @@ pub struct SessionUpdateParams {
 
 /// What happened, tagged by `kind`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum SessionEvent {
     /// The run waits behind the active one (`position` from 0).
@@ -967,13 +1034,16 @@ pub enum SessionEvent {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CancelParams {
     #[serde(deserialize_with = "crate::message::deserialize_id")]
+    #[cfg_attr(feature = "ts", ts(type = "number | string"))]
     pub id: RequestId,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonShutdownNoticeParams {
     /// Why: `signal`, `request`, `idle`.

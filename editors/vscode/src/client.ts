@@ -1,0 +1,460 @@
+// The protocol client: one JSON-RPC connection (vscode-jsonrpc over a Node socket) to crushd,
+// started with `crushctl daemon start` when nobody answers, kept alive across drops with a
+// backoff, and the sessions it follows resubscribed from their cursors (epoch + last seq,
+// docs/protocol.md §7 "Sharing sessions between clients"). It must not import `vscode`: the
+// tests run it under plain Node against a real daemon.
+import { EventEmitter } from "node:events";
+import * as net from "node:net";
+import { execFile } from "node:child_process";
+import {
+  CancellationToken,
+  createMessageConnection,
+  MessageConnection,
+  ResponseError,
+  SocketMessageReader,
+  SocketMessageWriter,
+} from "vscode-jsonrpc/node";
+import type {
+  InitializeResult,
+  PermissionDecision,
+  PermissionRequestParams,
+  PermissionResolvedParams,
+  Requests,
+  RunCompleteParams,
+  SessionSubscribeResult,
+  SessionUpdateParams,
+} from "./protocol.generated";
+import { PROTOCOL_VERSION } from "./protocol.generated";
+
+export type Method = keyof Requests;
+export type Params<M extends Method> = Requests[M]["params"];
+export type Result<M extends Method> = Requests[M]["result"];
+
+/** Error codes the extension branches on (docs/protocol.md §8). */
+export const ErrorCodes = {
+  RequestCancelled: -32800,
+  SessionNotFound: -32011,
+  PermissionResolved: -32017,
+  PermissionNotFound: -32016,
+  ModelNotConfigured: -32030,
+} as const;
+
+export interface ClientOptions {
+  socketPath: string;
+  /** Stable per editor window; reused across reconnects. */
+  clientId: string;
+  clientName?: string;
+  clientVersion?: string;
+  /** `crushctl` to run as `crushctl --socket PATH daemon start` when nothing answers; unset: never start. */
+  crushctlPath?: string;
+  /** Environment for crushctl (defaults to process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Reconnect delays: first, and the cap of the doubling. */
+  backoffMs?: { initial: number; max: number };
+  log?: (line: string) => void;
+}
+
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
+
+/** What the client needs from whoever shows a followed session. */
+export interface SessionFollower {
+  /** One event, in seq order, never one at or below the cursor. */
+  onEvent(ev: SessionUpdateParams): void;
+  /**
+   * The view must be rebuilt (first subscribe, or `resync`): read `session/messages`, take
+   * `result.streaming` and `result.status`. Events after `result.seq` are applied afterwards.
+   */
+  rebuild(result: SessionSubscribeResult): Promise<void>;
+}
+
+interface Followed {
+  follower: SessionFollower;
+  epoch?: string;
+  seq?: number;
+  /** Non-null while a subscribe (and its rebuild) is in progress: events wait here. */
+  buffer: SessionUpdateParams[] | null;
+}
+
+export type PermissionHandler = (
+  params: PermissionRequestParams,
+  token: CancellationToken,
+) => Promise<PermissionDecision>;
+
+/**
+ * Events: `state` (ConnectionState), `sessionUpdate` (SessionUpdateParams, after the cursor
+ * filter), `runComplete` (RunCompleteParams), `permissionResolved`, `permissionWithdrawn`
+ * (requestId: a `$/cancelRequest` for a prompt), `daemonShutdown`, `resubscribed`
+ * ({sessionId, result}), `initialized` (InitializeResult), `log` (string).
+ */
+export class CrushClient extends EventEmitter {
+  private conn: MessageConnection | undefined;
+  private socket: net.Socket | undefined;
+  private followed = new Map<string, Followed>();
+  private workspaces = new Set<string>();
+  private permissionHandler: PermissionHandler | undefined;
+  private starting: Promise<InitializeResult> | undefined;
+  private disposed = false;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private attempt = 0;
+  private reconnecting: Promise<void> | undefined;
+  /** The daemon said it is going away: reconnect when next needed, not on a timer. */
+  private shutdownNotice = false;
+  state: ConnectionState = "disconnected";
+  info: InitializeResult | undefined;
+
+  constructor(readonly opts: ClientOptions) {
+    super();
+  }
+
+  private log(line: string): void {
+    this.opts.log?.(line);
+    this.emit("log", line);
+  }
+
+  private setState(s: ConnectionState): void {
+    if (this.state !== s) {
+      this.state = s;
+      this.emit("state", s);
+    }
+  }
+
+  /** Connects (starting the daemon if needed) and initializes; resolves once ready. */
+  start(): Promise<InitializeResult> {
+    if (this.disposed) {
+      return Promise.reject(new Error("the client was disposed"));
+    }
+    if (this.state === "connected" && this.info) {
+      return Promise.resolve(this.info);
+    }
+    if (!this.starting) {
+      this.starting = this.connectAndInit().finally(() => {
+        this.starting = undefined;
+      });
+    }
+    return this.starting;
+  }
+
+  private async connectAndInit(): Promise<InitializeResult> {
+    this.setState("connecting");
+    let socket: net.Socket;
+    try {
+      socket = await this.connectSocket();
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // A socket file left behind by a daemon that is gone refuses connections (ECONNREFUSED).
+      if (!this.opts.crushctlPath || (code !== "ENOENT" && code !== "ECONNREFUSED")) {
+        this.setState("disconnected");
+        throw e;
+      }
+      this.log(`no daemon at ${this.opts.socketPath}; starting it with ${this.opts.crushctlPath}`);
+      await this.startDaemon();
+      socket = await this.connectSocket();
+    }
+    return this.initialize(socket);
+  }
+
+  private connectSocket(): Promise<net.Socket> {
+    return new Promise((resolve, reject) => {
+      const s = net.createConnection(this.opts.socketPath);
+      s.once("connect", () => {
+        s.removeListener("error", reject);
+        resolve(s);
+      });
+      s.once("error", reject);
+    });
+  }
+
+  private startDaemon(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      execFile(
+        this.opts.crushctlPath!,
+        ["--socket", this.opts.socketPath, "daemon", "start"],
+        { env: this.opts.env ?? process.env, timeout: 30_000 },
+        (err, stdout, stderr) => {
+          if (err) {
+            reject(
+              new Error(
+                `\`${this.opts.crushctlPath} daemon start\` failed (${err.message.trim()}): ${stderr.trim() || stdout.trim()}`,
+              ),
+            );
+          } else {
+            resolve();
+          }
+        },
+      );
+    });
+  }
+
+  private async initialize(socket: net.Socket): Promise<InitializeResult> {
+    const conn = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+    this.socket = socket;
+    this.conn = conn;
+    conn.onNotification("$/sessionUpdate", (p: SessionUpdateParams) => this.onSessionUpdate(p));
+    conn.onNotification("$/runComplete", (p: RunCompleteParams) => this.emit("runComplete", p));
+    conn.onNotification("$/permissionResolved", (p: PermissionResolvedParams) =>
+      this.emit("permissionResolved", p),
+    );
+    conn.onNotification("$/daemonShutdown", (p: { reason: string }) => {
+      this.shutdownNotice = true;
+      this.emit("daemonShutdown", p);
+    });
+    conn.onRequest("permission/request", async (params: PermissionRequestParams, token: CancellationToken) => {
+      // A copy withdrawn before vscode-jsonrpc dispatched it comes with a token that is already
+      // cancelled and whose event never fires: check first.
+      if (token.isCancellationRequested) {
+        this.emit("permissionWithdrawn", params.requestId);
+        throw new ResponseError(-32800, "withdrawn before it was shown");
+      }
+      token.onCancellationRequested(() => this.emit("permissionWithdrawn", params.requestId));
+      if (!this.permissionHandler) {
+        // No prompt to show: leave the request to the other clients (§7, answers).
+        throw new ResponseError(-32601, "this client shows no permission prompts");
+      }
+      const decision = await this.permissionHandler(params, token);
+      return { decision };
+    });
+    const onGone = () => this.onConnectionLost(conn);
+    conn.onClose(onGone);
+    conn.onError(() => undefined);
+    socket.on("close", onGone);
+    socket.on("error", () => undefined);
+    conn.listen();
+
+    const info = (await conn.sendRequest("initialize", {
+      clientInfo: { name: this.opts.clientName ?? "vscode", version: this.opts.clientVersion },
+      clientId: this.opts.clientId,
+      protocolVersion: PROTOCOL_VERSION,
+      // We keep our own cursors and subscribe with afterSeq ourselves.
+      restoreSubscriptions: false,
+    })) as InitializeResult;
+    if (info.protocolVersion !== PROTOCOL_VERSION) {
+      socket.destroy();
+      throw new Error(
+        `crushd speaks protocol version ${info.protocolVersion}, this extension ${PROTOCOL_VERSION}: stop the daemon (crushctl daemon stop) so a matching one starts`,
+      );
+    }
+    await conn.sendNotification("initialized", {});
+    this.info = info;
+    this.attempt = 0;
+    this.setState("connected");
+    this.emit("initialized", info);
+    return info;
+  }
+
+  private onConnectionLost(conn: MessageConnection): void {
+    if (this.conn !== conn) {
+      return;
+    }
+    this.conn = undefined;
+    this.socket = undefined;
+    // vscode-jsonrpc hands queued messages over asynchronously: let what arrived before the close
+    // (a response, `$/daemonShutdown`) through before pending requests are failed.
+    setTimeout(() => conn.dispose(), 100);
+    if (this.disposed) {
+      this.setState("closed");
+      return;
+    }
+    this.setState("disconnected");
+    if (!this.shutdownNotice) {
+      this.scheduleReconnect();
+    }
+  }
+
+  private scheduleReconnect(): void {
+    if (this.disposed || this.reconnectTimer) {
+      return;
+    }
+    const { initial, max } = this.opts.backoffMs ?? { initial: 100, max: 5_000 };
+    const delay = Math.min(max, initial * 2 ** this.attempt);
+    this.attempt += 1;
+    this.log(`connection lost; reconnecting in ${delay} ms`);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      this.reconnect().catch(() => undefined);
+    }, delay);
+  }
+
+  private reconnect(): Promise<void> {
+    if (!this.reconnecting) {
+      this.reconnecting = this.doReconnect().finally(() => {
+        this.reconnecting = undefined;
+      });
+    }
+    return this.reconnecting;
+  }
+
+  private async doReconnect(): Promise<void> {
+    try {
+      await this.start();
+      this.shutdownNotice = false;
+      for (const path of this.workspaces) {
+        await this.call("workspace/open", { path });
+      }
+      for (const sessionId of [...this.followed.keys()]) {
+        await this.subscribe(sessionId);
+      }
+    } catch (e) {
+      this.log(`reconnect failed: ${(e as Error).message}`);
+      if (this.state !== "connected") {
+        this.scheduleReconnect();
+      }
+      throw e;
+    }
+  }
+
+  /** A typed request; connects first if needed. */
+  async request<M extends Method>(method: M, params: Params<M>): Promise<Result<M>> {
+    if (!this.conn || this.state !== "connected") {
+      // After a drop or a daemon shutdown: connect again (starting a daemon if needed), reopen
+      // the workspaces and resubscribe before the request goes out.
+      await this.reconnect();
+    }
+    return this.call(method, params);
+  }
+
+  /** A request on the current connection, without reconnecting. */
+  private async call<M extends Method>(method: M, params: Params<M>): Promise<Result<M>> {
+    if (!this.conn) {
+      throw new Error("not connected to crushd");
+    }
+    return (await this.conn.sendRequest(method, params)) as Result<M>;
+  }
+
+  /** `workspace/open`, remembered so a reconnect opens it again (and so claims it again). */
+  async openWorkspace(path: string): Promise<Result<"workspace/open">> {
+    if (this.state !== "connected") {
+      await this.reconnect();
+    }
+    this.workspaces.add(path);
+    return this.call("workspace/open", { path });
+  }
+
+  setPermissionHandler(handler: PermissionHandler | undefined): void {
+    this.permissionHandler = handler;
+  }
+
+  /** Follows a session: subscribes, and keeps following across reconnects. */
+  async follow(sessionId: string, follower: SessionFollower): Promise<SessionSubscribeResult> {
+    if (this.state !== "connected") {
+      await this.reconnect();
+    }
+    const existing = this.followed.get(sessionId);
+    this.followed.set(sessionId, { follower, buffer: null, epoch: existing?.epoch, seq: existing?.seq });
+    return this.subscribe(sessionId);
+  }
+
+  async unfollow(sessionId: string): Promise<void> {
+    if (!this.followed.delete(sessionId)) {
+      return;
+    }
+    if (this.conn && this.state === "connected") {
+      try {
+        await this.call("session/unsubscribe", { sessionId });
+      } catch {
+        // Gone already, or the connection dropped: nothing to undo.
+      }
+    }
+  }
+
+  /** The cursor of a followed session (epoch and last applied seq). */
+  cursor(sessionId: string): { epoch?: string; seq?: number } | undefined {
+    const f = this.followed.get(sessionId);
+    return f && { epoch: f.epoch, seq: f.seq };
+  }
+
+  private async subscribe(sessionId: string): Promise<SessionSubscribeResult> {
+    const f = this.followed.get(sessionId);
+    if (!f) {
+      throw new Error(`session ${sessionId} is not followed`);
+    }
+    f.buffer = [];
+    const haveView = f.seq !== undefined && f.epoch !== undefined;
+    let result: SessionSubscribeResult;
+    try {
+      result = await this.call(
+        "session/subscribe",
+        haveView ? { sessionId, afterSeq: f.seq, epoch: f.epoch } : { sessionId },
+      );
+    } catch (e) {
+      f.buffer = null;
+      throw e;
+    }
+    if (!haveView || result.resync) {
+      await f.follower.rebuild(result);
+      f.epoch = result.epoch;
+      f.seq = result.seq;
+    } else {
+      f.epoch = result.epoch;
+    }
+    const buffered = f.buffer ?? [];
+    f.buffer = null;
+    for (const ev of buffered) {
+      this.apply(f, ev);
+    }
+    this.emit("resubscribed", { sessionId, result });
+    return result;
+  }
+
+  private onSessionUpdate(ev: SessionUpdateParams): void {
+    const f = this.followed.get(ev.sessionId);
+    if (!f) {
+      return;
+    }
+    if (f.buffer) {
+      f.buffer.push(ev);
+      return;
+    }
+    this.apply(f, ev);
+  }
+
+  private apply(f: Followed, ev: SessionUpdateParams): void {
+    if (f.seq !== undefined && ev.seq <= f.seq) {
+      return;
+    }
+    f.seq = ev.seq;
+    f.follower.onEvent(ev);
+    this.emit("sessionUpdate", ev);
+  }
+
+  /** Reconnects at once instead of waiting for the backoff (the "Reconnect" action, tests). */
+  reconnectNow(): Promise<void> {
+    if (this.reconnectTimer) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = undefined;
+    }
+    return this.reconnect();
+  }
+
+  /** Drops the socket without a goodbye, as a crash or a network hiccup would (tests, "reconnect"). */
+  dropConnection(): void {
+    this.socket?.destroy();
+  }
+
+  /** Ends for good: `shutdown` + `exit`, so the daemon releases our claims at once (§5.3). */
+  async dispose(): Promise<void> {
+    this.disposed = true;
+    if (this.reconnectTimer) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = undefined;
+    }
+    const conn = this.conn;
+    if (conn && this.state === "connected" && !this.shutdownNotice && this.socket?.readyState === "open") {
+      try {
+        await conn.sendRequest("shutdown", {});
+        await conn.sendNotification("exit", {});
+      } catch {
+        // Already gone.
+      }
+    }
+    this.socket?.end();
+    this.socket?.destroy();
+    this.conn?.dispose();
+    this.conn = undefined;
+    this.setState("closed");
+  }
+}
+
+/** The JSON-RPC error code of a failed request, if it has one. */
+export function errorCode(e: unknown): number | undefined {
+  return e instanceof ResponseError ? e.code : undefined;
+}

@@ -1,0 +1,226 @@
+// Entry point: wires the protocol client, the controller, the chat webview view, the palette
+// commands, the status bar item and the settings together.
+import * as vscode from "vscode";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { randomBytes, randomUUID } from "node:crypto";
+import { CrushClient } from "./client";
+import { Controller, FromWebview, Settings } from "./controller";
+import { resolveSocketPath } from "./socketPath";
+
+export const VIEW_ID = "crush.chat";
+
+export function readSettings(): Settings {
+  const c = vscode.workspace.getConfiguration("crush");
+  return {
+    socketPath: c.get<string>("socketPath", ""),
+    crushctlPath: c.get<string>("crushctlPath", "crushctl") || "crushctl",
+    defaultModel: c.get<string>("defaultModel", ""),
+    yolo: c.get<boolean>("yolo", false),
+  };
+}
+
+/** The chat view's HTML: a strict CSP, one nonce'd script, no inline handlers. */
+export function chatHtml(webview: vscode.Webview, extensionUri: vscode.Uri): string {
+  const nonce = randomBytes(16).toString("base64");
+  const script = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, "media", "chat.js"));
+  const style = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, "media", "chat.css"));
+  const csp = [
+    "default-src 'none'",
+    `style-src ${webview.cspSource}`,
+    `img-src ${webview.cspSource}`,
+    `script-src 'nonce-${nonce}'`,
+  ].join("; ");
+  return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="UTF-8">
+<meta http-equiv="Content-Security-Policy" content="${csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${style}">
+<title>Crush</title>
+</head>
+<body>
+<div id="bar"><select id="sessions" title="Session"></select><button id="new" title="New session">+</button><select id="model" title="Model"></select></div>
+<div id="status"></div>
+<div id="log"></div>
+<div id="prompts"></div>
+<form id="form"><textarea id="prompt" rows="3" placeholder="Ask Crush… (Ctrl+Enter to send)"></textarea>
+<div id="actions"><button type="submit" id="send">Send</button><button type="button" id="steer">Steer</button><button type="button" id="cancel">Cancel</button></div></form>
+<script nonce="${nonce}" src="${script}"></script>
+</body>
+</html>`;
+}
+
+class ChatViewProvider implements vscode.WebviewViewProvider {
+  constructor(
+    private readonly controller: Controller,
+    private readonly extensionUri: vscode.Uri,
+  ) {}
+
+  resolveWebviewView(view: vscode.WebviewView): void {
+    view.webview.options = {
+      enableScripts: true,
+      localResourceRoots: [vscode.Uri.joinPath(this.extensionUri, "media")],
+    };
+    view.webview.html = chatHtml(view.webview, this.extensionUri);
+    this.controller.view = view;
+    view.webview.onDidReceiveMessage((m: FromWebview) => this.controller.handleMessage(m));
+    view.onDidDispose(() => {
+      if (this.controller.view === view) {
+        this.controller.view = undefined;
+      }
+    });
+  }
+}
+
+export interface Api {
+  controller: Controller;
+  client: CrushClient;
+}
+
+let active: { client: CrushClient; controller: Controller } | undefined;
+
+export function activate(context: vscode.ExtensionContext): Api {
+  const output = vscode.window.createOutputChannel("Crush");
+  const settings = readSettings();
+  // One id per window (extension host), kept across reconnects; never shared between windows.
+  const clientId = randomUUID();
+  const client = new CrushClient({
+    socketPath: resolveSocketPath(settings.socketPath),
+    clientId,
+    clientName: "vscode",
+    clientVersion: String(context.extension?.packageJSON?.version ?? "0.1.0"),
+    crushctlPath: settings.crushctlPath,
+    log: (line) => output.appendLine(line),
+  });
+  const statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 100);
+  statusBar.command = "crush.showDaemonStatus";
+  statusBar.show();
+  const controller = new Controller(client, statusBar, readSettings, output);
+  active = { client, controller };
+
+  const guarded =
+    <A extends unknown[]>(f: (...a: A) => Promise<unknown>) =>
+    async (...a: A) => {
+      try {
+        return await f(...a);
+      } catch (e) {
+        controller.showError(e);
+        return undefined;
+      }
+    };
+
+  context.subscriptions.push(
+    output,
+    statusBar,
+    controller,
+    vscode.window.registerWebviewViewProvider(VIEW_ID, new ChatViewProvider(controller, context.extensionUri), {
+      webviewOptions: { retainContextWhenHidden: true },
+    }),
+    vscode.commands.registerCommand(
+      "crush.newSession",
+      guarded(async () => controller.newSession()),
+    ),
+    vscode.commands.registerCommand(
+      "crush.sendSelection",
+      guarded(async (prompt?: string) => {
+        const editor = vscode.window.activeTextEditor;
+        if (!editor) {
+          throw new Error("No active editor: select some code first.");
+        }
+        const sel = editor.selection;
+        const text = sel.isEmpty ? editor.document.getText() : editor.document.getText(sel);
+        const rel = vscode.workspace.asRelativePath(editor.document.uri, false);
+        const name = sel.isEmpty ? rel : `${rel}:${sel.start.line + 1}-${sel.end.line + 1}`;
+        const ask =
+          prompt ??
+          (await vscode.window.showInputBox({ prompt: `Prompt for ${name}`, placeHolder: "Explain this code" }));
+        if (ask === undefined) {
+          return undefined;
+        }
+        return controller.send(ask, "queue", [
+          { name, mimeType: `text/x-${editor.document.languageId}`, text },
+        ]);
+      }),
+    ),
+    vscode.commands.registerCommand(
+      "crush.cancel",
+      guarded(async () => controller.cancel()),
+    ),
+    vscode.commands.registerCommand(
+      "crush.attachSession",
+      guarded(async (sessionId?: string) => {
+        if (!sessionId) {
+          await controller.connect();
+          const picked = await vscode.window.showQuickPick(
+            controller.sessions.map((s) => ({ label: s.title, description: s.model ?? "", detail: s.sessionId })),
+            { placeHolder: "Session to attach to (shared with your other editors)" },
+          );
+          sessionId = picked?.detail;
+        }
+        if (sessionId) {
+          await controller.attach(sessionId);
+          await vscode.commands.executeCommand(`${VIEW_ID}.focus`);
+        }
+        return sessionId;
+      }),
+    ),
+    vscode.commands.registerCommand(
+      "crush.showDaemonStatus",
+      guarded(async () => {
+        const s = await client.request("daemon/status", {});
+        const text = `crushd ${s.version} (protocol ${s.protocolVersion}), pid ${s.pid}, up ${Math.round(s.uptimeMs / 1000)} s, ${s.connections} connection(s), socket ${s.socket}, logs in ${s.logDir}`;
+        output.appendLine(text);
+        void vscode.window.showInformationMessage(text);
+        return s;
+      }),
+    ),
+    vscode.commands.registerCommand(
+      "crush.openLogs",
+      guarded(async () => {
+        output.show(true);
+        const s = await client.request("daemon/status", {});
+        const logs = fs.existsSync(s.logDir)
+          ? fs
+              .readdirSync(s.logDir)
+              .filter((f) => f.startsWith("crushd.log"))
+              .sort()
+          : [];
+        if (logs.length === 0) {
+          void vscode.window.showInformationMessage(`No crushd log files in ${s.logDir} yet.`);
+          return undefined;
+        }
+        const file = path.join(s.logDir, logs[logs.length - 1]);
+        const doc = await vscode.workspace.openTextDocument(vscode.Uri.file(file));
+        await vscode.window.showTextDocument(doc, { preview: true });
+        return file;
+      }),
+    ),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration("crush.yolo") && readSettings().yolo) {
+        void vscode.window.showWarningMessage(
+          "Crush yolo mode is on: the agent will write files and run commands without asking. Turn off crush.yolo to be asked again.",
+        );
+      }
+    }),
+  );
+
+  if (settings.yolo) {
+    void vscode.window.showWarningMessage(
+      "Crush yolo mode is on: the agent will write files and run commands without asking.",
+    );
+  }
+  // Connect in the background; failures are shown, and the status bar says "disconnected".
+  void controller.connect().catch((e) => controller.showError(e));
+  return { controller, client };
+}
+
+export async function deactivate(): Promise<void> {
+  const a = active;
+  active = undefined;
+  if (a) {
+    a.controller.dispose();
+    await a.client.dispose();
+  }
+}

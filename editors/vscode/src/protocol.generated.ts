@@ -1,0 +1,518 @@
+// Generated from the Rust crate crush-protocol (protocol/src/ts.rs). Do not edit:
+// regenerate with `CRUSH_UPDATE_TS=1 cargo test -p crush-tests --test editor_vscode`.
+/* eslint-disable */
+
+export const PROTOCOL_VERSION = 1;
+
+export type JsonValue = number | string | boolean | Array<JsonValue> | { [key in string]: JsonValue } | null;
+
+export type PermissionRequestParams = { requestId: string, sessionId: string, runId: string, toolCallId: string, tool: string, 
+/**
+ * One line for a person: `Edit src/main.rs`, `Run: cargo test`.
+ */
+title: string, 
+/**
+ * The tool's input as the model gave it.
+ */
+input: JsonValue, 
+/**
+ * For `edit` and `write`: the change as a unified diff.
+ */
+diff?: string | null, };
+
+export type PermissionDecision = "allow" | "allowSession" | "deny" | "deferred";
+
+export type PermissionRequestResult = { decision: PermissionDecision, };
+
+export type PermissionRespondParams = { requestId: string, decision: PermissionDecision, };
+
+export type PermissionRespondResult = Record<symbol, never>;
+
+export type PermissionResolvedParams = { requestId: string, sessionId: string, runId: string, 
+/**
+ * `allow`, `allowSession`, `deny`, or `cancelled` (the run was cancelled first).
+ */
+decision: string, 
+/**
+ * The `clientInfo.name` of the client that answered (`"cancel"` when a cancel withdrew it).
+ */
+by: string, };
+
+export type SessionSetModelParams = { sessionId: string, 
+/**
+ * A model name from `model/list`, or `null` for the daemon's default.
+ */
+model: string | null, };
+
+export type SessionSetYoloParams = { sessionId: string, yolo: boolean, };
+
+export type SessionSetYoloResult = { yolo: boolean, };
+
+export type ConfigGetResult = { 
+/**
+ * The effective configuration: presets merged with the config file and the environment.
+ * API keys never appear; `apiKeySet` says whether one is available.
+ */
+config: JsonValue, };
+
+export type ClientInfo = { name: string, version?: string | null, };
+
+export type InitializeParams = { clientInfo?: ClientInfo | null, 
+/**
+ * A stable id the client reuses across reconnects (a UUID is recommended).
+ */
+clientId?: string | null, 
+/**
+ * The protocol version the client speaks.
+ */
+protocolVersion?: number | null, 
+/**
+ * When this `clientId` dropped its connection less than the claim grace period ago:
+ * subscribe this connection again to the sessions the old one followed, replaying from
+ * the last event the daemon wrote to it. Default true. Clients that keep their own cursor
+ * pass false and call `session/subscribe` with `afterSeq` themselves.
+ */
+restoreSubscriptions?: boolean | null, };
+
+export type ServerInfo = { name: string, version: string, };
+
+export type ServerCapabilities = { 
+/**
+ * Largest message body the daemon accepts, in bytes.
+ */
+maxMessageSize: number, 
+/**
+ * Whether `debug/*` methods are enabled on this daemon.
+ */
+debugMethods: boolean, };
+
+export type InitializeResult = { serverInfo: ServerInfo, protocolVersion: number, capabilities: ServerCapabilities, pid: number, 
+/**
+ * The id this connection is known by: the client's `clientId`, or one the daemon made up.
+ */
+clientId: string, 
+/**
+ * This daemon process's stream epoch: event `seq` values are comparable only within one
+ * epoch (a restarted daemon has a new one).
+ */
+epoch: string, 
+/**
+ * True when this `clientId` had claims or subscriptions kept from a dropped connection
+ * (within the grace period); they now belong to this connection.
+ */
+resumed: boolean, 
+/**
+ * Subscriptions restored by `resumed` (see `restoreSubscriptions`), with where their
+ * replay started.
+ */
+restored?: Array<RestoredSubscription>, };
+
+export type RestoredSubscription = { sessionId: string, 
+/**
+ * Events after this seq were replayed (or `resync` is true and none were).
+ */
+afterSeq: number, resync: boolean, };
+
+export type DaemonStatusResult = { pid: number, version: string, protocolVersion: number, uptimeMs: number, 
+/**
+ * Open connections, including the caller's.
+ */
+connections: number, 
+/**
+ * The socket (or pipe) the daemon listens on.
+ */
+socket: string, 
+/**
+ * The directory holding the daemon's log files.
+ */
+logDir: string, 
+/**
+ * Idle exit delay in milliseconds; 0 means never.
+ */
+idleTimeoutMs: number, };
+
+export type DaemonShutdownParams = { 
+/**
+ * Shut down even while work is in progress.
+ */
+force: boolean, };
+
+export type DaemonShutdownResult = { 
+/**
+ * Always true when the call succeeds: the daemon has begun to shut down.
+ */
+shuttingDown: boolean, };
+
+export type DebugSleepParams = { ms: number, };
+
+export type DebugSleepResult = { sleptMs: number, };
+
+export type DebugClientRequestParams = { method: string, params: JsonValue, 
+/**
+ * How long to wait for the client's answer; default 10 000.
+ */
+timeoutMs?: number | null, };
+
+export type WorkspaceOpenParams = { 
+/**
+ * A directory; relative paths are refused, symlinks are resolved.
+ */
+path: string, };
+
+export type WorkspaceInfo = { workspaceId: string, 
+/**
+ * The canonical absolute path.
+ */
+path: string, 
+/**
+ * Unix milliseconds.
+ */
+createdAt: number, lastOpenedAt: number, 
+/**
+ * Whether the daemon holds the workspace's live state (claimed, busy, watched, or not yet
+ * unloaded after its idle delay).
+ */
+loaded: boolean, 
+/**
+ * Clients holding the workspace open, including ones inside their reconnect grace period.
+ */
+claims: Array<WorkspaceClaim>, 
+/**
+ * Sessions with an active or queued run.
+ */
+busySessions: Array<BusySession>, };
+
+export type WorkspaceClaim = { clientId: string, 
+/**
+ * The `clientInfo.name` it gave, if any.
+ */
+name?: string | null, 
+/**
+ * False while the client is disconnected and its claim waits out the grace period.
+ */
+connected: boolean, 
+/**
+ * For a disconnected client: milliseconds until its claim is released.
+ */
+expiresInMs?: number | null, };
+
+export type BusySession = { sessionId: string, activeRunId?: string | null, queued: Array<string>, };
+
+export type WorkspaceListResult = { workspaces: Array<WorkspaceInfo>, };
+
+export type SessionCreateParams = { workspaceId: string, 
+/**
+ * Defaults to "New session".
+ */
+title?: string | null, 
+/**
+ * The session's model (a name from `model/list`); the daemon's default otherwise.
+ */
+model?: string | null, 
+/**
+ * Run tool calls without asking (see `session/setYolo`).
+ */
+yolo: boolean, };
+
+export type SessionListParams = { workspaceId: string, };
+
+export type SessionRef = { sessionId: string, };
+
+export type SessionRenameParams = { sessionId: string, title: string, };
+
+export type SessionInfo = { sessionId: string, workspaceId: string, title: string, model?: string | null, createdAt: number, updatedAt: number, messageCount: number, promptTokens: number, completionTokens: number, cost: number, };
+
+export type SessionListResult = { sessions: Array<SessionInfo>, };
+
+export type SessionDeleteResult = { deleted: boolean, };
+
+export type SessionMessagesParams = { sessionId: string, 
+/**
+ * Only messages with `seq` below this (the `nextBefore` of the previous page).
+ */
+before?: number | null, 
+/**
+ * Page size, 1..=1000; default 100.
+ */
+limit?: number | null, };
+
+export type MessageInfo = { messageId: string, sessionId: string, 
+/**
+ * Position in the session, from 1.
+ */
+seq: number, runId?: string | null, 
+/**
+ * `user`, `assistant`, `tool` or `system`.
+ */
+role: string, 
+/**
+ * Text, reasoning, tool calls, tool results, attachments.
+ */
+parts: JsonValue, model?: string | null, provider?: string | null, 
+/**
+ * `end_turn`, `max_tokens`, `tool_use`, `canceled`, `error`, `interrupted`; absent while streaming.
+ */
+finishReason?: string | null, error?: string | null, createdAt: number, updatedAt: number, finishedAt?: number | null, };
+
+export type SessionMessagesResult = { messages: Array<MessageInfo>, 
+/**
+ * Whether older messages exist.
+ */
+hasMore: boolean, 
+/**
+ * Pass as `before` to get the previous page; absent when `hasMore` is false.
+ */
+nextBefore?: number | null, };
+
+export type RunRef = { runId: string, };
+
+export type RunInfo = { runId: string, sessionId: string, 
+/**
+ * `accepted`, `queued`, `running`, `completed`, `cancelled`, `failed`, `interrupted`.
+ */
+state: string, prompt: string, error?: string | null, userMessageId?: string | null, assistantMessageId?: string | null, createdAt: number, startedAt?: number | null, finishedAt?: number | null, 
+/**
+ * For a steered run: the run whose turn it joined.
+ */
+foldedInto?: string | null, };
+
+export type WorkspaceCloseParams = { workspaceId: string, 
+/**
+ * Also stop the workspace: cancel its active and queued runs and refuse new ones until it
+ * is opened again. Without it, close only releases this client's claim and runs go on.
+ */
+force: boolean, };
+
+export type WorkspaceCloseResult = { 
+/**
+ * Whether this client held a claim that is now released.
+ */
+released: boolean, 
+/**
+ * Claims other clients still hold.
+ */
+remainingClaims: number, 
+/**
+ * Runs that were active or queued and ended cancelled (only with `force`).
+ */
+cancelledRuns: Array<string>, };
+
+export type SendMode = "queue" | "steer";
+
+export type Attachment = { 
+/**
+ * A file name or label shown to the model with the text.
+ */
+name?: string | null, mimeType?: string | null, text: string, };
+
+export type AgentSendParams = { sessionId: string, prompt: string, attachments?: Array<Attachment>, 
+/**
+ * A client-chosen id making the send idempotent; a UUID v7 is generated when absent.
+ */
+runId?: string | null, mode: SendMode, 
+/**
+ * A model name from `model/list`; the session's or the daemon's default otherwise.
+ */
+model?: string | null, 
+/**
+ * Run this prompt's tool calls without asking.
+ */
+yolo?: boolean, };
+
+export type AgentSendResult = { runId: string, 
+/**
+ * `running` or `queued` for a new run; for a repeated `runId`, the run's current state
+ * (which may be terminal: `completed`, `cancelled`, `failed`, `interrupted`).
+ */
+state: string, };
+
+export type AgentCancelResult = { 
+/**
+ * Every run this cancel ended: the active one, steered and queued prompts.
+ */
+cancelled: Array<string>, };
+
+export type AgentStatusResult = { 
+/**
+ * `idle`, `active`, or `waitingForPermission` (active, and a tool call waits for an answer
+ * to `permission/request`).
+ */
+state: string, activeRunId?: string | null, 
+/**
+ * Waiting prompts in the order they will run (steered ones first).
+ */
+queued: Array<string>, 
+/**
+ * Permission requests waiting for an answer.
+ */
+pendingPermissions?: Array<PermissionRequestParams>, };
+
+export type SessionSubscribeParams = { sessionId: string, 
+/**
+ * Replay every event with a higher seq before the live stream (the last seq the client
+ * saw). Absent: live events only.
+ */
+afterSeq?: number | null, 
+/**
+ * The epoch `afterSeq` belongs to (from `initialize` or an earlier subscribe). A different
+ * epoch means the daemon restarted: the answer is `resync`.
+ */
+epoch?: string | null, };
+
+export type SessionSubscribeResult = { 
+/**
+ * The session's last event sequence number when the live stream took over: every replayed
+ * event has a seq at most this, every live one a higher seq.
+ */
+seq: number, 
+/**
+ * The daemon's stream epoch (see `initialize`).
+ */
+epoch: string, 
+/**
+ * True when `afterSeq` could not be honoured (the replay log no longer reaches it, or it
+ * is from another epoch): nothing was replayed; reload with `session/messages`, take
+ * `streaming` as the current text of the message being streamed, and continue after `seq`.
+ */
+resync: boolean, 
+/**
+ * Events replayed before this answer (each as a `$/sessionUpdate`).
+ */
+replayed: number, status: AgentStatusResult, 
+/**
+ * The assistant message being streamed, as of `seq` (the database copy may lag behind by
+ * up to the flush interval).
+ */
+streaming?: StreamingMessage | null, };
+
+export type StreamingMessage = { messageId: string, runId?: string | null, 
+/**
+ * Parts in the shape of `session/messages` (`text`, `reasoning`, `toolCall`).
+ */
+parts: Array<JsonValue>, };
+
+export type SessionUnsubscribeResult = { 
+/**
+ * False when this connection was not subscribed.
+ */
+unsubscribed: boolean, };
+
+export type ModelInfo = { 
+/**
+ * The name used in `agent/send`, `session/create` and the config file:
+ * `<provider>/<model id>`.
+ */
+name: string, 
+/**
+ * The provider's id in the configuration (`openai`, `anthropic`, `ollama`, …).
+ */
+provider: string, 
+/**
+ * The API the provider speaks: `openai` (Chat Completions), `anthropic` (Messages) or
+ * `echo` (the built-in diagnostic).
+ */
+api: string, 
+/**
+ * The provider's model id.
+ */
+model: string, baseUrl?: string | null, contextWindow?: number | null, maxOutputTokens?: number | null, 
+/**
+ * Why the model cannot be used right now (e.g. its API key variable is unset).
+ */
+unavailable?: string | null, };
+
+export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, };
+
+export type RunCompleteParams = { sessionId: string, runId: string, 
+/**
+ * The turn's last assistant message.
+ */
+messageId?: string | null, 
+/**
+ * The text of that message.
+ */
+text?: string | null, 
+/**
+ * Why the run failed; absent when it completed or was cancelled.
+ */
+error?: string | null, cancelled: boolean, 
+/**
+ * For a steered prompt: the run whose turn it joined.
+ */
+foldedInto?: string | null, };
+
+export type SessionUpdateParams = { sessionId: string, 
+/**
+ * Increases with every event of the session. Consecutive text (or reasoning) deltas of one
+ * message queued for a slow client are merged into one event carrying the last seq, so a
+ * client may see seqs skip; order is never changed.
+ */
+seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: string, error?: string | null, 
+/**
+ * The assistant message of the run's turn (absent when it never started one).
+ */
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: string, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: string, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: string, error?: string | null, });
+
+export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: string, error?: string | null, 
+/**
+ * The assistant message of the run's turn (absent when it never started one).
+ */
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: string, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: string, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: string, error?: string | null, };
+
+export type CancelParams = { id: number | string, };
+
+export type DaemonShutdownNoticeParams = { 
+/**
+ * Why: `signal`, `request`, `idle`.
+ */
+reason: string, };
+
+/** Client→daemon requests: params and result of each method. */
+export interface Requests {
+  "initialize": { params: InitializeParams; result: InitializeResult };
+  "shutdown": { params: Record<string, never>; result: null };
+  "daemon/status": { params: Record<string, never>; result: DaemonStatusResult };
+  "daemon/shutdown": { params: DaemonShutdownParams; result: DaemonShutdownResult };
+  "workspace/open": { params: WorkspaceOpenParams; result: WorkspaceInfo };
+  "workspace/list": { params: Record<string, never>; result: WorkspaceListResult };
+  "session/create": { params: SessionCreateParams; result: SessionInfo };
+  "session/list": { params: SessionListParams; result: SessionListResult };
+  "session/get": { params: SessionRef; result: SessionInfo };
+  "session/rename": { params: SessionRenameParams; result: SessionInfo };
+  "session/delete": { params: SessionRef; result: SessionDeleteResult };
+  "session/messages": { params: SessionMessagesParams; result: SessionMessagesResult };
+  "run/get": { params: RunRef; result: RunInfo };
+  "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };
+  "agent/send": { params: AgentSendParams; result: AgentSendResult };
+  "agent/cancel": { params: SessionRef; result: AgentCancelResult };
+  "agent/status": { params: SessionRef; result: AgentStatusResult };
+  "session/subscribe": { params: SessionSubscribeParams; result: SessionSubscribeResult };
+  "session/unsubscribe": { params: SessionRef; result: SessionUnsubscribeResult };
+  "model/list": { params: Record<string, never>; result: ModelListResult };
+  "session/setModel": { params: SessionSetModelParams; result: SessionInfo };
+  "session/setYolo": { params: SessionSetYoloParams; result: SessionSetYoloResult };
+  "permission/respond": { params: PermissionRespondParams; result: PermissionRespondResult };
+  "config/get": { params: Record<string, never>; result: ConfigGetResult };
+  "debug/sleep": { params: DebugSleepParams; result: DebugSleepResult };
+  "debug/clientRequest": { params: DebugClientRequestParams; result: unknown };
+}
+
+/** Daemon→client notifications. */
+export interface DaemonNotifications {
+  "$/daemonShutdown": DaemonShutdownNoticeParams;
+  "$/runComplete": RunCompleteParams;
+  "$/sessionUpdate": SessionUpdateParams;
+  "$/permissionResolved": PermissionResolvedParams;
+}
+
+/** Client→daemon notifications. */
+export interface ClientNotifications {
+  "initialized": Record<string, never>;
+  "exit": Record<string, never>;
+  "$/cancelRequest": CancelParams;
+}
+
+/** Daemon→client requests. */
+export interface DaemonRequests {
+  "permission/request": { params: PermissionRequestParams; result: PermissionRequestResult };
+}

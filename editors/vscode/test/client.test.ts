@@ -1,0 +1,226 @@
+// The protocol client against real crushd processes and the loopback model mock.
+import { after, before, describe, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { randomUUID } from "node:crypto";
+import { CrushClient } from "../src/client";
+import { SessionModel } from "../src/sessionModel";
+import type { RunCompleteParams, SessionSubscribeResult } from "../src/protocol.generated";
+import { Daemon, TestEnv, waitFor } from "./support/daemon";
+import { MockLlm } from "./support/mockLlm";
+
+function newClient(env: TestEnv, name = "vscode-test", extra: Partial<ConstructorParameters<typeof CrushClient>[0]> = {}) {
+  return new CrushClient({ socketPath: env.socket, clientId: randomUUID(), clientName: name, ...extra });
+}
+
+async function session(client: CrushClient, env: TestEnv) {
+  const ws = await client.openWorkspace(env.workspace);
+  const s = await client.request("session/create", { workspaceId: ws.workspaceId, title: "t", yolo: false });
+  const model = new SessionModel(s.sessionId, client);
+  await client.follow(s.sessionId, model);
+  return { sessionId: s.sessionId, model };
+}
+
+function runComplete(client: CrushClient, runId: string) {
+  return waitFor<RunCompleteParams>(client, "runComplete", (p) => p.runId === runId, `$/runComplete of ${runId}`);
+}
+
+function assistantText(model: SessionModel): string {
+  return model.items.filter((i) => i.kind === "assistant").map((i) => (i as { text: string }).text).join("|");
+}
+
+describe("protocol client against a real daemon", () => {
+  let mock: MockLlm;
+  let env: TestEnv;
+  let daemon: Daemon;
+  const clients: CrushClient[] = [];
+
+  before(async () => {
+    mock = await MockLlm.start();
+    env = new TestEnv(mock.baseUrl);
+    daemon = await env.spawnDaemon();
+  });
+  after(async () => {
+    await Promise.all(clients.map((c) => c.dispose()));
+    await daemon.stop();
+    await mock.close();
+    env.cleanup();
+  });
+
+  test("send streams the reply into the session view and ends with $/runComplete", async () => {
+    const c = newClient(env);
+    clients.push(c);
+    const info = await c.start();
+    assert.equal(info.protocolVersion, 1);
+    assert.equal(info.clientId, c.opts.clientId);
+    const { sessionId, model } = await session(c, env);
+    const runId = randomUUID();
+    const done = runComplete(c, runId);
+    const deltas: string[] = [];
+    c.on("sessionUpdate", (ev) => ev.kind === "textDelta" && deltas.push(ev.text));
+    const r = await c.request("agent/send", { sessionId, prompt: "hi", attachments: [], runId, mode: "queue", yolo: false });
+    assert.equal(r.runId, runId);
+    const rc = await done;
+    assert.equal(rc.cancelled, false);
+    assert.equal(rc.text, "Hello from the mock.");
+    assert.ok(deltas.length >= 1);
+    assert.equal(assistantText(model), "Hello from the mock.");
+    assert.equal(model.items[0].kind, "user");
+    assert.equal(model.state, "idle");
+  });
+
+  test("cancel ends a streaming run as cancelled", async () => {
+    const c = newClient(env);
+    clients.push(c);
+    const { sessionId, model } = await session(c, env);
+    const runId = randomUUID();
+    const done = runComplete(c, runId);
+    const holding = mock.whenHolding();
+    await c.request("agent/send", { sessionId, prompt: "#hold please", attachments: [], runId, mode: "queue", yolo: false });
+    await holding;
+    await waitFor(c, "sessionUpdate", (ev: any) => ev.kind === "textDelta", "the first delta");
+    assert.equal(model.state, "running");
+    const cancelled = await c.request("agent/cancel", { sessionId });
+    assert.deepEqual(cancelled.cancelled, [runId]);
+    const rc = await done;
+    assert.equal(rc.cancelled, true);
+    assert.equal(rc.text, "w0");
+    const a = model.items.find((i) => i.kind === "assistant") as { finishReason?: string };
+    assert.equal(a.finishReason, "canceled");
+    assert.equal(model.state, "idle");
+  });
+
+  test("a permission request is answered, and withdrawn from the client that did not answer", async () => {
+    const a = newClient(env, "client-a");
+    const b = newClient(env, "client-b");
+    clients.push(a, b);
+    const { sessionId, model } = await session(a, env);
+    await b.start();
+    const modelB = new SessionModel(sessionId, b);
+    await b.follow(sessionId, modelB);
+    // A answers; B's copy of the prompt must be withdrawn.
+    a.setPermissionHandler(async (p) => {
+      assert.equal(p.tool, "write");
+      assert.match(p.title, /hello\.txt/);
+      assert.match(p.diff ?? "", /\+hello crush/);
+      return "allow";
+    });
+    let bAsked = false;
+    b.setPermissionHandler(
+      (_p, token) =>
+        new Promise((_resolve, reject) => {
+          bAsked = true;
+          token.onCancellationRequested(() => reject(new Error("withdrawn")));
+        }),
+    );
+    const withdrawn = waitFor<string>(b, "permissionWithdrawn", () => true, "B's prompt withdrawn");
+    const resolved = waitFor<any>(b, "permissionResolved", () => true, "$/permissionResolved on B");
+    const runId = randomUUID();
+    const done = runComplete(a, runId);
+    const doneB = runComplete(b, runId);
+    await a.request("agent/send", { sessionId, prompt: "#write hello.txt", attachments: [], runId, mode: "queue", yolo: false });
+    const rc = await done;
+    assert.equal(rc.text, "Done.");
+    await doneB;
+    const res = await resolved;
+    assert.equal(res.decision, "allow");
+    assert.equal(res.by, "client-a");
+    if (bAsked) {
+      await withdrawn;
+    }
+    assert.equal(fs.readFileSync(path.join(env.workspace, "hello.txt"), "utf8"), "hello crush\n");
+    const tool = model.items.find((i) => i.kind === "tool") as { status?: string; diff?: string };
+    assert.equal(tool.status, "completed");
+    assert.match(tool.diff ?? "", /hello crush/);
+    assert.equal(assistantText(modelB), assistantText(model));
+  });
+
+  test("after a dropped connection the client resubscribes from its cursor and replays what it missed", async () => {
+    const c = newClient(env, "vscode-test", { backoffMs: { initial: 60_000, max: 60_000 } });
+    const observer = newClient(env, "observer");
+    clients.push(c, observer);
+    const { sessionId, model } = await session(c, env);
+    await observer.start();
+    await observer.follow(sessionId, new SessionModel(sessionId, observer));
+    const runId = randomUUID();
+    const holding = mock.whenHolding();
+    const firstDelta = waitFor(c, "sessionUpdate", (ev: any) => ev.kind === "textDelta", "the first delta");
+    await c.request("agent/send", { sessionId, prompt: "#hold on", attachments: [], runId, mode: "queue", yolo: false });
+    await holding;
+    await firstDelta;
+    const before = c.cursor(sessionId)!;
+    assert.ok(before.seq! > 0);
+    const gone = waitFor(c, "state", (s) => s === "disconnected", "the drop");
+    c.dropConnection();
+    await gone;
+    // The run finishes while the client is away.
+    const observed = runComplete(observer, runId);
+    mock.release();
+    await observed;
+    const resubscribed = waitFor<{ sessionId: string; result: SessionSubscribeResult }>(c, "resubscribed", (r) => r.sessionId === sessionId, "the resubscribe");
+    await c.reconnectNow();
+    const { result } = await resubscribed;
+    assert.equal(result.resync, false);
+    assert.ok(result.replayed > 0, `replayed ${result.replayed}`);
+    assert.equal(c.cursor(sessionId)!.seq, result.seq);
+    assert.equal(assistantText(model), "w0 w1");
+    assert.equal(model.state, "idle");
+  });
+
+  test("reconnecting to a restarted daemon resyncs the view from the database", async () => {
+    const c = newClient(env, "vscode-test", { backoffMs: { initial: 60_000, max: 60_000 } });
+    clients.push(c);
+    const { sessionId, model } = await session(c, env);
+    const runId = randomUUID();
+    const done = runComplete(c, runId);
+    await c.request("agent/send", { sessionId, prompt: "hello", attachments: [], runId, mode: "queue", yolo: false });
+    await done;
+    const epoch = c.cursor(sessionId)!.epoch;
+    const gone = waitFor(c, "state", (s) => s === "disconnected", "the drop");
+    await daemon.stop();
+    await gone;
+    daemon = await env.spawnDaemon();
+    let rebuilt = false;
+    const orig = model.rebuild.bind(model);
+    model.rebuild = async (r) => {
+      rebuilt = true;
+      return orig(r);
+    };
+    const resubscribed = waitFor<{ result: SessionSubscribeResult }>(c, "resubscribed", () => true, "the resubscribe");
+    await c.reconnectNow();
+    const { result } = await resubscribed;
+    assert.equal(result.resync, true);
+    assert.notEqual(result.epoch, epoch);
+    assert.ok(rebuilt);
+    assert.equal(assistantText(model), "Hello from the mock.");
+    assert.equal(c.cursor(sessionId)!.epoch, result.epoch);
+  });
+});
+
+describe("daemon start", () => {
+  test("start() runs `crushctl daemon start` when nothing answers on the socket", async () => {
+    const mock = await MockLlm.start();
+    const env = new TestEnv(mock.baseUrl);
+    const c = new CrushClient({ socketPath: env.socket, clientId: randomUUID(), crushctlPath: env.crushctl(), env: env.env() });
+    try {
+      const info = await c.start();
+      assert.ok(info.pid > 0);
+      const st = await c.request("daemon/status", {});
+      assert.equal(st.socket, env.socket);
+      const closed = waitFor(c, "state", (s) => s === "disconnected", "the daemon closing the connection");
+      await c.request("daemon/shutdown", { force: true });
+      await closed;
+    } finally {
+      await c.dispose();
+      await mock.close();
+      env.cleanup();
+    }
+  });
+
+  test("start() without crushctl reports that nothing answers", async () => {
+    const c = new CrushClient({ socketPath: "/nonexistent/crushd.sock", clientId: randomUUID() });
+    await assert.rejects(c.start(), /ENOENT/);
+    await c.dispose();
+  });
+});

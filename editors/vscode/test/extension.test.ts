@@ -1,0 +1,178 @@
+// The extension's activation, commands, chat view and permission prompts, against a stub
+// `vscode` module (the real VS Code test harness downloads VS Code, which this machine cannot)
+// and a real crushd with the loopback model mock.
+import { after, before, describe, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as stubModule from "./support/vscodeStub";
+import { Daemon, TestEnv, waitFor } from "./support/daemon";
+import { MockLlm } from "./support/mockLlm";
+
+stubModule.install();
+const { recorded, stub, config, user, fakeView } = stubModule;
+// Loaded after the stub is installed: it requires "vscode".
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const ext = require("../src/extension") as typeof import("../src/extension");
+
+const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
+
+function waitPosted(view: ReturnType<typeof fakeView>, pred: (state: any) => boolean, what: string) {
+  return waitFor<any>(view.emitter, "posted", (m) => m.type === "state" && pred(m.state), what).then((m) => m.state);
+}
+
+describe("extension against a stub vscode", () => {
+  let mock: MockLlm;
+  let env: TestEnv;
+  let daemon: Daemon;
+  let api: import("../src/extension").Api;
+  const subscriptions: Array<{ dispose(): unknown }> = [];
+
+  before(async () => {
+    mock = await MockLlm.start();
+    env = new TestEnv(mock.baseUrl);
+    daemon = await env.spawnDaemon();
+    config["crush.socketPath"] = env.socket;
+    config["crush.crushctlPath"] = env.crushctl();
+    stub.workspace.workspaceFolders = [{ uri: stub.Uri.file(env.workspace), name: "ws", index: 0 }];
+    api = ext.activate({
+      subscriptions,
+      extensionUri: stub.Uri.file(path.join(__dirname, "..", "..")),
+      extension: { packageJSON: pkg },
+    } as any);
+    await waitFor(api.client, "state", (s) => s === "connected", "the connection");
+  });
+  after(async () => {
+    await ext.deactivate();
+    subscriptions.forEach((d) => d.dispose());
+    await daemon.stop();
+    await mock.close();
+    env.cleanup();
+  });
+
+  test("activation registers every contributed command, the chat view and the status bar", () => {
+    for (const c of pkg.contributes.commands) {
+      assert.ok(recorded.commands.has(c.command), `command ${c.command} registered`);
+    }
+    assert.ok(recorded.views.has(ext.VIEW_ID));
+    assert.equal(pkg.contributes.views.crush[0].id, ext.VIEW_ID);
+    assert.match(api.controller.statusText(), /Crush: (idle|connecting)/);
+  });
+
+  test("the chat view has a strict CSP and drives a run by messages only", async () => {
+    const v = fakeView();
+    recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
+    const html = v.view.webview.html;
+    assert.match(html, /Content-Security-Policy" content="default-src 'none'; style-src vscode-resource:; img-src vscode-resource:; script-src 'nonce-[^']+'"/);
+    assert.ok(!/onclick=|<script>(?!<)/.test(html), "no inline script or handlers");
+    v.send({ type: "ready" });
+    await waitPosted(v, (s) => s.connection === "connected", "the first state");
+    v.send({ type: "newSession" });
+    await waitPosted(v, (s) => !!s.sessionId && s.sessions.some((x: any) => x.sessionId === s.sessionId), "the new session");
+    v.send({ type: "send", text: "hi", mode: "queue" });
+    const s = await waitPosted(
+      v,
+      (st) => st.state === "idle" && st.items.some((i: any) => i.kind === "assistant" && i.text === "Hello from the mock."),
+      "the streamed reply",
+    );
+    assert.equal(s.items[0].text, "hi");
+    assert.equal(api.controller.statusText(), "$(comment-discussion) Crush: idle");
+    // Junk from the webview is ignored.
+    await api.controller.handleMessage({ type: "nope" } as any);
+    await api.controller.handleMessage(null as any);
+    await api.controller.handleMessage({ type: "send", text: 42 } as any);
+  });
+
+  test("a permission prompt shows in the view, is answered from it, and the edit happens", async () => {
+    const v = fakeView();
+    recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
+    const prompted = waitPosted(v, (s) => s.prompts.length === 1 && s.state === "waitingForPermission", "the prompt");
+    const runId = await api.controller.send("#write the file");
+    const s = await prompted;
+    assert.equal(api.controller.statusText(), "$(question) Crush: waiting for permission");
+    const p = s.prompts[0];
+    assert.equal(p.tool, "write");
+    assert.match(p.diff, /\+hello crush/);
+    const done = waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    v.send({ type: "permission", requestId: p.requestId, decision: "allow" });
+    await waitPosted(v, (st) => st.prompts.length === 0, "the prompt taken down");
+    await done;
+    assert.equal(fs.readFileSync(path.join(env.workspace, "hello.txt"), "utf8"), "hello crush\n");
+  });
+
+  test("with the view hidden the prompt is a notification, withdrawn when another client answers", async () => {
+    const v = fakeView();
+    recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
+    v.view.visible = false;
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { CrushClient } = require("../src/client") as typeof import("../src/client");
+    const other = new CrushClient({ socketPath: env.socket, clientId: "other-editor", clientName: "nvim" });
+    await other.start();
+    const sessionId = api.controller.model!.sessionId;
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { SessionModel } = require("../src/sessionModel") as typeof import("../src/sessionModel");
+    await other.follow(sessionId, new SessionModel(sessionId, other));
+    const warned = waitFor<string>(stubModule.events, "warning", (m) => /Crush wants to/.test(m), "the notification");
+    // The other editor answers once VS Code shows its notification, so ours is the copy withdrawn.
+    other.setPermissionHandler(async () => {
+      await warned;
+      return "deny";
+    });
+    const resolved = waitFor<any>(api.client, "permissionResolved", () => true, "$/permissionResolved");
+    const runId = await api.controller.send("#write again");
+    const done = waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    await warned;
+    const r = await resolved;
+    assert.equal(r.by, "nvim");
+    assert.equal(r.decision, "deny");
+    await done;
+    const idle = (st: any) => st.prompts.length === 0 && st.state === "idle";
+    if (!idle(api.controller.viewState())) {
+      await waitPosted(v, idle, "the prompt withdrawn");
+    }
+    assert.equal(api.controller.pendingPrompts().length, 0);
+    await other.dispose();
+  });
+
+  test("send selection attaches the file and the line range", async () => {
+    const file = path.join(env.workspace, "lib.ts");
+    fs.writeFileSync(file, "a\nb\nc\n");
+    stub.window.activeTextEditor = {
+      selection: { isEmpty: false, start: { line: 1 }, end: { line: 2 } },
+      document: { uri: stub.Uri.file(file), languageId: "typescript", getText: () => "b\nc" },
+    };
+    const runId = (await stub.commands.executeCommand("crush.sendSelection", "explain")) as string;
+    await waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    const msgs = await api.client.request("session/messages", { sessionId: api.controller.model!.sessionId, limit: 1000 });
+    const user = msgs.messages.find((m) => m.runId === runId && m.role === "user")!;
+    const att = (user.parts as any[]).find((p) => p.type === "attachment");
+    assert.equal(att.name, "lib.ts:2-3");
+    assert.equal(att.mimeType, "text/x-typescript");
+    assert.equal(att.text, "b\nc");
+  });
+
+  test("cancel, attach, daemon status and logs commands", async () => {
+    const first = api.controller.model!.sessionId;
+    await stub.commands.executeCommand("crush.newSession");
+    assert.notEqual(api.controller.model!.sessionId, first);
+    user.quickPick = (items: any[]) => items.find((i) => i.detail === first);
+    const attached = await stub.commands.executeCommand("crush.attachSession");
+    assert.equal(attached, first);
+    assert.equal(api.controller.model!.sessionId, first);
+    assert.ok(api.controller.model!.items.length > 0, "the attached session's history is loaded");
+    assert.deepEqual(await stub.commands.executeCommand("crush.cancel"), []);
+    const st = (await stub.commands.executeCommand("crush.showDaemonStatus")) as any;
+    assert.equal(st.socket, env.socket);
+    assert.ok(recorded.info.some((m) => m.includes(`socket ${env.socket}`)));
+    await stub.commands.executeCommand("crush.openLogs");
+    assert.equal(recorded.errors.length, 0, recorded.errors.join("\n"));
+  });
+
+  test("turning yolo on warns", async () => {
+    config["crush.yolo"] = true;
+    const warned = waitFor<string>(stubModule.events, "warning", (m) => /yolo/.test(m), "the yolo warning");
+    stubModule.events.emit("config", { affectsConfiguration: (s: string) => s === "crush.yolo" });
+    await warned;
+    config["crush.yolo"] = false;
+  });
+});

@@ -1,0 +1,137 @@
+// A stand-in for the `vscode` module, enough for activate() and the commands: records what the
+// extension registers and shows, and lets a test play the user (answers to input boxes, quick
+// picks and notifications). Installed by hooking Node's module resolution of "vscode".
+import Module = require("node:module");
+import * as path from "node:path";
+import { EventEmitter } from "node:events";
+
+type Fn = (...a: any[]) => any;
+
+export const recorded = {
+  commands: new Map<string, Fn>(),
+  views: new Map<string, any>(),
+  info: [] as string[],
+  warnings: [] as string[],
+  errors: [] as string[],
+  opened: [] as string[],
+};
+export const user = {
+  inputBox: undefined as string | undefined,
+  quickPick: (items: any[]) => items[0],
+  warningChoice: undefined as string | undefined,
+};
+export const config: Record<string, unknown> = {};
+export const events = new EventEmitter();
+
+class Uri {
+  constructor(readonly scheme: string, readonly fsPath: string) {}
+  static file(p: string) {
+    return new Uri("file", p);
+  }
+  static joinPath(u: Uri, ...parts: string[]) {
+    return new Uri(u.scheme, path.join(u.fsPath, ...parts));
+  }
+  toString() {
+    return `${this.scheme}://${this.fsPath}`;
+  }
+}
+
+const disposable = { dispose() {} };
+
+export const stub = {
+  Uri,
+  StatusBarAlignment: { Left: 1, Right: 2 },
+  Disposable: class {
+    constructor(private f: () => void) {}
+    dispose() {
+      this.f();
+    }
+  },
+  workspace: {
+    workspaceFolders: [] as Array<{ uri: Uri; name: string; index: number }>,
+    getConfiguration: (section: string) => ({
+      get: <T>(key: string, dflt: T): T => (`${section}.${key}` in config ? (config[`${section}.${key}`] as T) : dflt),
+    }),
+    onDidChangeConfiguration: (f: Fn) => {
+      events.on("config", f);
+      return disposable;
+    },
+    asRelativePath: (u: Uri) => path.relative(stub.workspace.workspaceFolders[0]?.uri.fsPath ?? "/", u.fsPath),
+    openTextDocument: async (u: Uri) => ({ uri: u }),
+  },
+  window: {
+    activeTextEditor: undefined as any,
+    createOutputChannel: (_name: string) => ({ appendLine() {}, show() {}, dispose() {} }),
+    createStatusBarItem: () => ({ text: "", tooltip: "", command: "", show() {}, dispose() {} }),
+    registerWebviewViewProvider: (id: string, provider: any) => {
+      recorded.views.set(id, provider);
+      return disposable;
+    },
+    showInformationMessage: async (m: string) => {
+      recorded.info.push(m);
+      return undefined;
+    },
+    showWarningMessage: async (m: string, ..._rest: any[]) => {
+      recorded.warnings.push(m);
+      events.emit("warning", m);
+      return user.warningChoice;
+    },
+    showErrorMessage: async (m: string) => {
+      recorded.errors.push(m);
+      return undefined;
+    },
+    showInputBox: async () => user.inputBox,
+    showQuickPick: async (items: any[]) => user.quickPick(items),
+    showTextDocument: async (doc: { uri: Uri }) => {
+      recorded.opened.push(doc.uri.fsPath);
+    },
+  },
+  commands: {
+    registerCommand: (id: string, f: Fn) => {
+      recorded.commands.set(id, f);
+      return disposable;
+    },
+    executeCommand: async (id: string, ...a: any[]) => recorded.commands.get(id)?.(...a),
+  },
+};
+
+/** Makes `require("vscode")` return the stub. */
+export function install(): void {
+  const M = Module as unknown as { _resolveFilename: Fn };
+  const orig = M._resolveFilename;
+  const stubPath = __filename;
+  M._resolveFilename = function (request: string, ...rest: any[]) {
+    if (request === "vscode") {
+      return stubPath;
+    }
+    return orig.call(this, request, ...rest);
+  };
+  // The stub module's exports are the vscode API.
+  Object.assign(module.exports, stub);
+}
+
+/** A fake webview view: collects posted messages, lets a test send messages as the webview. */
+export function fakeView() {
+  const posted: any[] = [];
+  const emitter = new EventEmitter();
+  const view = {
+    visible: true,
+    webview: {
+      options: {},
+      html: "",
+      cspSource: "vscode-resource:",
+      asWebviewUri: (u: Uri) => u,
+      postMessage: async (m: any) => {
+        posted.push(m);
+        emitter.emit("posted", m);
+        return true;
+      },
+      onDidReceiveMessage: (f: Fn) => {
+        emitter.on("fromWebview", f);
+        return disposable;
+      },
+    },
+    onDidDispose: () => disposable,
+  };
+  return { view, posted, emitter, send: (m: unknown) => emitter.listeners("fromWebview").map((f) => (f as Fn)(m)) };
+}
