@@ -90,6 +90,20 @@ impl CliProcess {
         });
     }
 
+    /// Waits until the `text` events of `--json` output, joined, contain `needle` (deltas may
+    /// come one word at a time or merged, depending on how fast crushctl reads).
+    pub fn wait_json_text(&self, needle: &str) {
+        self.wait_until(&format!("{needle:?} in the --json text events"), |s| {
+            s.stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["type"] == "text")
+                .filter_map(|v| v["text"].as_str().map(str::to_owned))
+                .collect::<String>()
+                .contains(needle)
+        });
+    }
+
     /// Waits until stderr contains `needle`.
     pub fn wait_stderr(&self, needle: &str) {
         self.wait_until(&format!("{needle:?} on stderr"), |s| {

@@ -121,7 +121,7 @@ async fn answer_survives_a_cut(daemon_extra: &str) {
         .env("CRUSHD_SOCKET", &proxy.path)
         .args(["run", "--json", "two parts please"]);
     let mut p = CliProcess::spawn(cmd);
-    p.wait_stdout("Part one.");
+    p.wait_json_text("Part one.");
     let first: Value = serde_json::from_str(p.stdout().lines().next().unwrap()).unwrap();
     let (session, run) = (
         first["sessionId"].as_str().unwrap().to_owned(),

@@ -156,7 +156,7 @@ async fn ctrl_c_cancels_the_run_and_exits_130() {
     w.mock
         .push(Script::text("Partial answer").held(gate.clone()));
     let mut p = w.spawn(&["run", "--json", "long job"]);
-    p.wait_stdout("Partial answer");
+    p.wait_json_text("Partial answer");
     let first: Value = serde_json::from_str(p.stdout().lines().next().unwrap()).unwrap();
     let run_id = first["runId"].as_str().unwrap().to_owned();
     // A second client confirms the run is under way before the interrupt.
