@@ -130,8 +130,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let mut daemon_stopping = false;
 
     loop {
-        let started = !frame_timeout.is_zero()
-            && frames.decoder().in_frame(frames.read_buffer());
+        let started = !frame_timeout.is_zero() && frames.decoder().in_frame(frames.read_buffer());
         if started && !partial {
             frame_deadline
                 .as_mut()

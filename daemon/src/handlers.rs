@@ -11,11 +11,12 @@ use serde_json::value::RawValue;
 
 use crush_protocol::{
     ClientRequest, ConfigGetResult, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
-    DebugSleepResult, DebugStatsResult, ErrorCode, InitializeParams, InitializeResult, MAX_MESSAGE_PAGE, MessageInfo,
-    ModelListResult, PROTOCOL_VERSION, PermissionRespondResult, RestoredSubscription, RpcError,
-    RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult, SessionInfo, SessionListResult,
-    SessionMessagesResult, SessionSetYoloResult, SessionSubscribeParams, SessionUnsubscribeResult,
-    WorkspaceCloseResult, WorkspaceInfo, WorkspaceListResult, methods::parse_params,
+    DebugSleepResult, DebugStatsResult, ErrorCode, InitializeParams, InitializeResult,
+    MAX_MESSAGE_PAGE, MessageInfo, ModelListResult, PROTOCOL_VERSION, PermissionRespondResult,
+    RestoredSubscription, RpcError, RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult,
+    SessionInfo, SessionListResult, SessionMessagesResult, SessionSetYoloResult,
+    SessionSubscribeParams, SessionUnsubscribeResult, WorkspaceCloseResult, WorkspaceInfo,
+    WorkspaceListResult, methods::parse_params,
 };
 
 use crate::peer::{ClientIdentity, Peer};

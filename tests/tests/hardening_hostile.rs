@@ -106,7 +106,10 @@ async fn a_client_that_never_initializes_is_dropped_after_the_handshake_timeout(
     let r = stubborn.request("daemon/status", json!({})).await;
     assert_eq!(error_code(&r), Some(-32002));
     let got = stubborn.recv_until_closed().await;
-    assert!(error_message(&got[0]).contains("handshake_timeout"), "{got:?}");
+    assert!(
+        error_message(&got[0]).contains("handshake_timeout"),
+        "{got:?}"
+    );
 
     // A client that initialized keeps its connection for as long as it likes: the healthy
     // client has been connected longer than the timeout by now.
@@ -173,7 +176,8 @@ async fn a_flooding_client_is_refused_past_its_in_flight_limit_and_nobody_else_n
         assert_eq!(r["error"]["data"]["limit"], 16, "{r}");
         assert!(error_message(&r).contains("max_in_flight"), "{r}");
     }
-    w.daemon.wait_for_log("client has max_in_flight requests in flight", DEADLINE);
+    w.daemon
+        .wait_for_log("client has max_in_flight requests in flight", DEADLINE);
 
     // Another client's requests are not counted against the flooder's limit.
     let mut other = RawConn::initialized_as(&w.env.socket, "other").await;

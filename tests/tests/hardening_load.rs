@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -254,11 +254,18 @@ async fn round(w: &mut World, baseline: Held, label: &str) -> u64 {
         }
     })
     .await;
-    assert!(all.is_ok(), "not every turn completed within {LOAD_DEADLINE:?}");
+    assert!(
+        all.is_ok(),
+        "not every turn completed within {LOAD_DEADLINE:?}"
+    );
     let elapsed = start.elapsed();
     assert_eq!(latencies.len(), n, "every run got its $/runComplete");
     let during = held(w).await;
-    assert_eq!(during.connections, n as u64 + 1, "all {n} connections held at once");
+    assert_eq!(
+        during.connections,
+        n as u64 + 1,
+        "all {n} connections held at once"
+    );
     drop(conns);
 
     let after = settle(w, baseline).await;
@@ -308,7 +315,6 @@ async fn hundreds_of_concurrent_turns_all_complete_and_the_daemon_returns_to_bas
     );
     w.observer.assert_alive().await;
 }
-
 
 /// The first baseline: waits until the warm-up's workspace is unloaded and its connection gone.
 async fn settle_first(w: &mut World) -> Held {
@@ -375,7 +381,8 @@ async fn clients_that_connect_and_vanish_leave_nothing_behind() {
             // Closes in the middle of a message.
             3 => {
                 let mut c = RawConn::initialized_as(socket, "vanish").await;
-                c.send_bytes(b"Content-Length: 500\r\n\r\n{\"jsonrpc\":").await;
+                c.send_bytes(b"Content-Length: 500\r\n\r\n{\"jsonrpc\":")
+                    .await;
                 drop(c);
             }
             // Opens a workspace, subscribes to a new session and closes (a clientId, so its
@@ -420,10 +427,7 @@ async fn clients_that_connect_and_vanish_leave_nothing_behind() {
         if held(&mut w).await.parked == 0 {
             break;
         }
-        assert!(
-            Instant::now() < end,
-            "parked clients were never released"
-        );
+        assert!(Instant::now() < end, "parked clients were never released");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = settle(&mut w, baseline).await;
