@@ -40,6 +40,14 @@ pub struct Config {
     pub replay_bytes: usize,
     /// A connection whose unread messages pass this many bytes is closed.
     pub max_outbound_bytes: usize,
+    /// A connection that has not sent a successful `initialize` this long after connecting is
+    /// closed; zero means never.
+    pub handshake_timeout: Duration,
+    /// A message whose first bytes arrived must be complete within this time, or the
+    /// connection is closed; zero means never.
+    pub frame_timeout: Duration,
+    /// Requests one connection may have in flight; more are refused with `Overloaded`.
+    pub max_in_flight: usize,
     /// The providers (built-in presets overlaid by `[providers.<id>]` tables) and the default
     /// model.
     pub models: ModelsConfig,
@@ -227,6 +235,13 @@ pub const DEFAULT_REPLAY_BYTES: usize = 64 << 20;
 /// Default for `[daemon] max_outbound_bytes`.
 pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 64 << 20;
 
+/// Default for `[daemon] handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `[daemon] frame_timeout`.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `[daemon] max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+
 /// Environment variable naming the default model; overrides `default_model`.
 pub const MODEL_ENV: &str = "CRUSHD_MODEL";
 
@@ -247,6 +262,9 @@ impl Config {
             replay_events: DEFAULT_REPLAY_EVENTS,
             replay_bytes: DEFAULT_REPLAY_BYTES,
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             models: ModelsConfig::default(),
             agent: AgentSettings::default(),
             permissions: PermissionRules::default(),
@@ -290,6 +308,15 @@ impl Config {
         }
         if let Some(n) = file.daemon.max_outbound_bytes {
             self.max_outbound_bytes = n;
+        }
+        if let Some(d) = file.daemon.handshake_timeout {
+            self.handshake_timeout = d.0;
+        }
+        if let Some(d) = file.daemon.frame_timeout {
+            self.frame_timeout = d.0;
+        }
+        if let Some(n) = file.daemon.max_in_flight {
+            self.max_in_flight = n;
         }
         if let Some(m) = &file.default_model {
             self.models.default = Some(m.clone());
@@ -412,6 +439,9 @@ impl Config {
                 "replayEvents": self.replay_events,
                 "replayBytes": self.replay_bytes,
                 "maxOutboundBytes": self.max_outbound_bytes,
+                "handshakeTimeoutMs": ms(self.handshake_timeout),
+                "frameTimeoutMs": ms(self.frame_timeout),
+                "maxInFlight": self.max_in_flight,
             },
         })
     }
@@ -569,6 +599,12 @@ pub struct DaemonSection {
     pub replay_bytes: Option<usize>,
     /// Unread bytes after which a connection is closed (default 64 MiB).
     pub max_outbound_bytes: Option<usize>,
+    /// Time a new connection has to `initialize` (default `"10s"`; `"0s"`: no limit).
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Time a started message has to arrive in full (default `"30s"`; `"0s"`: no limit).
+    pub frame_timeout: Option<HumanDuration>,
+    /// Requests one connection may have in flight (default 128).
+    pub max_in_flight: Option<usize>,
 }
 
 /// An idle timeout written as a human duration; zero means never.
@@ -714,6 +750,13 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
                 "give either `api_key` or `api_key_env`, not both".to_owned(),
             ));
         }
+    }
+    if file.daemon.max_in_flight == Some(0) {
+        return Err(problem(
+            line_of("max_in_flight"),
+            "daemon.max_in_flight".to_owned(),
+            "must be at least 1".to_owned(),
+        ));
     }
     if let Some(a) = file.agent.max_steps
         && a == 0

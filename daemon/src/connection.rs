@@ -4,14 +4,23 @@
 //!
 //! Architecture invariant: nothing a client sends can end the daemon or another connection. A
 //! handler runs on its own task, so a slow request never blocks the read loop; every handler is
-//! tracked and is cancelled and awaited before the connection is gone.
+//! tracked and is cancelled and awaited before the connection is gone. What one connection can
+//! hold is bounded: a connection that does not `initialize` within `handshake_timeout`, or
+//! leaves a message unfinished for `frame_timeout`, is closed; past `max_in_flight` requests in
+//! flight, more are refused at once with `Overloaded`; past `max_outbound_bytes` unread, it is
+//! closed (outbound.rs).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
 use interprocess::local_socket::tokio::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +52,29 @@ enum Lifecycle {
 
 type InFlight = Arc<Mutex<HashMap<RequestId, CancellationToken>>>;
 
+/// The connection's read half, which wakes the read loop whenever bytes arrive: the loop cannot
+/// otherwise see a message that started while it waits for the message to finish, and it must,
+/// to enforce `frame_timeout`.
+struct Watched<R> {
+    inner: R,
+    arrived: Arc<Notify>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.arrived.notify_one();
+        }
+        r
+    }
+}
+
 /// Serves one accepted connection until the client leaves, sends `exit`, breaks the framing, or
 /// the daemon stops.
 pub async fn serve(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
@@ -72,7 +104,22 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     };
     debug!("connection opened");
 
+    let arrived = Arc::new(Notify::new());
+    let read_half = Watched {
+        inner: read_half,
+        arrived: arrived.clone(),
+    };
     let mut frames = FramedRead::new(read_half, LspCodec::new(daemon.config.max_message_size));
+    let handshake_timeout = daemon.config.handshake_timeout;
+    let handshake = tokio::time::sleep(handshake_timeout);
+    tokio::pin!(handshake);
+    let frame_timeout = daemon.config.frame_timeout;
+    let frame_deadline = tokio::time::sleep(frame_timeout);
+    tokio::pin!(frame_deadline);
+    // Whether bytes of an unfinished message are buffered, and `frame_deadline` runs for it.
+    let mut partial = false;
+    let max_in_flight = daemon.config.max_in_flight;
+    let mut overload_logged = false;
     let handlers_done = TaskTracker::new();
     let conn_token = CancellationToken::new();
     let in_flight: InFlight = Arc::default();
@@ -83,6 +130,13 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let mut daemon_stopping = false;
 
     loop {
+        let started = !frame_timeout.is_zero() && frames.decoder().in_frame(frames.read_buffer());
+        if started && !partial {
+            frame_deadline
+                .as_mut()
+                .reset(Instant::now() + frame_timeout);
+        }
+        partial = started;
         let frame = tokio::select! {
             biased;
             _ = daemon.disconnecting().cancelled() => {
@@ -101,7 +155,44 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                 debug!("writing to the client failed; closing the connection");
                 break;
             }
-            frame = frames.next() => frame,
+            _ = &mut handshake, if state == Lifecycle::New && !handshake_timeout.is_zero() => {
+                warn!(
+                    timeout = ?handshake_timeout,
+                    "no initialize within handshake_timeout; closing the connection"
+                );
+                peer.send_raw(encode_error(
+                    &Id::Null,
+                    RpcError::new(
+                        ErrorCode::ServerNotInitialized,
+                        format!(
+                            "no initialize within {handshake_timeout:?} of connecting \
+                             ([daemon] handshake_timeout); closing the connection"
+                        ),
+                    ),
+                ));
+                break;
+            }
+            _ = &mut frame_deadline, if partial => {
+                warn!(
+                    timeout = ?frame_timeout,
+                    buffered = frames.read_buffer().len(),
+                    "a message was started but not finished within frame_timeout; closing the connection"
+                );
+                peer.send_raw(encode_error(
+                    &Id::Null,
+                    RpcError::parse_error(format!(
+                        "incomplete message: it was not finished within {frame_timeout:?} of its \
+                         first bytes ([daemon] frame_timeout); closing the connection"
+                    )),
+                ));
+                break;
+            }
+            frame = frames.next() => {
+                // A whole message arrived: the next one gets a fresh `frame_timeout`.
+                partial = false;
+                frame
+            }
+            _ = arrived.notified() => continue,
         };
         let body = match frame {
             None => {
@@ -177,6 +268,27 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                             let token = conn_token.child_token();
                             {
                                 let mut map = lock(&in_flight);
+                                if map.len() >= max_in_flight {
+                                    drop(map);
+                                    if !overload_logged {
+                                        overload_logged = true;
+                                        warn!(
+                                            limit = max_in_flight,
+                                            "client has max_in_flight requests in flight; \
+                                             refusing more with Overloaded until some finish"
+                                        );
+                                    }
+                                    peer.send_raw(reply(Err(RpcError::new(
+                                        ErrorCode::Overloaded,
+                                        format!(
+                                            "{max_in_flight} requests are already in flight on \
+                                             this connection ([daemon] max_in_flight); wait for \
+                                             answers before sending more"
+                                        ),
+                                    )
+                                    .with_data(serde_json::json!({ "limit": max_in_flight })))));
+                                    continue;
+                                }
                                 if map.contains_key(&id) {
                                     drop(map);
                                     peer.send_raw(reply(Err(RpcError::invalid_request(format!(
@@ -187,6 +299,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                                 }
                                 map.insert(id.clone(), token.clone());
                             }
+                            let counted = daemon.track_request();
                             let ctx = handlers::RequestCtx {
                                 daemon: daemon.clone(),
                                 peer: peer.clone(),
@@ -228,6 +341,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
                                     };
                                     drop(accepted);
                                     lock(&in_flight).remove(&id);
+                                    drop(counted);
                                     ctx.peer.send_raw(match result {
                                         Ok(v) => encode_result(&id, &v),
                                         Err(e) => encode_error(&id, e),

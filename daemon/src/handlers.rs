@@ -11,11 +11,12 @@ use serde_json::value::RawValue;
 
 use crush_protocol::{
     ClientRequest, ConfigGetResult, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
-    DebugSleepResult, ErrorCode, InitializeParams, InitializeResult, MAX_MESSAGE_PAGE, MessageInfo,
-    ModelListResult, PROTOCOL_VERSION, PermissionRespondResult, RestoredSubscription, RpcError,
-    RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult, SessionInfo, SessionListResult,
-    SessionMessagesResult, SessionSetYoloResult, SessionSubscribeParams, SessionUnsubscribeResult,
-    WorkspaceCloseResult, WorkspaceInfo, WorkspaceListResult, methods::parse_params,
+    DebugSleepResult, DebugStatsResult, ErrorCode, InitializeParams, InitializeResult,
+    MAX_MESSAGE_PAGE, MessageInfo, ModelListResult, PROTOCOL_VERSION, PermissionRespondResult,
+    RestoredSubscription, RpcError, RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult,
+    SessionInfo, SessionListResult, SessionMessagesResult, SessionSetYoloResult,
+    SessionSubscribeParams, SessionUnsubscribeResult, WorkspaceCloseResult, WorkspaceInfo,
+    WorkspaceListResult, methods::parse_params,
 };
 
 use crate::peer::{ClientIdentity, Peer};
@@ -351,6 +352,22 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             require_debug(daemon, "debug/sleep")?;
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
             ok(DebugSleepResult { slept_ms: p.ms })
+        }
+        ClientRequest::DebugStats(_) => {
+            require_debug(daemon, "debug/stats")?;
+            let n = |v: usize| v as u64;
+            ok(DebugStatsResult {
+                connections: n(daemon.connection_count()),
+                in_flight_requests: n(daemon.requests_in_flight()),
+                live_runs: n(daemon.runtime.live_runs()),
+                live_sessions: n(daemon.runtime.live_sessions()),
+                loaded_workspaces: n(daemon.runtime.loaded_workspaces()),
+                runtime_tasks: n(daemon.runtime.tasks()),
+                parked_clients: n(daemon.parked_clients()),
+                async_tasks: n(tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()),
+            })
         }
         ClientRequest::DebugClientRequest(p) => {
             require_debug(daemon, "debug/clientRequest")?;

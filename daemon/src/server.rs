@@ -3,7 +3,7 @@
 //! runs, bounded, so their `$/runComplete` is queued to clients → tell every client → close
 //! connections → wait, bounded → close the store → remove the socket → release the lock).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ pub struct Daemon {
     disconnect: CancellationToken,
     stop_reason: Mutex<Option<String>>,
     connections: watch::Sender<usize>,
+    /// Requests being handled over all connections (diagnostics: `debug/stats`).
+    in_flight: AtomicUsize,
 }
 
 impl Daemon {
@@ -63,6 +65,7 @@ impl Daemon {
             disconnect: CancellationToken::new(),
             stop_reason: Mutex::new(None),
             connections: watch::Sender::new(0),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -102,6 +105,20 @@ impl Daemon {
         *self.connections.borrow()
     }
 
+    /// Counts one request as being handled until the guard is dropped.
+    pub fn track_request(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn parked_clients(&self) -> usize {
+        *self.clients.watch_parked().borrow()
+    }
+
     /// Releases a parked client when its grace period ends (unless it came back first).
     pub fn schedule_expiry(self: &Arc<Self>, e: Expiry) {
         let d = self.clone();
@@ -115,6 +132,15 @@ impl Daemon {
                 }
             }
         });
+    }
+}
+
+/// One request counted in [`Daemon::requests_in_flight`].
+pub struct InFlightGuard(Arc<Daemon>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -62,6 +62,13 @@ impl LspCodec {
         self.max_message_size
     }
 
+    /// Whether a frame has been started but not finished: its header was read and its body has
+    /// not fully arrived, or `buffered` (the undecoded input) holds the start of a header.
+    /// Blank lines between messages do not count.
+    pub fn in_frame(&self, buffered: &[u8]) -> bool {
+        self.pending_body.is_some() || buffered.iter().any(|b| *b != b'\r' && *b != b'\n')
+    }
+
     /// Parses a complete header block (without the terminating blank line).
     fn parse_headers(&self, block: &[u8]) -> Result<usize, FrameError> {
         let text = std::str::from_utf8(block).map_err(|_| {

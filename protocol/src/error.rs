@@ -18,6 +18,9 @@ pub enum ErrorCode {
     MethodNotFound = -32601,
     InvalidParams = -32602,
     InternalError = -32603,
+    /// The connection already has as many requests in flight as the daemon allows
+    /// (`[daemon] max_in_flight`); this one was refused without being run.
+    Overloaded = -32001,
     /// A request arrived before `initialize` (LSP's code).
     ServerNotInitialized = -32002,
     /// The daemon is shutting down and takes no new work.
@@ -56,6 +59,7 @@ impl ErrorCode {
         (ErrorCode::MethodNotFound, "MethodNotFound"),
         (ErrorCode::InvalidParams, "InvalidParams"),
         (ErrorCode::InternalError, "InternalError"),
+        (ErrorCode::Overloaded, "Overloaded"),
         (ErrorCode::ServerNotInitialized, "ServerNotInitialized"),
         (ErrorCode::ShuttingDown, "ShuttingDown"),
         (ErrorCode::RequestCancelled, "RequestCancelled"),

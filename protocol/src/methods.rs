@@ -208,6 +208,9 @@ client_requests! {
     ConfigGet = "config/get" (NoParams) -> ConfigGetResult;
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
+    /// Diagnostic: the daemon's live resource counts (connections, tasks, runs), for leak
+    /// checks. Only with `crushd --debug-methods`.
+    DebugStats = "debug/stats" (NoParams) -> DebugStatsResult;
     /// Diagnostic: the daemon sends the given request to the calling client and returns its
     /// answer. Only with `crushd --debug-methods`.
     DebugClientRequest = "debug/clientRequest" (DebugClientRequestParams) -> serde_json::Value;
@@ -471,6 +474,30 @@ pub struct DebugSleepParams {
 #[serde(rename_all = "camelCase")]
 pub struct DebugSleepResult {
     pub slept_ms: u64,
+}
+
+/// Live resource counts of the daemon (`debug/stats`). Each returns to its idle value once
+/// clients have left and runs have ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct DebugStatsResult {
+    /// Open connections, including the caller's.
+    pub connections: u64,
+    /// Requests being handled, over all connections (the caller's `debug/stats` included).
+    pub in_flight_requests: u64,
+    /// Runs active or queued.
+    pub live_runs: u64,
+    /// Sessions with live state in memory.
+    pub live_sessions: u64,
+    /// Loaded workspaces.
+    pub loaded_workspaces: u64,
+    /// Background tasks of the runtime (runs, flushers, tools), over all loaded workspaces.
+    pub runtime_tasks: u64,
+    /// Clients kept within their reconnect grace period.
+    pub parked_clients: u64,
+    /// Every task alive in the daemon's async runtime (connections, handlers, runs, timers).
+    pub async_tasks: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -50,6 +50,7 @@ pub fn typescript() -> String {
         DaemonShutdownResult,
         DebugSleepParams,
         DebugSleepResult,
+        DebugStatsResult,
         DebugClientRequestParams,
         WorkspaceOpenParams,
         WorkspaceInfo,

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod mock_llm;
+pub mod procfs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -371,10 +372,21 @@ impl RawConn {
     /// Waits for the first message matching `pred` (kept ones first) and removes it; messages
     /// that do not match are kept, in order.
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_within(what, DEADLINE, pred).await
+    }
+
+    /// [`Self::wait_for`] with a deadline of its own (load tests, where one wait may take
+    /// longer than [`DEADLINE`]).
+    pub async fn wait_for_within(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(i).expect("index in range");
         }
-        let end = tokio::time::Instant::now() + DEADLINE;
+        let end = tokio::time::Instant::now() + deadline;
         loop {
             let m = match tokio::time::timeout_at(end, self.reader.next()).await {
                 Ok(Some(Ok(body))) => serde_json::from_slice(&body).expect("daemon sent JSON"),

@@ -18,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EventStream, ModelError, ModelEvent};
 
+/// Idle connections kept per provider host for the next request.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 8;
+/// How long an idle connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What an HTTP provider's model is: its identity, endpoint, the URL it posts to and the client
 /// (one per model, so connections are pooled across steps), plus the one streaming call both
 /// APIs make — POST a JSON body, fail on a non-2xx status, decode the SSE body.
@@ -196,6 +201,10 @@ impl Endpoint {
             ));
         }
         reqwest::Client::builder()
+            // Idle keep-alive connections are a cache: after a burst of concurrent runs it would
+            // otherwise hold one socket (and one task) per run for reqwest's default 90 s.
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .user_agent(concat!("crushd/", env!("CARGO_PKG_VERSION")))

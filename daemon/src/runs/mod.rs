@@ -1341,6 +1341,11 @@ impl Runtime {
             .sum()
     }
 
+    /// Loaded workspaces (diagnostics and leak checks).
+    pub fn loaded_workspaces(&self) -> usize {
+        lock(&self.workspaces).len()
+    }
+
     /// Sessions with live state (diagnostics and leak checks).
     pub fn live_sessions(&self) -> usize {
         lock(&self.sessions).len()
