@@ -147,6 +147,40 @@ export type DebugSleepParams = { ms: number, };
 
 export type DebugSleepResult = { sleptMs: number, };
 
+export type DebugStatsResult = { 
+/**
+ * Open connections, including the caller's.
+ */
+connections: number, 
+/**
+ * Requests being handled, over all connections (the caller's `debug/stats` included).
+ */
+inFlightRequests: number, 
+/**
+ * Runs active or queued.
+ */
+liveRuns: number, 
+/**
+ * Sessions with live state in memory.
+ */
+liveSessions: number, 
+/**
+ * Loaded workspaces.
+ */
+loadedWorkspaces: number, 
+/**
+ * Background tasks of the runtime (runs, flushers, tools), over all loaded workspaces.
+ */
+runtimeTasks: number, 
+/**
+ * Clients kept within their reconnect grace period.
+ */
+parkedClients: number, 
+/**
+ * Every task alive in the daemon's async runtime (connections, handlers, runs, timers).
+ */
+asyncTasks: number, };
+
 export type DebugClientRequestParams = { method: string, params: JsonValue, 
 /**
  * How long to wait for the client's answer; default 10 000.
@@ -494,6 +528,7 @@ export interface Requests {
   "permission/respond": { params: PermissionRespondParams; result: PermissionRespondResult };
   "config/get": { params: Record<string, never>; result: ConfigGetResult };
   "debug/sleep": { params: DebugSleepParams; result: DebugSleepResult };
+  "debug/stats": { params: Record<string, never>; result: DebugStatsResult };
   "debug/clientRequest": { params: DebugClientRequestParams; result: unknown };
 }
 
