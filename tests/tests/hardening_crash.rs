@@ -223,7 +223,11 @@ async fn kill_9_mid_file_tool(tool: &str) -> bool {
     let mut w = world().await;
     // The write's content streams through the model's SSE stream, slow in debug builds: 8 MiB.
     // The edit reads the file from disk: 16 MiB (its limit).
-    let size = if tool == "write" { 8 << 20 } else { (16 << 20) - 64 };
+    let size = if tool == "write" {
+        8 << 20
+    } else {
+        (16 << 20) - 64
+    };
     let old = format!("OLD {}\n", "a".repeat(size - 5));
     let target = w.project.join("big.txt");
     std::fs::write(&target, &old).unwrap();

@@ -138,7 +138,10 @@ async fn keys_stay_out_of_logs_config_errors_and_tool_environments() {
     let run = send(&mut c, &sid, "again", json!({})).await;
     let done = c.run_complete(&run).await;
     let err = done["error"].as_str().unwrap();
-    assert!(err.contains("Incorrect API key provided: <redacted>"), "{err}");
+    assert!(
+        err.contains("Incorrect API key provided: <redacted>"),
+        "{err}"
+    );
     assert!(err.contains("MOCK_API_KEY"), "{err}");
     assert_no_secret("$/runComplete", &done.to_string());
     let got = c.request("run/get", json!({"runId": run})).await;
@@ -160,7 +163,10 @@ async fn keys_stay_out_of_logs_config_errors_and_tool_environments() {
         Some(CONFIG_KEY)
     );
     assert!(
-        done["error"].as_str().unwrap().contains("key <redacted> is not allowed"),
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("key <redacted> is not allowed"),
         "{done}"
     );
     assert_no_secret("$/runComplete", &done.to_string());

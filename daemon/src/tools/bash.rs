@@ -86,8 +86,8 @@ mod unix {
     use super::Call;
     use crate::sync::lock;
     use crate::tools::ToolContext;
-    use crate::tools::guard;
     use crate::tools::ToolOutput;
+    use crate::tools::guard;
 
     /// How long the group gets between SIGTERM and SIGKILL on timeout or cancel.
     const TERM_GRACE: Duration = Duration::from_millis(500);
@@ -287,9 +287,7 @@ mod unix {
             }
         }
         match build(OsStr::new("bash"), false).spawn() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                build(OsStr::new("sh"), false).spawn()
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => build(OsStr::new("sh"), false).spawn(),
             r => r,
         }
     }
