@@ -52,6 +52,16 @@ fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
 }
 
 fn main() -> ExitCode {
+    // `crushd --tool-guard -c COMMAND`: the daemon runs its own binary as the guard of a bash
+    // tool call (daemon/src/tools/guard.rs). Not a clap flag: it is internal, and the command
+    // must reach the shell untouched.
+    #[cfg(unix)]
+    {
+        let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if raw.get(1).is_some_and(|a| a == crushd::tools::guard::FLAG) {
+            return crushd::tools::guard::main(&raw[2..]);
+        }
+    }
     let args = Args::parse();
     if args.check_config {
         return check_config(&args);
@@ -158,6 +168,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         let _ = rustix::process::setsid();
     }
     let _guard = crushd::logging::init(args.foreground, &cfg.state_dir)?;
+    // Bash tool calls run under a guard started from this binary, so they die with the daemon.
+    #[cfg(unix)]
+    if let Some(program) = crushd::tools::guard::own_program() {
+        crushd::tools::guard::install(program);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crushd")

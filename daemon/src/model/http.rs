@@ -72,6 +72,13 @@ impl HttpModel {
             }
         })
         .flatten();
+        // Whatever the server or the transport said, the key never leaves in an error message
+        // (an auth error body may echo it; a URL may carry it).
+        let endpoint = self.endpoint.clone();
+        let events = events.map(move |ev| match ev {
+            ModelEvent::Error(e) => ModelEvent::Error(endpoint.redact_error(e)),
+            other => other,
+        });
         Box::pin(events.take_until(cancel.cancelled_owned()))
     }
 
@@ -161,8 +168,9 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Longest wait a server's `Retry-After` may impose before we give up instead.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-/// Where and how a provider's API is reached.
-#[derive(Debug, Clone)]
+/// Where and how a provider's API is reached. Its `Debug` output shows whether a key is set,
+/// never the key.
+#[derive(Clone)]
 pub struct Endpoint {
     /// The provider's id in the configuration (`openai`, `anthropic`, `my-vllm`, …).
     pub provider: String,
@@ -175,6 +183,19 @@ pub struct Endpoint {
     pub read_timeout: Duration,
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_env", &self.api_key_env)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
+}
+
 impl Endpoint {
     pub fn new(provider: &str, base_url: &str) -> Self {
         Self {
@@ -185,6 +206,21 @@ impl Endpoint {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
         }
+    }
+
+    /// `text` with every occurrence of the API key replaced by `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        match self.api_key.as_deref().map(str::trim) {
+            // A key this short would redact ordinary words; no real provider issues one.
+            Some(key) if key.len() >= 8 => text.replace(key, "<redacted>"),
+            _ => text.to_owned(),
+        }
+    }
+
+    /// The error with the API key redacted from its message.
+    pub fn redact_error(&self, mut e: ModelError) -> ModelError {
+        e.message = self.redact(&e.message);
+        e
     }
 
     /// `base_url` joined with `path` (which starts with `/`).
@@ -325,7 +361,7 @@ pub fn classify(
     };
     let retryable = code == 429 || code == 408 || status.is_server_error();
     ModelError {
-        message,
+        message: ep.redact(&message),
         status: Some(code),
         retryable,
         retry_after: retry_after.filter(|_| retryable),
@@ -464,6 +500,29 @@ mod tests {
         assert!(!e.retryable);
         let e = classify(&ep(), "u", "claude-x", StatusCode::NOT_FOUND, None, "nope");
         assert!(e.message.contains("\"claude-x\"") && e.message.contains("anthropic"));
+    }
+
+    #[test]
+    fn the_key_is_redacted_from_error_messages() {
+        let mut e = ep();
+        e.api_key = Some("sk-test-SECRET-0123456789".into());
+        let err = classify(
+            &e,
+            "u",
+            "m",
+            StatusCode::UNAUTHORIZED,
+            None,
+            "Incorrect API key provided: sk-test-SECRET-0123456789",
+        );
+        assert!(!err.message.contains("SECRET"), "{}", err.message);
+        assert!(err.message.contains("<redacted>"), "{}", err.message);
+        let err = e.redact_error(ModelError::new(
+            "bad request for https://x/v1?key=sk-test-SECRET-0123456789",
+        ));
+        assert!(!err.message.contains("SECRET"), "{}", err.message);
+        // Short "keys" (local servers accept anything) do not mangle messages.
+        e.api_key = Some("x".into());
+        assert_eq!(e.redact("x marks the spot"), "x marks the spot");
     }
 
     #[test]

@@ -293,6 +293,12 @@ impl Runtime {
             let results = if calls.is_empty() {
                 None
             } else {
+                // The calls go to disk before any of them runs (and before a permission prompt
+                // that may wait for minutes): a daemon killed mid-tool leaves the call recorded
+                // beside whatever it changed, and the next turn's history answers it.
+                if let Err(e) = live.flush(&self.store).await {
+                    warn!(run = %run.run_id, error = %e, "cannot save the step's tool calls");
+                }
                 Some(
                     self.run_tools(s, run, token, &tools, &live.id, &calls)
                         .await,

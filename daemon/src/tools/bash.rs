@@ -1,8 +1,10 @@
-//! The `bash` tool: one shell command in the workspace root, in its own process group, with the
-//! provider API keys scrubbed from its environment. The whole group is killed on timeout, on
-//! cancel and also after the shell exits, so no background child outlives the call; output is
-//! captured head-and-tail within the output cap, and reading it never waits long on a pipe that
-//! an escaped process still holds open. Unix only.
+//! The `bash` tool: one shell command in the workspace root, in its own process group, with
+//! secrets scrubbed from its environment (see [`super::secret_variables`]). The whole group is
+//! killed on timeout, on cancel and also after the shell exits, so no background child outlives
+//! the call; in the `crushd` binary the group also runs under the tool guard (`guard.rs`), which
+//! kills it when the daemon dies, even by SIGKILL. Output is captured head-and-tail within the
+//! output cap, and reading it never waits long on a pipe that an escaped process still holds
+//! open. Unix only.
 
 use std::time::Duration;
 
@@ -68,6 +70,7 @@ pub(crate) use unix::run;
 #[cfg(unix)]
 mod unix {
     use std::collections::VecDeque;
+    use std::ffi::OsStr;
     use std::io;
     use std::path::Path;
     use std::process::{ExitStatus, Stdio};
@@ -84,6 +87,7 @@ mod unix {
     use crate::sync::lock;
     use crate::tools::ToolContext;
     use crate::tools::ToolOutput;
+    use crate::tools::guard;
 
     /// How long the group gets between SIGTERM and SIGKILL on timeout or cancel.
     const TERM_GRACE: Duration = Duration::from_millis(500);
@@ -116,8 +120,11 @@ mod unix {
             Ok(c) => c,
             Err(e) => return ToolOutput::error(format!("Cannot start the shell: {e}")),
         };
-        // With process_group(0) the shell leads a new group whose id is its pid; spawn returns
-        // only after the child has exec'd, so the group exists by now.
+        // The guard's lifeline: held, never written, closed when this call ends or the daemon
+        // dies (see tools/guard.rs).
+        let _lifeline = child.stdin.take();
+        // With process_group(0) the child (the guard, or the shell) leads a new group whose id is
+        // its pid; spawn returns only after the child has exec'd, so the group exists by now.
         let pgid = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
@@ -246,25 +253,41 @@ mod unix {
         }
     }
 
+    /// Starts the command in a new process group whose id is the returned child's pid: under the
+    /// tool guard when it is installed (the `crushd` binary), else the shell itself. The guard's
+    /// stdin is a pipe the daemon holds open, unused, for the whole call: its end of file tells
+    /// the guard that the daemon is gone.
     fn spawn(root: &Path, command: &str, scrub: &[String]) -> io::Result<Child> {
-        let build = |shell: &str| {
-            let mut c = Command::new(shell);
+        let build = |program: &OsStr, guarded: bool| {
+            let mut c = Command::new(program);
+            if guarded {
+                c.arg(guard::FLAG).stdin(Stdio::piped());
+            } else {
+                c.stdin(Stdio::null());
+            }
             c.arg("-c")
                 .arg(command)
                 .current_dir(root)
-                .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0)
                 // A backstop: if this future is dropped mid-call, the shell still dies.
                 .kill_on_drop(true);
-            for name in scrub {
+            for name in crate::tools::secret_variables(scrub, std::env::vars_os().map(|(k, _)| k)) {
                 c.env_remove(name);
             }
             c
         };
-        match build("bash").spawn() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => build("sh").spawn(),
+        if let Some(program) = guard::program() {
+            match build(program, true).spawn() {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the tool guard; starting the shell without it");
+                }
+            }
+        }
+        match build(OsStr::new("bash"), false).spawn() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => build(OsStr::new("sh"), false).spawn(),
             r => r,
         }
     }

@@ -20,6 +20,8 @@ mod bash;
 mod edit;
 mod glob;
 mod grep;
+#[cfg(unix)]
+pub mod guard;
 mod ls;
 mod output;
 mod paths;
@@ -36,7 +38,8 @@ pub struct ToolContext {
     pub root: PathBuf,
     /// The run's token: fires on agent/cancel, workspace close and daemon shutdown.
     pub cancel: CancellationToken,
-    /// Environment variable names removed from bash's environment (provider API keys).
+    /// Environment variable names removed from bash's environment (the providers' key
+    /// variables), on top of every name that looks like a secret ([`secret_variables`]).
     pub scrub_env: Vec<String>,
     pub limits: Limits,
 }
@@ -125,6 +128,50 @@ enum Action {
     Write(write::Call),
     Edit(edit::Call),
     Bash(bash::Call),
+}
+
+/// Name endings that mark an environment variable as a secret (compared case-insensitively).
+const SECRET_SUFFIXES: [&str; 10] = [
+    "_API_KEY",
+    "_APIKEY",
+    "_TOKEN",
+    "_SECRET",
+    "_SECRET_KEY",
+    "_ACCESS_KEY",
+    "_PASSWORD",
+    "_PASSWD",
+    "_CREDENTIALS",
+    "_AUTH",
+];
+
+/// Names that are secrets whole (compared case-insensitively).
+const SECRET_NAMES: [&str; 5] = ["API_KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD"];
+
+/// Whether an environment variable's name says it holds a secret: `*_API_KEY`, `*_TOKEN`,
+/// `*_SECRET`, `*_PASSWORD`, … (see [`SECRET_SUFFIXES`]).
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_NAMES.contains(&upper.as_str()) || SECRET_SUFFIXES.iter().any(|s| upper.ends_with(s))
+}
+
+/// The variables to remove from a tool process's environment: every `configured` name (the
+/// providers' `api_key_env`, whatever they are called) and every name in `present` that
+/// [`is_secret_name`]. The rule: a command the model runs never sees a credential the daemon
+/// was started with.
+pub fn secret_variables(
+    configured: &[String],
+    present: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> =
+        configured.iter().map(std::ffi::OsString::from).collect();
+    out.extend(
+        present
+            .into_iter()
+            .filter(|n| n.to_str().is_some_and(is_secret_name)),
+    );
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The tools in the order the model is shown them.

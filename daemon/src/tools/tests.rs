@@ -581,6 +581,54 @@ async fn write_replaces_atomically_and_keeps_permissions() {
     );
 }
 
+/// A crash half-way through a write — simulated by a panic (nothing after it runs, as when the
+/// daemon is killed) and by an I/O error after half the bytes — never leaves the target short or
+/// mixed: it keeps its old content until the rename, and the failed write removes its temporary
+/// file (the panic, like a real crash, leaves one hidden temporary file and nothing else).
+#[test]
+fn a_write_that_crashes_half_way_never_leaves_a_truncated_target() {
+    use std::io::Write as _;
+    let dir = TempDir::new().unwrap();
+    let target = dir.path().join("code.rs");
+    let old = "fn old() {}\n".repeat(100_000);
+    let new = "fn new() {}\n".repeat(200_000);
+    fs::write(&target, &old).unwrap();
+
+    // An I/O failure after half the bytes: the error is reported, nothing is left behind.
+    let r = write::atomic_write_with(&target, |f| {
+        f.write_all(&new.as_bytes()[..new.len() / 2])?;
+        Err(std::io::Error::other("disk full (simulated)"))
+    });
+    assert!(r.is_err());
+    assert_eq!(fs::read_to_string(&target).unwrap(), old);
+    assert!(leftover_temps(dir.path()).is_empty());
+
+    // A crash after half the bytes: no cleanup runs at all.
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = write::atomic_write_with(&target, |f| {
+            f.write_all(&new.as_bytes()[..new.len() / 2])?;
+            f.flush()?;
+            panic!("the daemon dies here (simulated)");
+        });
+    }));
+    assert!(crashed.is_err());
+    assert_eq!(
+        fs::read_to_string(&target).unwrap(),
+        old,
+        "the target must keep its whole old content"
+    );
+    let temps = leftover_temps(dir.path());
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    assert!(
+        temps[0].starts_with(".code.rs.crushd-") && temps[0].ends_with(".tmp"),
+        "{temps:?}"
+    );
+
+    // The next write succeeds whole.
+    write::atomic_write(&target, new.as_bytes()).unwrap();
+    assert_eq!(fs::read_to_string(&target).unwrap(), new);
+}
+
 #[tokio::test]
 async fn write_refuses_a_directory() {
     let ws = Ws::new();
@@ -1038,6 +1086,36 @@ async fn bash_scrubs_the_named_environment_variables() {
     ws.ctx.scrub_env = vec!["SOME_OTHER_KEY".to_owned(), name.clone()];
     let text = ok(ws.call("bash", cmd).await);
     assert!(text.contains("stdout:\nunset\n"), "{name}: {text}");
+}
+
+#[test]
+fn secret_looking_variables_are_scrubbed_whatever_their_provider() {
+    for name in [
+        "OPENAI_API_KEY",
+        "my_service_api_key",
+        "GITHUB_TOKEN",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "DB_PASSWORD",
+        "CLIENT_SECRET",
+        "API_KEY",
+        "NPM_CONFIG__AUTH",
+    ] {
+        assert!(is_secret_name(name), "{name}");
+    }
+    for name in [
+        "PATH",
+        "HOME",
+        "SSH_AUTH_SOCK",
+        "TOKENIZERS_PARALLELISM",
+        "KEYBOARD",
+        "LANG",
+    ] {
+        assert!(!is_secret_name(name), "{name}");
+    }
+    let present = ["PATH", "GITHUB_TOKEN", "HOME", "X_API_KEY"].map(std::ffi::OsString::from);
+    let scrub = secret_variables(&["MY_PROVIDER_KEY".to_owned()], present);
+    assert_eq!(scrub, ["GITHUB_TOKEN", "MY_PROVIDER_KEY", "X_API_KEY"]);
 }
 
 #[cfg(unix)]

@@ -144,9 +144,20 @@ fn too_big_diff(shown: &str) -> String {
 
 /// Replaces `target` with `content` atomically: the bytes go to a new temporary file in the same
 /// directory (same filesystem, so the rename is atomic), which takes the old file's permissions
-/// and is flushed to disk before it is renamed over the target. Readers see the old file or the
-/// new one, never a mix; on failure the temporary file is removed.
+/// and is flushed to disk (`fsync`) before it is renamed over the target; the directory is then
+/// flushed so the rename survives a power cut. Readers see the old file or the new one, never a
+/// mix; on failure the temporary file is removed. A crash (the daemon killed, the machine losing
+/// power) between creating the temporary file and the rename leaves the target untouched and at
+/// worst a hidden `.NAME.crushd-PID-N.tmp` beside it.
 pub(crate) fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
+    atomic_write_with(target, |f| f.write_all(content))
+}
+
+/// [`atomic_write`] with the bytes written by `fill`, so tests can fail or crash half-way.
+pub(crate) fn atomic_write_with(
+    target: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = target
         .parent()
         .ok_or_else(|| io::Error::other("the path has no parent directory"))?;
@@ -157,7 +168,7 @@ pub(crate) fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
     };
     let (tmp, mut file) = create_temp(dir, target)?;
     let written = (|| {
-        file.write_all(content)?;
+        fill(&mut file)?;
         if let Some(p) = perms {
             file.set_permissions(p)?;
         }

@@ -1,0 +1,206 @@
+//! The tool guard: a small process between the daemon and a `bash` tool call's shell, so the
+//! call's processes die with the daemon even when the daemon itself is killed with SIGKILL and
+//! has no chance to clean up.
+//!
+//! The daemon runs `crushd --tool-guard -c COMMAND` (its own binary, `/proc/self/exe` on Linux)
+//! in a new process group whose id is the guard's pid; the guard starts `bash -c COMMAND` (or
+//! `sh`) in that same group, with its own stdout and stderr, so output goes straight to the
+//! daemon's pipes. The daemon keeps treating the group as before (SIGTERM/SIGKILL to the group on
+//! cancel and timeout, SIGKILL after the command ends). What the guard adds is noticing that the
+//! daemon is gone, two ways:
+//!
+//! - its stdin is a pipe whose only writer is the daemon, which never writes: end of file means
+//!   the daemon exited (however it died) or dropped the call;
+//! - on Linux it asks for SIGHUP when its parent dies (`PR_SET_PDEATHSIG`, through rustix's safe
+//!   wrapper; the workspace forbids `unsafe`, so nothing can be set up in the child between fork
+//!   and exec), and a SIGHUP while the parent is still the daemon is ignored.
+//!
+//! Either way it sends SIGTERM to the group, gives it a moment, then SIGKILL (which ends the
+//! guard too). Otherwise it waits for the shell and exits with its status: the same exit code,
+//! or the same terminating signal re-raised on itself.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+
+/// The flag that makes `crushd` a tool guard; it must be the first argument.
+pub const FLAG: &str = "--tool-guard";
+
+/// How long the group gets between SIGTERM and SIGKILL once the daemon is gone.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+
+static PROGRAM: OnceLock<OsString> = OnceLock::new();
+
+/// Makes every later `bash` tool call run under a guard started from `program` (the daemon's own
+/// binary). Called once by the `crushd` binary; without it (the library in unit tests) the shell
+/// is started directly.
+pub fn install(program: OsString) {
+    let _ = PROGRAM.set(program);
+}
+
+/// The program to start guards from, if guards are installed.
+pub(crate) fn program() -> Option<&'static OsString> {
+    PROGRAM.get()
+}
+
+/// The daemon's own binary for [`install`]: `/proc/self/exe` on Linux (it still names this
+/// binary after an upgrade replaced the file on disk), the executable's path elsewhere.
+pub fn own_program() -> Option<OsString> {
+    if cfg!(target_os = "linux") && std::path::Path::new("/proc/self/exe").exists() {
+        return Some(OsString::from("/proc/self/exe"));
+    }
+    std::env::current_exe().ok().map(OsString::from)
+}
+
+/// The guard's `main`: `args` are the arguments after [`FLAG`], `-c COMMAND`.
+pub fn main(args: &[OsString]) -> ExitCode {
+    let command = match args {
+        [c, command] if c == "-c" => command.clone(),
+        _ => {
+            eprintln!("crushd {FLAG}: expected `-c COMMAND`");
+            return ExitCode::from(2);
+        }
+    };
+    let parent = rustix::process::getppid();
+    // Ask the kernel for SIGHUP when the parent dies; if it died before this took effect, the
+    // parent changed already (and stdin is at end of file).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::HUP));
+    // Lead our own group, so the group we kill is never the daemon's. The daemon starts us as a
+    // group leader already; this only matters when someone runs the guard by hand.
+    let me = rustix::process::getpid();
+    if rustix::process::getpgrp() != me {
+        let _ = rustix::process::setpgid(None, None);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crushd {FLAG}: cannot start: {e}");
+            return ExitCode::from(127);
+        }
+    };
+    let status = runtime.block_on(guard(command, parent, me));
+    // The stdin watcher thread is blocked in a read; exiting the process ends it.
+    std::process::exit(status)
+}
+
+async fn guard(command: OsString, parent: Option<Pid>, group: Pid) -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut child = match spawn(&command) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Cannot start the shell: {e}");
+            return 127;
+        }
+    };
+    let (eof_tx, mut eof_rx) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread: a blocking read of stdin that returns only when the daemon is gone.
+    let _ = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = eof_tx.send(());
+        });
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let parent_died = parent_gone(parent);
+    loop {
+        if parent_died || parent_gone(parent) {
+            break;
+        }
+        tokio::select! {
+            r = child.wait() => return match r {
+                Ok(status) => relay(status),
+                Err(_) => {
+                    kill_group(group, Signal::KILL);
+                    1
+                }
+            },
+            _ = &mut eof_rx => break,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // A SIGHUP from the command itself (`kill -HUP 0`) while the daemon lives is
+                // not the daemon dying.
+                if parent_gone(parent) {
+                    break;
+                }
+            }
+        }
+    }
+    // The daemon is gone: nobody else will end the call.
+    kill_group(group, Signal::TERM);
+    let _ = tokio::time::timeout(TERM_GRACE, child.wait()).await;
+    kill_group(group, Signal::KILL);
+    1
+}
+
+/// Whether the daemon that started us is no longer our parent.
+fn parent_gone(parent: Option<Pid>) -> bool {
+    rustix::process::getppid() != parent
+}
+
+fn spawn(command: &OsString) -> std::io::Result<tokio::process::Child> {
+    let build = |shell: &str| {
+        let mut c = tokio::process::Command::new(shell);
+        c.arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        c
+    };
+    match build("bash").spawn() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => build("sh").spawn(),
+        r => r,
+    }
+}
+
+/// The shell's status as ours: its exit code, or its terminating signal re-raised on ourselves
+/// (signals that would dump core, or that we handle, become the shell's `128 + n` convention).
+fn relay(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return code;
+    }
+    let Some(n) = status.signal() else {
+        return 1;
+    };
+    let reraise = [
+        Signal::INT,
+        Signal::KILL,
+        Signal::PIPE,
+        Signal::ALARM,
+        Signal::TERM,
+        Signal::USR1,
+        Signal::USR2,
+    ];
+    if let Some(sig) = reraise.into_iter().find(|s| s.as_raw() == n) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), sig);
+    }
+    128 + n
+}
+
+fn kill_group(group: Pid, sig: Signal) {
+    // ESRCH (the group is gone already) is the expected, harmless failure.
+    let _ = rustix::process::kill_process_group(group, sig);
+}
