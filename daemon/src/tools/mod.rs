@@ -28,6 +28,8 @@ mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, unix))]
+mod escape_tests;
 
 /// What a tool call may touch and how much it may return.
 #[derive(Debug, Clone)]
