@@ -310,9 +310,15 @@ mod tests {
             assert_eq!(whole, vec![Bytes::from_static(b"{}")]);
             let bytes: Vec<&[u8]> = wire.chunks(1).collect();
             let bytewise = decode_all(&mut LspCodec::default(), &bytes).unwrap();
-            assert_eq!(bytewise, whole, "header of {header_len} bytes, byte by byte");
+            assert_eq!(
+                bytewise, whole,
+                "header of {header_len} bytes, byte by byte"
+            );
             let (a, b) = wire.split_at(MAX_HEADER_SIZE + 1);
-            assert_eq!(decode_all(&mut LspCodec::default(), &[a, b]).unwrap(), whole);
+            assert_eq!(
+                decode_all(&mut LspCodec::default(), &[a, b]).unwrap(),
+                whole
+            );
         }
         let mut over = b"Content-Length: 2\r\nX-Pad: ".to_vec();
         over.resize(MAX_HEADER_SIZE + 1, b'a');

@@ -26,10 +26,10 @@ mod paths;
 mod view;
 mod write;
 
-#[cfg(test)]
-mod tests;
 #[cfg(all(test, unix))]
 mod escape_tests;
+#[cfg(test)]
+mod tests;
 
 /// What a tool call may touch and how much it may return.
 #[derive(Debug, Clone)]
