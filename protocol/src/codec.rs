@@ -151,10 +151,15 @@ impl Decoder for LspCodec {
             // The terminator may straddle what was scanned before: back up three bytes.
             let from = self.header_scanned.saturating_sub(3);
             let Some(end) = find_header_end(&src[from..]).map(|i| from + i) else {
-                // A header may be up to MAX_HEADER_SIZE bytes plus its 4-byte terminator; refuse
-                // only once no terminator can still end within that (else the verdict on a
-                // header near the limit would depend on how the bytes were split).
-                if src.len() >= MAX_HEADER_SIZE + 4 {
+                // Refuse once the terminator can no longer start within the limit. It may have
+                // begun in the last bytes (`\r`, `\r\n`, `\r\n\r`), so those do not count yet;
+                // else the verdict on a header near the limit would depend on how its bytes
+                // were split.
+                let partial = (1..=3)
+                    .rev()
+                    .find(|&k| src.ends_with(&b"\r\n\r\n"[..k]))
+                    .unwrap_or(0);
+                if src.len() - partial > MAX_HEADER_SIZE {
                     return Err(FrameError::HeaderTooLong);
                 }
                 self.header_scanned = src.len();
