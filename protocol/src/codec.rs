@@ -42,6 +42,9 @@ pub struct LspCodec {
     /// Body length of the frame whose header has been consumed but whose body has not fully
     /// arrived yet.
     pending_body: Option<usize>,
+    /// How many bytes of the buffered header are known to hold no `\r\n\r\n`, so a header
+    /// that arrives a byte at a time is scanned once, not once per byte.
+    header_scanned: usize,
 }
 
 impl Default for LspCodec {
@@ -55,6 +58,7 @@ impl LspCodec {
         Self {
             max_message_size,
             pending_body: None,
+            header_scanned: 0,
         }
     }
 
@@ -149,13 +153,26 @@ impl Decoder for LspCodec {
             // Tolerate blank lines between messages (some clients send a trailing CRLF).
             while src.starts_with(b"\r\n") {
                 src.advance(2);
+                self.header_scanned = 0;
             }
-            let Some(end) = find_header_end(src) else {
-                if src.len() > MAX_HEADER_SIZE {
+            // The terminator may straddle what was scanned before: back up three bytes.
+            let from = self.header_scanned.saturating_sub(3);
+            let Some(end) = find_header_end(&src[from..]).map(|i| from + i) else {
+                // Refuse once the terminator can no longer start within the limit. It may have
+                // begun in the last bytes (`\r`, `\r\n`, `\r\n\r`), so those do not count yet;
+                // else the verdict on a header near the limit would depend on how its bytes
+                // were split.
+                let partial = (1..=3)
+                    .rev()
+                    .find(|&k| src.ends_with(&b"\r\n\r\n"[..k]))
+                    .unwrap_or(0);
+                if src.len() - partial > MAX_HEADER_SIZE {
                     return Err(FrameError::HeaderTooLong);
                 }
+                self.header_scanned = src.len();
                 return Ok(None);
             };
+            self.header_scanned = 0;
             if end > MAX_HEADER_SIZE {
                 return Err(FrameError::HeaderTooLong);
             }
@@ -173,6 +190,7 @@ impl Decoder for LspCodec {
                 // Bytes that end mid-frame are discarded; the peer is gone anyway.
                 buf.clear();
                 self.pending_body = None;
+                self.header_scanned = 0;
                 Err(FrameError::Truncated)
             }
         }
@@ -287,6 +305,65 @@ mod tests {
         let mut buf = BytesMut::from(&b"Content-Length: 10\r\n\r\n{}"[..]);
         assert!(c.decode(&mut buf).unwrap().is_none());
         assert!(matches!(c.decode_eof(&mut buf), Err(FrameError::Truncated)));
+    }
+
+    /// Regression (fuzz target `frame_decoder`, differential check): a header whose terminator
+    /// starts at byte 8190..=8192 was accepted when it arrived in one read and refused as too
+    /// long when it arrived in pieces, because the length check did not leave room for a
+    /// terminator still in flight.
+    #[test]
+    fn header_at_the_size_limit_is_accepted_however_it_arrives() {
+        for header_len in [MAX_HEADER_SIZE - 3, MAX_HEADER_SIZE - 1, MAX_HEADER_SIZE] {
+            let line = b"Content-Length: 2\r\nX-Pad: ";
+            let mut wire = line.to_vec();
+            wire.resize(header_len, b'a');
+            wire.extend_from_slice(b"\r\n\r\n{}");
+            let whole = decode_all(&mut LspCodec::default(), &[&wire]).unwrap();
+            assert_eq!(whole, vec![Bytes::from_static(b"{}")]);
+            let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+            let bytewise = decode_all(&mut LspCodec::default(), &bytes).unwrap();
+            assert_eq!(
+                bytewise, whole,
+                "header of {header_len} bytes, byte by byte"
+            );
+            let (a, b) = wire.split_at(MAX_HEADER_SIZE + 1);
+            assert_eq!(
+                decode_all(&mut LspCodec::default(), &[a, b]).unwrap(),
+                whole
+            );
+        }
+        let mut over = b"Content-Length: 2\r\nX-Pad: ".to_vec();
+        over.resize(MAX_HEADER_SIZE + 1, b'a');
+        over.extend_from_slice(b"\r\n\r\n{}");
+        let bytes: Vec<&[u8]> = over.chunks(1).collect();
+        assert!(matches!(
+            decode_all(&mut LspCodec::default(), &bytes),
+            Err(FrameError::HeaderTooLong)
+        ));
+        assert!(matches!(
+            decode_all(&mut LspCodec::default(), &[&over]),
+            Err(FrameError::HeaderTooLong)
+        ));
+    }
+
+    /// A header dripped in a byte at a time is scanned once overall: the terminator is still
+    /// found when it straddles reads, and blank lines before a frame still reset the scan.
+    #[test]
+    fn header_split_anywhere_around_the_terminator() {
+        let wire = b"\r\n\r\nContent-Length: 2\r\n\r\n{}\r\nContent-Length: 1\r\n\r\n1";
+        for cut in 0..=wire.len() {
+            for cut2 in cut..=wire.len() {
+                let frames = decode_all(
+                    &mut LspCodec::default(),
+                    &[&wire[..cut], &wire[cut..cut2], &wire[cut2..]],
+                )
+                .unwrap();
+                assert_eq!(
+                    frames,
+                    vec![Bytes::from_static(b"{}"), Bytes::from_static(b"1")]
+                );
+            }
+        }
     }
 
     /// `data` cut at the given points (each taken modulo its length + 1).

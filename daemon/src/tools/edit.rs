@@ -47,7 +47,7 @@ pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOut
             "old_string and new_string are the same; there is nothing to change.",
         ));
     }
-    let original = read_text(&r)?;
+    let original = read_text(&ws, &r)?;
     let (mut old, mut new) = (args.old_string, args.new_string);
     let mut count = original.matches(old.as_str()).count();
     // A model writes "\n" line ends; a CRLF file still matches if they are translated.
@@ -108,7 +108,7 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let current = match read_text(&r) {
+    let current = match read_text(&ws, &r) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -134,7 +134,7 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
 }
 
 /// The whole file as UTF-8 text, or an error output saying why not.
-fn read_text(r: &Resolved) -> Result<String, ToolOutput> {
+fn read_text(ws: &Workspace, r: &Resolved) -> Result<String, ToolOutput> {
     let shown = &r.shown;
     match fs::metadata(&r.real) {
         Ok(m) if m.is_dir() => {
@@ -157,8 +157,11 @@ fn read_text(r: &Resolved) -> Result<String, ToolOutput> {
         }
         Err(e) => return Err(ToolOutput::error(format!("Cannot read {shown}: {e}"))),
     }
-    let bytes =
-        fs::read(&r.real).map_err(|e| ToolOutput::error(format!("Cannot read {shown}: {e}")))?;
+    let cannot = |e: io::Error| ToolOutput::error(format!("Cannot read {shown}: {e}"));
+    let mut bytes = Vec::new();
+    ws.open_read(&r.real)
+        .and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes))
+        .map_err(cannot)?;
     String::from_utf8(bytes).map_err(|_| {
         ToolOutput::error(format!(
             "{shown} is not UTF-8 text; edit only changes text files (write can replace it whole)."

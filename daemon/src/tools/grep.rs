@@ -1,7 +1,6 @@
 //! The `grep` tool: lines matching a regular expression, in one file or under a directory
 //! (gitignore-aware, binary files skipped), as `path:line: text`, capped.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -187,7 +186,7 @@ impl Search<'_> {
     /// Appends the file's matching lines. Unreadable and binary files are skipped silently: one
     /// bad file should not fail a search of a tree.
     fn file(&mut self, path: &Path) -> Result<(), Cancelled> {
-        let Ok(f) = File::open(path) else {
+        let Ok(f) = self.ws.open_read(path) else {
             return Ok(());
         };
         let mut reader = BufReader::with_capacity(64 * 1024, f);

@@ -28,6 +28,8 @@ mod paths;
 mod view;
 mod write;
 
+#[cfg(all(test, unix))]
+mod escape_tests;
 #[cfg(test)]
 mod tests;
 

@@ -5,9 +5,13 @@
 //! created) cannot lead outside. Tools then do their I/O on the canonical form, never on the
 //! model's spelling.
 //!
-//! Known limit: a symlink swapped in between the check and the I/O (by another process) is not
-//! caught; the tools re-resolve right before acting to keep that window small.
+//! A symlink swapped in between the check and the I/O (by another process) is caught for reads:
+//! the reading tools open through [`Workspace::open_read`], which on Linux resolves the path
+//! again inside the kernel with `openat2(RESOLVE_BENEATH)` relative to the root, atomically with
+//! the open, and elsewhere refuses a final symlink (`O_NOFOLLOW`) and re-checks the path after
+//! the open. Writes re-resolve right before acting to keep that window small.
 
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use super::{ToolContext, ToolOutput};
@@ -97,6 +101,81 @@ impl Workspace {
         }
         // k == 0 is the root itself, which canonicalize above always answers.
         Err(outside())
+    }
+
+    /// Opens a resolved (or walked) path for reading so that nothing swapped in since it was
+    /// resolved can lead outside the root: a path outside, or one that now leads through a
+    /// symlink to a place outside, fails with `PermissionDenied`.
+    pub fn open_read(&self, real: &Path) -> std::io::Result<File> {
+        let refused = || {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the path leads outside the workspace",
+            )
+        };
+        let rel = real.strip_prefix(&self.root).map_err(|_| refused())?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{Mode, OFlags, ResolveFlags};
+            let dir = rustix::fs::open(
+                &self.root,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            match rustix::fs::openat2(
+                &dir,
+                rel,
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(fd) => return Ok(File::from(fd)),
+                // The kernel's answer to a path that resolves outside `dir`.
+                Err(rustix::io::Errno::XDEV) => return Err(refused()),
+                // Kernels before 5.6 (and some sandboxes) lack openat2: fall back below.
+                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.open_read_fallback(real).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                refused()
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Without openat2: never follow a final symlink, and check after the open that the path
+    /// still resolves inside the root to the very file that was opened.
+    fn open_read_fallback(&self, real: &Path) -> std::io::Result<File> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+            opts.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+            let file = opts.open(real)?;
+            let now = std::fs::canonicalize(real)?;
+            let (a, b) = (file.metadata()?, std::fs::metadata(&now)?);
+            if !now.starts_with(&self.root) || a.dev() != b.dev() || a.ino() != b.ino() {
+                return Err(std::io::ErrorKind::PermissionDenied.into());
+            }
+            Ok(file)
+        }
+        #[cfg(not(unix))]
+        {
+            let file = opts.open(real)?;
+            if !std::fs::canonicalize(real)?.starts_with(&self.root) {
+                return Err(std::io::ErrorKind::PermissionDenied.into());
+            }
+            Ok(file)
+        }
     }
 
     /// A resolved or walked path for output: relative to the root, '/'-separated.

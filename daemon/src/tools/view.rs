@@ -2,7 +2,6 @@
 //! size limit must be read by range and is streamed, never read whole. Directories and binary
 //! files (NUL in the first 8 KiB, or not UTF-8) are refused.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -70,13 +69,14 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
         Ok(r) => r,
         Err(e) => return e,
     };
-    match view(ctx, &resolved, call.offset, call.limit) {
+    match view(ctx, &ws, &resolved, call.offset, call.limit) {
         Ok(out) | Err(out) => out,
     }
 }
 
 fn view(
     ctx: &ToolContext,
+    ws: &Workspace,
     r: &Resolved,
     offset: Option<u64>,
     limit: Option<u64>,
@@ -110,7 +110,7 @@ fn view(
     // as the requested range (plus one line, to tell whether more follow).
     let whole = meta.len() <= max;
     let io_err = |e: std::io::Error| ToolOutput::error(format!("Cannot read {shown}: {e}"));
-    let mut file = File::open(&r.real).map_err(io_err)?;
+    let mut file = ws.open_read(&r.real).map_err(io_err)?;
     let mut sniff = Vec::with_capacity(BINARY_SNIFF_BYTES);
     (&mut file)
         .take(BINARY_SNIFF_BYTES as u64)
