@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::paths::{Resolved, Workspace};
 use super::view::not_regular;
-use super::write::{atomic_write, unified_diff};
+use super::write::{atomic_write_beneath, unified_diff};
 use super::{Action, Prepared, ToolContext, ToolOutput, de_opt_bool};
 
 /// Files larger than this are not edited in memory.
@@ -121,7 +121,7 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
     if ctx.cancel.is_cancelled() {
         return ToolOutput::cancelled();
     }
-    if let Err(e) = atomic_write(&r.real, call.updated.as_bytes()) {
+    if let Err(e) = atomic_write_beneath(&ws, &r.real, call.updated.as_bytes()) {
         return ToolOutput::error(format!("Cannot write {}: {e}", r.shown));
     }
     let times = if call.replacements == 1 {

@@ -240,6 +240,32 @@ fn symlink_swapped_in_after_the_check_is_refused() {
     assert!(ws.open_read(&f.outside.join("secret.txt")).is_err());
 }
 
+/// A directory swapped for a symlink out, after `write` resolved a path through it: the write is
+/// refused and nothing appears outside (deterministic, Linux: openat2 decides).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_write_through_a_directory_swapped_after_the_check_is_refused() {
+    let f = Fixture::new();
+    let swap = f.ctx.root.join("swap");
+    fs::create_dir(&swap).unwrap();
+    let ws = Workspace::open(&f.ctx).map_err(|e| e.content).unwrap();
+    let resolved = ws.resolve("swap/new.txt").map_err(|e| e.content).unwrap();
+    let before = f.outside_snapshot();
+    fs::remove_dir_all(&swap).unwrap();
+    symlink(&f.outside, &swap).unwrap();
+    let err = super::write::atomic_write_beneath(&ws, &resolved.real, b"written\n").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(f.outside_snapshot(), before, "nothing was written outside");
+    // A directory that stays inside is written as usual.
+    fs::remove_file(&swap).unwrap();
+    fs::create_dir(&swap).unwrap();
+    super::write::atomic_write_beneath(&ws, &resolved.real, b"written\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(swap.join("new.txt")).unwrap(),
+        "written\n"
+    );
+}
+
 /// The race for real: another thread flips `swap` between a directory and a symlink to the
 /// outside as fast as it can while view, grep and edit read through it. No read may ever return
 /// the outside content.
@@ -302,15 +328,11 @@ fn reading_tools_race_a_symlink_swapper_and_stay_inside() {
     assert!(calls > 0);
 }
 
-/// The same race against `write` (and `edit`, which shares write.rs `atomic_write`): the target
-/// is resolved once, then the temporary file is created and renamed by path, so a symlink swapped
-/// in for a parent directory between the check and both of those calls could redirect the write
-/// outside. Measured here: 0 of 2000 writes escaped (the window is narrow: the create and the
-/// rename must both see the symlink). Ignored in CI because a hit would be timing-dependent; the
-/// fix belongs in write.rs (create and rename relative to a directory descriptor opened with
-/// `openat2(RESOLVE_BENEATH)`), after which this can run always. `--ignored` runs it.
+/// The same race against `write` (and `edit`, which shares write.rs `atomic_write_beneath`):
+/// the target is resolved once, then written through a directory descriptor opened beneath the
+/// root (`openat2(RESOLVE_BENEATH)`) with the temporary file created and renamed relative to it,
+/// so a parent directory swapped for a symlink after the check cannot redirect the write.
 #[test]
-#[ignore = "timing-dependent measurement of the write.rs check-then-use window"]
 fn writing_tools_race_a_symlink_swapper_and_stay_inside() {
     let f = Fixture::new();
     let swap = f.ctx.root.join("swap");

@@ -103,6 +103,47 @@ impl Workspace {
         Err(outside())
     }
 
+    /// Opens the directory `real_dir` (a resolved path) beneath the root, for `*at` calls that
+    /// must not leave it: on Linux through `openat2(RESOLVE_BENEATH)`, so a directory swapped
+    /// for a symlink since the path was resolved is refused (`PermissionDenied`). `None` where
+    /// openat2 is unavailable: callers fall back to path-based calls.
+    #[cfg(target_os = "linux")]
+    pub fn open_dir_beneath(
+        &self,
+        real_dir: &Path,
+    ) -> std::io::Result<Option<rustix::fd::OwnedFd>> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let outside = || {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the path leads outside the workspace",
+            )
+        };
+        let rel = real_dir.strip_prefix(&self.root).map_err(|_| outside())?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let root = rustix::fs::open(
+            &self.root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        match rustix::fs::openat2(
+            &root,
+            rel,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(rustix::io::Errno::XDEV) => Err(outside()),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens a resolved (or walked) path for reading so that nothing swapped in since it was
     /// resolved can lead outside the root: a path outside, or one that now leads through a
     /// symlink to a place outside, fails with `PermissionDenied`.

@@ -104,7 +104,7 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
     if ctx.cancel.is_cancelled() {
         return ToolOutput::cancelled();
     }
-    if let Err(e) = atomic_write(&r.real, call.content.as_bytes()) {
+    if let Err(e) = atomic_write_beneath(&ws, &r.real, call.content.as_bytes()) {
         return ToolOutput::error(format!("Cannot write {}: {e}", r.shown));
     }
     let n = call.content.len();
@@ -151,6 +151,87 @@ fn too_big_diff(shown: &str) -> String {
 /// worst a hidden `.NAME.crushd-PID-N.tmp` beside it.
 pub(crate) fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
     atomic_write_with(target, |f| f.write_all(content))
+}
+
+/// [`atomic_write`] for a resolved path of the workspace `ws`, immune to a directory swapped
+/// for a symlink after the path was resolved: on Linux the target's directory is opened beneath
+/// the root (`openat2(RESOLVE_BENEATH)`), and the temporary file is created, and renamed over
+/// the target, relative to that directory (`openat` with `O_EXCL|O_NOFOLLOW`, `renameat`).
+/// Elsewhere, or without openat2, it is [`atomic_write`].
+pub(crate) fn atomic_write_beneath(
+    ws: &Workspace,
+    target: &Path,
+    content: &[u8],
+) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(io::Error::other("the path has no parent directory"));
+        };
+        if let Some(dirfd) = ws.open_dir_beneath(dir)? {
+            return atomic_write_at(&dirfd, Path::new(name), content);
+        }
+    }
+    let _ = ws;
+    atomic_write(target, content)
+}
+
+#[cfg(target_os = "linux")]
+fn atomic_write_at(dirfd: &rustix::fd::OwnedFd, name: &Path, content: &[u8]) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let mode = match rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if (st.st_mode & 0o170000) == 0o100000 => Some(st.st_mode & 0o7777),
+        // Whatever else is there (a symlink swapped in, say) is replaced, never followed.
+        Ok(_) => None,
+        Err(rustix::io::Errno::NOENT) => None,
+        Err(e) => return Err(e.into()),
+    };
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let base: String = name.to_string_lossy().chars().take(64).collect();
+    let mut created = None;
+    for _ in 0..16 {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = PathBuf::from(format!(".{base}.crushd-{}-{seq}.tmp", std::process::id()));
+        match rustix::fs::openat(
+            dirfd,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode.unwrap_or(0o644)),
+        ) {
+            Ok(fd) => {
+                created = Some((tmp, File::from(fd)));
+                break;
+            }
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (tmp, mut file) =
+        created.ok_or_else(|| io::Error::other("cannot create a temporary file"))?;
+    let written = (|| -> io::Result<()> {
+        file.write_all(content)?;
+        if let Some(m) = mode {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(m))?;
+        }
+        file.sync_all()?;
+        drop(file);
+        rustix::fs::renameat(dirfd, &tmp, dirfd, name)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = rustix::fs::unlinkat(dirfd, &tmp, AtFlags::empty());
+        return Err(e);
+    }
+    // Makes the rename durable; a failure here does not undo the write.
+    if let Ok(d) = rustix::fs::openat(
+        dirfd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        let _ = rustix::fs::fsync(&d);
+    }
+    Ok(())
 }
 
 /// [`atomic_write`] with the bytes written by `fill`, so tests can fail or crash half-way.
