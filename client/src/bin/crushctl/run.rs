@@ -171,6 +171,29 @@ fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandle
     })
 }
 
+/// The `agent/send` of a prompt command (`run` and `send` share it).
+fn send_params(
+    p: &PromptArgs,
+    session_id: &str,
+    prompt: String,
+    run_id: &str,
+    model: Option<String>,
+) -> AgentSendParams {
+    AgentSendParams {
+        session_id: session_id.to_owned(),
+        prompt,
+        run_id: Some(run_id.to_owned()),
+        mode: if p.steer {
+            SendMode::Steer
+        } else {
+            SendMode::Queue
+        },
+        model,
+        yolo: p.yolo,
+        ..AgentSendParams::default()
+    }
+}
+
 /// SIGINT (Ctrl-C), registered before anything is sent so that none is lost.
 pub struct Interrupts {
     #[cfg(unix)]
@@ -270,19 +293,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         view.ui.spin(Some("sending"));
         send_prompt(
             &client,
-            AgentSendParams {
-                session_id: session.session_id.clone(),
-                prompt,
-                run_id: Some(run_id.clone()),
-                mode: if a.p.steer {
-                    SendMode::Steer
-                } else {
-                    SendMode::Queue
-                },
-                model,
-                yolo: a.p.yolo,
-                ..AgentSendParams::default()
-            },
+            send_params(&a.p, &session.session_id, prompt, &run_id, model),
             created,
         )
         .await?;
@@ -739,19 +750,7 @@ pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
         let run_id = uuid::Uuid::now_v7().to_string();
         send_prompt(
             &client,
-            AgentSendParams {
-                session_id: session.session_id.clone(),
-                prompt,
-                run_id: Some(run_id.clone()),
-                mode: if a.p.steer {
-                    SendMode::Steer
-                } else {
-                    SendMode::Queue
-                },
-                model,
-                yolo: a.p.yolo,
-                ..AgentSendParams::default()
-            },
+            send_params(&a.p, &session.session_id, prompt, &run_id, model),
             created,
         )
         .await?;
