@@ -260,15 +260,6 @@ impl Clients {
         out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         out
     }
-
-    /// Clients known (connected or parked).
-    pub fn len(&self) -> usize {
-        lock(&self.map).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A connection's subscriptions (as they were when it began to close, if it did) with the seq

@@ -140,8 +140,6 @@ struct State {
 pub struct QueueStats {
     /// Deltas folded into an earlier queued delta.
     pub merged: u64,
-    /// Largest queued size seen, in bytes.
-    pub peak_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -274,7 +272,6 @@ impl Outbound {
             self.ready.notify_one();
             return false;
         }
-        st.stats.peak_bytes = st.stats.peak_bytes.max(st.bytes);
         drop(st);
         self.ready.notify_one();
         true

@@ -1283,14 +1283,6 @@ impl Runtime {
 
     // ---- closing ----
 
-    /// Whether a workspace has active or queued runs.
-    pub fn workspace_busy(&self, workspace_id: &str) -> bool {
-        self.sessions_of(Some(workspace_id)).iter().any(|s| {
-            let inner = lock(&s.inner);
-            inner.active.is_some() || !inner.queue.is_empty()
-        })
-    }
-
     fn sessions_of(&self, workspace_id: Option<&str>) -> Vec<Arc<SessionRt>> {
         lock(&self.sessions)
             .values()

@@ -103,28 +103,28 @@ impl Workspace {
         Err(outside())
     }
 
-    /// Opens the directory `real_dir` (a resolved path) beneath the root, for `*at` calls that
-    /// must not leave it: on Linux through `openat2(RESOLVE_BENEATH)`, so a directory swapped
-    /// for a symlink since the path was resolved is refused (`PermissionDenied`). `None` where
-    /// openat2 is unavailable: callers fall back to path-based calls.
-    #[cfg(target_os = "linux")]
-    pub fn open_dir_beneath(
-        &self,
-        real_dir: &Path,
-    ) -> std::io::Result<Option<rustix::fd::OwnedFd>> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
-        let outside = || {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "the path leads outside the workspace",
-            )
-        };
-        let rel = real_dir.strip_prefix(&self.root).map_err(|_| outside())?;
-        let rel = if rel.as_os_str().is_empty() {
+    /// `real` relative to the root (`.` for the root itself); `PermissionDenied` outside it.
+    fn relative<'a>(&self, real: &'a Path) -> std::io::Result<&'a Path> {
+        let rel = real.strip_prefix(&self.root).map_err(|_| refused())?;
+        Ok(if rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
             rel
-        };
+        })
+    }
+
+    /// Opens `real` (a resolved path) with `flags` through `openat2(RESOLVE_BENEATH)` relative
+    /// to the root, so the kernel resolves it again as it opens and refuses any route out
+    /// (`PermissionDenied`). `None` where openat2 is unavailable (kernels before 5.6, some
+    /// sandboxes): callers fall back to path-based calls.
+    #[cfg(target_os = "linux")]
+    fn open_beneath(
+        &self,
+        real: &Path,
+        flags: rustix::fs::OFlags,
+    ) -> std::io::Result<Option<rustix::fd::OwnedFd>> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let rel = self.relative(real)?;
         let root = rustix::fs::open(
             &self.root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -133,54 +133,40 @@ impl Workspace {
         match rustix::fs::openat2(
             &root,
             rel,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            flags | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
         ) {
             Ok(fd) => Ok(Some(fd)),
-            Err(rustix::io::Errno::XDEV) => Err(outside()),
+            // The kernel's answer to a path that resolves outside the root.
+            Err(rustix::io::Errno::XDEV) => Err(refused()),
             Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Opens the directory `real_dir` (a resolved path) beneath the root, for `*at` calls that
+    /// must not leave it: a directory swapped for a symlink since the path was resolved is
+    /// refused (`PermissionDenied`). `None` where openat2 is unavailable.
+    #[cfg(target_os = "linux")]
+    pub fn open_dir_beneath(
+        &self,
+        real_dir: &Path,
+    ) -> std::io::Result<Option<rustix::fd::OwnedFd>> {
+        use rustix::fs::OFlags;
+        self.open_beneath(real_dir, OFlags::PATH | OFlags::DIRECTORY)
     }
 
     /// Opens a resolved (or walked) path for reading so that nothing swapped in since it was
     /// resolved can lead outside the root: a path outside, or one that now leads through a
     /// symlink to a place outside, fails with `PermissionDenied`.
     pub fn open_read(&self, real: &Path) -> std::io::Result<File> {
-        let refused = || {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "the path leads outside the workspace",
-            )
-        };
-        let rel = real.strip_prefix(&self.root).map_err(|_| refused())?;
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
+        self.relative(real)?;
         #[cfg(target_os = "linux")]
         {
-            use rustix::fs::{Mode, OFlags, ResolveFlags};
-            let dir = rustix::fs::open(
-                &self.root,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            match rustix::fs::openat2(
-                &dir,
-                rel,
-                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            ) {
-                Ok(fd) => return Ok(File::from(fd)),
-                // The kernel's answer to a path that resolves outside `dir`.
-                Err(rustix::io::Errno::XDEV) => return Err(refused()),
-                // Kernels before 5.6 (and some sandboxes) lack openat2: fall back below.
-                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {}
-                Err(e) => return Err(e.into()),
+            use rustix::fs::OFlags;
+            if let Some(fd) = self.open_beneath(real, OFlags::RDONLY | OFlags::NOCTTY)? {
+                return Ok(File::from(fd));
             }
         }
         self.open_read_fallback(real).map_err(|e| {
@@ -274,4 +260,12 @@ fn normalize_absolute(p: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+/// The error every route out of the workspace gets.
+fn refused() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "the path leads outside the workspace",
+    )
 }
