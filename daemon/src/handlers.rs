@@ -188,7 +188,10 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             })
         }
         ClientRequest::AgentSend(p) => ok(daemon.runtime.send(Some(ctx.peer.clone()), p).await?),
-        ClientRequest::AgentCancel(p) => ok(daemon.runtime.cancel(&p.session_id).await?),
+        ClientRequest::AgentCancel(p) => ok(daemon
+            .runtime
+            .cancel(&p.session_id, p.run_id.as_deref())
+            .await?),
         ClientRequest::AgentStatus(p) => ok(daemon.runtime.status(&p.session_id).await?),
         ClientRequest::SessionSubscribe(p) => ok(daemon.runtime.subscribe(&ctx.peer, &p).await?),
         ClientRequest::SessionUnsubscribe(p) => ok(SessionUnsubscribeResult {

@@ -187,8 +187,9 @@ client_requests! {
     WorkspaceClose = "workspace/close" (WorkspaceCloseParams) -> WorkspaceCloseResult;
     /// Accept a prompt for a session and return at once; the run belongs to the workspace.
     AgentSend = "agent/send" (AgentSendParams) -> AgentSendResult;
-    /// Cancel a session's active run and every prompt accepted before this call.
-    AgentCancel = "agent/cancel" (SessionRef) -> AgentCancelResult;
+    /// Cancel a session's active run and every prompt accepted before this call, or with
+    /// `runId` that one run only.
+    AgentCancel = "agent/cancel" (AgentCancelParams) -> AgentCancelResult;
     /// Whether a session is running, and what is queued.
     AgentStatus = "agent/status" (SessionRef) -> AgentStatusResult;
     /// Receive `$/sessionUpdate` (and `$/runComplete`) for a session on this connection,
@@ -814,6 +815,17 @@ pub struct AgentSendResult {
     /// `running` or `queued` for a new run; for a repeated `runId`, the run's current state
     /// (which may be terminal: `completed`, `cancelled`, `failed`, `interrupted`).
     pub state: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCancelParams {
+    pub session_id: String,
+    /// Cancel only this run (active, steered or queued); the session's other runs go on. A run
+    /// that already ended is not an error: nothing is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -75,6 +75,7 @@ pub fn typescript() -> String {
         Attachment,
         AgentSendParams,
         AgentSendResult,
+        AgentCancelParams,
         AgentCancelResult,
         AgentStatusResult,
         SessionSubscribeParams,

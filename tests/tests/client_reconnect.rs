@@ -25,8 +25,8 @@ use crush_client::{
     RunOutcome,
 };
 use crush_protocol::{
-    AgentSendParams, NoParams, SessionCreateParams, SessionEvent, SessionMessagesParams,
-    SessionRef, SessionSubscribeParams, request,
+    AgentCancelParams, AgentSendParams, NoParams, SessionCreateParams, SessionEvent,
+    SessionMessagesParams, SessionSubscribeParams, request,
 };
 use crush_tests::mock_llm::{MockLlm, Script};
 use crush_tests::{DEADLINE, RawConn, TestEnv};
@@ -809,8 +809,9 @@ async fn runs_followed_without_a_subscription_end_once_across_a_reconnect() {
     // Requests wait for the restore, so after this one the client is subscribed again.
     rc.request::<request::DaemonStatus>(NoParams).await.unwrap();
     let cancelled = rc
-        .request::<request::AgentCancel>(SessionRef {
+        .request::<request::AgentCancel>(AgentCancelParams {
             session_id: session.clone(),
+            run_id: None,
         })
         .await
         .unwrap();

@@ -408,3 +408,88 @@ async fn cancel_stops_the_busy_session_and_wait_exits_130() {
     assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
 }
+
+/// An editor and `crushctl run` share a session: the editor's run is active, crushctl's queued
+/// behind it. Ctrl-C in crushctl cancels crushctl's run only; the editor's run goes on and
+/// completes. Then `crushctl cancel --run ID` (no session named) ends one queued run alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_and_cancel_run_end_only_the_named_run() {
+    let w = world().await;
+    let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
+    let ws = c
+        .request("workspace/open", json!({"path": w.project}))
+        .await;
+    let s = c
+        .request(
+            "session/create",
+            json!({"workspaceId": ws["result"]["workspaceId"]}),
+        )
+        .await;
+    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    c.request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    let gate = CancellationToken::new();
+    w.mock
+        .push(Script::text("The editor's answer.").held(gate.clone()));
+    w.mock.push(Script::text("The queued answer."));
+    let r = c
+        .request(
+            "agent/send",
+            json!({"sessionId": session, "prompt": "editor prompt", "runId": "editor-run"}),
+        )
+        .await;
+    assert_eq!(r["result"]["state"], "running", "{r}");
+    w.mock.wait_requests(1, DEADLINE).await;
+
+    let mut p = w.spawn(&["run", "-s", &session, "--json", "my prompt"]);
+    p.wait_stdout("\"type\":\"queued\"");
+    p.signal(rustix::process::Signal::INT);
+    let status = p.wait_exit();
+    assert_eq!(status.code(), Some(130), "stderr: {}", p.stderr());
+    let mine = json_lines(&p.stdout())[0]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = c.run_complete(&mine).await;
+    assert_eq!(done["cancelled"], true, "{done}");
+    let r = c.request("run/get", json!({"runId": "editor-run"})).await;
+    assert_eq!(
+        r["result"]["state"], "running",
+        "the editor's run goes on: {r}"
+    );
+
+    // Queue one more behind the editor's run, and cancel it by id from the command line.
+    let r = c
+        .request(
+            "agent/send",
+            json!({"sessionId": session, "prompt": "later", "runId": "queued-run"}),
+        )
+        .await;
+    assert_eq!(r["result"]["state"], "queued", "{r}");
+    let out = w
+        .ctl()
+        .args(["cancel", "--run", "queued-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "cancelled queued-run");
+    assert_eq!(c.run_complete("queued-run").await["cancelled"], true);
+    let out = w
+        .ctl()
+        .args(["cancel", "--run", "queued-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).contains("already ended"), "{}", stdout(&out));
+    let out = w
+        .ctl()
+        .args(["cancel", "--run", "no-such-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+
+    gate.cancel();
+    let done = c.run_complete("editor-run").await;
+    assert_eq!(done["cancelled"], false, "{done}");
+    assert_eq!(done["text"], "The editor's answer.");
+}

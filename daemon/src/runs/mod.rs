@@ -648,16 +648,121 @@ impl Runtime {
 
     // ---- agent/cancel, agent/status ----
 
-    /// Cancels the active run and every prompt accepted before this call. Returns the runs it
-    /// ended (empty when the session was idle or everything was already cancelled).
-    pub async fn cancel(self: &Arc<Self>, session_id: &str) -> Result<AgentCancelResult, RpcError> {
-        let Some(s) = self.existing_session(session_id) else {
+    /// Cancels the active run and every prompt accepted before this call, or with `run_id` that
+    /// run alone. Returns the runs it ended (empty when there was nothing left to cancel).
+    pub async fn cancel(
+        self: &Arc<Self>,
+        session_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<AgentCancelResult, RpcError> {
+        let live = self.existing_session(session_id);
+        if let Some(run_id) = run_id {
+            if let Some(info) = self.live_run(run_id) {
+                if info.session_id != session_id {
+                    return Err(RpcError::invalid_params(format!(
+                        "run {run_id:?} belongs to session {:?}, not {session_id:?}",
+                        info.session_id
+                    )));
+                }
+                // Not found under the session lock: it ended (or a cancel took it) meanwhile.
+                let cancelled = live
+                    .as_ref()
+                    .and_then(|s| self.cancel_run(s, run_id))
+                    .unwrap_or_default();
+                return Ok(AgentCancelResult { cancelled });
+            }
+            // Not live: an ended run of the session cancels nothing.
+            return match self.store.get_run(run_id).await.map_err(storage)? {
+                Some(row) if row.session_id == session_id => Ok(AgentCancelResult::default()),
+                Some(row) => Err(RpcError::invalid_params(format!(
+                    "run {run_id:?} belongs to session {:?}, not {session_id:?}",
+                    row.session_id
+                ))),
+                None => {
+                    require_session(&self.store, session_id).await?;
+                    Err(RpcError::new(
+                        ErrorCode::RunNotFound,
+                        format!("no run with id {run_id:?}"),
+                    ))
+                }
+            };
+        }
+        let Some(s) = live else {
             require_session(&self.store, session_id).await?;
             return Ok(AgentCancelResult::default());
         };
         Ok(AgentCancelResult {
             cancelled: self.cancel_session(&s),
         })
+    }
+
+    /// Cancels one live run of the session: the active one (a prompt folded into it counts as
+    /// it), a steered prompt waiting for a step boundary, or a queued prompt. Everything else in
+    /// the session goes on; steered prompts of a cancelled active run run next as their own
+    /// runs. `None` when the run is not live in this session.
+    fn cancel_run(self: &Arc<Self>, s: &Arc<SessionRt>, run_id: &str) -> Option<Vec<String>> {
+        let mut covered = Vec::new();
+        let mut dropped = Vec::new();
+        {
+            let mut inner = lock(&s.inner);
+            // Session lock, then registry lock: the order `admit` takes them in.
+            let target = match lock(&self.runs).get(run_id) {
+                Some(l) => l.folded_into.clone().unwrap_or_else(|| run_id.to_owned()),
+                None => return None,
+            };
+            let mut found = false;
+            let mut active_cancelled = false;
+            if let Some(active) = &mut inner.active {
+                if active.run.run_id == target {
+                    found = true;
+                    if !active.cancel_requested {
+                        active.cancel_requested = true;
+                        active.token.cancel();
+                        covered.push(target.clone());
+                        active_cancelled = true;
+                    }
+                } else if let Some(i) = active.steered.iter().position(|r| r.run_id == target) {
+                    found = true;
+                    dropped.push(active.steered.remove(i));
+                }
+            }
+            if !found {
+                if let Some(i) = inner.queue.iter().position(|q| q.run.run_id == target) {
+                    found = true;
+                    dropped.extend(inner.queue.remove(i).map(|q| q.run));
+                }
+            }
+            if !found {
+                return None;
+            }
+            covered.extend(dropped.iter().map(|r| r.run_id.clone()));
+            if active_cancelled {
+                let (theirs, others): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.permissions)
+                    .into_iter()
+                    .partition(|p| p.params.run_id == target);
+                inner.permissions = others;
+                for p in theirs {
+                    self.finish_permission(&mut inner, p, None, "cancel");
+                }
+            }
+            if !covered.is_empty() {
+                inner.publish(
+                    &s.id,
+                    Some(&target),
+                    SessionEvent::CancelRequested {
+                        run_ids: covered.clone(),
+                    },
+                );
+            }
+        }
+        if !dropped.is_empty() {
+            let rt = self.clone();
+            let s2 = s.clone();
+            s.ws()
+                .tracker
+                .spawn(async move { rt.complete_dropped(&s2, dropped).await });
+        }
+        Some(covered)
     }
 
     fn cancel_session(self: &Arc<Self>, s: &Arc<SessionRt>) -> Vec<String> {

@@ -456,7 +456,7 @@ async fn cancel_right_after_send_is_never_lost() {
     let mut h = harness(gated(&["never"], &[])).await;
     let run = h.send("hi").await;
     // On this single-threaded runtime the run task has not run yet: nothing was produced.
-    let r = h.rt.cancel(&h.session).await.unwrap();
+    let r = h.rt.cancel(&h.session, None).await.unwrap();
     assert_eq!(r.cancelled, vec![run.clone()]);
     let c = h.watcher.complete(&run).await;
     assert!(c.cancelled);
@@ -476,14 +476,32 @@ async fn cancel_right_after_send_is_never_lost() {
 #[tokio::test]
 async fn idle_cancel_is_a_no_op_and_does_not_poison_the_next_prompt() {
     let mut h = harness(reply(&["ok"])).await;
-    assert!(h.rt.cancel(&h.session).await.unwrap().cancelled.is_empty());
-    assert!(h.rt.cancel(&h.session).await.unwrap().cancelled.is_empty());
+    assert!(
+        h.rt.cancel(&h.session, None)
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
+    assert!(
+        h.rt.cancel(&h.session, None)
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
     let run = h.send("hi").await;
     let c = h.watcher.complete(&run).await;
     assert!(!c.cancelled);
     assert_eq!(c.text.as_deref(), Some("ok"));
     // And after a completed run, another idle cancel then send is also clean.
-    assert!(h.rt.cancel(&h.session).await.unwrap().cancelled.is_empty());
+    assert!(
+        h.rt.cancel(&h.session, None)
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
     let run2 = h.send("again").await;
     assert!(!h.watcher.complete(&run2).await.cancelled);
 }
@@ -495,10 +513,16 @@ async fn a_second_cancel_is_harmless() {
     let run = h.send("hi").await;
     h.wait_model_called(1).await;
     assert_eq!(
-        h.rt.cancel(&h.session).await.unwrap().cancelled,
+        h.rt.cancel(&h.session, None).await.unwrap().cancelled,
         vec![run.clone()]
     );
-    assert!(h.rt.cancel(&h.session).await.unwrap().cancelled.is_empty());
+    assert!(
+        h.rt.cancel(&h.session, None)
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
     assert!(h.watcher.complete(&run).await.cancelled);
     h.wait_idle().await;
     assert_eq!(h.watcher.completes().len(), 1);
@@ -514,7 +538,7 @@ async fn one_cancel_covers_the_active_run_and_everything_queued_before_it() {
     h.wait_model_called(1).await;
     let b = h.send("b").await;
     let c = h.send_as(None, "c", SendMode::Steer).await;
-    let r = h.rt.cancel(&h.session).await.unwrap();
+    let r = h.rt.cancel(&h.session, None).await.unwrap();
     assert_eq!(r.cancelled, vec![a.clone(), c.clone(), b.clone()]);
     // Accepted after the cancel: not poisoned; it queues behind the winding-down run.
     h.model.push(reply(&["fresh"]));
@@ -658,7 +682,7 @@ async fn a_cancel_drops_waiting_steers_with_a_cancelled_complete() {
     let a = h.send("a").await;
     h.wait_model_called(1).await;
     let s = h.send_as(None, "steer", SendMode::Steer).await;
-    h.rt.cancel(&h.session).await.unwrap();
+    h.rt.cancel(&h.session, None).await.unwrap();
     h.model.release(1);
     let c = h.watcher.complete(&s).await;
     assert!(c.cancelled);
@@ -667,6 +691,121 @@ async fn a_cancel_drops_waiting_steers_with_a_cancelled_complete() {
     h.wait_idle().await;
     assert_eq!(h.model.calls().len(), 1);
     assert_eq!(h.watcher.completes().len(), 2);
+}
+
+/// `agent/cancel {runId}` of a queued prompt: only that run ends (cancelled, never reaching the
+/// model); the active run and the rest of the queue go on in order.
+#[tokio::test]
+async fn cancelling_one_queued_run_leaves_the_others_alone() {
+    let mut h = harness(reply(&["x"])).await;
+    h.model.push(gated(&["first"], &[]));
+    let a = h.send("a").await;
+    h.wait_model_called(1).await;
+    let b = h.send("b").await;
+    let c = h.send("c").await;
+    let r = h.rt.cancel(&h.session, Some(&b)).await.unwrap();
+    assert_eq!(r.cancelled, vec![b.clone()]);
+    let done = h.watcher.complete(&b).await;
+    assert!(done.cancelled);
+    assert_eq!(
+        h.rt.status(&h.session).await.unwrap().queued,
+        vec![c.clone()]
+    );
+    // Cancelling it again, or naming it after it ended, cancels nothing and is no error.
+    assert!(
+        h.rt.cancel(&h.session, Some(&b))
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
+    h.model.release(1);
+    assert!(!h.watcher.complete(&a).await.cancelled);
+    assert!(!h.watcher.complete(&c).await.cancelled);
+    h.wait_idle().await;
+    assert_eq!(h.watcher.completes().len(), 3, "exactly one complete each");
+    assert_eq!(h.run_state(&b).await, "cancelled");
+    assert_eq!(h.run_state(&c).await, "completed");
+    let users: Vec<String> = h
+        .messages()
+        .await
+        .iter()
+        .filter(|m| m.role == "user")
+        .map(text_of)
+        .collect();
+    assert_eq!(users, ["a", "c"], "b never reached the conversation");
+    assert!(
+        h.rt.cancel(&h.session, Some(&b))
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
+}
+
+/// `agent/cancel {runId}` of the active run: it ends cancelled with its partial text, and the
+/// queued prompt behind it then runs; a steered prompt that had not joined runs as its own turn.
+#[tokio::test]
+async fn cancelling_the_active_run_by_id_lets_the_queue_go_on() {
+    let mut h = harness(reply(&["next"])).await;
+    h.model.push(gated(&["partial"], &["never"]));
+    let a = h.send("a").await;
+    h.wait_model_called(1).await;
+    let q = h.send("queued").await;
+    let st = h.send_as(None, "steer", SendMode::Steer).await;
+    let r = h.rt.cancel(&h.session, Some(&a)).await.unwrap();
+    assert_eq!(r.cancelled, vec![a.clone()]);
+    h.model.release(1);
+    let ca = h.watcher.complete(&a).await;
+    assert!(ca.cancelled);
+    assert_eq!(ca.text.as_deref(), Some("partial"));
+    for run in [&st, &q] {
+        let c = h.watcher.complete(run).await;
+        assert!(!c.cancelled, "{run} still runs");
+        assert_eq!(c.folded_into, None);
+    }
+    h.wait_idle().await;
+    let order: Vec<String> = h
+        .watcher
+        .completes()
+        .into_iter()
+        .map(|c| c.run_id)
+        .collect();
+    assert_eq!(order, vec![a, st, q]);
+}
+
+/// A run id of another session is refused, an unknown one is `RunNotFound`; neither cancels
+/// anything.
+#[tokio::test]
+async fn cancelling_a_run_of_another_session_or_an_unknown_run_is_an_error() {
+    let mut h = harness(gated(&["a"], &[])).await;
+    let a = h.send("a").await;
+    h.wait_model_called(1).await;
+    let other = h.store.create_session(&h.ws, "other", None).await.unwrap();
+    let e = h.rt.cancel(&other.id, Some(&a)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidParams as i32, "{e:?}");
+    assert!(e.message.contains(&h.session), "{}", e.message);
+    let e =
+        h.rt.cancel(&h.session, Some("no-such-run"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code, ErrorCode::RunNotFound as i32, "{e:?}");
+    assert_eq!(
+        h.rt.status(&h.session).await.unwrap().active_run_id,
+        Some(a.clone())
+    );
+    h.model.release(1);
+    assert!(!h.watcher.complete(&a).await.cancelled);
+    // Ended: refused for the other session still, nothing for its own.
+    h.wait_idle().await;
+    assert!(h.rt.cancel(&other.id, Some(&a)).await.is_err());
+    assert!(
+        h.rt.cancel(&h.session, Some(&a))
+            .await
+            .unwrap()
+            .cancelled
+            .is_empty()
+    );
 }
 
 /// TestE2E_CancelBetweenActiveSetAndAssistantCreate and the "stops streaming at once" guarantee:
@@ -678,7 +817,7 @@ async fn cancel_mid_stream_stops_deltas_and_keeps_the_partial_text() {
     h.watcher
         .wait_for("second delta", |v| v["params"]["text"] == "lo")
         .await;
-    h.rt.cancel(&h.session).await.unwrap();
+    h.rt.cancel(&h.session, None).await.unwrap();
     h.model.release(1);
     let c = h.watcher.complete(&a).await;
     assert!(c.cancelled);
@@ -885,7 +1024,7 @@ async fn run_outlives_the_connection_that_sent_it() {
     let run2 = h.send_as(Some(&sender), "again", SendMode::Queue).await;
     h.wait_model_called(2).await;
     // Another client cancels; the sender (not subscribed) still gets the one complete.
-    h.rt.cancel(&h.session).await.unwrap();
+    h.rt.cancel(&h.session, None).await.unwrap();
     let c = sender.complete(&run2).await;
     assert!(c.cancelled);
     assert_eq!(c.error, None);
@@ -1006,6 +1145,7 @@ async fn interleave(seed: u64) {
         workers.push(tokio::spawn(async move {
             let mut rng = Rng(seed * 1_000_003 + w * 7 + 1);
             let mut client = Client::new();
+            let mut mine: Vec<(String, String)> = Vec::new();
             for i in 0..25 {
                 let s = &sessions[rng.below(sessions.len() as u64) as usize];
                 match rng.below(10) {
@@ -1027,10 +1167,16 @@ async fn interleave(seed: u64) {
                             )
                             .await
                             .unwrap();
+                        mine.push((r.run_id.clone(), s.clone()));
                         accepted.lock().unwrap().push(r.run_id);
                     }
-                    6..=7 => {
-                        rt.cancel(s).await.unwrap();
+                    6 => {
+                        rt.cancel(s, None).await.unwrap();
+                    }
+                    7 if !mine.is_empty() => {
+                        // One run by id, which may be active, steered, queued or over.
+                        let (run, session) = &mine[rng.below(mine.len() as u64) as usize];
+                        rt.cancel(session, Some(run)).await.unwrap();
                     }
                     8 => {
                         // The client goes away and comes back as a new connection.

@@ -360,6 +360,13 @@ export type AgentSendResult = { runId: string,
  */
 state: string, };
 
+export type AgentCancelParams = { sessionId: string, 
+/**
+ * Cancel only this run (active, steered or queued); the session's other runs go on. A run
+ * that already ended is not an error: nothing is cancelled.
+ */
+runId?: string | null, };
+
 export type AgentCancelResult = { 
 /**
  * Every run this cancel ended: the active one, steered and queued prompts.
@@ -518,7 +525,7 @@ export interface Requests {
   "run/get": { params: RunRef; result: RunInfo };
   "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };
   "agent/send": { params: AgentSendParams; result: AgentSendResult };
-  "agent/cancel": { params: SessionRef; result: AgentCancelResult };
+  "agent/cancel": { params: AgentCancelParams; result: AgentCancelResult };
   "agent/status": { params: SessionRef; result: AgentStatusResult };
   "session/subscribe": { params: SessionSubscribeParams; result: SessionSubscribeResult };
   "session/unsubscribe": { params: SessionRef; result: SessionUnsubscribeResult };

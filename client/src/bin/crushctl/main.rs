@@ -98,9 +98,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a session's active and queued runs [default: the busy or latest session here].
+    /// Cancel a session's active and queued runs [default: the busy or latest session here],
+    /// or with --run one run only.
     Cancel {
         session: Option<String>,
+        /// Cancel only this run (active, steered or queued); the session's other runs go on.
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
         #[command(flatten)]
         ws: WorkspaceArg,
     },
@@ -382,7 +386,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(a) => run::run(&g, a).await,
         Command::Send(a) => run::send(&g, a).await,
         Command::Wait { run_id, json } => run::wait(&g, &run_id, json).await,
-        Command::Cancel { session, ws } => run::cancel(&g, session, &ws).await,
+        Command::Cancel { session, run, ws } => run::cancel(&g, session, run, &ws).await,
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,
         Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {

@@ -18,10 +18,10 @@ use crush_client::{
     ClientError, ClientEvent, ReconnectingClient, RequestHandler, Resync, RunOutcome,
 };
 use crush_protocol::{
-    AgentSendParams, ErrorCode, PermissionDecision, PermissionRequestParams,
-    PermissionRequestResult, RpcError, SendMode, SessionCreateParams, SessionEvent, SessionInfo,
-    SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionUpdateParams, WorkspaceInfo,
-    daemon_request, request,
+    AgentCancelParams, AgentSendParams, ErrorCode, PermissionDecision, PermissionRequestParams,
+    PermissionRequestResult, RpcError, RunRef, SendMode, SessionCreateParams, SessionEvent,
+    SessionInfo, SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionUpdateParams,
+    WorkspaceInfo, daemon_request, request,
 };
 
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
@@ -409,7 +409,11 @@ impl RunView {
                     self.ui.err_line(&self.ui.paint_err(YELLOW, "crushctl: cancelling the run (Ctrl-C again to quit at once)"));
                     self.ui.spin(Some("cancelling"));
                     client
-                        .request::<request::AgentCancel>(SessionRef { session_id: self.session_id.clone() })
+                        .request::<request::AgentCancel>(AgentCancelParams {
+                            session_id: self.session_id.clone(),
+                            // Only this run: other clients' runs in the session go on.
+                            run_id: Some(self.run_id.clone()),
+                        })
                         .await?;
                 }
             }
@@ -815,12 +819,26 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
     result
 }
 
-pub async fn cancel(g: &Global, session: Option<String>, ws: &WorkspaceArg) -> anyhow::Result<u8> {
+pub async fn cancel(
+    g: &Global,
+    session: Option<String>,
+    run: Option<String>,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<u8> {
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
-        let session_id = match session {
-            Some(id) => id,
-            None => {
+        let session_id = match (session, &run) {
+            (Some(id), _) => id,
+            // The run knows its session.
+            (None, Some(run_id)) => {
+                client
+                    .request::<request::RunGet>(RunRef {
+                        run_id: run_id.clone(),
+                    })
+                    .await?
+                    .session_id
+            }
+            (None, None) => {
                 let w = open_workspace(&client, ws).await?;
                 match w.busy_sessions.as_slice() {
                     [one] => one.session_id.clone(),
@@ -840,12 +858,16 @@ pub async fn cancel(g: &Global, session: Option<String>, ws: &WorkspaceArg) -> a
             }
         };
         let r = client
-            .request::<request::AgentCancel>(SessionRef {
+            .request::<request::AgentCancel>(AgentCancelParams {
                 session_id: session_id.clone(),
+                run_id: run.clone(),
             })
             .await?;
         if r.cancelled.is_empty() {
-            println!("nothing to cancel in session {session_id}");
+            match &run {
+                Some(run_id) => println!("nothing to cancel: run {run_id} has already ended"),
+                None => println!("nothing to cancel in session {session_id}"),
+            }
         } else {
             println!("cancelled {}", r.cancelled.join(", "));
         }
