@@ -406,10 +406,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let Some(Ok(body)) = frame else { break };
         match Message::parse(&body) {
             Ok(Message::Response { id, result }) => {
-                if let Some(tx) = lock(&pending).remove(&id) {
-                    let _ = tx.send(result.map_err(RpcError::from));
-                } else {
-                    tracing::debug!(?id, "response to no request");
+                let waiting = lock(&pending).remove(&id);
+                match (waiting, result) {
+                    (Some(tx), result) => {
+                        let _ = tx.send(result.map_err(RpcError::from));
+                    }
+                    // An error the daemon could not tie to a request (it refused the
+                    // connection, say): every request waiting fails with it.
+                    (None, Err(e)) if id == Id::Null => {
+                        let e = RpcError::from(e);
+                        for (_, tx) in lock(&pending).drain() {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                    (None, _) => tracing::debug!(?id, "response to no request"),
                 }
             }
             Ok(Message::Notification { method, params }) => {

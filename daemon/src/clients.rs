@@ -11,16 +11,21 @@
 //! belongs to its workspace and ends the same whether zero or ten clients hold a claim.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::warn;
 
 use crush_protocol::WorkspaceClaim;
 
 use crate::peer::Peer;
 use crate::sync::lock;
+
+/// At most this many disconnected clients are kept for their grace period at once.
+pub const MAX_PARKED: usize = 1024;
 
 /// One subscription a client had: the session and the seq of the last event written to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,8 @@ pub struct Clients {
     next_generation: Mutex<u64>,
     /// Number of parked clients (the daemon's idle exit waits for them).
     parked: watch::Sender<usize>,
+    /// Parked clients released before their grace period ended, to stay under [`MAX_PARKED`].
+    released_early: AtomicU64,
 }
 
 impl Clients {
@@ -88,6 +95,7 @@ impl Clients {
             map: Mutex::default(),
             next_generation: Mutex::new(0),
             parked: watch::Sender::new(0),
+            released_early: AtomicU64::new(0),
         }
     }
 
@@ -181,11 +189,19 @@ impl Clients {
             None => return Detached::Unknown,
         }
         entry.conn = None;
-        if clean || !explicit || self.grace.is_zero() {
+        // A client that holds nothing has nothing to come back to: parking it would only
+        // delay the idle exit (and let a flood of throwaway ids pile up).
+        let holds_nothing = entry.claims.is_empty() && subscriptions.is_empty();
+        if clean || !explicit || self.grace.is_zero() || holds_nothing {
             map.remove(&id);
             self.count_parked(&map);
             return Detached::Released;
         }
+        // `entry` is not parked yet, so making room never releases it.
+        self.make_room(&mut map);
+        let Some(entry) = map.get_mut(&id) else {
+            return Detached::Unknown;
+        };
         let generation = {
             let mut g = lock(&self.next_generation);
             *g += 1;
@@ -207,6 +223,33 @@ impl Clients {
             generation,
             at,
         })
+    }
+
+    /// Keeps the parked clients under [`MAX_PARKED`] by releasing the one closest to its
+    /// expiry: a flood of clients that claim something and vanish cannot grow the map without
+    /// bound (each would otherwise stay for the whole grace period).
+    fn make_room(&self, map: &mut HashMap<String, ClientState>) {
+        let parked = map.values().filter(|c| c.parked.is_some()).count();
+        if parked < MAX_PARKED {
+            return;
+        }
+        let oldest = map
+            .iter()
+            .filter_map(|(id, c)| c.parked.as_ref().map(|p| (p.expires, id.clone())))
+            .min();
+        if let Some((_, id)) = oldest {
+            map.remove(&id);
+            // Logged at the 1st, 2nd, 4th, 8th… time, so a flood cannot fill the disk with it.
+            let n = self.released_early.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(
+                    client = %id,
+                    limit = MAX_PARKED,
+                    released_early = n,
+                    "too many disconnected clients waiting to reconnect; released the oldest early"
+                );
+            }
+        }
     }
 
     /// The grace period of a parked client ended: release it, unless it came back (or was
@@ -276,4 +319,93 @@ pub fn kept_subscriptions(peer: &Peer) -> Vec<KeptSubscription> {
         .collect();
     subs.sort_by(|a, b| a.session_id.cmp(&b.session_id));
     subs
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::outbound::Outbound;
+    use crate::peer::ClientIdentity;
+
+    fn peer(conn: u64, client_id: &str) -> Arc<Peer> {
+        let p = Arc::new(Peer::new(conn, Outbound::with_merging(usize::MAX, false)));
+        p.set_identity(ClientIdentity {
+            name: None,
+            version: None,
+            client_id: client_id.to_owned(),
+            explicit_id: true,
+        });
+        p
+    }
+
+    fn parked(c: &Clients) -> usize {
+        *c.watch_parked().borrow()
+    }
+
+    #[test]
+    fn a_client_that_holds_nothing_is_released_at_once() {
+        let c = Clients::new(Duration::from_secs(30));
+        let p = peer(1, "empty");
+        assert!(c.attach(&p).is_none());
+        assert!(matches!(
+            c.detach(&p, false, Vec::new()),
+            Detached::Released
+        ));
+        assert_eq!(parked(&c), 0, "nothing keeps the daemon up for it");
+        // Coming back is a fresh start, not a resume.
+        assert!(c.attach(&peer(2, "empty")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_with_a_claim_or_a_subscription_is_parked_and_resumes() {
+        let c = Clients::new(Duration::from_secs(30));
+        let a = peer(1, "claims");
+        c.attach(&a);
+        c.claim(&a, "ws-1");
+        assert!(matches!(
+            c.detach(&a, false, Vec::new()),
+            Detached::Parked(_)
+        ));
+        let b = peer(2, "subscribes");
+        c.attach(&b);
+        let kept = vec![KeptSubscription {
+            session_id: "s".into(),
+            cursor: Some(7),
+        }];
+        assert!(matches!(
+            c.detach(&b, false, kept.clone()),
+            Detached::Parked(_)
+        ));
+        assert_eq!(parked(&c), 2);
+        let r = c.attach(&peer(3, "claims")).unwrap();
+        assert_eq!(r.claims, 1);
+        let r = c.attach(&peer(4, "subscribes")).unwrap();
+        assert_eq!(r.subscriptions, kept);
+        assert_eq!(parked(&c), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_clients_are_bounded_and_the_oldest_goes_first() {
+        let c = Clients::new(Duration::from_secs(30));
+        for i in 0..MAX_PARKED + 10 {
+            let p = peer(i as u64 + 1, &format!("c{i}"));
+            c.attach(&p);
+            c.claim(&p, "ws");
+            assert!(matches!(
+                c.detach(&p, false, Vec::new()),
+                Detached::Parked(_)
+            ));
+            // Distinct expiries, so "oldest" is well defined.
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(parked(&c), MAX_PARKED);
+        // The first ten were released early; the eleventh and the last are still kept.
+        assert!(c.attach(&peer(100_000, "c0")).is_none());
+        assert!(c.attach(&peer(100_001, "c9")).is_none());
+        assert!(c.attach(&peer(100_002, "c10")).is_some());
+        let last = format!("c{}", MAX_PARKED + 9);
+        assert!(c.attach(&peer(100_003, &last)).is_some());
+    }
 }

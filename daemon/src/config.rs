@@ -48,6 +48,8 @@ pub struct Config {
     pub frame_timeout: Duration,
     /// Requests one connection may have in flight; more are refused with `Overloaded`.
     pub max_in_flight: usize,
+    /// Connections open at once; more are answered with an `Overloaded` error and closed.
+    pub max_connections: usize,
     /// The providers (built-in presets overlaid by `[providers.<id>]` tables) and the default
     /// model.
     pub models: ModelsConfig,
@@ -241,6 +243,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `[daemon] max_in_flight`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+/// Default for `[daemon] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Environment variable naming the default model; overrides `default_model`.
 pub const MODEL_ENV: &str = "CRUSHD_MODEL";
@@ -265,6 +269,7 @@ impl Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             models: ModelsConfig::default(),
             agent: AgentSettings::default(),
             permissions: PermissionRules::default(),
@@ -317,6 +322,9 @@ impl Config {
         }
         if let Some(n) = file.daemon.max_in_flight {
             self.max_in_flight = n;
+        }
+        if let Some(n) = file.daemon.max_connections {
+            self.max_connections = n;
         }
         if let Some(m) = &file.default_model {
             self.models.default = Some(m.clone());
@@ -442,6 +450,7 @@ impl Config {
                 "handshakeTimeoutMs": ms(self.handshake_timeout),
                 "frameTimeoutMs": ms(self.frame_timeout),
                 "maxInFlight": self.max_in_flight,
+                "maxConnections": self.max_connections,
             },
         })
     }
@@ -605,6 +614,8 @@ pub struct DaemonSection {
     pub frame_timeout: Option<HumanDuration>,
     /// Requests one connection may have in flight (default 128).
     pub max_in_flight: Option<usize>,
+    /// Connections open at once (default 1024).
+    pub max_connections: Option<usize>,
 }
 
 /// An idle timeout written as a human duration; zero means never.
@@ -755,6 +766,13 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         return Err(problem(
             line_of("max_in_flight"),
             "daemon.max_in_flight".to_owned(),
+            "must be at least 1".to_owned(),
+        ));
+    }
+    if file.daemon.max_connections == Some(0) {
+        return Err(problem(
+            line_of("max_connections"),
+            "daemon.max_connections".to_owned(),
             "must be at least 1".to_owned(),
         ));
     }

@@ -75,6 +75,34 @@ impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
     }
 }
 
+/// How long a refused connection is given to send its first message and to take the answer.
+const REFUSE_WAIT: Duration = Duration::from_secs(2);
+/// The largest first message a refused connection may send (an `initialize` is far smaller).
+const REFUSE_MAX_MESSAGE: usize = 64 * 1024;
+
+/// Answers a connection the daemon will not serve and closes it: its first request gets `error`
+/// under the request's own id (so a client's `initialize` fails with the reason), anything else
+/// an error with a null id. Bounded in time and memory, whatever the peer does.
+pub async fn refuse(stream: Stream, error: RpcError) {
+    use tokio::io::AsyncWriteExt as _;
+    let (read_half, mut write_half) = SharedHalf::pair(stream);
+    let mut frames = FramedRead::new(read_half, LspCodec::new(REFUSE_MAX_MESSAGE));
+    let id = match tokio::time::timeout(REFUSE_WAIT, frames.next()).await {
+        Ok(Some(Ok(body))) => match Message::parse(&body) {
+            Ok(Message::Request { id, .. }) => id,
+            _ => Id::Null,
+        },
+        _ => Id::Null,
+    };
+    let wire = crush_protocol::codec::frame(&encode_error(&id, error));
+    let _ = tokio::time::timeout(REFUSE_WAIT, async {
+        write_half.write_all(&wire).await?;
+        write_half.flush().await?;
+        write_half.shutdown().await
+    })
+    .await;
+}
+
 /// Serves one accepted connection until the client leaves, sends `exit`, breaks the framing, or
 /// the daemon stops.
 pub async fn serve(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crush_protocol::{ErrorCode, RpcError};
+
 use crate::clients::{Clients, Expiry};
 use crate::config::Config;
 use crate::connection;
@@ -144,6 +146,9 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Refused connections being answered at once; more are closed without an answer.
+const MAX_REFUSING: usize = 64;
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -193,6 +198,8 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
 
     let connections = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
+    let refusing = TaskTracker::new();
+    let mut refused_in_a_row: u64 = 0;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -211,6 +218,37 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
         if let Err(why) = transport::check_peer(&stream) {
             warn!(reason = %why, "refused a connection");
             continue;
+        }
+        let open = daemon.connection_count();
+        if open >= daemon.config.max_connections {
+            refused_in_a_row += 1;
+            // Logged at the 1st, 2nd, 4th… refusal in a row, so a flood cannot fill the disk.
+            if refused_in_a_row.is_power_of_two() {
+                warn!(
+                    open,
+                    limit = daemon.config.max_connections,
+                    refused = refused_in_a_row,
+                    "too many connections; refusing new ones until some close"
+                );
+            }
+            // A handful of refusals are answered (each for at most a few seconds); past that a
+            // flood is just closed, so answering it cannot cost more than it.
+            if refusing.len() < MAX_REFUSING {
+                let error = RpcError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "crushd has {open} connections open, its limit ([daemon] \
+                         max_connections); try again when some have closed"
+                    ),
+                )
+                .with_data(serde_json::json!({ "limit": daemon.config.max_connections }));
+                refusing.spawn(connection::refuse(stream, error));
+            }
+            continue;
+        }
+        if refused_in_a_row > 0 {
+            info!(refused = refused_in_a_row, "accepting connections again");
+            refused_in_a_row = 0;
         }
         let id = next_conn.fetch_add(1, Ordering::Relaxed);
         daemon.connections.send_modify(|n| *n += 1);

@@ -212,4 +212,84 @@ async fn the_bounds_are_reported_by_config_get() {
     assert_eq!(d["handshakeTimeoutMs"], 1000, "{r}");
     assert_eq!(d["frameTimeoutMs"], 1000, "{r}");
     assert_eq!(d["maxInFlight"], 16, "{r}");
+    assert_eq!(d["maxConnections"], 1024, "the default: {r}");
+}
+
+/// `[daemon] max_connections`: past it, a new connection's first request (its `initialize`) is
+/// answered with `-32001` naming the limit, and the connection is closed; one that sends nothing
+/// gets the same error with a null id. The connections already open, a run among them, notice
+/// nothing, and once one closes a new client gets in.
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_with_a_reason_and_nobody_else_notices() {
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    env.use_model_with(
+        &mock.base_url(),
+        "openai",
+        "[daemon]\nmax_connections = 4\n",
+    );
+    let daemon = env.spawn_daemon(&[]);
+    let w = World { env, mock, daemon };
+    let gate = tokio_util::sync::CancellationToken::new();
+    let h = healthy(&w, gate.clone()).await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(RawConn::initialized_as(&w.env.socket, &format!("held-{i}")).await);
+    }
+
+    let mut late = RawConn::connect(&w.env.socket).await;
+    let r = late
+        .request("initialize", json!({"clientInfo": {"name": "late"}}))
+        .await;
+    assert_eq!(error_code(&r), Some(-32001), "{r}");
+    assert_eq!(r["error"]["data"]["limit"], 4, "{r}");
+    assert!(error_message(&r).contains("max_connections"), "{r}");
+    assert!(
+        late.recv_until_closed().await.is_empty(),
+        "closed after the answer"
+    );
+
+    let mut mute = RawConn::connect(&w.env.socket).await;
+    let got = mute.recv_until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], Value::Null);
+    assert_eq!(error_code(&got[0]), Some(-32001), "{got:?}");
+    w.daemon.wait_for_log("too many connections", DEADLINE);
+
+    // The command line says why instead of hanging or blaming the socket.
+    let out = w
+        .env
+        .command("crushctl")
+        .args(["--no-autostart", "status"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_connections"), "{stderr}");
+
+    // Those inside are unaffected.
+    for c in &mut held {
+        c.assert_alive().await;
+    }
+    healthy_finishes(gate, h).await;
+
+    // One leaves; a newcomer gets in (each attempt before the daemon noticed is refused).
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut c = RawConn::connect(&w.env.socket).await;
+        let r = c
+            .request("initialize", json!({"clientInfo": {"name": "newcomer"}}))
+            .await;
+        if r.get("result").is_some() {
+            break;
+        }
+        assert_eq!(error_code(&r), Some(-32001), "{r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connection was accepted again"
+        );
+    }
+    w.daemon
+        .wait_for_log("accepting connections again", DEADLINE);
 }

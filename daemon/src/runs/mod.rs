@@ -726,11 +726,9 @@ impl Runtime {
                     dropped.push(active.steered.remove(i));
                 }
             }
-            if !found {
-                if let Some(i) = inner.queue.iter().position(|q| q.run.run_id == target) {
-                    found = true;
-                    dropped.extend(inner.queue.remove(i).map(|q| q.run));
-                }
+            if !found && let Some(i) = inner.queue.iter().position(|q| q.run.run_id == target) {
+                found = true;
+                dropped.extend(inner.queue.remove(i).map(|q| q.run));
             }
             if !found {
                 return None;
