@@ -755,7 +755,14 @@ async fn idle_exit_waits_for_a_client_within_its_grace_period() {
     let env = TestEnv::new();
     env.write_config("[daemon]\nclaim_grace = \"1s\"\n");
     let mut d = env.spawn_daemon(&["--idle-timeout", "200ms"]);
-    let (c, _) = RawConn::initialized_with(&env.socket, json!({"clientId": "coming-back"})).await;
+    let (mut c, _) =
+        RawConn::initialized_with(&env.socket, json!({"clientId": "coming-back"})).await;
+    // It holds a claim, so it has something to come back to (a client that held nothing is
+    // released at once and does not delay the exit).
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let r = c.request("workspace/open", json!({"path": project})).await;
+    assert!(r.get("result").is_some(), "{r}");
     drop(c);
     // The daemon stays for the client it expects back, then exits once the grace period ends.
     d.wait_for_log(
@@ -770,6 +777,22 @@ async fn idle_exit_waits_for_a_client_within_its_grace_period() {
         "the claim was released before the idle exit:\n{log}"
     );
     assert!(d.wait_exit(DEADLINE).success());
+}
+
+#[tokio::test]
+async fn a_client_that_held_nothing_does_not_delay_the_idle_exit() {
+    let env = TestEnv::new();
+    env.write_config("[daemon]\nclaim_grace = \"1h\"\n");
+    let mut d = env.spawn_daemon(&["--idle-timeout", "200ms"]);
+    let (c, _) = RawConn::initialized_with(&env.socket, json!({"clientId": "passing-by"})).await;
+    drop(c);
+    // Nothing to come back to: the hour-long grace period does not keep the daemon up.
+    assert!(d.wait_exit(DEADLINE).success());
+    let log = d.log_text();
+    assert!(
+        log.contains("no connections, runs or returning clients; exiting"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
