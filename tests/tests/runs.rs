@@ -531,6 +531,14 @@ async fn a_full_disk_mid_run_still_completes_once_with_the_reason() {
     }
     let (run, error) = failed.expect("the file-size limit was never hit");
     assert!(error.contains("save"), "{error}");
+    // The database could not record the end, but run/get does not pretend it is still going.
+    let got = c.request("run/get", json!({"runId": run})).await;
+    assert_eq!(got["result"]["state"], "completed", "{got}");
+    assert!(got["result"]["finishedAt"].is_number(), "{got}");
+    assert!(
+        got["result"]["error"].as_str().unwrap().contains("save"),
+        "{got}"
+    );
     // Exactly one complete for that run, and the daemon still answers.
     let more: Vec<Value> = c
         .kept()

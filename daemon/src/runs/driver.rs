@@ -18,6 +18,7 @@ use crush_protocol::{
     PermissionDecision, PermissionRequestParams, RunCompleteParams, SessionEvent,
 };
 
+use super::late::{LateWrite, OwnedEnd, OwnedFinish};
 use super::{RunMeta, Runtime, SessionRt, mark_running, user_content};
 use crate::model::http::MAX_RETRY_AFTER;
 use crate::model::{
@@ -55,6 +56,16 @@ struct Outcome {
     text: Option<String>,
     error: Option<String>,
     folded: Vec<Arc<RunMeta>>,
+    written: Written,
+}
+
+/// Whether the run's end is in the database.
+enum Written {
+    Yes,
+    /// The turn's last write failed; retry it (`late.rs`).
+    Failed(LateWrite),
+    /// The turn failed before it wrote anything that records its end.
+    NotYet,
 }
 
 impl Outcome {
@@ -65,6 +76,7 @@ impl Outcome {
             text: None,
             error: Some(error),
             folded: Vec::new(),
+            written: Written::NotYet,
         }
     }
 }
@@ -92,7 +104,8 @@ impl Runtime {
         mut token: CancellationToken,
     ) {
         loop {
-            let outcome = self.turn(&s, &run, &token).await;
+            let mut outcome = self.turn(&s, &run, &token).await;
+            self.settle_write(&s, &run, &mut outcome).await;
             let next = {
                 let mut inner = lock(&s.inner);
                 let ids = std::iter::once(run.run_id.as_str())
@@ -348,14 +361,26 @@ impl Runtime {
                 completion_tokens: usage.completion_tokens as i64,
             })
             .await;
-        let error = match write {
-            Ok(()) => error,
+        let (error, written) = match write {
+            Ok(()) => (error, Written::Yes),
             Err(e) => {
                 warn!(run = %run.run_id, error = %e, "cannot save the end of a turn");
-                Some(match error {
+                let late = LateWrite::Turn(OwnedFinish {
+                    session_id: s.id.clone(),
+                    message_id: Some(live.id.clone()),
+                    parts: parts.clone(),
+                    finish_reason: reason.to_owned(),
+                    error: error.clone(),
+                    run_state: end.state(),
+                    run_ids: run_ids.iter().map(|r| (*r).to_owned()).collect(),
+                    prompt_tokens: usage.prompt_tokens as i64,
+                    completion_tokens: usage.completion_tokens as i64,
+                });
+                let shown = match error {
                     Some(first) => format!("{first}; and the turn could not be saved: {e}"),
                     None => format!("the turn could not be saved: {e}"),
-                })
+                };
+                (Some(shown), Written::Failed(late))
             }
         };
         lock(&s.inner).publish(
@@ -374,7 +399,46 @@ impl Runtime {
             text: Some(text),
             error,
             folded,
+            written,
         }
+    }
+
+    /// Makes sure the run's end reaches the database: a turn that failed before writing it
+    /// records it now, and a write that failed is kept and retried (`late.rs`), with the run's
+    /// terminal record served to `run/get` meanwhile. Runs while the runs are still registered.
+    async fn settle_write(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &Arc<RunMeta>,
+        outcome: &mut Outcome,
+    ) {
+        let late = match std::mem::replace(&mut outcome.written, Written::Yes) {
+            Written::Yes => return,
+            Written::Failed(w) => w,
+            Written::NotYet => {
+                let w = LateWrite::Ends(vec![OwnedEnd {
+                    run_id: run.run_id.clone(),
+                    session_id: s.id.clone(),
+                    prompt: run.prompt.clone(),
+                    state: outcome.end.state(),
+                    error: outcome.error.clone(),
+                }]);
+                match self.write_end(&w).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        warn!(run = %run.run_id, error = %e, "cannot record how the run ended");
+                        w
+                    }
+                }
+            }
+        };
+        let infos = self.ended_infos(
+            &late,
+            outcome.end.state(),
+            outcome.error.as_deref(),
+            outcome.message_id.as_deref(),
+        );
+        self.save_later(late, infos);
     }
 
     /// One model step with retries: a call that fails before anything of it was streamed, in

@@ -42,10 +42,11 @@ use crate::handlers::{require_session, storage};
 use crate::model::{Model, Models};
 use crate::outbound::{Delta, EventItem, ITEM_OVERHEAD};
 use crate::peer::Peer;
-use crate::store::{DroppedRun, Store, new_id, now_ms};
+use crate::store::{Store, new_id, now_ms};
 use crate::sync::lock;
 
 mod driver;
+mod late;
 mod prompt;
 #[cfg(test)]
 mod tests;
@@ -80,6 +81,13 @@ pub struct Runtime {
     /// within one epoch.
     seqs: Mutex<HashMap<String, u64>>,
     replay: ReplayLimits,
+    /// Runs that ended but whose end could not be saved yet (`late.rs`), for `run/get`.
+    unsaved: Mutex<HashMap<String, RunInfo>>,
+    /// How many runs `unsaved` holds.
+    unsaved_count: watch::Sender<usize>,
+    /// The retries of those writes; stopped by `stop_repairs` at shutdown.
+    repairs: TaskTracker,
+    stop_repairs: CancellationToken,
 }
 
 /// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
@@ -319,6 +327,10 @@ impl Runtime {
             epoch: new_id(),
             seqs: Mutex::default(),
             replay: ReplayLimits::default(),
+            unsaved: Mutex::default(),
+            unsaved_count: watch::Sender::new(0),
+            repairs: TaskTracker::new(),
+            stop_repairs: CancellationToken::new(),
         }
     }
 
@@ -630,15 +642,21 @@ impl Runtime {
         session_id: &str,
         prompt: &str,
     ) -> Result<Existing, RpcError> {
+        let probe = SameProbe {
+            session_id,
+            prompt,
+            run_id,
+        };
+        // Ended, but the database does not know yet (`late.rs`): the run is not new.
+        if let Some(info) = self.unsaved_run(run_id) {
+            return probe
+                .check(&info.state, &info.session_id, &info.prompt)
+                .map(Existing::Same);
+        }
         match self.store.get_run(run_id).await.map_err(storage)? {
             None => Ok(Existing::New),
             Some(row) => {
                 let state: &str = &row.state;
-                let probe = SameProbe {
-                    session_id,
-                    prompt,
-                    run_id,
-                };
                 probe
                     .check(state, &row.session_id, &row.prompt)
                     .map(Existing::Same)
@@ -803,21 +821,28 @@ impl Runtime {
     }
 
     /// Records runs dropped from the queue as cancelled, then sends their `$/runComplete`.
-    async fn complete_dropped(&self, s: &Arc<SessionRt>, dropped: Vec<Arc<RunMeta>>) {
-        let rows: Vec<DroppedRun<'_>> = dropped
-            .iter()
-            .map(|r| DroppedRun {
-                run_id: &r.run_id,
-                session_id: &r.session_id,
-                prompt: &r.prompt,
-            })
-            .collect();
-        let error = self
-            .store
-            .record_dropped_runs(&rows)
-            .await
-            .err()
-            .map(|e| format!("the cancelled run could not be recorded: {e}"));
+    async fn complete_dropped(self: &Arc<Self>, s: &Arc<SessionRt>, dropped: Vec<Arc<RunMeta>>) {
+        let write = late::LateWrite::Ends(
+            dropped
+                .iter()
+                .map(|r| late::OwnedEnd {
+                    run_id: r.run_id.clone(),
+                    session_id: r.session_id.clone(),
+                    prompt: r.prompt.clone(),
+                    state: "cancelled",
+                    error: None,
+                })
+                .collect(),
+        );
+        let error = match self.write_end(&write).await {
+            Ok(()) => None,
+            Err(e) => {
+                let error = format!("the cancelled run could not be recorded: {e}");
+                let infos = self.ended_infos(&write, "cancelled", Some(&error), None);
+                self.save_later(write, infos);
+                Some(error)
+            }
+        };
         let mut inner = lock(&s.inner);
         self.retire(dropped.iter().map(|r| r.run_id.as_str()));
         for r in &dropped {
@@ -890,7 +915,7 @@ impl Runtime {
 
     /// A live run's state, or `None` when the run is not live (ask the database).
     pub fn live_run(&self, run_id: &str) -> Option<RunInfo> {
-        lock(&self.runs).get(run_id).map(|l| RunInfo {
+        let live = lock(&self.runs).get(run_id).map(|l| RunInfo {
             run_id: run_id.to_owned(),
             session_id: l.session_id.clone(),
             state: l.state.to_owned(),
@@ -902,7 +927,8 @@ impl Runtime {
             started_at: l.started_at,
             finished_at: None,
             folded_into: l.folded_into.clone(),
-        })
+        });
+        live.or_else(|| self.unsaved_run(run_id))
     }
 
     // ---- subscriptions ----
@@ -1426,6 +1452,10 @@ impl Runtime {
         self.shutting_down.store(true, Ordering::Release);
         let all: Vec<Arc<Workspace>> = lock(&self.workspaces).values().cloned().collect();
         futures::future::join_all(all.iter().map(|ws| self.close(ws))).await;
+        // Writes still failing now will not land before the process ends.
+        self.stop_repairs.cancel();
+        self.repairs.close();
+        self.repairs.wait().await;
     }
 
     /// Tasks still running in workspaces (diagnostics and leak checks).

@@ -808,6 +808,109 @@ async fn cancelling_a_run_of_another_session_or_an_unknown_run_is_an_error() {
     );
 }
 
+/// Makes every write that records a run's end fail (as a full disk would) until healed: a
+/// trigger aborts any change of a run to a terminal state while `fault` has a row.
+async fn break_run_ends(store: &Store) {
+    for sql in [
+        "CREATE TABLE fault (x INTEGER)",
+        "INSERT INTO fault VALUES (1)",
+        "CREATE TRIGGER fail_update BEFORE UPDATE OF state ON runs
+           WHEN NEW.state IN ('completed', 'failed', 'cancelled') AND EXISTS (SELECT 1 FROM fault)
+           BEGIN SELECT RAISE(ABORT, 'database or disk is full (injected)'); END",
+        "CREATE TRIGGER fail_insert BEFORE INSERT ON runs
+           WHEN NEW.state IN ('completed', 'failed', 'cancelled') AND EXISTS (SELECT 1 FROM fault)
+           BEGIN SELECT RAISE(ABORT, 'database or disk is full (injected)'); END",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+}
+
+async fn heal_run_ends(store: &Store) {
+    sqlx::query("DELETE FROM fault")
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+/// The turn's last write fails: `$/runComplete` still goes out at once, saying so; `run/get`
+/// shows the run ended (never `running`), and once the database takes writes again the whole
+/// turn lands — its text, its state — without anyone asking.
+#[tokio::test]
+async fn a_failed_final_write_is_retried_and_run_get_never_says_running() {
+    let mut h = harness(reply(&["kept ", "text"])).await;
+    break_run_ends(&h.store).await;
+    let a = h.send("hi").await;
+    let c = h.watcher.complete(&a).await;
+    assert!(!c.cancelled);
+    let error = c.error.clone().unwrap();
+    assert!(error.contains("could not be saved"), "{error}");
+    assert!(error.contains("injected"), "{error}");
+    h.wait_idle().await;
+    // The database still says running; run/get knows better.
+    assert_eq!(h.run_state(&a).await, "running");
+    let info = h.rt.live_run(&a).unwrap();
+    assert_eq!(info.state, "completed");
+    assert!(info.finished_at.is_some());
+    assert!(info.error.unwrap().contains("could not be saved"));
+    assert_eq!(*h.rt.watch_unsaved().borrow(), 1);
+    // Sending the same runId again is answered with how it ended; nothing runs twice.
+    let again =
+        h.rt.send(
+            None,
+            AgentSendParams {
+                session_id: h.session.clone(),
+                prompt: "hi".to_owned(),
+                run_id: Some(a.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.state, "completed");
+    assert_eq!(h.model.calls().len(), 1);
+
+    heal_run_ends(&h.store).await;
+    let mut unsaved = h.rt.watch_unsaved();
+    tokio::time::timeout(DEADLINE, unsaved.wait_for(|n| *n == 0))
+        .await
+        .expect("the write was retried in time")
+        .unwrap();
+    assert_eq!(h.run_state(&a).await, "completed");
+    let row = h.store.get_run(&a).await.unwrap().unwrap();
+    assert_eq!(row.error, None, "the saved run is the turn as it ended");
+    let msgs = h.messages().await;
+    assert_eq!(text_of(&msgs[1]), "kept text");
+    assert_eq!(msgs[1].finish_reason.as_deref(), Some("end_turn"));
+    assert!(h.rt.live_run(&a).is_none(), "the database answers again");
+}
+
+/// Dropped prompts whose cancelled state cannot be written, and a daemon that stops before the
+/// disk recovers: the retry ends with the shutdown (the restart marks such runs interrupted).
+#[tokio::test]
+async fn unsaved_ends_of_dropped_runs_show_cancelled_and_the_retry_stops_at_shutdown() {
+    let mut h = harness(gated(&["a"], &[])).await;
+    let a = h.send("a").await;
+    h.wait_model_called(1).await;
+    let b = h.send("b").await;
+    break_run_ends(&h.store).await;
+    h.rt.cancel(&h.session, Some(&b)).await.unwrap();
+    let c = h.watcher.complete(&b).await;
+    assert!(c.cancelled);
+    assert!(c.error.unwrap().contains("could not be recorded"));
+    assert_eq!(h.rt.live_run(&b).unwrap().state, "cancelled");
+    h.model.release(1);
+    h.watcher.complete(&a).await;
+    assert_eq!(*h.rt.watch_unsaved().borrow(), 2);
+    tokio::time::timeout(DEADLINE, h.rt.shutdown())
+        .await
+        .expect("shutdown does not wait for the disk");
+    assert_eq!(
+        h.run_state(&a).await,
+        "running",
+        "left for the restart to mark"
+    );
+}
+
 /// TestE2E_CancelBetweenActiveSetAndAssistantCreate and the "stops streaming at once" guarantee:
 /// after the cancel event, no delta of the run is published; the partial text is persisted.
 #[tokio::test]
@@ -875,6 +978,11 @@ async fn a_failure_before_the_model_is_called_still_completes_once() {
     h.wait_idle().await;
     assert_eq!(h.watcher.completes().len(), 1);
     assert!(h.model.calls().is_empty());
+    // Its end could not be recorded either: run/get shows it failed, the write waits.
+    let info = h.rt.live_run(&a).unwrap();
+    assert_eq!(info.state, "failed");
+    assert!(info.error.unwrap().contains("cannot read the session"));
+    assert_eq!(*h.rt.watch_unsaved().borrow(), 1);
 }
 
 /// TestSendMessage_EmptyPrompt, _SessionMissing, _WorkspaceClosing, _AgentNotInitialized (no

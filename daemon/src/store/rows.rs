@@ -651,19 +651,24 @@ impl Store {
         Ok(())
     }
 
-    /// Records runs that were accepted but dropped before they ran (a cancel cleared the queue).
-    pub async fn record_dropped_runs(&self, runs: &[DroppedRun<'_>]) -> Result<()> {
+    /// Records how runs ended that have no turn to finish: prompts dropped before they ran (a
+    /// cancel cleared the queue), or runs that failed before their first write. A run that
+    /// already reached a terminal state keeps it.
+    pub async fn record_run_ends(&self, runs: &[RunEnd<'_>]) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         for r in runs {
             sqlx::query!(
-                "INSERT INTO runs (run_id, session_id, state, prompt, created_at, finished_at)
-                 VALUES (?, ?, 'cancelled', ?, ?, ?)
-                 ON CONFLICT(run_id) DO UPDATE SET state = 'cancelled', finished_at = excluded.finished_at
+                "INSERT INTO runs (run_id, session_id, state, prompt, error, created_at, finished_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(run_id) DO UPDATE SET state = excluded.state, error = excluded.error,
+                        finished_at = excluded.finished_at
                  WHERE runs.state IN ('accepted', 'queued', 'running')",
                 r.run_id,
                 r.session_id,
+                r.state,
                 r.prompt,
+                r.error,
                 now,
                 now
             )
@@ -728,12 +733,15 @@ pub struct FinishTurn<'a> {
     pub completion_tokens: i64,
 }
 
-/// A run dropped from the queue.
+/// How a run without a turn to finish ended (see [`Store::record_run_ends`]).
 #[derive(Debug, Clone)]
-pub struct DroppedRun<'a> {
+pub struct RunEnd<'a> {
     pub run_id: &'a str,
     pub session_id: &'a str,
     pub prompt: &'a str,
+    /// `cancelled` or `failed`.
+    pub state: &'a str,
+    pub error: Option<&'a str>,
 }
 
 async fn insert_message_in(

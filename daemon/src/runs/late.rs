@@ -1,0 +1,186 @@
+//! Terminal writes that failed (a full disk, a read-only or broken database file), kept and
+//! retried until they succeed or the daemon stops.
+//!
+//! A run's `$/runComplete` is never held back by the database: it goes out at once, its `error`
+//! saying the turn could not be saved. What must not happen is that the database then goes on
+//! saying `running` (or knows nothing of the run) while it is over. So the run's terminal
+//! record is kept here — `run/get` reads it between the live registry and the database — and
+//! its write is retried with a backoff. When the disk has room again the write lands (the whole
+//! turn: its message parts are in memory), and the record here is dropped. If the daemon stops
+//! first, the next start marks the run `interrupted`, as for a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crush_protocol::RunInfo;
+
+use super::Runtime;
+use crate::store::{FinishTurn, RunEnd, now_ms};
+use crate::sync::lock;
+
+/// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A terminal write, owned so it can outlive the turn that failed to make it.
+#[derive(Debug, Clone)]
+pub(super) enum LateWrite {
+    /// A turn's last write ([`FinishTurn`]).
+    Turn(OwnedFinish),
+    /// Runs that ended without a turn to finish ([`RunEnd`]).
+    Ends(Vec<OwnedEnd>),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct OwnedFinish {
+    pub session_id: String,
+    pub message_id: Option<String>,
+    pub parts: String,
+    pub finish_reason: String,
+    pub error: Option<String>,
+    pub run_state: &'static str,
+    pub run_ids: Vec<String>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct OwnedEnd {
+    pub run_id: String,
+    pub session_id: String,
+    pub prompt: String,
+    pub state: &'static str,
+    pub error: Option<String>,
+}
+
+impl LateWrite {
+    fn run_ids(&self) -> Vec<String> {
+        match self {
+            LateWrite::Turn(f) => f.run_ids.clone(),
+            LateWrite::Ends(ends) => ends.iter().map(|e| e.run_id.clone()).collect(),
+        }
+    }
+}
+
+impl Runtime {
+    /// Makes the write once.
+    pub(super) async fn write_end(&self, w: &LateWrite) -> Result<(), crate::store::StoreError> {
+        match w {
+            LateWrite::Turn(f) => {
+                let ids: Vec<&str> = f.run_ids.iter().map(String::as_str).collect();
+                self.store
+                    .finish_turn(&FinishTurn {
+                        session_id: &f.session_id,
+                        message_id: f.message_id.as_deref(),
+                        parts: &f.parts,
+                        finish_reason: &f.finish_reason,
+                        error: f.error.as_deref(),
+                        run_state: f.run_state,
+                        run_ids: &ids,
+                        prompt_tokens: f.prompt_tokens,
+                        completion_tokens: f.completion_tokens,
+                    })
+                    .await
+            }
+            LateWrite::Ends(ends) => {
+                let rows: Vec<RunEnd<'_>> = ends
+                    .iter()
+                    .map(|e| RunEnd {
+                        run_id: &e.run_id,
+                        session_id: &e.session_id,
+                        prompt: &e.prompt,
+                        state: e.state,
+                        error: e.error.as_deref(),
+                    })
+                    .collect();
+                self.store.record_run_ends(&rows).await
+            }
+        }
+    }
+
+    /// The terminal record of each run of `w`, from the live registry (call it before the runs
+    /// retire), as `run/get` should show it until the write lands.
+    pub(super) fn ended_infos(
+        &self,
+        w: &LateWrite,
+        state: &str,
+        error: Option<&str>,
+        message_id: Option<&str>,
+    ) -> Vec<RunInfo> {
+        let now = now_ms();
+        w.run_ids()
+            .iter()
+            .filter_map(|id| self.live_run(id))
+            .map(|mut info| {
+                info.state = state.to_owned();
+                info.error = error.map(str::to_owned);
+                info.finished_at = Some(now);
+                if message_id.is_some() {
+                    info.assistant_message_id = message_id.map(str::to_owned);
+                }
+                info
+            })
+            .collect()
+    }
+
+    /// Keeps `infos` for `run/get` and retries `w` in the background until it lands or the
+    /// daemon stops.
+    pub(super) fn save_later(self: &Arc<Self>, w: LateWrite, infos: Vec<RunInfo>) {
+        {
+            let mut unsaved = lock(&self.unsaved);
+            for info in infos {
+                unsaved.insert(info.run_id.clone(), info);
+            }
+            self.unsaved_count.send_replace(unsaved.len());
+        }
+        let ids = w.run_ids();
+        warn!(runs = ?ids, "the end of a run could not be saved; retrying in the background");
+        let rt = self.clone();
+        self.repairs.spawn(async move {
+            let mut wait = FIRST_BACKOFF;
+            let mut attempts: u64 = 1;
+            loop {
+                tokio::select! {
+                    _ = rt.stop_repairs.cancelled() => {
+                        warn!(runs = ?ids, "the daemon stops before the end of these runs was saved; \
+                              they will show as interrupted");
+                        return;
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                attempts += 1;
+                match rt.write_end(&w).await {
+                    Ok(()) => {
+                        let mut unsaved = lock(&rt.unsaved);
+                        for id in &ids {
+                            unsaved.remove(id);
+                        }
+                        rt.unsaved_count.send_replace(unsaved.len());
+                        info!(runs = ?ids, attempts, "saved the end of the runs at last");
+                        return;
+                    }
+                    Err(e) => {
+                        // Logged at the 2nd, 4th, 8th… attempt: a long outage does not flood
+                        // the log (which may sit on the same full disk).
+                        if attempts.is_power_of_two() {
+                            warn!(runs = ?ids, attempts, error = %e, "still cannot save the end of the runs");
+                        }
+                        wait = (wait * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        });
+    }
+
+    /// A run whose end is known but not yet saved.
+    pub(super) fn unsaved_run(&self, run_id: &str) -> Option<RunInfo> {
+        lock(&self.unsaved).get(run_id).cloned()
+    }
+
+    /// How many runs have an end waiting to be saved, as it changes.
+    pub fn watch_unsaved(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.unsaved_count.subscribe()
+    }
+}
