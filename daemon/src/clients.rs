@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crush_protocol::WorkspaceClaim;
@@ -60,6 +61,9 @@ pub struct Expiry {
     pub client_id: String,
     pub generation: u64,
     pub at: Instant,
+    /// Fired when the client is no longer parked before `at` (it came back, or was released
+    /// early), so its timer ends at once instead of sleeping out the grace period.
+    pub gone: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -76,6 +80,7 @@ struct Parked {
     subscriptions: Vec<KeptSubscription>,
     expires: Instant,
     generation: u64,
+    gone: CancellationToken,
 }
 
 pub struct Clients {
@@ -126,6 +131,7 @@ impl Clients {
         });
         entry.name = name;
         let resumed = if let Some(p) = entry.parked.take() {
+            p.gone.cancel();
             Some(Resumed {
                 claims: entry.claims.len(),
                 subscriptions: p.subscriptions,
@@ -212,16 +218,19 @@ impl Clients {
         let at = now
             .checked_add(self.grace)
             .unwrap_or(now + Duration::from_secs(86_400));
+        let gone = CancellationToken::new();
         entry.parked = Some(Parked {
             subscriptions,
             expires: at,
             generation,
+            gone: gone.clone(),
         });
         self.count_parked(&map);
         Detached::Parked(Expiry {
             client_id: id,
             generation,
             at,
+            gone,
         })
     }
 
@@ -238,7 +247,9 @@ impl Clients {
             .filter_map(|(id, c)| c.parked.as_ref().map(|p| (p.expires, id.clone())))
             .min();
         if let Some((_, id)) = oldest {
-            map.remove(&id);
+            if let Some(p) = map.remove(&id).and_then(|c| c.parked) {
+                p.gone.cancel();
+            }
             // Logged at the 1st, 2nd, 4th, 8th… time, so a flood cannot fill the disk with it.
             let n = self.released_early.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -354,8 +365,7 @@ mod tests {
             Detached::Released
         ));
         assert_eq!(parked(&c), 0, "nothing keeps the daemon up for it");
-        // Coming back is a fresh start, not a resume.
-        assert!(c.attach(&peer(2, "empty")).is_none());
+        assert!(lock(&c.map).get("empty").is_none(), "forgotten, not kept");
     }
 
     #[tokio::test]
@@ -389,18 +399,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_clients_are_bounded_and_the_oldest_goes_first() {
         let c = Clients::new(Duration::from_secs(30));
+        let mut expiries = Vec::new();
         for i in 0..MAX_PARKED + 10 {
             let p = peer(i as u64 + 1, &format!("c{i}"));
             c.attach(&p);
             c.claim(&p, "ws");
-            assert!(matches!(
-                c.detach(&p, false, Vec::new()),
-                Detached::Parked(_)
-            ));
+            match c.detach(&p, false, Vec::new()) {
+                Detached::Parked(e) => expiries.push(e),
+                other => panic!("{other:?}"),
+            }
             // Distinct expiries, so "oldest" is well defined.
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         assert_eq!(parked(&c), MAX_PARKED);
+        assert!(
+            expiries[..10].iter().all(|e| e.gone.is_cancelled()),
+            "the timers of the clients released early end at once"
+        );
+        assert!(!expiries[10].gone.is_cancelled());
         // The first ten were released early; the eleventh and the last are still kept.
         assert!(c.attach(&peer(100_000, "c0")).is_none());
         assert!(c.attach(&peer(100_001, "c9")).is_none());

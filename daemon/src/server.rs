@@ -127,6 +127,7 @@ impl Daemon {
         self.timers.spawn(async move {
             tokio::select! {
                 _ = d.stopping.cancelled() => {}
+                _ = e.gone.cancelled() => {}
                 _ = tokio::time::sleep_until(e.at) => {
                     if d.clients.expire(&e) {
                         info!(client = %e.client_id, "client did not come back within the grace period; claims released");
@@ -335,23 +336,31 @@ async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
     let mut count = daemon.connections.subscribe();
     let mut runs = daemon.runtime.watch_live_runs();
     let mut parked = daemon.clients.watch_parked();
+    // Runs whose end is still to be written (`runs/late.rs`): exiting would lose it.
+    let mut unsaved = daemon.runtime.watch_unsaved();
     loop {
         let idle_now = *count.borrow_and_update() == 0
             && *runs.borrow_and_update() == 0
-            && *parked.borrow_and_update() == 0;
+            && *parked.borrow_and_update() == 0
+            && *unsaved.borrow_and_update() == 0;
         if !idle_now {
             tokio::select! {
                 _ = daemon.stopping.cancelled() => return,
                 r = count.changed() => if r.is_err() { return },
                 r = runs.changed() => if r.is_err() { return },
                 r = parked.changed() => if r.is_err() { return },
+                r = unsaved.changed() => if r.is_err() { return },
             }
             continue;
         }
         tokio::select! {
             _ = daemon.stopping.cancelled() => return,
             _ = tokio::time::sleep(idle) => {
-                if *count.borrow() == 0 && *runs.borrow() == 0 && *parked.borrow() == 0 {
+                if *count.borrow() == 0
+                    && *runs.borrow() == 0
+                    && *parked.borrow() == 0
+                    && *unsaved.borrow() == 0
+                {
                     info!(after = ?idle, "no connections, runs or returning clients; exiting");
                     daemon.begin_shutdown("idle");
                     return;
@@ -360,6 +369,7 @@ async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
             _ = count.changed() => {}
             _ = runs.changed() => {}
             _ = parked.changed() => {}
+            _ = unsaved.changed() => {}
         }
     }
 }

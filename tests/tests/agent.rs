@@ -326,6 +326,41 @@ async fn cancel_while_waiting_for_permission_withdraws_the_request_and_ends_canc
     assert_eq!(results.len(), 1, "{results:?}");
 }
 
+/// A steered prompt taken into the turn at a step boundary, while that step's tool waits for a
+/// permission answer: cancelling it by id cancels the run it joined (the docs' "naming a folded
+/// prompt cancels the run it joined") instead of answering "nothing to cancel" and folding it
+/// anyway.
+#[tokio::test]
+async fn cancelling_a_steer_by_id_while_its_turn_waits_for_permission_cancels_that_turn() {
+    let mut w = world().await;
+    let gate = tokio_util::sync::CancellationToken::new();
+    w.mock.push(edit_call().held(gate.clone()));
+    let run = send(&mut w.c, &w.session, "edit it", json!({})).await;
+    w.c.wait_for("the first delta", event("textDelta")).await;
+    let steer = send(
+        &mut w.c,
+        &w.session,
+        "and be quick",
+        json!({"mode": "steer"}),
+    )
+    .await;
+    gate.cancel();
+    w.c.daemon_request("permission/request").await;
+    let r =
+        w.c.request(
+            "agent/cancel",
+            json!({"sessionId": w.session, "runId": steer}),
+        )
+        .await;
+    assert_eq!(r["result"]["cancelled"], json!([run]), "{r}");
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["cancelled"], true, "{done}");
+    let folded = w.c.run_complete(&steer).await;
+    assert_eq!(folded["cancelled"], true, "{folded}");
+    assert_eq!(read(&w, "hello.txt"), "hello world\n", "the edit never ran");
+    assert_eq!(w.mock.requests().len(), 1, "no second step");
+}
+
 #[tokio::test]
 async fn yolo_sends_and_sessions_run_tools_without_asking() {
     let mut w = world().await;

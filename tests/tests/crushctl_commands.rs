@@ -239,3 +239,69 @@ async fn completions_and_help() {
     assert!(help.contains("130"), "{help}");
     drop(w.mock);
 }
+
+/// Like git's commit ids: wherever crushctl takes a session id, a unique prefix of at least four
+/// characters will do; an ambiguous one names the candidates, and nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ids_can_be_shortened_to_a_unique_prefix() {
+    let w = world().await;
+    let mut c = RawConn::initialized(&w.env.socket).await;
+    let ws = c
+        .request("workspace/open", json!({"path": w.project}))
+        .await;
+    let ws = ws["result"]["workspaceId"].clone();
+    let mut ids = Vec::new();
+    for title in ["first", "second"] {
+        let s = c
+            .request("session/create", json!({"workspaceId": ws, "title": title}))
+            .await;
+        ids.push(s["result"]["sessionId"].as_str().unwrap().to_owned());
+    }
+    // UUIDv7s made a moment apart share their leading (timestamp) characters.
+    let common = ids[0]
+        .chars()
+        .zip(ids[1].chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(common >= 4, "{ids:?}");
+    let unique = &ids[0][..common + 1];
+
+    let shown = w.ok(&["sessions", "show", unique]);
+    assert!(shown.contains("first"), "{shown}");
+    let renamed = w.ok(&["sessions", "rename", unique, "Renamed by prefix"]);
+    assert!(
+        renamed.contains(&ids[0]),
+        "the full id is reported: {renamed}"
+    );
+
+    let out = w
+        .ctl()
+        .args(["sessions", "rm", &ids[0][..common]])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("several sessions"), "{stderr}");
+    assert!(
+        stderr.contains(&ids[0]) && stderr.contains(&ids[1]),
+        "{stderr}"
+    );
+    assert_eq!(
+        json_lines(&w.ok(&["sessions", "--json"])).len(),
+        2,
+        "nothing was removed"
+    );
+
+    // Too short to be taken as a prefix.
+    let out = w
+        .ctl()
+        .args(["sessions", "show", &ids[0][..3]])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    w.ok(&["sessions", "rm", unique]);
+    let left = json_lines(&w.ok(&["sessions", "--json"]));
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["sessionId"], ids[1].as_str());
+}

@@ -287,7 +287,17 @@ impl Runtime {
                 let mut inner = lock(&s.inner);
                 match inner.active.as_mut() {
                     Some(a) if !token.is_cancelled() && !a.steered.is_empty() => {
-                        std::mem::take(&mut a.steered)
+                        let taken = std::mem::take(&mut a.steered);
+                        // From now on they are part of this turn: a cancel naming one of them
+                        // (`cancel_run`) finds the run it joins, even while the step's tools
+                        // wait for a permission answer before the fold is written.
+                        let mut runs = lock(&self.runs);
+                        for r in &taken {
+                            if let Some(l) = runs.get_mut(&r.run_id) {
+                                l.folded_into = Some(run.run_id.clone());
+                            }
+                        }
+                        taken
                     }
                     Some(a) => {
                         if calls.is_empty() {

@@ -56,6 +56,13 @@ pub(super) struct OwnedEnd {
 }
 
 impl LateWrite {
+    fn session_id(&self) -> Option<&str> {
+        match self {
+            LateWrite::Turn(f) => Some(&f.session_id),
+            LateWrite::Ends(ends) => ends.first().map(|e| e.session_id.as_str()),
+        }
+    }
+
     fn run_ids(&self) -> Vec<String> {
         match self {
             LateWrite::Turn(f) => f.run_ids.clone(),
@@ -153,15 +160,20 @@ impl Runtime {
                 attempts += 1;
                 match rt.write_end(&w).await {
                     Ok(()) => {
-                        let mut unsaved = lock(&rt.unsaved);
-                        for id in &ids {
-                            unsaved.remove(id);
-                        }
-                        rt.unsaved_count.send_replace(unsaved.len());
+                        rt.forget_unsaved(&ids);
                         info!(runs = ?ids, attempts, "saved the end of the runs at last");
                         return;
                     }
                     Err(e) => {
+                        // The session was deleted meanwhile (its runs went with it): there is
+                        // nothing left to record the end in, and retrying would fail forever.
+                        if let Some(session) = w.session_id()
+                            && let Ok(None) = rt.store.get_session(session).await
+                        {
+                            rt.forget_unsaved(&ids);
+                            info!(runs = ?ids, "the session was deleted; its unsaved run ends are dropped");
+                            return;
+                        }
                         // Logged at the 2nd, 4th, 8th… attempt: a long outage does not flood
                         // the log (which may sit on the same full disk).
                         if attempts.is_power_of_two() {
@@ -172,6 +184,14 @@ impl Runtime {
                 }
             }
         });
+    }
+
+    fn forget_unsaved(&self, ids: &[String]) {
+        let mut unsaved = lock(&self.unsaved);
+        for id in ids {
+            unsaved.remove(id);
+        }
+        self.unsaved_count.send_replace(unsaved.len());
     }
 
     /// A run whose end is known but not yet saved.

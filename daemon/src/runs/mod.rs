@@ -677,6 +677,7 @@ impl Runtime {
         if let Some(run_id) = run_id {
             if let Some(info) = self.live_run(run_id) {
                 if info.session_id != session_id {
+                    require_session(&self.store, session_id).await?;
                     return Err(RpcError::invalid_params(format!(
                         "run {run_id:?} belongs to session {:?}, not {session_id:?}",
                         info.session_id

@@ -457,8 +457,14 @@ pub async fn list_sessions(
         .sessions)
 }
 
-/// `session/get`, with an error (exit 2) that says which id was not found.
+/// The shortest session-id prefix `get_session` looks up.
+pub const MIN_PREFIX: usize = 4;
+
+/// `session/get` by id or, as git does for commits, by a unique prefix of at least
+/// [`MIN_PREFIX`] characters; an error (exit 2) says which id was not found or which sessions an
+/// ambiguous prefix matches.
 pub async fn get_session(client: &ReconnectingClient, id: &str) -> anyhow::Result<SessionInfo> {
+    let id = id.trim();
     match client
         .request::<request::SessionGet>(crush_protocol::SessionRef {
             session_id: id.to_owned(),
@@ -466,11 +472,49 @@ pub async fn get_session(client: &ReconnectingClient, id: &str) -> anyhow::Resul
         .await
     {
         Ok(s) => Ok(s),
-        Err(ClientError::Rpc(r)) if r.code == ErrorCode::SessionNotFound as i32 => Err(usage(
-            format!("no session {id:?} (`crushctl sessions` lists them)"),
-        )),
+        Err(ClientError::Rpc(r)) if r.code == ErrorCode::SessionNotFound as i32 => {
+            let mut found = if id.chars().count() >= MIN_PREFIX {
+                sessions_with_prefix(client, id).await?
+            } else {
+                Vec::new()
+            };
+            match found.len() {
+                1 => Ok(found.remove(0)),
+                0 => Err(usage(format!(
+                    "no session {id:?} (`crushctl sessions` lists them)"
+                ))),
+                _ => {
+                    let ids: Vec<&str> = found.iter().map(|s| s.session_id.as_str()).collect();
+                    Err(usage(format!(
+                        "{id:?} is the start of several sessions; give more of it: {}",
+                        ids.join(", ")
+                    )))
+                }
+            }
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Every session, of every workspace the daemon knows, whose id starts with `prefix`.
+async fn sessions_with_prefix(
+    client: &ReconnectingClient,
+    prefix: &str,
+) -> anyhow::Result<Vec<SessionInfo>> {
+    let workspaces = client
+        .request::<request::WorkspaceList>(crush_protocol::NoParams)
+        .await?
+        .workspaces;
+    let mut found = Vec::new();
+    for w in workspaces {
+        found.extend(
+            list_sessions(client, &w.workspace_id)
+                .await?
+                .into_iter()
+                .filter(|s| s.session_id.starts_with(prefix)),
+        );
+    }
+    Ok(found)
 }
 
 /// Leaves politely so the daemon releases this client's claims at once.

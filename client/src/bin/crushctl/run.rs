@@ -828,7 +828,7 @@ pub async fn cancel(
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
         let session_id = match (session, &run) {
-            (Some(id), _) => id,
+            (Some(id), _) => get_session(&client, &id).await?.session_id,
             // The run knows its session.
             (None, Some(run_id)) => {
                 client

@@ -21,7 +21,7 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
             None => list(&client, &a).await,
             Some(SessionsCommand::Show { id, json }) => show(&client, &id, json).await,
             Some(SessionsCommand::Rm { id }) => {
-                get_session(&client, &id).await?;
+                let id = get_session(&client, &id).await?.session_id;
                 client
                     .request::<request::SessionDelete>(SessionRef {
                         session_id: id.clone(),
@@ -31,7 +31,7 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
                 Ok(0)
             }
             Some(SessionsCommand::Rename { id, title }) => {
-                get_session(&client, &id).await?;
+                let id = get_session(&client, &id).await?.session_id;
                 let s = client
                     .request::<request::SessionRename>(SessionRenameParams {
                         session_id: id,
@@ -126,7 +126,7 @@ async fn show(
     json_out: bool,
 ) -> anyhow::Result<u8> {
     let s = get_session(client, id).await?;
-    let msgs = history(client, id, true, 1000).await?;
+    let msgs = history(client, &s.session_id, true, 1000).await?;
     if json_out {
         for m in &msgs {
             println!("{}", serde_json::to_string(m)?);
