@@ -147,6 +147,51 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Raises the soft open-file limit towards the hard one, as Go programs (crush among them) do
+/// at start: each connection holds a descriptor, and a desktop's usual soft limit of 1024 would
+/// otherwise stop `accept` (EMFILE) before `max_connections`. Tool processes get the original
+/// limit back (`tools/guard.rs`). Warns when even the hard limit leaves too little room.
+#[cfg(unix)]
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // One descriptor per connection, plus the database, logs, model connections and tool pipes.
+    let wanted = (max_connections as u64).saturating_add(FD_HEADROOM);
+    let now = getrlimit(Resource::Nofile);
+    let Some(soft) = now.current else {
+        return; // unlimited
+    };
+    let ceiling = now.maximum.unwrap_or(u64::MAX);
+    let target = wanted.min(ceiling);
+    if target > soft {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: now.maximum,
+            },
+        ) {
+            Ok(()) => {
+                crate::tools::guard::set_original_fd_limit(soft);
+                info!(from = soft, to = target, "raised the open-file limit");
+            }
+            Err(e) => warn!(soft, wanted = target, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let have = target.max(soft);
+    if have < wanted {
+        warn!(
+            limit = have,
+            max_connections,
+            "the open-file limit leaves less room than [daemon] max_connections needs; \
+             connections may wait for a free descriptor before the limit refuses them"
+        );
+    }
+}
+
+/// Descriptors kept for everything but connections.
+#[cfg(unix)]
+const FD_HEADROOM: u64 = 256;
+
 /// Refused connections being answered at once; more are closed without an answer.
 const MAX_REFUSING: usize = 64;
 
@@ -180,6 +225,8 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
     if rustix::process::geteuid().is_root() {
         warn!("crushd is running as root; run it as the user whose sessions it serves");
     }
+    #[cfg(unix)]
+    raise_fd_limit(config.max_connections);
     info!(socket = %socket.display(), pid = std::process::id(), lock = %lock.path().display(), "listening");
     info!(database = %store.path().display(), "database open");
     let daemon = Daemon::new(config, store);

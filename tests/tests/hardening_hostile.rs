@@ -293,3 +293,62 @@ async fn connections_past_the_limit_are_refused_with_a_reason_and_nobody_else_no
     w.daemon
         .wait_for_log("accepting connections again", DEADLINE);
 }
+
+/// A desktop's soft open-file limit (often 1024, here 200) would stop `accept` before
+/// `max_connections`: the daemon raises its own soft limit towards the hard one at start, and
+/// gives `bash` tool commands the limit it was started with.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_for_the_daemon_and_restored_for_tools() {
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    env.use_model_at(&mock.base_url());
+    let crushd = crush_tests::bin("crushd");
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("ulimit -S -n 200 && exec \"$0\" --foreground")
+        .arg(&crushd);
+    env.apply_env(&mut cmd);
+    let d = DaemonProcess::spawn(cmd);
+    d.wait_for_log("listening", DEADLINE);
+    d.wait_for_log("raised the open-file limit", DEADLINE);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert!(
+        soft >= 1024 + 256 || limits.contains("unlimited"),
+        "{limits}"
+    );
+
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let mut c = RawConn::initialized(&env.socket).await;
+    let ws = c.request("workspace/open", json!({"path": project})).await;
+    let s = c
+        .request(
+            "session/create",
+            json!({"workspaceId": ws["result"]["workspaceId"]}),
+        )
+        .await;
+    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    mock.push(Script::text("Checking.").tool_call("c1", "bash", r#"{"command":"ulimit -n"}"#));
+    mock.push(Script::text("Done."));
+    let r = c
+        .request(
+            "agent/send",
+            json!({"sessionId": session, "prompt": "what is the fd limit?", "yolo": true}),
+        )
+        .await;
+    let run = r["result"]["runId"].as_str().unwrap().to_owned();
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let results = mock.requests()[1].tool_results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        results[0].1.lines().any(|l| l.trim() == "200"),
+        "the tool saw the user's own limit: {results:?}"
+    );
+}

@@ -262,6 +262,9 @@ mod unix {
             let mut c = Command::new(program);
             if guarded {
                 c.arg(guard::FLAG).stdin(Stdio::piped());
+                if let Some(soft) = guard::original_fd_limit() {
+                    c.env(guard::NOFILE_ENV, soft.to_string());
+                }
             } else {
                 c.stdin(Stdio::null());
             }

@@ -30,10 +30,25 @@ use rustix::process::{Pid, Signal};
 /// The flag that makes `crushd` a tool guard; it must be the first argument.
 pub const FLAG: &str = "--tool-guard";
 
+/// The daemon's soft open-file limit before it raised it (see `server::raise_fd_limit`): the
+/// guard puts it back before starting the shell, so tool commands see the user's own limit.
+pub const NOFILE_ENV: &str = "CRUSHD_TOOL_NOFILE";
+
 /// How long the group gets between SIGTERM and SIGKILL once the daemon is gone.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
 static PROGRAM: OnceLock<OsString> = OnceLock::new();
+static ORIGINAL_NOFILE: OnceLock<u64> = OnceLock::new();
+
+/// Records the soft open-file limit the daemon started with, once it raised its own.
+pub fn set_original_fd_limit(soft: u64) {
+    let _ = ORIGINAL_NOFILE.set(soft);
+}
+
+/// The soft open-file limit to give tool processes, when the daemon changed its own.
+pub fn original_fd_limit() -> Option<u64> {
+    ORIGINAL_NOFILE.get().copied()
+}
 
 /// Makes every later `bash` tool call run under a guard started from `program` (the daemon's own
 /// binary). Called once by the `crushd` binary; without it (the library in unit tests) the shell
@@ -65,6 +80,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    restore_fd_limit();
     let parent = rustix::process::getppid();
     // Ask the kernel for SIGHUP when the parent dies; if it died before this took effect, the
     // parent changed already (and stdin is at end of file).
@@ -154,6 +170,27 @@ async fn guard(command: OsString, parent: Option<Pid>, group: Pid) -> i32 {
     1
 }
 
+/// Lowers the soft open-file limit to the value the daemon started with, if it says one.
+fn restore_fd_limit() {
+    let Some(soft) = std::env::var(NOFILE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current.is_none_or(|c| c > soft) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(soft),
+                maximum: now.maximum,
+            },
+        );
+    }
+}
+
 /// Whether the daemon that started us is no longer our parent.
 fn parent_gone(parent: Option<Pid>) -> bool {
     rustix::process::getppid() != parent
@@ -164,6 +201,7 @@ fn spawn(command: &OsString) -> std::io::Result<tokio::process::Child> {
         let mut c = tokio::process::Command::new(shell);
         c.arg("-c")
             .arg(command)
+            .env_remove(NOFILE_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
