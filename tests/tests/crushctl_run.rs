@@ -46,6 +46,24 @@ impl World {
         cmd
     }
 
+    /// An editor's connection (`nvim`) with a new session of the project, subscribed to it.
+    async fn editor_session(&self) -> (RawConn, String) {
+        let mut c = RawConn::initialized_as(&self.env.socket, "nvim").await;
+        let ws = c
+            .request("workspace/open", json!({"path": self.project}))
+            .await;
+        let s = c
+            .request(
+                "session/create",
+                json!({"workspaceId": ws["result"]["workspaceId"]}),
+            )
+            .await;
+        let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+        c.request("session/subscribe", json!({"sessionId": session}))
+            .await;
+        (c, session)
+    }
+
     /// `crushctl args…` started in the background, output collected.
     fn spawn(&self, args: &[&str]) -> CliProcess {
         let mut cmd = self.env.command("crushctl");
@@ -322,19 +340,7 @@ async fn tool_calls_are_denied_without_a_terminal_unless_yolo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_runs_in_the_same_session_are_not_printed() {
     let w = world().await;
-    let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
-    let ws = c
-        .request("workspace/open", json!({"path": w.project}))
-        .await;
-    let s = c
-        .request(
-            "session/create",
-            json!({"workspaceId": ws["result"]["workspaceId"]}),
-        )
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
-    c.request("session/subscribe", json!({"sessionId": session}))
-        .await;
+    let (mut c, session) = w.editor_session().await;
     let gate = CancellationToken::new();
     w.mock
         .push(Script::text("Foreign text of the editor's run.").held(gate.clone()));
@@ -415,19 +421,7 @@ async fn cancel_stops_the_busy_session_and_wait_exits_130() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_and_cancel_run_end_only_the_named_run() {
     let w = world().await;
-    let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
-    let ws = c
-        .request("workspace/open", json!({"path": w.project}))
-        .await;
-    let s = c
-        .request(
-            "session/create",
-            json!({"workspaceId": ws["result"]["workspaceId"]}),
-        )
-        .await;
-    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
-    c.request("session/subscribe", json!({"sessionId": session}))
-        .await;
+    let (mut c, session) = w.editor_session().await;
     let gate = CancellationToken::new();
     w.mock
         .push(Script::text("The editor's answer.").held(gate.clone()));
