@@ -238,8 +238,8 @@ impl Clients {
     /// expiry: a flood of clients that claim something and vanish cannot grow the map without
     /// bound (each would otherwise stay for the whole grace period).
     fn make_room(&self, map: &mut HashMap<String, ClientState>) {
-        let parked = map.values().filter(|c| c.parked.is_some()).count();
-        if parked < MAX_PARKED {
+        // `count_parked` keeps the watched count current after every change to the map.
+        if *self.parked.borrow() < MAX_PARKED {
             return;
         }
         let oldest = map

@@ -25,7 +25,7 @@ use crate::model::{
     ChatMessage, FinishReason, ModelError, ModelEvent, Reasoning, ToolCall, TurnRequest, Usage,
 };
 use crate::store::live::LiveMessage;
-use crate::store::{FinishTurn, FoldedPrompt, NextStep, StartTurn, new_id};
+use crate::store::{FoldedPrompt, NextStep, StartTurn, new_id};
 use crate::sync::lock;
 use crate::tools::{Limits, ToolContext, ToolOutput};
 
@@ -354,43 +354,30 @@ impl Runtime {
         };
 
         let text = live.text();
-        let parts = live.parts_json();
-        let mut run_ids: Vec<&str> = vec![&run.run_id];
-        run_ids.extend(folded.iter().map(|r| r.run_id.as_str()));
-        let write = self
-            .store
-            .finish_turn(&FinishTurn {
-                session_id: &s.id,
-                message_id: Some(&live.id),
-                parts: &parts,
-                finish_reason: reason,
-                error: error.as_deref(),
-                run_state: end.state(),
-                run_ids: &run_ids,
-                prompt_tokens: usage.prompt_tokens as i64,
-                completion_tokens: usage.completion_tokens as i64,
-            })
-            .await;
-        let (error, written) = match write {
+        // The last write, made from the owned form that is kept for a retry if it fails.
+        let last = LateWrite::Turn(OwnedFinish {
+            session_id: s.id.clone(),
+            message_id: Some(live.id.clone()),
+            parts: live.parts_json(),
+            finish_reason: reason.to_owned(),
+            error: error.clone(),
+            run_state: end.state(),
+            run_ids: std::iter::once(&run.run_id)
+                .chain(folded.iter().map(|r| &r.run_id))
+                .cloned()
+                .collect(),
+            prompt_tokens: usage.prompt_tokens as i64,
+            completion_tokens: usage.completion_tokens as i64,
+        });
+        let (error, written) = match self.write_end(&last).await {
             Ok(()) => (error, Written::Yes),
             Err(e) => {
                 warn!(run = %run.run_id, error = %e, "cannot save the end of a turn");
-                let late = LateWrite::Turn(OwnedFinish {
-                    session_id: s.id.clone(),
-                    message_id: Some(live.id.clone()),
-                    parts: parts.clone(),
-                    finish_reason: reason.to_owned(),
-                    error: error.clone(),
-                    run_state: end.state(),
-                    run_ids: run_ids.iter().map(|r| (*r).to_owned()).collect(),
-                    prompt_tokens: usage.prompt_tokens as i64,
-                    completion_tokens: usage.completion_tokens as i64,
-                });
                 let shown = match error {
                     Some(first) => format!("{first}; and the turn could not be saved: {e}"),
                     None => format!("the turn could not be saved: {e}"),
                 };
-                (Some(shown), Written::Failed(late))
+                (Some(shown), Written::Failed(last))
             }
         };
         lock(&s.inner).publish(

@@ -195,6 +195,18 @@ struct Active {
     accepting_steer: bool,
 }
 
+impl Active {
+    /// Fires the run's token unless a cancel already covered it; whether this call did.
+    fn request_cancel(&mut self) -> bool {
+        if self.cancel_requested {
+            return false;
+        }
+        self.cancel_requested = true;
+        self.token.cancel();
+        true
+    }
+}
+
 struct Queued {
     run: Arc<RunMeta>,
     /// A steer that missed its turn runs next, ahead of plain queued prompts.
@@ -675,13 +687,15 @@ impl Runtime {
     ) -> Result<AgentCancelResult, RpcError> {
         let live = self.existing_session(session_id);
         if let Some(run_id) = run_id {
+            let foreign = |owner: &str| {
+                RpcError::invalid_params(format!(
+                    "run {run_id:?} belongs to session {owner:?}, not {session_id:?}"
+                ))
+            };
             if let Some(info) = self.live_run(run_id) {
                 if info.session_id != session_id {
                     require_session(&self.store, session_id).await?;
-                    return Err(RpcError::invalid_params(format!(
-                        "run {run_id:?} belongs to session {:?}, not {session_id:?}",
-                        info.session_id
-                    )));
+                    return Err(foreign(&info.session_id));
                 }
                 // Not found under the session lock: it ended (or a cancel took it) meanwhile.
                 let cancelled = live
@@ -693,10 +707,7 @@ impl Runtime {
             // Not live: an ended run of the session cancels nothing.
             return match self.store.get_run(run_id).await.map_err(storage)? {
                 Some(row) if row.session_id == session_id => Ok(AgentCancelResult::default()),
-                Some(row) => Err(RpcError::invalid_params(format!(
-                    "run {run_id:?} belongs to session {:?}, not {session_id:?}",
-                    row.session_id
-                ))),
+                Some(row) => Err(foreign(&row.session_id)),
                 None => {
                     require_session(&self.store, session_id).await?;
                     Err(RpcError::new(
@@ -734,9 +745,7 @@ impl Runtime {
             if let Some(active) = &mut inner.active {
                 if active.run.run_id == target {
                     found = true;
-                    if !active.cancel_requested {
-                        active.cancel_requested = true;
-                        active.token.cancel();
+                    if active.request_cancel() {
                         covered.push(target.clone());
                         active_cancelled = true;
                     }
@@ -753,33 +762,54 @@ impl Runtime {
                 return None;
             }
             covered.extend(dropped.iter().map(|r| r.run_id.clone()));
-            if active_cancelled {
-                let (theirs, others): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.permissions)
+            let withdrawn = if active_cancelled {
+                let (theirs, others) = std::mem::take(&mut inner.permissions)
                     .into_iter()
                     .partition(|p| p.params.run_id == target);
                 inner.permissions = others;
-                for p in theirs {
-                    self.finish_permission(&mut inner, p, None, "cancel");
-                }
-            }
-            if !covered.is_empty() {
-                inner.publish(
-                    &s.id,
-                    Some(&target),
-                    SessionEvent::CancelRequested {
-                        run_ids: covered.clone(),
-                    },
-                );
-            }
+                theirs
+            } else {
+                Vec::new()
+            };
+            self.announce_cancel(&s.id, &mut inner, withdrawn, &covered);
         }
-        if !dropped.is_empty() {
-            let rt = self.clone();
-            let s2 = s.clone();
-            s.ws()
-                .tracker
-                .spawn(async move { rt.complete_dropped(&s2, dropped).await });
-        }
+        self.complete_dropped_later(s, dropped);
         Some(covered)
+    }
+
+    /// The shared end of a cancel, under the session lock: withdraws the permission requests
+    /// of the cancelled run, then publishes `cancelRequested` for every run covered.
+    fn announce_cancel(
+        &self,
+        session_id: &str,
+        inner: &mut SessionInner,
+        withdrawn: Vec<PendingPermission>,
+        covered: &[String],
+    ) {
+        for p in withdrawn {
+            self.finish_permission(inner, p, None, "cancel");
+        }
+        if let Some(first) = covered.first() {
+            inner.publish(
+                session_id,
+                Some(first),
+                SessionEvent::CancelRequested {
+                    run_ids: covered.to_vec(),
+                },
+            );
+        }
+    }
+
+    /// Records and completes dropped prompts on the workspace's tracker (outside the lock).
+    fn complete_dropped_later(self: &Arc<Self>, s: &Arc<SessionRt>, dropped: Vec<Arc<RunMeta>>) {
+        if dropped.is_empty() {
+            return;
+        }
+        let rt = self.clone();
+        let s2 = s.clone();
+        s.ws()
+            .tracker
+            .spawn(async move { rt.complete_dropped(&s2, dropped).await });
     }
 
     fn cancel_session(self: &Arc<Self>, s: &Arc<SessionRt>) -> Vec<String> {
@@ -788,36 +818,17 @@ impl Runtime {
         {
             let mut inner = lock(&s.inner);
             if let Some(active) = &mut inner.active {
-                if !active.cancel_requested {
-                    active.cancel_requested = true;
-                    active.token.cancel();
+                if active.request_cancel() {
                     covered.push(active.run.run_id.clone());
                 }
                 dropped.append(&mut active.steered);
             }
             dropped.extend(inner.queue.drain(..).map(|q| q.run));
             covered.extend(dropped.iter().map(|r| r.run_id.clone()));
-            let pending = std::mem::take(&mut inner.permissions);
-            for p in pending {
-                self.finish_permission(&mut inner, p, None, "cancel");
-            }
-            if !covered.is_empty() {
-                inner.publish(
-                    &s.id,
-                    covered.first().map(String::as_str),
-                    SessionEvent::CancelRequested {
-                        run_ids: covered.clone(),
-                    },
-                );
-            }
+            let withdrawn = std::mem::take(&mut inner.permissions);
+            self.announce_cancel(&s.id, &mut inner, withdrawn, &covered);
         }
-        if !dropped.is_empty() {
-            let rt = self.clone();
-            let s2 = s.clone();
-            s.ws()
-                .tracker
-                .spawn(async move { rt.complete_dropped(&s2, dropped).await });
-        }
+        self.complete_dropped_later(s, dropped);
         covered
     }
 
