@@ -153,7 +153,7 @@ impl Drop for InFlightGuard {
 /// limit back (`tools/guard.rs`). Warns when even the hard limit leaves too little room.
 #[cfg(unix)]
 fn raise_fd_limit(max_connections: usize) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use rustix::process::{Resource, getrlimit};
     // One descriptor per connection, plus the database, logs, model connections and tool pipes.
     let wanted = (max_connections as u64).saturating_add(FD_HEADROOM);
     let now = getrlimit(Resource::Nofile);
@@ -163,13 +163,7 @@ fn raise_fd_limit(max_connections: usize) {
     let ceiling = now.maximum.unwrap_or(u64::MAX);
     let target = wanted.min(ceiling);
     if target > soft {
-        match setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: now.maximum,
-            },
-        ) {
+        match crate::tools::guard::set_soft_fd_limit(target, now.maximum) {
             Ok(()) => {
                 crate::tools::guard::set_original_fd_limit(soft);
                 info!(from = soft, to = target, "raised the open-file limit");

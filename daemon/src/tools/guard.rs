@@ -178,17 +178,23 @@ fn restore_fd_limit() {
     else {
         return;
     };
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let now = getrlimit(Resource::Nofile);
+    let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     if now.current.is_none_or(|c| c > soft) {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(soft),
-                maximum: now.maximum,
-            },
-        );
+        let _ = set_soft_fd_limit(soft, now.maximum);
     }
+}
+
+/// Sets the soft open-file limit, keeping the hard one (`hard`, as `getrlimit` read it).
+pub fn set_soft_fd_limit(soft: u64, hard: Option<u64>) -> std::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(soft),
+            maximum: hard,
+        },
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Whether the daemon that started us is no longer our parent.
