@@ -27,13 +27,15 @@ struct World {
 
 /// A daemon with short hostile-client bounds.
 async fn world() -> World {
+    world_with("[daemon]\nhandshake_timeout = \"1s\"\nframe_timeout = \"1s\"\nmax_in_flight = 16\n")
+        .await
+}
+
+/// A daemon with `config` appended to its config file, and the mock as its model.
+async fn world_with(config: &str) -> World {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
-    env.use_model_with(
-        &mock.base_url(),
-        "openai",
-        "[daemon]\nhandshake_timeout = \"1s\"\nframe_timeout = \"1s\"\nmax_in_flight = 16\n",
-    );
+    env.use_model_with(&mock.base_url(), "openai", config);
     let daemon = env.spawn_daemon(&[]);
     World { env, mock, daemon }
 }
@@ -221,15 +223,7 @@ async fn the_bounds_are_reported_by_config_get() {
 /// nothing, and once one closes a new client gets in.
 #[tokio::test]
 async fn connections_past_the_limit_are_refused_with_a_reason_and_nobody_else_notices() {
-    let env = TestEnv::new();
-    let mock = MockLlm::start().await;
-    env.use_model_with(
-        &mock.base_url(),
-        "openai",
-        "[daemon]\nmax_connections = 4\n",
-    );
-    let daemon = env.spawn_daemon(&[]);
-    let w = World { env, mock, daemon };
+    let w = world_with("[daemon]\nmax_connections = 4\n").await;
     let gate = tokio_util::sync::CancellationToken::new();
     let h = healthy(&w, gate.clone()).await;
     let mut held = Vec::new();
