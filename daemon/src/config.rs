@@ -38,6 +38,14 @@ pub struct Config {
     pub replay_events: usize,
     /// …and at most this many bytes.
     pub replay_bytes: usize,
+    /// Every session's replay log together holds at most this many bytes; past it the oldest
+    /// events go first.
+    pub replay_budget: usize,
+    /// Message bodies being received or parsed, on every connection together, take at most
+    /// this many bytes; a message that would pass it is refused with `Overloaded`.
+    pub inbound_budget: usize,
+    /// Connections to one provider's API open at once; more runs wait for one to free.
+    pub max_model_connections: usize,
     /// A connection whose unread messages pass this many bytes is closed.
     pub max_outbound_bytes: usize,
     /// A connection that has not sent a successful `initialize` this long after connecting is
@@ -234,6 +242,12 @@ pub const DEFAULT_WORKSPACE_IDLE: Duration = Duration::from_secs(60);
 pub const DEFAULT_REPLAY_EVENTS: usize = 10_000;
 /// Default for `[daemon] replay_bytes`.
 pub const DEFAULT_REPLAY_BYTES: usize = 64 << 20;
+/// Default for `[daemon] replay_budget`.
+pub const DEFAULT_REPLAY_BUDGET: usize = 128 << 20;
+/// Default for `[daemon] inbound_budget`.
+pub const DEFAULT_INBOUND_BUDGET: usize = 128 << 20;
+/// Default for `[daemon] max_model_connections`.
+pub const DEFAULT_MAX_MODEL_CONNECTIONS: usize = 256;
 /// Default for `[daemon] max_outbound_bytes`.
 pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 64 << 20;
 
@@ -265,6 +279,9 @@ impl Config {
             workspace_idle: DEFAULT_WORKSPACE_IDLE,
             replay_events: DEFAULT_REPLAY_EVENTS,
             replay_bytes: DEFAULT_REPLAY_BYTES,
+            replay_budget: DEFAULT_REPLAY_BUDGET,
+            inbound_budget: DEFAULT_INBOUND_BUDGET,
+            max_model_connections: DEFAULT_MAX_MODEL_CONNECTIONS,
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
@@ -310,6 +327,15 @@ impl Config {
         }
         if let Some(n) = file.daemon.replay_bytes {
             self.replay_bytes = n;
+        }
+        if let Some(n) = file.daemon.replay_budget {
+            self.replay_budget = n;
+        }
+        if let Some(n) = file.daemon.inbound_budget {
+            self.inbound_budget = n;
+        }
+        if let Some(n) = file.daemon.max_model_connections {
+            self.max_model_connections = n;
         }
         if let Some(n) = file.daemon.max_outbound_bytes {
             self.max_outbound_bytes = n;
@@ -446,6 +472,9 @@ impl Config {
                 "workspaceIdleMs": ms(self.workspace_idle),
                 "replayEvents": self.replay_events,
                 "replayBytes": self.replay_bytes,
+                "replayBudget": self.replay_budget,
+                "inboundBudget": self.inbound_budget,
+                "maxModelConnections": self.max_model_connections,
                 "maxOutboundBytes": self.max_outbound_bytes,
                 "handshakeTimeoutMs": ms(self.handshake_timeout),
                 "frameTimeoutMs": ms(self.frame_timeout),
@@ -606,6 +635,12 @@ pub struct DaemonSection {
     pub replay_events: Option<usize>,
     /// Bytes kept per session for replay (default 64 MiB).
     pub replay_bytes: Option<usize>,
+    /// Bytes kept for replay by every session together (default 128 MiB).
+    pub replay_budget: Option<usize>,
+    /// Bytes of message bodies being received, every connection together (default 128 MiB).
+    pub inbound_budget: Option<usize>,
+    /// Connections to one provider open at once (default 256).
+    pub max_model_connections: Option<usize>,
     /// Unread bytes after which a connection is closed (default 64 MiB).
     pub max_outbound_bytes: Option<usize>,
     /// Time a new connection has to `initialize` (default `"10s"`; `"0s"`: no limit).

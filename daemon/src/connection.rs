@@ -35,6 +35,7 @@ use crush_protocol::{
 
 use crate::clients::{Detached, KeptSubscription};
 use crate::handlers;
+use crate::inbound::{BudgetedCodec, Inbound};
 use crate::outbound::{Outbound, write_loop};
 use crate::peer::Peer;
 use crate::server::Daemon;
@@ -137,7 +138,13 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
         inner: read_half,
         arrived: arrived.clone(),
     };
-    let mut frames = FramedRead::new(read_half, LspCodec::new(daemon.config.max_message_size));
+    let mut frames = FramedRead::new(
+        read_half,
+        BudgetedCodec::new(
+            LspCodec::new(daemon.config.max_message_size),
+            daemon.inbound.clone(),
+        ),
+    );
     let handshake_timeout = daemon.config.handshake_timeout;
     let handshake = tokio::time::sleep(handshake_timeout);
     tokio::pin!(handshake);
@@ -222,12 +229,17 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             }
             _ = arrived.notified() => continue,
         };
-        let body = match frame {
+        // The body's share of the inbound budget is held until the message has been parsed.
+        let (body, _reservation) = match frame {
             None => {
                 debug!("client closed the connection");
                 break;
             }
-            Some(Ok(body)) => body,
+            Some(Ok(Inbound::Body(body, reservation))) => (body, reservation),
+            Some(Ok(Inbound::Refused { len })) => {
+                refused_inbound(&daemon, &peer, len);
+                continue;
+            }
             Some(Err(FrameError::Io(e))) => {
                 debug!(error = %e, "read failed");
                 break;
@@ -481,4 +493,30 @@ fn display_id(id: &RequestId) -> String {
         Id::Number(n) => n.to_string(),
         Id::Str(s) => format!("{s:?}"),
     }
+}
+
+/// Answers a message that did not fit in the daemon-wide inbound budget. Its body was never
+/// read, so the error cannot name the request: clients fail whatever they have pending on a
+/// null-id error, and may send again once the daemon has room.
+fn refused_inbound(daemon: &Daemon, peer: &Peer, len: usize) {
+    let budget = &daemon.inbound;
+    debug!(
+        len,
+        used = budget.used(),
+        budget = budget.max(),
+        "a message did not fit in the inbound budget; refused with Overloaded"
+    );
+    peer.send_raw(encode_error(
+        &Id::Null,
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "a message of {len} bytes was refused unread: messages being received already \
+                 take {} of the daemon's {} bytes ([daemon] inbound_budget); send it again later",
+                budget.used(),
+                budget.max()
+            ),
+        )
+        .with_data(serde_json::json!({ "limit": budget.max() })),
+    ));
 }

@@ -370,6 +370,8 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 async_tasks: n(tokio::runtime::Handle::current()
                     .metrics()
                     .num_alive_tasks()),
+                replay_bytes: n(daemon.runtime.replay_budget().used()),
+                inbound_bytes: n(daemon.inbound.used()),
             })
         }
         ClientRequest::DebugClientRequest(p) => {

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod config;
 pub mod connection;
 pub mod handlers;
+pub mod inbound;
 pub mod logging;
 pub mod model;
 pub mod outbound;

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crush_protocol::{ErrorCode, RpcError};
 
 use crate::clients::{Clients, Expiry};
 use crate::config::Config;
 use crate::connection;
+use crate::inbound::InboundBudget;
 use crate::model::Models;
 use crate::runs::{ReplayLimits, Runtime};
 use crate::store::{Store, StoreError};
@@ -39,6 +40,8 @@ pub struct Daemon {
     connections: watch::Sender<usize>,
     /// Requests being handled over all connections (diagnostics: `debug/stats`).
     in_flight: AtomicUsize,
+    /// Message bodies being received, every connection together (`[daemon] inbound_budget`).
+    pub inbound: Arc<InboundBudget>,
 }
 
 impl Daemon {
@@ -46,17 +49,22 @@ impl Daemon {
         let runtime = Arc::new(
             Runtime::new(
                 store.clone(),
-                Models::from_config(&config.models),
+                Models::from_config(&config.models)
+                    .with_connection_limit(config.max_model_connections),
                 config.flush_interval,
                 config.shutdown_grace,
             )
             .configure(config.agent.clone(), config.permissions.clone())
-            .with_replay(ReplayLimits {
-                events: config.replay_events,
-                bytes: config.replay_bytes,
-            }),
+            .with_replay(
+                ReplayLimits {
+                    events: config.replay_events,
+                    bytes: config.replay_bytes,
+                },
+                config.replay_budget,
+            ),
         );
         Arc::new(Self {
+            inbound: InboundBudget::new(config.inbound_budget),
             clients: Clients::new(config.claim_grace),
             timers: TaskTracker::new(),
             config,
@@ -152,10 +160,13 @@ impl Drop for InFlightGuard {
 /// otherwise stop `accept` (EMFILE) before `max_connections`. Tool processes get the original
 /// limit back (`tools/guard.rs`). Warns when even the hard limit leaves too little room.
 #[cfg(unix)]
-fn raise_fd_limit(max_connections: usize) {
+fn raise_fd_limit(max_connections: usize, max_model_connections: usize) {
     use rustix::process::{Resource, getrlimit};
-    // One descriptor per connection, plus the database, logs, model connections and tool pipes.
-    let wanted = (max_connections as u64).saturating_add(FD_HEADROOM);
+    // One descriptor per client connection and per model connection, plus the database, logs,
+    // idle pooled model connections and tool pipes.
+    let wanted = (max_connections as u64)
+        .saturating_add(max_model_connections as u64)
+        .saturating_add(FD_HEADROOM);
     let now = getrlimit(Resource::Nofile);
     let Some(soft) = now.current else {
         return; // unlimited
@@ -220,7 +231,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
         warn!("crushd is running as root; run it as the user whose sessions it serves");
     }
     #[cfg(unix)]
-    raise_fd_limit(config.max_connections);
+    raise_fd_limit(config.max_connections, config.max_model_connections);
     info!(socket = %socket.display(), pid = std::process::id(), lock = %lock.path().display(), "listening");
     info!(database = %store.path().display(), "database open");
     let daemon = Daemon::new(config, store);
@@ -416,16 +427,22 @@ async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
 }
 
 /// Unloads workspaces nobody claims, watches or runs anything in, once they have been idle for
-/// `[daemon] workspace_idle`.
+/// `[daemon] workspace_idle`; trims the replay logs whenever they pass `[daemon] replay_budget`.
 async fn unload_idle_workspaces(daemon: Arc<Daemon>) {
     let delay = daemon.config.workspace_idle;
     let tick = (delay / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
     let mut every = tokio::time::interval(tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let replay = daemon.runtime.replay_budget().clone();
     loop {
         tokio::select! {
             _ = daemon.stopping.cancelled() => return,
             _ = every.tick() => {}
+            _ = replay.went_over() => {
+                let dropped = daemon.runtime.trim_replay();
+                debug!(dropped, used = replay.used(), budget = replay.max(), "replay logs trimmed to the budget");
+                continue;
+            }
         }
         let kept = daemon.clients.parked_sessions();
         for id in daemon

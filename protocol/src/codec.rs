@@ -73,6 +73,17 @@ impl LspCodec {
         self.pending_body.is_some() || buffered.iter().any(|b| *b != b'\r' && *b != b'\n')
     }
 
+    /// The body length of a frame whose header was read and whose body has not fully arrived.
+    pub fn pending_body(&self) -> Option<usize> {
+        self.pending_body
+    }
+
+    /// Gives up the frame whose body is pending (the caller will skip its bytes itself): the
+    /// next `decode` expects a header. Returns the body's length.
+    pub fn abandon_body(&mut self) -> Option<usize> {
+        self.pending_body.take()
+    }
+
     /// Parses a complete header block (without the terminating blank line).
     fn parse_headers(&self, block: &[u8]) -> Result<usize, FrameError> {
         let text = std::str::from_utf8(block).map_err(|_| {

@@ -499,6 +499,11 @@ pub struct DebugStatsResult {
     pub parked_clients: u64,
     /// Every task alive in the daemon's async runtime (connections, handlers, runs, timers).
     pub async_tasks: u64,
+    /// Bytes held by every session's replay log together (against `[daemon] replay_budget`).
+    pub replay_bytes: u64,
+    /// Bytes of message bodies being received, every connection together (against
+    /// `[daemon] inbound_budget`).
+    pub inbound_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -3,6 +3,8 @@
 //! - `agent/send` acknowledgement latency (request written → response read), p50/p99;
 //! - send → first `textDelta`, and send → `$/runComplete` for a 20-chunk reply;
 //! - `agent/cancel` → `$/runComplete` of the cancelled run (mid-stream);
+//! - a burst: 90 connections, each with its own session, send at the same instant; each
+//!   acknowledgement's latency, over 20 bursts (the accept's group commit is what this exercises);
 //! - K = 1, 8, 32 sessions each running one 20-chunk turn at once: wall time, and the daemon's
 //!   peak resident memory (VmHWM) after each step;
 //! - the floor: a plain HTTP client (reqwest) reading the same 20-chunk stream from the mock.
@@ -33,6 +35,8 @@ mod bench {
     const ITER: usize = 300;
     const CANCEL_ITER: usize = 200;
     const CHUNKS: usize = 20;
+    const BURST: usize = 90;
+    const BURST_TRIALS: usize = 20;
 
     fn ms(d: Duration) -> String {
         format!("{:.3} ms", d.as_secs_f64() * 1e3)
@@ -181,6 +185,35 @@ mod bench {
                 }
             }
 
+            // Bursts: BURST connections send at the same instant, BURST_TRIALS times.
+            let mut burst_acks = Vec::new();
+            let mut conns = Vec::new();
+            for _ in 0..BURST {
+                let mut cc = RawConn::initialized(&env.socket).await;
+                let s = new_session(&mut cc, &workspace).await;
+                conns.push((cc, s));
+            }
+            for _ in 0..BURST_TRIALS {
+                let go = std::sync::Arc::new(tokio::sync::Barrier::new(BURST));
+                let tasks: Vec<_> = conns
+                    .drain(..)
+                    .map(|(mut cc, s)| {
+                        let go = go.clone();
+                        tokio::spawn(async move {
+                            go.wait().await;
+                            let (ack, _, _) = turn(&mut cc, &s).await;
+                            (cc, s, ack)
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    let (cc, s, ack) = t.await.unwrap();
+                    burst_acks.push(ack);
+                    conns.push((cc, s));
+                }
+            }
+            drop(conns);
+
             // K concurrent sessions, one turn each, each on its own connection.
             let mut concurrent = Vec::new();
             for k in [1usize, 8, 32] {
@@ -217,6 +250,12 @@ mod bench {
                 "| agent/send ack | {} | {} |",
                 ms(pct(&mut acks, 0.5)),
                 ms(pct(&mut acks, 0.99))
+            );
+            println!(
+                "| agent/send ack, {BURST} sends at once ({} acks) | {} | {} |",
+                burst_acks.len(),
+                ms(pct(&mut burst_acks, 0.5)),
+                ms(pct(&mut burst_acks, 0.99))
             );
             println!(
                 "| send → first delta | {} | {} |",

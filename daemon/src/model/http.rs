@@ -14,6 +14,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use crush_protocol::ModelInfo;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{EventStream, ModelError, ModelEvent};
@@ -60,6 +61,10 @@ impl HttpModel {
     ) -> EventStream {
         let me = self.clone();
         let events = stream::once(async move {
+            // Held for as long as the response streams: the connection is open that long.
+            let Ok(slot) = me.endpoint.connections.clone().acquire_owned().await else {
+                return stream::empty().boxed();
+            };
             match me.open(body, headers).await {
                 Ok(resp) => decode_sse(
                     me.endpoint.clone(),
@@ -67,6 +72,10 @@ impl HttpModel {
                     resp.bytes_stream(),
                     dec,
                 )
+                .map(move |ev| {
+                    let _open = &slot;
+                    ev
+                })
                 .boxed(),
                 Err(e) => stream::iter([ModelEvent::Error(e)]).boxed(),
             }
@@ -181,6 +190,10 @@ pub struct Endpoint {
     pub api_key_env: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Connections to model APIs open at once, shared by every provider of the daemon
+    /// (`[daemon] max_model_connections`): a run past it waits for one to close instead of
+    /// failing with "too many open files".
+    pub connections: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -205,6 +218,7 @@ impl Endpoint {
             api_key_env: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         }
     }
 

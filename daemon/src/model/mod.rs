@@ -208,6 +208,8 @@ pub struct Models {
     /// Models given directly (tests and embedding), by name.
     fixed: BTreeMap<String, Arc<dyn Model>>,
     built: Mutex<HashMap<String, Arc<dyn Model>>>,
+    /// Connections to model APIs open at once, every provider together.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Models {
@@ -217,7 +219,19 @@ impl Models {
             providers: cfg.providers.clone(),
             fixed: BTreeMap::new(),
             built: Mutex::default(),
+            connections: Arc::new(tokio::sync::Semaphore::new(
+                crate::config::DEFAULT_MAX_MODEL_CONNECTIONS,
+            )),
         }
+    }
+
+    /// At most `n` connections to model APIs at once (`[daemon] max_model_connections`); runs
+    /// past it wait for a connection to close.
+    pub fn with_connection_limit(mut self, n: usize) -> Self {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(
+            n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        self
     }
 
     /// A registry of the given models (for tests and embedding) plus the presets.
@@ -300,6 +314,7 @@ impl Models {
                 let mut ep = http::Endpoint::new(&provider_id, &p.base_url);
                 ep.api_key = key;
                 ep.api_key_env = p.api_key_env.clone();
+                ep.connections = self.connections.clone();
                 if let Some(d) = p.connect_timeout {
                     ep.connect_timeout = d;
                 }

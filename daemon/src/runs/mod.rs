@@ -16,7 +16,7 @@
 //! Lock order: workspace gate → session → run registry. No lock is held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,16 +38,19 @@ use crush_protocol::{
 };
 
 use crate::config::{AgentSettings, PermissionRules};
-use crate::handlers::{require_session, storage};
+use crate::handlers::{require_session, session_not_found, storage};
 use crate::model::{Model, Models};
-use crate::outbound::{Delta, EventItem, ITEM_OVERHEAD};
+use crate::outbound::{Delta, EventItem};
 use crate::peer::Peer;
-use crate::store::{Store, new_id, now_ms};
+use crate::store::{NewRun, Store, new_id, now_ms};
 use crate::sync::lock;
+pub use replay::ReplayBudget;
+use replay::ReplayLog;
 
 mod driver;
 mod late;
 mod prompt;
+mod replay;
 #[cfg(test)]
 mod tests;
 
@@ -64,8 +67,6 @@ pub struct Runtime {
     workspaces: Mutex<HashMap<String, Arc<Workspace>>>,
     sessions: Mutex<HashMap<String, Arc<SessionRt>>>,
     runs: Mutex<HashMap<String, LiveRun>>,
-    /// Bumped whenever a run leaves the registry (its terminal state is then in the database).
-    retired: AtomicU64,
     /// Number of runs in the registry (accepted and not yet complete).
     live: watch::Sender<usize>,
     agent: AgentSettings,
@@ -81,6 +82,8 @@ pub struct Runtime {
     /// within one epoch.
     seqs: Mutex<HashMap<String, u64>>,
     replay: ReplayLimits,
+    /// What every session's replay log holds together (`[daemon] replay_budget`).
+    replay_budget: Arc<ReplayBudget>,
     /// Runs that ended but whose end could not be saved yet (`late.rs`), for `run/get`.
     unsaved: Mutex<HashMap<String, RunInfo>>,
     /// How many runs `unsaved` holds.
@@ -169,10 +172,8 @@ struct SessionInner {
     /// The session id, shared by every queued event.
     sid: Arc<str>,
     seq: u64,
-    /// The last events, oldest first, for replay (bounded by `limits`).
-    log: VecDeque<EventItem>,
-    log_bytes: usize,
-    limits: ReplayLimits,
+    /// The last events, oldest first, for replay.
+    log: ReplayLog,
     /// The assistant message being streamed, as of `seq`.
     streaming: Option<StreamingMessage>,
     /// Since when the session was seen idle and unwatched (for unloading it alone).
@@ -330,7 +331,6 @@ impl Runtime {
             workspaces: Mutex::default(),
             sessions: Mutex::default(),
             runs: Mutex::default(),
-            retired: AtomicU64::new(0),
             live: watch::Sender::new(0),
             agent: AgentSettings::default(),
             rules: PermissionRules::default(),
@@ -339,6 +339,7 @@ impl Runtime {
             epoch: new_id(),
             seqs: Mutex::default(),
             replay: ReplayLimits::default(),
+            replay_budget: ReplayBudget::new(crate::config::DEFAULT_REPLAY_BUDGET),
             unsaved: Mutex::default(),
             unsaved_count: watch::Sender::new(0),
             repairs: TaskTracker::new(),
@@ -347,9 +348,42 @@ impl Runtime {
     }
 
     /// Sets how much of each session's stream is kept for replay.
-    pub fn with_replay(mut self, replay: ReplayLimits) -> Self {
+    pub fn with_replay(mut self, replay: ReplayLimits, budget: usize) -> Self {
         self.replay = replay;
+        self.replay_budget = ReplayBudget::new(budget);
         self
+    }
+
+    pub fn replay_budget(&self) -> &Arc<ReplayBudget> {
+        &self.replay_budget
+    }
+
+    /// Brings every replay log together back under the budget, oldest events first whichever
+    /// session holds them: each pass takes the log holding the oldest event anywhere and drops
+    /// its events up to the next log's oldest. One session lock is held at a time.
+    pub fn trim_replay(&self) -> usize {
+        let budget = &self.replay_budget;
+        let target = budget.trim_target();
+        let sessions = self.sessions_of(None);
+        let mut dropped = 0;
+        while budget.used() > target {
+            let mut stamps: Vec<(u64, usize)> = sessions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| lock(&s.inner).log.oldest_stamp().map(|t| (t, i)))
+                .collect();
+            stamps.sort_unstable();
+            let Some(&(_, oldest)) = stamps.first() else {
+                break;
+            };
+            let next = stamps.get(1).map_or(u64::MAX, |(t, _)| *t);
+            let mut inner = lock(&sessions[oldest].inner);
+            while budget.used() > target && inner.log.oldest_stamp().is_some_and(|t| t <= next) {
+                inner.log.drop_oldest();
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// This process's stream epoch.
@@ -422,7 +456,7 @@ impl Runtime {
         let inner = SessionInner {
             sid: Arc::from(session_id),
             seq: lock(&self.seqs).get(session_id).copied().unwrap_or(0),
-            limits: self.replay,
+            log: ReplayLog::new(self.replay, self.replay_budget.clone()),
             ..SessionInner::default()
         };
         let s = Arc::new(SessionRt {
@@ -482,10 +516,8 @@ impl Runtime {
             return Err(shutting_down());
         }
         let run_id = p.run_id.clone().unwrap_or_else(new_id);
-        let client_id = p.run_id.is_some();
-        let mut retired_seen = self.retired.load(Ordering::Acquire);
-        if client_id
-            && let Existing::Same(r) = self.existing_in_db(&run_id, &session.id, &p.prompt).await?
+        if p.run_id.is_some()
+            && let Some(r) = self.known_run(&run_id, &session.id, &p.prompt).await?
         {
             return Ok(r);
         }
@@ -503,84 +535,122 @@ impl Runtime {
             yolo: p.yolo,
             created_at: now_ms(),
         });
+        // Durable accept: the run's row is committed before anything else sees the run, so an
+        // acknowledged run survives a crash, and a full disk refuses the send instead of
+        // accepting a run that could never be recorded. A row with this id already there is the
+        // same prompt sent again (answered as before) or another one (DuplicateRunId); no live
+        // run lacks a row, so a fresh insert also means no live run has this id.
+        let fresh = self
+            .store
+            .accept_run(NewRun {
+                run_id: run_id.clone(),
+                session_id: session.id.clone(),
+                prompt: run.prompt.clone(),
+                user_parts: run.user_parts().to_string(),
+                created_at: run.created_at,
+            })
+            .await
+            .map_err(storage)?;
+        if !fresh {
+            return self.already_accepted(&run).await;
+        }
         loop {
             let s = self.session(&session.id, &session.workspace_id, session.model.as_deref());
             let ws = s.ws();
-            let accepted = {
+            let admitted = {
                 let gate = lock(&ws.gate);
                 if self.is_shutting_down() {
-                    return Err(shutting_down());
-                }
-                if *gate {
-                    return Err(RpcError::new(
+                    Err(shutting_down())
+                } else if *gate {
+                    Err(RpcError::new(
                         ErrorCode::WorkspaceClosing,
                         format!(
                             "workspace {} is closing; open it again with workspace/open",
                             ws.id
                         ),
-                    ));
-                }
-                let mut inner = lock(&s.inner);
-                if inner.evicted {
-                    continue;
-                }
-                {
+                    ))
+                } else {
+                    let mut inner = lock(&s.inner);
+                    if inner.evicted {
+                        continue;
+                    }
                     let mut runs = lock(&self.runs);
                     if let Some(live) = runs.get(&run_id) {
                         return same_or_duplicate(&run, live.state, &live.session_id, &live.prompt);
                     }
-                    let retired_now = self.retired.load(Ordering::Acquire);
-                    if client_id && retired_now != retired_seen {
-                        // A run left the registry after our database check: it may have been
-                        // this id. Check again outside the locks.
-                        retired_seen = retired_now;
-                        None
-                    } else {
-                        runs.insert(
-                            run_id.clone(),
-                            LiveRun {
-                                meta: run.clone(),
-                                session_id: run.session_id.clone(),
-                                prompt: run.prompt.clone(),
-                                state: "queued",
-                                created_at: run.created_at,
-                                started_at: None,
-                                folded_into: None,
-                            },
-                        );
-                        self.live.send_replace(runs.len());
-                        Some(self.admit(&s, &ws, &mut inner, &mut runs, run.clone(), p.mode))
-                    }
+                    runs.insert(
+                        run_id.clone(),
+                        LiveRun {
+                            meta: run.clone(),
+                            session_id: run.session_id.clone(),
+                            prompt: run.prompt.clone(),
+                            state: "queued",
+                            created_at: run.created_at,
+                            started_at: None,
+                            folded_into: None,
+                        },
+                    );
+                    self.live.send_replace(runs.len());
+                    Ok(self.admit(&s, &ws, &mut inner, &mut runs, run.clone(), p.mode))
                 }
             };
-            match accepted {
-                Some(state) => {
-                    if state == "queued" {
-                        let store = self.store.clone();
-                        let run = run.clone();
-                        ws.tracker.spawn(async move {
-                            if let Err(e) = store
-                                .insert_queued_run(&run.run_id, &run.session_id, &run.prompt)
-                                .await
-                            {
-                                warn!(run = %run.run_id, error = %e, "cannot record a queued run");
-                            }
-                        });
-                    }
-                    return Ok(AgentSendResult {
-                        run_id,
-                        state: state.to_owned(),
-                    });
+            return match admitted {
+                Ok(state) => Ok(AgentSendResult {
+                    run_id,
+                    state: state.to_owned(),
+                }),
+                Err(e) => {
+                    self.withdraw_accept(&run_id).await;
+                    Err(e)
                 }
-                None => {
-                    if let Existing::Same(r) = self
-                        .existing_in_db(&run_id, &session.id, &run.prompt)
-                        .await?
-                    {
-                        return Ok(r);
-                    }
-                }
+            };
+        }
+    }
+
+    /// The answer to a send whose run id is taken (its row exists).
+    async fn already_accepted(&self, run: &RunMeta) -> Result<AgentSendResult, RpcError> {
+        self.known_run(&run.run_id, &run.session_id, &run.prompt)
+            .await?
+            // The row went with its session between the insert and this read.
+            .ok_or_else(|| session_not_found(&run.session_id))
+    }
+
+    /// A run with this id, as an answer to sending it again: the live run's state, else the
+    /// database's; `DuplicateRunId` when the id belongs to another prompt or session.
+    async fn known_run(
+        &self,
+        run_id: &str,
+        session_id: &str,
+        prompt: &str,
+    ) -> Result<Option<AgentSendResult>, RpcError> {
+        let probe = SameProbe {
+            session_id,
+            prompt,
+            run_id,
+        };
+        let live = lock(&self.runs)
+            .get(run_id)
+            .map(|l| (l.state, l.session_id.clone(), l.prompt.clone()));
+        if let Some((state, session_id, prompt)) = live {
+            return probe.check(state, &session_id, &prompt).map(Some);
+        }
+        match self.existing_in_db(run_id, session_id, prompt).await? {
+            // Written by a concurrent send of the same request that has not admitted it yet.
+            Existing::Same(mut r) if r.state == "accepted" => {
+                r.state = "queued".to_owned();
+                Ok(Some(r))
             }
+            Existing::Same(r) => Ok(Some(r)),
+            Existing::New => Ok(None),
+        }
+    }
+
+    /// Removes the row of a run that was written but then refused (the workspace closed or the
+    /// daemon began shutting down in between): the client is told it was not accepted. Should
+    /// this delete fail too, the next start marks the row `interrupted`.
+    async fn withdraw_accept(&self, run_id: &str) {
+        if let Err(e) = self.store.withdraw_accept(run_id).await {
+            warn!(run = %run_id, error = %e, "cannot remove a refused run's row");
         }
     }
 
@@ -886,7 +956,6 @@ impl Runtime {
         for id in ids {
             runs.remove(id);
         }
-        self.retired.fetch_add(1, Ordering::AcqRel);
         self.live.send_replace(runs.len());
     }
 
@@ -970,7 +1039,7 @@ impl Runtime {
                 if other_epoch || after > inner.seq {
                     resync = true;
                 } else if after < inner.seq {
-                    match inner.log.front() {
+                    match inner.log.first() {
                         Some(first) if first.seq <= after + 1 => replay_from = Some(after),
                         _ => resync = true,
                     }
@@ -1644,21 +1713,9 @@ impl SessionInner {
         self.remember(item);
     }
 
-    /// Appends to the replay log, dropping the oldest events past its bounds.
+    /// Appends to the replay log.
     fn remember(&mut self, item: EventItem) {
-        if self.limits.events == 0 || self.limits.bytes == 0 {
-            return;
-        }
-        // Counted as the outbound queue counts it, so a full log replays within a queue
-        // bound of the same size.
-        self.log_bytes += item.body.len() + ITEM_OVERHEAD;
-        self.log.push_back(item);
-        while self.log.len() > self.limits.events || self.log_bytes > self.limits.bytes {
-            match self.log.pop_front() {
-                Some(old) => self.log_bytes -= old.body.len() + ITEM_OVERHEAD,
-                None => break,
-            }
-        }
+        self.log.push(item);
     }
 
     /// Keeps the streaming message's content as of the latest event, for subscribers that

@@ -6,15 +6,22 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+mod accept;
 pub mod live;
 mod rows;
+mod tx;
+
+use accept::AcceptLog;
+pub use accept::NewRun;
 pub use rows::*;
+use tx::WriteTx;
 
 /// The embedded migrations (daemon/migrations).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -56,6 +63,8 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("the database is closed: the daemon is shutting down")]
+    Closed,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -78,6 +87,7 @@ pub fn new_id() -> String {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    accepts: Arc<AcceptLog>,
 }
 
 impl Store {
@@ -107,6 +117,7 @@ impl Store {
             .await
             .map_err(|e| classify_open_error(path, e))?;
         let store = Store {
+            accepts: Arc::new(AcceptLog::start(pool.clone())),
             pool,
             path: path.to_path_buf(),
         };
@@ -133,9 +144,18 @@ impl Store {
         &self.path
     }
 
-    /// Waits for in-flight statements and closes every connection (checkpointing the WAL).
+    /// Waits for queued accepts and in-flight statements and closes every connection
+    /// (checkpointing the WAL).
     pub async fn close(&self) {
+        self.accepts.close().await;
         self.pool.close().await;
+    }
+
+    /// Records an accepted run (state `accepted`), committed before this returns; accepts that
+    /// arrive together share one transaction (`accept.rs`). `Ok(false)`: a run with this id
+    /// exists already and nothing was written.
+    pub async fn accept_run(&self, run: NewRun) -> Result<bool> {
+        self.accepts.record(run).await
     }
 
     /// Reads the header and the schema: enough to refuse a file that is not a database (or is
@@ -174,12 +194,46 @@ impl Store {
         }
     }
 
-    /// Crash recovery: every run in a non-terminal state becomes `interrupted`, and every
-    /// assistant message still streaming gets finish reason `interrupted` (its flushed text
-    /// stays). Returns the number of runs changed.
+    /// Crash recovery: every run in a non-terminal state becomes `interrupted` (one that never
+    /// started gets its prompt into the session first), and every assistant message still
+    /// streaming gets finish reason `interrupted` (its flushed text stays). Returns the number of
+    /// runs changed.
     pub async fn recover_interrupted(&self) -> Result<u64> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        // Accepted runs that never started: their prompts join the end of their sessions, in
+        // the order they were accepted, so an acknowledged prompt is never lost.
+        let unstarted = sqlx::query!(
+            r#"SELECT run_id AS "run_id!", session_id, user_parts AS "user_parts!" FROM runs
+             WHERE state IN ('accepted', 'queued', 'running') AND user_message_id IS NULL
+                   AND user_parts IS NOT NULL
+             ORDER BY created_at, run_id"#
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for run in &unstarted {
+            let message = rows::insert_message_in(
+                &mut tx,
+                &new_id(),
+                &NewMessage {
+                    session_id: &run.session_id,
+                    run_id: Some(&run.run_id),
+                    role: "user",
+                    parts: &run.user_parts,
+                    model: None,
+                    provider: None,
+                },
+                now,
+            )
+            .await?;
+            sqlx::query!(
+                "UPDATE runs SET user_message_id = ? WHERE run_id = ?",
+                message.id,
+                run.run_id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         let runs = sqlx::query!(
             "UPDATE runs SET state = 'interrupted', error = ?, finished_at = ?
              WHERE state IN ('accepted', 'queued', 'running')",

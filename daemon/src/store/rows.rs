@@ -1,6 +1,8 @@
 //! Typed rows and the statements that read and write them.
 
-use super::{Result, Store, new_id, now_ms};
+use sqlx::SqliteConnection;
+
+use super::{Result, Store, WriteTx, new_id, now_ms};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkspaceRow {
@@ -256,7 +258,7 @@ impl Store {
         // The transaction's first statement writes: a deferred transaction that read first
         // would have to upgrade its lock, and SQLite answers that with SQLITE_BUSY at once
         // instead of waiting out the busy timeout.
-        let mut tx = self.pool().begin().await?;
+        let mut tx = WriteTx::begin(self.pool()).await?;
         let row = insert_message_in(&mut tx, &new_id(), &m, now_ms()).await?;
         tx.commit().await?;
         Ok(row)
@@ -448,22 +450,12 @@ impl Store {
 
     // ---- turns: the writes of a run, each one transaction ----
 
-    /// Records an accepted run that waits behind another one. Does nothing if the run's row
-    /// already exists (its state only moves forward).
-    pub async fn insert_queued_run(
-        &self,
-        run_id: &str,
-        session_id: &str,
-        prompt: &str,
-    ) -> Result<()> {
-        let now = now_ms();
+    /// Deletes the row of a run accepted but then refused before it was admitted. A run that
+    /// already moved past `accepted` is left alone.
+    pub async fn withdraw_accept(&self, run_id: &str) -> Result<()> {
         sqlx::query!(
-            "INSERT INTO runs (run_id, session_id, state, prompt, created_at) VALUES (?, ?, 'queued', ?, ?)
-             ON CONFLICT(run_id) DO NOTHING",
-            run_id,
-            session_id,
-            prompt,
-            now
+            "DELETE FROM runs WHERE run_id = ? AND state = 'accepted'",
+            run_id
         )
         .execute(self.pool())
         .await?;
@@ -474,7 +466,7 @@ impl Store {
     /// the run row marked running, in one transaction.
     pub async fn start_turn(&self, t: &StartTurn<'_>) -> Result<(MessageRow, MessageRow)> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = WriteTx::begin(self.pool()).await?;
         let user = insert_message_in(
             &mut tx,
             &new_id(),
@@ -524,7 +516,7 @@ impl Store {
     /// assistant message.
     pub async fn add_step(&self, n: &NextStep<'_>) -> Result<(Vec<MessageRow>, MessageRow)> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = WriteTx::begin(self.pool()).await?;
         sqlx::query!(
             "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ?
                  WHERE id = ?",
@@ -606,7 +598,7 @@ impl Store {
     /// state of every run that took part, and the session's token usage, in one transaction.
     pub async fn finish_turn(&self, f: &FinishTurn<'_>) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = WriteTx::begin(self.pool()).await?;
         if let Some(id) = f.message_id {
             sqlx::query!(
                 "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ?
@@ -656,7 +648,7 @@ impl Store {
     /// already reached a terminal state keeps it.
     pub async fn record_run_ends(&self, runs: &[RunEnd<'_>]) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = WriteTx::begin(self.pool()).await?;
         for r in runs {
             sqlx::query!(
                 "INSERT INTO runs (run_id, session_id, state, prompt, error, created_at, finished_at)
@@ -744,8 +736,8 @@ pub struct RunEnd<'a> {
     pub error: Option<&'a str>,
 }
 
-async fn insert_message_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+pub(super) async fn insert_message_in(
+    tx: &mut SqliteConnection,
     id: &str,
     m: &NewMessage<'_>,
     now: i64,
@@ -765,14 +757,14 @@ async fn insert_message_in(
         now,
         now
     )
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     sqlx::query!(
         "UPDATE sessions SET message_count = message_count + 1, updated_at = ? WHERE id = ?",
         now,
         m.session_id
     )
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(MessageRow {
         id: id.to_owned(),
@@ -793,7 +785,7 @@ async fn insert_message_in(
 
 #[allow(clippy::too_many_arguments)]
 async fn upsert_running_run(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut SqliteConnection,
     run_id: &str,
     session_id: &str,
     prompt: &str,
@@ -820,7 +812,7 @@ async fn upsert_running_run(
         now,
         folded_into
     )
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -179,7 +179,16 @@ parkedClients: number,
 /**
  * Every task alive in the daemon's async runtime (connections, handlers, runs, timers).
  */
-asyncTasks: number, };
+asyncTasks: number, 
+/**
+ * Bytes held by every session's replay log together (against `[daemon] replay_budget`).
+ */
+replayBytes: number, 
+/**
+ * Bytes of message bodies being received, every connection together (against
+ * `[daemon] inbound_budget`).
+ */
+inboundBytes: number, };
 
 export type DebugClientRequestParams = { method: string, params: JsonValue, 
 /**

@@ -1,0 +1,134 @@
+//! Durable accepts with group commit.
+//!
+//! `agent/send` answers only after the run's row is committed, so an acknowledged run survives
+//! a crash (recovery then marks it `interrupted` and puts its prompt in the session). In WAL mode
+//! with `synchronous=NORMAL` a commit is an append to the WAL without an fsync: it survives the
+//! process dying, not a power cut (see ARCHITECTURE.md "Persistence").
+//!
+//! One writer task owns the inserts. Accepts that arrive while it is writing queue up behind it,
+//! and its next transaction takes all of them at once: a burst costs a few commits instead of one
+//! each, and the writers never contend for SQLite's lock (whose busy handler sleeps in
+//! milliseconds). No timer waits for a batch to fill: an accept on an idle daemon is written at
+//! once.
+
+use std::sync::Mutex;
+
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Result, StoreError, WriteTx};
+use crate::sync::lock;
+
+/// The most accepts one transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// A run as accepted, before anything ran.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub session_id: String,
+    pub prompt: String,
+    /// JSON array of the user message's parts.
+    pub user_parts: String,
+    pub created_at: i64,
+}
+
+type Pending = (NewRun, oneshot::Sender<Result<bool>>);
+
+/// The writer task's inbox. `record` waits for the commit.
+#[derive(Debug)]
+pub(crate) struct AcceptLog {
+    inbox: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AcceptLog {
+    pub(crate) fn start(pool: SqlitePool) -> AcceptLog {
+        let (tx, rx) = mpsc::unbounded_channel();
+        AcceptLog {
+            inbox: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(tokio::spawn(write_loop(pool, rx)))),
+        }
+    }
+
+    /// Inserts the run's row, committed before this returns. `Ok(false)`: a run with this id
+    /// already exists (nothing was written).
+    pub(crate) async fn record(&self, run: NewRun) -> Result<bool> {
+        let (done, result) = oneshot::channel();
+        let inbox = lock(&self.inbox).clone();
+        let sent = inbox.is_some_and(|inbox| inbox.send((run, done)).is_ok());
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        result.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Stops taking accepts and waits until the queued ones are written.
+    pub(crate) async fn close(&self) {
+        lock(&self.inbox).take();
+        let writer = lock(&self.writer).take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+async fn write_loop(pool: SqlitePool, mut inbox: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write_batch(&pool, &mut batch).await;
+    }
+}
+
+/// Writes the batch in one transaction and answers each accept. If the transaction fails, each
+/// accept is tried alone, so one bad row (its session deleted meanwhile, say) fails only itself
+/// and a full disk fails each with the disk's error.
+async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Pending>) {
+    match insert_all(pool, batch).await {
+        Ok(inserted) => {
+            for ((_, done), fresh) in batch.drain(..).zip(inserted) {
+                let _ = done.send(Ok(fresh));
+            }
+        }
+        Err(_) => {
+            for (run, done) in batch.drain(..) {
+                let result = insert_one(pool, &run).await;
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+async fn insert_all(pool: &SqlitePool, batch: &[Pending]) -> Result<Vec<bool>> {
+    let mut tx = WriteTx::begin(pool).await?;
+    let mut inserted = Vec::with_capacity(batch.len());
+    for (run, _) in batch {
+        inserted.push(insert(&mut tx, run).await?);
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+async fn insert_one(pool: &SqlitePool, run: &NewRun) -> Result<bool> {
+    let mut tx = WriteTx::begin(pool).await?;
+    let fresh = insert(&mut tx, run).await?;
+    tx.commit().await?;
+    Ok(fresh)
+}
+
+async fn insert(conn: &mut sqlx::SqliteConnection, run: &NewRun) -> Result<bool> {
+    let done = sqlx::query!(
+        "INSERT INTO runs (run_id, session_id, state, prompt, user_parts, created_at)
+         VALUES (?, ?, 'accepted', ?, ?, ?)
+         ON CONFLICT(run_id) DO NOTHING",
+        run.run_id,
+        run.session_id,
+        run.prompt,
+        run.user_parts,
+        run.created_at
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
