@@ -8,6 +8,10 @@
 //! buffered at all: its bytes are read and thrown away as they arrive, and the connection gets
 //! one `Overloaded` error (id `null`, since the id is inside the body nobody read). The
 //! connection stays usable: framing is intact, because the header said how much to skip.
+//!
+//! Bodies of up to [`UNCOUNTED_BODY`] bytes are not counted: a connection reads one message at a
+//! time, so they cost at most `max_connections` × 64 KiB together, and the requests of healthy
+//! clients are that small — a few large messages filling the budget never lock everybody out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +20,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use crush_protocol::{FrameError, LspCodec};
+
+/// Bodies up to this size are read without taking from the budget (see the module comment).
+pub const UNCOUNTED_BODY: usize = 64 * 1024;
+
+/// The read buffer a connection skips a refused body through: large enough that skipping takes
+/// few reads, small enough that it costs nothing.
+const SKIP_BUFFER: usize = 64 * 1024;
 
 /// Bytes of message bodies held on every connection together, against one limit.
 #[derive(Debug)]
@@ -40,8 +51,14 @@ impl InboundBudget {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Takes `bytes` from the budget, or `None` when they do not fit.
+    /// Takes `bytes` from the budget, or `None` when they do not fit. A small body takes nothing.
     pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        if bytes <= UNCOUNTED_BODY {
+            return Some(Reservation {
+                budget: self.clone(),
+                bytes: 0,
+            });
+        }
         let mut used = self.used.load(Ordering::Acquire);
         loop {
             let next = used.checked_add(bytes).filter(|n| *n <= self.max)?;
@@ -79,7 +96,8 @@ impl Drop for Reservation {
 pub enum Inbound {
     /// A whole body, with its share of the budget (held until the message is parsed).
     Body(Bytes, Reservation),
-    /// A body of `len` bytes that did not fit in the budget; its bytes were skipped.
+    /// A body of `len` bytes that did not fit in the budget: yielded as soon as that is known,
+    /// so the client hears at once; its bytes are then skipped as they arrive.
     Refused { len: usize },
 }
 
@@ -90,8 +108,8 @@ pub struct BudgetedCodec {
     budget: Arc<InboundBudget>,
     /// The budget held for the body being received.
     held: Option<Reservation>,
-    /// Bytes of a refused body still to be skipped, and its length.
-    skipping: Option<(usize, usize)>,
+    /// Bytes of a refused body still to be skipped.
+    skipping: Option<usize>,
 }
 
 impl BudgetedCodec {
@@ -124,15 +142,14 @@ impl Decoder for BudgetedCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, FrameError> {
-        if let Some((left, len)) = self.skipping {
+        if let Some(left) = self.skipping {
             let n = left.min(src.len());
             src.advance(n);
             if n < left {
-                self.skipping = Some((left - n, len));
+                self.skipping = Some(left - n);
                 return Ok(None);
             }
             self.skipping = None;
-            return Ok(Some(Inbound::Refused { len }));
         }
         if let Some(body) = self.inner.decode(src)? {
             return Ok(Some(self.finish(body)));
@@ -146,8 +163,9 @@ impl Decoder for BudgetedCodec {
                     // Everything buffered belongs to this body (it is incomplete): drop it and
                     // the room reserved for the rest, and skip what is still to come.
                     self.inner.abandon_body();
-                    self.skipping = Some((len - src.len(), len));
-                    *src = BytesMut::new();
+                    self.skipping = Some(len - src.len());
+                    *src = BytesMut::with_capacity(SKIP_BUFFER);
+                    return Ok(Some(Inbound::Refused { len }));
                 }
             }
         }
@@ -156,10 +174,9 @@ impl Decoder for BudgetedCodec {
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, FrameError> {
         if self.skipping.is_some() {
-            if let Some(refused) = self.decode(src)? {
-                return Ok(Some(refused));
-            }
+            // The peer left in the middle of a refused body.
             self.skipping = None;
+            src.clear();
             return Err(FrameError::Truncated);
         }
         let body = self.inner.decode_eof(src);
@@ -188,18 +205,20 @@ mod tests {
         out
     }
 
+    const K: usize = UNCOUNTED_BODY;
+
     #[test]
     fn a_body_past_the_budget_is_skipped_and_the_next_message_still_decodes() {
-        let budget = InboundBudget::new(100);
+        let budget = InboundBudget::new(2 * K);
         let mut codec = BudgetedCodec::new(LspCodec::new(1 << 20), budget.clone());
-        let big = vec![b'x'; 1000];
+        let big = vec![b'x'; 4 * K];
         let mut bytes = frame(&big);
         bytes.extend(frame(br#"{"a":1}"#));
-        for step in [1, 7, 64, 5000] {
+        for step in [1, 7, 4096, 1 << 20] {
             let out = decode_all(&mut codec, &bytes, step);
             assert_eq!(out.len(), 2, "step {step}");
             assert!(
-                matches!(out[0], Inbound::Refused { len: 1000 }),
+                matches!(out[0], Inbound::Refused { len } if len == 4 * K),
                 "{:?}",
                 out[0]
             );
@@ -214,24 +233,30 @@ mod tests {
 
     #[test]
     fn a_body_holds_its_share_until_dropped_and_others_wait_their_turn() {
-        let budget = InboundBudget::new(100);
+        let budget = InboundBudget::new(2 * K);
         let mut a = BudgetedCodec::new(LspCodec::new(1 << 20), budget.clone());
         let mut b = BudgetedCodec::new(LspCodec::new(1 << 20), budget.clone());
-        let body = vec![b'y'; 80];
-        let f = frame(&body);
-        // `a` has its header and half its body: 80 bytes are held.
-        let mut abuf = BytesMut::from(&f[..f.len() - 40]);
+        let size = K + K / 2;
+        let f = frame(&vec![b'y'; size]);
+        // `a` has its header and half its body: its whole length is held.
+        let mut abuf = BytesMut::from(&f[..f.len() - size / 2]);
         assert!(a.decode(&mut abuf).unwrap().is_none());
-        assert_eq!(budget.used(), 80);
-        // `b`'s 80 bytes do not fit beside them.
-        let out = decode_all(&mut b, &f, 16);
-        assert!(matches!(out[..], [Inbound::Refused { len: 80 }]), "{out:?}");
-        abuf.extend_from_slice(&f[f.len() - 40..]);
+        assert_eq!(budget.used(), size);
+        // `b`'s body does not fit beside it; a small message still does.
+        let mut bytes = f.clone();
+        bytes.extend(frame(br#"{"small":true}"#));
+        let out = decode_all(&mut b, &bytes, 4096);
+        assert!(
+            matches!(out[..], [Inbound::Refused { len }, Inbound::Body(..)] if len == size),
+            "{out:?}"
+        );
+        drop(out);
+        abuf.extend_from_slice(&f[f.len() - size / 2..]);
         let got = a.decode(&mut abuf).unwrap().unwrap();
-        assert_eq!(budget.used(), 80);
+        assert_eq!(budget.used(), size);
         drop(got);
         assert_eq!(budget.used(), 0);
-        let out = decode_all(&mut b, &f, 16);
+        let out = decode_all(&mut b, &f, 4096);
         assert!(matches!(out[..], [Inbound::Body(..)]), "{out:?}");
     }
 }

@@ -61,6 +61,8 @@ impl MockLlm {
                 requests: Vec::new(),
                 disconnects: 0,
                 completed: 0,
+                streaming: 0,
+                peak_streaming: 0,
                 sent: Vec::new(),
             }),
             changed: Notify::new(),
@@ -148,6 +150,11 @@ impl MockLlm {
                  ({requests} request(s) received, {completed} stream(s) completed)"
             );
         }
+    }
+
+    /// The most replies that were streaming at the same time.
+    pub fn peak_streams(&self) -> usize {
+        self.shared.lock().peak_streaming
     }
 
     /// How many streams were written in full, up to and including `data: [DONE]` (OpenAI) or
@@ -720,6 +727,9 @@ struct State {
     requests: Vec<RecordedRequest>,
     disconnects: usize,
     completed: usize,
+    /// Streams being written now, and the most at once.
+    streaming: usize,
+    peak_streaming: usize,
     sent: Vec<SentDelta>,
 }
 
@@ -1065,7 +1075,12 @@ impl Connection {
         script: &Script,
         keep_alive: bool,
     ) -> Result<(), Stop> {
+        self.shared.update(|s| {
+            s.streaming += 1;
+            s.peak_streaming = s.peak_streaming.max(s.streaming);
+        });
         let result = self.stream_events(index, plan, script, keep_alive).await;
+        self.shared.update(|s| s.streaming -= 1);
         match result {
             Ok(()) => {}
             Err(Stop::Closed) => self.shared.update(|s| s.disconnects += 1),
