@@ -99,15 +99,21 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                 }
             }
         };
-        let msgs = history(&client, &session.session_id, a.from_start, a.lines).await?;
-        show(&mut conv, &msgs);
+        // Said before the history: said after it, it would land in the middle of an answer
+        // that is still streaming.
         ui.err_line(&ui.paint_err(
             DIM,
             &format!(
                 "crushctl: following session {:?} ({}); Ctrl-C to stop",
-                session.title, session.session_id
+                session.title,
+                crate::ids::short(&session.session_id)
             ),
         ));
+        let msgs = history(&client, &session.session_id, a.from_start, a.lines).await?;
+        show(&mut conv, &msgs);
+        // Messages up to here were shown or deliberately left out (`-n`): a resync must not
+        // print them as if they were new.
+        let shown_up_to = msgs.last().map(|m| m.seq).unwrap_or(0);
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -123,7 +129,7 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                     Some(ClientEvent::Resync(r)) if r.session_id == session.session_id => {
                         // Events were missed: the history since then, then the live stream.
                         let msgs = history(&client, &session.session_id, false, 50).await?;
-                        for m in &msgs {
+                        for m in msgs.iter().filter(|m| a.json || m.seq > shown_up_to) {
                             let live = r
                                 .streaming
                                 .as_ref()
@@ -133,7 +139,8 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                                 let mut v = serde_json::to_value(m)?;
                                 v["type"] = json!("message");
                                 ui.out_line(&v.to_string());
-                            } else if m.role == "assistant" {
+                            } else {
+                                // Only what was missed: the conversation remembers what it printed.
                                 conv.message(m, live.as_ref());
                             }
                         }
@@ -154,6 +161,7 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                     Some(_) => {}
                     None => return Err(Exit { code: EXIT_UNREACHABLE, message: "the connection to crushd closed".to_owned() }.into()),
                 },
+                _ = crate::ui::wait_stdout_closed() => return Err(crate::ui::closed_error()),
                 _ = interrupts.recv() => {
                     ui.end_line();
                     return Ok(0);
