@@ -94,6 +94,14 @@ end)
 T.it("names itself so that two Neovims are told apart", function()
   local name = client.name()
   T.ok(name:find(tostring(vim.fn.getpid()), 1, true), name)
+  -- Opening the workspace claims it under that name.
+  local listed = false
+  crush.list_sessions(function()
+    listed = true
+  end)
+  T.wait("the workspace opened", function()
+    return listed
+  end)
   local helper = T.helper_client("spec-helper")
   local list = helper.request_sync("workspace/list", vim.empty_dict())
   local names = {}
