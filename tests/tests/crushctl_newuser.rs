@@ -141,11 +141,17 @@ async fn short_ids_shown_by_crushctl_are_accepted_by_every_command() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(full.iter().all(|s| s["title"].as_str().unwrap().ends_with(" renamed")));
+    assert!(
+        full.iter()
+            .all(|s| s["title"].as_str().unwrap().ends_with(" renamed"))
+    );
     // The full id and a prefix of it (git style) still work.
     let first = full[0]["sessionId"].as_str().unwrap();
     assert!(w.ok(&["sessions", "show", first]).contains("renamed"));
-    assert!(w.ok(&["sessions", "show", &first[..first.len() - 2]]).contains("renamed"));
+    assert!(
+        w.ok(&["sessions", "show", &first[..first.len() - 2]])
+            .contains("renamed")
+    );
     // A fragment of nothing is a usage error that says so.
     let none = w.run(&["sessions", "show", "zzzzzzzz"]);
     assert_eq!(none.code, Some(2), "{}", none.stderr);
@@ -169,11 +175,17 @@ async fn short_ids_shown_by_crushctl_are_accepted_by_every_command() {
     assert_eq!(waited, "The watched answer.\n");
     let cancelled = w.ok(&["cancel", "--run", &runs[0]]);
     assert!(cancelled.contains("already ended"), "{cancelled}");
+    // `run -s` and `sessions rm` take the short form too.
+    let short = &session[session.len() - 8..];
+    w.mock.push(Script::text("Continued."));
+    assert_eq!(w.ok(&["run", "-s", short, "go on"]), "Continued.\n");
     let unknown = w.run(&["wait", "zzzzzzzz"]);
     assert_eq!(unknown.code, Some(2), "{}", unknown.stderr);
     assert!(unknown.stderr.contains("no run"), "{}", unknown.stderr);
     attach.signal(rustix::process::Signal::INT);
     assert_eq!(attach.wait_exit().code(), Some(0));
+    w.ok(&["sessions", "rm", short]);
+    assert_eq!(table_ids(&w.ok(&["sessions"])).len(), 2);
 }
 
 // Item 2: a bad config says so where the user is ------------------------------------------------
@@ -261,11 +273,12 @@ async fn run_into_a_pipe_whose_reader_exits_cancels_its_run_and_ends() {
     assert_eq!(status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     // Its run was cancelled (the documented choice), and the conversation says so.
-    let session = serde_json::from_str::<Value>(w.ok(&["sessions", "--json"]).lines().next().unwrap())
-        .unwrap()["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session =
+        serde_json::from_str::<Value>(w.ok(&["sessions", "--json"]).lines().next().unwrap())
+            .unwrap()["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     let mut c = RawConn::initialized(&w.env.socket).await;
     let end = Instant::now() + DEADLINE;
     loop {
@@ -297,16 +310,28 @@ async fn errors_name_flags_not_protocol_fields_and_hide_codes() {
     let restart = w.run(&["daemon", "restart"]);
     assert_eq!(restart.code, Some(1), "{}", restart.stderr);
     assert!(restart.stderr.contains("--force"), "{}", restart.stderr);
-    assert!(!restart.stderr.contains("force: true"), "{}", restart.stderr);
+    assert!(
+        !restart.stderr.contains("force: true"),
+        "{}",
+        restart.stderr
+    );
     assert!(!restart.stderr.contains("(code"), "{}", restart.stderr);
 
     let session = table_ids(&w.ok(&["sessions"]))[0].clone();
     let empty = w.run(&["sessions", "rename", &session, "  "]);
     assert_eq!(empty.code, Some(2), "{}", empty.stderr);
-    assert!(empty.stderr.contains("must not be empty"), "{}", empty.stderr);
+    assert!(
+        empty.stderr.contains("must not be empty"),
+        "{}",
+        empty.stderr
+    );
     assert!(!empty.stderr.contains("(code"), "{}", empty.stderr);
     let verbose = w.run(&["--verbose", "sessions", "rename", &session, "  "]);
-    assert!(verbose.stderr.contains("(code -32602)"), "{}", verbose.stderr);
+    assert!(
+        verbose.stderr.contains("(code -32602)"),
+        "{}",
+        verbose.stderr
+    );
     w.ok(&["cancel"]);
 }
 
@@ -432,9 +457,8 @@ async fn attach_on_a_terminal_never_splits_a_streaming_line() {
     use expectrl::Expect;
     let w = world().await;
     let gate = tokio_util::sync::CancellationToken::new();
-    w.mock.push(
-        Script::from_chunks(vec!["streaming".into(), "-answer".into()]).held(gate.clone()),
-    );
+    w.mock
+        .push(Script::from_chunks(vec!["streaming".into(), "-answer".into()]).held(gate.clone()));
     let mut send = w.spawn(&["run", "stream it"]);
     // Wait until the first part streamed, so the attach starts in the middle of the line.
     send.wait_stdout("streaming-answer");
@@ -529,5 +553,69 @@ async fn status_lists_clients_that_left_apart_from_live_ones() {
     let gone_at = status.find("gone-editor").unwrap();
     let split = status.find("disconnected").unwrap();
     assert!(live_at < split && split < gone_at, "{status}");
-    assert!(status.contains("1 connected") || status.contains("2 connected"), "{status}");
+    assert!(
+        status.contains("1 connected") || status.contains("2 connected"),
+        "{status}"
+    );
+}
+
+// Item 10 (crushctl's side): permission outcomes in words --------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_says_permission_outcomes_in_words() {
+    let w = world().await;
+    w.mock.push(Script::text("Ready."));
+    w.ok(&["run", "start"]);
+    let session =
+        serde_json::from_str::<Value>(w.ok(&["sessions", "--json"]).lines().next().unwrap())
+            .unwrap()["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let short = session[session.len() - 8..].to_owned();
+    let mut editor = RawConn::initialized_as(&w.env.socket, "editor (pid 7)").await;
+    editor
+        .request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    let mut attach = w.spawn(&["attach", &short]);
+    attach.wait_stderr("following session");
+
+    // The editor allows a write for the rest of the session.
+    w.mock.push(Script::default().tool_call(
+        "call_w",
+        "write",
+        r#"{"path":"a.txt","content":"a\n"}"#,
+    ));
+    w.mock.push(Script::text("Wrote it."));
+    editor
+        .request(
+            "agent/send",
+            json!({"sessionId": session, "prompt": "write a", "runId": editor_run_id()}),
+        )
+        .await;
+    let request = editor.daemon_request("permission/request").await;
+    editor
+        .reply(&request, json!({"decision": "allowSession"}))
+        .await;
+    attach.wait_stdout("permission allowed for this session by editor (pid 7)");
+    attach.wait_stdout("Wrote it.");
+
+    // A cancel withdraws the next prompt.
+    w.mock
+        .push(Script::default().tool_call("call_b", "bash", r#"{"command":"rm -rf build"}"#));
+    editor
+        .request(
+            "agent/send",
+            json!({"sessionId": session, "prompt": "clean up", "runId": editor_run_id()}),
+        )
+        .await;
+    editor.daemon_request("permission/request").await;
+    w.ok(&["cancel", &short]);
+    attach.wait_stdout("permission withdrawn: the run was cancelled");
+    attach.wait_stdout("cancelled]");
+    attach.signal(rustix::process::Signal::INT);
+    assert_eq!(attach.wait_exit().code(), Some(0));
+    let out = attach.stdout();
+    assert!(!out.contains("allowSession"), "{out}");
+    assert!(!out.contains("by cancel"), "{out}");
 }

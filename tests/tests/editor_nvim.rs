@@ -448,7 +448,10 @@ fn nvim_readme_package_install_is_found_with_xdg_data_home() {
         std::iter::once(nvim_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
     )
     .unwrap();
-    let script = script.replace("~/src/crush/editors/nvim", &plugin_dir().display().to_string());
+    let script = script.replace(
+        "~/src/crush/editors/nvim",
+        &plugin_dir().display().to_string(),
+    );
     let env = |cmd: &mut Command| {
         cmd.env("HOME", home.path())
             .env("XDG_DATA_HOME", home.path().join("xdg-data"))

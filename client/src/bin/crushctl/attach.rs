@@ -153,7 +153,7 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                         ui.err_line(&ui.paint_err(DIM, "crushctl: reconnected"))
                     }
                     Some(ClientEvent::SubscriptionLost { error, .. }) => {
-                        return Err(Exit { code: EXIT_FAILED, message: format!("the session is gone: {error}") }.into());
+                        return Err(Exit { code: EXIT_FAILED, message: format!("the session is gone: {}", g.plain(&error)) }.into());
                     }
                     Some(ClientEvent::GaveUp { error }) => {
                         return Err(Exit { code: EXIT_UNREACHABLE, message: error }.into());

@@ -14,7 +14,7 @@ pub fn path() -> anyhow::Result<u8> {
         Some(p) => {
             crate::outln!("{}", p.display())?;
             if !p.is_file() {
-                eprintln!("(no file there yet: the daemon uses its defaults)");
+                crate::errln!("(no file there yet: the daemon uses its defaults)");
             }
             Ok(0)
         }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crush_client::{Client, ClientError, autostart};
-use crush_protocol::{DaemonShutdownParams, ErrorCode, DaemonStatusResult, NoParams, paths, request};
+use crush_protocol::{
+    DaemonShutdownParams, DaemonStatusResult, ErrorCode, NoParams, paths, request,
+};
 
 use crate::{EXIT_UNREACHABLE, Global};
 

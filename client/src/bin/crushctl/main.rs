@@ -311,6 +311,22 @@ pub fn client_name() -> String {
 pub struct Global {
     pub socket: Option<PathBuf>,
     pub no_autostart: bool,
+    /// Keep protocol details (error codes) in messages.
+    pub verbose: bool,
+}
+
+impl Global {
+    /// A daemon error message as the user reads it: without its trailing ` (code -32011)`
+    /// unless `--verbose`.
+    pub fn plain(&self, message: &str) -> String {
+        if self.verbose {
+            return message.to_owned();
+        }
+        match message.rfind(" (code -") {
+            Some(i) if message.ends_with(')') => message[..i].to_owned(),
+            _ => message.to_owned(),
+        }
+    }
 }
 
 impl Global {
@@ -344,7 +360,10 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crushctl: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "crushctl: cannot start the async runtime: {e}"
+            );
             return ExitCode::from(EXIT_FAILED);
         }
     };
@@ -425,6 +444,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = Global {
         socket: cli.socket.clone(),
         no_autostart: cli.no_autostart,
+        verbose: cli.verbose,
     };
     match cli.command {
         Command::Run(a) => run::run(&g, a).await,

@@ -279,7 +279,10 @@ impl Conversation {
                 error,
             } => self.line(&self.ui.paint_out(
                 YELLOW,
-                &format!("  {}", retry_line(*attempt, *max_attempts, *delay_ms, error)),
+                &format!(
+                    "  {}",
+                    retry_line(*attempt, *max_attempts, *delay_ms, error)
+                ),
             )),
             SessionEvent::RunFinished { state, error, .. } => {
                 let what = match error {

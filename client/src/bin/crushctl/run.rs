@@ -757,11 +757,14 @@ impl RunView {
         {
             let _ = reply.send(PermissionDecision::Deferred);
             self.ui.err_line("");
-            self.ui.err_line(
-                &self
-                    .ui
-                    .paint_err(DIM, &format!("  {}: {}", params.title, crate::render::resolution(decision, by))),
-            );
+            self.ui.err_line(&self.ui.paint_err(
+                DIM,
+                &format!(
+                    "  {}: {}",
+                    params.title,
+                    crate::render::resolution(decision, by)
+                ),
+            ));
         }
         self.prompts.retain(|(p, _)| p.request_id != request_id);
     }
@@ -821,8 +824,8 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
                             }
                             match o.state.as_str() {
                                 "completed" => {}
-                                "cancelled" => eprintln!("crushctl: the run was cancelled"),
-                                s => eprintln!("crushctl: run {s}: {}", o.error.as_deref().unwrap_or("no reason given")),
+                                "cancelled" => crate::errln!("crushctl: the run was cancelled"),
+                                s => crate::errln!("crushctl: run {s}: {}", o.error.as_deref().unwrap_or("no reason given")),
                             }
                         }
                         return Ok(code);

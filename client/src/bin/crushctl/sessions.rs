@@ -77,7 +77,7 @@ async fn list(client: &crush_client::ReconnectingClient, a: &SessionsArgs) -> an
     let term = Term::detect();
     let ui = Ui::new(term, false);
     if sessions.is_empty() {
-        eprintln!("no sessions in {} yet (`crushctl run` starts one)", w.path);
+        crate::errln!("no sessions in {} yet (`crushctl run` starts one)", w.path);
         return Ok(0);
     }
     let now = now_ms();

@@ -268,6 +268,15 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::ui::write_out(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+/// `eprintln!` that never panics: stderr may be closed too, and then there is nobody to tell.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn clear(s: &mut State) {
     if s.drawn {
         let mut err = std::io::stderr().lock();
