@@ -146,11 +146,8 @@ impl Conversation {
     pub fn message(&mut self, m: &MessageInfo, streaming: Option<&Value>) {
         let parts = streaming.unwrap_or(&m.parts);
         match m.role.as_str() {
-            "user" => {
-                if self.first(m.message_id.clone()) {
-                    self.user(&text_of(parts));
-                }
-            }
+            "user" if self.first(m.message_id.clone()) => self.user(&text_of(parts)),
+            "user" => {}
             "assistant" => {
                 let text = text_of(parts);
                 if !self.text.knows(&m.message_id) {
@@ -304,7 +301,7 @@ impl Conversation {
 pub fn human_delay(ms: u64) -> String {
     match ms {
         0..1000 => format!("{ms} ms"),
-        _ if ms % 1000 == 0 => format!("{} s", ms / 1000),
+        _ if ms.is_multiple_of(1000) => format!("{} s", ms / 1000),
         _ => format!("{:.1} s", ms as f64 / 1000.0),
     }
 }
