@@ -125,6 +125,8 @@ function M.buf(s)
     buffer = buf,
     callback = function()
       set_win_options(vim.api.nvim_get_current_win())
+      -- The daemon announces no renames: a chat brought into view reads its title again.
+      session().refresh_info(s)
     end,
   })
   vim.api.nvim_create_autocmd("BufWipeout", {
