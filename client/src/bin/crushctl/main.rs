@@ -4,7 +4,7 @@
 //!
 //! Exit codes (stable, documented in README.md and docs/cli.md): 0 success (the run completed),
 //! 1 the run or the operation failed, 2 usage or configuration error, 3 could not reach or start
-//! the daemon, 130 cancelled (Ctrl-C).
+//! the daemon, 130 cancelled (Ctrl-C), 141 stdout closed (`| head`).
 
 mod attach;
 mod config;
@@ -31,6 +31,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_CANCELLED: u8 = 130;
+/// Stdout was closed: what a shell reports for a process killed by SIGPIPE.
+pub const EXIT_PIPE: u8 = 141;
 
 /// An error that carries its exit code; its message is printed as it is.
 #[derive(Debug)]
@@ -87,7 +89,8 @@ const EXAMPLES: &str = "Examples:
   crushctl status                          daemon pid, uptime, clients, active runs
 
 Exit codes: 0 completed, 1 failed, 2 usage or configuration error,
-            3 could not reach or start the daemon, 130 cancelled.";
+            3 could not reach or start the daemon, 130 cancelled, 141 stdout closed.
+Ids: shown by their last 8 characters; a unique prefix or suffix of 4+ characters will do.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -152,7 +155,8 @@ they are denied (and said so on stderr) unless --yolo. Ctrl-C cancels the run an
 to end; a second Ctrl-C quits at once.
 
 Exit codes: 0 completed, 1 the run failed, 2 usage or configuration error (e.g. no model),
-            3 could not reach or start the daemon, 130 cancelled.";
+            3 could not reach or start the daemon, 130 cancelled,
+            141 stdout closed (the run is cancelled, as with Ctrl-C).";
 
 #[derive(Debug, Args)]
 pub struct WorkspaceArg {

@@ -213,8 +213,7 @@ impl Ui {
     }
 }
 
-/// Exit status when stdout was closed: what a shell reports for a process killed by SIGPIPE.
-pub const EXIT_PIPE: u8 = 141;
+pub use crate::EXIT_PIPE;
 
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 static STDOUT_CLOSED_NOTIFY: LazyLock<Notify> = LazyLock::new(Notify::new);
