@@ -18,6 +18,9 @@ use crate::error::ClientError;
 /// Exit status of a `crushd` that found another daemon already running.
 pub const EXIT_ALREADY_RUNNING: i32 = 75;
 
+/// Exit status of a `crushd` whose config file is unusable (its output says why).
+pub const EXIT_CONFIG: i32 = 2;
+
 /// Environment variable naming the `crushd` executable (the last place looked).
 pub const DAEMON_BIN_ENV: &str = "CRUSHD_BIN";
 
@@ -91,6 +94,8 @@ pub async fn connect_or_start(
         .create(true)
         .append(true)
         .open(&stdio_log)?;
+    // Where this daemon's own output starts, so a failed start can quote it.
+    let output_start = out.metadata().map(|m| m.len()).unwrap_or(0);
     let err = out.try_clone()?;
     let mut child = tokio::process::Command::new(&bin)
         .arg("--socket")
@@ -121,12 +126,23 @@ pub async fn connect_or_start(
             // Losing the lock race is fine: the winner is about to answer. Anything else is a
             // failed start.
             if status.code() != Some(EXIT_ALREADY_RUNNING) {
-                return Err(start_failed(&state, &stdio_log, Some(status.to_string())));
+                let output = output_since(&stdio_log, output_start);
+                if status.code() == Some(EXIT_CONFIG)
+                    && let Some(message) = output
+                {
+                    return Err(ClientError::DaemonConfig { message });
+                }
+                return Err(start_failed(
+                    &state,
+                    &stdio_log,
+                    Some(status.to_string()),
+                    output,
+                ));
             }
             child_status = Some(status);
         }
         if Instant::now() >= deadline {
-            return Err(start_failed(&state, &stdio_log, None));
+            return Err(start_failed(&state, &stdio_log, None, None));
         }
         // Waiting for another process to bind: poll with a short, growing delay.
         tokio::time::sleep(delay).await;
@@ -134,7 +150,27 @@ pub async fn connect_or_start(
     }
 }
 
-fn start_failed(state: &Path, stdio_log: &Path, status: Option<String>) -> ClientError {
+/// What the spawned daemon wrote to the stdio log after `start` (its last 4 KiB at most), if
+/// anything: its own words are what the user needs (a bad config names file, line and key).
+fn output_since(stdio_log: &Path, start: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 4096;
+    let mut f = std::fs::File::open(stdio_log).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = start.max(len.saturating_sub(MAX));
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(MAX).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+fn start_failed(
+    state: &Path,
+    stdio_log: &Path,
+    status: Option<String>,
+    output: Option<String>,
+) -> ClientError {
     // Point at whichever file has something to say: early failures land in the stdio log,
     // everything after logging starts in the rotated log.
     let log = match paths::newest_log_file(state) {
@@ -147,5 +183,9 @@ fn start_failed(state: &Path, stdio_log: &Path, status: Option<String>) -> Clien
         }
         _ => stdio_log.to_path_buf(),
     };
-    ClientError::DaemonStartFailed { log, status }
+    ClientError::DaemonStartFailed {
+        log,
+        status,
+        output,
+    }
 }

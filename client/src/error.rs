@@ -17,11 +17,20 @@ pub enum ClientError {
         "cannot find the crushd executable (looked next to this program, on PATH and in $CRUSHD_BIN)"
     )]
     DaemonNotFound,
-    #[error("crushd did not start{}: see {}", status.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(), log.display())]
+    #[error("crushd did not start{}: {}", status.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(), match output {
+        Some(o) => format!("{o}\n(log: {})", log.display()),
+        None => format!("see {}", log.display()),
+    })]
     DaemonStartFailed {
         log: PathBuf,
         status: Option<String>,
+        /// What the daemon printed before it exited, when it printed anything.
+        output: Option<String>,
     },
+    /// The daemon refused to start because its config file is unusable; `message` is its own
+    /// (file, line and key). A configuration error, not an unreachable daemon.
+    #[error("{message}")]
+    DaemonConfig { message: String },
     #[error("the connection to crushd closed")]
     Closed,
     /// The connection dropped after the request was written and before its answer came: the

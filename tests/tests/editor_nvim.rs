@@ -404,3 +404,82 @@ async fn nvim_resyncs_while_a_reply_streams() {
     gate.cancel();
     nvim.finish().await;
 }
+
+/// Issue 22: the short ids crushctl shows work in `:Crush attach`, an unknown id says "no such
+/// session", a cancelled run is marked once, each Neovim has its own client name, and the chat's
+/// title follows renames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_short_ids_one_mark_names_and_titles() {
+    let (env, mock, project) = world().await;
+    // The spec's first model request (the sessions crushctl makes use `-m echo`).
+    mock.push(Script::hanging(vec!["partial".into()]));
+    let _daemon = env.spawn_daemon(&[]);
+    let nvim = spawn_nvim(&env, "newuser", &project, &[]);
+    nvim.finish().await;
+}
+
+/// Issue 22: when the daemon the plugin starts refuses its config file, the plugin says what the
+/// daemon said (file, line, key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_autostart_reports_a_broken_config() {
+    let (env, _mock, project) = world().await;
+    env.write_config("[agent]\nmax_step = 5\n");
+    let nvim = spawn_nvim(&env, "badconfig", &project, &[]);
+    nvim.finish().await;
+}
+
+/// Issue 22: the README's install path for Neovim's own packages works where Neovim looks, also
+/// with `XDG_DATA_HOME` set: run the README's commands as written (the clone's path and `nvim`
+/// replaced by this checkout and the Neovim under test), then start Neovim with the user's
+/// packages and find `:Crush`.
+#[test]
+fn nvim_readme_package_install_is_found_with_xdg_data_home() {
+    let readme = std::fs::read_to_string(plugin_dir().join("README.md")).unwrap();
+    let at = readme
+        .find("Neovim's own packages")
+        .expect("README has the packages section");
+    let rest = &readme[at..];
+    let start = rest.find("```sh\n").unwrap() + "```sh\n".len();
+    let script = &rest[start..start + rest[start..].find("```").unwrap()];
+    let home = tempfile::tempdir().unwrap();
+    let nvim = nvim_bin();
+    let nvim_dir = nvim.parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(
+        std::iter::once(nvim_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let script = script.replace(
+        "~/src/crush/editors/nvim",
+        &plugin_dir().display().to_string(),
+    );
+    let env = |cmd: &mut Command| {
+        cmd.env("HOME", home.path())
+            .env("XDG_DATA_HOME", home.path().join("xdg-data"))
+            .env("XDG_CONFIG_HOME", home.path().join("xdg-config"))
+            .env("XDG_STATE_HOME", home.path().join("xdg-state"))
+            .env("PATH", &path)
+            .stdin(Stdio::null());
+    };
+    let mut sh = Command::new("sh");
+    sh.arg("-ec").arg(&script);
+    env(&mut sh);
+    let out = sh.output().unwrap();
+    assert!(out.status.success(), "{script}\n{out:?}");
+    // `-u NORC`: no init file, but the user's packages load, as for a user.
+    let mut check = Command::new(&nvim);
+    check.args([
+        "--headless",
+        "-u",
+        "NORC",
+        "-c",
+        "if exists(':Crush') != 2 | cquit 1 | endif",
+        "-c",
+        "qall!",
+    ]);
+    env(&mut check);
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "the plugin was not found after:\n{script}\n{out:?}"
+    );
+}

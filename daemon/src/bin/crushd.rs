@@ -13,6 +13,10 @@ use crushd::transport::TransportError;
 /// Exit status when another daemon already runs (EX_TEMPFAIL); crush-client relies on it.
 const EXIT_ALREADY_RUNNING: u8 = 75;
 
+/// Exit status when the config file is unusable, as with `--check-config`; crush-client relies
+/// on it to report the problem as a configuration error rather than a failed start.
+const EXIT_CONFIG: u8 = 2;
+
 /// Per-user daemon that runs AI coding-agent sessions for editors and the command line.
 ///
 /// Clients (crushctl, editor plugins) start it on demand; you rarely run it by hand. It speaks
@@ -82,9 +86,14 @@ fn main() -> ExitCode {
                     Some(TransportError::AlreadyRunning { .. })
                 )
             });
+            let bad_config = e
+                .chain()
+                .any(|c| c.downcast_ref::<config::ConfigError>().is_some());
             if already_running {
                 // Tells an autostarting client it lost the start race and should just connect.
                 ExitCode::from(EXIT_ALREADY_RUNNING)
+            } else if bad_config {
+                ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
             }
@@ -114,7 +123,7 @@ fn check_config(args: &Args) -> ExitCode {
         Ok(Some(file)) => cfg.apply_file(&file),
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     }
     cfg.apply_env();
@@ -127,7 +136,7 @@ fn check_config(args: &Args) -> ExitCode {
                     path.display(),
                     e.message
                 );
-                return ExitCode::from(2);
+                return ExitCode::from(EXIT_CONFIG);
             }
             println!("{}: ok (default model {name})", path.display());
         }

@@ -271,6 +271,14 @@ impl Endpoint {
                 error_chain(e)
             ));
         }
+        // The common case (a local server that is not running) in a few words a retry line
+        // can show, instead of reqwest's five-level chain.
+        if io_kind(e) == Some(std::io::ErrorKind::ConnectionRefused) {
+            return ModelError::transient(format!(
+                "connection refused by {url} (is the {} server running?)",
+                self.provider
+            ));
+        }
         ModelError::transient(format!(
             "cannot reach the {} endpoint {url}: {}",
             self.provider,
@@ -480,6 +488,18 @@ pub fn error_message(v: &Value) -> Option<String> {
 }
 
 /// An error and its sources, joined with `: `.
+/// The kind of the I/O error at the root of `e`, if one is there.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = s.source();
+    }
+    None
+}
+
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = e.to_string();
     let mut source = e.source();

@@ -62,6 +62,9 @@ local subcommands = {
   attach = function(args)
     require("crush").attach(args[1])
   end,
+  rename = function(args)
+    require("crush").rename(table.concat(args, " "))
+  end,
   model = function(args)
     require("crush").model(args[1])
   end,

@@ -99,16 +99,25 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                 }
             }
         };
-        let msgs = history(&client, &session.session_id, a.from_start, a.lines).await?;
-        show(&mut conv, &msgs);
+        // Said before the history: said after it, it would land in the middle of an answer
+        // that is still streaming.
         ui.err_line(&ui.paint_err(
             DIM,
             &format!(
                 "crushctl: following session {:?} ({}); Ctrl-C to stop",
-                session.title, session.session_id
+                session.title,
+                crate::ids::short(&session.session_id)
             ),
         ));
+        let msgs = history(&client, &session.session_id, a.from_start, a.lines).await?;
+        show(&mut conv, &msgs);
+        // Messages up to here were shown or deliberately left out (`-n`): a resync must not
+        // print them as if they were new.
+        let shown_up_to = msgs.last().map(|m| m.seq).unwrap_or(0);
+        // Connection notices wait for the end of a line of streamed text on a shared screen.
+        let mut notices = Notices::default();
         loop {
+            notices.flush(&ui);
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ClientEvent::Update(u)) if u.session_id == session.session_id => {
@@ -123,7 +132,7 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                     Some(ClientEvent::Resync(r)) if r.session_id == session.session_id => {
                         // Events were missed: the history since then, then the live stream.
                         let msgs = history(&client, &session.session_id, false, 50).await?;
-                        for m in &msgs {
+                        for m in msgs.iter().filter(|m| a.json || m.seq > shown_up_to) {
                             let live = r
                                 .streaming
                                 .as_ref()
@@ -133,20 +142,21 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                                 let mut v = serde_json::to_value(m)?;
                                 v["type"] = json!("message");
                                 ui.out_line(&v.to_string());
-                            } else if m.role == "assistant" {
+                            } else {
+                                // Only what was missed: the conversation remembers what it printed.
                                 conv.message(m, live.as_ref());
                             }
                         }
                     }
-                    Some(ClientEvent::Disconnected { reason }) => ui.err_line(&ui.paint_err(
+                    Some(ClientEvent::Disconnected { reason }) => notices.push(ui.paint_err(
                         YELLOW,
                         &format!("crushctl: lost the connection to crushd ({reason}); reconnecting"),
                     )),
                     Some(ClientEvent::Reconnected(_)) => {
-                        ui.err_line(&ui.paint_err(DIM, "crushctl: reconnected"))
+                        notices.push(ui.paint_err(DIM, "crushctl: reconnected"))
                     }
                     Some(ClientEvent::SubscriptionLost { error, .. }) => {
-                        return Err(Exit { code: EXIT_FAILED, message: format!("the session is gone: {error}") }.into());
+                        return Err(Exit { code: EXIT_FAILED, message: format!("the session is gone: {}", g.plain(&error)) }.into());
                     }
                     Some(ClientEvent::GaveUp { error }) => {
                         return Err(Exit { code: EXIT_UNREACHABLE, message: error }.into());
@@ -154,8 +164,10 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                     Some(_) => {}
                     None => return Err(Exit { code: EXIT_UNREACHABLE, message: "the connection to crushd closed".to_owned() }.into()),
                 },
+                _ = crate::ui::wait_stdout_closed() => return Err(crate::ui::closed_error()),
                 _ = interrupts.recv() => {
                     ui.end_line();
+                    notices.flush(&ui);
                     return Ok(0);
                 }
             }
@@ -164,4 +176,25 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
     .await;
     leave(client).await;
     result
+}
+
+/// Notices about the connection. When stdout and stderr are one screen and a line of an answer
+/// is still streaming, a notice printed now would split it; it waits until the line ends.
+#[derive(Default)]
+struct Notices(Vec<String>);
+
+impl Notices {
+    fn push(&mut self, line: String) {
+        self.0.push(line);
+    }
+
+    fn flush(&mut self, ui: &Ui) {
+        let shared_screen = ui.term.stdout_tty && ui.term.stderr_tty;
+        if shared_screen && !ui.at_line_start() {
+            return;
+        }
+        for line in self.0.drain(..) {
+            ui.err_line(&line);
+        }
+    }
 }

@@ -12,9 +12,9 @@ use crate::{EXIT_USAGE, Exit, Global, default_config_path};
 pub fn path() -> anyhow::Result<u8> {
     match default_config_path() {
         Some(p) => {
-            println!("{}", p.display());
+            crate::outln!("{}", p.display())?;
             if !p.is_file() {
-                eprintln!("(no file there yet: the daemon uses its defaults)");
+                crate::errln!("(no file there yet: the daemon uses its defaults)");
             }
             Ok(0)
         }
@@ -30,9 +30,9 @@ pub async fn show(g: &Global, json: bool) -> anyhow::Result<u8> {
     let client = Client::connect(g.options(true)).await?;
     let cfg = client.request::<request::ConfigGet>(NoParams).await?.config;
     if json {
-        println!("{}", serde_json::to_string(&cfg)?);
+        crate::outln!("{}", serde_json::to_string(&cfg)?)?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&cfg)?)?;
     }
     Ok(0)
 }

@@ -6,14 +6,16 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crush_client::{Client, ClientError, autostart};
-use crush_protocol::{DaemonShutdownParams, DaemonStatusResult, NoParams, paths, request};
+use crush_protocol::{
+    DaemonShutdownParams, DaemonStatusResult, ErrorCode, NoParams, paths, request,
+};
 
 use crate::{EXIT_UNREACHABLE, Global};
 
 pub async fn start(g: &Global) -> anyhow::Result<u8> {
     let client = Client::connect(g.options(true)).await?;
     let st = client.request::<request::DaemonStatus>(NoParams).await?;
-    println!("crushd is running (pid {}, socket {})", st.pid, st.socket);
+    crate::outln!("crushd is running (pid {}, socket {})", st.pid, st.socket)?;
     Ok(0)
 }
 
@@ -22,12 +24,12 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
         Ok(c) => c,
         Err(ClientError::NotRunning { socket }) => {
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::json!({ "running": false, "socket": socket })
-                );
+                )?;
             } else {
-                println!("crushd is not running (socket {})", socket.display());
+                crate::outln!("crushd is not running (socket {})", socket.display())?;
             }
             return Ok(EXIT_UNREACHABLE);
         }
@@ -68,18 +70,18 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
             })
             .collect();
         v["activeRuns"] = serde_json::Value::Array(runs);
-        println!("{}", serde_json::to_string(&v)?);
+        crate::outln!("{}", serde_json::to_string(&v)?)?;
         return Ok(0);
     }
-    println!("crushd {} is running", st.version);
-    println!("  pid          {}", st.pid);
-    println!(
+    crate::outln!("crushd {} is running", st.version)?;
+    crate::outln!("  pid          {}", st.pid)?;
+    crate::outln!(
         "  uptime       {}",
         human_duration(Duration::from_millis(st.uptime_ms))
-    );
-    println!("  connections  {}", st.connections);
-    println!("  socket       {}", st.socket);
-    println!("  logs         {}", st.log_dir);
+    )?;
+    crate::outln!("  connections  {}", st.connections)?;
+    crate::outln!("  socket       {}", st.socket)?;
+    crate::outln!("  logs         {}", st.log_dir)?;
     let idle = match st.idle_timeout_ms {
         0 => "never".to_owned(),
         ms => format!(
@@ -87,33 +89,40 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
             human_duration(Duration::from_millis(ms))
         ),
     };
-    println!("  idle exit    {idle}");
+    crate::outln!("  idle exit    {idle}")?;
     let loaded: Vec<_> = ws.workspaces.iter().filter(|w| w.loaded).collect();
-    println!(
+    crate::outln!(
         "  workspaces   {} known, {} loaded",
         ws.workspaces.len(),
         loaded.len()
-    );
+    )?;
     for w in loaded {
-        println!("    {}", w.path);
+        crate::outln!("    {}", w.path)?;
     }
-    println!("  clients      {}", clients.len());
-    for (id, (name, connected, _)) in &clients {
-        let state = if *connected {
-            ""
-        } else {
-            " (disconnected, in grace period)"
-        };
-        println!("    {} {id}{state}", name.as_deref().unwrap_or("?"));
+    // Live clients first; those whose connection dropped (their claims wait out the grace
+    // period) apart, so a client that just exited is not mistaken for one still there.
+    let (live, gone): (Vec<_>, Vec<_>) = clients.iter().partition(|(_, (_, c, _))| *c);
+    crate::outln!("  clients      {} connected", live.len())?;
+    for (id, (name, _, _)) in &live {
+        crate::outln!("    {} {id}", name.as_deref().unwrap_or("?"))?;
     }
-    println!("  active runs  {}", runs.len());
+    if !gone.is_empty() {
+        crate::outln!(
+            "  disconnected {} (their claims are kept for the grace period)",
+            gone.len()
+        )?;
+        for (id, (name, _, _)) in &gone {
+            crate::outln!("    {} {id}", name.as_deref().unwrap_or("?"))?;
+        }
+    }
+    crate::outln!("  active runs  {}", runs.len())?;
     for r in &runs {
-        println!(
+        crate::outln!(
             "    {} {} in {}",
-            r["runId"].as_str().unwrap_or_default(),
+            crate::ids::short(r["runId"].as_str().unwrap_or_default()),
             r["state"].as_str().unwrap_or_default(),
             r["workspace"].as_str().unwrap_or_default()
-        );
+        )?;
     }
     Ok(0)
 }
@@ -122,15 +131,26 @@ pub async fn stop(g: &Global, force: bool) -> anyhow::Result<u8> {
     let client = match Client::connect(g.options(false)).await {
         Ok(c) => c,
         Err(ClientError::NotRunning { .. }) => {
-            println!("crushd is not running");
+            crate::outln!("crushd is not running")?;
             return Ok(0);
         }
         Err(e) => return Err(e.into()),
     };
     let pid = client.server().pid;
-    client
+    match client
         .request::<request::DaemonShutdown>(DaemonShutdownParams { force })
-        .await?;
+        .await
+    {
+        Ok(_) => {}
+        // The daemon's message names its protocol field; say it with this command's flag.
+        Err(ClientError::Rpc(r)) if r.code == ErrorCode::RunsActive as i32 => {
+            anyhow::bail!(
+                "runs are active or queued (`crushctl status` lists them): cancel them with \
+                 `crushctl cancel`, or add --force to stop anyway (they end cancelled)"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
     // The daemon closes every connection, then removes its socket and exits.
     if tokio::time::timeout(Duration::from_secs(15), client.closed())
         .await
@@ -166,7 +186,7 @@ pub async fn stop(g: &Global, force: bool) -> anyhow::Result<u8> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("crushd (pid {pid}) stopped");
+    crate::outln!("crushd (pid {pid}) stopped")?;
     Ok(0)
 }
 

@@ -4,17 +4,19 @@
 //!
 //! Exit codes (stable, documented in README.md and docs/cli.md): 0 success (the run completed),
 //! 1 the run or the operation failed, 2 usage or configuration error, 3 could not reach or start
-//! the daemon, 130 cancelled (Ctrl-C).
+//! the daemon, 130 cancelled (Ctrl-C), 141 stdout closed (`| head`).
 
 mod attach;
 mod config;
 mod daemon;
+mod ids;
 mod model;
 mod render;
 mod run;
 mod sessions;
 mod ui;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_CANCELLED: u8 = 130;
+/// Stdout was closed: what a shell reports for a process killed by SIGPIPE.
+pub const EXIT_PIPE: u8 = 141;
 
 /// An error that carries its exit code; its message is printed as it is.
 #[derive(Debug)]
@@ -67,6 +71,9 @@ struct Cli {
     /// Never start the daemon; fail (exit 3) when it is not running.
     #[arg(long, global = true)]
     no_autostart: bool,
+    /// Show protocol details in error messages (JSON-RPC error codes).
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,7 +89,8 @@ const EXAMPLES: &str = "Examples:
   crushctl status                          daemon pid, uptime, clients, active runs
 
 Exit codes: 0 completed, 1 failed, 2 usage or configuration error,
-            3 could not reach or start the daemon, 130 cancelled.";
+            3 could not reach or start the daemon, 130 cancelled, 141 stdout closed.
+Ids: shown by their last 8 characters; a unique prefix or suffix of 4+ characters will do.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -147,7 +155,8 @@ they are denied (and said so on stderr) unless --yolo. Ctrl-C cancels the run an
 to end; a second Ctrl-C quits at once.
 
 Exit codes: 0 completed, 1 the run failed, 2 usage or configuration error (e.g. no model),
-            3 could not reach or start the daemon, 130 cancelled.";
+            3 could not reach or start the daemon, 130 cancelled,
+            141 stdout closed (the run is cancelled, as with Ctrl-C).";
 
 #[derive(Debug, Args)]
 pub struct WorkspaceArg {
@@ -295,11 +304,33 @@ enum ConfigCommand {
     },
 }
 
+/// The name other clients see for this one (claims in `status`, "allowed by …" notes): the pid
+/// tells two crushctl processes apart.
+pub fn client_name() -> String {
+    format!("crushctl (pid {})", std::process::id())
+}
+
 /// Connection settings every command shares.
 #[derive(Debug, Clone)]
 pub struct Global {
     pub socket: Option<PathBuf>,
     pub no_autostart: bool,
+    /// Keep protocol details (error codes) in messages.
+    pub verbose: bool,
+}
+
+impl Global {
+    /// A daemon error message as the user reads it: without its trailing ` (code -32011)`
+    /// unless `--verbose`.
+    pub fn plain(&self, message: &str) -> String {
+        if self.verbose {
+            return message.to_owned();
+        }
+        match message.rfind(" (code -") {
+            Some(i) if message.ends_with(')') => message[..i].to_owned(),
+            _ => message.to_owned(),
+        }
+    }
 }
 
 impl Global {
@@ -308,7 +339,7 @@ impl Global {
             socket: Some(paths::resolve_socket(self.socket.as_deref())),
             autostart: autostart && !self.no_autostart,
             client_info: ClientInfo {
-                name: "crushctl".to_owned(),
+                name: client_name(),
                 version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             },
             ..ConnectOptions::default()
@@ -326,27 +357,59 @@ impl Global {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbose = cli.verbose;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crushctl: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "crushctl: cannot start the async runtime: {e}"
+            );
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let result = runtime.block_on(dispatch(cli));
+    let mut result = runtime.block_on(dispatch(cli));
+    // Output that went through the shared writer (tables, JSON lines) and could not be written:
+    // the command did not do what it was asked.
+    if result.is_ok() && ui::stdout_closed() {
+        result = Err(ui::closed_error());
+    }
     // Background tasks (a blocked terminal read, the reconnect supervisor) must not hold the
     // exit up.
     runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("crushctl: {e}");
+            let message = user_message(&e, verbose);
+            if !message.is_empty() {
+                // stderr may be closed too: never panic over it.
+                let _ = writeln!(std::io::stderr(), "crushctl: {message}");
+            }
             ExitCode::from(exit_code_of(&e))
         }
     }
+}
+
+/// An error as the user reads it: protocol error codes only with `--verbose`, nothing for a
+/// closed stdout (the reader left; there is nobody to tell).
+fn user_message(e: &anyhow::Error, verbose: bool) -> String {
+    if is_broken_pipe(e) {
+        return String::new();
+    }
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Rpc(r)) if !verbose => format!("crushd: {}", r.message),
+        _ => e.to_string(),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The exit code for an error: its own, 3 when the daemon is out of reach, 2 for errors that
@@ -355,7 +418,11 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     if let Some(x) = e.downcast_ref::<Exit>() {
         return x.code;
     }
+    if is_broken_pipe(e) {
+        return ui::EXIT_PIPE;
+    }
     match e.downcast_ref::<ClientError>() {
+        Some(ClientError::DaemonConfig { .. }) => EXIT_USAGE,
         Some(ce) if ce.is_unreachable() => EXIT_UNREACHABLE,
         Some(ClientError::Rpc(r)) => rpc_exit_code(r),
         _ => EXIT_FAILED,
@@ -381,6 +448,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = Global {
         socket: cli.socket.clone(),
         no_autostart: cli.no_autostart,
+        verbose: cli.verbose,
     };
     match cli.command {
         Command::Run(a) => run::run(&g, a).await,
@@ -404,12 +472,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(ConfigCommand::Show { json }) => config::show(&g, json).await,
         Command::Config(ConfigCommand::Check { file }) => config::check(file.as_deref()),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "crushctl",
-                &mut std::io::stdout(),
-            );
+            // Into memory first: clap_complete panics when its writer fails (closed stdout).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "crushctl", &mut script);
+            ui::write_out(format_args!("{}", String::from_utf8_lossy(&script)))?;
             Ok(0)
         }
     }
@@ -457,64 +523,9 @@ pub async fn list_sessions(
         .sessions)
 }
 
-/// The shortest session-id prefix `get_session` looks up.
-pub const MIN_PREFIX: usize = 4;
-
-/// `session/get` by id or, as git does for commits, by a unique prefix of at least
-/// [`MIN_PREFIX`] characters; an error (exit 2) says which id was not found or which sessions an
-/// ambiguous prefix matches.
+/// A session by its full id or a unique prefix or suffix of it (see [`ids`]).
 pub async fn get_session(client: &ReconnectingClient, id: &str) -> anyhow::Result<SessionInfo> {
-    let id = id.trim();
-    match client
-        .request::<request::SessionGet>(crush_protocol::SessionRef {
-            session_id: id.to_owned(),
-        })
-        .await
-    {
-        Ok(s) => Ok(s),
-        Err(ClientError::Rpc(r)) if r.code == ErrorCode::SessionNotFound as i32 => {
-            let mut found = if id.chars().count() >= MIN_PREFIX {
-                sessions_with_prefix(client, id).await?
-            } else {
-                Vec::new()
-            };
-            match found.len() {
-                1 => Ok(found.remove(0)),
-                0 => Err(usage(format!(
-                    "no session {id:?} (`crushctl sessions` lists them)"
-                ))),
-                _ => {
-                    let ids: Vec<&str> = found.iter().map(|s| s.session_id.as_str()).collect();
-                    Err(usage(format!(
-                        "{id:?} is the start of several sessions; give more of it: {}",
-                        ids.join(", ")
-                    )))
-                }
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Every session, of every workspace the daemon knows, whose id starts with `prefix`.
-async fn sessions_with_prefix(
-    client: &ReconnectingClient,
-    prefix: &str,
-) -> anyhow::Result<Vec<SessionInfo>> {
-    let workspaces = client
-        .request::<request::WorkspaceList>(crush_protocol::NoParams)
-        .await?
-        .workspaces;
-    let mut found = Vec::new();
-    for w in workspaces {
-        found.extend(
-            list_sessions(client, &w.workspace_id)
-                .await?
-                .into_iter()
-                .filter(|s| s.session_id.starts_with(prefix)),
-        );
-    }
-    Ok(found)
+    ids::session(client, id).await
 }
 
 /// Leaves politely so the daemon releases this client's claims at once.

@@ -112,6 +112,34 @@ fn no_model(config: &Value, ollama_url: &str) -> Exit {
     }
 }
 
+/// For a daemon's "model not usable" message: the key variables of the config's providers
+/// (built-in and custom alike) that the message names and that are set in *this* environment —
+/// the usual cause is a daemon started before the key was exported.
+pub async fn env_hint(client: &ReconnectingClient, message: &str) -> Option<String> {
+    let config = client
+        .request::<request::ConfigGet>(NoParams)
+        .await
+        .ok()?
+        .config;
+    let mut here: Vec<String> = config["providers"]
+        .as_object()?
+        .values()
+        .filter_map(|p| p["apiKeyEnv"].as_str())
+        .filter(|v| message.contains(*v))
+        .filter(|v| std::env::var(v).is_ok_and(|x| !x.trim().is_empty()))
+        .map(str::to_owned)
+        .collect();
+    here.sort();
+    here.dedup();
+    (!here.is_empty()).then(|| {
+        format!(
+            "{} is set here but not in the running daemon's environment: `crushctl daemon \
+             restart` starts it again from this shell.",
+            here.join(", ")
+        )
+    })
+}
+
 /// The first model a reachable Ollama (OpenAI-compatible `GET /models`) serves, if any. Plain
 /// HTTP on the loopback only; anything unexpected means "no".
 async fn ollama_model(base_url: &str) -> Option<String> {

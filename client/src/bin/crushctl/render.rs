@@ -3,7 +3,7 @@
 //! outcome, whichever comes), and the readable form of a conversation (`attach`,
 //! `sessions show`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -103,10 +103,16 @@ pub fn first_line(s: &str, max: usize) -> String {
     }
 }
 
-/// Prints a conversation readably on stdout; used for history and live events alike.
+/// Prints a conversation readably on stdout; used for history and live events alike. What was
+/// printed is remembered (user messages, tool calls, tool results, how an answer ended), so the
+/// history read again after a resync prints only what was missed, never an old tool call as if
+/// it were new.
 pub struct Conversation {
     pub ui: Ui,
     pub text: TextTracker,
+    /// Ids of user messages, tool calls (`call:` + id), tool results (`result:` + id) and
+    /// answers' endings (`end:` + message id) already printed.
+    shown: HashSet<String>,
 }
 
 impl Conversation {
@@ -114,7 +120,13 @@ impl Conversation {
         Self {
             ui,
             text: TextTracker::default(),
+            shown: HashSet::new(),
         }
+    }
+
+    /// Marks `key` printed; whether it was new.
+    fn first(&mut self, key: String) -> bool {
+        self.shown.insert(key)
     }
 
     fn line(&self, s: &str) {
@@ -134,7 +146,8 @@ impl Conversation {
     pub fn message(&mut self, m: &MessageInfo, streaming: Option<&Value>) {
         let parts = streaming.unwrap_or(&m.parts);
         match m.role.as_str() {
-            "user" => self.user(&text_of(parts)),
+            "user" if self.first(m.message_id.clone()) => self.user(&text_of(parts)),
+            "user" => {}
             "assistant" => {
                 let text = text_of(parts);
                 if !self.text.knows(&m.message_id) {
@@ -143,7 +156,9 @@ impl Conversation {
                 let new = self.text.snapshot(&m.message_id, &text);
                 self.ui.out(&new);
                 for p in parts.as_array().into_iter().flatten() {
-                    if p["type"] == "toolCall" {
+                    if p["type"] == "toolCall"
+                        && self.first(format!("call:{}", p["id"].as_str().unwrap_or_default()))
+                    {
                         let name = p["name"].as_str().unwrap_or("tool");
                         self.line(
                             &self.ui.paint_out(
@@ -153,13 +168,34 @@ impl Conversation {
                         );
                     }
                 }
-                if let Some(e) = &m.error {
-                    self.line(&self.ui.paint_out(RED, &format!("  ✗ {e}")));
+                // An answer that did not end normally says so, or it reads as if complete.
+                let ended = match m.finish_reason.as_deref() {
+                    Some("canceled" | "cancelled") => Some("cancelled"),
+                    Some("interrupted") => Some("interrupted (the daemon stopped)"),
+                    _ => None,
+                };
+                if (ended.is_some() || m.error.is_some())
+                    && !self.first(format!("end:{}", m.message_id))
+                {
+                    return;
+                }
+                match (ended, &m.error) {
+                    (Some(how), Some(e)) if !e.is_empty() => {
+                        self.line(&self.ui.paint_out(YELLOW, &format!("  ⊘ {how}: {e}")))
+                    }
+                    (Some(how), _) => self.line(&self.ui.paint_out(YELLOW, &format!("  ⊘ {how}"))),
+                    (None, Some(e)) => self.line(&self.ui.paint_out(RED, &format!("  ✗ {e}"))),
+                    (None, None) => {}
                 }
             }
             "tool" => {
                 for p in parts.as_array().into_iter().flatten() {
-                    if p["type"] == "toolResult" {
+                    if p["type"] == "toolResult"
+                        && self.first(format!(
+                            "result:{}",
+                            p["toolCallId"].as_str().unwrap_or_default()
+                        ))
+                    {
                         let name = p["name"].as_str().unwrap_or("tool");
                         let status = p["status"].as_str().unwrap_or("completed");
                         let content = p["content"].as_str().unwrap_or_default();
@@ -175,7 +211,11 @@ impl Conversation {
     pub fn event(&mut self, run_id: Option<&str>, e: &SessionEvent) {
         let short = run_id.map(short_id).unwrap_or_default();
         match e {
-            SessionEvent::UserMessage { text, .. } => self.user(text),
+            SessionEvent::UserMessage { text, message_id } => {
+                if self.first(message_id.clone()) {
+                    self.user(text)
+                }
+            }
             SessionEvent::AssistantStarted { message_id, .. } => {
                 self.ui.end_line();
                 self.text.started(message_id);
@@ -184,17 +224,31 @@ impl Conversation {
                 let new = self.text.delta(message_id, text);
                 self.ui.out(&new);
             }
-            SessionEvent::ToolCallStarted { tool, input, .. } => self.line(
-                &self
-                    .ui
-                    .paint_out(DIM, &format!("  ⚙ {}", tool_summary(tool, input))),
-            ),
+            SessionEvent::ToolCallStarted {
+                tool,
+                input,
+                tool_call_id,
+                ..
+            } => {
+                if self.first(format!("call:{tool_call_id}")) {
+                    self.line(
+                        &self
+                            .ui
+                            .paint_out(DIM, &format!("  ⚙ {}", tool_summary(tool, input))),
+                    )
+                }
+            }
             SessionEvent::ToolCallFinished {
                 tool,
                 status,
                 output,
+                tool_call_id,
                 ..
-            } => self.line(&tool_result_line(&self.ui, tool, status, output)),
+            } => {
+                if self.first(format!("result:{tool_call_id}")) {
+                    self.line(&tool_result_line(&self.ui, tool, status, output))
+                }
+            }
             SessionEvent::PermissionRequested { title, .. } => self.line(
                 &self
                     .ui
@@ -203,7 +257,7 @@ impl Conversation {
             SessionEvent::PermissionResolved { decision, by, .. } => self.line(
                 &self
                     .ui
-                    .paint_out(DIM, &format!("  permission: {decision} (by {by})")),
+                    .paint_out(DIM, &format!("  permission {}", resolution(decision, by))),
             ),
             SessionEvent::RunQueued { position, .. } => self.line(
                 &self
@@ -218,11 +272,14 @@ impl Conversation {
             SessionEvent::Retrying {
                 attempt,
                 max_attempts,
+                delay_ms,
                 error,
-                ..
             } => self.line(&self.ui.paint_out(
                 YELLOW,
-                &format!("  retrying ({attempt}/{max_attempts}): {error}"),
+                &format!(
+                    "  {}",
+                    retry_line(*attempt, *max_attempts, *delay_ms, error)
+                ),
             )),
             SessionEvent::RunFinished { state, error, .. } => {
                 let what = match error {
@@ -240,6 +297,42 @@ impl Conversation {
     }
 }
 
+/// A retry's wait as a person reads it: `2 s`, `1.5 s`, `250 ms`.
+pub fn human_delay(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        _ if ms.is_multiple_of(1000) => format!("{} s", ms / 1000),
+        _ => format!("{:.1} s", ms as f64 / 1000.0),
+    }
+}
+
+/// The line for a `retrying` event: `retrying 2/5 in 2 s: connection refused …`.
+pub fn retry_line(attempt: u32, max_attempts: u32, delay_ms: u64, error: &str) -> String {
+    format!(
+        "retrying {attempt}/{max_attempts} in {}: {}",
+        human_delay(delay_ms),
+        first_line(error, 200)
+    )
+}
+
+/// How a permission request was resolved, in words: "allowed for this session by nvim (pid 42)",
+/// "withdrawn: the run was cancelled". `by` is the answering client's name, or `cancel` when a
+/// cancel withdrew the request.
+pub fn resolution(decision: &str, by: &str) -> String {
+    let what = match decision {
+        "allow" => "allowed once",
+        "allowSession" => "allowed for this session",
+        "deny" => "denied",
+        "cancelled" => return "withdrawn: the run was cancelled".to_owned(),
+        other => other,
+    };
+    if by.is_empty() || by == "cancel" {
+        what.to_owned()
+    } else {
+        format!("{what} by {by}")
+    }
+}
+
 fn tool_result_line(ui: &Ui, tool: &str, status: &str, output: &str) -> String {
     match status {
         "completed" => ui.paint_out(GREEN, &format!("  ✓ {tool}")),
@@ -250,14 +343,4 @@ fn tool_result_line(ui: &Ui, tool: &str, status: &str, output: &str) -> String {
     }
 }
 
-/// The last 8 characters of an id: UUID v7s made close together share their first characters
-/// (a timestamp), never their random end.
-pub fn short_id(id: &str) -> String {
-    id.chars()
-        .rev()
-        .take(8)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
-}
+pub use crate::ids::short as short_id;

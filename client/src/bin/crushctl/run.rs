@@ -128,10 +128,14 @@ async fn send_prompt(
             }
             match e {
                 ClientError::Rpc(r) if r.code == ErrorCode::ModelNotConfigured as i32 => {
+                    let hint = crate::model::env_hint(client, &r.message)
+                        .await
+                        .map(|h| format!("\n{h}"))
+                        .unwrap_or_default();
                     Err(Exit {
                         code: EXIT_USAGE,
                         message: format!(
-                            "{}\n(`-m echo` runs the offline diagnostic model)",
+                            "{}{hint}\n(`-m echo` runs the offline diagnostic model)",
                             r.message
                         ),
                     }
@@ -399,6 +403,20 @@ impl RunView {
                 }
                 Some(p) = prompts.recv() => self.permission(p, &answers_tx),
                 Some((request_id, line)) = answers.recv() => self.answered(&request_id, &line, &answers_tx),
+                _ = crate::ui::wait_stdout_closed() => {
+                    // Nobody reads the answer any more (`| head`): cancel this run only, as
+                    // Ctrl-C would, and end at once with the status of a closed pipe.
+                    self.ui.spin(None);
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        client.request::<request::AgentCancel>(AgentCancelParams {
+                            session_id: self.session_id.clone(),
+                            run_id: Some(self.run_id.clone()),
+                        }),
+                    )
+                    .await;
+                    return Ok(Flow::Done(crate::ui::EXIT_PIPE));
+                }
                 _ = interrupts.recv() => {
                     interrupted += 1;
                     if interrupted > 1 {
@@ -546,10 +564,13 @@ impl RunView {
                 if self.json {
                     self.emit(json!({"type": "retrying", "runId": run, "attempt": attempt, "maxAttempts": max_attempts, "delayMs": delay_ms, "error": error}));
                 }
-                self.activity_line(
-                    YELLOW,
-                    &format!("retrying ({attempt}/{max_attempts}) in {delay_ms} ms: {error}"),
-                );
+                let line = crate::render::retry_line(attempt, max_attempts, delay_ms, &error);
+                self.activity_line(YELLOW, &line);
+                // A sign of life while it waits (short: a spinner line must not wrap).
+                self.ui.spin(Some(&format!(
+                    "retrying {attempt}/{max_attempts} in {}",
+                    crate::render::human_delay(delay_ms)
+                )));
             }
             SessionEvent::PermissionResolved {
                 request_id,
@@ -725,7 +746,7 @@ impl RunView {
     }
 
     fn resolved_elsewhere(&mut self, request_id: &str, decision: &str, by: &str) {
-        if by == "crushctl" {
+        if by == crate::client_name() {
             return;
         }
         if self
@@ -736,11 +757,14 @@ impl RunView {
         {
             let _ = reply.send(PermissionDecision::Deferred);
             self.ui.err_line("");
-            self.ui.err_line(
-                &self
-                    .ui
-                    .paint_err(DIM, &format!("  {}: {decision} by {by}", params.title)),
-            );
+            self.ui.err_line(&self.ui.paint_err(
+                DIM,
+                &format!(
+                    "  {}: {}",
+                    params.title,
+                    crate::render::resolution(decision, by)
+                ),
+            ));
         }
         self.prompts.retain(|(p, _)| p.request_id != request_id);
     }
@@ -759,12 +783,12 @@ pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
         )
         .await?;
         if a.json {
-            println!(
+            crate::outln!(
                 "{}",
                 json!({"runId": run_id, "sessionId": session.session_id})
-            );
+            )?;
         } else {
-            println!("{run_id}");
+            crate::outln!("{run_id}")?;
         }
         Ok(0)
     }
@@ -780,6 +804,8 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
     };
     let mut interrupts = Interrupts::new()?;
     let result = async {
+        let run_id = crate::ids::run(&client, run_id).await?;
+        let run_id = run_id.as_str();
         client.watch_run(run_id).await?;
         loop {
             tokio::select! {
@@ -787,19 +813,19 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
                     Some(ClientEvent::RunOutcome(o)) if o.run_id == run_id => {
                         let code = outcome_code(&o.state);
                         if json_out {
-                            println!("{}", json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
-                                "state": o.state, "text": o.text, "error": o.error}));
+                            crate::outln!("{}", json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
+                                "state": o.state, "text": o.text, "error": o.error}))?;
                         } else {
                             if let Some(t) = &o.text {
-                                print!("{t}");
+                                crate::ui::write_out(format_args!("{t}"))?;
                                 if !t.ends_with('\n') {
-                                    println!();
+                                    crate::outln!()?;
                                 }
                             }
                             match o.state.as_str() {
                                 "completed" => {}
-                                "cancelled" => eprintln!("crushctl: the run was cancelled"),
-                                s => eprintln!("crushctl: run {s}: {}", o.error.as_deref().unwrap_or("no reason given")),
+                                "cancelled" => crate::errln!("crushctl: the run was cancelled"),
+                                s => crate::errln!("crushctl: run {s}: {}", o.error.as_deref().unwrap_or("no reason given")),
                             }
                         }
                         return Ok(code);
@@ -827,6 +853,10 @@ pub async fn cancel(
 ) -> anyhow::Result<u8> {
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
+        let run = match run {
+            Some(r) => Some(crate::ids::run(&client, &r).await?),
+            None => None,
+        };
         let session_id = match (session, &run) {
             (Some(id), _) => get_session(&client, &id).await?.session_id,
             // The run knows its session.
@@ -865,11 +895,11 @@ pub async fn cancel(
             .await?;
         if r.cancelled.is_empty() {
             match &run {
-                Some(run_id) => println!("nothing to cancel: run {run_id} has already ended"),
-                None => println!("nothing to cancel in session {session_id}"),
+                Some(run_id) => crate::outln!("nothing to cancel: run {run_id} has already ended")?,
+                None => crate::outln!("nothing to cancel in session {session_id}")?,
             }
         } else {
-            println!("cancelled {}", r.cancelled.join(", "));
+            crate::outln!("cancelled {}", r.cancelled.join(", "))?;
         }
         Ok(0)
     }

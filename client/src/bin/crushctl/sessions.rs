@@ -27,7 +27,7 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
                         session_id: id.clone(),
                     })
                     .await?;
-                println!("deleted session {id}");
+                crate::outln!("deleted session {id}")?;
                 Ok(0)
             }
             Some(SessionsCommand::Rename { id, title }) => {
@@ -38,7 +38,7 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
                         title,
                     })
                     .await?;
-                println!("renamed session {} to {:?}", s.session_id, s.title);
+                crate::outln!("renamed session {} to {:?}", s.session_id, s.title)?;
                 Ok(0)
             }
         }
@@ -65,19 +65,19 @@ async fn list(client: &crush_client::ReconnectingClient, a: &SessionsArgs) -> an
     let state_of = |id: &str| state.get(id).copied().unwrap_or("idle");
     if a.json {
         for s in &sessions {
-            println!(
+            crate::outln!(
                 "{}",
                 json!({"sessionId": s.session_id, "title": s.title, "updatedAt": s.updated_at,
                     "createdAt": s.created_at, "messages": s.message_count, "state": state_of(&s.session_id),
                     "model": s.model})
-            );
+            )?;
         }
         return Ok(0);
     }
     let term = Term::detect();
     let ui = Ui::new(term, false);
     if sessions.is_empty() {
-        eprintln!("no sessions in {} yet (`crushctl run` starts one)", w.path);
+        crate::errln!("no sessions in {} yet (`crushctl run` starts one)", w.path);
         return Ok(0);
     }
     let now = now_ms();
@@ -85,7 +85,7 @@ async fn list(client: &crush_client::ReconnectingClient, a: &SessionsArgs) -> an
         .iter()
         .map(|s| {
             [
-                s.session_id.clone(),
+                crate::ids::short(&s.session_id),
                 s.title.clone(),
                 ago(now - s.updated_at),
                 s.message_count.to_string(),
@@ -129,7 +129,7 @@ async fn show(
     let msgs = history(client, &s.session_id, true, 1000).await?;
     if json_out {
         for m in &msgs {
-            println!("{}", serde_json::to_string(m)?);
+            crate::outln!("{}", serde_json::to_string(m)?)?;
         }
         return Ok(0);
     }

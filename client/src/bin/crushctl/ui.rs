@@ -1,10 +1,15 @@
 //! The terminal: whether stdout and stderr are terminals, colour (only on a terminal, never with
 //! `NO_COLOR`), and the one writer every output goes through, which keeps the spinner (stderr)
-//! from tearing streamed text (stdout) when both are the same terminal.
+//! from tearing streamed text (stdout) when both are the same terminal. A closed stdout (the
+//! reader of a pipe exited, as `| head` does) is noticed here and ends the command with
+//! [`EXIT_PIPE`] instead of a panic or a run that streams into nothing.
 
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use tokio::task::JoinHandle;
 
@@ -138,8 +143,7 @@ impl Ui {
             clear(&mut s);
         }
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
+        let _ = note_write(out.write_all(text.as_bytes()).and_then(|()| out.flush()));
         s.out_line_start = text.ends_with('\n');
         s.out_written = true;
     }
@@ -148,8 +152,7 @@ impl Ui {
     pub fn out_line(&self, line: &str) {
         let mut s = lock(&self.state);
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        let _ = note_write(writeln!(out, "{line}").and_then(|()| out.flush()));
         s.out_line_start = true;
         s.out_written = true;
     }
@@ -159,8 +162,7 @@ impl Ui {
         let mut s = lock(&self.state);
         if !s.out_line_start {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(b"\n");
-            let _ = out.flush();
+            let _ = note_write(out.write_all(b"\n").and_then(|()| out.flush()));
             s.out_line_start = true;
         }
     }
@@ -209,6 +211,69 @@ impl Ui {
     pub fn paint_out(&self, sgr: &str, s: &str) -> String {
         paint(self.term.color_out, sgr, s)
     }
+}
+
+pub use crate::EXIT_PIPE;
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+static STDOUT_CLOSED_NOTIFY: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+/// Records a failed write to stdout. Any failure counts, not only EPIPE: output that cannot be
+/// written has nowhere else to go.
+fn note_write(r: std::io::Result<()>) -> std::io::Result<()> {
+    if r.is_err() && !STDOUT_CLOSED.swap(true, Ordering::SeqCst) {
+        STDOUT_CLOSED_NOTIFY.notify_waiters();
+    }
+    r
+}
+
+/// Whether a write to stdout has failed.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::SeqCst)
+}
+
+/// Resolves once a write to stdout has failed.
+pub async fn wait_stdout_closed() {
+    loop {
+        let notified = STDOUT_CLOSED_NOTIFY.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if stdout_closed() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// The error that ends a command whose stdout was closed (exit [`EXIT_PIPE`], nothing printed).
+pub fn closed_error() -> anyhow::Error {
+    crate::Exit {
+        code: EXIT_PIPE,
+        message: String::new(),
+    }
+    .into()
+}
+
+/// Writes to stdout; a closed stdout is an error that ends the command quietly.
+pub fn write_out(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    note_write(out.write_fmt(args).and_then(|()| out.flush())).map_err(|_| closed_error())
+}
+
+/// `println!` for stdout that returns an error instead of panicking when stdout is closed.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::ui::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::ui::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` that never panics: stderr may be closed too, and then there is nobody to tell.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
 }
 
 fn clear(s: &mut State) {

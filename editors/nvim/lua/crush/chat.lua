@@ -125,6 +125,8 @@ function M.buf(s)
     buffer = buf,
     callback = function()
       set_win_options(vim.api.nvim_get_current_win())
+      -- The daemon announces no renames: a chat brought into view reads its title again.
+      session().refresh_info(s)
     end,
   })
   vim.api.nvim_create_autocmd("BufWipeout", {
@@ -250,7 +252,9 @@ local function entry_lines(s, e)
   if e.kind == "header" then
     table.insert(out, "# " .. (s.title or "crush session"))
     table.insert(out, "")
-    table.insert(out, "_session " .. s.id .. (s.model and (" · model " .. s.model) or "") .. "_")
+    -- The short id, as crushctl shows it (`:Crush attach` and crushctl accept it).
+    local short = require("crush.util").short_id(s.id)
+    table.insert(out, "_session " .. short .. (s.model and (" · model " .. s.model) or "") .. "_")
     table.insert(out, "")
   elseif e.kind == "user" then
     table.insert(out, "## You")
@@ -313,13 +317,21 @@ local function entry_lines(s, e)
     if e.finish == "canceled" then
       table.insert(out, "")
       table.insert(out, "_(cancelled)_")
+    elseif e.finish == "interrupted" then
+      table.insert(out, "")
+      table.insert(out, "_(interrupted: the daemon stopped)_")
     elseif e.error and e.finish ~= "tool_use" then
       table.insert(out, "")
       table.insert(out, "**error:** " .. tostring(e.error))
     end
     table.insert(out, "")
   elseif e.kind == "note" then
-    table.insert(out, "_" .. tostring(e.text) .. "_")
+    -- Marks of a run's outcome look like an answer's ("_(cancelled)_"): one form per outcome.
+    local text = tostring(e.text)
+    if text == "cancelled" or text == "interrupted" then
+      text = "(" .. text .. ")"
+    end
+    table.insert(out, "_" .. text .. "_")
     table.insert(out, "")
   elseif e.kind == "permission" then
     local p = e.prompt

@@ -50,6 +50,16 @@ function M.client_id()
   return vim.g.crush_client_id
 end
 
+--- The name other clients see for this one: the user's `client_name`, else one with this
+--- Neovim's pid, so that "allowed by …" and `crushctl status` tell two instances apart.
+function M.name()
+  local n = config.options.client_name
+  if type(n) == "string" and n ~= "" then
+    return n
+  end
+  return string.format("crush.nvim (pid %d)", vim.fn.getpid())
+end
+
 --- The socket path, resolved as the daemon resolves it (docs/protocol.md §2.1).
 function M.socket_path()
   local opt = config.options.socket
@@ -215,7 +225,7 @@ local function open(path)
     end
   end, config.options.connect_timeout_ms)
   local params = {
-    clientInfo = { name = config.options.client_name, version = M.VERSION },
+    clientInfo = { name = M.name(), version = M.VERSION },
     clientId = M.client_id(),
     protocolVersion = M.PROTOCOL_VERSION,
     -- The plugin keeps its own cursors and subscribes with afterSeq itself.

@@ -9,8 +9,9 @@ M.defaults = {
   crushctl = "crushctl",
   --- Start the daemon (`crushctl daemon start`) when nobody answers on the socket.
   autostart = true,
-  --- `clientInfo.name`: other clients see it in claims and in "answered by" notes.
-  client_name = "crush.nvim",
+  --- `clientInfo.name`: other clients see it in claims and in "answered by" notes. nil: "crush.nvim
+  --- (pid N)", so two Neovims are told apart.
+  client_name = nil,
   --- Reconnect after the connection drops: first delay, growth factor, longest delay (ms).
   reconnect = { enabled = true, initial_ms = 100, factor = 2, max_ms = 5000 },
   --- How long to wait for the daemon to answer `initialize`, in ms.

@@ -250,7 +250,70 @@ function M.new(title, cb)
   end)
 end
 
---- `:Crush attach {id}`: follows a session (any workspace's) and opens its chat.
+--- Every session of every workspace the daemon knows; cb(err, list of SessionInfo).
+local function all_sessions(cb)
+  client().request("workspace/list", vim.empty_dict(), function(err, res)
+    if err then
+      return cb(err.message)
+    end
+    local list, waiting, failed = {}, 0, nil
+    local workspaces = res.workspaces or {}
+    if #workspaces == 0 then
+      return cb(nil, list)
+    end
+    waiting = #workspaces
+    for _, w in ipairs(workspaces) do
+      client().request("session/list", { workspaceId = w.workspaceId }, function(lerr, lres)
+        if lerr then
+          failed = failed or lerr.message
+        else
+          vim.list_extend(list, lres.sessions or {})
+        end
+        waiting = waiting - 1
+        if waiting == 0 then
+          cb(failed, list)
+        end
+      end)
+    end
+  end)
+end
+
+--- The full id of the session `id` names, as crushctl reads it: the full id, or a unique
+--- prefix or suffix of at least 4 characters (the short form shown is the last 8); cb(err, id).
+function M.resolve_session(id, cb)
+  client().request("session/get", { sessionId = id }, function(err, info)
+    if not err and info then
+      return cb(nil, info.sessionId)
+    end
+    if err and err.code ~= -32011 and err.code ~= -32602 then
+      return cb(err.message)
+    end
+    local unknown = "no such session: " .. id .. " (:Crush sessions lists this workspace's)"
+    if #id < 4 then
+      return cb(unknown)
+    end
+    all_sessions(function(lerr, list)
+      if lerr then
+        return cb(lerr)
+      end
+      local found = {}
+      for _, info2 in ipairs(list) do
+        if util.id_matches(info2.sessionId, id) then
+          table.insert(found, info2.sessionId)
+        end
+      end
+      if #found == 1 then
+        return cb(nil, found[1])
+      elseif #found == 0 then
+        return cb(unknown)
+      end
+      cb(string.format("%s matches several sessions; give more of the id: %s", id, table.concat(found, ", ")))
+    end)
+  end)
+end
+
+--- `:Crush attach {id}`: follows a session (any workspace's) and opens its chat. `id` may be
+--- short (see resolve_session).
 function M.attach(id, cb)
   if not guard() then
     return
@@ -260,6 +323,16 @@ function M.attach(id, cb)
   if id == "" then
     return util.error("usage: :Crush attach {session id}")
   end
+  M.resolve_session(id, function(rerr, full)
+    if rerr then
+      util.error("cannot attach to " .. id .. ": " .. tostring(rerr))
+      return cb(rerr)
+    end
+    M.attach_full(full, cb)
+  end)
+end
+
+function M.attach_full(id, cb)
   local w = session().workspaces[M.workspace_path()]
   session().follow(id, function(err, s)
     if err then
@@ -271,6 +344,28 @@ function M.attach(id, cb)
     end
     chat().open(s)
     cb(nil, s)
+  end)
+end
+
+--- `:Crush rename {title}`: gives the current session (or the chat's) a new title.
+function M.rename(title, cb)
+  if not guard() then
+    return
+  end
+  cb = cb or function() end
+  title = vim.trim(title or "")
+  if title == "" then
+    return util.error("usage: :Crush rename {title}")
+  end
+  with_session(nil, function(s)
+    client().request("session/rename", { sessionId = s.id, title = title }, function(err, info)
+      if err then
+        util.error("cannot rename the session: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      session().set_info(s, info)
+      cb(nil, info)
+    end)
   end)
 end
 
@@ -322,7 +417,7 @@ function M.sessions()
     vim.ui.select(list, {
       prompt = "crush sessions",
       format_item = function(info)
-        return string.format("%s · updated %s · %s", info.title, util.ago(info.updatedAt), info.state)
+        return string.format("%s · %s · updated %s · %s", info.title, util.short_id(info.sessionId), util.ago(info.updatedAt), info.state)
       end,
     }, function(choice)
       if choice then

@@ -218,6 +218,7 @@ local function rebuild(s, sub, page)
       local e = M.add_entry(s, {
         kind = "assistant",
         id = m.messageId,
+        run = m.runId,
         model = model,
         parts = {},
         finish = m.finishReason,
@@ -266,6 +267,45 @@ end
 
 local resolve_prompt
 
+--- Whether an answer of run `run_id` already shows that it was cut short.
+function M.run_marked(s, run_id)
+  for _, e in ipairs(s.entries) do
+    if e.kind == "assistant" and e.run == run_id and (e.finish == "canceled" or e.finish == "interrupted") then
+      return true
+    end
+  end
+  return false
+end
+
+--- Reads the session's title and model again (`session/get`) and redraws its header when they
+--- changed.
+function M.refresh_info(s)
+  if not client.is_ready() then
+    return
+  end
+  client.request_now("session/get", { sessionId = s.id }, function(err, info)
+    if err or type(info) ~= "table" then
+      return
+    end
+    M.set_info(s, info)
+  end)
+end
+
+--- Takes the title and model of a `SessionInfo`; redraws the header when they changed.
+function M.set_info(s, info)
+  local changed = s.title ~= info.title or s.model ~= info.model
+  s.title = info.title
+  s.model = info.model
+  s.workspace_id = info.workspaceId or s.workspace_id
+  if changed then
+    if s.entries[1] then
+      M.touch(s, s.entries[1])
+    end
+    M.changed(s)
+    fire("CrushSessionTitle", { sessionId = s.id, title = s.title })
+  end
+end
+
 --- Applies one $/sessionUpdate event (already known to be newer than the cursor).
 local function apply(s, ev)
   local k = ev.kind
@@ -289,9 +329,14 @@ local function apply(s, ev)
     end
     if ev.state == "failed" then
       M.add_entry(s, { kind = "note", text = "run failed: " .. tostring(ev.error or "unknown error") })
-    elseif ev.state == "cancelled" then
-      M.add_entry(s, { kind = "note", text = "run cancelled" })
+    elseif (ev.state == "cancelled" or ev.state == "interrupted") and not M.run_marked(s, ev.runId) then
+      -- One mark per outcome: an answer cut short already says so; a run cancelled before it
+      -- answered says it here.
+      M.add_entry(s, { kind = "note", text = ev.state == "cancelled" and "cancelled" or "interrupted" })
     end
+    -- A turn is when a session's title may change (the daemon titles it, or another client
+    -- renamed it meanwhile): read it again.
+    M.refresh_info(s)
   elseif k == "userMessage" then
     if not s.by_msg[ev.messageId] then
       -- The event has no attachments; ours are known from the send.
@@ -307,8 +352,9 @@ local function apply(s, ev)
       e.model = ev.model
       M.touch(s, e)
     else
-      assistant(s, ev.messageId, ev.model)
+      e = assistant(s, ev.messageId, ev.model)
     end
+    e.run = ev.runId
   elseif k == "textDelta" then
     append_delta(s, assistant(s, ev.messageId), "text", ev.text or "")
   elseif k == "reasoningDelta" then
@@ -319,10 +365,10 @@ local function apply(s, ev)
       {
         kind = "note",
         text = string.format(
-          "retrying (attempt %s of %s) in %s ms: %s",
+          "retrying %s/%s in %s: %s",
           tostring(ev.attempt),
           tostring(ev.maxAttempts),
-          tostring(ev.delayMs),
+          util.human_ms(ev.delayMs),
           tostring(ev.error)
         ),
       }
@@ -406,7 +452,8 @@ function M.subscribe(s, cb)
       s.pending_events = {}
       if err.code == -32011 then
         s.followed = false
-        M.add_entry(s, { kind = "note", text = "this session was deleted" })
+        -- Only a session this chat showed can have been deleted; otherwise it never existed.
+        M.add_entry(s, { kind = "note", text = s.loaded and "this session was deleted" or "no such session" })
         M.changed(s)
       end
       return cb(err)
@@ -464,9 +511,7 @@ function M.subscribe(s, cb)
   end)
   client.request_now("session/get", { sessionId = s.id }, function(err, info)
     if not err and info then
-      s.title = info.title
-      s.model = info.model
-      s.workspace_id = info.workspaceId
+      M.set_info(s, info)
       if s.entries[1] then
         M.touch(s, s.entries[1])
       end
@@ -574,7 +619,7 @@ resolve_prompt = function(s, request_id, decision, by, quiet)
     M.touch(s, p.entry)
   end
   M.changed(s)
-  if not quiet and by and by ~= config.options.client_name and not p.answered_here then
+  if not quiet and by and by ~= client.name() and not p.answered_here then
     util.notify(string.format("%s: %s", p.params.title or "permission", p.note))
   end
 end
@@ -602,7 +647,7 @@ function M.answer(request_id, decision, cb)
   p.answered_here = true
   client.request("permission/respond", { requestId = request_id, decision = decision }, function(err)
     if not err then
-      resolve_prompt(s, request_id, decision, config.options.client_name)
+      resolve_prompt(s, request_id, decision, client.name())
       return cb(nil)
     end
     if err.code == -32017 then

@@ -19,6 +19,30 @@ function M.version_error()
   )
 end
 
+--- The short form of an id, as crushctl shows it: its last 8 characters (a UUIDv7 starts with a
+--- timestamp shared by ids made in the same minute; only its end is random).
+function M.short_id(id)
+  id = tostring(id or "")
+  return #id > 8 and id:sub(-8) or id
+end
+
+--- Whether `fragment` names `id` as crushctl accepts it: a prefix or a suffix (any case).
+function M.id_matches(id, fragment)
+  id, fragment = tostring(id):lower(), tostring(fragment):lower()
+  return vim.startswith(id, fragment) or vim.endswith(id, fragment)
+end
+
+--- A wait as crushctl writes it: "2 s", "1.5 s", "250 ms".
+function M.human_ms(ms)
+  ms = tonumber(ms) or 0
+  if ms < 1000 then
+    return string.format("%d ms", ms)
+  elseif ms % 1000 == 0 then
+    return string.format("%d s", ms / 1000)
+  end
+  return string.format("%.1f s", ms / 1000)
+end
+
 local seeded = false
 local function seed()
   if not seeded then

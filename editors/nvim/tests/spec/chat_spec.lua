@@ -154,8 +154,8 @@ T.it(":Crush sessions lists title, update time and state; :Crush new adds one", 
   end)
   vim.ui.select = orig
   T.eq(2, #items, "two sessions")
-  T.ok(shown[1]:match("^Second one · updated %d+s ago · idle$"), shown[1])
-  T.ok(shown[2]:match("^New session · updated %d+s ago · idle$"), shown[2])
+  T.ok(shown[1]:match("^Second one · %x+ · updated %d+s ago · idle$"), shown[1])
+  T.ok(shown[2]:match("^New session · %x+ · updated %d+s ago · idle$"), shown[2])
   T.wait("back in the first chat", function()
     return vim.b.crush_session == sid
   end)
