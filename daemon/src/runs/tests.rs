@@ -964,9 +964,9 @@ async fn a_model_failure_gives_exactly_one_errored_complete() {
 async fn a_failure_before_the_model_is_called_still_completes_once() {
     let mut h = harness(reply(&["x"])).await;
     let a = h.send("hi").await;
-    // On this single-threaded runtime the run task has not started; closing the pool is
-    // immediate, so its first read fails.
-    h.store.close().await;
+    // On this single-threaded runtime the run task has not started; the pool is marked closed
+    // at the first poll of `close`, before anything else runs, so the run's first read fails.
+    h.store.pool().close().await;
     let c = h.watcher.complete(&a).await;
     assert!(!c.cancelled);
     assert!(
