@@ -207,6 +207,7 @@ async fn verify_after_restart(c: &mut RawConn, acked: &Acked) {
 }
 
 async fn cycle(
+    label: &str,
     env: &TestEnv,
     mut start: impl FnMut() -> DaemonProcess,
     fill: impl Fn(&DaemonProcess),
@@ -243,18 +244,27 @@ async fn cycle(
         }
     }
     assert_eq!(failures, 3, "the full disk was never hit");
+    let sessions_while_full = acked.sessions.len() - 1;
+    let mut sends_refused = 0;
     for i in 0..5 {
-        let _ = send(&mut c, &session, &format!("while full {i}"), &mut acked).await;
+        if send(&mut c, &session, &format!("while full {i}"), &mut acked)
+            .await
+            .is_err()
+        {
+            sends_refused += 1;
+        }
     }
     c.assert_alive().await;
 
     // Free, and writes work again with no restart.
     free(&d);
+    let freed = Instant::now();
     let again = until_ok("session/create", async || {
         create_session(&mut c, &mut other, &workspace, "after", &mut acked).await
     })
     .await;
     assert!(!again.is_empty());
+    let back_after = freed.elapsed();
     let done = until_ok("agent/send", async || {
         send(&mut c, &session, "after space returned", &mut acked).await
     })
@@ -272,6 +282,14 @@ async fn cycle(
     let _d = start();
     let mut c = RawConn::initialized(&env.socket).await;
     verify_after_restart(&mut c, &acked).await;
+    println!(
+        "DISKFULL {label}: {sessions_while_full} sessions created as the disk filled, then 3 \
+         refused; {sends_refused} of 5 sends refused while full (the rest completed); first write \
+         after space returned: {back_after:?}; after a restart all {} acknowledged sessions and \
+         {} acknowledged runs present",
+        acked.sessions.len(),
+        acked.runs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +301,14 @@ async fn a_full_tmpfs_recovers_without_a_restart_and_loses_nothing_acknowledged(
     let Some(disk) = SmallDisk::mount(&env, "4m") else {
         return;
     };
-    cycle(&env, || disk.daemon(&env), |_| disk.fill(), |_| disk.free()).await;
+    cycle(
+        "tmpfs 4 MiB",
+        &env,
+        || disk.daemon(&env),
+        |_| disk.fill(),
+        |_| disk.free(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,6 +336,7 @@ async fn a_file_size_limit_recovers_when_lifted_and_loses_nothing_acknowledged()
         rustix::process::prlimit(Some(pid), rustix::process::Resource::Fsize, limit).unwrap();
     };
     cycle(
+        "file-size limit",
         &env,
         start,
         // Just above what the database holds now: the next pages do not fit.
