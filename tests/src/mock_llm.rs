@@ -1079,8 +1079,13 @@ impl Connection {
             s.streaming += 1;
             s.peak_streaming = s.peak_streaming.max(s.streaming);
         });
-        let result = self.stream_events(index, plan, script, keep_alive).await;
-        self.shared.update(|s| s.streaming -= 1);
+        let mut ended = false;
+        let result = self
+            .stream_events(index, plan, script, keep_alive, &mut ended)
+            .await;
+        if !ended {
+            self.shared.update(|s| s.streaming -= 1);
+        }
         match result {
             Ok(()) => {}
             Err(Stop::Closed) => self.shared.update(|s| s.disconnects += 1),
@@ -1095,6 +1100,7 @@ impl Connection {
         plan: Plan,
         script: &Script,
         keep_alive: bool,
+        ended: &mut bool,
     ) -> Result<(), Stop> {
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
@@ -1153,6 +1159,10 @@ impl Connection {
             return self.watch(None).await;
         }
         self.watch(Some(Instant::now())).await?;
+        // No longer streaming once the end is about to be written: a client that read it may
+        // start its next request before this task runs again.
+        *ended = true;
+        self.shared.update(|s| s.streaming -= 1);
         for frame in &plan.tail {
             self.send(frame).await?;
         }

@@ -53,6 +53,20 @@ async fn stats_until(c: &mut RawConn, what: &str, pred: impl Fn(&Value) -> bool)
     }
 }
 
+async fn workspace(c: &mut RawConn, env: &TestEnv) -> String {
+    let ws = c
+        .request("workspace/open", json!({"path": env.dir.path()}))
+        .await;
+    ws["result"]["workspaceId"].as_str().unwrap().to_owned()
+}
+
+async fn new_session(c: &mut RawConn, workspace: &str) -> String {
+    let s = c
+        .request("session/create", json!({"workspaceId": workspace}))
+        .await;
+    s["result"]["sessionId"].as_str().unwrap().to_owned()
+}
+
 /// A request whose body is `size` bytes (padded inside `params`).
 fn padded_request(id: u64, size: usize) -> Vec<u8> {
     let head =
@@ -203,20 +217,10 @@ async fn replay_logs_stay_within_their_budget_oldest_first() {
     big.chunks = vec!["z".repeat(4096); 100];
     w.mock.set_default(big);
     let mut c = RawConn::initialized(&w.env.socket).await;
-    let ws = c
-        .request("workspace/open", json!({"path": w.env.dir.path()}))
-        .await;
+    let ws = workspace(&mut c, &w.env).await;
     let mut sessions = Vec::new();
     for _ in 0..6 {
-        let s = c
-            .request(
-                "session/create",
-                json!({"workspaceId": ws["result"]["workspaceId"]}),
-            )
-            .await["result"]["sessionId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let s = new_session(&mut c, &ws).await;
         c.request("session/subscribe", json!({"sessionId": s}))
             .await;
         let r = c
@@ -259,20 +263,10 @@ async fn runs_past_the_model_connection_limit_wait_their_turn_and_all_complete()
     w.mock
         .set_default(Script::chunks(20).chunk_delay(Duration::from_millis(5)));
     let mut c = RawConn::initialized(&w.env.socket).await;
-    let ws = c
-        .request("workspace/open", json!({"path": w.env.dir.path()}))
-        .await;
+    let ws = workspace(&mut c, &w.env).await;
     let mut runs = Vec::new();
     for _ in 0..8 {
-        let s = c
-            .request(
-                "session/create",
-                json!({"workspaceId": ws["result"]["workspaceId"]}),
-            )
-            .await["result"]["sessionId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let s = new_session(&mut c, &ws).await;
         let r = c
             .request("agent/send", json!({"sessionId": s, "prompt": "go"}))
             .await;
