@@ -146,6 +146,11 @@ pub struct PermissionRules {
     /// `cargo test -p x`, not `cargo testx`). Commands with shell control characters always ask.
     #[serde(default)]
     pub allow_bash: Vec<String>,
+    /// Environment variables passed to tool processes although they look like secrets
+    /// (`crate::secrets::is_secret`), e.g. `SSH_AUTH_SOCK` for `git push` over SSH. Provider key
+    /// variables are never passed, listed or not.
+    #[serde(default)]
+    pub allow_env: Vec<String>,
 }
 
 /// The providers every daemon knows: each needs nothing but its key (Ollama not even that).
@@ -385,7 +390,7 @@ impl Config {
                 let key_set = p.api_key.is_some()
                     || p.api_key_env
                         .as_deref()
-                        .is_some_and(|v| std::env::var(v).is_ok_and(|k| !k.trim().is_empty()));
+                        .is_some_and(|v| crate::secrets::var(v).is_some_and(|k| !k.trim().is_empty()));
                 let models: serde_json::Map<String, serde_json::Value> = p
                     .models
                     .iter()
@@ -401,7 +406,7 @@ impl Config {
                     .collect();
                 let mut v = json!({
                     "type": p.api.as_str(),
-                    "baseUrl": p.base_url,
+                    "baseUrl": crate::secrets::redact_url_credentials(&p.base_url),
                     "apiKeyEnv": p.api_key_env,
                     "apiKeySet": key_set,
                     "preset": p.preset,
@@ -433,6 +438,7 @@ impl Config {
             "permissions": {
                 "allow": self.permissions.allow,
                 "allowBash": self.permissions.allow_bash,
+                "allowEnv": self.permissions.allow_env,
             },
             "daemon": {
                 "socket": self.socket.display().to_string(),
@@ -751,7 +757,10 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             return Err(problem(
                 line_of(url),
                 format!("{header}.base_url"),
-                format!("{url:?} is not an http:// or https:// URL"),
+                format!(
+                    "{:?} is not an http:// or https:// URL",
+                    crate::secrets::redact_url_credentials(url)
+                ),
             ));
         }
         if p.api_key.is_some() && p.api_key_env.is_some() {
