@@ -362,3 +362,79 @@ async fn no_tool_process_reaches_a_key_by_any_route_as_an_unprivileged_user() {
     let probe = probe_routes(as_nobody).await;
     assert_no_route(&probe, false);
 }
+
+/// The password in a `base_url`; the test looks for it everywhere the daemon writes or answers.
+const URL_PASSWORD: &str = "sk-url-SECRET-pw4217";
+
+#[tokio::test]
+async fn credentials_in_a_base_url_are_redacted_everywhere() {
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    let with_creds = mock
+        .base_url()
+        .replacen("://", &format!("://proxyuser:{URL_PASSWORD}@"), 1);
+    // `down` points at a closed port: its connection error quotes the URL.
+    env.write_config(&format!(
+        "default_model = \"proxied/mock-1\"\n\n[providers.proxied]\ntype = \"openai\"\nbase_url = \"{with_creds}\"\n\n[providers.down]\ntype = \"openai\"\nbase_url = \"http://proxyuser:{URL_PASSWORD}@127.0.0.1:9/v1\"\n\n[agent]\nmax_attempts = 1\n"
+    ));
+    let mut cmd = env.command("crushd");
+    cmd.arg("--foreground")
+        .arg("--debug-methods")
+        .env("CRUSHD_LOG", "trace");
+    let d = DaemonProcess::spawn(cmd);
+    d.wait_for_log("listening", DEADLINE);
+    let mut c = RawConn::initialized(&env.socket).await;
+    let sid = session(&env, &mut c).await;
+    let clean = |what: &str, text: &str| {
+        assert!(!text.contains(URL_PASSWORD), "{what} shows the password: {text}");
+    };
+
+    let cfg = c.request("config/get", json!({})).await;
+    clean("config/get", &cfg.to_string());
+    let shown = cfg["result"]["config"]["providers"]["proxied"]["baseUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(shown.starts_with("http://<redacted>@127.0.0.1:"), "{shown}");
+    let models = c.request("model/list", json!({})).await;
+    clean("model/list", &models.to_string());
+
+    // A turn that works (the user-info reaches the server as Basic authentication)…
+    mock.push(Script::text("fine"));
+    let run = send(&mut c, &sid, "hello", json!({})).await;
+    assert_eq!(c.run_complete(&run).await["text"], "fine");
+    // …an error that quotes the endpoint's URL (404)…
+    mock.push(Script::error(404, "no such model"));
+    let run = send(&mut c, &sid, "again", json!({})).await;
+    let done = c.run_complete(&run).await;
+    let err = done["error"].as_str().unwrap();
+    assert!(err.contains("http://<redacted>@127.0.0.1:"), "{err}");
+    clean("$/runComplete", &done.to_string());
+    clean(
+        "run/get",
+        &c.request("run/get", json!({"runId": run})).await.to_string(),
+    );
+    // …and a connection error, whose text comes from the HTTP library.
+    let run = send(&mut c, &sid, "down", json!({"model": "down/m"})).await;
+    let done = c.run_complete(&run).await;
+    assert!(done["error"].as_str().unwrap().contains("<redacted>@"), "{done}");
+    clean("$/runComplete", &done.to_string());
+    clean(
+        "session/messages",
+        &c.request("session/messages", json!({"sessionId": sid}))
+            .await
+            .to_string(),
+    );
+
+    // The database files (and its WAL) and the whole trace-level log.
+    for e in std::fs::read_dir(env.data_dir()).unwrap().flatten() {
+        let bytes = std::fs::read(e.path()).unwrap();
+        clean(
+            &e.path().display().to_string(),
+            &String::from_utf8_lossy(&bytes),
+        );
+    }
+    let log = d.log_text();
+    assert!(log.contains("TRACE"), "the log is at trace level");
+    clean("the daemon's log", &log);
+}
