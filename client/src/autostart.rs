@@ -85,12 +85,8 @@ pub async fn connect_or_start(
         None => find_daemon_binary().ok_or(ClientError::DaemonNotFound)?,
     };
     let state = paths::state_dir();
-    std::fs::create_dir_all(&state)?;
     let stdio_log = state.join(paths::STDIO_LOG_FILE);
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&stdio_log)?;
+    let out = open_stdio_log(&state, &stdio_log)?;
     let err = out.try_clone()?;
     let mut child = tokio::process::Command::new(&bin)
         .arg("--socket")
@@ -131,6 +127,37 @@ pub async fn connect_or_start(
         // Waiting for another process to bind: poll with a short, growing delay.
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The daemon's start-up output file, in its state directory: both private (0700, 0600)
+/// whatever the umask, like everything the daemon writes.
+fn open_stdio_log(state: &Path, stdio_log: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tightened = paths::create_private_dir(state)?;
+        opts.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        let mut file = opts.open(stdio_log)?;
+        paths::make_file_private(&file)?;
+        if let Some(old) = tightened {
+            // Said where the user looks when the daemon is in doubt.
+            use std::io::Write;
+            let _ = writeln!(
+                file,
+                "crushctl: {}: mode {old:04o} was open to others; made it 0700",
+                state.display()
+            );
+        }
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(state)?;
+        opts.open(stdio_log)
     }
 }
 

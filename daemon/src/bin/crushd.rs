@@ -171,6 +171,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     cfg.debug_methods = args.debug_methods;
     take_keys_out_of_the_environment(args.secrets_on_stdin, &cfg)?;
+    // (After the re-run above, which keeps the umask: this reads the user's.)
+    // Everything the daemon creates (database, logs, lock) is private whatever umask it was
+    // started with; tools get the user's umask back (crushd::tools::user_umask).
+    #[cfg(unix)]
+    {
+        let user = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        crushd::tools::set_user_umask(user.bits() & 0o777);
+    }
     crushd::tools::set_allow_env(cfg.permissions.allow_env.clone());
 
     #[cfg(unix)]

@@ -278,6 +278,9 @@ mod unix {
             if guarded && let Some(soft) = guard::original_fd_limit() {
                 c.env(guard::NOFILE_ENV, soft.to_string());
             }
+            if guarded && let Some(mask) = crate::tools::user_umask() {
+                c.env(guard::UMASK_ENV, format!("{mask:o}"));
+            }
             c
         };
         if let Some(program) = guard::program() {

@@ -34,6 +34,10 @@ pub const FLAG: &str = "--tool-guard";
 /// guard puts it back before starting the shell, so tool commands see the user's own limit.
 pub const NOFILE_ENV: &str = "CRUSHD_TOOL_NOFILE";
 
+/// The umask the daemon started with (octal), before it set 077 for its own files: the guard
+/// puts it back before starting the shell, so what commands create follows the user's umask.
+pub const UMASK_ENV: &str = "CRUSHD_TOOL_UMASK";
+
 /// How long the group gets between SIGTERM and SIGKILL once the daemon is gone.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
@@ -81,6 +85,12 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
     };
     restore_fd_limit();
+    if let Some(mask) = std::env::var(UMASK_ENV)
+        .ok()
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+    {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask & 0o777));
+    }
     // Before anything else runs (and while this process has one thread: capabilities and
     // no_new_privs are per thread): close this process to the command it is about to start, and
     // leave the command no capability to open the daemon with (see ARCHITECTURE.md "Secrets").
@@ -244,6 +254,7 @@ fn spawn(command: &OsString) -> std::io::Result<tokio::process::Child> {
         c.arg("-c")
             .arg(command)
             .env_remove(NOFILE_ENV)
+            .env_remove(UMASK_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());

@@ -135,6 +135,19 @@ enum Action {
 pub use crate::secrets::is_secret_name;
 
 static ALLOW_ENV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Records the umask the daemon was started with, once it set its own (077, so everything it
+/// writes is private): what tools create in the workspace gets the user's umask back — `bash`
+/// through the tool guard, `write` for new files and directories.
+pub fn set_user_umask(mask: u32) {
+    let _ = USER_UMASK.set(mask);
+}
+
+/// The user's umask, when the daemon changed its own.
+pub fn user_umask() -> Option<u32> {
+    USER_UMASK.get().copied()
+}
 
 /// Sets the variables tool processes get although they look like secrets (`[permissions]
 /// allow_env`). Called once by the `crushd` binary; the library alone passes none.
