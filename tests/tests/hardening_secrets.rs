@@ -403,6 +403,13 @@ async fn credentials_in_a_base_url_are_redacted_everywhere() {
     mock.push(Script::text("fine"));
     let run = send(&mut c, &sid, "hello", json!({})).await;
     assert_eq!(c.run_complete(&run).await["text"], "fine");
+    let auth = mock.requests()[0]
+        .header("authorization")
+        .map(str::to_owned);
+    assert!(
+        auth.as_deref().is_some_and(|a| a.starts_with("Basic ")),
+        "{auth:?}"
+    );
     // …an error that quotes the endpoint's URL (404)…
     mock.push(Script::error(404, "no such model"));
     let run = send(&mut c, &sid, "again", json!({})).await;
