@@ -249,6 +249,25 @@ async fn probe_routes(as_nobody: bool) -> String {
     .await
     .expect("crushctl run finished")
     .unwrap();
+    // The keys are gone from the daemon's environment block itself, not only out of the tool's
+    // reach: this test, as root with every capability, reads it (the probe names the pid).
+    if rustix::process::geteuid().is_root()
+        && let Some(pid) = mock.requests().get(1).and_then(|r| {
+            r.tool_results().into_iter().find_map(|(_, out)| {
+                out.lines()
+                    .find(|l| l.starts_with("environ ") && l.contains(" crushd:"))
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            })
+        })
+    {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(environ.contains("XDG_DATA_HOME="), "{environ}");
+        assert!(
+            !environ.contains("sk-probe-") && !environ.contains("MOCK_API_KEY"),
+            "the daemon's environment block: {environ}"
+        );
+    }
     let stop = crushctl(&["daemon", "stop"]).output().await.unwrap();
     assert!(
         out.status.success(),
@@ -302,6 +321,8 @@ fn inheritable_fds_of_this_test() -> Vec<String> {
 /// passes on; the daemon's and the guard's descriptors are closed to it; as root it runs without
 /// capabilities.
 fn assert_no_route(probe: &str, as_root: bool) {
+    // The figures in RELIABILITY.md come from this (`-- --nocapture`).
+    eprintln!("what the probe found:\n{probe}");
     let leaks: Vec<&str> = probe.lines().filter(|l| l.contains("LEAK")).collect();
     assert!(leaks.is_empty(), "a tool reached a key:\n{probe}");
     let tried = |route: &str, comm: &str| {
