@@ -388,9 +388,9 @@ impl Config {
             .iter()
             .map(|(id, p)| {
                 let key_set = p.api_key.is_some()
-                    || p.api_key_env
-                        .as_deref()
-                        .is_some_and(|v| crate::secrets::var(v).is_some_and(|k| !k.trim().is_empty()));
+                    || p.api_key_env.as_deref().is_some_and(|v| {
+                        crate::secrets::var(v).is_some_and(|k| !k.trim().is_empty())
+                    });
                 let models: serde_json::Map<String, serde_json::Value> = p
                     .models
                     .iter()

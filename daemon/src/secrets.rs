@@ -84,7 +84,10 @@ fn scheme_before(prefix: &str) -> bool {
         .rev()
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         .collect();
-    scheme.chars().last().is_some_and(|c| c.is_ascii_alphabetic())
+    scheme
+        .chars()
+        .last()
+        .is_some_and(|c| c.is_ascii_alphabetic())
 }
 
 static KEYS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
@@ -324,7 +327,10 @@ mod tests {
         .to_vec();
         let plan = handover::plan(vars.clone(), &["OPENAI_API_KEY".to_owned()], &[]);
         assert!(plan.must_reexec);
-        assert_eq!(plan.keys.get("OPENAI_API_KEY").map(String::as_str), Some("sk-1"));
+        assert_eq!(
+            plan.keys.get("OPENAI_API_KEY").map(String::as_str),
+            Some("sk-1")
+        );
         assert_eq!(plan.clean_env.len(), 1);
         let clean = handover::plan(vec![vars[0].clone()], &["OPENAI_API_KEY".to_owned()], &[]);
         assert!(!clean.must_reexec);

@@ -176,7 +176,10 @@ fn open_data_and_state_directories_are_tightened_and_say_so() {
         .collect::<String>();
     assert!(
         log.contains(&format!("{}: mode 0755 was open to others", data.display()))
-            && log.contains(&format!("{}: mode 0777 was open to others", state.display())),
+            && log.contains(&format!(
+                "{}: mode 0777 was open to others",
+                state.display()
+            )),
         "the log says what was tightened:\n{log}"
     );
     let out = env.crushctl(&["daemon", "stop"]);
@@ -211,7 +214,10 @@ fn a_lock_file_symlink_is_refused_and_its_target_is_untouched() {
     std::os::unix::fs::symlink(&victim, run_dir.join("crushd.lock")).unwrap();
 
     let mut d = env.start_daemon(&[]);
-    d.wait_for_log("crushd.lock is a symbolic link; refusing to use it", DEADLINE);
+    d.wait_for_log(
+        "crushd.lock is a symbolic link; refusing to use it",
+        DEADLINE,
+    );
     assert!(!d.wait_exit(DEADLINE).success());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     assert!(!env.socket.exists());
@@ -226,7 +232,10 @@ fn a_regular_file_named_like_the_socket_is_never_deleted() {
     std::fs::write(&env.socket, "not a socket\n").unwrap();
 
     let mut d = env.start_daemon(&[]);
-    d.wait_for_log("exists and is not a socket; refusing to remove it", DEADLINE);
+    d.wait_for_log(
+        "exists and is not a socket; refusing to remove it",
+        DEADLINE,
+    );
     assert!(!d.wait_exit(DEADLINE).success());
     assert_eq!(
         std::fs::read_to_string(&env.socket).unwrap(),
@@ -241,4 +250,3 @@ fn a_regular_file_named_like_the_socket_is_never_deleted() {
     let _d = env.spawn_daemon(&[]);
     assert!(std::os::unix::net::UnixStream::connect(&env.socket).is_ok());
 }
-

@@ -182,7 +182,10 @@ const PROBE_KEY: &str = "sk-probe-mock-8c1f0e";
 const PROBE_SECRETS: [(&str, &str); 3] = [
     ("OPENAI_API_KEY", "sk-probe-openai-51d2"),
     ("GITHUB_TOKEN", "sk-probe-github-9a3b"),
-    ("DATABASE_URL", "postgres://app:sk-probe-dbpass@db.internal/app"),
+    (
+        "DATABASE_URL",
+        "postgres://app:sk-probe-dbpass@db.internal/app",
+    ),
 ];
 
 /// What a tool process could reach when `crushctl run` (holding the keys in its environment)
@@ -242,13 +245,10 @@ async fn probe_routes(as_nobody: bool) -> String {
             .kill_on_drop(true);
         cmd
     };
-    let out = tokio::time::timeout(
-        DEADLINE * 3,
-        crushctl(&["run", "--yolo", "probe"]).output(),
-    )
-    .await
-    .expect("crushctl run finished")
-    .unwrap();
+    let out = tokio::time::timeout(DEADLINE * 3, crushctl(&["run", "--yolo", "probe"]).output())
+        .await
+        .expect("crushctl run finished")
+        .unwrap();
     // The keys are gone from the daemon's environment block itself, not only out of the tool's
     // reach: this test, as root with every capability, reads it (the probe names the pid).
     if rustix::process::geteuid().is_root()
@@ -407,7 +407,10 @@ async fn credentials_in_a_base_url_are_redacted_everywhere() {
     let mut c = RawConn::initialized(&env.socket).await;
     let sid = session(&env, &mut c).await;
     let clean = |what: &str, text: &str| {
-        assert!(!text.contains(URL_PASSWORD), "{what} shows the password: {text}");
+        assert!(
+            !text.contains(URL_PASSWORD),
+            "{what} shows the password: {text}"
+        );
     };
 
     let cfg = c.request("config/get", json!({})).await;
@@ -440,12 +443,17 @@ async fn credentials_in_a_base_url_are_redacted_everywhere() {
     clean("$/runComplete", &done.to_string());
     clean(
         "run/get",
-        &c.request("run/get", json!({"runId": run})).await.to_string(),
+        &c.request("run/get", json!({"runId": run}))
+            .await
+            .to_string(),
     );
     // …and a connection error, whose text comes from the HTTP library.
     let run = send(&mut c, &sid, "down", json!({"model": "down/m"})).await;
     let done = c.run_complete(&run).await;
-    assert!(done["error"].as_str().unwrap().contains("<redacted>@"), "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("<redacted>@"),
+        "{done}"
+    );
     clean("$/runComplete", &done.to_string());
     clean(
         "session/messages",
