@@ -321,6 +321,20 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_symlink_is_refused_and_never_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&victim, tmp.path().join(paths::LOCK_FILE)).unwrap();
+        let sock = tmp.path().join("s.sock");
+        assert!(matches!(
+            acquire_lock(tmp.path(), &sock, Duration::ZERO),
+            Err(TransportError::LockIsSymlink(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    }
+
+    #[test]
     fn second_lock_names_the_first_pid() {
         let tmp = tempfile::tempdir().unwrap();
         let sock = tmp.path().join("s.sock");

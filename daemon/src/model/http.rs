@@ -545,6 +545,27 @@ mod tests {
     }
 
     #[test]
+    fn base_url_credentials_are_redacted_from_messages_and_debug() {
+        let e = Endpoint::new("proxied", "https://bob:hunter2-long-pw@proxy.example/v1");
+        let err = classify(
+            &e,
+            &e.url("/chat/completions"),
+            "m",
+            StatusCode::NOT_FOUND,
+            None,
+            "password hunter2-long-pw rejected",
+        );
+        assert!(!err.message.contains("hunter2"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("https://<redacted>@proxy.example/v1/chat/completions"),
+            "{}",
+            err.message
+        );
+        assert!(!format!("{e:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn rate_limits_and_server_errors_are_retryable_with_the_servers_wait() {
         let e = classify(
             &ep(),
