@@ -171,9 +171,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     cfg.debug_methods = args.debug_methods;
     take_keys_out_of_the_environment(args.secrets_on_stdin, &cfg)?;
-    // (After the re-run above, which keeps the umask: this reads the user's.)
     // Everything the daemon creates (database, logs, lock) is private whatever umask it was
-    // started with; tools get the user's umask back (crushd::tools::user_umask).
+    // started with; tools get the user's umask back (crushd::tools::user_umask). After the
+    // re-run above, which keeps the umask, so this reads the user's.
     #[cfg(unix)]
     {
         let user = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
