@@ -131,7 +131,7 @@ pub fn tool_environment(
 #[cfg(target_os = "linux")]
 pub mod handover {
     use std::collections::BTreeMap;
-    use std::ffi::OsString;
+    use std::ffi::{OsStr, OsString};
     use std::io::{Read, Seek, Write};
     use std::os::unix::process::CommandExt;
 
@@ -148,8 +148,15 @@ pub mod handover {
         pub must_reexec: bool,
     }
 
+    /// Variables the daemon itself reads from its environment even when they carry credentials:
+    /// the HTTP client's proxy settings (`https_proxy=http://user:pw@proxy:3128`). They stay in
+    /// the daemon's environment block — closed to tools by non-dumpability alone — and reach a
+    /// tool only under the usual rule.
+    const DAEMON_READS: [&str; 4] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"];
+
     /// Sorts the environment: provider keys (`key_vars` present with a value) are kept for the
-    /// store; they and every other secret not in `allow` leave the environment.
+    /// store; they and every other secret not in `allow` leave the environment, except the few
+    /// the daemon itself needs there ([`DAEMON_READS`]).
     pub fn plan(vars: Vec<(OsString, OsString)>, key_vars: &[String], allow: &[String]) -> Plan {
         let mut keys = BTreeMap::new();
         for (name, value) in &vars {
@@ -159,7 +166,18 @@ pub mod handover {
                 keys.insert(n.to_owned(), v.to_owned());
             }
         }
-        let clean_env = super::tool_environment(vars.iter().cloned(), key_vars, allow);
+        let needed = |name: &OsString| {
+            name.to_str()
+                .is_some_and(|n| DAEMON_READS.iter().any(|d| d.eq_ignore_ascii_case(n)))
+        };
+        let clean_env: Vec<(OsString, OsString)> = vars
+            .iter()
+            .filter(|(name, value)| {
+                let named = |list: &[String]| list.iter().any(|n| OsStr::new(n) == name);
+                !named(key_vars) && (needed(name) || named(allow) || !super::is_secret(name, value))
+            })
+            .cloned()
+            .collect();
         let must_reexec = clean_env.len() != vars.len();
         Plan {
             keys,
@@ -334,5 +352,13 @@ mod tests {
         assert_eq!(plan.clean_env.len(), 1);
         let clean = handover::plan(vec![vars[0].clone()], &["OPENAI_API_KEY".to_owned()], &[]);
         assert!(!clean.must_reexec);
+        // The daemon's own proxy settings stay, credentials and all; tools still lose them.
+        let proxy = (
+            OsString::from("https_proxy"),
+            OsString::from("http://u:pw@proxy:3128"),
+        );
+        let kept = handover::plan(vec![proxy.clone()], &[], &[]);
+        assert!(!kept.must_reexec);
+        assert!(tool_environment([proxy], &[], &[]).is_empty());
     }
 }
