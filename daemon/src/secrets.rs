@@ -124,10 +124,10 @@ pub fn tool_environment(
 }
 
 /// Taking the keys out of the `crushd` process's environment block: at start the daemon re-runs
-/// its own binary (`execve` in place, so the pid, the parent and the standard streams stay) with
-/// an environment that holds no secret, and hands the provider keys to the new image on its
-/// standard input — an anonymous in-memory file (`memfd`) that the new image reads and replaces with
-/// `/dev/null` before doing anything else. Linux only (`/proc/self/exe`, `memfd_create`).
+/// its own binary (`execve` in place, so the pid, the parent, stdout and stderr stay) with an
+/// environment that holds no secret, and hands the provider keys to the new image on its
+/// standard input — an anonymous in-memory file (`memfd`) that the new image reads and replaces
+/// with `/dev/null` before doing anything else. Linux only (`/proc/self/exe`, `memfd_create`).
 #[cfg(target_os = "linux")]
 pub mod handover {
     use std::collections::BTreeMap;
