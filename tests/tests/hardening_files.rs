@@ -39,6 +39,15 @@ fn under_umask_000(cmd: &Command) -> Command {
     sh
 }
 
+/// Stops the background daemon of `env` when the test ends, passed or failed.
+struct StopDaemon<'a>(&'a TestEnv);
+
+impl Drop for StopDaemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.crushctl(&["daemon", "stop"]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_the_daemon_writes_is_private_under_umask_000() {
     let env = TestEnv::new();
@@ -49,6 +58,7 @@ async fn everything_the_daemon_writes_is_private_under_umask_000() {
     let mut start = env.command("crushctl");
     start.args(["daemon", "start"]);
     let out = under_umask_000(&start).output().unwrap();
+    let _stop = StopDaemon(&env);
     assert!(out.status.success(), "{out:?}");
 
     // Writes: a session, and a turn whose tools create files in the project.
@@ -163,6 +173,7 @@ fn open_data_and_state_directories_are_tightened_and_say_so() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let out = env.crushctl(&["daemon", "start"]);
+    let _stop = StopDaemon(&env);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&state), 0o700);
