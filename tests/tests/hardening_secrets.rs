@@ -245,10 +245,13 @@ async fn probe_routes(as_nobody: bool) -> String {
             .kill_on_drop(true);
         cmd
     };
-    let out = tokio::time::timeout(DEADLINE * 3, crushctl(&["run", "--yolo", "probe"]).output())
-        .await
-        .expect("crushctl run finished")
-        .unwrap();
+    let out =
+        tokio::time::timeout(DEADLINE * 3, crushctl(&["run", "--yolo", "probe"]).output()).await;
+    let Ok(out) = out else {
+        let _ = crushctl(&["daemon", "stop"]).output().await;
+        panic!("crushctl run did not finish within {:?}", DEADLINE * 3);
+    };
+    let out = out.unwrap();
     // The keys are gone from the daemon's environment block itself, not only out of the tool's
     // reach: this test, as root with every capability, reads it (the probe names the pid).
     if rustix::process::geteuid().is_root()
