@@ -88,12 +88,8 @@ pub async fn connect_or_start(
         None => find_daemon_binary().ok_or(ClientError::DaemonNotFound)?,
     };
     let state = paths::state_dir();
-    std::fs::create_dir_all(&state)?;
     let stdio_log = state.join(paths::STDIO_LOG_FILE);
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&stdio_log)?;
+    let out = open_stdio_log(&state, &stdio_log)?;
     // Where this daemon's own output starts, so a failed start can quote it.
     let output_start = out.metadata().map(|m| m.len()).unwrap_or(0);
     let err = out.try_clone()?;
@@ -163,6 +159,37 @@ fn output_since(stdio_log: &Path, start: u64) -> Option<String> {
     f.take(MAX).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).trim().to_owned();
     (!text.is_empty()).then_some(text)
+}
+
+/// The daemon's start-up output file, in its state directory: both private (0700, 0600)
+/// whatever the umask, like everything the daemon writes.
+fn open_stdio_log(state: &Path, stdio_log: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tightened = paths::create_private_dir(state)?;
+        opts.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        let mut file = opts.open(stdio_log)?;
+        paths::make_file_private(&file)?;
+        if let Some(old) = tightened {
+            // Said where the user looks when the daemon is in doubt.
+            use std::io::Write;
+            let _ = writeln!(
+                file,
+                "crushctl: {}: mode {old:04o} was open to others; made it 0700",
+                state.display()
+            );
+        }
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(state)?;
+        opts.open(stdio_log)
+    }
 }
 
 fn start_failed(

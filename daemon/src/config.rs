@@ -154,6 +154,11 @@ pub struct PermissionRules {
     /// `cargo test -p x`, not `cargo testx`). Commands with shell control characters always ask.
     #[serde(default)]
     pub allow_bash: Vec<String>,
+    /// Environment variables passed to tool processes although they look like secrets
+    /// (`crate::secrets::is_secret`), e.g. `SSH_AUTH_SOCK` for `git push` over SSH. Provider key
+    /// variables are never passed, listed or not.
+    #[serde(default)]
+    pub allow_env: Vec<String>,
 }
 
 /// The providers every daemon knows: each needs nothing but its key (Ollama not even that).
@@ -409,9 +414,9 @@ impl Config {
             .iter()
             .map(|(id, p)| {
                 let key_set = p.api_key.is_some()
-                    || p.api_key_env
-                        .as_deref()
-                        .is_some_and(|v| std::env::var(v).is_ok_and(|k| !k.trim().is_empty()));
+                    || p.api_key_env.as_deref().is_some_and(|v| {
+                        crate::secrets::var(v).is_some_and(|k| !k.trim().is_empty())
+                    });
                 let models: serde_json::Map<String, serde_json::Value> = p
                     .models
                     .iter()
@@ -427,7 +432,7 @@ impl Config {
                     .collect();
                 let mut v = json!({
                     "type": p.api.as_str(),
-                    "baseUrl": p.base_url,
+                    "baseUrl": crate::secrets::redact_url_credentials(&p.base_url),
                     "apiKeyEnv": p.api_key_env,
                     "apiKeySet": key_set,
                     "preset": p.preset,
@@ -459,6 +464,7 @@ impl Config {
             "permissions": {
                 "allow": self.permissions.allow,
                 "allowBash": self.permissions.allow_bash,
+                "allowEnv": self.permissions.allow_env,
             },
             "daemon": {
                 "socket": self.socket.display().to_string(),
@@ -786,7 +792,10 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             return Err(problem(
                 line_of(url),
                 format!("{header}.base_url"),
-                format!("{url:?} is not an http:// or https:// URL"),
+                format!(
+                    "{:?} is not an http:// or https:// URL",
+                    crate::secrets::redact_url_credentials(url)
+                ),
             ));
         }
         if p.api_key.is_some() && p.api_key_env.is_some() {

@@ -12,6 +12,7 @@ pub mod model;
 pub mod outbound;
 pub mod peer;
 pub mod runs;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod sync;

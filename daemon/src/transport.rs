@@ -33,6 +33,14 @@ pub enum TransportError {
         "socket directory {path} has mode {mode:04o}; it must be private (run `chmod 700 {path}`)"
     )]
     DirNotPrivate { path: PathBuf, mode: u32 },
+    #[error("{0} is a symbolic link; refusing to use it (remove it)")]
+    LockIsSymlink(PathBuf),
+    #[error("{0} is not a regular file; refusing to use it as the lock (remove it)")]
+    LockNotAFile(PathBuf),
+    #[error(
+        "{0} exists and is not a socket; refusing to remove it (move it away or choose another --socket)"
+    )]
+    NotASocket(PathBuf),
     #[error("crushd is already running{} (socket {socket})", pid.map(|p| format!(" as pid {p}")).unwrap_or_default())]
     AlreadyRunning { pid: Option<u32>, socket: PathBuf },
     #[error("{path}: {source}")]
@@ -132,9 +140,27 @@ pub fn acquire_lock(
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        // Never through a symlink: a planted `crushd.lock -> ~/.bashrc` would have us truncate
+        // and write our pid into its target.
+        opts.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
-    let mut file = opts.open(&path).map_err(io_err(&path))?;
+    let mut file = match opts.open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            let link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(if link {
+                TransportError::LockIsSymlink(path)
+            } else {
+                io_err(&path)(e)
+            });
+        }
+    };
+    if !file.metadata().map_err(io_err(&path))?.is_file() {
+        return Err(TransportError::LockNotAFile(path));
+    }
+    #[cfg(unix)]
+    crush_protocol::paths::make_file_private(&file).map_err(io_err(&path))?;
     let deadline = Instant::now() + wait;
     loop {
         match file.try_lock() {
@@ -183,7 +209,12 @@ pub fn bind(socket: &Path) -> Result<Endpoint, TransportError> {
     let lock = acquire_lock(&dir, socket, Duration::from_secs(3))?;
 
     #[cfg(unix)]
-    if std::fs::symlink_metadata(socket).is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a socket is ours to replace; anything else under that name is someone's file.
+        if !meta.file_type().is_socket() {
+            return Err(TransportError::NotASocket(socket.to_path_buf()));
+        }
         // We hold the lock, so no daemon of ours is behind this file; still, never steal a
         // socket that something answers on.
         if socket_is_live(socket) {
@@ -287,6 +318,20 @@ mod tests {
             check_private_dir(&real, &meta, someone_else),
             Err(TransportError::DirNotOwned { .. })
         ));
+    }
+
+    #[test]
+    fn a_lock_symlink_is_refused_and_never_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&victim, tmp.path().join(paths::LOCK_FILE)).unwrap();
+        let sock = tmp.path().join("s.sock");
+        assert!(matches!(
+            acquire_lock(tmp.path(), &sock, Duration::ZERO),
+            Err(TransportError::LockIsSymlink(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     }
 
     #[test]

@@ -84,3 +84,50 @@ pub fn newest_log_file(dir: &Path) -> Option<PathBuf> {
     files.sort();
     files.pop()
 }
+
+/// Creates `dir` (and any missing parent) with mode 0700, whatever the umask, and makes sure it
+/// is private to this user: it must be a directory owned by us (else an error that says so); an
+/// existing one open to group or others is tightened to 0700 and its old mode returned, so the
+/// caller can say what it changed. A symlink to such a directory is followed: data and state
+/// directories are often links to another disk (the socket directory, checked in the daemon's
+/// transport, is stricter).
+#[cfg(unix)]
+pub fn create_private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} is owned by uid {}, not by you (uid {me}); refusing to use it",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(Some(mode))
+}
+
+/// Makes an open file 0600 if it is open to anyone else (a file an older version or another
+/// umask left readable).
+#[cfg(unix)]
+pub fn make_file_private(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if file.metadata()?.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

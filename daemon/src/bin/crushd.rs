@@ -49,6 +49,10 @@ struct Args {
     /// Enable the debug/* diagnostic methods (for tests and client development).
     #[arg(long, hide = true)]
     debug_methods: bool,
+    /// Internal: standard input carries the provider keys (the daemon re-ran itself to take
+    /// them out of its environment block; see crushd::secrets::handover).
+    #[arg(long = "secrets-on-stdin", hide = true)]
+    secrets_on_stdin: bool,
 }
 
 fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
@@ -65,6 +69,12 @@ fn main() -> ExitCode {
         if raw.get(1).is_some_and(|a| a == crushd::tools::guard::FLAG) {
             return crushd::tools::guard::main(&raw[2..]);
         }
+    }
+    // First of all: no other process of this user (a tool command above all) may read this
+    // one's memory, environment or descriptors (ARCHITECTURE.md "Secrets").
+    if let Err(e) = crushd::secrets::make_undumpable() {
+        eprintln!("crushd: cannot make the process non-dumpable: {e}");
+        return ExitCode::FAILURE;
     }
     let args = Args::parse();
     if args.check_config {
@@ -169,6 +179,16 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.data_dir = d;
     }
     cfg.debug_methods = args.debug_methods;
+    take_keys_out_of_the_environment(args.secrets_on_stdin, &cfg)?;
+    // Everything the daemon creates (database, logs, lock) is private whatever umask it was
+    // started with; tools get the user's umask back (crushd::tools::user_umask). After the
+    // re-run above, which keeps the umask, so this reads the user's.
+    #[cfg(unix)]
+    {
+        let user = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        crushd::tools::set_user_umask(user.bits() & 0o777);
+    }
+    crushd::tools::set_allow_env(cfg.permissions.allow_env.clone());
 
     #[cfg(unix)]
     if !args.foreground {
@@ -188,5 +208,37 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(crushd::server::run(cfg))?;
+    Ok(())
+}
+
+/// Puts the provider keys in the in-memory key store and makes sure this process's environment
+/// block holds no secret: when it does, re-runs this binary in place without them (Linux; see
+/// `crushd::secrets::handover`). Elsewhere the keys are read from the environment as it is.
+fn take_keys_out_of_the_environment(secrets_on_stdin: bool, cfg: &Config) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use crushd::secrets::handover;
+        if secrets_on_stdin {
+            let keys = handover::receive().context("cannot read the keys handed over on stdin")?;
+            crushd::secrets::install(keys);
+            return Ok(());
+        }
+        let key_vars = crushd::model::Models::from_config(&cfg.models).key_variables();
+        let plan = handover::plan(
+            std::env::vars_os().collect(),
+            &key_vars,
+            &cfg.permissions.allow_env,
+        );
+        if plan.must_reexec {
+            let mut argv = std::env::args_os();
+            let argv0 = argv.next().unwrap_or_else(|| "crushd".into());
+            let original: Vec<std::ffi::OsString> = argv.collect();
+            let e = handover::reexec(&plan, &argv0, &original);
+            anyhow::bail!("cannot re-run crushd without the secrets in its environment: {e}");
+        }
+        crushd::secrets::install(plan.keys);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (secrets_on_stdin, cfg);
     Ok(())
 }

@@ -200,7 +200,10 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("provider", &self.provider)
-            .field("base_url", &self.base_url)
+            .field(
+                "base_url",
+                &crate::secrets::redact_url_credentials(&self.base_url),
+            )
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("api_key_env", &self.api_key_env)
             .field("connect_timeout", &self.connect_timeout)
@@ -222,13 +225,29 @@ impl Endpoint {
         }
     }
 
-    /// `text` with every occurrence of the API key replaced by `<redacted>`.
+    /// `text` with every occurrence of the API key replaced by `<redacted>`, and the
+    /// credentials of every URL in it too (a `base_url` may carry `user:password@`; transport
+    /// errors quote the URL).
     pub fn redact(&self, text: &str) -> String {
-        match self.api_key.as_deref().map(str::trim) {
+        let text = crate::secrets::redact_url_credentials(text);
+        let text = match self.api_key.as_deref().map(str::trim) {
             // A key this short would redact ordinary words; no real provider issues one.
             Some(key) if key.len() >= 8 => text.replace(key, "<redacted>"),
-            _ => text.to_owned(),
+            _ => text,
+        };
+        // The URL's password wherever it appears on its own (a server echoing it, say).
+        match self.url_password() {
+            Some(pw) if pw.len() >= 8 => text.replace(&pw, "<redacted>"),
+            _ => text,
         }
+    }
+
+    /// The password in `base_url`'s user-info, if any.
+    fn url_password(&self) -> Option<String> {
+        let authority = self.base_url.split_once("://")?.1;
+        let authority = authority.split(['/', '?', '#']).next()?;
+        let userinfo = &authority[..authority.rfind('@')?];
+        userinfo.split_once(':').map(|(_, pw)| pw.to_owned())
     }
 
     /// The error with the API key redacted from its message.
@@ -247,7 +266,7 @@ impl Endpoint {
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return Err(format!(
                 "base_url {:?} is not an http(s) URL",
-                self.base_url
+                crate::secrets::redact_url_credentials(&self.base_url)
             ));
         }
         reqwest::Client::builder()
@@ -557,6 +576,27 @@ mod tests {
         // Short "keys" (local servers accept anything) do not mangle messages.
         e.api_key = Some("x".into());
         assert_eq!(e.redact("x marks the spot"), "x marks the spot");
+    }
+
+    #[test]
+    fn base_url_credentials_are_redacted_from_messages_and_debug() {
+        let e = Endpoint::new("proxied", "https://bob:hunter2-long-pw@proxy.example/v1");
+        let err = classify(
+            &e,
+            &e.url("/chat/completions"),
+            "m",
+            StatusCode::NOT_FOUND,
+            None,
+            "password hunter2-long-pw rejected",
+        );
+        assert!(!err.message.contains("hunter2"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("https://<redacted>@proxy.example/v1/chat/completions"),
+            "{}",
+            err.message
+        );
+        assert!(!format!("{e:?}").contains("hunter2"));
     }
 
     #[test]

@@ -378,7 +378,8 @@ fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
         provider: provider_id.to_owned(),
         api: p.api.as_str().to_owned(),
         model: model.to_owned(),
-        base_url: (p.api != ApiKind::Echo).then(|| p.base_url.clone()),
+        base_url: (p.api != ApiKind::Echo)
+            .then(|| crate::secrets::redact_url_credentials(&p.base_url)),
         context_window: limits.context_window,
         max_output_tokens: limits.max_output_tokens,
         unavailable: None,
@@ -392,8 +393,8 @@ fn key_of(id: &str, p: &ProviderConfig) -> Result<Option<String>, String> {
     }
     match &p.api_key_env {
         None => Ok(None),
-        Some(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+        Some(var) => match crate::secrets::var(var) {
+            Some(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
             _ => Err(format!(
                 "provider {id} needs its API key in the environment variable {var}, which is not \
                  set in the daemon's environment (set it, then stop the daemon with \

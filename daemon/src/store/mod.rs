@@ -282,18 +282,33 @@ fn classify_open_error(path: &Path, e: sqlx::Error) -> StoreError {
     }
 }
 
+/// The data directory, private (0700, ours; a looser one is tightened and logged), and the
+/// database's files 0600 if an older version or another umask left them open. New files are
+/// private already: the `crushd` binary runs with umask 077, and SQLite gives `-wal` and `-shm`
+/// the database file's mode.
 fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|source| StoreError::DataDir {
+    let err = |source| StoreError::DataDir {
         path: dir.to_path_buf(),
         source,
-    })
+    };
+    #[cfg(unix)]
+    {
+        if let Some(old) = crush_protocol::paths::create_private_dir(dir).map_err(err)? {
+            tracing::warn!(
+                "{}: mode {old:04o} was open to others; made it 0700",
+                dir.display()
+            );
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let path = dir.join(format!("{DB_FILE}{suffix}"));
+            if let Ok(file) = std::fs::File::open(&path) {
+                crush_protocol::paths::make_file_private(&file).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(err)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The `bash` tool: one shell command in the workspace root, in its own process group, with
-//! secrets scrubbed from its environment (see [`super::secret_variables`]). The whole group is
+//! secrets scrubbed from its environment (see [`super::tool_environment`]). The whole group is
 //! killed on timeout, on cancel and also after the shell exits, so no background child outlives
 //! the call; in the `crushd` binary the group also runs under the tool guard (`guard.rs`), which
 //! kills it when the daemon dies, even by SIGKILL. Output is captured head-and-tail within the
@@ -262,9 +262,6 @@ mod unix {
             let mut c = Command::new(program);
             if guarded {
                 c.arg(guard::FLAG).stdin(Stdio::piped());
-                if let Some(soft) = guard::original_fd_limit() {
-                    c.env(guard::NOFILE_ENV, soft.to_string());
-                }
             } else {
                 c.stdin(Stdio::null());
             }
@@ -276,8 +273,13 @@ mod unix {
                 .process_group(0)
                 // A backstop: if this future is dropped mid-call, the shell still dies.
                 .kill_on_drop(true);
-            for name in crate::tools::secret_variables(scrub, std::env::vars_os().map(|(k, _)| k)) {
-                c.env_remove(name);
+            // A clean environment: only what the rule lets through, never what it does not.
+            c.env_clear().envs(crate::tools::tool_environment(scrub));
+            if guarded && let Some(soft) = guard::original_fd_limit() {
+                c.env(guard::NOFILE_ENV, soft.to_string());
+            }
+            if guarded && let Some(mask) = crate::tools::user_umask() {
+                c.env(guard::UMASK_ENV, format!("{mask:o}"));
             }
             c
         };

@@ -34,6 +34,10 @@ pub const FLAG: &str = "--tool-guard";
 /// guard puts it back before starting the shell, so tool commands see the user's own limit.
 pub const NOFILE_ENV: &str = "CRUSHD_TOOL_NOFILE";
 
+/// The umask the daemon started with (octal), before it set 077 for its own files: the guard
+/// puts it back before starting the shell, so what commands create follows the user's umask.
+pub const UMASK_ENV: &str = "CRUSHD_TOOL_UMASK";
+
 /// How long the group gets between SIGTERM and SIGKILL once the daemon is gone.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
@@ -81,6 +85,21 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
     };
     restore_fd_limit();
+    if let Some(mask) = std::env::var(UMASK_ENV)
+        .ok()
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+    {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask & 0o777));
+    }
+    // Before anything else runs (and while this process has one thread: capabilities and
+    // no_new_privs are per thread): close this process to the command it is about to start, and
+    // leave the command no capability to open the daemon with (see ARCHITECTURE.md "Secrets").
+    let _ = crate::secrets::make_undumpable();
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = drop_capabilities() {
+        eprintln!("crushd {FLAG}: cannot drop capabilities ({e}); refusing to run the command");
+        return ExitCode::from(126);
+    }
     let parent = rustix::process::getppid();
     // Ask the kernel for SIGHUP when the parent dies; if it died before this took effect, the
     // parent changed already (and stdin is at end of file).
@@ -170,6 +189,33 @@ async fn guard(command: OsString, parent: Option<Pid>, group: Pid) -> i32 {
     1
 }
 
+/// Leaves this process, and so the command it starts, without any capability. Root keeps
+/// uid 0 but not `CAP_SYS_PTRACE` (which would open a non-dumpable daemon's memory and
+/// environment to it) nor any other privilege over processes and files it does not own. Clearing
+/// the sets is not enough for root: `execve` gives uid 0 every capability of the bounding set
+/// again, unless `no_new_privs` is set, which makes the kernel keep a program's capabilities
+/// within its parent's (empty) ones. A user without capabilities changes nothing (and keeps
+/// `sudo` and set-uid programs working).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn drop_capabilities() -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets, capabilities, set_capabilities};
+    let now = capabilities(None)?;
+    let root = rustix::process::geteuid().is_root();
+    if !root && now.permitted.is_empty() && now.inheritable.is_empty() {
+        return Ok(());
+    }
+    rustix::thread::set_no_new_privs(true)?;
+    set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
 /// Lowers the soft open-file limit to the value the daemon started with, if it says one.
 fn restore_fd_limit() {
     let Some(soft) = std::env::var(NOFILE_ENV)
@@ -208,6 +254,7 @@ fn spawn(command: &OsString) -> std::io::Result<tokio::process::Child> {
         c.arg("-c")
             .arg(command)
             .env_remove(NOFILE_ENV)
+            .env_remove(UMASK_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());

@@ -41,7 +41,7 @@ pub struct ToolContext {
     /// The run's token: fires on agent/cancel, workspace close and daemon shutdown.
     pub cancel: CancellationToken,
     /// Environment variable names removed from bash's environment (the providers' key
-    /// variables), on top of every name that looks like a secret ([`secret_variables`]).
+    /// variables), on top of every variable that looks like a secret ([`tool_environment`]).
     pub scrub_env: Vec<String>,
     pub limits: Limits,
 }
@@ -132,48 +132,36 @@ enum Action {
     Bash(bash::Call),
 }
 
-/// Name endings that mark an environment variable as a secret (compared case-insensitively).
-const SECRET_SUFFIXES: [&str; 10] = [
-    "_API_KEY",
-    "_APIKEY",
-    "_TOKEN",
-    "_SECRET",
-    "_SECRET_KEY",
-    "_ACCESS_KEY",
-    "_PASSWORD",
-    "_PASSWD",
-    "_CREDENTIALS",
-    "_AUTH",
-];
+pub use crate::secrets::is_secret_name;
 
-/// Names that are secrets whole (compared case-insensitively).
-const SECRET_NAMES: [&str; 5] = ["API_KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD"];
+static ALLOW_ENV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-/// Whether an environment variable's name says it holds a secret: `*_API_KEY`, `*_TOKEN`,
-/// `*_SECRET`, `*_PASSWORD`, … (see [`SECRET_SUFFIXES`]).
-pub fn is_secret_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    SECRET_NAMES.contains(&upper.as_str()) || SECRET_SUFFIXES.iter().any(|s| upper.ends_with(s))
+/// Records the umask the daemon was started with, once it set its own (077, so everything it
+/// writes is private): what tools create in the workspace gets the user's umask back — `bash`
+/// through the tool guard, `write` for new files and directories.
+pub fn set_user_umask(mask: u32) {
+    let _ = USER_UMASK.set(mask);
 }
 
-/// The variables to remove from a tool process's environment: every `configured` name (the
-/// providers' `api_key_env`, whatever they are called) and every name in `present` that
-/// [`is_secret_name`]. The rule: a command the model runs never sees a credential the daemon
-/// was started with.
-pub fn secret_variables(
-    configured: &[String],
-    present: impl IntoIterator<Item = std::ffi::OsString>,
-) -> Vec<std::ffi::OsString> {
-    let mut out: Vec<std::ffi::OsString> =
-        configured.iter().map(std::ffi::OsString::from).collect();
-    out.extend(
-        present
-            .into_iter()
-            .filter(|n| n.to_str().is_some_and(is_secret_name)),
-    );
-    out.sort();
-    out.dedup();
-    out
+/// The user's umask, when the daemon changed its own.
+pub fn user_umask() -> Option<u32> {
+    USER_UMASK.get().copied()
+}
+
+/// Sets the variables tool processes get although they look like secrets (`[permissions]
+/// allow_env`). Called once by the `crushd` binary; the library alone passes none.
+pub fn set_allow_env(names: Vec<String>) {
+    let _ = ALLOW_ENV.set(names);
+}
+
+/// The environment of a tool process: the daemon's, without the providers' key variables
+/// (`key_vars`, whatever they are called) and without any other secret
+/// ([`crate::secrets::is_secret`]) the user did not allow-list. The rule: a command the model
+/// runs never sees a credential the daemon was started with unless the user said so.
+pub fn tool_environment(key_vars: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let allow = ALLOW_ENV.get().map(Vec::as_slice).unwrap_or_default();
+    crate::secrets::tool_environment(std::env::vars_os(), key_vars, allow)
 }
 
 /// The tools in the order the model is shown them.

@@ -94,7 +94,7 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
         Err(_) => false,
     };
     if let Some(dir) = r.real.parent()
-        && let Err(e) = fs::create_dir_all(dir)
+        && let Err(e) = create_dirs(dir)
     {
         return ToolOutput::error(format!(
             "Cannot create the directories for {}: {e}",
@@ -140,6 +140,38 @@ fn too_big_diff(shown: &str) -> String {
         "--- a/{shown}\n+++ b/{shown}\n(no diff: the file is larger than {} MiB)\n",
         DIFF_MAX_BYTES / (1024 * 1024)
     )
+}
+
+/// The mode of a file `write` creates, when the daemon runs with its own umask (077): what the
+/// user's umask gives (`0644` before it, as before). `None`: the process umask is the user's.
+fn new_file_mode() -> Option<u32> {
+    super::user_umask().map(|u| 0o644 & !u)
+}
+
+/// `create_dir_all`, except that the directories it creates get the user's umask (`0777`
+/// before it), not the daemon's.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    let Some(umask) = super::user_umask() else {
+        return fs::create_dir_all(dir);
+    };
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while fs::symlink_metadata(at).is_err() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    for d in missing.iter().rev() {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777 & !umask))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (missing, umask);
+    Ok(())
 }
 
 /// Replaces `target` with `content` atomically: the bytes go to a new temporary file in the same
@@ -210,7 +242,7 @@ fn atomic_write_at(dirfd: &rustix::fd::OwnedFd, name: &Path, content: &[u8]) -> 
         created.ok_or_else(|| io::Error::other("cannot create a temporary file"))?;
     let written = (|| -> io::Result<()> {
         file.write_all(content)?;
-        if let Some(m) = mode {
+        if let Some(m) = mode.or_else(new_file_mode) {
             rustix::fs::fchmod(&file, Mode::from_raw_mode(m))?;
         }
         file.sync_all()?;
@@ -250,6 +282,11 @@ pub(crate) fn atomic_write_with(
     let (tmp, mut file) = create_temp(dir, target)?;
     let written = (|| {
         fill(&mut file)?;
+        #[cfg(unix)]
+        let perms = perms.or_else(|| {
+            use std::os::unix::fs::PermissionsExt;
+            new_file_mode().map(fs::Permissions::from_mode)
+        });
         if let Some(p) = perms {
             file.set_permissions(p)?;
         }

@@ -356,6 +356,12 @@ impl Global {
 }
 
 fn main() -> ExitCode {
+    // crushctl often holds provider keys in its environment (it passes them to a daemon it
+    // starts) and may be an ancestor of the daemon's tool commands while it waits for a run:
+    // no other process of the user may read its environment or memory (ARCHITECTURE.md
+    // "Secrets"). Linux only; nothing depends on it succeeding.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let cli = Cli::parse();
     let verbose = cli.verbose;
     let runtime = match tokio::runtime::Builder::new_current_thread()
