@@ -6,10 +6,11 @@
 //! process dying, not a power cut (see ARCHITECTURE.md "Persistence").
 //!
 //! One writer task owns the inserts. Accepts that arrive while it is writing queue up behind it,
-//! and its next transaction takes all of them at once: a burst costs a few commits instead of one
-//! each, and the writers never contend for SQLite's lock (whose busy handler sleeps in
-//! milliseconds). No timer waits for a batch to fill: an accept on an idle daemon is written at
-//! once.
+//! and its next write takes all of them at once, as one `INSERT … SELECT FROM json_each(?)`
+//! statement (one round trip to SQLite's thread and one commit, however many rows): a burst costs
+//! a few commits instead of one each, and the writers never contend for SQLite's lock (whose busy
+//! handler sleeps in milliseconds). No timer waits for a batch to fill: an accept on an idle
+//! daemon is written at once.
 
 use std::sync::Mutex;
 
@@ -100,14 +101,40 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Pending>) {
     }
 }
 
+/// Inserts the whole batch in one statement (atomic on its own); which rows were new comes back
+/// from `RETURNING`.
 async fn insert_all(pool: &SqlitePool, batch: &[Pending]) -> Result<Vec<bool>> {
-    let mut tx = WriteTx::begin(pool).await?;
-    let mut inserted = Vec::with_capacity(batch.len());
-    for (run, _) in batch {
-        inserted.push(insert(&mut tx, run).await?);
-    }
-    tx.commit().await?;
-    Ok(inserted)
+    let rows: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|(run, _)| {
+            serde_json::json!({
+                "runId": run.run_id,
+                "sessionId": run.session_id,
+                "prompt": run.prompt,
+                "userParts": run.user_parts,
+                "createdAt": run.created_at,
+            })
+        })
+        .collect();
+    let rows = serde_json::Value::Array(rows).to_string();
+    // `WHERE true` lets SQLite tell the upsert clause from a join constraint.
+    let inserted = sqlx::query_scalar!(
+        r#"INSERT INTO runs (run_id, session_id, state, prompt, user_parts, created_at)
+           SELECT value ->> '$.runId', value ->> '$.sessionId', 'accepted', value ->> '$.prompt',
+                  value ->> '$.userParts', value ->> '$.createdAt'
+           FROM json_each(?) WHERE true
+           ON CONFLICT(run_id) DO NOTHING
+           RETURNING run_id AS "run_id!: String""#,
+        rows
+    )
+    .fetch_all(pool)
+    .await?;
+    // Two sends of one run id in the same batch insert one row: only the first is new.
+    let mut inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    Ok(batch
+        .iter()
+        .map(|(run, _)| inserted.remove(&run.run_id))
+        .collect())
 }
 
 async fn insert_one(pool: &SqlitePool, run: &NewRun) -> Result<bool> {

@@ -323,3 +323,72 @@ async fn session_usage_accumulates() {
     );
     assert!(got.updated_at >= s.updated_at);
 }
+
+fn new_run(id: &str, session: &str) -> NewRun {
+    NewRun {
+        run_id: id.to_owned(),
+        session_id: session.to_owned(),
+        prompt: format!("prompt of {id}"),
+        user_parts: r#"[{"type":"text","text":"x"}]"#.to_owned(),
+        created_at: now_ms(),
+    }
+}
+
+/// Accepts sent together share one write; within it a repeated id is new only once, and a row
+/// that cannot be written (its session is gone) fails alone.
+#[tokio::test]
+async fn accepts_of_a_burst_each_get_their_own_answer() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", None).await.unwrap();
+    let runs = [
+        new_run("a", &s.id),
+        new_run("b", &s.id),
+        new_run("a", &s.id),
+        new_run("c", "no-such-session"),
+        new_run("d", &s.id),
+    ];
+    let answers =
+        futures::future::join_all(runs.iter().cloned().map(|r| store.accept_run(r))).await;
+    assert!(matches!(answers[0], Ok(true)), "{answers:?}");
+    assert!(matches!(answers[1], Ok(true)), "{answers:?}");
+    assert!(
+        matches!(answers[2], Ok(false)),
+        "the repeat is not new: {answers:?}"
+    );
+    assert!(answers[3].is_err(), "no session, no run: {answers:?}");
+    assert!(matches!(answers[4], Ok(true)), "{answers:?}");
+    assert!(matches!(
+        store.accept_run(new_run("b", &s.id)).await,
+        Ok(false)
+    ));
+    let row = store.get_run("d").await.unwrap().unwrap();
+    assert_eq!(row.state, "accepted");
+    assert_eq!(row.prompt, "prompt of d");
+    assert!(store.get_run("c").await.unwrap().is_none());
+}
+
+/// A run accepted but never started has its prompt put into its session by crash recovery.
+#[tokio::test]
+async fn recovery_puts_never_started_prompts_into_their_sessions() {
+    let (d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", None).await.unwrap();
+    for id in ["r1", "r2"] {
+        assert!(store.accept_run(new_run(id, &s.id)).await.unwrap());
+    }
+    store.close().await;
+    let store = Store::open(&d.path().join("data")).await.unwrap();
+    for id in ["r1", "r2"] {
+        let run = store.get_run(id).await.unwrap().unwrap();
+        assert_eq!(run.state, "interrupted");
+        assert!(run.user_message_id.is_some());
+    }
+    let page = store.list_messages(&s.id, None, 100).await.unwrap();
+    let users: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.run_id.as_deref()))
+        .collect();
+    assert_eq!(users, [("user", Some("r1")), ("user", Some("r2"))]);
+}
