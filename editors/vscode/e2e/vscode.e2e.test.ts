@@ -19,6 +19,14 @@ import { artifactsDir, chatState, CodeServer, launchBrowser, send, THEMES, until
 
 const windows: Window[] = [];
 
+/** Resolves when the mock holds a stream, or fails at the deadline. */
+function holding(mock: MockLlm): Promise<void> {
+  return Promise.race([
+    mock.whenHolding(),
+    new Promise<void>((_, reject) => setTimeout(() => reject(new Error("the model mock was never asked for the held stream")), 30_000).unref()),
+  ]);
+}
+
 /** A test that leaves a screenshot of every open window when it fails. */
 function step(name: string, fn: () => Promise<void>): void {
   test(name, { timeout: 180_000 }, async () => {
@@ -45,6 +53,9 @@ describe("the extension in a real VS Code (code-server)", () => {
   let daemon: Daemon;
   let server: CodeServer;
   let browser: Browser;
+  // The second window is another browser, as a second VS Code window would be: a background tab
+  // of one browser is not a window a user looks at.
+  let browser2: Browser;
   let w1: Window;
   let w2: Window;
   let chat1: Frame;
@@ -63,10 +74,12 @@ describe("the extension in a real VS Code (code-server)", () => {
     await server.install();
     await server.start();
     browser = await launchBrowser(path.join(env.dir, "chromium-profile"));
+    browser2 = await launchBrowser(path.join(env.dir, "chromium-profile-2"));
   });
 
   after(async () => {
     await browser?.close();
+    await browser2?.close();
     await server?.stop();
     await daemon?.stop();
     // A daemon the extension started itself (after the kill below) is stopped the user's way.
@@ -112,7 +125,7 @@ describe("the extension in a real VS Code (code-server)", () => {
   });
 
   step("a second window follows the same session and sees the same stream; cancel stops it in both", async () => {
-    w2 = await Window.open(browser, server.url(env.workspace), "w2");
+    w2 = await Window.open(browser2, server.url(env.workspace), "w2");
     windows.push(w2);
     chat2 = await w2.openChat();
     await w2.waitForStatusBar(/Crush: idle/, "the second window connected");
@@ -126,7 +139,7 @@ describe("the extension in a real VS Code (code-server)", () => {
     await until(chat2, "the shared history", () => document.querySelectorAll(".msg.assistant").length === 2);
 
     await send(chat1, "#hold on");
-    await mock.whenHolding();
+    await holding(mock);
     for (const [chat, name] of [
       [chat1, "w1"],
       [chat2, "w2"],
@@ -151,7 +164,7 @@ describe("the extension in a real VS Code (code-server)", () => {
 
     // And a stream that completes reaches both windows whole.
     await send(chat2, "#hold again");
-    await mock.whenHolding();
+    await holding(mock);
     await until(chat1, "w1: the other window's prompt streaming", () =>
       [...document.querySelectorAll(".msg.user .text")].some((e) => (e as HTMLElement).innerText === "#hold again"),
     );
@@ -166,7 +179,7 @@ describe("the extension in a real VS Code (code-server)", () => {
 
   step("a steered prompt shows at once and joins the turn (bug 6)", async () => {
     await send(chat1, "#hold for a steer");
-    await mock.whenHolding();
+    await holding(mock);
     await until(chat1, "running", () => document.querySelector("#status")?.getAttribute("data-state") === "running");
     await send(chat1, "and mind the tests", "#steer");
     await until(chat1, "the steer shown before it is folded in", () =>
@@ -231,11 +244,7 @@ describe("the extension in a real VS Code (code-server)", () => {
   step("assistant Markdown is rendered and sanitised; a code block inserts at the cursor", async () => {
     await w1.command("Go to File...");
     await w1.page.keyboard.type("notes.rs");
-    await w1.page.waitForFunction(
-      () => [...document.querySelectorAll(".quick-input-widget .monaco-list-row")].some((r) => /notes\.rs/.test((r as HTMLElement).innerText)),
-      { timeout: 30_000 },
-    );
-    await w1.page.keyboard.press("Enter");
+    await w1.pickRow("notes.rs");
     await w1.page.waitForFunction(() => [...document.querySelectorAll(".tab.active")].some((t) => /notes\.rs/.test((t as HTMLElement).innerText)), {
       timeout: 30_000,
     });

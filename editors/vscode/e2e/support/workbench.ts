@@ -62,6 +62,8 @@ export class CodeServer {
     this.userData = path.join(env.dir, `${name}-user-data`);
     this.extensions = path.join(env.dir, `${name}-extensions`);
     fs.mkdirSync(path.join(this.userData, "User"), { recursive: true });
+    // VS Code puts its IPC sockets in XDG_RUNTIME_DIR, which the sandbox names but does not create.
+    fs.mkdirSync(env.env().XDG_RUNTIME_DIR!, { recursive: true, mode: 0o700 });
     this.writeSettings({});
   }
 
@@ -179,7 +181,7 @@ export class CodeServer {
           walk(p);
         } else if (/exthost\.log$|remoteexthost\.log$/.test(e.name)) {
           for (const line of fs.readFileSync(p, "utf8").split("\n")) {
-            if (/\[error\]/.test(line) && /crush/i.test(line)) {
+            if (/\[error\]/.test(line) && /crush\.crush-vscode|crush-vscode-[\d.]+\//.test(line)) {
               out.push(line);
             }
           }
@@ -257,13 +259,24 @@ export class Window {
     await this.page.keyboard.press("F1");
     const input = await this.page.waitForSelector(".quick-input-widget:not([style*='display: none']) input", { visible: true, timeout: DEADLINE_MS });
     await input!.type(label);
-    await this.page.waitForFunction(
-      (l: string) =>
-        [...document.querySelectorAll(".quick-input-widget .monaco-list-row")].some((r) => (r.getAttribute("aria-label") ?? "").startsWith(l)),
+    await this.pickRow(label);
+  }
+
+  /** Clicks the first row of the shown quick input whose label starts with (or contains) `label`. */
+  async pickRow(label: string): Promise<void> {
+    const row = await this.page.waitForFunction(
+      (l: string) => {
+        const rows = [...document.querySelectorAll(".quick-input-widget .monaco-list-row")] as HTMLElement[];
+        return (
+          rows.find((r) => (r.getAttribute("aria-label") ?? "").startsWith(l)) ??
+          rows.find((r) => (r.getAttribute("aria-label") ?? r.innerText).includes(l)) ??
+          false
+        );
+      },
       { timeout: DEADLINE_MS },
       label,
     );
-    await this.page.keyboard.press("Enter");
+    await (row as unknown as import("puppeteer-core").ElementHandle<Element>).click();
   }
 
   /** Opens the Crush view container from the activity bar and returns the chat webview's frame. */
@@ -292,9 +305,12 @@ export class Window {
         }
       }
       if (Date.now() > end) {
-        throw new Error(`${this.name}: the Crush chat view never appeared`);
+        throw new Error(
+          `${this.name}: the Crush chat view never appeared; frames: ${this.page.frames().map((f) => f.url()).join(", ")}; console errors: ${this.consoleErrors.join(" | ")}`,
+        );
       }
-      await this.page.waitForFrame(() => true, { timeout: 500 }).catch(() => undefined);
+      // Poll: the webview's inner frame has no event of its own to wait for.
+      await new Promise((r) => setTimeout(r, 200));
     }
   }
 
@@ -348,7 +364,7 @@ export class Window {
   async quickInputTitle(): Promise<string | null> {
     return this.page.evaluate(() => {
       const w = document.querySelector(".quick-input-widget") as HTMLElement | null;
-      if (!w || w.style.display === "none" || w.offsetParent === null) {
+      if (!w || getComputedStyle(w).display === "none" || w.getBoundingClientRect().height === 0) {
         return null;
       }
       return (w.querySelector(".quick-input-title") as HTMLElement | null)?.innerText ?? "";
@@ -369,7 +385,10 @@ export class Window {
         .waitForFunction(
           (was: string | null) => {
             const w = document.querySelector(".quick-input-widget") as HTMLElement | null;
-            const now = !w || w.style.display === "none" || w.offsetParent === null ? null : ((w.querySelector(".quick-input-title") as HTMLElement | null)?.innerText ?? "");
+            const now =
+              !w || getComputedStyle(w).display === "none" || w.getBoundingClientRect().height === 0
+                ? null
+                : ((w.querySelector(".quick-input-title") as HTMLElement | null)?.innerText ?? "");
             return now !== was;
           },
           { timeout: Math.max(1, end - Date.now()) },
