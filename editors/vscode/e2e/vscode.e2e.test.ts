@@ -53,9 +53,6 @@ describe("the extension in a real VS Code (code-server)", () => {
   let daemon: Daemon;
   let server: CodeServer;
   let browser: Browser;
-  // The second window is another browser, as a second VS Code window would be: a background tab
-  // of one browser is not a window a user looks at.
-  let browser2: Browser;
   let w1: Window;
   let w2: Window;
   let chat1: Frame;
@@ -74,12 +71,10 @@ describe("the extension in a real VS Code (code-server)", () => {
     await server.install();
     await server.start();
     browser = await launchBrowser(path.join(env.dir, "chromium-profile"));
-    browser2 = await launchBrowser(path.join(env.dir, "chromium-profile-2"));
   });
 
   after(async () => {
     await browser?.close();
-    await browser2?.close();
     await server?.stop();
     await daemon?.stop();
     // A daemon the extension started itself (after the kill below) is stopped the user's way.
@@ -95,7 +90,7 @@ describe("the extension in a real VS Code (code-server)", () => {
     windows.push(w1);
     chat1 = await w1.openChat();
     await w1.waitForStatusBar(/Crush: idle/, "connected and idle");
-    await send(chat1, "hello there");
+    await send(w1, chat1, "hello there");
     await until(chat1, "the streamed reply", () =>
       [...document.querySelectorAll(".msg.assistant")].some((e) => (e as HTMLElement).innerText.includes("Hello from the mock.")),
     );
@@ -114,7 +109,7 @@ describe("the extension in a real VS Code (code-server)", () => {
       [...document.querySelectorAll(".msg.user")].some((e) => (e as HTMLElement).innerText.includes("hello there")),
     );
     assert.equal(await chat1.$eval("#sessionTitle", (e) => (e as HTMLElement).innerText), sessionTitle);
-    await send(chat1, "still here?");
+    await send(w1, chat1, "still here?");
     await until(chat1, "the second reply in the same session", () => document.querySelectorAll(".msg.assistant").length === 2);
     await chat1.click("#sessionsToggle");
     await until(chat1, "the session list", () => document.querySelectorAll("#sessionList [data-session]").length > 0);
@@ -125,7 +120,7 @@ describe("the extension in a real VS Code (code-server)", () => {
   });
 
   step("a second window follows the same session and sees the same stream; cancel stops it in both", async () => {
-    w2 = await Window.open(browser2, server.url(env.workspace), "w2");
+    w2 = await Window.open(browser, server.url(env.workspace), "w2");
     windows.push(w2);
     chat2 = await w2.openChat();
     await w2.waitForStatusBar(/Crush: idle/, "the second window connected");
@@ -138,7 +133,7 @@ describe("the extension in a real VS Code (code-server)", () => {
     }
     await until(chat2, "the shared history", () => document.querySelectorAll(".msg.assistant").length === 2);
 
-    await send(chat1, "#hold on");
+    await send(w1, chat1, "#hold on");
     await holding(mock);
     for (const [chat, name] of [
       [chat1, "w1"],
@@ -150,6 +145,7 @@ describe("the extension in a real VS Code (code-server)", () => {
       );
     }
     await w2.waitForStatusBar(/Crush: running/, "the other window's status bar");
+    await w2.front();
     await chat2.click("#cancel");
     for (const [chat, name] of [
       [chat1, "w1"],
@@ -163,7 +159,7 @@ describe("the extension in a real VS Code (code-server)", () => {
     assert.deepEqual((await assistantTexts(chat1)).slice(-1), ["w0"]);
 
     // And a stream that completes reaches both windows whole.
-    await send(chat2, "#hold again");
+    await send(w2, chat2, "#hold again");
     await holding(mock);
     await until(chat1, "w1: the other window's prompt streaming", () =>
       [...document.querySelectorAll(".msg.user .text")].some((e) => (e as HTMLElement).innerText === "#hold again"),
@@ -178,10 +174,10 @@ describe("the extension in a real VS Code (code-server)", () => {
   });
 
   step("a steered prompt shows at once and joins the turn (bug 6)", async () => {
-    await send(chat1, "#hold for a steer");
+    await send(w1, chat1, "#hold for a steer");
     await holding(mock);
     await until(chat1, "running", () => document.querySelector("#status")?.getAttribute("data-state") === "running");
-    await send(chat1, "and mind the tests", "#steer");
+    await send(w1, chat1, "and mind the tests", "#steer");
     await until(chat1, "the steer shown before it is folded in", () =>
       [...document.querySelectorAll("#pending .msg.pending")].some((e) => /and mind the tests[\s\S]*steering/.test((e as HTMLElement).innerText)),
     );
@@ -194,22 +190,24 @@ describe("the extension in a real VS Code (code-server)", () => {
   });
 
   step("a write prompt opens in the diff editor, is answered in one window and withdrawn in the other", async () => {
-    await send(chat1, "#write the file");
+    await send(w1, chat1, "#write the file");
     for (const chat of [chat1, chat2]) {
       await until(chat, "the permission prompt", () => !!document.querySelector(".prompt [data-decision='allow']"));
     }
     await w1.waitForStatusBar(/waiting for permission/, "the status bar while asked");
+    await w1.front();
     await chat1.click(".prompt [data-open-diff-request]");
     await w1.page.waitForSelector(".monaco-diff-editor", { visible: true });
     await w1.page.waitForFunction(
-      () => [...document.querySelectorAll(".tab .label-name, .tab .monaco-icon-label")].some((e) => /hello\.txt \(proposed by Crush\)/.test((e as HTMLElement).innerText)),
-      { timeout: 30_000 },
+      () => [...document.querySelectorAll(".tabs-container .tab")].some((e) => /hello\.txt \(proposed by Crush\)/.test((e as HTMLElement).innerText)),
+      { timeout: 30_000, polling: 100 },
     );
     await w1.page.waitForFunction(
-      () => [...document.querySelectorAll(".monaco-diff-editor .editor.modified .view-lines")].some((e) => (e as HTMLElement).innerText.includes("hello crush")),
-      { timeout: 30_000 },
+      () => [...document.querySelectorAll(".monaco-diff-editor .view-lines")].some((e) => (e as HTMLElement).innerText.replace(/\u00a0/g, " ").includes("hello crush")),
+      { timeout: 30_000, polling: 100 },
     );
     assert.ok(!fs.existsSync(path.join(env.workspace, "hello.txt")), "nothing written before the answer");
+    await w2.front();
     await chat2.click(".prompt [data-decision='allow']");
     await until(chat1, "w1: the prompt withdrawn", () => !document.querySelector(".prompt"));
     await until(chat1, "w1: the finished write", () =>
@@ -219,37 +217,38 @@ describe("the extension in a real VS Code (code-server)", () => {
     assert.equal(fs.readFileSync(path.join(env.workspace, "hello.txt"), "utf8"), "hello crush\n");
     // The finished edit opens the same way.
     await chat1.$$eval("details.tool", (ds) => ds.forEach((d) => ((d as HTMLDetailsElement).open = true)));
+    await w1.front();
     await chat1.click("[data-open-diff-tool]");
     await w1.page.waitForFunction(
-      () => [...document.querySelectorAll(".tab .label-name, .tab .monaco-icon-label")].some((e) => /hello\.txt \(edited by Crush\)/.test((e as HTMLElement).innerText)),
-      { timeout: 30_000 },
+      () => [...document.querySelectorAll(".tabs-container .tab")].some((e) => /hello\.txt \(edited by Crush\)/.test((e as HTMLElement).innerText)),
+      { timeout: 30_000, polling: 100 },
     );
   });
 
   step("with the chat view hidden the prompt is a quick pick that says what is asked and goes when answered elsewhere (bug 2)", async () => {
     await w1.command("View: Show Explorer");
     await w1.page.waitForSelector(".explorer-folders-view, .explorer-viewlet", { visible: true });
-    await send(chat2, "#write again");
+    await send(w2, chat2, "#write again");
     const title = await w1.waitForQuickInput((t) => !!t && /Crush wants to/.test(t), "the permission quick pick");
     assert.match(title!, /Crush wants to/);
     const rows = await w1.page.$$eval(".quick-input-widget .monaco-list-row", (es) => es.map((e) => (e as HTMLElement).innerText));
     assert.ok(rows.some((r) => /Allow once[\s\S]*hello\.txt/.test(r)), `the pick shows what is asked: ${rows.join(" / ")}`);
     assert.ok(rows.some((r) => /Open diff/.test(r)), `the pick offers the diff: ${rows.join(" / ")}`);
     await until(chat2, "w2: the prompt", () => !!document.querySelector(".prompt [data-decision='deny']"));
+    await w2.front();
     await chat2.click(".prompt [data-decision='deny']");
     await w1.waitForQuickInput((t) => t === null, "the quick pick withdrawn after the other window answered");
     chat1 = await w1.openChat();
   });
 
   step("assistant Markdown is rendered and sanitised; a code block inserts at the cursor", async () => {
-    await w1.command("Go to File...");
-    await w1.page.keyboard.type("notes.rs");
-    await w1.pickRow("notes.rs");
-    await w1.page.waitForFunction(() => [...document.querySelectorAll(".tab.active")].some((t) => /notes\.rs/.test((t as HTMLElement).innerText)), {
-      timeout: 30_000,
-    });
+    // Open the file from the Explorer, as a user would.
+    await w1.command("View: Show Explorer");
+    const file = await w1.page.waitForSelector(".explorer-folders-view .monaco-list-row[aria-label^='notes.rs']", { visible: true });
+    await file!.click();
+    await w1.page.waitForFunction(() => [...document.querySelectorAll(".tab.active")].some((t) => /notes\.rs/.test((t as HTMLElement).innerText)), { timeout: 30_000, polling: 100 });
     chat1 = await w1.openChat();
-    await send(chat1, "#markdown please");
+    await send(w1, chat1, "#markdown please");
     await until(chat1, "the rendered Markdown", () => !!document.querySelector("#log .markdown pre.hljs code .hljs-keyword"));
     const md = await chat1.evaluate(() => {
       const last = [...document.querySelectorAll("#log .msg.assistant .markdown")].pop() as HTMLElement;
@@ -266,17 +265,19 @@ describe("the extension in a real VS Code (code-server)", () => {
     assert.equal(md.imgs, 0, "raw HTML never becomes an element");
     assert.match(md.text, /<img src=x onerror=alert\(1\)>/, "it shows as text");
     assert.equal(md.keyword, "fn");
+    await w1.front();
     await chat1.click("#log .msg.assistant:last-child [data-code-action='insert']");
     await w1.page.waitForFunction(
-      () => [...document.querySelectorAll(".editor-instance .view-lines")].some((e) => (e as HTMLElement).innerText.includes("fn answer() -> u32 { 42 }")),
-      { timeout: 30_000 },
+      () => [...document.querySelectorAll(".editor-instance .view-lines")].some((e) => (e as HTMLElement).innerText.replace(/\u00a0/g, " ").includes("fn answer() -> u32 { 42 }")),
+      { timeout: 30_000, polling: 100 },
     );
     await w1.command("File: Save");
-    await w1.page.waitForFunction(() => ![...document.querySelectorAll(".tab.active")].some((t) => t.classList.contains("dirty")), { timeout: 30_000 });
+    await w1.page.waitForFunction(() => ![...document.querySelectorAll(".tab.active")].some((t) => t.classList.contains("dirty")), { timeout: 30_000, polling: 100 });
     assert.match(fs.readFileSync(path.join(env.workspace, "notes.rs"), "utf8"), /fn answer\(\) -> u32 \{ 42 \}/);
   });
 
   step("Send Selection shows the attachment in the sender's own window at once (bug 5)", async () => {
+    await w1.front();
     await w1.page.click(".editor-instance .view-lines");
     await w1.page.keyboard.down("Control");
     await w1.page.keyboard.press("a");
@@ -294,17 +295,20 @@ describe("the extension in a real VS Code (code-server)", () => {
     await w1.command("View: Show Explorer");
     await w1.page.waitForSelector(".explorer-folders-view, .explorer-viewlet", { visible: true });
     await w1.command("Crush: New Session");
-    await w1.page.waitForSelector(".activitybar .action-item.checked a[aria-label^='Crush'], .activitybar .action-item.checked[aria-label^='Crush']", { timeout: 30_000 });
+    await w1.page.waitForSelector(".activitybar .action-item.checked a[aria-label^='Crush'], .activitybar .action-item.checked[aria-label^='Crush']", { timeout: 30_000});
     chat1 = await w1.chat();
     await until(chat1, "an empty new session", () => document.querySelectorAll("#log .msg").length === 0);
   });
 
   step("light, dark and high-contrast themes apply to the chat view (screenshots)", async () => {
-    await send(chat1, "#markdown for the screenshots");
+    await send(w1, chat1, "#markdown for the screenshots");
     await until(chat1, "the rendered Markdown", () => !!document.querySelector("#log .markdown pre.hljs"));
     for (const [key, theme] of Object.entries(THEMES)) {
-      server.writeSettings({ "workbench.colorTheme": theme.setting });
-      await w1.page.waitForSelector(`.monaco-workbench.${theme.workbench}`, { timeout: 30_000 });
+      // As a user switches themes: the palette's theme picker.
+      await w1.command("Preferences: Color Theme");
+      await w1.page.keyboard.type(theme.setting);
+      await w1.pickRow(theme.setting);
+      await w1.page.waitForSelector(`.monaco-workbench.${theme.workbench}`, { timeout: 30_000});
       await until(chat1, `the webview in the ${key} theme`, (cls: string) => document.body.classList.contains(cls), theme.webview);
       const look = await chat1.evaluate(() => {
         const css = getComputedStyle(document.documentElement);
@@ -323,7 +327,9 @@ describe("the extension in a real VS Code (code-server)", () => {
       const file = await w1.screenshot(`theme-${key}`);
       assert.ok(fs.statSync(file).size > 10_000, `${file} is a real screenshot`);
     }
-    server.writeSettings({ "workbench.colorTheme": THEMES.dark.setting });
+    await w1.command("Preferences: Color Theme");
+    await w1.page.keyboard.type(THEMES.dark.setting);
+    await w1.pickRow(THEMES.dark.setting);
   });
 
   step("the daemon killed: the extension starts a new one, reconnects both windows and goes on", async () => {
@@ -341,7 +347,7 @@ describe("the extension in a real VS Code (code-server)", () => {
     const { stdout } = await promisify(execFile)(env.crushctl(), ["--socket", env.socket, "status", "--json"], { env: env.env() });
     const pid = JSON.parse(stdout).pid;
     assert.ok(pid && pid !== before, `a new daemon (pid ${pid}, was ${before})`);
-    await send(chat1, "after the restart");
+    await send(w1, chat1, "after the restart");
     await until(chat1, "a reply from the new daemon", () =>
       [...document.querySelectorAll(".msg.assistant .markdown")].some((e) => (e as HTMLElement).innerText.includes("Hello from the mock.")) &&
       document.querySelector("#status")?.getAttribute("data-state") === "idle",

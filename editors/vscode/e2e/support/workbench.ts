@@ -253,8 +253,14 @@ export class Window {
     return file;
   }
 
+  /** Brings this window's tab to the front: the one the user is looking at and typing into. */
+  async front(): Promise<void> {
+    await this.page.bringToFront();
+  }
+
   /** Runs a palette command by its label ("Crush: New Session"), as a user would with F1. */
   async command(label: string): Promise<void> {
+    await this.front();
     await this.page.keyboard.press("Escape");
     await this.page.keyboard.press("F1");
     const input = await this.page.waitForSelector(".quick-input-widget:not([style*='display: none']) input", { visible: true, timeout: DEADLINE_MS });
@@ -269,26 +275,39 @@ export class Window {
         const rows = [...document.querySelectorAll(".quick-input-widget .monaco-list-row")] as HTMLElement[];
         return (
           rows.find((r) => (r.getAttribute("aria-label") ?? "").startsWith(l)) ??
-          rows.find((r) => (r.getAttribute("aria-label") ?? r.innerText).includes(l)) ??
+          rows.find((r) => (r.getAttribute("aria-label") ?? "").includes(l) || r.innerText.includes(l)) ??
           false
         );
       },
-      { timeout: DEADLINE_MS },
+      { timeout: DEADLINE_MS, polling: 100 },
       label,
     );
     await (row as unknown as import("puppeteer-core").ElementHandle<Element>).click();
   }
 
-  /** Opens the Crush view container from the activity bar and returns the chat webview's frame. */
+  /**
+   * Shows the chat view from the activity bar, as a user would, and returns its webview's frame.
+   * Should the webview not come up (after a reload the restored view can stay blank until it is
+   * shown again), the icon is clicked off and on once more.
+   */
   async openChat(): Promise<Frame> {
-    const item = await this.page.waitForSelector(".activitybar .action-item a[aria-label^='Crush'], .activitybar .action-item[aria-label^='Crush'] a, .activitybar a.action-label[aria-label^='Crush']", {
-      timeout: DEADLINE_MS,
-    });
-    const checked = await this.page.$(".activitybar .action-item.checked a[aria-label^='Crush'], .activitybar .action-item.checked[aria-label^='Crush']");
-    if (!checked) {
-      await item!.click();
+    await this.front();
+    const icon = ".activitybar .action-item a[aria-label^='Crush'], .activitybar a.action-label[aria-label^='Crush']";
+    const checked = ".activitybar .action-item.checked a[aria-label^='Crush'], .activitybar .action-item.checked[aria-label^='Crush']";
+    await this.page.keyboard.press("Escape");
+    await this.page.waitForSelector(icon, { timeout: DEADLINE_MS });
+    if (!(await this.page.$(checked))) {
+      await this.page.click(icon);
     }
-    return this.chat();
+    try {
+      return await this.chat(DEADLINE_MS / 2);
+    } catch {
+      await this.page.click(icon);
+      if (!(await this.page.$(checked))) {
+        await this.page.click(icon);
+      }
+      return this.chat();
+    }
   }
 
   /** The chat webview's document (the inner frame of VS Code's webview iframe). */
@@ -329,7 +348,7 @@ export class Window {
       .waitForFunction(
         (src: string) =>
           [...document.querySelectorAll(".statusbar-item")].some((e) => new RegExp(src).test((e as HTMLElement).innerText)),
-        { timeout: DEADLINE_MS },
+        { timeout: DEADLINE_MS, polling: 100 },
         pred.source,
       )
       .catch(async (e) => {
@@ -351,7 +370,7 @@ export class Window {
           const hit = [...document.querySelectorAll(".notification-list-item")].find((e) => new RegExp(src).test((e as HTMLElement).innerText));
           return hit ? (hit as HTMLElement).innerText : false;
         },
-        { timeout: DEADLINE_MS },
+        { timeout: DEADLINE_MS, polling: 100 },
         pred.source,
       )
       .catch(async (e) => {
@@ -391,7 +410,7 @@ export class Window {
                 : ((w.querySelector(".quick-input-title") as HTMLElement | null)?.innerText ?? "");
             return now !== was;
           },
-          { timeout: Math.max(1, end - Date.now()) },
+          { timeout: Math.max(1, end - Date.now()), polling: 100 },
           t,
         )
         .catch(() => undefined);
@@ -415,7 +434,9 @@ export function chatState(frame: Frame): Promise<string | null> {
   return frame.$eval("#status", (e) => e.getAttribute("data-state"));
 }
 
-export async function send(frame: Frame, text: string, button = "#send"): Promise<void> {
+/** Types a prompt into a window's chat view and presses Send (or another button). */
+export async function send(w: Window, frame: Frame, text: string, button = "#send"): Promise<void> {
+  await w.front();
   await frame.click("#prompt");
   await frame.type("#prompt", text);
   await frame.click(button);
