@@ -1,94 +1,198 @@
 // The chat webview. It renders the state the extension posts ({type: "state"}) and sends back
 // user intents as messages; it never talks to the daemon. Rendering is a pure function of the
-// state (`render`), exported for the tests under Node, and every string is escaped.
-(function () {
-  "use strict";
+// state (`render`), exported for the tests under Node.
+//
+// Assistant text is Markdown: markdown-it with raw HTML off (so no HTML in the model's text ever
+// reaches the page as markup, and javascript:/data: links are refused by its link check), code
+// blocks highlighted by highlight.js, and in the webview the resulting HTML goes through
+// DOMPurify before it is inserted. Everything else is escaped. esbuild bundles this file and
+// those three packages into dist/chat.js; the page's Content-Security-Policy allows only that
+// script (nonce'd), the extension's styles and the codicon font.
+"use strict";
 
-  function esc(s) {
-    return String(s == null ? "" : s).replace(/[&<>"']/g, function (c) {
-      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
-    });
-  }
+var MarkdownIt = require("markdown-it");
+var hljs = require("highlight.js/lib/common");
+var createDOMPurify = require("dompurify");
 
-  function pretty(v) {
-    return typeof v === "string" ? v : JSON.stringify(v, null, 2);
-  }
+function esc(s) {
+  return String(s == null ? "" : s).replace(/[&<>"']/g, function (c) {
+    return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+  });
+}
 
-  var STATES = {
-    idle: "idle",
-    running: "running…",
-    queued: "queued",
-    waitingForPermission: "waiting for permission",
-  };
+function pretty(v) {
+  return typeof v === "string" ? v : JSON.stringify(v, null, 2);
+}
 
-  function renderItem(it) {
-    if (it.kind === "user") {
-      var att = it.attachments && it.attachments.length ? '<div class="att">📎 ' + esc(it.attachments.join(", ")) + "</div>" : "";
-      return '<div class="msg user" data-id="' + esc(it.messageId) + '">' + esc(it.text) + att + "</div>";
+var md = new MarkdownIt({
+  html: false,
+  linkify: true,
+  breaks: false,
+  highlight: function (code, lang) {
+    var body;
+    try {
+      body = lang && hljs.getLanguage(lang) ? hljs.highlight(code, { language: lang, ignoreIllegals: true }).value : esc(code);
+    } catch (e) {
+      body = esc(code);
     }
-    if (it.kind === "assistant") {
-      var r = it.reasoning ? '<div class="reasoning">' + esc(it.reasoning) + "</div>" : "";
-      var err = it.error ? '<div class="error">' + esc(it.error) + "</div>" : "";
-      var cancelled = it.finishReason === "canceled" ? ' <span class="note">(cancelled)</span>' : "";
-      return '<div class="msg assistant" data-id="' + esc(it.messageId) + '">' + r + esc(it.text) + cancelled + err + "</div>";
-    }
-    if (it.kind === "tool") {
-      var status = it.status ? esc(it.status) : "running";
-      var body = "<div>Input:</div><pre>" + esc(pretty(it.input)) + "</pre>";
-      if (it.diff) {
-        body += "<div>Diff:</div><pre>" + esc(it.diff) + "</pre>";
-      }
-      if (it.output !== undefined) {
-        body += "<div>Output:</div><pre>" + esc(it.output) + "</pre>";
-      }
-      return '<details class="tool" data-id="' + esc(it.toolCallId) + '"><summary>🔧 ' + esc(it.tool) + " — " + status + "</summary>" + body + "</details>";
-    }
-    return "";
-  }
-
-  function renderPrompt(p) {
-    var detail = p.diff ? "<pre>" + esc(p.diff) + "</pre>" : "<pre>" + esc(pretty(p.input)) + "</pre>";
     return (
-      '<div class="prompt" data-request="' + esc(p.requestId) + '"><div><b>' + esc(p.tool) + "</b>: " + esc(p.title) + "</div>" + detail +
-      '<button data-decision="allow">Allow once</button> <button data-decision="allowSession">Allow for session</button> <button data-decision="deny">Deny</button></div>'
+      '<div class="codeblock"><div class="code-actions">' +
+      (lang ? '<span class="lang">' + esc(lang) + "</span>" : "") +
+      '<button class="icon" data-code-action="copy" title="Copy"><span class="codicon codicon-copy"></span></button>' +
+      '<button class="icon" data-code-action="insert" title="Insert at cursor"><span class="codicon codicon-insert"></span></button>' +
+      '</div><pre class="hljs"><code>' + body + "</code></pre></div>"
+    );
+  },
+});
+// Links open through VS Code (the webview cannot navigate): they carry their target as data.
+md.renderer.rules.link_open = function (tokens, idx, options, env, self) {
+  var t = tokens[idx];
+  t.attrSet("title", t.attrGet("href") || "");
+  return self.renderToken(tokens, idx, options);
+};
+
+// In the webview, a DOMPurify bound to the page's window; under Node (tests) markdown-it's own
+// escaping is what protects.
+var purify = typeof window !== "undefined" && window.document ? createDOMPurify(window) : null;
+
+function markdown(text) {
+  var html = md.render(String(text || ""));
+  return purify ? purify.sanitize(html, { ADD_ATTR: ["data-code-action"] }) : html;
+}
+
+var STATES = {
+  idle: "Idle",
+  running: "Running…",
+  queued: "Queued",
+  waitingForPermission: "Waiting for permission",
+};
+
+function ago(ms, now) {
+  var s = Math.max(0, Math.round((now - ms) / 1000));
+  if (s < 60) {
+    return "just now";
+  }
+  if (s < 3600) {
+    return Math.floor(s / 60) + " min ago";
+  }
+  if (s < 86400) {
+    return Math.floor(s / 3600) + " h ago";
+  }
+  return Math.floor(s / 86400) + " d ago";
+}
+
+function renderItem(it) {
+  if (it.kind === "user") {
+    var att = it.attachments && it.attachments.length
+      ? '<div class="att"><span class="codicon codicon-file"></span> ' + esc(it.attachments.join(", ")) + "</div>"
+      : "";
+    return '<div class="msg user" data-id="' + esc(it.messageId) + '"><div class="text">' + esc(it.text) + "</div>" + att + "</div>";
+  }
+  if (it.kind === "assistant") {
+    var r = it.reasoning ? '<details class="reasoning" data-id="reasoning-' + esc(it.messageId) + '"><summary>Thinking</summary><div>' + esc(it.reasoning) + "</div></details>" : "";
+    var err = it.error ? '<div class="error"><span class="codicon codicon-error"></span> ' + esc(it.error) + "</div>" : "";
+    var cancelled = it.finishReason === "canceled" ? '<div class="note">(cancelled)</div>' : "";
+    return '<div class="msg assistant" data-id="' + esc(it.messageId) + '">' + r + '<div class="markdown">' + markdown(it.text) + "</div>" + cancelled + err + "</div>";
+  }
+  if (it.kind === "tool") {
+    var status = it.status ? esc(it.status) : "running";
+    var icon = !it.status ? "loading codicon-modifier-spin" : it.status === "completed" || it.status === "success" ? "check" : "warning";
+    var body = "<div>Input:</div><pre>" + esc(pretty(it.input)) + "</pre>";
+    if (it.diff) {
+      body += '<div>Diff: <button class="link" data-open-diff-tool="' + esc(it.toolCallId) + '"><span class="codicon codicon-diff"></span> Open diff</button></div><pre class="diff">' + esc(it.diff) + "</pre>";
+    }
+    if (it.output !== undefined) {
+      body += "<div>Output:</div><pre>" + esc(it.output) + "</pre>";
+    }
+    return (
+      '<details class="tool" data-id="' + esc(it.toolCallId) + '"><summary><span class="codicon codicon-' + icon + '"></span> ' +
+      esc(it.tool) + " — " + status + "</summary>" + body + "</details>"
     );
   }
+  return "";
+}
 
-  /** The parts of the view as HTML strings. */
-  function render(state) {
-    var sessions = state.sessions
-      .map(function (s) {
-        return '<option value="' + esc(s.sessionId) + '"' + (s.sessionId === state.sessionId ? " selected" : "") + ">" + esc(s.title) + "</option>";
+function renderPending(p) {
+  var what = p.text !== undefined ? esc(p.text) : "<i>a prompt from another client</i>";
+  var label = p.steer ? "steering — joins the running turn at its next step" : "queued";
+  return (
+    '<div class="msg user pending" data-run="' + esc(p.runId) + '"><div class="text">' + what + '</div><div class="note"><span class="codicon codicon-watch"></span> ' + label + "</div></div>"
+  );
+}
+
+function renderPrompt(p) {
+  var detail = p.diff ? '<pre class="diff">' + esc(p.diff) + "</pre>" : "<pre>" + esc(pretty(p.input)) + "</pre>";
+  var diffButton = p.diff ? ' <button class="secondary" data-open-diff-request="' + esc(p.requestId) + '"><span class="codicon codicon-diff"></span> Open diff</button>' : "";
+  return (
+    '<div class="prompt" data-request="' + esc(p.requestId) + '"><div class="prompt-title"><span class="codicon codicon-shield"></span> <b>' + esc(p.tool) + "</b>: " + esc(p.title) + "</div>" + detail +
+    '<div class="prompt-actions"><button data-decision="allow">Allow once</button> <button class="secondary" data-decision="allowSession">Allow for session</button> <button class="secondary" data-decision="deny">Deny</button>' +
+    diffButton + "</div></div>"
+  );
+}
+
+function usage(s) {
+  if (!s) {
+    return "";
+  }
+  var parts = [s.messageCount + " messages"];
+  if (s.tokens) {
+    parts.push(s.tokens.toLocaleString("en-US") + " tokens");
+  }
+  if (s.cost) {
+    parts.push("$" + s.cost.toFixed(4));
+  }
+  return esc(parts.join(" · "));
+}
+
+/** The parts of the view as HTML strings. */
+function render(state, now) {
+  now = now || Date.now();
+  var current = state.session || (state.sessions || []).filter(function (s) { return s.sessionId === state.sessionId; })[0];
+  var title = current ? esc(current.title) : state.sessionId ? "Session" : "No session";
+  var sessions = state.sessions
+    .map(function (s) {
+      return (
+        '<div class="session-row' + (s.sessionId === state.sessionId ? " current" : "") + '" role="option" tabindex="0" data-session="' + esc(s.sessionId) + '">' +
+        '<span class="codicon ' + (s.busy ? "codicon-loading codicon-modifier-spin busy" : "codicon-comment") + '" title="' + (s.busy ? "busy" : "idle") + '"></span>' +
+        '<span class="session-title">' + esc(s.title) + '</span><span class="when">' + esc(ago(s.updatedAt, now)) + "</span></div>"
+      );
+    })
+    .join("");
+  if (!sessions) {
+    sessions = '<div class="empty">No sessions in this folder yet.</div>';
+  }
+  var models =
+    '<option value=""' + (state.model ? "" : " selected") + ">(default model)</option>" +
+    state.models
+      .map(function (m) {
+        return '<option value="' + esc(m.name) + '"' + (m.name === state.model ? " selected" : "") + (m.unavailable ? " disabled" : "") + ">" + esc(m.name) + "</option>";
       })
       .join("");
-    if (!state.sessionId) {
-      sessions = '<option value="" selected>(no session)</option>' + sessions;
-    }
-    var models =
-      '<option value=""' + (state.model ? "" : " selected") + ">(default model)</option>" +
-      state.models
-        .map(function (m) {
-          return '<option value="' + esc(m.name) + '"' + (m.name === state.model ? " selected" : "") + (m.unavailable ? " disabled" : "") + ">" + esc(m.name) + "</option>";
-        })
-        .join("");
-    var status = state.connection !== "connected" ? "daemon: " + esc(state.connection) : esc(STATES[state.state] || state.state);
-    if (state.error) {
-      status += ' <span class="error">' + esc(state.error) + "</span>";
-    }
-    return {
-      sessions: sessions,
-      models: models,
-      status: status,
-      log: state.items.map(renderItem).join(""),
-      prompts: state.prompts.map(renderPrompt).join(""),
-    };
+  var status = state.connection !== "connected"
+    ? '<span class="codicon codicon-debug-disconnect"></span> daemon: ' + esc(state.connection)
+    : esc(STATES[state.state] || state.state);
+  if (state.error) {
+    status += ' <span class="error">' + esc(state.error) + "</span>";
   }
+  return {
+    title: title,
+    usage: usage(current),
+    sessions: sessions,
+    models: models,
+    status: status,
+    log: state.items.map(renderItem).join(""),
+    pending: (state.pending || []).map(renderPending).join(""),
+    prompts: state.prompts.map(renderPrompt).join(""),
+  };
+}
 
-  if (typeof module !== "undefined" && module.exports) {
-    module.exports = { render: render, esc: esc };
-    return;
-  }
+if (typeof module !== "undefined" && module.exports && typeof acquireVsCodeApi === "undefined") {
+  module.exports = { render: render, esc: esc, markdown: markdown };
+} else {
+  main();
+}
 
+function main() {
   var vscode = acquireVsCodeApi();
   var $ = function (id) {
     return document.getElementById(id);
@@ -123,19 +227,54 @@
   $("new").addEventListener("click", function () {
     post({ type: "newSession" });
   });
-  $("sessions").addEventListener("change", function (e) {
-    if (e.target.value) {
-      post({ type: "selectSession", sessionId: e.target.value });
+  $("sessionsToggle").addEventListener("click", function () {
+    var list = $("sessionList");
+    list.hidden = !list.hidden;
+    $("sessionsToggle").setAttribute("aria-expanded", String(!list.hidden));
+    if (!list.hidden) {
+      post({ type: "refreshSessions" });
+    }
+  });
+  $("sessionList").addEventListener("click", function (e) {
+    var row = e.target.closest && e.target.closest("[data-session]");
+    if (row) {
+      $("sessionList").hidden = true;
+      post({ type: "selectSession", sessionId: row.getAttribute("data-session") });
     }
   });
   $("model").addEventListener("change", function (e) {
     post({ type: "setModel", model: e.target.value });
   });
-  $("prompts").addEventListener("click", function (e) {
-    var d = e.target.getAttribute && e.target.getAttribute("data-decision");
-    var box = e.target.closest && e.target.closest("[data-request]");
+  document.body.addEventListener("click", function (e) {
+    var t = e.target.closest ? e.target.closest("button, a") : null;
+    if (!t) {
+      return;
+    }
+    if (t.tagName === "A") {
+      // Links open through VS Code (the extension validates the scheme).
+      e.preventDefault();
+      post({ type: "openLink", href: t.getAttribute("href") });
+      return;
+    }
+    var d = t.getAttribute("data-decision");
+    var box = t.closest("[data-request]");
     if (d && box) {
       post({ type: "permission", requestId: box.getAttribute("data-request"), decision: d });
+      return;
+    }
+    if (t.hasAttribute("data-open-diff-request")) {
+      post({ type: "openDiff", requestId: t.getAttribute("data-open-diff-request") });
+      return;
+    }
+    if (t.hasAttribute("data-open-diff-tool")) {
+      e.preventDefault();
+      post({ type: "openDiff", toolCallId: t.getAttribute("data-open-diff-tool") });
+      return;
+    }
+    var action = t.getAttribute("data-code-action");
+    if (action) {
+      var code = t.closest(".codeblock").querySelector("code").textContent;
+      post({ type: action === "copy" ? "copyCode" : "insertCode", code: code });
     }
   });
   window.addEventListener("message", function (e) {
@@ -145,25 +284,29 @@
     }
     var h = render(m.state);
     var log = $("log");
-    var atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-    $("sessions").innerHTML = h.sessions;
+    var atBottom = document.scrollingElement.scrollHeight - document.scrollingElement.scrollTop - window.innerHeight < 40;
+    $("sessionTitle").innerHTML = h.title;
+    $("usage").innerHTML = h.usage;
+    $("sessionList").innerHTML = h.sessions;
     $("model").innerHTML = h.models;
     $("status").innerHTML = h.status;
+    $("status").setAttribute("data-state", m.state.connection !== "connected" ? m.state.connection : m.state.state);
     // Keep the tool calls the user expanded expanded across re-renders.
     var open = {};
     log.querySelectorAll("details[open]").forEach(function (d) {
-      open[d.getAttribute("data-id")] = true;
+      open[d.getAttribute("data-id") || ""] = true;
     });
     log.innerHTML = h.log;
     log.querySelectorAll("details").forEach(function (d) {
-      if (open[d.getAttribute("data-id")]) {
+      if (open[d.getAttribute("data-id") || ""]) {
         d.open = true;
       }
     });
+    $("pending").innerHTML = h.pending;
     $("prompts").innerHTML = h.prompts;
     if (atBottom) {
       window.scrollTo(0, document.body.scrollHeight);
     }
   });
   post({ type: "ready" });
-})();
+}

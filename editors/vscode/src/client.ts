@@ -147,10 +147,24 @@ export class CrushClient extends EventEmitter {
         throw e;
       }
       this.log(`no daemon at ${this.opts.socketPath}; starting it with ${this.opts.crushctlPath}`);
-      await this.startDaemon();
-      socket = await this.connectSocket();
+      try {
+        await this.startDaemon();
+        socket = await this.connectSocket();
+      } catch (e2) {
+        // Whatever failed, we are not connecting any more: say so (status bar, view).
+        this.setState("disconnected");
+        throw e2;
+      }
     }
-    return this.initialize(socket);
+    try {
+      return await this.initialize(socket);
+    } catch (e) {
+      socket.destroy();
+      if (this.state === "connecting") {
+        this.setState("disconnected");
+      }
+      throw e;
+    }
   }
 
   private connectSocket(): Promise<net.Socket> {
@@ -172,11 +186,7 @@ export class CrushClient extends EventEmitter {
         { env: this.opts.env ?? process.env, timeout: 30_000 },
         (err, stdout, stderr) => {
           if (err) {
-            reject(
-              new Error(
-                `\`${this.opts.crushctlPath} daemon start\` failed (${err.message.trim()}): ${stderr.trim() || stdout.trim()}`,
-              ),
-            );
+            reject(new Error(startFailure(this.opts.crushctlPath!, err, String(stderr), String(stdout))));
           } else {
             resolve();
           }
@@ -452,6 +462,28 @@ export class CrushClient extends EventEmitter {
     this.conn = undefined;
     this.setState("closed");
   }
+}
+
+/**
+ * Why `crushctl daemon start` failed, in words a user can act on: a missing executable names
+ * the setting to fix; otherwise crushctl's own message (never an empty tail).
+ */
+export function startFailure(
+  crushctl: string,
+  err: Error & { code?: string | number | null; killed?: boolean },
+  stderr: string,
+  stdout: string,
+): string {
+  const hint = "set crush.crushctlPath to the crushctl executable (or start the daemon yourself with `crushctl daemon start`)";
+  if (err.code === "ENOENT") {
+    return `could not start crushd: \`${crushctl}\` was not found; ${hint}`;
+  }
+  if (err.code === "EACCES") {
+    return `could not start crushd: \`${crushctl}\` is not executable; ${hint}`;
+  }
+  const said = (stderr.trim() || stdout.trim()).split("\n").slice(-5).join("\n");
+  const how = err.killed ? "timed out" : typeof err.code === "number" ? `exited with status ${err.code}` : err.message.trim();
+  return `could not start crushd: \`${crushctl} daemon start\` ${how}${said ? `: ${said}` : ""}`;
 }
 
 /** The JSON-RPC error code of a failed request, if it has one. */

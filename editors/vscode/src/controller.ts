@@ -8,6 +8,7 @@ import { randomUUID } from "node:crypto";
 import type { CancellationToken } from "vscode-jsonrpc/node";
 import { CrushClient, errorCode, ErrorCodes } from "./client";
 import { SessionModel, SessionState } from "./sessionModel";
+import { proposedChange, finishedChange } from "./diffs";
 import type {
   Attachment,
   ModelInfo,
@@ -26,21 +27,50 @@ export type FromWebview =
   | { type: "newSession" }
   | { type: "selectSession"; sessionId: string }
   | { type: "setModel"; model: string }
-  | { type: "permission"; requestId: string; decision: "allow" | "allowSession" | "deny" };
+  | { type: "permission"; requestId: string; decision: "allow" | "allowSession" | "deny" }
+  | { type: "openDiff"; requestId?: string; toolCallId?: string }
+  | { type: "copyCode"; code: string }
+  | { type: "insertCode"; code: string }
+  | { type: "refreshSessions" }
+  | { type: "openLink"; href: string };
+
+/** One row of the session list. */
+export interface SessionRow {
+  sessionId: string;
+  title: string;
+  /** Unix ms of the last change (the daemon's `updatedAt`). */
+  updatedAt: number;
+  busy: boolean;
+  model?: string;
+  messageCount: number;
+  tokens: number;
+  cost: number;
+}
 
 /** What the webview renders: sent whole on every change. */
 export interface ViewState {
   connection: string;
   workspace?: string;
-  sessions: Array<{ sessionId: string; title: string; busy: boolean }>;
+  sessions: SessionRow[];
+  /** Title, usage and cost of the shown session. */
+  session?: SessionRow;
   sessionId?: string;
   model?: string;
   models: Array<{ name: string; unavailable?: string }>;
   state: SessionState;
   items: SessionModel["items"];
   prompts: PermissionRequestParams[];
+  pending: SessionModel["pending"];
   error?: string;
 }
+
+/** Where a window remembers its session (the extension context's workspaceState). */
+export interface Memento {
+  get<T>(key: string): T | undefined;
+  update(key: string, value: unknown): Thenable<void>;
+}
+
+export const SESSION_KEY = "crush.sessionId";
 
 export interface Settings {
   socketPath: string;
@@ -53,6 +83,15 @@ interface PendingPrompt {
   params: PermissionRequestParams;
   resolve: (d: PermissionDecision) => void;
   reject: (e: Error) => void;
+  /** The quick pick shown while the chat view is hidden; disposed when the prompt goes. */
+  pick?: vscode.QuickPick<vscode.QuickPickItem & { decision?: string }>;
+}
+
+/** What this window sent, by runId: its prompt's attachments, and steers not yet folded in. */
+interface Sent {
+  text: string;
+  attachments: string[];
+  mode: SendMode;
 }
 
 export class Controller implements vscode.Disposable {
@@ -65,6 +104,8 @@ export class Controller implements vscode.Disposable {
   view: vscode.WebviewView | undefined;
   lastError: string | undefined;
   private pending = new Map<string, PendingPrompt>();
+  private sent = new Map<string, Sent>();
+  private busy = new Map<string, boolean>();
   private disposables: vscode.Disposable[] = [];
   private postScheduled = false;
 
@@ -73,11 +114,17 @@ export class Controller implements vscode.Disposable {
     readonly statusBar: vscode.StatusBarItem,
     readonly settings: () => Settings,
     readonly output: vscode.OutputChannel,
+    readonly memento?: Memento,
   ) {
     client.setPermissionHandler((p, token) => this.askPermission(p, token));
     const onResolved = (p: PermissionResolvedParams) => this.withdraw(p.requestId, `${p.decision} by ${p.by}`);
     const onWithdrawn = (requestId: string) => this.withdraw(requestId, "withdrawn");
     const onState = () => this.refresh();
+    const onComplete = (p: { sessionId: string }) => {
+      this.busy.set(p.sessionId, false);
+      void this.reloadSessionInfo(p.sessionId).catch(() => undefined);
+    };
+    client.on("runComplete", onComplete);
     client.on("permissionResolved", onResolved);
     client.on("permissionWithdrawn", onWithdrawn);
     client.on("state", onState);
@@ -86,6 +133,7 @@ export class Controller implements vscode.Disposable {
         client.off("permissionResolved", onResolved);
         client.off("permissionWithdrawn", onWithdrawn);
         client.off("state", onState);
+        client.off("runComplete", onComplete);
       },
     });
     this.refresh();
@@ -94,6 +142,7 @@ export class Controller implements vscode.Disposable {
   dispose(): void {
     this.disposables.forEach((d) => d.dispose());
     for (const p of this.pending.values()) {
+      p.pick?.dispose();
       p.reject(new Error("the extension is shutting down"));
     }
     this.pending.clear();
@@ -109,6 +158,11 @@ export class Controller implements vscode.Disposable {
       this.workspacePath = ws.path;
     }
     await Promise.all([this.loadSessions(), this.loadModels()]);
+    // A reload (or a restart of VS Code) shows the session this workspace showed last.
+    const remembered = this.memento?.get<string>(SESSION_KEY);
+    if (!this.model && remembered && this.sessions.some((s) => s.sessionId === remembered)) {
+      await this.attach(remembered);
+    }
     this.refresh();
   }
 
@@ -118,7 +172,38 @@ export class Controller implements vscode.Disposable {
       return;
     }
     const r = await this.client.request("session/list", { workspaceId: this.workspaceId });
-    this.sessions = r.sessions;
+    this.sessions = [...r.sessions].sort((a, b) => b.updatedAt - a.updatedAt);
+    // The busy mark: the daemon has no list-wide status, so ask for the most recent sessions'.
+    await Promise.all(
+      this.sessions.slice(0, 20).map(async (s) => {
+        try {
+          const st = await this.client.request("agent/status", { sessionId: s.sessionId });
+          this.busy.set(s.sessionId, st.state !== "idle");
+        } catch {
+          // Deleted meanwhile: the next list drops it.
+        }
+      }),
+    );
+  }
+
+  /** Title, model, usage and last activity of one session, after a run or a change elsewhere. */
+  async reloadSessionInfo(sessionId: string): Promise<void> {
+    const info = await this.client.request("session/get", { sessionId });
+    this.applySessionInfo(info);
+  }
+
+  applySessionInfo(info: SessionInfo): void {
+    const i = this.sessions.findIndex((s) => s.sessionId === info.sessionId);
+    if (i >= 0) {
+      this.sessions[i] = info;
+    } else if (info.workspaceId === this.workspaceId) {
+      this.sessions.unshift(info);
+    }
+    this.sessions.sort((a, b) => b.updatedAt - a.updatedAt);
+    if (this.model?.sessionId === info.sessionId) {
+      this.sessionInfo = info;
+    }
+    this.refresh();
   }
 
   async loadModels(): Promise<void> {
@@ -161,9 +246,17 @@ export class Controller implements vscode.Disposable {
       await this.client.unfollow(previous.sessionId);
     }
     const model = new SessionModel(sessionId, this.client);
+    model.sentByUs = (runId) => this.sent.get(runId);
     this.model = model;
-    model.on("changed", () => this.refresh());
+    model.on("changed", () => {
+      this.busy.set(sessionId, model.state !== "idle");
+      this.refresh();
+    });
+    // The daemon's `sessionUpdated` event (title, model, usage changed by any client).
+    model.on("sessionInfo", (info: SessionInfo) => this.applySessionInfo(info));
+    model.on("runFinished", () => void this.reloadSessionInfo(sessionId).catch(() => undefined));
     this.sessionInfo = await this.client.request("session/get", { sessionId });
+    void this.memento?.update(SESSION_KEY, sessionId);
     // Prompts that arrived before we showed the session.
     for (const p of this.pending.values()) {
       if (p.params.sessionId === sessionId) {
@@ -179,15 +272,23 @@ export class Controller implements vscode.Disposable {
       await this.newSession();
     }
     const sessionId = this.model!.sessionId;
-    const r = await this.client.request("agent/send", {
-      sessionId,
-      prompt: text,
-      attachments,
-      runId: randomUUID(),
-      mode,
-      yolo: this.settings().yolo,
-    });
-    return r.runId;
+    const runId = randomUUID();
+    // Known before the answer: the run's events may overtake it.
+    this.sent.set(runId, { text, mode, attachments: attachments.map((a) => a.name ?? "attachment") });
+    try {
+      const r = await this.client.request("agent/send", {
+        sessionId,
+        prompt: text,
+        attachments,
+        runId,
+        mode,
+        yolo: this.settings().yolo,
+      });
+      return r.runId;
+    } catch (e) {
+      this.sent.delete(runId);
+      throw e;
+    }
   }
 
   async cancel(): Promise<string[]> {
@@ -202,11 +303,11 @@ export class Controller implements vscode.Disposable {
     if (!this.model) {
       return;
     }
-    this.sessionInfo = await this.client.request("session/setModel", {
+    const info = await this.client.request("session/setModel", {
       sessionId: this.model.sessionId,
       model: model === "" ? null : model,
     });
-    this.refresh();
+    this.applySessionInfo(info);
   }
 
   /** The daemon asks: shown in the view and, when the view is hidden, as a notification. */
@@ -218,24 +319,82 @@ export class Controller implements vscode.Disposable {
         this.model.addPrompt(params);
       }
       if (!this.view?.visible) {
-        void this.notifyPermission(params);
+        this.notifyPermission(params);
       }
       this.refresh();
     });
   }
 
-  private async notifyPermission(params: PermissionRequestParams): Promise<void> {
-    const choice = await vscode.window.showWarningMessage(
-      `Crush wants to ${params.title}`,
-      { detail: params.diff ?? JSON.stringify(params.input, null, 2) },
-      "Allow",
-      "Allow for Session",
-      "Deny",
-    );
-    const decision = choice === "Allow" ? "allow" : choice === "Allow for Session" ? "allowSession" : choice === "Deny" ? "deny" : undefined;
-    if (decision) {
-      this.answer(params.requestId, decision);
+  /**
+   * The prompt while the chat view is hidden: a quick pick that shows what is asked (the
+   * command, or the file and its diff in VS Code's diff editor) and that this window takes down
+   * as soon as the request is answered elsewhere or withdrawn. A notification could do neither:
+   * VS Code shows `detail` only on modal messages, and a shown message cannot be dismissed.
+   */
+  private notifyPermission(params: PermissionRequestParams): void {
+    const p = this.pending.get(params.requestId);
+    if (!p) {
+      return;
     }
+    type Item = vscode.QuickPickItem & { decision?: string };
+    const pick = vscode.window.createQuickPick<Item>();
+    p.pick = pick;
+    const editsFile = params.diff !== undefined && params.diff !== null;
+    pick.title = `Crush wants to ${params.title}`;
+    pick.placeholder = summarizeInput(params);
+    pick.ignoreFocusOut = true;
+    const items: Item[] = [
+      { label: "$(check) Allow once", decision: "allow", detail: summarizeInput(params) },
+      { label: "$(check-all) Allow for session", decision: "allowSession", description: `every ${params.tool} call of this session` },
+      { label: "$(close) Deny", decision: "deny" },
+    ];
+    if (editsFile) {
+      items.push({ label: "$(diff) Open diff", decision: "diff", description: "the proposed change in the diff editor" });
+    }
+    items.push({ label: "$(comment-discussion) Show in chat", decision: "chat" });
+    pick.items = items;
+    pick.onDidAccept(() => {
+      const choice = pick.selectedItems[0]?.decision;
+      if (choice === "diff") {
+        void this.openDiff({ requestId: params.requestId }).catch((e) => this.showError(e));
+      } else if (choice === "chat") {
+        pick.hide();
+        void vscode.commands.executeCommand("crush.chat.focus");
+      } else if (choice === "allow" || choice === "allowSession" || choice === "deny") {
+        this.answer(params.requestId, choice);
+      }
+    });
+    pick.onDidHide(() => {
+      if (p.pick === pick) {
+        p.pick = undefined;
+      }
+      pick.dispose();
+    });
+    pick.show();
+  }
+
+  /** Opens a proposed edit (a pending prompt) or a finished one (a tool call) in the diff editor. */
+  async openDiff(what: { requestId?: string; toolCallId?: string }): Promise<void> {
+    const root = this.workspacePath;
+    if (!root) {
+      throw new Error("no workspace folder is open");
+    }
+    if (what.requestId) {
+      const params =
+        this.pending.get(what.requestId)?.params ?? this.model?.prompts.get(what.requestId);
+      if (!params?.diff) {
+        throw new Error("this prompt has no proposed change to show");
+      }
+      const change = proposedChange(root, params.diff);
+      await showDiff(change, `${change.relPath} (proposed by Crush)`);
+      return;
+    }
+    const tool = this.model?.items.find((i) => i.kind === "tool" && i.toolCallId === what.toolCallId);
+    if (!tool || tool.kind !== "tool" || !tool.diff) {
+      throw new Error("this tool call changed no file");
+    }
+    const change = finishedChange(root, tool.diff);
+    await showDiff(change, `${change.relPath} (edited by Crush)`);
   }
 
   /** The user chose; answers the daemon's request if it still waits. */
@@ -253,6 +412,7 @@ export class Controller implements vscode.Disposable {
       return false;
     }
     this.pending.delete(requestId);
+    p.pick?.dispose();
     p.resolve(decision);
     this.refresh();
     return true;
@@ -263,6 +423,7 @@ export class Controller implements vscode.Disposable {
     const p = this.pending.get(requestId);
     if (p) {
       this.pending.delete(requestId);
+      p.pick?.dispose();
       p.reject(new Error(`permission request ${why}`));
     }
     this.model?.removePrompt(requestId);
@@ -293,14 +454,30 @@ export class Controller implements vscode.Disposable {
     return {
       connection: this.client.state,
       workspace: this.workspacePath,
-      sessions: this.sessions.map((s) => ({ sessionId: s.sessionId, title: s.title, busy: false })),
+      sessions: this.sessions.map((s) => this.row(s)),
+      session: this.sessionInfo ? this.row(this.sessionInfo) : undefined,
       sessionId: this.model?.sessionId,
       model: this.sessionInfo?.model ?? undefined,
       models: this.models.map((m) => ({ name: m.name, unavailable: m.unavailable ?? undefined })),
       state: this.sessionState,
       items: this.model?.items ?? [],
       prompts: [...prompts.values()],
+      pending: this.model?.pending ?? [],
       error: this.lastError,
+    };
+  }
+
+  private row(s: SessionInfo): SessionRow {
+    const busy = this.model?.sessionId === s.sessionId ? this.sessionState !== "idle" : (this.busy.get(s.sessionId) ?? false);
+    return {
+      sessionId: s.sessionId,
+      title: s.title,
+      updatedAt: s.updatedAt,
+      busy,
+      model: s.model ?? undefined,
+      messageCount: s.messageCount,
+      tokens: s.promptTokens + s.completionTokens,
+      cost: s.cost,
     };
   }
 
@@ -342,8 +519,16 @@ export class Controller implements vscode.Disposable {
     const msg = e instanceof Error ? e.message : String(e);
     this.lastError = msg;
     this.output.appendLine(`error: ${msg}`);
-    void vscode.window.showErrorMessage(`Crush: ${msg}`);
     this.refresh();
+    if (/crush\.crushctlPath/.test(msg)) {
+      void vscode.window.showErrorMessage(`Crush: ${msg}`, "Open Settings").then((c) => {
+        if (c === "Open Settings") {
+          void vscode.commands.executeCommand("workbench.action.openSettings", "crush.crushctlPath");
+        }
+      });
+    } else {
+      void vscode.window.showErrorMessage(`Crush: ${msg}`);
+    }
   }
 
   /** Everything the webview can ask for. Unknown or malformed messages are ignored. */
@@ -383,6 +568,32 @@ export class Controller implements vscode.Disposable {
             this.answer(msg.requestId, msg.decision);
           }
           break;
+        case "openDiff":
+          await this.openDiff({
+            requestId: typeof msg.requestId === "string" ? msg.requestId : undefined,
+            toolCallId: typeof msg.toolCallId === "string" ? msg.toolCallId : undefined,
+          });
+          break;
+        case "copyCode":
+          if (typeof msg.code === "string") {
+            await vscode.env.clipboard.writeText(msg.code);
+            void vscode.window.setStatusBarMessage("Crush: code copied", 2000);
+          }
+          break;
+        case "insertCode":
+          if (typeof msg.code === "string") {
+            await this.insertAtCursor(msg.code);
+          }
+          break;
+        case "openLink":
+          if (typeof msg.href === "string" && /^(https?|mailto):/i.test(msg.href)) {
+            await vscode.env.openExternal(vscode.Uri.parse(msg.href));
+          }
+          break;
+        case "refreshSessions":
+          await this.loadSessions();
+          this.refresh();
+          break;
         default:
           break;
       }
@@ -390,4 +601,42 @@ export class Controller implements vscode.Disposable {
       this.showError(e);
     }
   }
+
+  /** "Insert at cursor" on a code block: into the editor the user was last typing in. */
+  async insertAtCursor(code: string): Promise<void> {
+    const editor = vscode.window.activeTextEditor ?? vscode.window.visibleTextEditors[0];
+    if (!editor) {
+      throw new Error("No editor to insert into: open a file and put the cursor where the code should go.");
+    }
+    await editor.edit((b) => {
+      for (const sel of editor.selections) {
+        b.replace(sel, code);
+      }
+    });
+  }
+}
+
+/** One line saying what a tool call would do. */
+export function summarizeInput(p: PermissionRequestParams): string {
+  const input = (p.input ?? {}) as Record<string, unknown>;
+  if (typeof input.command === "string") {
+    return `$ ${input.command}`;
+  }
+  if (typeof input.path === "string" || typeof input.file_path === "string") {
+    return String(input.path ?? input.file_path);
+  }
+  return JSON.stringify(p.input);
+}
+
+/** Read-only documents for the left/right sides of a diff, by URI. */
+export const diffContents = new Map<string, string>();
+export const DIFF_SCHEME = "crush-diff";
+
+async function showDiff(change: { relPath: string; before: string; after: string }, title: string): Promise<void> {
+  const id = randomUUID();
+  const left = vscode.Uri.from({ scheme: DIFF_SCHEME, path: `/${change.relPath}`, query: `${id}-before` });
+  const right = vscode.Uri.from({ scheme: DIFF_SCHEME, path: `/${change.relPath}`, query: `${id}-after` });
+  diffContents.set(left.toString(), change.before);
+  diffContents.set(right.toString(), change.after);
+  await vscode.commands.executeCommand("vscode.diff", left, right, title, { preview: true });
 }

@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes, randomUUID } from "node:crypto";
 import { CrushClient } from "./client";
-import { Controller, FromWebview, Settings } from "./controller";
+import { Controller, DIFF_SCHEME, diffContents, FromWebview, Settings } from "./controller";
 import { resolveSocketPath } from "./socketPath";
 
 export const VIEW_ID = "crush.chat";
@@ -20,14 +20,19 @@ export function readSettings(): Settings {
   };
 }
 
-/** The chat view's HTML: a strict CSP, one nonce'd script, no inline handlers. */
+/**
+ * The chat view's HTML: a strict CSP (one nonce'd script, the extension's own styles and the
+ * codicon font, nothing inline), no inline handlers.
+ */
 export function chatHtml(webview: vscode.Webview, extensionUri: vscode.Uri): string {
   const nonce = randomBytes(16).toString("base64");
-  const script = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, "media", "chat.js"));
+  const script = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, "dist", "chat.js"));
   const style = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, "media", "chat.css"));
+  const codicons = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, "dist", "codicons", "codicon.css"));
   const csp = [
     "default-src 'none'",
     `style-src ${webview.cspSource}`,
+    `font-src ${webview.cspSource}`,
     `img-src ${webview.cspSource}`,
     `script-src 'nonce-${nonce}'`,
   ].join("; ");
@@ -37,16 +42,20 @@ export function chatHtml(webview: vscode.Webview, extensionUri: vscode.Uri): str
 <meta charset="UTF-8">
 <meta http-equiv="Content-Security-Policy" content="${csp}">
 <meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${codicons}">
 <link rel="stylesheet" href="${style}">
 <title>Crush</title>
 </head>
 <body>
-<div id="bar"><select id="sessions" title="Session"></select><button id="new" title="New session">+</button><select id="model" title="Model"></select></div>
+<div id="header"><button id="sessionsToggle" class="secondary" title="Sessions of this folder" aria-expanded="false"><span class="codicon codicon-list-unordered"></span><span id="sessionTitle">No session</span></button><button id="new" class="icon" title="New session"><span class="codicon codicon-add"></span></button></div>
+<div id="sessionList" role="listbox" hidden></div>
+<div id="usage"></div>
 <div id="status"></div>
 <div id="log"></div>
+<div id="pending"></div>
 <div id="prompts"></div>
 <form id="form"><textarea id="prompt" rows="3" placeholder="Ask Crush… (Ctrl+Enter to send)"></textarea>
-<div id="actions"><button type="submit" id="send">Send</button><button type="button" id="steer">Steer</button><button type="button" id="cancel">Cancel</button></div></form>
+<div id="actions"><select id="model" title="Model"></select><button type="submit" id="send" title="Send (Ctrl+Enter)"><span class="codicon codicon-send"></span>Send</button><button type="button" id="steer" class="secondary" title="Join the running turn"><span class="codicon codicon-debug-step-into"></span>Steer</button><button type="button" id="cancel" class="secondary" title="Cancel the session's runs"><span class="codicon codicon-debug-stop"></span>Cancel</button></div></form>
 <script nonce="${nonce}" src="${script}"></script>
 </body>
 </html>`;
@@ -61,7 +70,7 @@ class ChatViewProvider implements vscode.WebviewViewProvider {
   resolveWebviewView(view: vscode.WebviewView): void {
     view.webview.options = {
       enableScripts: true,
-      localResourceRoots: [vscode.Uri.joinPath(this.extensionUri, "media")],
+      localResourceRoots: [vscode.Uri.joinPath(this.extensionUri, "media"), vscode.Uri.joinPath(this.extensionUri, "dist")],
     };
     view.webview.html = chatHtml(view.webview, this.extensionUri);
     this.controller.view = view;
@@ -97,7 +106,7 @@ export function activate(context: vscode.ExtensionContext): Api {
   const statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 100);
   statusBar.command = "crush.showDaemonStatus";
   statusBar.show();
-  const controller = new Controller(client, statusBar, readSettings, output);
+  const controller = new Controller(client, statusBar, readSettings, output, context.workspaceState);
   active = { client, controller };
 
   const guarded =
@@ -118,9 +127,17 @@ export function activate(context: vscode.ExtensionContext): Api {
     vscode.window.registerWebviewViewProvider(VIEW_ID, new ChatViewProvider(controller, context.extensionUri), {
       webviewOptions: { retainContextWhenHidden: true },
     }),
+    vscode.workspace.registerTextDocumentContentProvider(DIFF_SCHEME, {
+      provideTextDocumentContent: (uri) => diffContents.get(uri.toString()) ?? "",
+    }),
     vscode.commands.registerCommand(
       "crush.newSession",
-      guarded(async () => controller.newSession()),
+      guarded(async () => {
+        const info = await controller.newSession();
+        // From the palette the new session must be seen: show the chat view.
+        await vscode.commands.executeCommand(`${VIEW_ID}.focus`);
+        return info;
+      }),
     ),
     vscode.commands.registerCommand(
       "crush.sendSelection",

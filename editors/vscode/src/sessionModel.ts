@@ -37,6 +37,15 @@ export interface ToolItem {
 }
 export type Item = UserItem | AssistantItem | ToolItem;
 
+/** A prompt accepted but not yet in the conversation: a steer waiting for a step boundary, or a queued prompt. */
+export interface PendingPrompt {
+  runId: string;
+  steer: boolean;
+  /** Known when this window sent it; another client's prompt shows as a placeholder. */
+  text?: string;
+  attachments: string[];
+}
+
 export type SessionState = "idle" | "running" | "queued" | "waitingForPermission";
 
 export interface Part {
@@ -63,6 +72,10 @@ export class SessionModel extends EventEmitter implements SessionFollower {
   waiting = new Set<string>();
   /** Permission prompts to show, by requestId. */
   prompts = new Map<string, PermissionRequestParams>();
+  /** Steered and queued prompts not yet part of a turn, in arrival order. */
+  pending: PendingPrompt[] = [];
+  /** What this window sent, by runId (the daemon's events carry neither attachments nor a steer's text). */
+  sentByUs: (runId: string) => { text: string; attachments: string[] } | undefined = () => undefined;
 
   constructor(
     readonly sessionId: string,
@@ -107,6 +120,10 @@ export class SessionModel extends EventEmitter implements SessionFollower {
   applyStatus(status: AgentStatusResult): void {
     this.activeRunId = status.activeRunId ?? undefined;
     this.queued = [...status.queued];
+    this.pending = status.queued.map((runId) => {
+      const ours = this.sentByUs(runId);
+      return { runId, steer: false, text: ours?.text, attachments: ours?.attachments ?? [] };
+    });
     this.waiting = new Set((status.pendingPermissions ?? []).map((p) => p.requestId));
     for (const p of status.pendingPermissions ?? []) {
       this.prompts.set(p.requestId, p);
@@ -166,12 +183,28 @@ export class SessionModel extends EventEmitter implements SessionFollower {
     }
   }
 
+  private dropPending(runId: string | null | undefined): void {
+    this.pending = this.pending.filter((p) => p.runId !== runId);
+  }
+
   onEvent(ev: SessionUpdateParams): void {
+    // Kinds newer than this extension's generated types (the daemon's `sessionUpdated`).
+    const loose = ev as unknown as { kind: string; session?: unknown };
+    if (loose.kind === "sessionUpdated") {
+      if (loose.session && typeof loose.session === "object") {
+        this.emit("sessionInfo", loose.session);
+      } else {
+        this.emit("runFinished");
+      }
+      return;
+    }
     switch (ev.kind) {
       case "userMessage":
         if (!this.items.some((i) => i.kind === "user" && i.messageId === ev.messageId)) {
-          this.items.push({ kind: "user", messageId: ev.messageId, text: ev.text, attachments: [] });
+          const ours = ev.runId ? this.sentByUs(ev.runId) : undefined;
+          this.items.push({ kind: "user", messageId: ev.messageId, text: ev.text, attachments: ours?.attachments ?? [] });
         }
+        this.dropPending(ev.runId);
         break;
       case "assistantStarted":
         if (!this.assistant(ev.messageId)) {
@@ -212,6 +245,13 @@ export class SessionModel extends EventEmitter implements SessionFollower {
         if (ev.runId && !this.queued.includes(ev.runId)) {
           this.queued.push(ev.runId);
         }
+        if (ev.runId && !this.pending.some((p) => p.runId === ev.runId)) {
+          const ours = this.sentByUs(ev.runId);
+          this.pending.push({ runId: ev.runId, steer: ev.steer, text: ours?.text, attachments: ours?.attachments ?? [] });
+        }
+        break;
+      case "cancelRequested":
+        this.pending = this.pending.filter((p) => !ev.runIds.includes(p.runId));
         break;
       case "runStarted":
         this.activeRunId = ev.runId ?? undefined;
@@ -225,6 +265,8 @@ export class SessionModel extends EventEmitter implements SessionFollower {
           this.activeRunId = undefined;
         }
         this.queued = this.queued.filter((r) => r !== ev.runId);
+        this.dropPending(ev.runId);
+        this.emit("runFinished", ev.runId);
         break;
       case "permissionRequested":
         this.waiting.add(ev.requestId);

@@ -4,7 +4,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomUUID } from "node:crypto";
-import { CrushClient } from "../src/client";
+import { CrushClient, startFailure } from "../src/client";
 import { SessionModel } from "../src/sessionModel";
 import type { RunCompleteParams, SessionSubscribeResult } from "../src/protocol.generated";
 import { Daemon, TestEnv, waitFor } from "./support/daemon";
@@ -216,6 +216,37 @@ describe("daemon start", () => {
       await mock.close();
       env.cleanup();
     }
+  });
+
+  test("a failed autostart leaves the client disconnected and names the setting to fix (bug 1)", async () => {
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const states: string[] = [];
+    const c = new CrushClient({
+      socketPath: env.socket,
+      clientId: randomUUID(),
+      crushctlPath: path.join(env.dir, "no-such-crushctl"),
+      env: env.env(),
+    });
+    c.on("state", (s) => states.push(s));
+    try {
+      const err = await c.start().then(
+        () => assert.fail("start() succeeded without crushctl"),
+        (e: Error) => e,
+      );
+      assert.match(err.message, /was not found; set crush\.crushctlPath/);
+      assert.doesNotMatch(err.message, /:\s*$/, "no empty tail after a colon");
+      assert.equal(c.state, "disconnected", `states: ${states.join(" → ")}`);
+      assert.deepEqual(states, ["connecting", "disconnected"]);
+    } finally {
+      await c.dispose();
+      env.cleanup();
+    }
+  });
+
+  test("a crushctl that fails with nothing to say still gives a message that ends in words", () => {
+    const e = Object.assign(new Error("Command failed"), { code: 3 });
+    assert.equal(startFailure("crushctl", e as never, "", ""), "could not start crushd: `crushctl daemon start` exited with status 3");
+    assert.match(startFailure("crushctl", e as never, "crushd: bad config\n", ""), /status 3: crushd: bad config$/);
   });
 
   test("start() without crushctl reports that nothing answers", async () => {

@@ -37,6 +37,10 @@ describe("extension against a stub vscode", () => {
     stub.workspace.workspaceFolders = [{ uri: stub.Uri.file(env.workspace), name: "ws", index: 0 }];
     api = ext.activate({
       subscriptions,
+      workspaceState: {
+        get: (k: string) => stubModule.memento.get(k),
+        update: async (k: string, v: unknown) => void stubModule.memento.set(k, v),
+      },
       extensionUri: stub.Uri.file(path.join(__dirname, "..", "..")),
       extension: { packageJSON: pkg },
     } as any);
@@ -63,7 +67,7 @@ describe("extension against a stub vscode", () => {
     const v = fakeView();
     recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
     const html = v.view.webview.html;
-    assert.match(html, /Content-Security-Policy" content="default-src 'none'; style-src vscode-resource:; img-src vscode-resource:; script-src 'nonce-[^']+'"/);
+    assert.match(html, /Content-Security-Policy" content="default-src 'none'; style-src vscode-resource:; font-src vscode-resource:; img-src vscode-resource:; script-src 'nonce-[^']+'"/);
     assert.ok(!/onclick=|<script>(?!<)/.test(html), "no inline script or handlers");
     v.send({ type: "ready" });
     await waitPosted(v, (s) => s.connection === "connected", "the first state");
@@ -100,7 +104,7 @@ describe("extension against a stub vscode", () => {
     assert.equal(fs.readFileSync(path.join(env.workspace, "hello.txt"), "utf8"), "hello crush\n");
   });
 
-  test("with the view hidden the prompt is a notification, withdrawn when another client answers", async () => {
+  test("with the view hidden the prompt is a quick pick that shows the ask and is withdrawn when another client answers (bug 2)", async () => {
     const v = fakeView();
     recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
     v.view.visible = false;
@@ -112,26 +116,97 @@ describe("extension against a stub vscode", () => {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const { SessionModel } = require("../src/sessionModel") as typeof import("../src/sessionModel");
     await other.follow(sessionId, new SessionModel(sessionId, other));
-    const warned = waitFor<string>(stubModule.events, "warning", (m) => /Crush wants to/.test(m), "the notification");
-    // The other editor answers once VS Code shows its notification, so ours is the copy withdrawn.
+    const shown = waitFor<stubModule.StubQuickPick>(stubModule.events, "quickPick", (q) => /Crush wants to/.test(q.title), "the quick pick");
+    // The other editor answers once VS Code shows its prompt, so ours is the copy withdrawn.
     other.setPermissionHandler(async () => {
-      await warned;
+      await shown;
       return "deny";
     });
     const resolved = waitFor<any>(api.client, "permissionResolved", () => true, "$/permissionResolved");
     const runId = await api.controller.send("#write again");
     const done = waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
-    await warned;
+    const pick = await shown;
+    assert.equal(recorded.warnings.filter((w) => /Crush wants to/.test(w)).length, 0, "no undismissable notification");
+    assert.ok(pick.items.some((i) => /Allow once/.test(i.label) && /hello\.txt/.test(i.detail ?? "")), "the pick says what is asked");
+    assert.ok(pick.items.some((i) => /Open diff/.test(i.label)), "and offers the diff");
     const r = await resolved;
     assert.equal(r.by, "nvim");
     assert.equal(r.decision, "deny");
     await done;
-    const idle = (st: any) => st.prompts.length === 0 && st.state === "idle";
-    if (!idle(api.controller.viewState())) {
-      await waitPosted(v, idle, "the prompt withdrawn");
+    if (!pick.disposed) {
+      await waitFor(stubModule.events, "quickPickDisposed", (q) => q === pick, "the quick pick taken down");
     }
     assert.equal(api.controller.pendingPrompts().length, 0);
     await other.dispose();
+  });
+
+  test("the session shown is remembered for the workspace and shown again after a reload (bug 3)", async () => {
+    const shown = api.controller.model!.sessionId;
+    assert.equal(stubModule.memento.get("crush.sessionId"), shown);
+    const { Controller } = require("../src/controller") as typeof import("../src/controller");
+    const fresh = new Controller(api.client, stub.window.createStatusBarItem() as any, ext.readSettings, { appendLine() {} } as any, {
+      get: (k: string) => stubModule.memento.get(k) as any,
+      update: async (k: string, v: unknown) => void stubModule.memento.set(k, v),
+    });
+    await fresh.connect();
+    assert.equal(fresh.model?.sessionId, shown, "the reloaded window shows the same session");
+    const before = (await api.client.request("session/list", { workspaceId: fresh.workspaceId! })).sessions.length;
+    const runId = await fresh.send("again");
+    await waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    const after = (await api.client.request("session/list", { workspaceId: fresh.workspaceId! })).sessions.length;
+    assert.equal(after, before, "no new session for the next Send");
+    fresh.model?.removeAllListeners();
+    await api.client.unfollow(shown);
+    fresh.dispose();
+    // Follow it again in the main controller (unfollow above dropped its subscription).
+    const main = api.controller;
+    main.model = undefined;
+    await main.attach(shown);
+  });
+
+  test("the sender's window shows its prompt's attachments as soon as the prompt is in (bug 5)", async () => {
+    const file = path.join(env.workspace, "att.ts");
+    fs.writeFileSync(file, "x\n");
+    const seen = waitFor<any>(api.client, "sessionUpdate", (e) => e.kind === "userMessage" && e.text === "look", "the userMessage event");
+    const runId = await api.controller.send("look", "queue", [{ name: "att.ts:1-1", mimeType: "text/x-typescript", text: "x" }]);
+    await seen;
+    const item = api.controller.model!.items.find((i) => i.kind === "user" && i.text === "look") as any;
+    assert.deepEqual(item.attachments, ["att.ts:1-1"]);
+    await waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+  });
+
+  test("another client's model change reaches this window (bug 4)", async () => {
+    const sessionId = api.controller.model!.sessionId;
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { CrushClient } = require("../src/client") as typeof import("../src/client");
+    const other = new CrushClient({ socketPath: env.socket, clientId: "model-changer", clientName: "nvim" });
+    await other.start();
+    const changed = await other.request("session/setModel", { sessionId, model: "mock/mock-1" });
+    assert.equal(changed.model, "mock/mock-1");
+    // Today's daemon announces no change: the window learns it when the session's next run ends.
+    const runId = await other.request("agent/send", { sessionId, prompt: "hi", mode: "queue" }).then((r) => r.runId);
+    await waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the other client's run");
+    const deadline = Date.now() + 10_000;
+    while (api.controller.viewState().model !== "mock/mock-1" && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 5)); // polling the view state, bounded by the deadline
+    }
+    assert.equal(api.controller.viewState().model, "mock/mock-1");
+    // The daemon's `sessionUpdated` event (the context issue) applies at once, title included.
+    api.controller.model!.onEvent({
+      sessionId,
+      seq: Number.MAX_SAFE_INTEGER,
+      kind: "sessionUpdated",
+      session: { ...changed, title: "Renamed elsewhere", model: null },
+    } as any);
+    assert.equal(api.controller.viewState().model, undefined);
+    assert.equal(api.controller.viewState().session?.title, "Renamed elsewhere");
+    await other.dispose();
+  });
+
+  test("New Session from the palette reveals the chat view (bug 6)", async () => {
+    recorded.executed.length = 0;
+    await stub.commands.executeCommand("crush.newSession");
+    assert.ok(recorded.executed.includes("crush.chat.focus"), `executed: ${recorded.executed.join(", ")}`);
   });
 
   test("send selection attaches the file and the line range", async () => {

@@ -3,6 +3,8 @@
 // - a prompt containing `#write` gets a `write` tool call for hello.txt, and the request that
 //   carries the tool's result gets "Done.";
 // - `#hold` streams one chunk, then holds the stream until `release()` (or the client leaves);
+// - `#markdown` answers with Markdown (a list, a link, a Rust code block) and raw HTML that must
+//   never become markup;
 // - anything else streams "Hello from the mock." word by word.
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -119,6 +121,23 @@ export class MockLlm {
         ],
       });
       finish("tool_calls");
+      return;
+    }
+    if (prompt.includes("#markdown")) {
+      const answer = [
+        "Here is the plan:\n\n",
+        "1. **Build** it\n",
+        "2. Read [the docs](https://example.com/docs)\n\n",
+        "<img src=x onerror=alert(1)>\n\n",
+        "```rust\n",
+        "fn answer() -> u32 { 42 }\n",
+        "```\n",
+      ];
+      send({ role: "assistant", content: answer[0] });
+      for (const a of answer.slice(1)) {
+        send({ content: a });
+      }
+      finish("stop");
       return;
     }
     if (prompt.includes("#hold")) {

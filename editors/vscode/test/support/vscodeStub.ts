@@ -14,7 +14,50 @@ export const recorded = {
   warnings: [] as string[],
   errors: [] as string[],
   opened: [] as string[],
+  /** Quick picks created with createQuickPick, live or disposed. */
+  quickPicks: [] as StubQuickPick[],
+  executed: [] as string[],
 };
+
+/** A createQuickPick() result: records what it shows and whether it was taken down. */
+export class StubQuickPick {
+  title = "";
+  placeholder = "";
+  items: any[] = [];
+  selectedItems: any[] = [];
+  ignoreFocusOut = false;
+  shown = false;
+  disposed = false;
+  private accept: Fn[] = [];
+  private hide: Fn[] = [];
+  onDidAccept(f: Fn) {
+    this.accept.push(f);
+    return disposable;
+  }
+  onDidHide(f: Fn) {
+    this.hide.push(f);
+    return disposable;
+  }
+  show() {
+    this.shown = true;
+    events.emit("quickPick", this);
+  }
+  /** The user picks the item whose label matches. */
+  choose(label: RegExp) {
+    this.selectedItems = this.items.filter((i) => label.test(i.label));
+    this.accept.forEach((f) => f());
+  }
+  hideIt() {
+    this.hide.forEach((f) => f());
+  }
+  dispose() {
+    if (!this.disposed) {
+      this.disposed = true;
+      this.shown = false;
+      events.emit("quickPickDisposed", this);
+    }
+  }
+}
 export const user = {
   inputBox: undefined as string | undefined,
   quickPick: (items: any[]) => items[0],
@@ -28,6 +71,13 @@ class Uri {
   static file(p: string) {
     return new Uri("file", p);
   }
+  static from(c: { scheme: string; path: string; query?: string }) {
+    return new Uri(c.scheme, c.path + (c.query ? `?${c.query}` : ""));
+  }
+  static parse(s: string) {
+    const i = s.indexOf(":");
+    return new Uri(s.slice(0, i), s.slice(i + 1));
+  }
   static joinPath(u: Uri, ...parts: string[]) {
     return new Uri(u.scheme, path.join(u.fsPath, ...parts));
   }
@@ -37,6 +87,7 @@ class Uri {
 }
 
 const disposable = { dispose() {} };
+export const memento = new Map<string, unknown>();
 
 export const stub = {
   Uri,
@@ -58,9 +109,21 @@ export const stub = {
     },
     asRelativePath: (u: Uri) => path.relative(stub.workspace.workspaceFolders[0]?.uri.fsPath ?? "/", u.fsPath),
     openTextDocument: async (u: Uri) => ({ uri: u }),
+    registerTextDocumentContentProvider: () => disposable,
+  },
+  env: {
+    clipboard: { writeText: async (t: string) => void events.emit("clipboard", t) },
+    openExternal: async () => true,
   },
   window: {
     activeTextEditor: undefined as any,
+    visibleTextEditors: [] as any[],
+    createQuickPick: () => {
+      const q = new StubQuickPick();
+      recorded.quickPicks.push(q);
+      return q;
+    },
+    setStatusBarMessage: () => disposable,
     createOutputChannel: (_name: string) => ({ appendLine() {}, show() {}, dispose() {} }),
     createStatusBarItem: () => ({ text: "", tooltip: "", command: "", show() {}, dispose() {} }),
     registerWebviewViewProvider: (id: string, provider: any) => {
@@ -76,7 +139,7 @@ export const stub = {
       events.emit("warning", m);
       return user.warningChoice;
     },
-    showErrorMessage: async (m: string) => {
+    showErrorMessage: async (m: string, ..._items: string[]) => {
       recorded.errors.push(m);
       return undefined;
     },
@@ -91,7 +154,10 @@ export const stub = {
       recorded.commands.set(id, f);
       return disposable;
     },
-    executeCommand: async (id: string, ...a: any[]) => recorded.commands.get(id)?.(...a),
+    executeCommand: async (id: string, ...a: any[]) => {
+      recorded.executed.push(id);
+      return recorded.commands.get(id)?.(...a);
+    },
   },
 };
 
