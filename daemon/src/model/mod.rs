@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{ErrorCode, ModelInfo, RpcError};
 
-use crate::config::{ApiKind, ModelsConfig, ProviderConfig};
 use crate::sync::lock;
+use config::{ApiKind, ModelsConfig, ProviderConfig};
 
 pub mod anthropic;
+pub mod config;
 pub mod echo;
 pub mod http;
 pub mod openai;
@@ -219,9 +220,7 @@ impl Models {
             providers: cfg.providers.clone(),
             fixed: BTreeMap::new(),
             built: Mutex::default(),
-            connections: Arc::new(tokio::sync::Semaphore::new(
-                crate::config::DEFAULT_MAX_MODEL_CONNECTIONS,
-            )),
+            connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
         }
     }
 
