@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::setting::HumanDuration;
 
-/// Default for `[daemon] max_model_connections`.
+/// Default for `[daemon] max_model_connections` (its row in `crate::config` names this):
+/// `Models` built without a config, as in tests, use it too.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The `default_model` key and the providers, presets included.

@@ -3,8 +3,9 @@
 //! the run is cancelled the stream ends at once (and a provider drops its HTTP response, which
 //! closes the connection to the model server).
 //!
-//! Providers: [`openai`] (any OpenAI-compatible Chat Completions API) and [`echo`] (a diagnostic
-//! that streams the prompt back). [`Models`] resolves a model by name from the configuration.
+//! Providers: [`openai`] (any OpenAI-compatible Chat Completions API), [`anthropic`] (the
+//! Messages API) and [`echo`] (a diagnostic that streams the prompt back). [`Models`] resolves a
+//! model by name from the providers' configuration ([`config`]: presets and file tables).
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
