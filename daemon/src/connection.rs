@@ -113,7 +113,7 @@ pub async fn serve(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
 
 async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let (read_half, write_half) = SharedHalf::pair(stream);
-    let outbound = Outbound::new(daemon.config.max_outbound_bytes);
+    let outbound = Outbound::new(daemon.config.daemon.max_outbound_bytes);
     let peer = Arc::new(Peer::new(conn_id, outbound.clone()));
     let writer_abort = CancellationToken::new();
     // Fires when the writer ends on its own (a write failed): the connection is useless then.
@@ -141,19 +141,19 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
     let mut frames = FramedRead::new(
         read_half,
         BudgetedCodec::new(
-            LspCodec::new(daemon.config.max_message_size),
+            LspCodec::new(daemon.config.daemon.max_message_size),
             daemon.inbound.clone(),
         ),
     );
-    let handshake_timeout = daemon.config.handshake_timeout;
+    let handshake_timeout = daemon.config.daemon.handshake_timeout;
     let handshake = tokio::time::sleep(handshake_timeout);
     tokio::pin!(handshake);
-    let frame_timeout = daemon.config.frame_timeout;
+    let frame_timeout = daemon.config.daemon.frame_timeout;
     let frame_deadline = tokio::time::sleep(frame_timeout);
     tokio::pin!(frame_deadline);
     // Whether bytes of an unfinished message are buffered, and `frame_deadline` runs for it.
     let mut partial = false;
-    let max_in_flight = daemon.config.max_in_flight;
+    let max_in_flight = daemon.config.daemon.max_in_flight;
     let mut overload_logged = false;
     let handlers_done = TaskTracker::new();
     let conn_token = CancellationToken::new();
@@ -180,7 +180,7 @@ async fn serve_inner(daemon: Arc<Daemon>, stream: Stream, conn_id: u64) {
             }
             _ = outbound.overflowed().cancelled() => {
                 warn!(
-                    limit = daemon.config.max_outbound_bytes,
+                    limit = daemon.config.daemon.max_outbound_bytes,
                     "client is not reading: its unread messages passed max_outbound_bytes; \
                      disconnecting it (it can reconnect and replay from its last seq)"
                 );

@@ -111,7 +111,7 @@ pub async fn initialize(
         },
         protocol_version: PROTOCOL_VERSION,
         capabilities: ServerCapabilities {
-            max_message_size: daemon.config.max_message_size as u64,
+            max_message_size: daemon.config.daemon.max_message_size as u64,
             debug_methods: daemon.config.debug_methods,
         },
         pid: std::process::id(),
@@ -140,6 +140,7 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
             log_dir: daemon.config.state_dir.display().to_string(),
             idle_timeout_ms: daemon
                 .config
+                .daemon
                 .idle_timeout
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),

@@ -14,6 +14,7 @@ pub mod peer;
 pub mod runs;
 pub mod secrets;
 pub mod server;
+pub mod setting;
 pub mod store;
 pub mod sync;
 pub mod tools;

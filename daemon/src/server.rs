@@ -50,22 +50,22 @@ impl Daemon {
             Runtime::new(
                 store.clone(),
                 Models::from_config(&config.models)
-                    .with_connection_limit(config.max_model_connections),
-                config.flush_interval,
+                    .with_connection_limit(config.daemon.max_model_connections),
+                config.daemon.flush_interval,
                 config.shutdown_grace,
             )
             .configure(config.agent.clone(), config.permissions.clone())
             .with_replay(
                 ReplayLimits {
-                    events: config.replay_events,
-                    bytes: config.replay_bytes,
+                    events: config.daemon.replay_events,
+                    bytes: config.daemon.replay_bytes,
                 },
-                config.replay_budget,
+                config.daemon.replay_budget,
             ),
         );
         Arc::new(Self {
-            inbound: InboundBudget::new(config.inbound_budget),
-            clients: Clients::new(config.claim_grace),
+            inbound: InboundBudget::new(config.daemon.inbound_budget),
+            clients: Clients::new(config.daemon.claim_grace),
             timers: TaskTracker::new(),
             config,
             store,
@@ -215,7 +215,7 @@ pub enum DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The lock comes first: only the daemon holding it may open the database for writing.
     let endpoint = transport::bind(&config.socket)?;
-    let store = Store::open(&config.data_dir).await?;
+    let store = Store::open(&config.daemon.data_dir).await?;
     serve(endpoint, config, store).await
 }
 
@@ -231,7 +231,10 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
         warn!("crushd is running as root; run it as the user whose sessions it serves");
     }
     #[cfg(unix)]
-    raise_fd_limit(config.max_connections, config.max_model_connections);
+    raise_fd_limit(
+        config.daemon.max_connections,
+        config.daemon.max_model_connections,
+    );
     info!(socket = %socket.display(), pid = std::process::id(), lock = %lock.path().display(), "listening");
     info!(database = %store.path().display(), "database open");
     let daemon = Daemon::new(config, store);
@@ -244,7 +247,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
             warn!(error = %e, "signal handling failed");
         }
     });
-    if let Some(idle) = daemon.config.idle_timeout {
+    if let Some(idle) = daemon.config.daemon.idle_timeout {
         background.spawn(idle_exit(daemon.clone(), idle));
     }
     background.spawn(unload_idle_workspaces(daemon.clone()));
@@ -273,13 +276,13 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
             continue;
         }
         let open = daemon.connection_count();
-        if open >= daemon.config.max_connections {
+        if open >= daemon.config.daemon.max_connections {
             refused_in_a_row += 1;
             // Logged at the 1st, 2nd, 4th… refusal in a row, so a flood cannot fill the disk.
             if refused_in_a_row.is_power_of_two() {
                 warn!(
                     open,
-                    limit = daemon.config.max_connections,
+                    limit = daemon.config.daemon.max_connections,
                     refused = refused_in_a_row,
                     "too many connections; refusing new ones until some close"
                 );
@@ -294,7 +297,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
                          max_connections); try again when some have closed"
                     ),
                 )
-                .with_data(serde_json::json!({ "limit": daemon.config.max_connections }));
+                .with_data(serde_json::json!({ "limit": daemon.config.daemon.max_connections }));
                 refusing.spawn(connection::refuse(stream, error));
             }
             continue;
@@ -429,7 +432,7 @@ async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
 /// Unloads workspaces nobody claims, watches or runs anything in, once they have been idle for
 /// `[daemon] workspace_idle`; trims the replay logs whenever they pass `[daemon] replay_budget`.
 async fn unload_idle_workspaces(daemon: Arc<Daemon>) {
-    let delay = daemon.config.workspace_idle;
+    let delay = daemon.config.daemon.workspace_idle;
     let tick = (delay / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
     let mut every = tokio::time::interval(tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

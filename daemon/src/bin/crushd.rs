@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crushd::config::{self, Config, IdleTimeout};
+use crushd::config::{self, Config, DaemonSection};
 use crushd::server::DaemonError;
+use crushd::setting::IdleTimeout;
 use crushd::transport::TransportError;
 
 /// Exit status when another daemon already runs (EX_TEMPFAIL); crush-client relies on it.
@@ -169,15 +170,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.apply_file(&file);
     }
     cfg.apply_env();
-    if let Some(t) = args.idle_timeout {
-        cfg.idle_timeout = t.0;
-    }
-    if let Some(n) = args.max_message_size {
-        cfg.max_message_size = n;
-    }
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
-    }
+    // The flags are `[daemon]` keys given on the command line: the same overlay as the file's.
+    cfg.daemon.apply(&DaemonSection {
+        idle_timeout: args.idle_timeout,
+        max_message_size: args.max_message_size,
+        data_dir: args.data_dir,
+        ..DaemonSection::default()
+    });
     cfg.debug_methods = args.debug_methods;
     take_keys_out_of_the_environment(args.secrets_on_stdin, &cfg)?;
     // Everything the daemon creates (database, logs, lock) is private whatever umask it was

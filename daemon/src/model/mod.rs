@@ -3,8 +3,9 @@
 //! the run is cancelled the stream ends at once (and a provider drops its HTTP response, which
 //! closes the connection to the model server).
 //!
-//! Providers: [`openai`] (any OpenAI-compatible Chat Completions API) and [`echo`] (a diagnostic
-//! that streams the prompt back). [`Models`] resolves a model by name from the configuration.
+//! Providers: [`openai`] (any OpenAI-compatible Chat Completions API), [`anthropic`] (the
+//! Messages API) and [`echo`] (a diagnostic that streams the prompt back). [`Models`] resolves a
+//! model by name from the providers' configuration ([`config`]: presets and file tables).
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -16,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{ErrorCode, ModelInfo, RpcError};
 
-use crate::config::{ApiKind, ModelsConfig, ProviderConfig};
 use crate::sync::lock;
+use config::{ApiKind, ModelsConfig, ProviderConfig};
 
 pub mod anthropic;
+pub mod config;
 pub mod echo;
 pub mod http;
 pub mod openai;
@@ -219,9 +221,7 @@ impl Models {
             providers: cfg.providers.clone(),
             fixed: BTreeMap::new(),
             built: Mutex::default(),
-            connections: Arc::new(tokio::sync::Semaphore::new(
-                crate::config::DEFAULT_MAX_MODEL_CONNECTIONS,
-            )),
+            connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
         }
     }
 

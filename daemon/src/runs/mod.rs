@@ -102,9 +102,11 @@ pub struct ReplayLimits {
 
 impl Default for ReplayLimits {
     fn default() -> Self {
+        // `[daemon] replay_events` and `replay_bytes` as declared.
+        let d = crate::config::DaemonSettings::default();
         Self {
-            events: crate::config::DEFAULT_REPLAY_EVENTS,
-            bytes: crate::config::DEFAULT_REPLAY_BYTES,
+            events: d.replay_events,
+            bytes: d.replay_bytes,
         }
     }
 }
@@ -339,7 +341,9 @@ impl Runtime {
             epoch: new_id(),
             seqs: Mutex::default(),
             replay: ReplayLimits::default(),
-            replay_budget: ReplayBudget::new(crate::config::DEFAULT_REPLAY_BUDGET),
+            replay_budget: ReplayBudget::new(
+                crate::config::DaemonSettings::default().replay_budget,
+            ),
             unsaved: Mutex::default(),
             unsaved_count: watch::Sender::new(0),
             repairs: TaskTracker::new(),
