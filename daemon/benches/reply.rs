@@ -103,11 +103,7 @@ fn main() {
         .unwrap();
     println!("| reply | wall | writes | bytes written | written / reply | flush p50 | flush p99 |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, reply) in [
-        ("64 KiB", 64 << 10),
-        ("1 MiB", 1 << 20),
-        ("4 MiB", 4 << 20),
-    ] {
+    for (name, reply) in [("64 KiB", 64 << 10), ("1 MiB", 1 << 20), ("4 MiB", 4 << 20)] {
         let mut o = rt.block_on(stream_reply(reply));
         o.times.sort_unstable();
         println!(

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crushd::store::{FinishTurn, Store};
 use crushd::store::live::{DEFAULT_FLUSH_INTERVAL, LiveMessage};
+use crushd::store::{FinishTurn, Store};
 use tokio::sync::Mutex;
 
 const DELTAS: usize = 10_000;

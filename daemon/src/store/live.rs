@@ -214,7 +214,11 @@ mod tests {
         }
         live.push_reasoning("because");
         assert_eq!(live.text(), "Hello, world");
-        assert_eq!(stored(&store, &m.id).await, json!([]), "nothing written yet");
+        assert_eq!(
+            stored(&store, &m.id).await,
+            json!([]),
+            "nothing written yet"
+        );
         assert!(live.next_flush_at().is_some(), "a flush is due later");
 
         live.flush(&store).await.unwrap();
