@@ -12,10 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crushd::store::Store;
 use crushd::store::live::{DEFAULT_FLUSH_INTERVAL, LiveMessage};
+use crushd::store::{FinishTurn, Store};
 use tokio::sync::Mutex;
-use tokio_util::task::TaskTracker;
 
 const DELTAS: usize = 10_000;
 const DELTA: &str = "token ";
@@ -33,14 +32,12 @@ async fn run_case(runs: usize, interval: Duration, paced: bool) -> Outcome {
     let store = Store::open(dir.path()).await.unwrap();
     let ws = store.open_workspace("/bench").await.unwrap();
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let tracker = TaskTracker::new();
     let start = Instant::now();
     let mut handles = Vec::new();
     for i in 0..runs {
         let store = store.clone();
         let ws_id = ws.id.clone();
         let samples = samples.clone();
-        let tracker = tracker.clone();
         handles.push(tokio::spawn(async move {
             let s = store
                 .create_session(&ws_id, &format!("run {i}"), None)
@@ -58,16 +55,27 @@ async fn run_case(runs: usize, interval: Duration, paced: bool) -> Outcome {
                     tick.tick().await;
                 }
                 live.push_text(DELTA);
-                let t = Instant::now();
-                if live.flush_if_due(&store).await.unwrap() {
+                if live.next_flush_at().is_some_and(|at| Instant::now() >= at) {
+                    let t = Instant::now();
+                    live.flush(&store).await.unwrap();
                     times.push(t.elapsed());
                 }
             }
             let flushes = live.flushes + 1;
             let t = Instant::now();
-            live.finish_detached(&store, &tracker, "end_turn", None)
+            store
+                .finish_turn(&FinishTurn {
+                    session_id: &s.id,
+                    message_id: Some(&live.id),
+                    parts: &live.parts_json(),
+                    finish_reason: "end_turn",
+                    error: None,
+                    run_state: "completed",
+                    run_ids: &[],
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                })
                 .await
-                .unwrap()
                 .unwrap();
             times.push(t.elapsed());
             samples.lock().await.extend(times);

@@ -1,27 +1,31 @@
 //! A message being streamed. Deltas arrive many times a second; writing each one would make the
 //! database the bottleneck, so the live message is kept in memory and flushed at most once per
-//! interval (default 100 ms), and always at the end. The final write runs on its own task,
-//! detached from the run's cancellation and bounded by a timeout, so a cancelled or shut-down run
-//! still leaves its text on disk.
+//! interval (default 100 ms). A flush appends only what arrived since the previous one (a piece,
+//! `pieces.rs`), so a long reply costs writes in proportion to its length; the turn's final
+//! write (`finish_turn`/`add_step`) stores the whole parts and drops the pieces.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio_util::task::TaskTracker;
 
-use super::{Result, Store, StoreError};
+use super::pieces::streamed_text;
+use super::{Result, Store};
 
 /// Default time between two flushes of one live message.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-
-/// How long a final write may take before it is given up (and logged).
-pub const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct LiveMessage {
     pub id: String,
     parts: Vec<Value>,
     dirty: bool,
+    /// How many of `parts` are on disk (the last of them perhaps only in part)…
+    stored: usize,
+    /// …and how many bytes of that last one's streamed text.
+    stored_text: usize,
+    /// A part already on disk changed other than by growing its text (a signature): the next
+    /// flush rewrites the whole message instead of appending.
+    rewrite: bool,
     last_flush: Instant,
     interval: Duration,
     /// Flushes done so far (for benchmarks and logs).
@@ -34,6 +38,9 @@ impl LiveMessage {
             id,
             parts: Vec::new(),
             dirty: false,
+            stored: 0,
+            stored_text: 0,
+            rewrite: false,
             last_flush: Instant::now(),
             interval,
             flushes: 0,
@@ -68,13 +75,9 @@ impl LiveMessage {
     /// Attaches the provider's signature to the reasoning streamed last (Anthropic needs it
     /// back with the reasoning in later steps of the turn).
     pub fn sign_reasoning(&mut self, signature: &str) {
-        if let Some(p) = self
-            .parts
-            .iter_mut()
-            .rev()
-            .find(|p| p["type"] == "reasoning")
-        {
-            p["signature"] = Value::String(signature.to_owned());
+        if let Some(i) = self.parts.iter().rposition(|p| p["type"] == "reasoning") {
+            self.parts[i]["signature"] = Value::String(signature.to_owned());
+            self.rewrite |= i < self.stored;
         } else {
             self.parts
                 .push(json!({"type": "reasoning", "reasoning": "", "signature": signature}));
@@ -129,52 +132,41 @@ impl LiveMessage {
         self.dirty.then(|| self.last_flush + self.interval)
     }
 
-    /// Flushes if unwritten deltas are older than the interval. Returns whether it wrote.
-    pub async fn flush_if_due(&mut self, store: &Store) -> Result<bool> {
-        match self.next_flush_at() {
-            Some(at) if Instant::now() >= at => {
-                self.flush(store).await?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    /// Writes the current parts now. The next flush is due one interval after this one
-    /// *ended*, failed or not, so a slow or failing disk never starves the stream feeding it.
+    /// Writes what changed since the last flush now: appended as a piece, or the whole parts
+    /// when a part already written changed. The next flush is due one interval after this one
+    /// *ended*, failed or not, so a slow or failing disk never starves the stream feeding it. A
+    /// failed flush leaves the previous ones on disk and is retried whole by the next.
     pub async fn flush(&mut self, store: &Store) -> Result<()> {
-        let written = store
-            .update_message_parts(&self.id, &self.parts_json())
-            .await;
+        let written = if self.rewrite {
+            store
+                .update_message_parts(&self.id, &self.parts_json())
+                .await
+        } else {
+            let extend = self.stored.checked_sub(1).and_then(|i| {
+                streamed_text(&self.parts[i])
+                    .and_then(|t| t.get(self.stored_text..))
+                    .filter(|t| !t.is_empty())
+            });
+            let more = &self.parts[self.stored..];
+            if extend.is_none() && more.is_empty() {
+                Ok(())
+            } else {
+                let more = Value::Array(more.to_vec()).to_string();
+                store.append_message_piece(&self.id, extend, &more).await
+            }
+        };
         self.last_flush = Instant::now();
         written?;
         self.dirty = false;
+        self.rewrite = false;
+        self.stored = self.parts.len();
+        self.stored_text = self
+            .parts
+            .last()
+            .and_then(streamed_text)
+            .map_or(0, str::len);
         self.flushes += 1;
         Ok(())
-    }
-
-    /// The final write (parts, finish reason, error) on a task of `tracker`: it completes even
-    /// if the caller is cancelled or dropped, bounded by [`FINAL_WRITE_TIMEOUT`].
-    pub fn finish_detached(
-        self,
-        store: &Store,
-        tracker: &TaskTracker,
-        finish_reason: &'static str,
-        error: Option<String>,
-    ) -> tokio::task::JoinHandle<Result<()>> {
-        let store = store.clone();
-        let parts = self.parts_json();
-        let id = self.id;
-        tracker.spawn(async move {
-            let write = store.finish_message(&id, &parts, finish_reason, error.as_deref());
-            match tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::error!(message = %id, "final write of a message timed out");
-                    Err(StoreError::Db(sqlx::Error::PoolTimedOut))
-                }
-            }
-        })
     }
 }
 
@@ -182,7 +174,7 @@ impl LiveMessage {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::store::MessageRow;
+    use crate::store::{FinishTurn, MessageRow};
 
     /// A store with one empty assistant message, as a run starts it.
     async fn streaming_message() -> (tempfile::TempDir, Store, MessageRow) {
@@ -197,58 +189,126 @@ mod tests {
         (dir, store, m)
     }
 
+    /// The message's parts as `session/messages` reads them.
+    async fn stored(store: &Store, id: &str) -> Value {
+        let row = store.get_message(id).await.unwrap().unwrap();
+        serde_json::from_str(&row.parts).unwrap()
+    }
+
+    /// Rows in `message_pieces`, and the bytes of text they hold.
+    async fn pieces(store: &Store) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(extend) + LENGTH(parts)), 0) FROM message_pieces",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
-    async fn batches_deltas_and_always_writes_the_end() {
+    async fn writes_nothing_until_a_flush_and_reads_back_what_was_flushed() {
         let (_dir, store, m) = streaming_message().await;
         let mut live = LiveMessage::new(m.id.clone(), Duration::from_secs(3600));
         for w in ["Hello", ", ", "world"] {
             live.push_text(w);
-            assert!(
-                !live.flush_if_due(&store).await.unwrap(),
-                "not due within the interval"
-            );
         }
         live.push_reasoning("because");
         assert_eq!(live.text(), "Hello, world");
         assert_eq!(
-            store.get_message(&m.id).await.unwrap().unwrap().parts,
-            "[]",
+            stored(&store, &m.id).await,
+            json!([]),
             "nothing written yet"
         );
+        assert!(live.next_flush_at().is_some(), "a flush is due later");
 
-        let tracker = TaskTracker::new();
-        live.finish_detached(&store, &tracker, "canceled", None)
-            .await
-            .unwrap()
-            .unwrap();
-        let row = store.get_message(&m.id).await.unwrap().unwrap();
-        assert_eq!(row.finish_reason.as_deref(), Some("canceled"));
-        let parts: Value = serde_json::from_str(&row.parts).unwrap();
+        live.flush(&store).await.unwrap();
+        assert_eq!(live.next_flush_at(), None, "nothing new to write");
         assert_eq!(
-            parts,
+            stored(&store, &m.id).await,
             json!([{"type": "text", "text": "Hello, world"}, {"type": "reasoning", "reasoning": "because"}])
+        );
+        assert_eq!(live.flushes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_flush_appends_only_what_arrived_since_the_last() {
+        let (_dir, store, m) = streaming_message().await;
+        let mut live = LiveMessage::new(m.id.clone(), Duration::ZERO);
+        let mut expected = String::new();
+        for i in 0..50 {
+            let delta = format!("word{i} ");
+            live.push_text(&delta);
+            expected.push_str(&delta);
+            live.flush(&store).await.unwrap();
+        }
+        let (rows, bytes) = pieces(&store).await;
+        assert_eq!(rows, 50);
+        assert!(
+            bytes < 2 * expected.len() as i64 + 50 * 4,
+            "each piece holds its delta, not the message so far: {bytes} bytes"
+        );
+        live.push_part(json!({"type": "tool_call", "id": "c1", "name": "ls", "input": {}}));
+        live.push_text("after");
+        live.flush(&store).await.unwrap();
+        live.flush(&store).await.unwrap();
+        assert_eq!(pieces(&store).await.0, 51, "an idle flush writes nothing");
+        assert_eq!(
+            stored(&store, &m.id).await,
+            json!([
+                {"type": "text", "text": expected},
+                {"type": "tool_call", "id": "c1", "name": "ls", "input": {}},
+                {"type": "text", "text": "after"},
+            ])
         );
     }
 
     #[tokio::test]
-    async fn flushes_once_the_interval_has_passed() {
+    async fn a_signature_on_flushed_reasoning_rewrites_the_message() {
+        let (_dir, store, m) = streaming_message().await;
+        let mut live = LiveMessage::new(m.id.clone(), Duration::ZERO);
+        live.push_reasoning("think");
+        live.flush(&store).await.unwrap();
+        live.push_reasoning("ing");
+        live.sign_reasoning("sig");
+        live.push_text("answer");
+        live.flush(&store).await.unwrap();
+        assert_eq!(pieces(&store).await.0, 0, "the rewrite holds everything");
+        live.push_text("!");
+        live.flush(&store).await.unwrap();
+        assert_eq!(
+            stored(&store, &m.id).await,
+            json!([
+                {"type": "reasoning", "reasoning": "thinking", "signature": "sig"},
+                {"type": "text", "text": "answer!"},
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_final_write_replaces_the_pieces() {
         let (_dir, store, m) = streaming_message().await;
         let mut live = LiveMessage::new(m.id.clone(), Duration::ZERO);
         live.push_text("partial");
-        assert!(live.flush_if_due(&store).await.unwrap());
-        assert!(
-            !live.flush_if_due(&store).await.unwrap(),
-            "nothing new to write"
+        live.flush(&store).await.unwrap();
+        live.push_text(" and the rest");
+        let finish = FinishTurn {
+            session_id: &m.session_id,
+            message_id: Some(&m.id),
+            parts: &live.parts_json(),
+            finish_reason: "end_turn",
+            error: None,
+            run_state: "completed",
+            run_ids: &[],
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        store.finish_turn(&finish).await.unwrap();
+        // A retried final write (runs/late.rs) lands on the same state.
+        store.finish_turn(&finish).await.unwrap();
+        assert_eq!(pieces(&store).await.0, 0);
+        assert_eq!(
+            stored(&store, &m.id).await,
+            json!([{"type": "text", "text": "partial and the rest"}])
         );
-        assert!(
-            store
-                .get_message(&m.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .parts
-                .contains("partial")
-        );
-        assert_eq!(live.flushes, 1);
     }
 }

@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 
 mod accept;
 pub mod live;
+mod pieces;
 mod rows;
 mod tx;
 
@@ -243,6 +244,9 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // The pieces a flush appended become the message's parts before it is finished, so
+        // `session/messages` shows its flushed text (finished messages have no pieces).
+        pieces::fold_unfinished_in(&mut tx).await?;
         sqlx::query!(
             "UPDATE messages SET finish_reason = 'interrupted', error = ?, finished_at = ?, updated_at = ?
              WHERE finish_reason IS NULL AND role = 'assistant'",

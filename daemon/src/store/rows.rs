@@ -2,7 +2,7 @@
 
 use sqlx::SqliteConnection;
 
-use super::{Result, Store, WriteTx, new_id, now_ms};
+use super::{Result, Store, WriteTx, new_id, now_ms, pieces};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkspaceRow {
@@ -42,6 +42,45 @@ pub struct MessageRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+}
+
+/// A message row as read, with the pieces appended to it while it streams (`pieces.rs`).
+struct StoredMessage {
+    id: String,
+    session_id: String,
+    seq: i64,
+    run_id: Option<String>,
+    role: String,
+    parts: String,
+    model: Option<String>,
+    provider: Option<String>,
+    finish_reason: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    /// JSON `[[extend, parts], …]`, oldest first; `[]` once the message is finished.
+    pieces: Option<String>,
+}
+
+impl StoredMessage {
+    fn folded(self) -> Result<MessageRow> {
+        Ok(MessageRow {
+            parts: pieces::fold(&self.parts, self.pieces.as_deref())?,
+            id: self.id,
+            session_id: self.session_id,
+            seq: self.seq,
+            run_id: self.run_id,
+            role: self.role,
+            model: self.model,
+            provider: self.provider,
+            finish_reason: self.finish_reason,
+            error: self.error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,53 +323,39 @@ impl Store {
         .await
     }
 
-    /// Replaces a streaming message's parts (a flush).
+    /// Replaces a streaming message's parts, and drops the pieces appended to it (they are in
+    /// `parts`): the flush after a change to a part already written, such as a signature.
     pub async fn update_message_parts(&self, id: &str, parts: &str) -> Result<()> {
         let now = now_ms();
+        let mut tx = WriteTx::begin(self.pool()).await?;
         sqlx::query!(
             "UPDATE messages SET parts = ?, updated_at = ? WHERE id = ?",
             parts,
             now,
             id
         )
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
-    }
-
-    /// Final write of a message: its parts, finish reason and error.
-    pub async fn finish_message(
-        &self,
-        id: &str,
-        parts: &str,
-        finish_reason: &str,
-        error: Option<&str>,
-    ) -> Result<()> {
-        let now = now_ms();
-        sqlx::query!(
-            "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-            parts,
-            finish_reason,
-            error,
-            now,
-            now,
-            id
-        )
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        pieces::delete_pieces_in(&mut tx, id).await?;
+        tx.commit().await
     }
 
     pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>> {
-        Ok(sqlx::query_as!(
-            MessageRow,
-            "SELECT id, session_id, seq, run_id, role, parts, model, provider, finish_reason, error,
-                    created_at, updated_at, finished_at
-             FROM messages WHERE id = ?",
+        // One statement reads the row and its pieces: a consistent snapshot even while a
+        // flush or the final write (which folds and deletes the pieces) commits.
+        sqlx::query_as!(
+            StoredMessage,
+            r#"SELECT m.id, m.session_id, m.seq, m.run_id, m.role, m.parts, m.model, m.provider,
+                    m.finish_reason, m.error, m.created_at, m.updated_at, m.finished_at,
+                    (SELECT json_group_array(json_array(p.extend, json(p.parts)) ORDER BY p.id)
+                       FROM message_pieces p WHERE p.message_id = m.id) AS "pieces?: String"
+             FROM messages m WHERE m.id = ?"#,
             id
         )
         .fetch_optional(self.pool())
-        .await?)
+        .await?
+        .map(StoredMessage::folded)
+        .transpose()
     }
 
     /// Up to `limit` messages with `seq < before` (all when `before` is `None`), the newest of
@@ -344,16 +369,21 @@ impl Store {
         let before = before.unwrap_or(i64::MAX);
         let fetch = limit + 1;
         let mut rows = sqlx::query_as!(
-            MessageRow,
-            "SELECT id, session_id, seq, run_id, role, parts, model, provider, finish_reason, error,
-                    created_at, updated_at, finished_at
-             FROM messages WHERE session_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            StoredMessage,
+            r#"SELECT m.id, m.session_id, m.seq, m.run_id, m.role, m.parts, m.model, m.provider,
+                    m.finish_reason, m.error, m.created_at, m.updated_at, m.finished_at,
+                    (SELECT json_group_array(json_array(p.extend, json(p.parts)) ORDER BY p.id)
+                       FROM message_pieces p WHERE p.message_id = m.id) AS "pieces?: String"
+             FROM messages m WHERE m.session_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"#,
             session_id,
             before,
             fetch
         )
         .fetch_all(self.pool())
-        .await?;
+        .await?
+        .into_iter()
+        .map(StoredMessage::folded)
+        .collect::<Result<Vec<_>>>()?;
         let has_more = rows.len() as i64 > limit;
         rows.truncate(limit.max(0) as usize);
         rows.reverse();
@@ -529,6 +559,7 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        pieces::delete_pieces_in(&mut tx, n.previous_id).await?;
         if let Some(results) = n.tool_results {
             insert_message_in(
                 &mut tx,
@@ -612,6 +643,7 @@ impl Store {
             )
             .execute(&mut *tx)
             .await?;
+            pieces::delete_pieces_in(&mut tx, id).await?;
         }
         for run_id in f.run_ids {
             sqlx::query!(

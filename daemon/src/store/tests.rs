@@ -228,6 +228,41 @@ async fn reopening_marks_unfinished_runs_interrupted_and_keeps_flushed_text() {
 }
 
 #[tokio::test]
+async fn reopening_folds_the_appended_pieces_of_an_interrupted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let assistant = {
+        let store = Store::open(&data).await.unwrap();
+        let ws = store.open_workspace("/p").await.unwrap();
+        let s = store.create_session(&ws.id, "t", None).await.unwrap();
+        let a = store
+            .start_assistant_message(&s.id, None, None, None)
+            .await
+            .unwrap();
+        let mut live = live::LiveMessage::new(a.id.clone(), Duration::ZERO);
+        for w in ["flushed ", "in ", "pieces"] {
+            live.push_text(w);
+            live.flush(&store).await.unwrap();
+        }
+        live.push_text(" (never flushed)");
+        store.close().await;
+        a.id
+    };
+    let store = Store::open(&data).await.unwrap();
+    let m = store.get_message(&assistant).await.unwrap().unwrap();
+    assert_eq!(m.finish_reason.as_deref(), Some("interrupted"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&m.parts).unwrap(),
+        serde_json::json!([{"type": "text", "text": "flushed in pieces"}])
+    );
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM message_pieces")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the pieces are in the message's parts now");
+}
+
+#[tokio::test]
 async fn refuses_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
