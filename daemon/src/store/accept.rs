@@ -18,7 +18,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Result, StoreError, WriteTx};
+use super::{Result, StoreError};
 use crate::sync::lock;
 
 /// The most accepts one transaction takes.
@@ -82,11 +82,12 @@ async fn write_loop(pool: SqlitePool, mut inbox: mpsc::UnboundedReceiver<Pending
     }
 }
 
-/// Writes the batch in one transaction and answers each accept. If the transaction fails, each
-/// accept is tried alone, so one bad row (its session deleted meanwhile, say) fails only itself
-/// and a full disk fails each with the disk's error.
+/// Writes the batch in one statement and answers each accept. If it fails, each accept is tried
+/// alone (the same statement with one row), so one bad row (its session deleted meanwhile, say)
+/// fails only itself and a full disk fails each with the disk's error.
 async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Pending>) {
-    match insert_all(pool, batch).await {
+    let runs: Vec<&NewRun> = batch.iter().map(|(run, _)| run).collect();
+    match insert_runs(pool, &runs).await {
         Ok(inserted) => {
             for ((_, done), fresh) in batch.drain(..).zip(inserted) {
                 let _ = done.send(Ok(fresh));
@@ -94,19 +95,19 @@ async fn write_batch(pool: &SqlitePool, batch: &mut Vec<Pending>) {
         }
         Err(_) => {
             for (run, done) in batch.drain(..) {
-                let result = insert_one(pool, &run).await;
-                let _ = done.send(result);
+                let result = insert_runs(pool, &[&run]).await;
+                let _ = done.send(result.map(|fresh| fresh.first().copied().unwrap_or(false)));
             }
         }
     }
 }
 
-/// Inserts the whole batch in one statement (atomic on its own); which rows were new comes back
-/// from `RETURNING`.
-async fn insert_all(pool: &SqlitePool, batch: &[Pending]) -> Result<Vec<bool>> {
-    let rows: Vec<serde_json::Value> = batch
+/// Inserts the runs in one statement (atomic on its own); which rows were new comes back from
+/// `RETURNING`, one answer per run in order.
+async fn insert_runs(pool: &SqlitePool, runs: &[&NewRun]) -> Result<Vec<bool>> {
+    let rows: Vec<serde_json::Value> = runs
         .iter()
-        .map(|(run, _)| {
+        .map(|run| {
             serde_json::json!({
                 "runId": run.run_id,
                 "sessionId": run.session_id,
@@ -131,31 +132,8 @@ async fn insert_all(pool: &SqlitePool, batch: &[Pending]) -> Result<Vec<bool>> {
     .await?;
     // Two sends of one run id in the same batch insert one row: only the first is new.
     let mut inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-    Ok(batch
+    Ok(runs
         .iter()
-        .map(|(run, _)| inserted.remove(&run.run_id))
+        .map(|run| inserted.remove(&run.run_id))
         .collect())
-}
-
-async fn insert_one(pool: &SqlitePool, run: &NewRun) -> Result<bool> {
-    let mut tx = WriteTx::begin(pool).await?;
-    let fresh = insert(&mut tx, run).await?;
-    tx.commit().await?;
-    Ok(fresh)
-}
-
-async fn insert(conn: &mut sqlx::SqliteConnection, run: &NewRun) -> Result<bool> {
-    let done = sqlx::query!(
-        "INSERT INTO runs (run_id, session_id, state, prompt, user_parts, created_at)
-         VALUES (?, ?, 'accepted', ?, ?, ?)
-         ON CONFLICT(run_id) DO NOTHING",
-        run.run_id,
-        run.session_id,
-        run.prompt,
-        run.user_parts,
-        run.created_at
-    )
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
