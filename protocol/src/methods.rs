@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::error::RpcError;
 use crate::message::RequestId;
+use crate::vocab::{AgentState, FinishReason, Part, PermissionResolution, RunState, ToolStatus};
 
 /// Version of this protocol. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -307,7 +308,7 @@ pub struct PermissionResolvedParams {
     pub session_id: String,
     pub run_id: String,
     /// `allow`, `allowSession`, `deny`, or `cancelled` (the run was cancelled first).
-    pub decision: String,
+    pub decision: PermissionResolution,
     /// The `clientInfo.name` of the client that answered (`"cancel"` when a cancel withdrew it).
     pub by: String,
 }
@@ -679,14 +680,14 @@ pub struct MessageInfo {
     /// `user`, `assistant`, `tool` or `system`.
     pub role: String,
     /// Text, reasoning, tool calls, tool results, attachments.
-    pub parts: serde_json::Value,
+    pub parts: Vec<Part>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     /// `end_turn`, `max_tokens`, `tool_use`, `canceled`, `error`, `interrupted`; absent while streaming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<FinishReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_at: i64,
@@ -721,7 +722,7 @@ pub struct RunInfo {
     pub run_id: String,
     pub session_id: String,
     /// `accepted`, `queued`, `running`, `completed`, `cancelled`, `failed`, `interrupted`.
-    pub state: String,
+    pub state: RunState,
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -819,7 +820,7 @@ pub struct AgentSendResult {
     pub run_id: String,
     /// `running` or `queued` for a new run; for a repeated `runId`, the run's current state
     /// (which may be terminal: `completed`, `cancelled`, `failed`, `interrupted`).
-    pub state: String,
+    pub state: RunState,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -847,7 +848,7 @@ pub struct AgentCancelResult {
 pub struct AgentStatusResult {
     /// `idle`, `active`, or `waitingForPermission` (active, and a tool call waits for an answer
     /// to `permission/request`).
-    pub state: String,
+    pub state: AgentState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_run_id: Option<String>,
     /// Waiting prompts in the order they will run (steered ones first).
@@ -906,7 +907,7 @@ pub struct StreamingMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     /// Parts in the shape of `session/messages` (`text`, `reasoning`, `toolCall`).
-    pub parts: Vec<serde_json::Value>,
+    pub parts: Vec<Part>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -1007,7 +1008,7 @@ pub enum SessionEvent {
     /// The run ended: `completed`, `cancelled` or `failed`.
     #[serde(rename_all = "camelCase")]
     RunFinished {
-        state: String,
+        state: RunState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
         /// The assistant message of the run's turn (absent when it never started one).
@@ -1052,7 +1053,7 @@ pub enum SessionEvent {
     #[serde(rename_all = "camelCase")]
     PermissionResolved {
         request_id: String,
-        decision: String,
+        decision: PermissionResolution,
         by: String,
     },
     /// A tool call ended: `completed`, `failed` (the tool reported an error), `denied`, or
@@ -1062,7 +1063,7 @@ pub enum SessionEvent {
         message_id: String,
         tool_call_id: String,
         tool: String,
-        status: String,
+        status: ToolStatus,
         output: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metadata: Option<serde_json::Value>,
@@ -1071,7 +1072,7 @@ pub enum SessionEvent {
     #[serde(rename_all = "camelCase")]
     MessageFinished {
         message_id: String,
-        finish_reason: String,
+        finish_reason: FinishReason,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },

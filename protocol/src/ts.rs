@@ -7,6 +7,7 @@
 use ts_rs::{Config, TS};
 
 use crate::methods::*;
+use crate::vocab::*;
 
 /// Maps a Rust type as written in the method tables to its TypeScript name.
 fn ts_type(rust: &str) -> String {
@@ -35,6 +36,12 @@ pub fn typescript() -> String {
         PermissionRespondParams,
         PermissionRespondResult,
         PermissionResolvedParams,
+        RunState,
+        AgentState,
+        ToolStatus,
+        FinishReason,
+        PermissionResolution,
+        Part,
         SessionSetModelParams,
         SessionSetYoloParams,
         SessionSetYoloResult,
