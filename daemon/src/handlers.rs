@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crush_protocol::{
     ClientRequest, ConfigGetResult, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
     DebugSleepResult, DebugStatsResult, ErrorCode, InitializeParams, InitializeResult,
-    MAX_MESSAGE_PAGE, MessageInfo, ModelListResult, PROTOCOL_VERSION, PermissionRespondResult,
+    MAX_MESSAGE_PAGE, MessageInfo, ModelListResult, PROTOCOL_VERSION, Part, PermissionRespondResult,
     RestoredSubscription, RpcError, RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult,
     SessionInfo, SessionListResult, SessionMessagesResult, SessionSetYoloResult,
     SessionSubscribeParams, SessionUnsubscribeResult, WorkspaceCloseResult, WorkspaceInfo,
@@ -335,7 +335,12 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 None
             };
             ok(SessionMessagesResult {
-                messages: page.messages.into_iter().map(message_info).collect(),
+                messages: page
+                    .messages
+                    .into_iter()
+                    .map(message_info)
+                    .collect::<Result<_, _>>()
+                    .map_err(storage)?,
                 has_more: page.has_more,
                 next_before,
             })
@@ -345,7 +350,7 @@ pub async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, Rp
                 return ok(live);
             }
             match daemon.store.get_run(&p.run_id).await.map_err(storage)? {
-                Some(row) => ok(run_info(row)),
+                Some(row) => ok(run_info(row).map_err(storage)?),
                 None => Err(RpcError::new(
                     ErrorCode::RunNotFound,
                     format!("no run with id {:?}", p.run_id),
@@ -474,30 +479,34 @@ fn session_info(r: SessionRow) -> SessionInfo {
     }
 }
 
-fn message_info(r: MessageRow) -> MessageInfo {
-    MessageInfo {
+fn message_info(r: MessageRow) -> Result<MessageInfo, StoreError> {
+    // Parts are written only by the daemon as JSON; an unreadable value is shown, not hidden.
+    let parts = r
+        .part_list()
+        .unwrap_or_else(|_| vec![Part::Other(Value::String(r.parts.clone()))]);
+    let finish_reason = r.finish()?;
+    Ok(MessageInfo {
         message_id: r.id,
         session_id: r.session_id,
         seq: r.seq,
         run_id: r.run_id,
         role: r.role,
-        // Parts are written only by the daemon as JSON; an unreadable value is shown, not hidden.
-        parts: serde_json::from_str(&r.parts).unwrap_or(Value::String(r.parts)),
+        parts,
         model: r.model,
         provider: r.provider,
-        finish_reason: r.finish_reason,
+        finish_reason,
         error: r.error,
         created_at: r.created_at,
         updated_at: r.updated_at,
         finished_at: r.finished_at,
-    }
+    })
 }
 
-fn run_info(r: RunRow) -> RunInfo {
-    RunInfo {
+fn run_info(r: RunRow) -> Result<RunInfo, StoreError> {
+    Ok(RunInfo {
+        state: r.run_state()?,
         run_id: r.run_id,
         session_id: r.session_id,
-        state: r.state,
         prompt: r.prompt,
         error: r.error,
         user_message_id: r.user_message_id,
@@ -506,7 +515,7 @@ fn run_info(r: RunRow) -> RunInfo {
         started_at: r.started_at,
         finished_at: r.finished_at,
         folded_into: r.folded_into,
-    }
+    })
 }
 
 fn require_debug(daemon: &Daemon, method: &str) -> Result<(), RpcError> {

@@ -102,24 +102,10 @@ pub struct TurnRequest {
     pub max_output_tokens: Option<u32>,
 }
 
-/// Why a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    EndTurn,
-    MaxTokens,
-    ToolUse,
-}
-
-impl FinishReason {
-    /// The name stored with the message (`messages.finish_reason`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::EndTurn => "end_turn",
-            FinishReason::MaxTokens => "max_tokens",
-            FinishReason::ToolUse => "tool_use",
-        }
-    }
-}
+/// Why a step ended: the protocol's type, so the reason a provider reports is the one stored and
+/// sent without a translation. A model reports only `EndTurn`, `MaxTokens` or `ToolUse`; the
+/// others are the driver's.
+pub use crush_protocol::FinishReason;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {

@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crush_protocol::{
-    PermissionDecision, PermissionRequestParams, RunCompleteParams, SessionEvent,
+    Part, PermissionDecision, PermissionRequestParams, RunCompleteParams, RunState, SessionEvent,
+    ToolStatus,
 };
 
 use super::late::{LateWrite, OwnedEnd, OwnedFinish};
@@ -24,7 +25,7 @@ use crate::model::http::MAX_RETRY_AFTER;
 use crate::model::{
     ChatMessage, FinishReason, ModelError, ModelEvent, Reasoning, ToolCall, TurnRequest, Usage,
 };
-use crate::store::live::LiveMessage;
+use crate::store::live::{LiveMessage, parts_json};
 use crate::store::{FoldedPrompt, NextStep, StartTurn, new_id};
 use crate::sync::lock;
 use crate::tools::{Limits, ToolContext, ToolOutput};
@@ -41,11 +42,11 @@ enum End {
 }
 
 impl End {
-    fn state(self) -> &'static str {
+    fn state(self) -> RunState {
         match self {
-            End::Completed => "completed",
-            End::Cancelled => "cancelled",
-            End::Failed => "failed",
+            End::Completed => RunState::Completed,
+            End::Cancelled => RunState::Cancelled,
+            End::Failed => RunState::Failed,
         }
     }
 }
@@ -117,7 +118,7 @@ impl Runtime {
                         &s.id,
                         Some(&r.run_id),
                         SessionEvent::RunFinished {
-                            state: outcome.end.state().to_owned(),
+                            state: outcome.end.state(),
                             error: outcome.error.clone(),
                             message_id: outcome.message_id.clone(),
                         },
@@ -190,7 +191,7 @@ impl Runtime {
             (history, root)
         };
         let user_parts = run.user_parts();
-        let user_parts_json = user_parts.to_string();
+        let user_parts_json = parts_json(&user_parts);
         let (user, assistant) = match self
             .store
             .start_turn(&StartTurn {
@@ -261,7 +262,7 @@ impl Runtime {
             if steps >= self.agent.max_steps && !token.is_cancelled() {
                 break (
                     End::Failed,
-                    "error",
+                    FinishReason::Error,
                     Some(format!(
                         "the run stopped after {steps} model steps (the [agent] max_steps limit); \
                          send a follow-up prompt to let it continue"
@@ -277,8 +278,8 @@ impl Runtime {
                     .await
             };
             let (reason, calls) = match step {
-                Step::Cancelled => break (End::Cancelled, "canceled", None),
-                Step::Failed(e) => break (End::Failed, "error", Some(e)),
+                Step::Cancelled => break (End::Cancelled, FinishReason::Canceled, None),
+                Step::Failed(e) => break (End::Failed, FinishReason::Error, Some(e)),
                 Step::Finished(r, calls) => (r, calls),
             };
             // A step boundary: take the steered prompts waiting, or close the turn to steers
@@ -309,7 +310,7 @@ impl Runtime {
                 }
             };
             if calls.is_empty() && steered.is_empty() {
-                break (End::Completed, reason.as_str(), None);
+                break (End::Completed, reason, None);
             }
             let assistant_text = live.text();
             let reasoning = live.reasoning();
@@ -335,7 +336,7 @@ impl Runtime {
                 Err(e) => {
                     // The steered prompts were not written; they still end with this turn.
                     folded.extend(steered);
-                    break (End::Failed, "error", Some(e));
+                    break (End::Failed, FinishReason::Error, Some(e));
                 }
             }
             request.messages.push(ChatMessage::Assistant {
@@ -359,7 +360,7 @@ impl Runtime {
             session_id: s.id.clone(),
             message_id: Some(live.id.clone()),
             parts: live.parts_json(),
-            finish_reason: reason.to_owned(),
+            finish_reason: reason,
             error: error.clone(),
             run_state: end.state(),
             run_ids: std::iter::once(&run.run_id)
@@ -385,11 +386,11 @@ impl Runtime {
             Some(&run.run_id),
             SessionEvent::MessageFinished {
                 message_id: live.id.clone(),
-                finish_reason: reason.to_owned(),
+                finish_reason: reason,
                 error: error.clone(),
             },
         );
-        debug!(run = %run.run_id, state = end.state(), steps, "turn ended");
+        debug!(run = %run.run_id, state = end.state().as_str(), steps, "turn ended");
         Outcome {
             end,
             message_id: Some(live.id),
@@ -562,12 +563,12 @@ impl Runtime {
                 Some(ModelEvent::ReasoningSignature(sig)) => live.sign_reasoning(&sig),
                 Some(ModelEvent::ToolCall(c)) => {
                     *streamed = true;
-                    live.push_part(json!({
-                        "type": "toolCall",
-                        "id": c.id,
-                        "name": c.name,
-                        "input": c.input,
-                    }));
+                    // Stored with the input as the model's JSON text, unparsed.
+                    live.push_part(Part::ToolCall {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        input: Value::String(c.input.clone()),
+                    });
                     calls.push(c);
                 }
                 Some(ModelEvent::Finish { reason, usage: u }) => {
@@ -614,14 +615,14 @@ impl Runtime {
             );
             let (status, output) = if token.is_cancelled() {
                 (
-                    "cancelled",
+                    ToolStatus::Cancelled,
                     tool_error("the run was cancelled before this tool ran"),
                 )
             } else {
                 self.run_tool(s, run, token, ctx, call, input).await
             };
-            let status = if status == "completed" && output.is_error {
-                "failed"
+            let status = if status == ToolStatus::Completed && output.is_error {
+                ToolStatus::Failed
             } else {
                 status
             };
@@ -632,23 +633,19 @@ impl Runtime {
                     message_id: message_id.to_owned(),
                     tool_call_id: call.id.clone(),
                     tool: call.name.clone(),
-                    status: status.to_owned(),
+                    status,
                     output: output.content.clone(),
                     metadata: output.metadata.clone(),
                 },
             );
-            let mut part = json!({
-                "type": "toolResult",
-                "toolCallId": call.id,
-                "name": call.name,
-                "content": output.content,
-                "isError": output.is_error,
-                "status": status,
+            out.parts.push(Part::ToolResult {
+                tool_call_id: call.id.clone(),
+                name: call.name.clone(),
+                content: output.content.clone(),
+                status,
+                is_error: Some(output.is_error),
+                metadata: output.metadata.clone(),
             });
-            if let Some(m) = &output.metadata {
-                part["metadata"] = m.clone();
-            }
-            out.parts.push(part);
             out.messages.push(ChatMessage::ToolResult {
                 call_id: call.id.clone(),
                 name: call.name.clone(),
@@ -668,16 +665,16 @@ impl Runtime {
         ctx: &ToolContext,
         call: &ToolCall,
         input: Value,
-    ) -> (&'static str, ToolOutput) {
+    ) -> (ToolStatus, ToolOutput) {
         if ctx.root.as_os_str().is_empty() {
             return (
-                "failed",
+                ToolStatus::Failed,
                 tool_error("the workspace's directory is unknown; tools are unavailable"),
             );
         }
         let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
             Ok(p) => p,
-            Err(out) => return ("failed", out),
+            Err(out) => return (ToolStatus::Failed, out),
         };
         if crate::tools::needs_permission(&call.name)
             && !self.allowed_without_asking(&s.id, run, &call.name, prepared.command.as_deref())
@@ -696,7 +693,7 @@ impl Runtime {
                 Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
                 Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
                     return (
-                        "denied",
+                        ToolStatus::Denied,
                         tool_error(format!(
                             "The user denied this action ({} was not run). Do not retry it; \
                              ask the user or take another approach.",
@@ -706,7 +703,7 @@ impl Runtime {
                 }
                 None => {
                     return (
-                        "cancelled",
+                        ToolStatus::Cancelled,
                         tool_error("the run was cancelled while waiting for permission"),
                     );
                 }
@@ -714,15 +711,15 @@ impl Runtime {
         }
         if token.is_cancelled() {
             return (
-                "cancelled",
+                ToolStatus::Cancelled,
                 tool_error("the run was cancelled before this tool ran"),
             );
         }
         let out = prepared.run(ctx).await;
         if token.is_cancelled() {
-            return ("cancelled", out);
+            return (ToolStatus::Cancelled, out);
         }
-        ("completed", out)
+        (ToolStatus::Completed, out)
     }
 
     /// Moves a turn to its next model step: the current assistant message is finished, the
@@ -737,18 +734,17 @@ impl Runtime {
         live: &mut LiveMessage,
         reason: FinishReason,
     ) -> Result<(), String> {
-        let parts: Vec<Value> = steered.iter().map(|r| r.user_parts()).collect();
-        let parts_json: Vec<String> = parts.iter().map(Value::to_string).collect();
+        let steered_parts: Vec<String> = steered.iter().map(|r| parts_json(&r.user_parts())).collect();
         let prompts: Vec<FoldedPrompt<'_>> = steered
             .iter()
-            .zip(&parts_json)
+            .zip(&steered_parts)
             .map(|(r, p)| FoldedPrompt {
                 run_id: &r.run_id,
                 prompt: &r.prompt,
                 user_parts: p,
             })
             .collect();
-        let results_json = results.map(|r| Value::Array(r.parts.clone()).to_string());
+        let results_json = results.map(|r| parts_json(&r.parts));
         let info = run.model.info();
         let previous_parts = live.parts_json();
         let (users, assistant) = self
@@ -758,7 +754,7 @@ impl Runtime {
                 run_id: &run.run_id,
                 previous_id: &live.id,
                 previous_parts: &previous_parts,
-                previous_finish: reason.as_str(),
+                previous_finish: reason,
                 tool_results: results_json.as_deref(),
                 folded: &prompts,
                 model: &info.model,
@@ -779,7 +775,7 @@ impl Runtime {
                 Some(&run.run_id),
                 SessionEvent::MessageFinished {
                     message_id: live.id.clone(),
-                    finish_reason: reason.as_str().to_owned(),
+                    finish_reason: reason,
                     error: None,
                 },
             );
@@ -817,7 +813,7 @@ impl Runtime {
 /// A step's tool results: as stored (parts of a `tool` message) and as sent to the model.
 #[derive(Default)]
 struct ToolResults {
-    parts: Vec<Value>,
+    parts: Vec<Part>,
     messages: Vec<ChatMessage>,
 }
 
@@ -848,34 +844,36 @@ fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMessage> {
         }
     };
     for m in rows {
-        let parts: Value = serde_json::from_str(&m.parts).unwrap_or(Value::Null);
-        let parts = parts.as_array().cloned().unwrap_or_default();
+        // A message whose parts cannot be read counts as empty.
+        let parts = m.part_list().unwrap_or_default();
         match m.role.as_str() {
             "user" => {
                 close_open(&mut out, &mut open_calls);
-                out.push(ChatMessage::user(user_content(&Value::Array(parts))));
+                out.push(ChatMessage::user(user_content(&parts)));
             }
             "assistant" => {
                 close_open(&mut out, &mut open_calls);
-                let text: String = parts
-                    .iter()
-                    .filter(|p| p["type"] == "text")
-                    .filter_map(|p| p["text"].as_str())
-                    .collect();
-                let reasoning = parts
-                    .iter()
-                    .find(|p| p["type"] == "reasoning" && p["signature"].is_string())
-                    .map(|p| Reasoning {
-                        text: p["reasoning"].as_str().unwrap_or_default().to_owned(),
-                        signature: p["signature"].as_str().map(str::to_owned),
-                    });
+                let text = crush_protocol::vocab::text_of(&parts);
+                let reasoning = parts.iter().find_map(|p| match p {
+                    Part::Reasoning {
+                        reasoning,
+                        signature: Some(signature),
+                    } => Some(Reasoning {
+                        text: reasoning.clone(),
+                        signature: Some(signature.clone()),
+                    }),
+                    _ => None,
+                });
                 let tool_calls: Vec<ToolCall> = parts
                     .iter()
-                    .filter(|p| p["type"] == "toolCall")
-                    .map(|p| ToolCall {
-                        id: p["id"].as_str().unwrap_or_default().to_owned(),
-                        name: p["name"].as_str().unwrap_or_default().to_owned(),
-                        input: p["input"].as_str().unwrap_or("{}").to_owned(),
+                    .filter_map(|p| match p {
+                        // Stored input is the model's JSON text; anything else is sent as `{}`.
+                        Part::ToolCall { id, name, input } => Some(ToolCall {
+                            id: id.clone(),
+                            name: name.clone(),
+                            input: input.as_str().unwrap_or("{}").to_owned(),
+                        }),
+                        _ => None,
                     })
                     .collect();
                 if text.is_empty() && tool_calls.is_empty() {
@@ -892,17 +890,25 @@ fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMessage> {
                 });
             }
             "tool" => {
-                for p in parts.iter().filter(|p| p["type"] == "toolResult") {
-                    let id = p["toolCallId"].as_str().unwrap_or_default();
-                    let Some(i) = open_calls.iter().position(|(c, _)| c == id) else {
+                for p in &parts {
+                    let Part::ToolResult {
+                        tool_call_id,
+                        content,
+                        is_error,
+                        ..
+                    } = p
+                    else {
+                        continue;
+                    };
+                    let Some(i) = open_calls.iter().position(|(c, _)| c == tool_call_id) else {
                         continue;
                     };
                     let (call_id, name) = open_calls.remove(i);
                     out.push(ChatMessage::ToolResult {
                         call_id,
                         name,
-                        content: p["content"].as_str().unwrap_or_default().to_owned(),
-                        is_error: p["isError"].as_bool().unwrap_or(false),
+                        content: content.clone(),
+                        is_error: is_error.unwrap_or(false),
                     });
                 }
             }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crush_protocol::RunInfo;
+use crush_protocol::{FinishReason, RunInfo, RunState};
 
 use super::Runtime;
 use crate::store::{FinishTurn, RunEnd, now_ms};
@@ -38,9 +38,9 @@ pub(super) struct OwnedFinish {
     pub session_id: String,
     pub message_id: Option<String>,
     pub parts: String,
-    pub finish_reason: String,
+    pub finish_reason: FinishReason,
     pub error: Option<String>,
-    pub run_state: &'static str,
+    pub run_state: RunState,
     pub run_ids: Vec<String>,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -51,7 +51,7 @@ pub(super) struct OwnedEnd {
     pub run_id: String,
     pub session_id: String,
     pub prompt: String,
-    pub state: &'static str,
+    pub state: RunState,
     pub error: Option<String>,
 }
 
@@ -82,7 +82,7 @@ impl Runtime {
                         session_id: &f.session_id,
                         message_id: f.message_id.as_deref(),
                         parts: &f.parts,
-                        finish_reason: &f.finish_reason,
+                        finish_reason: f.finish_reason,
                         error: f.error.as_deref(),
                         run_state: f.run_state,
                         run_ids: &ids,
@@ -112,7 +112,7 @@ impl Runtime {
     pub(super) fn ended_infos(
         &self,
         w: &LateWrite,
-        state: &str,
+        state: RunState,
         error: Option<&str>,
         message_id: Option<&str>,
     ) -> Vec<RunInfo> {
@@ -121,7 +121,7 @@ impl Runtime {
             .iter()
             .filter_map(|id| self.live_run(id))
             .map(|mut info| {
-                info.state = state.to_owned();
+                info.state = state;
                 info.error = error.map(str::to_owned);
                 info.finished_at = Some(now);
                 if message_id.is_some() {

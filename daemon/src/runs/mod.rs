@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,10 +29,10 @@ use tracing::{Instrument, info, warn};
 
 use crush_protocol::message::encode_notification;
 use crush_protocol::{
-    AgentCancelResult, AgentSendParams, AgentSendResult, AgentStatusResult, Attachment,
-    BusySession, ErrorCode, Notification, PermissionDecision, PermissionRequestParams,
-    PermissionRequestResult, PermissionResolvedParams, RequestId, RpcError, RunCompleteParams,
-    RunInfo, SendMode, SessionEvent, SessionSubscribeParams, SessionSubscribeResult,
+    AgentCancelResult, AgentSendParams, AgentSendResult, AgentState, AgentStatusResult,
+    Attachment, BusySession, ErrorCode, Notification, Part, PermissionDecision,
+    PermissionRequestParams, PermissionRequestResult, PermissionResolution,
+    PermissionResolvedParams, RequestId, RpcError, RunCompleteParams, RunInfo, RunState, SendMode, SessionEvent, SessionSubscribeParams, SessionSubscribeResult,
     SessionUpdateParams, StreamingMessage, daemon_notification, daemon_request,
 };
 
@@ -42,6 +41,7 @@ use crate::handlers::{require_session, session_not_found, storage};
 use crate::model::{Model, Models};
 use crate::outbound::{Delta, EventItem};
 use crate::peer::Peer;
+use crate::store::live::parts_json;
 use crate::store::{NewRun, Store, new_id, now_ms};
 use crate::sync::lock;
 pub use replay::ReplayBudget;
@@ -238,7 +238,7 @@ impl RunMeta {
     }
 
     /// The user message's parts.
-    fn user_parts(&self) -> Value {
+    fn user_parts(&self) -> Vec<Part> {
         user_parts(&self.prompt, &self.attachments)
     }
 }
@@ -249,49 +249,46 @@ struct LiveRun {
     meta: Arc<RunMeta>,
     session_id: String,
     prompt: String,
-    state: &'static str,
+    state: RunState,
     created_at: i64,
     started_at: Option<i64>,
     folded_into: Option<String>,
 }
 
 /// The parts of a user message: the prompt as text, then each attachment.
-pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Value {
+pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Vec<Part> {
     let mut parts = Vec::new();
     if !prompt.is_empty() {
-        parts.push(json!({"type": "text", "text": prompt}));
+        parts.push(Part::text(prompt));
     }
     for a in attachments {
-        let mut p = json!({"type": "attachment", "text": a.text});
-        if let Some(n) = &a.name {
-            p["name"] = json!(n);
-        }
-        if let Some(m) = &a.mime_type {
-            p["mimeType"] = json!(m);
-        }
-        parts.push(p);
+        parts.push(Part::Attachment {
+            text: a.text.clone(),
+            name: a.name.clone(),
+            mime_type: a.mime_type.clone(),
+        });
     }
-    Value::Array(parts)
+    parts
 }
 
 /// What the model is shown for a user message's parts: the text, then each attachment wrapped
 /// with its name.
-pub fn user_content(parts: &Value) -> String {
+pub fn user_content(parts: &[Part]) -> String {
     let mut out = String::new();
-    for p in parts.as_array().into_iter().flatten() {
-        let text = p["text"].as_str().unwrap_or_default();
-        match p["type"].as_str() {
-            Some("text") => {
+    for p in parts {
+        match p {
+            Part::Text { text } => {
                 if !out.is_empty() {
                     out.push_str("\n\n");
                 }
                 out.push_str(text);
             }
-            Some("attachment") => {
+            Part::Attachment { text, name, .. } => {
                 if !out.is_empty() {
                     out.push_str("\n\n");
                 }
-                let name = p["name"].as_str().unwrap_or("attachment");
+                // An attachment sent without a name is shown to the model under this one.
+                let name = name.as_deref().unwrap_or("attachment");
                 out.push_str(&format!(
                     "<attachment name={name:?}>\n{text}\n</attachment>"
                 ));
@@ -550,7 +547,7 @@ impl Runtime {
                 run_id: run_id.clone(),
                 session_id: session.id.clone(),
                 prompt: run.prompt.clone(),
-                user_parts: run.user_parts().to_string(),
+                user_parts: parts_json(&run.user_parts()),
                 created_at: run.created_at,
             })
             .await
@@ -588,7 +585,7 @@ impl Runtime {
                             meta: run.clone(),
                             session_id: run.session_id.clone(),
                             prompt: run.prompt.clone(),
-                            state: "queued",
+                            state: RunState::Queued,
                             created_at: run.created_at,
                             started_at: None,
                             folded_into: None,
@@ -599,10 +596,7 @@ impl Runtime {
                 }
             };
             return match admitted {
-                Ok(state) => Ok(AgentSendResult {
-                    run_id,
-                    state: state.to_owned(),
-                }),
+                Ok(state) => Ok(AgentSendResult { run_id, state }),
                 Err(e) => {
                     self.withdraw_accept(&run_id).await;
                     Err(e)
@@ -640,8 +634,8 @@ impl Runtime {
         }
         match self.existing_in_db(run_id, session_id, prompt).await? {
             // Written by a concurrent send of the same request that has not admitted it yet.
-            Existing::Same(mut r) if r.state == "accepted" => {
-                r.state = "queued".to_owned();
+            Existing::Same(mut r) if r.state == RunState::Accepted => {
+                r.state = RunState::Queued;
                 Ok(Some(r))
             }
             Existing::Same(r) => Ok(Some(r)),
@@ -667,7 +661,7 @@ impl Runtime {
         runs: &mut HashMap<String, LiveRun>,
         run: Arc<RunMeta>,
         mode: SendMode,
-    ) -> &'static str {
+    ) -> RunState {
         match &mut inner.active {
             None => {
                 let token = inner.activate(&s.id, ws, runs, run.clone());
@@ -677,7 +671,7 @@ impl Runtime {
                 let span = tracing::info_span!(parent: None, "session", id = %s.id);
                 ws.tracker
                     .spawn(async move { rt.drive(s2, run, token).await }.instrument(span));
-                "running"
+                RunState::Running
             }
             Some(active)
                 if mode == SendMode::Steer
@@ -694,7 +688,7 @@ impl Runtime {
                         steer: true,
                     },
                 );
-                "queued"
+                RunState::Queued
             }
             Some(active) => {
                 let steer = mode == SendMode::Steer;
@@ -716,7 +710,7 @@ impl Runtime {
                     Some(&run.run_id),
                     SessionEvent::RunQueued { position, steer },
                 );
-                "queued"
+                RunState::Queued
             }
         }
     }
@@ -736,17 +730,18 @@ impl Runtime {
         // Ended, but the database does not know yet (`late.rs`): the run is not new.
         if let Some(info) = self.unsaved_run(run_id) {
             return probe
-                .check(&info.state, &info.session_id, &info.prompt)
+                .check(info.state, &info.session_id, &info.prompt)
                 .map(Existing::Same);
         }
         match self.store.get_run(run_id).await.map_err(storage)? {
             None => Ok(Existing::New),
-            Some(row) => {
-                let state: &str = &row.state;
-                probe
-                    .check(state, &row.session_id, &row.prompt)
-                    .map(Existing::Same)
-            }
+            Some(row) => probe
+                .check(
+                    row.run_state().map_err(storage)?,
+                    &row.session_id,
+                    &row.prompt,
+                )
+                .map(Existing::Same),
         }
     }
 
@@ -915,7 +910,7 @@ impl Runtime {
                     run_id: r.run_id.clone(),
                     session_id: r.session_id.clone(),
                     prompt: r.prompt.clone(),
-                    state: "cancelled",
+                    state: RunState::Cancelled,
                     error: None,
                 })
                 .collect(),
@@ -924,7 +919,7 @@ impl Runtime {
             Ok(()) => None,
             Err(e) => {
                 let error = format!("the cancelled run could not be recorded: {e}");
-                let infos = self.ended_infos(&write, "cancelled", Some(&error), None);
+                let infos = self.ended_infos(&write, RunState::Cancelled, Some(&error), None);
                 self.save_later(write, infos);
                 Some(error)
             }
@@ -936,7 +931,7 @@ impl Runtime {
                 &s.id,
                 Some(&r.run_id),
                 SessionEvent::RunFinished {
-                    state: "cancelled".to_owned(),
+                    state: RunState::Cancelled,
                     error: error.clone(),
                     message_id: None,
                 },
@@ -1003,7 +998,7 @@ impl Runtime {
         let live = lock(&self.runs).get(run_id).map(|l| RunInfo {
             run_id: run_id.to_owned(),
             session_id: l.session_id.clone(),
-            state: l.state.to_owned(),
+            state: l.state,
             prompt: l.prompt.clone(),
             error: None,
             user_message_id: None,
@@ -1408,10 +1403,10 @@ impl Runtime {
         by: &str,
     ) {
         let name = match decision {
-            Some(PermissionDecision::Allow) => "allow",
-            Some(PermissionDecision::AllowSession) => "allowSession",
-            Some(PermissionDecision::Deny) => "deny",
-            Some(PermissionDecision::Deferred) | None => "cancelled",
+            Some(PermissionDecision::Allow) => PermissionResolution::Allow,
+            Some(PermissionDecision::AllowSession) => PermissionResolution::AllowSession,
+            Some(PermissionDecision::Deny) => PermissionResolution::Deny,
+            Some(PermissionDecision::Deferred) | None => PermissionResolution::Cancelled,
         };
         for (peer, id) in &p.sent {
             peer.abandon_request(id);
@@ -1427,7 +1422,7 @@ impl Runtime {
             request_id: p.params.request_id.clone(),
             session_id: p.params.session_id.clone(),
             run_id: p.params.run_id.clone(),
-            decision: name.to_owned(),
+            decision: name,
             by: by.to_owned(),
         };
         let body = encode_notification(daemon_notification::PermissionResolved::METHOD, &note);
@@ -1446,7 +1441,7 @@ impl Runtime {
             Some(&p.params.run_id),
             SessionEvent::PermissionResolved {
                 request_id: p.params.request_id.clone(),
-                decision: name.to_owned(),
+                decision: name,
                 by: by.to_owned(),
             },
         );
@@ -1578,7 +1573,7 @@ pub fn bash_allowed(rules: &[String], command: &str) -> bool {
 
 fn idle_status() -> AgentStatusResult {
     AgentStatusResult {
-        state: "idle".to_owned(),
+        state: AgentState::Idle,
         ..AgentStatusResult::default()
     }
 }
@@ -1592,14 +1587,14 @@ struct SameProbe<'a> {
 impl SameProbe<'_> {
     fn check(
         &self,
-        state: &str,
+        state: RunState,
         session_id: &str,
         prompt: &str,
     ) -> Result<AgentSendResult, RpcError> {
         if session_id == self.session_id && prompt == self.prompt {
             Ok(AgentSendResult {
                 run_id: self.run_id.to_owned(),
-                state: state.to_owned(),
+                state,
             })
         } else {
             Err(RpcError::new(
@@ -1615,7 +1610,7 @@ impl SameProbe<'_> {
 
 fn same_or_duplicate(
     run: &RunMeta,
-    state: &str,
+    state: RunState,
     session_id: &str,
     prompt: &str,
 ) -> Result<AgentSendResult, RpcError> {
@@ -1636,7 +1631,7 @@ impl SessionRt {
 /// Marks a live run as started (as part of another run's turn when `folded_into` is given).
 fn mark_running(runs: &mut HashMap<String, LiveRun>, run_id: &str, folded_into: Option<&str>) {
     if let Some(l) = runs.get_mut(run_id) {
-        l.state = "running";
+        l.state = RunState::Running;
         l.started_at = Some(now_ms());
         l.folded_into = folded_into.map(str::to_owned);
     }
@@ -1670,11 +1665,10 @@ impl SessionInner {
             None => idle_status(),
             Some(a) => AgentStatusResult {
                 state: if self.permissions.is_empty() {
-                    "active"
+                    AgentState::Active
                 } else {
-                    "waitingForPermission"
-                }
-                .to_owned(),
+                    AgentState::WaitingForPermission
+                },
                 pending_permissions: self.permissions.iter().map(|p| p.params.clone()).collect(),
                 active_run_id: Some(a.run.run_id.clone()),
                 queued: a
@@ -1725,15 +1719,16 @@ impl SessionInner {
     /// Keeps the streaming message's content as of the latest event, for subscribers that
     /// attach mid-message.
     fn track_streaming(&mut self, run_id: Option<&str>, event: &SessionEvent) {
-        fn append(parts: &mut Vec<Value>, kind: &str, text: &str) {
+        // Extends the trailing part when it is of the same kind as `new`, else adds `new`.
+        fn append(parts: &mut Vec<Part>, new: Part) {
             if let Some(last) = parts.last_mut()
-                && last["type"] == kind
-                && let Some(Value::String(t)) = last.get_mut(kind)
+                && std::mem::discriminant(last) == std::mem::discriminant(&new)
+                && let (Some(t), Some(more)) = (last.streamed_text_mut(), new.streamed_text())
             {
-                t.push_str(text);
+                t.push_str(more);
                 return;
             }
-            parts.push(json!({"type": kind, kind: text}));
+            parts.push(new);
         }
         let current =
             |m: &str, st: &Option<StreamingMessage>| st.as_ref().is_some_and(|s| s.message_id == m);
@@ -1749,14 +1744,20 @@ impl SessionInner {
                 if current(message_id, &self.streaming) =>
             {
                 if let Some(st) = &mut self.streaming {
-                    append(&mut st.parts, "text", text);
+                    append(&mut st.parts, Part::text(text.as_str()));
                 }
             }
             SessionEvent::ReasoningDelta { message_id, text }
                 if current(message_id, &self.streaming) =>
             {
                 if let Some(st) = &mut self.streaming {
-                    append(&mut st.parts, "reasoning", text);
+                    append(
+                        &mut st.parts,
+                        Part::Reasoning {
+                            reasoning: text.clone(),
+                            signature: None,
+                        },
+                    );
                 }
             }
             SessionEvent::ToolCallStarted {
@@ -1766,12 +1767,11 @@ impl SessionInner {
                 input,
             } if current(message_id, &self.streaming) => {
                 if let Some(st) = &mut self.streaming {
-                    st.parts.push(json!({
-                        "type": "toolCall",
-                        "id": tool_call_id,
-                        "name": tool,
-                        "input": input,
-                    }));
+                    st.parts.push(Part::ToolCall {
+                        id: tool_call_id.clone(),
+                        name: tool.clone(),
+                        input: input.clone(),
+                    });
                 }
             }
             SessionEvent::ToolCallFinished {
@@ -1783,17 +1783,15 @@ impl SessionInner {
                 metadata,
             } if current(message_id, &self.streaming) => {
                 if let Some(st) = &mut self.streaming {
-                    let mut part = json!({
-                        "type": "toolResult",
-                        "toolCallId": tool_call_id,
-                        "name": tool,
-                        "status": status,
-                        "content": output,
+                    // Unlike the stored result, the snapshot's has no `isError`.
+                    st.parts.push(Part::ToolResult {
+                        tool_call_id: tool_call_id.clone(),
+                        name: tool.clone(),
+                        content: output.clone(),
+                        status: *status,
+                        is_error: None,
+                        metadata: metadata.clone(),
                     });
-                    if let Some(m) = metadata {
-                        part["metadata"] = m.clone();
-                    }
-                    st.parts.push(part);
                 }
             }
             SessionEvent::MessageFinished { message_id, .. }

@@ -6,9 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use crush_protocol::Part;
 
-use super::pieces::streamed_text;
 use super::{Result, Store};
 
 /// Default time between two flushes of one live message.
@@ -17,7 +16,7 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct LiveMessage {
     pub id: String,
-    parts: Vec<Value>,
+    parts: Vec<Part>,
     dirty: bool,
     /// How many of `parts` are on disk (the last of them perhaps only in part)…
     stored: usize,
@@ -49,25 +48,29 @@ impl LiveMessage {
 
     /// Appends streamed text, extending the trailing text part.
     pub fn push_text(&mut self, delta: &str) {
-        self.push_kind("text", delta);
+        if delta.is_empty() {
+            return;
+        }
+        if let Some(Part::Text { text }) = self.parts.last_mut() {
+            text.push_str(delta);
+        } else {
+            self.parts.push(Part::text(delta));
+        }
+        self.dirty = true;
     }
 
     /// Appends streamed reasoning, extending the trailing reasoning part.
     pub fn push_reasoning(&mut self, delta: &str) {
-        self.push_kind("reasoning", delta);
-    }
-
-    fn push_kind(&mut self, kind: &str, delta: &str) {
         if delta.is_empty() {
             return;
         }
-        if let Some(last) = self.parts.last_mut()
-            && last["type"] == kind
-            && let Some(Value::String(text)) = last.get_mut(kind)
-        {
-            text.push_str(delta);
+        if let Some(Part::Reasoning { reasoning, .. }) = self.parts.last_mut() {
+            reasoning.push_str(delta);
         } else {
-            self.parts.push(json!({"type": kind, kind: delta}));
+            self.parts.push(Part::Reasoning {
+                reasoning: delta.to_owned(),
+                signature: None,
+            });
         }
         self.dirty = true;
     }
@@ -75,56 +78,63 @@ impl LiveMessage {
     /// Attaches the provider's signature to the reasoning streamed last (Anthropic needs it
     /// back with the reasoning in later steps of the turn).
     pub fn sign_reasoning(&mut self, signature: &str) {
-        if let Some(i) = self.parts.iter().rposition(|p| p["type"] == "reasoning") {
-            self.parts[i]["signature"] = Value::String(signature.to_owned());
+        let last = self
+            .parts
+            .iter()
+            .rposition(|p| matches!(p, Part::Reasoning { .. }));
+        if let Some(i) = last
+            && let Part::Reasoning { signature: s, .. } = &mut self.parts[i]
+        {
+            *s = Some(signature.to_owned());
             self.rewrite |= i < self.stored;
         } else {
-            self.parts
-                .push(json!({"type": "reasoning", "reasoning": "", "signature": signature}));
+            self.parts.push(Part::Reasoning {
+                reasoning: String::new(),
+                signature: Some(signature.to_owned()),
+            });
         }
         self.dirty = true;
     }
 
     /// The reasoning of this message, if it has some.
     pub fn reasoning(&self) -> Option<crate::model::Reasoning> {
-        let parts: Vec<&Value> = self
+        let parts: Vec<(&str, Option<&str>)> = self
             .parts
             .iter()
-            .filter(|p| p["type"] == "reasoning")
+            .filter_map(|p| match p {
+                Part::Reasoning {
+                    reasoning,
+                    signature,
+                } => Some((reasoning.as_str(), signature.as_deref())),
+                _ => None,
+            })
             .collect();
         if parts.is_empty() {
             return None;
         }
         Some(crate::model::Reasoning {
-            text: parts
-                .iter()
-                .filter_map(|p| p["reasoning"].as_str())
-                .collect(),
+            text: parts.iter().map(|(text, _)| *text).collect(),
             signature: parts
                 .iter()
                 .rev()
-                .find_map(|p| p["signature"].as_str())
+                .find_map(|(_, signature)| *signature)
                 .map(str::to_owned),
         })
     }
 
     /// Adds a whole part (a tool call, a tool result…).
-    pub fn push_part(&mut self, part: Value) {
+    pub fn push_part(&mut self, part: Part) {
         self.parts.push(part);
         self.dirty = true;
     }
 
     /// All text parts concatenated.
     pub fn text(&self) -> String {
-        self.parts
-            .iter()
-            .filter(|p| p["type"] == "text")
-            .filter_map(|p| p["text"].as_str())
-            .collect()
+        crush_protocol::vocab::text_of(&self.parts)
     }
 
     pub fn parts_json(&self) -> String {
-        Value::Array(self.parts.clone()).to_string()
+        parts_json(&self.parts)
     }
 
     /// When the next flush is due, if anything is waiting to be written.
@@ -143,7 +153,8 @@ impl LiveMessage {
                 .await
         } else {
             let extend = self.stored.checked_sub(1).and_then(|i| {
-                streamed_text(&self.parts[i])
+                self.parts[i]
+                    .streamed_text()
                     .and_then(|t| t.get(self.stored_text..))
                     .filter(|t| !t.is_empty())
             });
@@ -151,7 +162,7 @@ impl LiveMessage {
             if extend.is_none() && more.is_empty() {
                 Ok(())
             } else {
-                let more = Value::Array(more.to_vec()).to_string();
+                let more = parts_json(more);
                 store.append_message_piece(&self.id, extend, &more).await
             }
         };
@@ -163,16 +174,24 @@ impl LiveMessage {
         self.stored_text = self
             .parts
             .last()
-            .and_then(streamed_text)
+            .and_then(Part::streamed_text)
             .map_or(0, str::len);
         self.flushes += 1;
         Ok(())
     }
 }
 
+/// Parts as the JSON text of the `parts` column.
+pub fn parts_json(parts: &[Part]) -> String {
+    // Serializing strings, numbers and maps with string keys cannot fail.
+    serde_json::to_string(parts).unwrap_or_else(|_| "[]".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::store::{FinishTurn, MessageRow};
 
@@ -247,7 +266,12 @@ mod tests {
             bytes < 2 * expected.len() as i64 + 50 * 4,
             "each piece holds its delta, not the message so far: {bytes} bytes"
         );
-        live.push_part(json!({"type": "tool_call", "id": "c1", "name": "ls", "input": {}}));
+        live.push_part(
+            serde_json::from_value(
+                json!({"type": "tool_call", "id": "c1", "name": "ls", "input": {}}),
+            )
+            .unwrap(),
+        );
         live.push_text("after");
         live.flush(&store).await.unwrap();
         live.flush(&store).await.unwrap();
@@ -295,9 +319,9 @@ mod tests {
             session_id: &m.session_id,
             message_id: Some(&m.id),
             parts: &live.parts_json(),
-            finish_reason: "end_turn",
+            finish_reason: crush_protocol::FinishReason::EndTurn,
             error: None,
-            run_state: "completed",
+            run_state: crush_protocol::RunState::Completed,
             run_ids: &[],
             prompt_tokens: 0,
             completion_tokens: 0,

@@ -18,6 +18,7 @@ pub mod live;
 mod pieces;
 mod rows;
 mod tx;
+mod vocab;
 
 use accept::AcceptLog;
 pub use accept::NewRun;

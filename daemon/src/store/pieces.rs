@@ -4,19 +4,11 @@
 //! followed by its pieces; the message's final write, and recovery after a crash, fold the
 //! pieces into `parts` and delete them, so only a message still streaming has any.
 
-use serde_json::Value;
+use crush_protocol::Part;
 use sqlx::SqliteConnection;
 
+use super::live::parts_json;
 use super::{Result, Store, StoreError, WriteTx, now_ms};
-
-/// The text that streamed deltas extend in a part: `text` of a text part, `reasoning` of a
-/// reasoning part. Other parts arrive whole.
-pub(crate) fn streamed_text(part: &Value) -> Option<&str> {
-    let kind = part.get("type")?.as_str()?;
-    matches!(kind, "text" | "reasoning")
-        .then(|| part.get(kind)?.as_str())
-        .flatten()
-}
 
 fn decode(e: serde_json::Error) -> StoreError {
     StoreError::Db(sqlx::Error::Decode(Box::new(e)))
@@ -25,25 +17,23 @@ fn decode(e: serde_json::Error) -> StoreError {
 /// Applies `pieces` — the JSON array `[[extend, parts], …]` the reads select, oldest first — to
 /// a message's `parts` and returns the parts as one JSON array.
 pub(super) fn fold(parts: &str, pieces: Option<&str>) -> Result<String> {
-    let pieces: Vec<(Option<String>, Vec<Value>)> = match pieces {
+    let pieces: Vec<(Option<String>, Vec<Part>)> = match pieces {
         None => return Ok(parts.to_owned()),
         Some(p) => serde_json::from_str(p).map_err(decode)?,
     };
     if pieces.is_empty() {
         return Ok(parts.to_owned());
     }
-    let mut folded: Vec<Value> = serde_json::from_str(parts).map_err(decode)?;
+    let mut folded: Vec<Part> = serde_json::from_str(parts).map_err(decode)?;
     for (extend, more) in pieces {
         if let Some(extend) = extend
-            && let Some(last) = folded.last_mut()
-            && let Some(kind) = last.get("type").and_then(Value::as_str).map(str::to_owned)
-            && let Some(Value::String(text)) = last.get_mut(&kind)
+            && let Some(text) = folded.last_mut().and_then(Part::streamed_text_mut)
         {
             text.push_str(&extend);
         }
         folded.extend(more);
     }
-    Ok(Value::Array(folded).to_string())
+    Ok(parts_json(&folded))
 }
 
 /// Deletes a message's pieces; the caller has just written its folded `parts` in the same

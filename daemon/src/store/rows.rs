@@ -1,5 +1,6 @@
 //! Typed rows and the statements that read and write them.
 
+use crush_protocol::{FinishReason, RunState};
 use sqlx::SqliteConnection;
 
 use super::{Result, Store, WriteTx, new_id, now_ms, pieces};
@@ -551,7 +552,7 @@ impl Store {
             "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ?
                  WHERE id = ?",
             n.previous_parts,
-            n.previous_finish,
+            n.previous_finish.as_str(),
             None::<String>,
             now,
             now,
@@ -635,7 +636,7 @@ impl Store {
                 "UPDATE messages SET parts = ?, finish_reason = ?, error = ?, updated_at = ?, finished_at = ?
                  WHERE id = ?",
                 f.parts,
-                f.finish_reason,
+                f.finish_reason.as_str(),
                 f.error,
                 now,
                 now,
@@ -650,7 +651,7 @@ impl Store {
                 "UPDATE runs SET state = ?, error = ?, finished_at = ?,
                         assistant_message_id = COALESCE(?, assistant_message_id)
                  WHERE run_id = ?",
-                f.run_state,
+                f.run_state.as_str(),
                 f.error,
                 now,
                 f.message_id,
@@ -690,7 +691,7 @@ impl Store {
                  WHERE runs.state IN ('accepted', 'queued', 'running')",
                 r.run_id,
                 r.session_id,
-                r.state,
+                r.state.as_str(),
                 r.prompt,
                 r.error,
                 now,
@@ -732,7 +733,7 @@ pub struct NextStep<'a> {
     /// The assistant message of the step that ended, with its final parts.
     pub previous_id: &'a str,
     pub previous_parts: &'a str,
-    pub previous_finish: &'a str,
+    pub previous_finish: FinishReason,
     /// JSON array of the step's tool results, if it called tools.
     pub tool_results: Option<&'a str>,
     pub folded: &'a [FoldedPrompt<'a>],
@@ -747,10 +748,10 @@ pub struct FinishTurn<'a> {
     /// The turn's last assistant message, if one was started.
     pub message_id: Option<&'a str>,
     pub parts: &'a str,
-    pub finish_reason: &'a str,
+    pub finish_reason: FinishReason,
     pub error: Option<&'a str>,
     /// `completed`, `cancelled` or `failed`.
-    pub run_state: &'a str,
+    pub run_state: RunState,
     /// The turn's run and the runs folded into it.
     pub run_ids: &'a [&'a str],
     pub prompt_tokens: i64,
@@ -764,7 +765,7 @@ pub struct RunEnd<'a> {
     pub session_id: &'a str,
     pub prompt: &'a str,
     /// `cancelled` or `failed`.
-    pub state: &'a str,
+    pub state: RunState,
     pub error: Option<&'a str>,
 }
 
