@@ -13,5 +13,5 @@ pub mod reconnect;
 pub use connection::{Client, ConnectOptions, IncomingNotification, RequestHandler};
 pub use error::ClientError;
 pub use reconnect::{
-    ClientEvent, ReconnectPolicy, Reconnected, ReconnectingClient, Resync, RunOutcome,
+    ClientEvent, OutcomeState, ReconnectPolicy, Reconnected, ReconnectingClient, Resync, RunOutcome,
 };

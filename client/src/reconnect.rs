@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{
     AgentSendParams, AgentSendResult, AgentStatusResult, ErrorCode, InitializeResult, NoParams,
-    Notification, Request, RpcError, RunCompleteParams, RunInfo, RunRef, SessionMessagesParams,
-    SessionRef, SessionSubscribeParams, SessionSubscribeResult, SessionUnsubscribeResult,
-    SessionUpdateParams, StreamingMessage, WorkspaceCloseParams, WorkspaceInfo,
-    WorkspaceOpenParams, daemon_notification, daemon_request, request,
+    Notification, Request, RpcError, RunCompleteParams, RunInfo, RunRef, RunState,
+    SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionSubscribeResult,
+    SessionUnsubscribeResult, SessionUpdateParams, StreamingMessage, WorkspaceCloseParams,
+    WorkspaceInfo, WorkspaceOpenParams, daemon_notification, daemon_request, request,
+    vocab::text_of,
 };
 
 use crate::autostart;
@@ -124,7 +125,7 @@ pub struct RunOutcome {
     pub run_id: String,
     /// `completed`, `cancelled`, `failed`, `interrupted` (the daemon stopped during the run),
     /// or `unknown` (the daemon no longer knows the run, e.g. its session was deleted).
-    pub state: String,
+    pub state: OutcomeState,
     pub cancelled: bool,
     pub error: Option<String>,
     /// The turn's last assistant message and its text.
@@ -138,17 +139,61 @@ pub struct RunOutcome {
     pub recovered: bool,
 }
 
+/// How a run ended, as far as the client can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeState {
+    /// The run's terminal state.
+    Ended(RunState),
+    /// The daemon no longer knows the run (its session was deleted, say).
+    Unknown,
+}
+
+impl OutcomeState {
+    /// The name shown to people and in crushctl's JSON: the run state's, or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeState::Ended(s) => s.as_str(),
+            OutcomeState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for OutcomeState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<RunState> for OutcomeState {
+    fn eq(&self, other: &RunState) -> bool {
+        *self == OutcomeState::Ended(*other)
+    }
+}
+
+// As for the protocol's vocabulary: comparing with a name, as callers holding one do.
+impl PartialEq<&str> for OutcomeState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl RunOutcome {
     fn live(p: RunCompleteParams) -> Self {
         let state = if p.cancelled {
-            "cancelled"
+            RunState::Cancelled
         } else if p.error.is_some() {
-            "failed"
+            RunState::Failed
         } else {
-            "completed"
+            RunState::Completed
         };
         Self {
-            state: state.to_owned(),
+            state: OutcomeState::Ended(state),
             session_id: p.session_id,
             run_id: p.run_id,
             cancelled: p.cancelled,
@@ -191,11 +236,6 @@ const SAFE_TO_RESEND: &[&str] = &[
     "model/list",
     "config/get",
 ];
-
-/// Run states after which nothing more happens.
-fn is_terminal(state: &str) -> bool {
-    matches!(state, "completed" | "cancelled" | "failed" | "interrupted")
-}
 
 /// The connection dropped (or was already gone): the caller may try again on the next one.
 fn is_connection_error(e: &ClientError) -> bool {
@@ -523,7 +563,7 @@ impl ReconnectingClient {
                     self.shared.tell(Input::Confirm {
                         run_id: run_id.clone(),
                     });
-                    if is_terminal(&r.state) {
+                    if r.state.is_terminal() {
                         // A repeated runId of a run that has ended: no `$/runComplete` follows.
                         self.recover_run(&client, &run_id).await;
                     }
@@ -567,7 +607,7 @@ impl ReconnectingClient {
                 reply: Some(reply),
             })
             .await?;
-        if !is_terminal(&info.state) && !subscribed {
+        if !info.state.is_terminal() && !subscribed {
             // Only subscribers (and the connection that sent it) hear `$/runComplete`. Once
             // subscribed, either the run ends later and that comes, or it has ended and
             // `run/get` says so.
@@ -576,7 +616,7 @@ impl ReconnectingClient {
                 .await?;
             info = get().await?;
         }
-        if is_terminal(&info.state) {
+        if info.state.is_terminal() {
             let outcome = recovered_outcome(client, &info).await?;
             self.shared.tell(Input::Outcome(outcome));
         }
@@ -835,7 +875,7 @@ impl Shared {
                 })
                 .await;
             match r {
-                Ok(info) if is_terminal(&info.state) => {
+                Ok(info) if info.state.is_terminal() => {
                     let outcome = recovered_outcome(client, &info).await?;
                     self.tell(Input::Outcome(outcome));
                 }
@@ -848,7 +888,7 @@ impl Shared {
                     self.tell(Input::Outcome(RunOutcome {
                         session_id: run.session_id.clone(),
                         run_id: run.run_id.clone(),
-                        state: "unknown".to_owned(),
+                        state: OutcomeState::Unknown,
                         cancelled: false,
                         error: Some(format!(
                             "the daemon no longer knows this run (was its session deleted?): {}",
@@ -1042,8 +1082,8 @@ async fn recovered_outcome(client: &Client, info: &RunInfo) -> Result<RunOutcome
     Ok(RunOutcome {
         session_id: info.session_id.clone(),
         run_id: info.run_id.clone(),
-        state: info.state.clone(),
-        cancelled: info.state == "cancelled",
+        state: OutcomeState::Ended(info.state),
+        cancelled: info.state == RunState::Cancelled,
         error: info.error.clone(),
         message_id: info.assistant_message_id.clone(),
         text,
@@ -1074,18 +1114,7 @@ async fn message_text(
             Err(_) => return Ok(None),
         };
         if let Some(m) = page.messages.iter().find(|m| m.message_id == message_id) {
-            let text = m
-                .parts
-                .as_array()
-                .map(|parts| {
-                    parts
-                        .iter()
-                        .filter(|p| p["type"] == "text")
-                        .filter_map(|p| p["text"].as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Ok(Some(text));
+            return Ok(Some(text_of(&m.parts)));
         }
         match page.next_before {
             Some(b) if page.has_more => before = Some(b),
@@ -1150,7 +1179,7 @@ struct Snapshot {
     /// The caller's subscriptions, with where they got to.
     subs: Vec<SubState>,
     /// Followed runs without an outcome yet.
-    runs: Vec<RunState>,
+    runs: Vec<FollowedRun>,
 }
 
 struct SubState {
@@ -1159,7 +1188,7 @@ struct SubState {
     epoch: String,
 }
 
-struct RunState {
+struct FollowedRun {
     run_id: String,
     session_id: String,
     confirmed: bool,
@@ -1433,7 +1462,7 @@ impl Actor {
             runs: self
                 .watched
                 .iter()
-                .map(|(id, w)| RunState {
+                .map(|(id, w)| FollowedRun {
                     run_id: id.clone(),
                     session_id: w.session_id.clone(),
                     confirmed: w.confirmed,
@@ -1526,7 +1555,7 @@ mod tests {
         Input::Outcome(RunOutcome {
             session_id: "s".into(),
             run_id: run.into(),
-            state: "completed".into(),
+            state: OutcomeState::Ended(RunState::Completed),
             cancelled: false,
             error: None,
             message_id: None,

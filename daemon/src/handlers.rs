@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crush_protocol::{
     ClientRequest, ConfigGetResult, DEFAULT_MESSAGE_PAGE, DaemonShutdownResult, DaemonStatusResult,
     DebugSleepResult, DebugStatsResult, ErrorCode, InitializeParams, InitializeResult,
-    MAX_MESSAGE_PAGE, MessageInfo, ModelListResult, PROTOCOL_VERSION, Part, PermissionRespondResult,
+    MAX_MESSAGE_PAGE, MessageInfo, ModelListResult, PROTOCOL_VERSION, PermissionRespondResult,
     RestoredSubscription, RpcError, RunInfo, ServerCapabilities, ServerInfo, SessionDeleteResult,
     SessionInfo, SessionListResult, SessionMessagesResult, SessionSetYoloResult,
     SessionSubscribeParams, SessionUnsubscribeResult, WorkspaceCloseResult, WorkspaceInfo,
@@ -483,7 +483,7 @@ fn message_info(r: MessageRow) -> Result<MessageInfo, StoreError> {
     // Parts are written only by the daemon as JSON; an unreadable value is shown, not hidden.
     let parts = r
         .part_list()
-        .unwrap_or_else(|_| vec![Part::Other(Value::String(r.parts.clone()))]);
+        .unwrap_or_else(|_| vec![crush_protocol::Part::Other(Value::String(r.parts.clone()))]);
     let finish_reason = r.finish()?;
     Ok(MessageInfo {
         message_id: r.id,

@@ -102,9 +102,10 @@ impl RunState {
     pub fn is_terminal(self) -> bool {
         match self {
             RunState::Accepted | RunState::Queued | RunState::Running => false,
-            RunState::Completed | RunState::Cancelled | RunState::Failed | RunState::Interrupted => {
-                true
-            }
+            RunState::Completed
+            | RunState::Cancelled
+            | RunState::Failed
+            | RunState::Interrupted => true,
         }
     }
 }
@@ -175,7 +176,11 @@ wire_enum! {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[cfg_attr(
     feature = "ts",
-    ts(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")
+    ts(
+        tag = "type",
+        rename_all = "camelCase",
+        rename_all_fields = "camelCase"
+    )
 )]
 pub enum Part {
     Text {
@@ -315,7 +320,10 @@ impl<'a> Fields<'a> {
     }
 
     fn optional_value(&mut self, key: &str) -> Option<Value> {
-        self.map.contains_key(key).then(|| self.value(key)).flatten()
+        self.map
+            .contains_key(key)
+            .then(|| self.value(key))
+            .flatten()
     }
 
     fn part(mut self) -> Option<Part> {
@@ -362,7 +370,9 @@ impl Serialize for Part {
         let (kind, len) = match self {
             Part::Other(v) => return v.serialize(serializer),
             Part::Text { .. } => ("text", 2),
-            Part::Reasoning { signature, .. } => ("reasoning", 2 + usize::from(signature.is_some())),
+            Part::Reasoning { signature, .. } => {
+                ("reasoning", 2 + usize::from(signature.is_some()))
+            }
             Part::ToolCall { .. } => ("toolCall", 4),
             Part::ToolResult {
                 is_error, metadata, ..
@@ -463,7 +473,12 @@ mod tests {
             all.into_iter().map(|(_, n)| n).collect::<Vec<_>>()
         };
         assert_eq!(
-            names(RunState::ALL.iter().map(|s| (bytes(s), s.as_str())).collect()),
+            names(
+                RunState::ALL
+                    .iter()
+                    .map(|s| (bytes(s), s.as_str()))
+                    .collect()
+            ),
             [
                 "accepted",
                 "queued",
@@ -475,15 +490,30 @@ mod tests {
             ]
         );
         assert_eq!(
-            names(AgentState::ALL.iter().map(|s| (bytes(s), s.as_str())).collect()),
+            names(
+                AgentState::ALL
+                    .iter()
+                    .map(|s| (bytes(s), s.as_str()))
+                    .collect()
+            ),
             ["idle", "active", "waitingForPermission"]
         );
         assert_eq!(
-            names(ToolStatus::ALL.iter().map(|s| (bytes(s), s.as_str())).collect()),
+            names(
+                ToolStatus::ALL
+                    .iter()
+                    .map(|s| (bytes(s), s.as_str()))
+                    .collect()
+            ),
             ["completed", "failed", "denied", "cancelled"]
         );
         assert_eq!(
-            names(FinishReason::ALL.iter().map(|s| (bytes(s), s.as_str())).collect()),
+            names(
+                FinishReason::ALL
+                    .iter()
+                    .map(|s| (bytes(s), s.as_str()))
+                    .collect()
+            ),
             [
                 "end_turn",
                 "max_tokens",
@@ -508,10 +538,7 @@ mod tests {
     fn names_parse_back_and_unknown_names_are_refused() {
         for s in RunState::ALL {
             assert_eq!(s.as_str().parse::<RunState>().unwrap(), *s);
-            assert_eq!(
-                serde_json::from_str::<RunState>(&bytes(s)).unwrap(),
-                *s
-            );
+            assert_eq!(serde_json::from_str::<RunState>(&bytes(s)).unwrap(), *s);
         }
         for r in FinishReason::ALL {
             assert_eq!(r.as_str().parse::<FinishReason>().unwrap(), *r);
@@ -529,7 +556,10 @@ mod tests {
             .filter(|s| s.is_terminal())
             .map(|s| s.as_str())
             .collect();
-        assert_eq!(terminal, ["completed", "cancelled", "failed", "interrupted"]);
+        assert_eq!(
+            terminal,
+            ["completed", "cancelled", "failed", "interrupted"]
+        );
     }
 
     /// Every shape a part has been written in, as the `json!` that wrote it, and its bytes.
@@ -653,7 +683,10 @@ mod tests {
     fn parts_this_version_does_not_know_pass_through_unchanged() {
         let text = r#"[{"type":"image","url":"x"},{"text":"a","type":"text","x":1},{"text":7,"type":"text"},{"content":"c","name":"n","status":"weird","toolCallId":"i","type":"toolResult"},"loose",{"no":"type"}]"#;
         let parts: Vec<Part> = serde_json::from_str(text).unwrap();
-        assert!(parts.iter().all(|p| matches!(p, Part::Other(_))), "{parts:?}");
+        assert!(
+            parts.iter().all(|p| matches!(p, Part::Other(_))),
+            "{parts:?}"
+        );
         assert_eq!(serde_json::to_string(&parts).unwrap(), text);
     }
 

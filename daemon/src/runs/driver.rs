@@ -734,7 +734,10 @@ impl Runtime {
         live: &mut LiveMessage,
         reason: FinishReason,
     ) -> Result<(), String> {
-        let steered_parts: Vec<String> = steered.iter().map(|r| parts_json(&r.user_parts())).collect();
+        let steered_parts: Vec<String> = steered
+            .iter()
+            .map(|r| parts_json(&r.user_parts()))
+            .collect();
         let prompts: Vec<FoldedPrompt<'_>> = steered
             .iter()
             .zip(&steered_parts)

@@ -29,11 +29,12 @@ use tracing::{Instrument, info, warn};
 
 use crush_protocol::message::encode_notification;
 use crush_protocol::{
-    AgentCancelResult, AgentSendParams, AgentSendResult, AgentState, AgentStatusResult,
-    Attachment, BusySession, ErrorCode, Notification, Part, PermissionDecision,
-    PermissionRequestParams, PermissionRequestResult, PermissionResolution,
-    PermissionResolvedParams, RequestId, RpcError, RunCompleteParams, RunInfo, RunState, SendMode, SessionEvent, SessionSubscribeParams, SessionSubscribeResult,
-    SessionUpdateParams, StreamingMessage, daemon_notification, daemon_request,
+    AgentCancelResult, AgentSendParams, AgentSendResult, AgentState, AgentStatusResult, Attachment,
+    BusySession, ErrorCode, Notification, Part, PermissionDecision, PermissionRequestParams,
+    PermissionRequestResult, PermissionResolution, PermissionResolvedParams, RequestId, RpcError,
+    RunCompleteParams, RunInfo, RunState, SendMode, SessionEvent, SessionSubscribeParams,
+    SessionSubscribeResult, SessionUpdateParams, StreamingMessage, daemon_notification,
+    daemon_request,
 };
 
 use crate::config::{AgentSettings, PermissionRules};

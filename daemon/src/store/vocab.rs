@@ -119,7 +119,12 @@ mod tests {
         );
         assert_eq!(
             check("finish_reason"),
-            names(&FinishReason::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            names(
+                &FinishReason::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+            )
         );
     }
 }

@@ -4,7 +4,7 @@
 //! whoever started it. Across a dropped connection the reconnecting client continues the stream;
 //! after a resync the history is read again and only what was not printed is printed.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crush_client::ClientEvent;
 use crush_protocol::{MessageInfo, SessionMessagesParams, SessionSubscribeParams, request};
@@ -86,16 +86,16 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                 let live = streaming
                     .as_ref()
                     .filter(|s| s.message_id == m.message_id)
-                    .map(|s| Value::Array(s.parts.clone()));
+                    .map(|s| s.parts.as_slice());
                 if a.json {
                     let mut v = serde_json::to_value(m).unwrap_or_default();
                     if let Some(parts) = live {
-                        v["parts"] = parts;
+                        v["parts"] = serde_json::to_value(parts).unwrap_or_default();
                     }
                     v["type"] = json!("message");
                     conv.ui.out_line(&v.to_string());
                 } else {
-                    conv.message(m, live.as_ref());
+                    conv.message(m, live);
                 }
             }
         };
@@ -137,14 +137,14 @@ pub async fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<u8> {
                                 .streaming
                                 .as_ref()
                                 .filter(|s| s.message_id == m.message_id)
-                                .map(|s| Value::Array(s.parts.clone()));
+                                .map(|s| s.parts.as_slice());
                             if a.json {
                                 let mut v = serde_json::to_value(m)?;
                                 v["type"] = json!("message");
                                 ui.out_line(&v.to_string());
                             } else {
                                 // Only what was missed: the conversation remembers what it printed.
-                                conv.message(m, live.as_ref());
+                                conv.message(m, live);
                             }
                         }
                     }

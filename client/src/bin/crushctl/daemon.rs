@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 use crush_client::{Client, ClientError, autostart};
 use crush_protocol::{
-    DaemonShutdownParams, DaemonStatusResult, ErrorCode, NoParams, paths, request,
+    DaemonShutdownParams, DaemonStatusResult, ErrorCode, NoParams, RunState, paths, request,
 };
 
 use crate::{EXIT_UNREACHABLE, Global};
@@ -52,10 +52,10 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
         }
         for b in &w.busy_sessions {
             if let Some(r) = &b.active_run_id {
-                runs.push(serde_json::json!({"runId": r, "sessionId": b.session_id, "workspace": w.path, "state": "running"}));
+                runs.push(serde_json::json!({"runId": r, "sessionId": b.session_id, "workspace": w.path, "state": RunState::Running}));
             }
             for q in &b.queued {
-                runs.push(serde_json::json!({"runId": q, "sessionId": b.session_id, "workspace": w.path, "state": "queued"}));
+                runs.push(serde_json::json!({"runId": q, "sessionId": b.session_id, "workspace": w.path, "state": RunState::Queued}));
             }
         }
     }

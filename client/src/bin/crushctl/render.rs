@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crush_protocol::{MessageInfo, SessionEvent};
+use crush_protocol::{
+    FinishReason, MessageInfo, Part, PermissionResolution, RunState, SessionEvent, ToolStatus,
+};
 
 use crate::ui::{BOLD, CYAN, DIM, GREEN, RED, Ui, YELLOW};
 
@@ -57,18 +59,7 @@ fn unprinted(e: &mut (String, usize)) -> String {
     new
 }
 
-/// The text parts of a message, concatenated.
-pub fn text_of(parts: &Value) -> String {
-    parts
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .filter(|p| p["type"] == "text")
-                .filter_map(|p| p["text"].as_str())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use crush_protocol::vocab::text_of;
 
 /// One line describing a tool call: `bash: cargo test`, `edit src/main.rs`.
 pub fn tool_summary(tool: &str, input: &Value) -> String {
@@ -143,7 +134,7 @@ impl Conversation {
 
     /// A stored message (history). `streaming`: the message's live text, which replaces the
     /// stored copy (that may lag behind).
-    pub fn message(&mut self, m: &MessageInfo, streaming: Option<&Value>) {
+    pub fn message(&mut self, m: &MessageInfo, streaming: Option<&[Part]>) {
         let parts = streaming.unwrap_or(&m.parts);
         match m.role.as_str() {
             "user" if self.first(m.message_id.clone()) => self.user(&text_of(parts)),
@@ -155,23 +146,21 @@ impl Conversation {
                 }
                 let new = self.text.snapshot(&m.message_id, &text);
                 self.ui.out(&new);
-                for p in parts.as_array().into_iter().flatten() {
-                    if p["type"] == "toolCall"
-                        && self.first(format!("call:{}", p["id"].as_str().unwrap_or_default()))
+                for p in parts {
+                    if let Part::ToolCall { id, name, input } = p
+                        && self.first(format!("call:{id}"))
                     {
-                        let name = p["name"].as_str().unwrap_or("tool");
                         self.line(
-                            &self.ui.paint_out(
-                                DIM,
-                                &format!("  ⚙ {}", tool_summary(name, &p["input"])),
-                            ),
+                            &self
+                                .ui
+                                .paint_out(DIM, &format!("  ⚙ {}", tool_summary(name, input))),
                         );
                     }
                 }
                 // An answer that did not end normally says so, or it reads as if complete.
-                let ended = match m.finish_reason.as_deref() {
-                    Some("canceled" | "cancelled") => Some("cancelled"),
-                    Some("interrupted") => Some("interrupted (the daemon stopped)"),
+                let ended = match m.finish_reason {
+                    Some(FinishReason::Canceled) => Some("cancelled"),
+                    Some(FinishReason::Interrupted) => Some("interrupted (the daemon stopped)"),
                     _ => None,
                 };
                 if (ended.is_some() || m.error.is_some())
@@ -189,17 +178,17 @@ impl Conversation {
                 }
             }
             "tool" => {
-                for p in parts.as_array().into_iter().flatten() {
-                    if p["type"] == "toolResult"
-                        && self.first(format!(
-                            "result:{}",
-                            p["toolCallId"].as_str().unwrap_or_default()
-                        ))
+                for p in parts {
+                    if let Part::ToolResult {
+                        tool_call_id,
+                        name,
+                        content,
+                        status,
+                        ..
+                    } = p
+                        && self.first(format!("result:{tool_call_id}"))
                     {
-                        let name = p["name"].as_str().unwrap_or("tool");
-                        let status = p["status"].as_str().unwrap_or("completed");
-                        let content = p["content"].as_str().unwrap_or_default();
-                        self.line(&tool_result_line(&self.ui, name, status, content));
+                        self.line(&tool_result_line(&self.ui, name, *status, content));
                     }
                 }
             }
@@ -246,7 +235,7 @@ impl Conversation {
                 ..
             } => {
                 if self.first(format!("result:{tool_call_id}")) {
-                    self.line(&tool_result_line(&self.ui, tool, status, output))
+                    self.line(&tool_result_line(&self.ui, tool, *status, output))
                 }
             }
             SessionEvent::PermissionRequested { title, .. } => self.line(
@@ -257,7 +246,7 @@ impl Conversation {
             SessionEvent::PermissionResolved { decision, by, .. } => self.line(
                 &self
                     .ui
-                    .paint_out(DIM, &format!("  permission {}", resolution(decision, by))),
+                    .paint_out(DIM, &format!("  permission {}", resolution(*decision, by))),
             ),
             SessionEvent::RunQueued { position, .. } => self.line(
                 &self
@@ -286,7 +275,11 @@ impl Conversation {
                     Some(e) => format!("[run {short} {state}: {e}]"),
                     None => format!("[run {short} {state}]"),
                 };
-                let sgr = if state == "completed" { DIM } else { RED };
+                let sgr = if *state == RunState::Completed {
+                    DIM
+                } else {
+                    RED
+                };
                 self.line(&self.ui.paint_out(sgr, &what));
             }
             SessionEvent::RunStarted
@@ -318,13 +311,12 @@ pub fn retry_line(attempt: u32, max_attempts: u32, delay_ms: u64, error: &str) -
 /// How a permission request was resolved, in words: "allowed for this session by nvim (pid 42)",
 /// "withdrawn: the run was cancelled". `by` is the answering client's name, or `cancel` when a
 /// cancel withdrew the request.
-pub fn resolution(decision: &str, by: &str) -> String {
+pub fn resolution(decision: PermissionResolution, by: &str) -> String {
     let what = match decision {
-        "allow" => "allowed once",
-        "allowSession" => "allowed for this session",
-        "deny" => "denied",
-        "cancelled" => return "withdrawn: the run was cancelled".to_owned(),
-        other => other,
+        PermissionResolution::Allow => "allowed once",
+        PermissionResolution::AllowSession => "allowed for this session",
+        PermissionResolution::Deny => "denied",
+        PermissionResolution::Cancelled => return "withdrawn: the run was cancelled".to_owned(),
     };
     if by.is_empty() || by == "cancel" {
         what.to_owned()
@@ -333,9 +325,9 @@ pub fn resolution(decision: &str, by: &str) -> String {
     }
 }
 
-fn tool_result_line(ui: &Ui, tool: &str, status: &str, output: &str) -> String {
+fn tool_result_line(ui: &Ui, tool: &str, status: ToolStatus, output: &str) -> String {
     match status {
-        "completed" => ui.paint_out(GREEN, &format!("  ✓ {tool}")),
+        ToolStatus::Completed => ui.paint_out(GREEN, &format!("  ✓ {tool}")),
         other => ui.paint_out(
             RED,
             &format!("  ✗ {tool} {other}: {}", first_line(output, 100)),

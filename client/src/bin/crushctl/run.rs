@@ -15,13 +15,14 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crush_client::{
-    ClientError, ClientEvent, ReconnectingClient, RequestHandler, Resync, RunOutcome,
+    ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler, Resync, RunOutcome,
 };
 use crush_protocol::{
     AgentCancelParams, AgentSendParams, ErrorCode, PermissionDecision, PermissionRequestParams,
-    PermissionRequestResult, RpcError, RunRef, SendMode, SessionCreateParams, SessionEvent,
-    SessionInfo, SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionUpdateParams,
-    WorkspaceInfo, daemon_request, request,
+    PermissionRequestResult, PermissionResolution, RpcError, RunRef, RunState, SendMode,
+    SessionCreateParams, SessionEvent, SessionInfo, SessionMessagesParams, SessionRef,
+    SessionSubscribeParams, SessionUpdateParams, ToolStatus, WorkspaceInfo, daemon_request,
+    request,
 };
 
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
@@ -224,10 +225,10 @@ impl Interrupts {
     }
 }
 
-pub fn outcome_code(state: &str) -> u8 {
+pub fn outcome_code(state: OutcomeState) -> u8 {
     match state {
-        "completed" => 0,
-        "cancelled" => EXIT_CANCELLED,
+        OutcomeState::Ended(RunState::Completed) => 0,
+        OutcomeState::Ended(RunState::Cancelled) => EXIT_CANCELLED,
         _ => EXIT_FAILED,
     }
 }
@@ -529,7 +530,7 @@ impl RunView {
                 if self.json {
                     self.emit(json!({"type": "toolResult", "runId": run, "toolCallId": tool_call_id, "tool": tool, "status": status, "output": output}));
                 }
-                if status == "completed" {
+                if status == ToolStatus::Completed {
                     self.activity_line(GREEN, &format!("  ✓ {tool}"));
                 } else {
                     self.activity_line(
@@ -576,7 +577,7 @@ impl RunView {
                 request_id,
                 decision,
                 by,
-            } => self.resolved_elsewhere(&request_id, &decision, &by),
+            } => self.resolved_elsewhere(&request_id, decision, &by),
             SessionEvent::UserMessage { .. }
             | SessionEvent::CancelRequested { .. }
             | SessionEvent::PermissionRequested { .. }
@@ -612,9 +613,7 @@ impl RunView {
                 .as_deref()
                 .is_some_and(|id| self.followed.contains(id))
         {
-            let new = self
-                .text
-                .snapshot(&s.message_id, &text_of(&Value::Array(s.parts)));
+            let new = self.text.snapshot(&s.message_id, &text_of(&s.parts));
             self.print_text(&s.message_id, new);
         }
         Ok(())
@@ -626,7 +625,7 @@ impl RunView {
             let new = self.text.snapshot(mid, text);
             self.print_text(mid, new);
         }
-        let code = outcome_code(&o.state);
+        let code = outcome_code(o.state);
         if self.json {
             self.emit(
                 json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
@@ -635,9 +634,9 @@ impl RunView {
             return code;
         }
         self.ui.end_line();
-        match o.state.as_str() {
-            "completed" => {}
-            "cancelled" => self
+        match o.state {
+            OutcomeState::Ended(RunState::Completed) => {}
+            OutcomeState::Ended(RunState::Cancelled) => self
                 .ui
                 .err_line(&self.ui.paint_err(YELLOW, "crushctl: the run was cancelled")),
             state => {
@@ -745,7 +744,7 @@ impl RunView {
         self.next_question(answers);
     }
 
-    fn resolved_elsewhere(&mut self, request_id: &str, decision: &str, by: &str) {
+    fn resolved_elsewhere(&mut self, request_id: &str, decision: PermissionResolution, by: &str) {
         if by == crate::client_name() {
             return;
         }
@@ -811,7 +810,7 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ClientEvent::RunOutcome(o)) if o.run_id == run_id => {
-                        let code = outcome_code(&o.state);
+                        let code = outcome_code(o.state);
                         if json_out {
                             crate::outln!("{}", json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
                                 "state": o.state, "text": o.text, "error": o.error}))?;
@@ -822,9 +821,9 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
                                     crate::outln!()?;
                                 }
                             }
-                            match o.state.as_str() {
-                                "completed" => {}
-                                "cancelled" => crate::errln!("crushctl: the run was cancelled"),
+                            match o.state {
+                                OutcomeState::Ended(RunState::Completed) => {}
+                                OutcomeState::Ended(RunState::Cancelled) => crate::errln!("crushctl: the run was cancelled"),
                                 s => crate::errln!("crushctl: run {s}: {}", o.error.as_deref().unwrap_or("no reason given")),
                             }
                         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crush_protocol::{SessionRef, SessionRenameParams, request};
+use crush_protocol::{AgentState, RunState, SessionRef, SessionRenameParams, request};
 
 use crate::attach::history;
 use crate::render::Conversation;
@@ -51,18 +51,19 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
 async fn list(client: &crush_client::ReconnectingClient, a: &SessionsArgs) -> anyhow::Result<u8> {
     let w = open_workspace(client, &a.ws).await?;
     let sessions = list_sessions(client, &w.workspace_id).await?;
+    // A busy session shows the state of its first run; any other is idle.
     let mut state: HashMap<&str, &str> = HashMap::new();
     for b in &w.busy_sessions {
         state.insert(
             &b.session_id,
             if b.active_run_id.is_some() {
-                "running"
+                RunState::Running.as_str()
             } else {
-                "queued"
+                RunState::Queued.as_str()
             },
         );
     }
-    let state_of = |id: &str| state.get(id).copied().unwrap_or("idle");
+    let state_of = |id: &str| state.get(id).copied().unwrap_or(AgentState::Idle.as_str());
     if a.json {
         for s in &sessions {
             crate::outln!(
