@@ -506,10 +506,13 @@ async fn a_cursor_older_than_the_replay_log_resyncs_and_the_text_can_be_rebuilt(
                     .iter()
                     .filter(|m| m.role == "assistant" && m.run_id.as_deref() == Some(&run))
                     .filter(|m| Some(&m.message_id) != streaming_id.as_ref())
-                    .map(|m| text_of_parts(m.parts.as_array().unwrap()))
+                    .map(|m| {
+                        text_of_parts(serde_json::to_value(&m.parts).unwrap().as_array().unwrap())
+                    })
                     .collect();
                 if let Some(s) = &r.streaming {
-                    text.push_str(&text_of_parts(&s.parts));
+                    let parts = serde_json::to_value(&s.parts).unwrap();
+                    text.push_str(&text_of_parts(parts.as_array().unwrap()));
                 }
                 seen.text = text;
                 resync_seq = Some(r.seq);

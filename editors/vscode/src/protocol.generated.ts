@@ -32,11 +32,40 @@ export type PermissionResolvedParams = { requestId: string, sessionId: string, r
 /**
  * `allow`, `allowSession`, `deny`, or `cancelled` (the run was cancelled first).
  */
-decision: string, 
+decision: PermissionResolution, 
 /**
  * The `clientInfo.name` of the client that answered (`"cancel"` when a cancel withdrew it).
  */
 by: string, };
+
+export type RunState = "accepted" | "queued" | "running" | "completed" | "cancelled" | "failed" | "interrupted";
+
+export type AgentState = "idle" | "active" | "waitingForPermission";
+
+export type ToolStatus = "completed" | "failed" | "denied" | "cancelled";
+
+export type FinishReason = "end_turn" | "max_tokens" | "tool_use" | "canceled" | "error" | "interrupted";
+
+export type PermissionResolution = "allow" | "allowSession" | "deny" | "cancelled";
+
+export type Part = { "type": "text", text: string, } | { "type": "reasoning", reasoning: string, 
+/**
+ * The provider's signature (Anthropic), sent back with the reasoning within a turn.
+ */
+signature?: string, } | { "type": "toolCall", id: string, name: string, 
+/**
+ * Stored: the model's arguments as JSON text (a string). Snapshot: parsed (a string if
+ * it was not JSON).
+ */
+input: JsonValue, } | { "type": "toolResult", toolCallId: string, name: string, 
+/**
+ * What the model sees.
+ */
+content: string, status: ToolStatus, 
+/**
+ * Stored parts only.
+ */
+isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, };
 
 export type SessionSetModelParams = { sessionId: string, 
 /**
@@ -291,11 +320,11 @@ role: string,
 /**
  * Text, reasoning, tool calls, tool results, attachments.
  */
-parts: JsonValue, model?: string | null, provider?: string | null, 
+parts: Array<Part>, model?: string | null, provider?: string | null, 
 /**
  * `end_turn`, `max_tokens`, `tool_use`, `canceled`, `error`, `interrupted`; absent while streaming.
  */
-finishReason?: string | null, error?: string | null, createdAt: number, updatedAt: number, finishedAt?: number | null, };
+finishReason?: FinishReason | null, error?: string | null, createdAt: number, updatedAt: number, finishedAt?: number | null, };
 
 export type SessionMessagesResult = { messages: Array<MessageInfo>, 
 /**
@@ -313,7 +342,7 @@ export type RunInfo = { runId: string, sessionId: string,
 /**
  * `accepted`, `queued`, `running`, `completed`, `cancelled`, `failed`, `interrupted`.
  */
-state: string, prompt: string, error?: string | null, userMessageId?: string | null, assistantMessageId?: string | null, createdAt: number, startedAt?: number | null, finishedAt?: number | null, 
+state: RunState, prompt: string, error?: string | null, userMessageId?: string | null, assistantMessageId?: string | null, createdAt: number, startedAt?: number | null, finishedAt?: number | null, 
 /**
  * For a steered run: the run whose turn it joined.
  */
@@ -367,7 +396,7 @@ export type AgentSendResult = { runId: string,
  * `running` or `queued` for a new run; for a repeated `runId`, the run's current state
  * (which may be terminal: `completed`, `cancelled`, `failed`, `interrupted`).
  */
-state: string, };
+state: RunState, };
 
 export type AgentCancelParams = { sessionId: string, 
 /**
@@ -387,7 +416,7 @@ export type AgentStatusResult = {
  * `idle`, `active`, or `waitingForPermission` (active, and a tool call waits for an answer
  * to `permission/request`).
  */
-state: string, activeRunId?: string | null, 
+state: AgentState, activeRunId?: string | null, 
 /**
  * Waiting prompts in the order they will run (steered ones first).
  */
@@ -439,7 +468,7 @@ export type StreamingMessage = { messageId: string, runId?: string | null,
 /**
  * Parts in the shape of `session/messages` (`text`, `reasoning`, `toolCall`).
  */
-parts: Array<JsonValue>, };
+parts: Array<Part>, };
 
 export type SessionUnsubscribeResult = { 
 /**
@@ -497,17 +526,17 @@ export type SessionUpdateParams = { sessionId: string,
  * message queued for a slow client are merged into one event carrying the last seq, so a
  * client may see seqs skip; order is never changed.
  */
-seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: string, error?: string | null, 
+seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: string, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: string, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: string, error?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, });
 
-export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: string, error?: string | null, 
+export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: string, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: string, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: string, error?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, };
 
 export type CancelParams = { id: number | string, };
 
