@@ -663,7 +663,7 @@ impl RunView {
             let _ = reply.send(PermissionDecision::Deny);
             if self.json {
                 self.emit(json!({"type": "permission", "runId": params.run_id, "tool": params.tool,
-                    "title": params.title, "decision": "deny", "reason": "not a terminal; pass --yolo to allow tool calls"}));
+                    "title": params.title, "decision": PermissionDecision::Deny, "reason": "not a terminal; pass --yolo to allow tool calls"}));
             }
             // Said even with --quiet: an action the user asked for was not done.
             self.ui.err_line(&self.ui.paint_err(
