@@ -51,6 +51,8 @@ mod driver;
 mod late;
 mod prompt;
 mod replay;
+#[allow(dead_code)] // Wired into the runtime by the runs/ restructuring that follows.
+mod state;
 #[cfg(test)]
 mod tests;
 
