@@ -82,6 +82,7 @@ pub(super) enum Accepted {
 
 impl Accepted {
     /// Whether the run is running now (else it waits).
+    #[cfg(test)]
     pub(super) fn started(&self) -> bool {
         matches!(self, Accepted::Started(_))
     }

@@ -1,5 +1,7 @@
 //! The session state machine driven directly: no store, no model, no task.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 
 use proptest::prelude::*;
