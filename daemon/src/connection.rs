@@ -1,6 +1,9 @@
 //! One client connection: the read loop (framing → envelope → typed dispatch), the LSP
 //! lifecycle state machine, the in-flight request table that `$/cancelRequest` reaches into, and
-//! the writer task that drains the connection's outbound queue.
+//! the writer task that drains the connection's outbound queue. A `Connection` has one method
+//! per concern — `read`, `message`, `request`/`start`, `notification`, `teardown` — and asks the
+//! protocol's method table (`MethodFacts`), never a method name, how a request is ordered behind
+//! the connection's earlier sends and whether `$/cancelRequest` may stop it.
 //!
 //! Architecture invariant: nothing a client sends can end the daemon or another connection. A
 //! handler runs on its own task, so a slow request never blocks the read loop; every handler is

@@ -1,7 +1,8 @@
-//! The daemon as a whole: the accept loop, idle exit, signal
-//! handling and the shutdown sequence (stop accepting → refuse new runs → cancel and wait for
-//! runs, bounded, so their `$/runComplete` is queued to clients → tell every client → close
-//! connections → wait, bounded → close the store → remove the socket → release the lock).
+//! The daemon's life from bind to exit: the accept loop, idle exit, signal handling and the
+//! shutdown sequence (stop accepting → refuse new runs → cancel and wait for runs, bounded, so
+//! their `$/runComplete` is queued to clients → tell every client → close connections → wait,
+//! bounded → close the store → remove the socket → release the lock). The state it shares with
+//! every connection is `state::Daemon`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +84,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Serves on an already-bound endpoint.
-pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(), DaemonError> {
+pub(crate) async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(), DaemonError> {
     let Endpoint {
         listener,
         socket,
