@@ -84,7 +84,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Serves on an already-bound endpoint.
-pub(crate) async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(), DaemonError> {
+pub(crate) async fn serve(
+    endpoint: Endpoint,
+    config: Config,
+    store: Store,
+) -> Result<(), DaemonError> {
     let Endpoint {
         listener,
         socket,
