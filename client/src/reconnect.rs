@@ -28,12 +28,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{
-    AgentSendParams, AgentSendResult, AgentStatusResult, ErrorCode, InitializeResult, NoParams,
-    Notification, Request, RpcError, RunCompleteParams, RunInfo, RunRef, RunState,
-    SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionSubscribeResult,
-    SessionUnsubscribeResult, SessionUpdateParams, StreamingMessage, WorkspaceCloseParams,
-    WorkspaceInfo, WorkspaceOpenParams, daemon_notification, daemon_request, request,
-    vocab::text_of,
+    AgentSendParams, AgentSendResult, AgentStatusResult, ClientRequest, ErrorCode,
+    InitializeResult, NoParams, Notification, Request, RpcError, RunCompleteParams, RunInfo,
+    RunRef, RunState, SessionMessagesParams, SessionRef, SessionSubscribeParams,
+    SessionSubscribeResult, SessionUnsubscribeResult, SessionUpdateParams, StreamingMessage,
+    WorkspaceCloseParams, WorkspaceInfo, WorkspaceOpenParams, daemon_notification, daemon_request,
+    request, vocab::text_of,
 };
 
 use crate::autostart;
@@ -221,21 +221,6 @@ pub struct Reconnected {
     /// How long the client was without a connection.
     pub down_for: Duration,
 }
-
-/// Methods that only read, so a request cut off in flight is sent again on the next connection.
-/// (`agent/send`, `session/subscribe`, `session/unsubscribe` and `workspace/open` are safe too and
-/// are handled by their own paths.)
-const SAFE_TO_RESEND: &[&str] = &[
-    "daemon/status",
-    "workspace/list",
-    "session/list",
-    "session/get",
-    "session/messages",
-    "run/get",
-    "agent/status",
-    "model/list",
-    "config/get",
-];
 
 /// The connection dropped (or was already gone): the caller may try again on the next one.
 fn is_connection_error(e: &ClientError) -> bool {
@@ -455,7 +440,10 @@ impl ReconnectingClient {
     }
 
     async fn plain(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let resend = SAFE_TO_RESEND.contains(&method);
+        // Reads are sent again when the connection drops with them in flight; `agent/send`,
+        // `session/subscribe`, `session/unsubscribe` and `workspace/open` are safe too but take
+        // their own paths (`request_raw`), which keep the cursors and claims they need.
+        let resend = ClientRequest::facts_of(method).is_some_and(|f| f.resend);
         loop {
             let client = self.shared.connected().await?;
             match client.request_raw(method, &params).await {

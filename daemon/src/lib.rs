@@ -4,17 +4,20 @@
 
 pub mod clients;
 pub mod config;
-pub mod connection;
-pub mod handlers;
+pub(crate) mod connection;
+// TODO(core): runs/ moves to Store::require_session and `?`; then this shim goes.
+pub(crate) mod handlers;
 pub mod inbound;
 pub mod logging;
 pub mod model;
 pub mod outbound;
 pub mod peer;
+pub(crate) mod rpc;
 pub mod runs;
 pub mod secrets;
 pub mod server;
 pub mod setting;
+pub(crate) mod state;
 pub mod store;
 pub mod sync;
 pub mod tools;

@@ -1,159 +1,23 @@
-//! The daemon as a whole: shared state every connection sees, the accept loop, idle exit, signal
-//! handling and the shutdown sequence (stop accepting → refuse new runs → cancel and wait for
-//! runs, bounded, so their `$/runComplete` is queued to clients → tell every client → close
-//! connections → wait, bounded → close the store → remove the socket → release the lock).
+//! The daemon's life from bind to exit: the accept loop, idle exit, signal handling and the
+//! shutdown sequence (stop accepting → refuse new runs → cancel and wait for runs, bounded, so
+//! their `$/runComplete` is queued to clients → tell every client → close connections → wait,
+//! bounded → close the store → remove the socket → release the lock). The state it shares with
+//! every connection is `state::Daemon`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crush_protocol::{ErrorCode, RpcError};
 
-use crate::clients::{Clients, Expiry};
 use crate::config::Config;
 use crate::connection;
-use crate::inbound::InboundBudget;
-use crate::model::Models;
-use crate::runs::{ReplayLimits, Runtime};
+use crate::state::Daemon;
 use crate::store::{Store, StoreError};
 use crate::transport::{self, Endpoint, TransportError};
-
-/// State shared by every connection.
-pub struct Daemon {
-    pub config: Config,
-    pub store: Store,
-    pub runtime: Arc<Runtime>,
-    /// Clients by `clientId`, their claims and what dropped ones left behind.
-    pub clients: Clients,
-    /// Grace-period timers of parked clients.
-    timers: TaskTracker,
-    started: Instant,
-    stopping: CancellationToken,
-    /// Fires after the runs have ended: connections close.
-    disconnect: CancellationToken,
-    stop_reason: Mutex<Option<String>>,
-    connections: watch::Sender<usize>,
-    /// Requests being handled over all connections (diagnostics: `debug/stats`).
-    in_flight: AtomicUsize,
-    /// Message bodies being received, every connection together (`[daemon] inbound_budget`).
-    pub inbound: Arc<InboundBudget>,
-}
-
-impl Daemon {
-    pub fn new(config: Config, store: Store) -> Arc<Self> {
-        let runtime = Arc::new(
-            Runtime::new(
-                store.clone(),
-                Models::from_config(&config.models)
-                    .with_connection_limit(config.daemon.max_model_connections),
-                config.daemon.flush_interval,
-                config.shutdown_grace,
-            )
-            .configure(config.agent.clone(), config.permissions.clone())
-            .with_replay(
-                ReplayLimits {
-                    events: config.daemon.replay_events,
-                    bytes: config.daemon.replay_bytes,
-                },
-                config.daemon.replay_budget,
-            ),
-        );
-        Arc::new(Self {
-            inbound: InboundBudget::new(config.daemon.inbound_budget),
-            clients: Clients::new(config.daemon.claim_grace),
-            timers: TaskTracker::new(),
-            config,
-            store,
-            runtime,
-            started: Instant::now(),
-            stopping: CancellationToken::new(),
-            disconnect: CancellationToken::new(),
-            stop_reason: Mutex::new(None),
-            connections: watch::Sender::new(0),
-            in_flight: AtomicUsize::new(0),
-        })
-    }
-
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Fires when the daemon begins to shut down.
-    pub fn stopping(&self) -> &CancellationToken {
-        &self.stopping
-    }
-
-    /// Fires when connections must close (after the runs have ended).
-    pub fn disconnecting(&self) -> &CancellationToken {
-        &self.disconnect
-    }
-
-    /// Starts the shutdown sequence; the first reason given wins.
-    pub fn begin_shutdown(&self, reason: &str) {
-        if let Ok(mut r) = self.stop_reason.lock()
-            && r.is_none()
-        {
-            *r = Some(reason.to_owned());
-        }
-        self.stopping.cancel();
-    }
-
-    pub fn stop_reason(&self) -> String {
-        self.stop_reason
-            .lock()
-            .ok()
-            .and_then(|r| r.clone())
-            .unwrap_or_else(|| "unknown".to_owned())
-    }
-
-    pub fn connection_count(&self) -> usize {
-        *self.connections.borrow()
-    }
-
-    /// Counts one request as being handled until the guard is dropped.
-    pub fn track_request(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self.clone())
-    }
-
-    pub fn requests_in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn parked_clients(&self) -> usize {
-        *self.clients.watch_parked().borrow()
-    }
-
-    /// Releases a parked client when its grace period ends (unless it came back first).
-    pub fn schedule_expiry(self: &Arc<Self>, e: Expiry) {
-        let d = self.clone();
-        self.timers.spawn(async move {
-            tokio::select! {
-                _ = d.stopping.cancelled() => {}
-                _ = e.gone.cancelled() => {}
-                _ = tokio::time::sleep_until(e.at) => {
-                    if d.clients.expire(&e) {
-                        info!(client = %e.client_id, "client did not come back within the grace period; claims released");
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// One request counted in [`Daemon::requests_in_flight`].
-pub struct InFlightGuard(Arc<Daemon>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Raises the soft open-file limit towards the hard one, as Go programs (crush among them) do
 /// at start: each connection holds a descriptor, and a desktop's usual soft limit of 1024 would
@@ -220,7 +84,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Serves on an already-bound endpoint.
-pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(), DaemonError> {
+pub(crate) async fn serve(
+    endpoint: Endpoint,
+    config: Config,
+    store: Store,
+) -> Result<(), DaemonError> {
     let Endpoint {
         listener,
         socket,
@@ -259,7 +127,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = daemon.stopping.cancelled() => break,
+            _ = daemon.stopping().cancelled() => break,
             a = transport::accept(&listener) => a,
         };
         let stream = match accepted {
@@ -307,11 +175,11 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
             refused_in_a_row = 0;
         }
         let id = next_conn.fetch_add(1, Ordering::Relaxed);
-        daemon.connections.send_modify(|n| *n += 1);
+        daemon.connection_opened();
         let d = daemon.clone();
         connections.spawn(async move {
             connection::serve(d.clone(), stream, id).await;
-            d.connections.send_modify(|n| *n -= 1);
+            d.connection_closed();
         });
     }
 
@@ -324,7 +192,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
         info!(runs = live, "cancelling runs");
     }
     daemon.runtime.shutdown().await;
-    daemon.disconnect.cancel();
+    daemon.disconnect_all();
     connections.close();
     if tokio::time::timeout(daemon.config.shutdown_grace, connections.wait())
         .await
@@ -333,8 +201,7 @@ pub async fn serve(endpoint: Endpoint, config: Config, store: Store) -> Result<(
         warn!("connections did not close within the grace period");
     }
     background.close();
-    daemon.timers.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), daemon.timers.wait()).await;
+    daemon.stop_timers(Duration::from_secs(1)).await;
     // The signal and idle tasks end on `stopping`; they never block shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(1), background.wait()).await;
     daemon.store.close().await;
@@ -355,7 +222,7 @@ async fn watch_signals(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
     tokio::select! {
         _ = term.recv() => { info!("SIGTERM received"); daemon.begin_shutdown("signal"); }
         _ = int.recv() => { info!("SIGINT received"); daemon.begin_shutdown("signal"); }
-        _ = daemon.stopping.cancelled() => {}
+        _ = daemon.stopping().cancelled() => {}
     }
     Ok(())
 }
@@ -364,7 +231,7 @@ async fn watch_signals(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
 async fn watch_signals(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => { r.map_err(DaemonError::Signals)?; daemon.begin_shutdown("signal"); }
-        _ = daemon.stopping.cancelled() => {}
+        _ = daemon.stopping().cancelled() => {}
     }
     Ok(())
 }
@@ -380,7 +247,7 @@ async fn ignore_file_size_signal(daemon: Arc<Daemon>) {
     };
     loop {
         tokio::select! {
-            _ = daemon.stopping.cancelled() => return,
+            _ = daemon.stopping().cancelled() => return,
             _ = xfsz.recv() => warn!("a write exceeded the file size limit"),
         }
     }
@@ -388,7 +255,7 @@ async fn ignore_file_size_signal(daemon: Arc<Daemon>) {
 
 /// Exits after `idle` with no connection, no run and no client within its reconnect grace.
 async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
-    let mut count = daemon.connections.subscribe();
+    let mut count = daemon.watch_connections();
     let mut runs = daemon.runtime.watch_live_runs();
     let mut parked = daemon.clients.watch_parked();
     // Runs whose end is still to be written (`runs/late.rs`): exiting would lose it.
@@ -400,7 +267,7 @@ async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
             && *unsaved.borrow_and_update() == 0;
         if !idle_now {
             tokio::select! {
-                _ = daemon.stopping.cancelled() => return,
+                _ = daemon.stopping().cancelled() => return,
                 r = count.changed() => if r.is_err() { return },
                 r = runs.changed() => if r.is_err() { return },
                 r = parked.changed() => if r.is_err() { return },
@@ -409,7 +276,7 @@ async fn idle_exit(daemon: Arc<Daemon>, idle: Duration) {
             continue;
         }
         tokio::select! {
-            _ = daemon.stopping.cancelled() => return,
+            _ = daemon.stopping().cancelled() => return,
             _ = tokio::time::sleep(idle) => {
                 if *count.borrow() == 0
                     && *runs.borrow() == 0
@@ -439,7 +306,7 @@ async fn unload_idle_workspaces(daemon: Arc<Daemon>) {
     let replay = daemon.runtime.replay_budget().clone();
     loop {
         tokio::select! {
-            _ = daemon.stopping.cancelled() => return,
+            _ = daemon.stopping().cancelled() => return,
             _ = every.tick() => {}
             _ = replay.went_over() => {
                 let dropped = daemon.runtime.trim_replay();

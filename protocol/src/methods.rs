@@ -13,11 +13,46 @@ use crate::vocab::{AgentState, FinishReason, Part, PermissionResolution, RunStat
 /// Version of this protocol. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// A request: its method name, parameter and result types.
+/// A request: its method name, parameter and result types, and what a connection or a client
+/// must know about it beyond its types.
 pub trait Request {
     const METHOD: &'static str;
+    const FACTS: MethodFacts;
     type Params: Serialize + DeserializeOwned + Send + 'static;
     type Result: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// What the daemon's connection and the reconnecting client need to know about a request method
+/// that its types do not say. Written in the method table next to the method (`[fact, …]`), so a
+/// new method states them where it is declared and nothing hard-codes method names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MethodFacts {
+    /// It accepts work that a later `after_sends` request of the same connection must see
+    /// (`agent/send`): the connection remembers it until it is answered.
+    pub send: bool,
+    /// It takes effect only after every `send` request read before it on the same connection
+    /// has been answered (`agent/cancel`, so a cancel pipelined right behind a send covers that
+    /// send — docs/protocol.md §6.3).
+    pub after_sends: bool,
+    /// `$/cancelRequest` does not stop it: it answers within one database read, and stopping it
+    /// half-way would be worse than finishing (`agent/send`: a half-accepted run).
+    pub uninterruptible: bool,
+    /// It only reads, so when the connection drops with it in flight a client may send it again
+    /// on the next connection. Requests that are safe to repeat only with client-side
+    /// bookkeeping (`agent/send` with its `runId`, `session/subscribe` with a cursor,
+    /// `workspace/open` with the claims to restore) are not marked: the reconnecting client
+    /// re-sends those by their own paths.
+    pub resend: bool,
+}
+
+impl MethodFacts {
+    /// A method with none of the facts: concurrent, interruptible, not re-sent.
+    pub const NONE: MethodFacts = MethodFacts {
+        send: false,
+        after_sends: false,
+        uninterruptible: false,
+        resend: false,
+    };
 }
 
 /// A notification: its method name and parameter type.
@@ -72,7 +107,8 @@ pub fn parse_params<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T,
 }
 
 macro_rules! client_requests {
-    ($( $(#[$doc:meta])* $name:ident = $method:literal ($params:ty) -> $result:ty; )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $method:literal ($params:ty) -> $result:ty
+        $([$($fact:ident),+ $(,)?])?; )*) => {
         /// Marker types for client→daemon requests, for typed calls.
         pub mod request {
             #[allow(unused_imports)]
@@ -83,6 +119,10 @@ macro_rules! client_requests {
                 pub enum $name {}
                 impl $crate::methods::Request for $name {
                     const METHOD: &'static str = $method;
+                    const FACTS: $crate::methods::MethodFacts = $crate::methods::MethodFacts {
+                        $($($fact: true,)+)?
+                        ..$crate::methods::MethodFacts::NONE
+                    };
                     type Params = $params;
                     type Result = $result;
                 }
@@ -113,6 +153,21 @@ macro_rules! client_requests {
 
             pub fn method(&self) -> &'static str {
                 match self { $( Self::$name(_) => $method, )* }
+            }
+
+            /// The facts of this request's method (see [`MethodFacts`]).
+            pub fn facts(&self) -> MethodFacts {
+                match self {
+                    $( Self::$name(_) => <request::$name as $crate::methods::Request>::FACTS, )*
+                }
+            }
+
+            /// The facts of a method by name; `None` for a method that is not a request.
+            pub fn facts_of(method: &str) -> Option<MethodFacts> {
+                match method {
+                    $( $method => Some(<request::$name as $crate::methods::Request>::FACTS), )*
+                    _ => None,
+                }
             }
         }
     };
@@ -158,47 +213,50 @@ macro_rules! notifications {
     };
 }
 
+// One line per request: `Name = "method" (Params) -> Result [facts];`. The facts (see
+// `MethodFacts`) are what the connection and the reconnecting client know about a method beyond
+// its types; a method without a list has none.
 client_requests! {
     /// First request on every connection.
     Initialize = "initialize" (InitializeParams) -> InitializeResult;
     /// Ask the daemon to release this connection's state; only `exit` may follow.
     Shutdown = "shutdown" (NoParams) -> Option<()>;
     /// Process facts: pid, version, uptime, connections.
-    DaemonStatus = "daemon/status" (NoParams) -> DaemonStatusResult;
+    DaemonStatus = "daemon/status" (NoParams) -> DaemonStatusResult [resend];
     /// Stop the whole daemon.
     DaemonShutdown = "daemon/shutdown" (DaemonShutdownParams) -> DaemonShutdownResult;
     /// Open (or register) a project directory; deduplicated by canonical path.
     WorkspaceOpen = "workspace/open" (WorkspaceOpenParams) -> WorkspaceInfo;
     /// Every known workspace, most recently opened first.
-    WorkspaceList = "workspace/list" (NoParams) -> WorkspaceListResult;
+    WorkspaceList = "workspace/list" (NoParams) -> WorkspaceListResult [resend];
     /// A new, empty session in a workspace.
     SessionCreate = "session/create" (SessionCreateParams) -> SessionInfo;
     /// Sessions of a workspace, most recently updated first.
-    SessionList = "session/list" (SessionListParams) -> SessionListResult;
-    SessionGet = "session/get" (SessionRef) -> SessionInfo;
+    SessionList = "session/list" (SessionListParams) -> SessionListResult [resend];
+    SessionGet = "session/get" (SessionRef) -> SessionInfo [resend];
     SessionRename = "session/rename" (SessionRenameParams) -> SessionInfo;
     /// Delete a session with its messages and runs.
     SessionDelete = "session/delete" (SessionRef) -> SessionDeleteResult;
     /// A page of a session's messages, oldest first within the page.
-    SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult;
+    SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult [resend];
     /// A run's state: live from memory while it is queued or running, else as persisted (also
     /// after a reconnect or a daemon restart).
-    RunGet = "run/get" (RunRef) -> RunInfo;
+    RunGet = "run/get" (RunRef) -> RunInfo [resend];
     /// Stop a workspace's runs and refuse new ones until it is opened again.
     WorkspaceClose = "workspace/close" (WorkspaceCloseParams) -> WorkspaceCloseResult;
     /// Accept a prompt for a session and return at once; the run belongs to the workspace.
-    AgentSend = "agent/send" (AgentSendParams) -> AgentSendResult;
+    AgentSend = "agent/send" (AgentSendParams) -> AgentSendResult [send, uninterruptible];
     /// Cancel a session's active run and every prompt accepted before this call, or with
     /// `runId` that one run only.
-    AgentCancel = "agent/cancel" (AgentCancelParams) -> AgentCancelResult;
+    AgentCancel = "agent/cancel" (AgentCancelParams) -> AgentCancelResult [after_sends];
     /// Whether a session is running, and what is queued.
-    AgentStatus = "agent/status" (SessionRef) -> AgentStatusResult;
+    AgentStatus = "agent/status" (SessionRef) -> AgentStatusResult [resend];
     /// Receive `$/sessionUpdate` (and `$/runComplete`) for a session on this connection,
     /// replaying what followed `afterSeq` first.
     SessionSubscribe = "session/subscribe" (SessionSubscribeParams) -> SessionSubscribeResult;
     SessionUnsubscribe = "session/unsubscribe" (SessionRef) -> SessionUnsubscribeResult;
     /// The models this daemon can use, and the default.
-    ModelList = "model/list" (NoParams) -> ModelListResult;
+    ModelList = "model/list" (NoParams) -> ModelListResult [resend];
     /// Choose the session's model (`null` returns it to the daemon's default).
     SessionSetModel = "session/setModel" (SessionSetModelParams) -> SessionInfo;
     /// Let the session's tool calls run without asking (or ask again).
@@ -207,7 +265,7 @@ client_requests! {
     /// later, such as Neovim's `vim.lsp.rpc`). The first answer of any client wins.
     PermissionRespond = "permission/respond" (PermissionRespondParams) -> PermissionRespondResult;
     /// The effective configuration, secrets redacted.
-    ConfigGet = "config/get" (NoParams) -> ConfigGetResult;
+    ConfigGet = "config/get" (NoParams) -> ConfigGetResult [resend];
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
     /// Diagnostic: the daemon's live resource counts (connections, tasks, runs), for leak
@@ -1130,6 +1188,42 @@ mod tests {
         assert!(e.message.contains("clientInfo.name"), "{}", e.message);
         let e = ClientRequest::parse("debug/sleep", Some(&raw("[5]"))).unwrap_err();
         assert!(e.message.contains("by-name"), "{}", e.message);
+    }
+
+    /// The per-method facts, spelled out: a change to the table shows up here, where a reviewer
+    /// sees which behaviour of the connection or the reconnecting client it changes.
+    #[test]
+    fn method_facts_are_as_documented() {
+        let with = |pick: fn(MethodFacts) -> bool| -> Vec<&str> {
+            ClientRequest::METHODS
+                .iter()
+                .copied()
+                .filter(|m| pick(ClientRequest::facts_of(m).unwrap()))
+                .collect()
+        };
+        assert_eq!(with(|f| f.send), ["agent/send"]);
+        assert_eq!(with(|f| f.after_sends), ["agent/cancel"]);
+        assert_eq!(with(|f| f.uninterruptible), ["agent/send"]);
+        assert_eq!(
+            with(|f| f.resend),
+            [
+                "daemon/status",
+                "workspace/list",
+                "session/list",
+                "session/get",
+                "session/messages",
+                "run/get",
+                "agent/status",
+                "model/list",
+                "config/get",
+            ]
+        );
+        assert_eq!(ClientRequest::facts_of("exit"), None);
+        assert_eq!(ClientRequest::facts_of("nope/nope"), None);
+        // The typed view and the by-name view are the same table.
+        let send = ClientRequest::AgentSend(AgentSendParams::default());
+        assert_eq!(send.facts(), <request::AgentSend as Request>::FACTS);
+        assert_eq!(Some(send.facts()), ClientRequest::facts_of(send.method()));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 mod accept;
 pub mod live;
 mod pieces;
+mod require;
 mod rows;
 mod tx;
 mod vocab;
@@ -67,6 +68,13 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("the database is closed: the daemon is shutting down")]
     Closed,
+    /// A lookup that needs the row found none (`Store::require_*`); the id is the caller's.
+    #[error("no workspace with id {0:?}")]
+    WorkspaceNotFound(String),
+    #[error("no session with id {0:?}")]
+    SessionNotFound(String),
+    #[error("no run with id {0:?}")]
+    RunNotFound(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

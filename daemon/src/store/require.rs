@@ -1,0 +1,25 @@
+//! Lookups for callers that need the row: a missing one is a `StoreError::*NotFound`, so a
+//! request handler answers it with `?` (the RPC layer maps each to its protocol error) instead
+//! of spelling the error at every call site.
+
+use super::{Result, RunRow, SessionRow, Store, StoreError, WorkspaceRow};
+
+impl Store {
+    pub async fn require_workspace(&self, id: &str) -> Result<WorkspaceRow> {
+        self.get_workspace(id)
+            .await?
+            .ok_or_else(|| StoreError::WorkspaceNotFound(id.to_owned()))
+    }
+
+    pub async fn require_session(&self, id: &str) -> Result<SessionRow> {
+        self.get_session(id)
+            .await?
+            .ok_or_else(|| StoreError::SessionNotFound(id.to_owned()))
+    }
+
+    pub async fn require_run(&self, run_id: &str) -> Result<RunRow> {
+        self.get_run(run_id)
+            .await?
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_owned()))
+    }
+}
