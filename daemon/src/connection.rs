@@ -44,7 +44,7 @@ use crate::inbound::{BudgetedCodec, Inbound, Reservation};
 use crate::outbound::{Outbound, write_loop};
 use crate::peer::Peer;
 use crate::rpc;
-use crate::state::Daemon;
+use crate::shared::Daemon;
 use crate::sync::lock;
 
 /// Where a connection is in the LSP lifecycle.

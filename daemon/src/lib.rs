@@ -6,7 +6,6 @@ pub mod clients;
 pub mod config;
 pub(crate) mod connection;
 // TODO(core): runs/ moves to Store::require_session and `?`; then this shim goes.
-pub(crate) mod handlers;
 pub mod inbound;
 pub mod logging;
 pub mod model;
@@ -17,7 +16,7 @@ pub mod runs;
 pub mod secrets;
 pub mod server;
 pub mod setting;
-pub(crate) mod state;
+pub(crate) mod shared;
 pub mod store;
 pub mod sync;
 pub mod tools;

@@ -15,7 +15,7 @@ use crush_protocol::{ErrorCode, RpcError};
 
 use crate::config::Config;
 use crate::connection;
-use crate::state::Daemon;
+use crate::shared::Daemon;
 use crate::store::{Store, StoreError};
 use crate::transport::{self, Endpoint, TransportError};
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::RequestCtx;
 use crate::peer::ClientIdentity;
-use crate::state::Daemon;
+use crate::shared::Daemon;
 
 /// `initialize`: who the client is, and what it left behind on a connection that dropped within
 /// its grace period (claims, and subscriptions restored here unless it keeps its own cursors).

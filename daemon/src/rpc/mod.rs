@@ -23,7 +23,7 @@ use crush_protocol::methods::parse_params;
 use crush_protocol::{ClientRequest, Request, RpcError, request as r};
 
 use crate::peer::Peer;
-use crate::state::Daemon;
+use crate::shared::Daemon;
 
 /// The dispatch `match`, one arm per method written `Name(params) => handler`. The variant of
 /// `ClientRequest` and the marker type in `crush_protocol::request` are the same name in the

@@ -6,7 +6,7 @@ use crush_protocol::{
 };
 
 use super::RequestCtx;
-use crate::state::Daemon;
+use crate::shared::Daemon;
 use crate::store::WorkspaceRow;
 
 pub(super) async fn open(

@@ -15,10 +15,9 @@ use super::registry::Known;
 use super::state::Accepted;
 use super::workspaces::Workspace;
 use super::{MAX_RUN_ID_LEN, RunMeta, Runtime, SessionInner, SessionRt, shutting_down};
-use crate::handlers::{require_session, session_not_found, storage};
 use crate::peer::Peer;
 use crate::store::live::parts_json;
-use crate::store::{NewRun, new_id, now_ms};
+use crate::store::{NewRun, StoreError, new_id, now_ms};
 use crate::sync::lock;
 
 /// What `send` needs of a session.
@@ -58,7 +57,7 @@ impl Runtime {
                 model: lock(&s.model).clone(),
             },
             None => {
-                let row = require_session(&self.store, &p.session_id).await?;
+                let row = self.store.require_session(&p.session_id).await?;
                 KnownSession {
                     id: row.id,
                     workspace_id: row.workspace_id,
@@ -103,8 +102,7 @@ impl Runtime {
                 user_parts: parts_json(&run.user_parts()),
                 created_at: run.created_at,
             })
-            .await
-            .map_err(storage)?;
+            .await?;
         if !fresh {
             return self.already_accepted(&run).await;
         }
@@ -203,7 +201,7 @@ impl Runtime {
         self.known_run(&run.run_id, &run.session_id, &run.prompt)
             .await?
             // The row went with its session between the insert and this read.
-            .ok_or_else(|| session_not_found(&run.session_id))
+            .ok_or_else(|| StoreError::SessionNotFound(run.session_id.clone()).into())
     }
 
     /// A run with this id, as an answer to sending it again: the live run's state, else the
@@ -232,11 +230,11 @@ impl Runtime {
                 })
                 .map(Some);
         }
-        let Some(row) = self.store.get_run(run_id).await.map_err(storage)? else {
+        let Some(row) = self.store.get_run(run_id).await? else {
             return Ok(None);
         };
         let mut r = probe.check(&Known {
-            state: row.run_state().map_err(storage)?,
+            state: row.run_state()?,
             session_id: row.session_id,
             prompt: row.prompt,
         })?;

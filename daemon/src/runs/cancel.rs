@@ -11,7 +11,6 @@ use crush_protocol::{
 use super::state::Cancelled;
 use super::unsaved::{EndWrite, OwnedEnd};
 use super::{RunMeta, Runtime, SessionInner, SessionRt};
-use crate::handlers::{require_session, storage};
 use crate::sync::lock;
 
 impl Runtime {
@@ -31,7 +30,7 @@ impl Runtime {
             };
             if let Some(info) = self.live_run(run_id) {
                 if info.session_id != session_id {
-                    require_session(&self.store, session_id).await?;
+                    self.store.require_session(session_id).await?;
                     return Err(foreign(&info.session_id));
                 }
                 // Not found under the session lock: it ended (or a cancel took it) meanwhile.
@@ -42,11 +41,11 @@ impl Runtime {
                 return Ok(AgentCancelResult { cancelled });
             }
             // Not live: an ended run of the session cancels nothing.
-            return match self.store.get_run(run_id).await.map_err(storage)? {
+            return match self.store.get_run(run_id).await? {
                 Some(row) if row.session_id == session_id => Ok(AgentCancelResult::default()),
                 Some(row) => Err(foreign(&row.session_id)),
                 None => {
-                    require_session(&self.store, session_id).await?;
+                    self.store.require_session(session_id).await?;
                     Err(RpcError::new(
                         ErrorCode::RunNotFound,
                         format!("no run with id {run_id:?}"),
@@ -55,7 +54,7 @@ impl Runtime {
             };
         }
         let Some(s) = live else {
-            require_session(&self.store, session_id).await?;
+            self.store.require_session(session_id).await?;
             return Ok(AgentCancelResult::default());
         };
         Ok(AgentCancelResult {

@@ -331,7 +331,7 @@ impl Runtime {
         match self.existing_session(session_id) {
             Some(s) => Ok(lock(&s.inner).status()),
             None => {
-                crate::handlers::require_session(&self.store, session_id).await?;
+                self.store.require_session(session_id).await?;
                 Ok(idle_status())
             }
         }

@@ -19,7 +19,7 @@ impl Runtime {
         peer: &Arc<Peer>,
         p: &SessionSubscribeParams,
     ) -> Result<SessionSubscribeResult, RpcError> {
-        let row = crate::handlers::require_session(&self.store, &p.session_id).await?;
+        let row = self.store.require_session(&p.session_id).await?;
         let other_epoch = p.epoch.as_deref().is_some_and(|e| e != self.epoch);
         loop {
             let s = self.session(&row.id, &row.workspace_id, row.model.as_deref());
@@ -59,7 +59,7 @@ impl Runtime {
             return Ok(was || removed);
         }
         if !removed {
-            crate::handlers::require_session(&self.store, session_id).await?;
+            self.store.require_session(session_id).await?;
         }
         Ok(removed)
     }
