@@ -267,29 +267,6 @@ impl Store {
         Ok(deleted > 0)
     }
 
-    /// Adds token usage and cost to a session's totals.
-    pub async fn add_session_usage(
-        &self,
-        id: &str,
-        prompt: i64,
-        completion: i64,
-        cost: f64,
-    ) -> Result<()> {
-        let now = now_ms();
-        sqlx::query!(
-            "UPDATE sessions SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,
-                    cost = cost + ?, updated_at = ? WHERE id = ?",
-            prompt,
-            completion,
-            cost,
-            now,
-            id
-        )
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     // ---- messages ----
 
     /// Appends a message to its session (next `seq`), bumping the session's count and time.
@@ -395,39 +372,6 @@ impl Store {
 
     // ---- runs ----
 
-    pub async fn insert_run(
-        &self,
-        run_id: &str,
-        session_id: &str,
-        state: &str,
-        prompt: &str,
-    ) -> Result<RunRow> {
-        let now = now_ms();
-        sqlx::query!(
-            "INSERT INTO runs (run_id, session_id, state, prompt, created_at) VALUES (?, ?, ?, ?, ?)",
-            run_id,
-            session_id,
-            state,
-            prompt,
-            now
-        )
-        .execute(self.pool())
-        .await?;
-        Ok(RunRow {
-            run_id: run_id.to_owned(),
-            session_id: session_id.to_owned(),
-            state: state.to_owned(),
-            prompt: prompt.to_owned(),
-            error: None,
-            user_message_id: None,
-            assistant_message_id: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            folded_into: None,
-        })
-    }
-
     pub async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
         Ok(sqlx::query_as!(
             RunRow,
@@ -438,44 +382,6 @@ impl Store {
         )
         .fetch_optional(self.pool())
         .await?)
-    }
-
-    /// Marks a run running, with the messages it produced so far.
-    pub async fn start_run(
-        &self,
-        run_id: &str,
-        user_message_id: Option<&str>,
-        assistant_message_id: Option<&str>,
-    ) -> Result<()> {
-        let now = now_ms();
-        sqlx::query!(
-            "UPDATE runs SET state = 'running', started_at = COALESCE(started_at, ?),
-                    user_message_id = COALESCE(?, user_message_id),
-                    assistant_message_id = COALESCE(?, assistant_message_id)
-             WHERE run_id = ?",
-            now,
-            user_message_id,
-            assistant_message_id,
-            run_id
-        )
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Records a run's terminal state (`completed`, `cancelled`, `failed`, `interrupted`).
-    pub async fn finish_run(&self, run_id: &str, state: &str, error: Option<&str>) -> Result<()> {
-        let now = now_ms();
-        sqlx::query!(
-            "UPDATE runs SET state = ?, error = ?, finished_at = ? WHERE run_id = ?",
-            state,
-            error,
-            now,
-            run_id
-        )
-        .execute(self.pool())
-        .await?;
-        Ok(())
     }
 
     // ---- turns: the writes of a run, each one transaction ----
