@@ -19,8 +19,9 @@ use super::{
     TurnRequest, Usage,
 };
 
-pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
-pub const API_VERSION: &str = "2023-06-01";
+/// Anthropic's endpoint: the `anthropic` preset's `base_url`.
+pub(crate) const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
 /// `max_tokens` when neither the request nor the model's configuration bounds the output: the
 /// API refuses a request without it, and every current Claude model can produce this many.
@@ -36,14 +37,14 @@ const EMPTY: &str = "(empty)";
 const RETRYABLE_ERRORS: [&str; 3] = ["overloaded_error", "api_error", "rate_limit_error"];
 
 #[derive(Debug, Clone)]
-pub struct AnthropicModel {
+pub(crate) struct AnthropicModel {
     inner: Arc<HttpModel>,
 }
 
 impl AnthropicModel {
     /// A model reached at `endpoint` (whose base URL is the part before `/v1`; one that already
     /// ends with `/v1` is accepted too).
-    pub fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
+    pub(crate) fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
         let url = messages_url(&endpoint);
         Ok(Self {
             inner: Arc::new(HttpModel::new(info, endpoint, url)?),
@@ -81,7 +82,7 @@ impl Model for AnthropicModel {
 }
 
 /// The request body for a step; `default_max_tokens` applies when the request sets no bound.
-pub fn request_body(model: &str, request: &TurnRequest, default_max_tokens: u32) -> Value {
+pub(crate) fn request_body(model: &str, request: &TurnRequest, default_max_tokens: u32) -> Value {
     let max_tokens = request
         .max_output_tokens
         .filter(|n| *n > 0)

@@ -84,18 +84,18 @@ impl StoredMessage {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunRow {
-    pub run_id: String,
-    pub session_id: String,
-    pub state: String,
-    pub prompt: String,
-    pub error: Option<String>,
-    pub user_message_id: Option<String>,
-    pub assistant_message_id: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub folded_into: Option<String>,
+pub(crate) struct RunRow {
+    pub(crate) run_id: String,
+    pub(crate) session_id: String,
+    pub(crate) state: String,
+    pub(crate) prompt: String,
+    pub(crate) error: Option<String>,
+    pub(crate) user_message_id: Option<String>,
+    pub(crate) assistant_message_id: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) finished_at: Option<i64>,
+    pub(crate) folded_into: Option<String>,
 }
 
 /// A new message to insert.
@@ -111,10 +111,10 @@ pub struct NewMessage<'a> {
 
 /// One page of a session's messages, oldest first.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MessagePage {
-    pub messages: Vec<MessageRow>,
+pub(crate) struct MessagePage {
+    pub(crate) messages: Vec<MessageRow>,
     /// Whether older messages exist before this page.
-    pub has_more: bool,
+    pub(crate) has_more: bool,
 }
 
 impl Store {
@@ -139,7 +139,7 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRow>> {
+    pub(crate) async fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRow>> {
         Ok(sqlx::query_as!(
             WorkspaceRow,
             "SELECT id, path, created_at, last_opened_at FROM workspaces WHERE id = ?",
@@ -149,7 +149,7 @@ impl Store {
         .await?)
     }
 
-    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceRow>> {
+    pub(crate) async fn list_workspaces(&self) -> Result<Vec<WorkspaceRow>> {
         Ok(sqlx::query_as!(
             WorkspaceRow,
             "SELECT id, path, created_at, last_opened_at FROM workspaces ORDER BY last_opened_at DESC, id"
@@ -193,7 +193,7 @@ impl Store {
         })
     }
 
-    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>> {
+    pub(crate) async fn get_session(&self, id: &str) -> Result<Option<SessionRow>> {
         Ok(sqlx::query_as!(
             SessionRow,
             "SELECT id, workspace_id, title, model, created_at, updated_at, message_count,
@@ -206,7 +206,7 @@ impl Store {
     }
 
     /// Sessions of a workspace, most recently updated first.
-    pub async fn list_sessions(&self, workspace_id: &str) -> Result<Vec<SessionRow>> {
+    pub(crate) async fn list_sessions(&self, workspace_id: &str) -> Result<Vec<SessionRow>> {
         Ok(sqlx::query_as!(
             SessionRow,
             "SELECT id, workspace_id, title, model, created_at, updated_at, message_count,
@@ -219,7 +219,7 @@ impl Store {
     }
 
     /// Renames a session; `None` when it does not exist.
-    pub async fn rename_session(&self, id: &str, title: &str) -> Result<Option<SessionRow>> {
+    pub(crate) async fn rename_session(&self, id: &str, title: &str) -> Result<Option<SessionRow>> {
         let now = now_ms();
         let changed = sqlx::query!(
             "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
@@ -237,7 +237,7 @@ impl Store {
     }
 
     /// Sets (or clears) the session's model; `None` when the session does not exist.
-    pub async fn set_session_model(
+    pub(crate) async fn set_session_model(
         &self,
         id: &str,
         model: Option<&str>,
@@ -259,7 +259,7 @@ impl Store {
     }
 
     /// Deletes a session with its messages and runs; false when it did not exist.
-    pub async fn delete_session(&self, id: &str) -> Result<bool> {
+    pub(crate) async fn delete_session(&self, id: &str) -> Result<bool> {
         let deleted = sqlx::query!("DELETE FROM sessions WHERE id = ?", id)
             .execute(self.pool())
             .await?
@@ -302,7 +302,7 @@ impl Store {
 
     /// Replaces a streaming message's parts, and drops the pieces appended to it (they are in
     /// `parts`): the flush after a change to a part already written, such as a signature.
-    pub async fn update_message_parts(&self, id: &str, parts: &str) -> Result<()> {
+    pub(crate) async fn update_message_parts(&self, id: &str, parts: &str) -> Result<()> {
         let now = now_ms();
         let mut tx = WriteTx::begin(self.pool()).await?;
         sqlx::query!(
@@ -317,7 +317,10 @@ impl Store {
         tx.commit().await
     }
 
-    pub async fn get_message(&self, id: &str) -> Result<Option<MessageRow>> {
+    /// One message with what was flushed of it. The daemon reads messages by page
+    /// ([`Store::list_messages`]); tests read one to check what a write left.
+    #[cfg(test)]
+    pub(crate) async fn get_message(&self, id: &str) -> Result<Option<MessageRow>> {
         // One statement reads the row and its pieces: a consistent snapshot even while a
         // flush or the final write (which folds and deletes the pieces) commits.
         sqlx::query_as!(
@@ -337,7 +340,7 @@ impl Store {
 
     /// Up to `limit` messages with `seq < before` (all when `before` is `None`), the newest of
     /// them, returned oldest first.
-    pub async fn list_messages(
+    pub(crate) async fn list_messages(
         &self,
         session_id: &str,
         before: Option<i64>,
@@ -372,7 +375,7 @@ impl Store {
 
     // ---- runs ----
 
-    pub async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
+    pub(crate) async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
         Ok(sqlx::query_as!(
             RunRow,
             "SELECT run_id, session_id, state, prompt, error, user_message_id, assistant_message_id,
@@ -388,7 +391,7 @@ impl Store {
 
     /// Deletes the row of a run accepted but then refused before it was admitted. A run that
     /// already moved past `accepted` is left alone.
-    pub async fn withdraw_accept(&self, run_id: &str) -> Result<()> {
+    pub(crate) async fn withdraw_accept(&self, run_id: &str) -> Result<()> {
         sqlx::query!(
             "DELETE FROM runs WHERE run_id = ? AND state = 'accepted'",
             run_id
@@ -450,7 +453,7 @@ impl Store {
     /// the step's tool results as a `tool` message, the user messages of steered runs folded in
     /// (their run rows marked running and `folded_into` the turn's run), then a new empty
     /// assistant message.
-    pub async fn add_step(&self, n: &NextStep<'_>) -> Result<(Vec<MessageRow>, MessageRow)> {
+    pub(crate) async fn add_step(&self, n: &NextStep<'_>) -> Result<(Vec<MessageRow>, MessageRow)> {
         let now = now_ms();
         let mut tx = WriteTx::begin(self.pool()).await?;
         sqlx::query!(
@@ -584,7 +587,7 @@ impl Store {
     /// Records how runs ended that have no turn to finish: prompts dropped before they ran (a
     /// cancel cleared the queue), or runs that failed before their first write. A run that
     /// already reached a terminal state keeps it.
-    pub async fn record_run_ends(&self, runs: &[RunEnd<'_>]) -> Result<()> {
+    pub(crate) async fn record_run_ends(&self, runs: &[RunEnd<'_>]) -> Result<()> {
         let now = now_ms();
         let mut tx = WriteTx::begin(self.pool()).await?;
         for r in runs {
@@ -624,26 +627,26 @@ pub struct StartTurn<'a> {
 
 /// A steered prompt joining a turn.
 #[derive(Debug, Clone)]
-pub struct FoldedPrompt<'a> {
-    pub run_id: &'a str,
-    pub prompt: &'a str,
-    pub user_parts: &'a str,
+pub(crate) struct FoldedPrompt<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) prompt: &'a str,
+    pub(crate) user_parts: &'a str,
 }
 
 /// The boundary between two model steps of a turn.
 #[derive(Debug, Clone)]
-pub struct NextStep<'a> {
-    pub session_id: &'a str,
-    pub run_id: &'a str,
+pub(crate) struct NextStep<'a> {
+    pub(crate) session_id: &'a str,
+    pub(crate) run_id: &'a str,
     /// The assistant message of the step that ended, with its final parts.
-    pub previous_id: &'a str,
-    pub previous_parts: &'a str,
-    pub previous_finish: &'a str,
+    pub(crate) previous_id: &'a str,
+    pub(crate) previous_parts: &'a str,
+    pub(crate) previous_finish: &'a str,
     /// JSON array of the step's tool results, if it called tools.
-    pub tool_results: Option<&'a str>,
-    pub folded: &'a [FoldedPrompt<'a>],
-    pub model: &'a str,
-    pub provider: &'a str,
+    pub(crate) tool_results: Option<&'a str>,
+    pub(crate) folded: &'a [FoldedPrompt<'a>],
+    pub(crate) model: &'a str,
+    pub(crate) provider: &'a str,
 }
 
 /// The last write of a turn.
@@ -665,13 +668,13 @@ pub struct FinishTurn<'a> {
 
 /// How a run without a turn to finish ended (see [`Store::record_run_ends`]).
 #[derive(Debug, Clone)]
-pub struct RunEnd<'a> {
-    pub run_id: &'a str,
-    pub session_id: &'a str,
-    pub prompt: &'a str,
+pub(crate) struct RunEnd<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) session_id: &'a str,
+    pub(crate) prompt: &'a str,
     /// `cancelled` or `failed`.
-    pub state: &'a str,
-    pub error: Option<&'a str>,
+    pub(crate) state: &'a str,
+    pub(crate) error: Option<&'a str>,
 }
 
 pub(super) async fn insert_message_in(
