@@ -15,13 +15,17 @@ use sqlx::sqlite::{
 
 mod accept;
 pub mod live;
+mod messages;
 mod pieces;
-mod rows;
+mod sessions;
+mod turns;
 mod tx;
 
 use accept::AcceptLog;
 pub use accept::NewRun;
-pub use rows::*;
+pub use messages::*;
+pub use sessions::*;
+pub use turns::*;
 use tx::WriteTx;
 
 /// The embedded migrations (daemon/migrations).
@@ -213,7 +217,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for run in &unstarted {
-            let message = rows::insert_message_in(
+            let message = messages::insert_message_in(
                 &mut tx,
                 &new_id(),
                 &NewMessage {
