@@ -1,11 +1,15 @@
 //! Models behind one trait. A model streams one step of a turn as [`ModelEvent`]s: text and
-//! reasoning deltas, then exactly one `Finish` or `Error`. The run driver owns the stream; when
-//! the run is cancelled the stream ends at once (and a provider drops its HTTP response, which
-//! closes the connection to the model server).
+//! reasoning deltas, reasoning signatures and whole tool calls, then exactly one `Finish` or
+//! `Error`. The run driver owns the stream; when the run is cancelled the stream ends at once (and
+//! a provider drops its HTTP response, which closes the connection to the model server).
 //!
-//! Providers: [`openai`] (any OpenAI-compatible Chat Completions API), [`anthropic`] (the
-//! Messages API) and [`echo`] (a diagnostic that streams the prompt back). [`Models`] resolves a
-//! model by name from the providers' configuration ([`config`]: presets and file tables).
+//! Three APIs implement the trait: [`openai`] (any OpenAI-compatible Chat Completions API),
+//! [`anthropic`] (the Messages API), both over [`http`] (the POST, the status check, the SSE loop,
+//! errors a person can act on), and [`echo`] (a built-in diagnostic that streams the prompt back).
+//! A provider is one of those APIs at an address with a key: the presets are `openai`,
+//! `anthropic`, `openrouter` and `ollama` (the last two OpenAI-compatible) and `echo`, and a
+//! `[providers.<id>]` table adds or overrides one ([`config`]). [`Models`] resolves a model by
+//! name (`<provider>/<model id>`) and builds it on first use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
