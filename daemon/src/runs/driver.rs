@@ -1,6 +1,8 @@
-//! The task that works a busy session: it runs the active turn (history → model stream → deltas
-//! → database), publishes the run's `$/runComplete` once everything is written, and hands the
-//! session to the next queued run — all on the workspace's tracker, never on a connection.
+//! The task that works a busy session: it runs the active turn (history → model steps and
+//! their tools → database), folds steered prompts in at step boundaries, publishes each run's
+//! `$/runComplete` once everything is written, and hands the session to the next waiting run —
+//! all on the workspace's tracker, never on a connection. The decisions (what folds in, who runs
+//! next) are the state machine's (`state.rs`); this file performs their effects.
 //!
 //! Final writes need no detached context: a run task is never aborted, only told to stop by its
 //! token, so the writes after a cancel run to completion (each bounded by the store's busy
@@ -9,25 +11,22 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crush_protocol::{
-    PermissionDecision, PermissionRequestParams, RunCompleteParams, SessionEvent,
-};
+use crush_protocol::{RunCompleteParams, SessionEvent};
 
-use super::late::{LateWrite, OwnedEnd, OwnedFinish};
-use super::{RunMeta, Runtime, SessionRt, mark_running, user_content};
-use crate::model::http::MAX_RETRY_AFTER;
-use crate::model::{
-    ChatMessage, FinishReason, ModelError, ModelEvent, Reasoning, ToolCall, TurnRequest, Usage,
-};
+use super::history::{history_messages, user_content};
+use super::step::Step;
+use super::tool_calls::ToolResults;
+use super::unsaved::{EndWrite, OwnedEnd, OwnedFinish};
+use super::{RunMeta, Runtime, SessionRt};
+use crate::model::{ChatMessage, FinishReason, TurnRequest, Usage};
 use crate::store::live::LiveMessage;
-use crate::store::{FoldedPrompt, NextStep, StartTurn, new_id};
+use crate::store::{FoldedPrompt, NextStep, StartTurn};
 use crate::sync::lock;
-use crate::tools::{Limits, ToolContext, ToolOutput};
+use crate::tools::{Limits, ToolContext};
 
 /// How many earlier messages of the session are sent to the model.
 const HISTORY_LIMIT: i64 = 400;
@@ -55,15 +54,14 @@ struct Outcome {
     message_id: Option<String>,
     text: Option<String>,
     error: Option<String>,
-    folded: Vec<Arc<RunMeta>>,
     written: Written,
 }
 
 /// Whether the run's end is in the database.
 enum Written {
     Yes,
-    /// The turn's last write failed; retry it (`late.rs`).
-    Failed(LateWrite),
+    /// The turn's last write failed: an unsaved end (`unsaved.rs`).
+    Failed(EndWrite),
     /// The turn failed before it wrote anything that records its end.
     NotYet,
 }
@@ -75,24 +73,9 @@ impl Outcome {
             message_id: None,
             text: None,
             error: Some(error),
-            folded: Vec::new(),
             written: Written::NotYet,
         }
     }
-}
-
-/// How one model step ended.
-enum Step {
-    /// With the tool calls the model made (empty when it is done).
-    Finished(FinishReason, Vec<ToolCall>),
-    Cancelled,
-    Failed(String),
-}
-
-/// How one try of a model call ended.
-enum Attempt {
-    Done(Step),
-    Failed(ModelError),
 }
 
 impl Runtime {
@@ -108,13 +91,20 @@ impl Runtime {
             self.settle_write(&s, &run, &mut outcome).await;
             let next = {
                 let mut inner = lock(&s.inner);
-                let ids = std::iter::once(run.run_id.as_str())
-                    .chain(outcome.folded.iter().map(|r| r.run_id.as_str()));
-                self.retire(ids);
-                for r in std::iter::once(&run).chain(outcome.folded.iter()) {
+                let ws = s.ws();
+                let Some(handoff) = inner.runs.finish_turn(|| ws.token.child_token()) else {
+                    // Unreachable: only the driver ends its session's turn.
+                    warn!(run = %run.run_id, "a turn ended with no turn active");
+                    break;
+                };
+                let ended: Vec<&Arc<RunMeta>> = std::iter::once(&handoff.run)
+                    .chain(&handoff.folded)
+                    .collect();
+                self.registry
+                    .retire(ended.iter().map(|r| r.run_id.as_str()));
+                for r in ended {
                     let folded_into = (!Arc::ptr_eq(r, &run)).then(|| run.run_id.clone());
-                    inner.publish(
-                        &s.id,
+                    inner.events.publish(
                         Some(&r.run_id),
                         SessionEvent::RunFinished {
                             state: outcome.end.state().to_owned(),
@@ -122,7 +112,7 @@ impl Runtime {
                             message_id: outcome.message_id.clone(),
                         },
                     );
-                    inner.complete(
+                    inner.events.complete(
                         RunCompleteParams {
                             session_id: s.id.clone(),
                             run_id: r.run_id.clone(),
@@ -135,26 +125,10 @@ impl Runtime {
                         r.sender().as_ref(),
                     );
                 }
-                // Steered prompts that missed the turn run next, ahead of the queue.
-                if let Some(active) = inner.active.take() {
-                    for (i, r) in active.steered.into_iter().enumerate() {
-                        inner.queue.insert(
-                            i,
-                            super::Queued {
-                                run: r,
-                                steer: true,
-                            },
-                        );
-                    }
+                if let Some((next, _)) = &handoff.next {
+                    self.announce_start(&mut inner, next);
                 }
-                match inner.queue.pop_front() {
-                    Some(q) => {
-                        let t =
-                            inner.activate(&s.id, &s.ws(), &mut lock(&self.runs), q.run.clone());
-                        Some((q.run, t))
-                    }
-                    None => None,
-                }
+                handoff.next
             };
             match next {
                 Some((r, t)) => {
@@ -208,16 +182,14 @@ impl Runtime {
         };
         {
             let mut inner = lock(&s.inner);
-            inner.publish(
-                &s.id,
+            inner.events.publish(
                 Some(&run.run_id),
                 SessionEvent::UserMessage {
                     message_id: user.id.clone(),
                     text: run.prompt.clone(),
                 },
             );
-            inner.publish(
-                &s.id,
+            inner.events.publish(
                 Some(&run.run_id),
                 SessionEvent::AssistantStarted {
                     message_id: assistant.id.clone(),
@@ -283,31 +255,12 @@ impl Runtime {
             };
             // A step boundary: take the steered prompts waiting, or close the turn to steers
             // when it is about to end.
-            let steered = {
-                let mut inner = lock(&s.inner);
-                match inner.active.as_mut() {
-                    Some(a) if !token.is_cancelled() && !a.steered.is_empty() => {
-                        let taken = std::mem::take(&mut a.steered);
-                        // From now on they are part of this turn: a cancel naming one of them
-                        // (`cancel_run`) finds the run it joins, even while the step's tools
-                        // wait for a permission answer before the fold is written.
-                        let mut runs = lock(&self.runs);
-                        for r in &taken {
-                            if let Some(l) = runs.get_mut(&r.run_id) {
-                                l.folded_into = Some(run.run_id.clone());
-                            }
-                        }
-                        taken
-                    }
-                    Some(a) => {
-                        if calls.is_empty() {
-                            a.accepting_steer = false;
-                        }
-                        Vec::new()
-                    }
-                    None => Vec::new(),
-                }
-            };
+            // A step boundary: take the steered prompts waiting, or close the turn to steers
+            // when it is about to end.
+            let steered = lock(&s.inner).runs.step_boundary(!calls.is_empty());
+            // From now on they are part of this turn (`run/get` shows it), even while the
+            // step's tools wait for a permission answer before the fold is written.
+            self.registry.mark_folded(&steered, &run.run_id);
             if calls.is_empty() && steered.is_empty() {
                 break (End::Completed, reason.as_str(), None);
             }
@@ -355,7 +308,7 @@ impl Runtime {
 
         let text = live.text();
         // The last write, made from the owned form that is kept for a retry if it fails.
-        let last = LateWrite::Turn(OwnedFinish {
+        let last = EndWrite::Turn(OwnedFinish {
             session_id: s.id.clone(),
             message_id: Some(live.id.clone()),
             parts: live.parts_json(),
@@ -380,8 +333,7 @@ impl Runtime {
                 (Some(shown), Written::Failed(last))
             }
         };
-        lock(&s.inner).publish(
-            &s.id,
+        lock(&s.inner).events.publish(
             Some(&run.run_id),
             SessionEvent::MessageFinished {
                 message_id: live.id.clone(),
@@ -395,13 +347,12 @@ impl Runtime {
             message_id: Some(live.id),
             text: Some(text),
             error,
-            folded,
             written,
         }
     }
 
     /// Makes sure the run's end reaches the database: a turn that failed before writing it
-    /// records it now, and a write that failed is kept and retried (`late.rs`), with the run's
+    /// records it now, and a write that failed is kept and retried (`unsaved.rs`), with the run's
     /// terminal record served to `run/get` meanwhile. Runs while the runs are still registered.
     async fn settle_write(
         self: &Arc<Self>,
@@ -409,11 +360,11 @@ impl Runtime {
         run: &Arc<RunMeta>,
         outcome: &mut Outcome,
     ) {
-        let late = match std::mem::replace(&mut outcome.written, Written::Yes) {
+        let unsaved = match std::mem::replace(&mut outcome.written, Written::Yes) {
             Written::Yes => return,
             Written::Failed(w) => w,
             Written::NotYet => {
-                let w = LateWrite::Ends(vec![OwnedEnd {
+                let w = EndWrite::Ends(vec![OwnedEnd {
                     run_id: run.run_id.clone(),
                     session_id: s.id.clone(),
                     prompt: run.prompt.clone(),
@@ -429,300 +380,12 @@ impl Runtime {
                 }
             }
         };
-        let infos = self.ended_infos(
-            &late,
+        self.save_end_later(
+            unsaved,
             outcome.end.state(),
             outcome.error.as_deref(),
             outcome.message_id.as_deref(),
         );
-        self.save_later(late, infos);
-    }
-
-    /// One model step with retries: a call that fails before anything of it was streamed, in
-    /// a way worth retrying (429, 5xx, connection errors), is tried again after a backoff that
-    /// honours the server's `Retry-After`, at most `[agent] max_attempts` times in all. Once
-    /// output streamed, a failure ends the step: retrying would repeat what clients saw.
-    async fn step(
-        &self,
-        s: &SessionRt,
-        run: &RunMeta,
-        token: &CancellationToken,
-        request: &TurnRequest,
-        live: &mut LiveMessage,
-        usage: &mut Usage,
-    ) -> Step {
-        let max = self.agent.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let mut streamed = false;
-            let e = match self
-                .step_once(s, run, token, request, live, usage, &mut streamed)
-                .await
-            {
-                Attempt::Done(step) => return step,
-                Attempt::Failed(e) => e,
-            };
-            if !e.retryable || streamed || attempt >= max {
-                return Step::Failed(if attempt > 1 {
-                    format!("{} (after {attempt} attempts)", e.message)
-                } else {
-                    e.message
-                });
-            }
-            let backoff = self
-                .agent
-                .retry_base_delay
-                .saturating_mul(1u32 << (attempt - 1).min(16))
-                .min(self.agent.retry_max_delay);
-            let delay = match e.retry_after {
-                Some(d) if d > MAX_RETRY_AFTER => {
-                    return Step::Failed(format!(
-                        "{} (the server asked to wait {} s before retrying)",
-                        e.message,
-                        d.as_secs()
-                    ));
-                }
-                Some(d) => d,
-                None => backoff,
-            };
-            attempt += 1;
-            warn!(run = %run.run_id, attempt, delay_ms = delay.as_millis() as u64, error = %e.message, "retrying a model call");
-            let announced = lock(&s.inner).publish_live(
-                &s.id,
-                token,
-                &run.run_id,
-                SessionEvent::Retrying {
-                    attempt,
-                    max_attempts: max,
-                    delay_ms: delay.as_millis() as u64,
-                    error: e.message.clone(),
-                },
-            );
-            if !announced {
-                return Step::Cancelled;
-            }
-            tokio::select! {
-                _ = token.cancelled() => return Step::Cancelled,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    /// Streams one model call into `live`.
-    #[allow(clippy::too_many_arguments)]
-    async fn step_once(
-        &self,
-        s: &SessionRt,
-        run: &RunMeta,
-        token: &CancellationToken,
-        request: &TurnRequest,
-        live: &mut LiveMessage,
-        usage: &mut Usage,
-        streamed: &mut bool,
-    ) -> Attempt {
-        let mut stream = run.model.stream(request.clone(), token.clone());
-        let mut calls = Vec::new();
-        loop {
-            let flush_at = live.next_flush_at();
-            let event = tokio::select! {
-                biased;
-                _ = token.cancelled() => return Attempt::Done(Step::Cancelled),
-                _ = sleep_until(flush_at), if flush_at.is_some() => {
-                    if let Err(e) = live.flush(&self.store).await {
-                        // Keep streaming: the final write retries the whole message.
-                        warn!(run = %run.run_id, error = %e, "cannot save streamed text");
-                    }
-                    continue;
-                }
-                ev = stream.next() => ev,
-            };
-            match event {
-                Some(ModelEvent::TextDelta(t)) => {
-                    *streamed = true;
-                    let ev = SessionEvent::TextDelta {
-                        message_id: live.id.clone(),
-                        text: t.clone(),
-                    };
-                    if !lock(&s.inner).publish_live(&s.id, token, &run.run_id, ev) {
-                        return Attempt::Done(Step::Cancelled);
-                    }
-                    live.push_text(&t);
-                }
-                Some(ModelEvent::ReasoningDelta(t)) => {
-                    *streamed = true;
-                    let ev = SessionEvent::ReasoningDelta {
-                        message_id: live.id.clone(),
-                        text: t.clone(),
-                    };
-                    if !lock(&s.inner).publish_live(&s.id, token, &run.run_id, ev) {
-                        return Attempt::Done(Step::Cancelled);
-                    }
-                    live.push_reasoning(&t);
-                }
-                Some(ModelEvent::ReasoningSignature(sig)) => live.sign_reasoning(&sig),
-                Some(ModelEvent::ToolCall(c)) => {
-                    *streamed = true;
-                    live.push_part(json!({
-                        "type": "toolCall",
-                        "id": c.id,
-                        "name": c.name,
-                        "input": c.input,
-                    }));
-                    calls.push(c);
-                }
-                Some(ModelEvent::Finish { reason, usage: u }) => {
-                    usage.prompt_tokens += u.prompt_tokens;
-                    usage.completion_tokens += u.completion_tokens;
-                    return Attempt::Done(Step::Finished(reason, calls));
-                }
-                Some(ModelEvent::Error(e)) => return Attempt::Failed(e),
-                None if token.is_cancelled() => return Attempt::Done(Step::Cancelled),
-                None => {
-                    return Attempt::Failed(ModelError::transient(
-                        "the model's stream ended without finishing",
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Runs a step's tool calls in order, asking for permission where needed. Every call gets
-    /// a result, also when the run is cancelled half-way, so the conversation stays valid for
-    /// the next turn.
-    async fn run_tools(
-        self: &Arc<Self>,
-        s: &SessionRt,
-        run: &RunMeta,
-        token: &CancellationToken,
-        ctx: &ToolContext,
-        message_id: &str,
-        calls: &[ToolCall],
-    ) -> ToolResults {
-        let mut out = ToolResults::default();
-        for call in calls {
-            let input: Value = serde_json::from_str(&call.input)
-                .unwrap_or_else(|_| Value::String(call.input.clone()));
-            lock(&s.inner).publish(
-                &s.id,
-                Some(&run.run_id),
-                SessionEvent::ToolCallStarted {
-                    message_id: message_id.to_owned(),
-                    tool_call_id: call.id.clone(),
-                    tool: call.name.clone(),
-                    input: input.clone(),
-                },
-            );
-            let (status, output) = if token.is_cancelled() {
-                (
-                    "cancelled",
-                    tool_error("the run was cancelled before this tool ran"),
-                )
-            } else {
-                self.run_tool(s, run, token, ctx, call, input).await
-            };
-            let status = if status == "completed" && output.is_error {
-                "failed"
-            } else {
-                status
-            };
-            lock(&s.inner).publish(
-                &s.id,
-                Some(&run.run_id),
-                SessionEvent::ToolCallFinished {
-                    message_id: message_id.to_owned(),
-                    tool_call_id: call.id.clone(),
-                    tool: call.name.clone(),
-                    status: status.to_owned(),
-                    output: output.content.clone(),
-                    metadata: output.metadata.clone(),
-                },
-            );
-            let mut part = json!({
-                "type": "toolResult",
-                "toolCallId": call.id,
-                "name": call.name,
-                "content": output.content,
-                "isError": output.is_error,
-                "status": status,
-            });
-            if let Some(m) = &output.metadata {
-                part["metadata"] = m.clone();
-            }
-            out.parts.push(part);
-            out.messages.push(ChatMessage::ToolResult {
-                call_id: call.id.clone(),
-                name: call.name.clone(),
-                content: output.content,
-                is_error: output.is_error,
-            });
-        }
-        out
-    }
-
-    /// One tool call: prepare (validate, resolve paths, compute the diff), ask if needed, run.
-    async fn run_tool(
-        self: &Arc<Self>,
-        s: &SessionRt,
-        run: &RunMeta,
-        token: &CancellationToken,
-        ctx: &ToolContext,
-        call: &ToolCall,
-        input: Value,
-    ) -> (&'static str, ToolOutput) {
-        if ctx.root.as_os_str().is_empty() {
-            return (
-                "failed",
-                tool_error("the workspace's directory is unknown; tools are unavailable"),
-            );
-        }
-        let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
-            Ok(p) => p,
-            Err(out) => return ("failed", out),
-        };
-        if crate::tools::needs_permission(&call.name)
-            && !self.allowed_without_asking(&s.id, run, &call.name, prepared.command.as_deref())
-        {
-            let params = PermissionRequestParams {
-                request_id: new_id(),
-                session_id: s.id.clone(),
-                run_id: run.run_id.clone(),
-                tool_call_id: call.id.clone(),
-                tool: call.name.clone(),
-                title: prepared.title.clone(),
-                input,
-                diff: prepared.diff.clone(),
-            };
-            match self.ask_permission(s, token, params).await {
-                Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
-                Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
-                    return (
-                        "denied",
-                        tool_error(format!(
-                            "The user denied this action ({} was not run). Do not retry it; \
-                             ask the user or take another approach.",
-                            prepared.title
-                        )),
-                    );
-                }
-                None => {
-                    return (
-                        "cancelled",
-                        tool_error("the run was cancelled while waiting for permission"),
-                    );
-                }
-            }
-        }
-        if token.is_cancelled() {
-            return (
-                "cancelled",
-                tool_error("the run was cancelled before this tool ran"),
-            );
-        }
-        let out = prepared.run(ctx).await;
-        if token.is_cancelled() {
-            return ("cancelled", out);
-        }
-        ("completed", out)
     }
 
     /// Moves a turn to its next model step: the current assistant message is finished, the
@@ -766,16 +429,12 @@ impl Runtime {
             })
             .await
             .map_err(|e| format!("cannot save a step: {e}"))?;
-        {
-            let mut runs = lock(&self.runs);
-            for r in steered {
-                mark_running(&mut runs, &r.run_id, Some(&run.run_id));
-            }
+        for r in steered {
+            self.registry.mark_running(&r.run_id, Some(&run.run_id));
         }
         {
             let mut inner = lock(&s.inner);
-            inner.publish(
-                &s.id,
+            inner.events.publish(
                 Some(&run.run_id),
                 SessionEvent::MessageFinished {
                     message_id: live.id.clone(),
@@ -784,15 +443,13 @@ impl Runtime {
                 },
             );
             for (r, u) in steered.iter().zip(&users) {
-                inner.publish(
-                    &s.id,
+                inner.events.publish(
                     Some(&r.run_id),
                     SessionEvent::RunFolded {
                         into: run.run_id.clone(),
                     },
                 );
-                inner.publish(
-                    &s.id,
+                inner.events.publish(
                     Some(&r.run_id),
                     SessionEvent::UserMessage {
                         message_id: u.id.clone(),
@@ -800,8 +457,7 @@ impl Runtime {
                     },
                 );
             }
-            inner.publish(
-                &s.id,
+            inner.events.publish(
                 Some(&run.run_id),
                 SessionEvent::AssistantStarted {
                     message_id: assistant.id.clone(),
@@ -811,113 +467,5 @@ impl Runtime {
         }
         *live = LiveMessage::new(assistant.id, self.flush_interval);
         Ok(())
-    }
-}
-
-/// A step's tool results: as stored (parts of a `tool` message) and as sent to the model.
-#[derive(Default)]
-struct ToolResults {
-    parts: Vec<Value>,
-    messages: Vec<ChatMessage>,
-}
-
-async fn sleep_until(at: Option<std::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The conversation so far as the model sees it, oldest first: user text, assistant text with
-/// its tool calls, and tool results. The window may start mid-turn and a crash or cancel may
-/// leave a call without its result, so the result is repaired: results without their call are
-/// dropped, and a call without a result gets one saying it did not complete (both APIs reject
-/// unpaired calls).
-fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMessage> {
-    let mut out: Vec<ChatMessage> = Vec::with_capacity(rows.len());
-    let mut open_calls: Vec<(String, String)> = Vec::new();
-    let close_open = |out: &mut Vec<ChatMessage>, open: &mut Vec<(String, String)>| {
-        for (id, name) in open.drain(..) {
-            out.push(ChatMessage::ToolResult {
-                call_id: id,
-                name,
-                content: "the tool call did not complete (the run was interrupted or cancelled)"
-                    .to_owned(),
-                is_error: true,
-            });
-        }
-    };
-    for m in rows {
-        let parts: Value = serde_json::from_str(&m.parts).unwrap_or(Value::Null);
-        let parts = parts.as_array().cloned().unwrap_or_default();
-        match m.role.as_str() {
-            "user" => {
-                close_open(&mut out, &mut open_calls);
-                out.push(ChatMessage::user(user_content(&Value::Array(parts))));
-            }
-            "assistant" => {
-                close_open(&mut out, &mut open_calls);
-                let text: String = parts
-                    .iter()
-                    .filter(|p| p["type"] == "text")
-                    .filter_map(|p| p["text"].as_str())
-                    .collect();
-                let reasoning = parts
-                    .iter()
-                    .find(|p| p["type"] == "reasoning" && p["signature"].is_string())
-                    .map(|p| Reasoning {
-                        text: p["reasoning"].as_str().unwrap_or_default().to_owned(),
-                        signature: p["signature"].as_str().map(str::to_owned),
-                    });
-                let tool_calls: Vec<ToolCall> = parts
-                    .iter()
-                    .filter(|p| p["type"] == "toolCall")
-                    .map(|p| ToolCall {
-                        id: p["id"].as_str().unwrap_or_default().to_owned(),
-                        name: p["name"].as_str().unwrap_or_default().to_owned(),
-                        input: p["input"].as_str().unwrap_or("{}").to_owned(),
-                    })
-                    .collect();
-                if text.is_empty() && tool_calls.is_empty() {
-                    continue;
-                }
-                open_calls = tool_calls
-                    .iter()
-                    .map(|c| (c.id.clone(), c.name.clone()))
-                    .collect();
-                out.push(ChatMessage::Assistant {
-                    text,
-                    reasoning,
-                    tool_calls,
-                });
-            }
-            "tool" => {
-                for p in parts.iter().filter(|p| p["type"] == "toolResult") {
-                    let id = p["toolCallId"].as_str().unwrap_or_default();
-                    let Some(i) = open_calls.iter().position(|(c, _)| c == id) else {
-                        continue;
-                    };
-                    let (call_id, name) = open_calls.remove(i);
-                    out.push(ChatMessage::ToolResult {
-                        call_id,
-                        name,
-                        content: p["content"].as_str().unwrap_or_default().to_owned(),
-                        is_error: p["isError"].as_bool().unwrap_or(false),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    close_open(&mut out, &mut open_calls);
-    out
-}
-
-/// A tool result the model sees as an error.
-fn tool_error(message: impl Into<String>) -> ToolOutput {
-    ToolOutput {
-        content: message.into(),
-        is_error: true,
-        metadata: None,
     }
 }

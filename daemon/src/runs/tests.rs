@@ -34,7 +34,7 @@ use futures::stream;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
-use crush_protocol::{ModelInfo, RunCompleteParams, SendMode};
+use crush_protocol::{AgentSendParams, ModelInfo, RunCompleteParams, SendMode};
 
 use super::*;
 use crate::model::{EventStream, FinishReason, ModelError, ModelEvent, TurnRequest, Usage};
@@ -651,7 +651,7 @@ async fn steer_after_the_last_step_runs_next_as_its_own_turn() {
     // Close the turn to steers by hand, as the driver does at its last step boundary.
     {
         let s = h.rt.existing_session(&h.session).unwrap();
-        lock(&s.inner).active.as_mut().unwrap().accepting_steer = false;
+        assert!(lock(&s.inner).runs.step_boundary(false).is_empty());
     }
     let st = h.send_as(None, "steer", SendMode::Steer).await;
     assert_eq!(

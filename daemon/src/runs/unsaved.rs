@@ -1,12 +1,12 @@
-//! Terminal writes that failed (a full disk, a read-only or broken database file), kept and
-//! retried until they succeed or the daemon stops.
+//! Unsaved ends: a run's terminal write that the store refused (a full disk, a read-only or
+//! broken database file), kept and retried until it lands or the daemon stops.
 //!
 //! A run's `$/runComplete` is never held back by the database: it goes out at once, its `error`
 //! saying the turn could not be saved. What must not happen is that the database then goes on
 //! saying `running` (or knows nothing of the run) while it is over. So the run's terminal
-//! record is kept here — `run/get` reads it between the live registry and the database — and
-//! its write is retried with a backoff. When the disk has room again the write lands (the whole
-//! turn: its message parts are in memory), and the record here is dropped. If the daemon stops
+//! record is kept in the registry — `run/get` reads it between the live runs and the database —
+//! and its write is retried with a backoff. When the disk has room again the write lands (the
+//! whole turn: its message parts are in memory), and the record is dropped. If the daemon stops
 //! first, the next start marks the run `interrupted`, as for a crash.
 
 use std::sync::Arc;
@@ -17,8 +17,7 @@ use tracing::{info, warn};
 use crush_protocol::RunInfo;
 
 use super::Runtime;
-use crate::store::{FinishTurn, RunEnd, now_ms};
-use crate::sync::lock;
+use crate::store::{FinishTurn, RunEnd, StoreError, now_ms};
 
 /// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -26,7 +25,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A terminal write, owned so it can outlive the turn that failed to make it.
 #[derive(Debug, Clone)]
-pub(super) enum LateWrite {
+pub(super) enum EndWrite {
     /// A turn's last write ([`FinishTurn`]).
     Turn(OwnedFinish),
     /// Runs that ended without a turn to finish ([`RunEnd`]).
@@ -55,27 +54,27 @@ pub(super) struct OwnedEnd {
     pub error: Option<String>,
 }
 
-impl LateWrite {
+impl EndWrite {
     fn session_id(&self) -> Option<&str> {
         match self {
-            LateWrite::Turn(f) => Some(&f.session_id),
-            LateWrite::Ends(ends) => ends.first().map(|e| e.session_id.as_str()),
+            EndWrite::Turn(f) => Some(&f.session_id),
+            EndWrite::Ends(ends) => ends.first().map(|e| e.session_id.as_str()),
         }
     }
 
     fn run_ids(&self) -> Vec<String> {
         match self {
-            LateWrite::Turn(f) => f.run_ids.clone(),
-            LateWrite::Ends(ends) => ends.iter().map(|e| e.run_id.clone()).collect(),
+            EndWrite::Turn(f) => f.run_ids.clone(),
+            EndWrite::Ends(ends) => ends.iter().map(|e| e.run_id.clone()).collect(),
         }
     }
 }
 
 impl Runtime {
     /// Makes the write once.
-    pub(super) async fn write_end(&self, w: &LateWrite) -> Result<(), crate::store::StoreError> {
+    pub(super) async fn write_end(&self, w: &EndWrite) -> Result<(), StoreError> {
         match w {
-            LateWrite::Turn(f) => {
+            EndWrite::Turn(f) => {
                 let ids: Vec<&str> = f.run_ids.iter().map(String::as_str).collect();
                 self.store
                     .finish_turn(&FinishTurn {
@@ -91,7 +90,7 @@ impl Runtime {
                     })
                     .await
             }
-            LateWrite::Ends(ends) => {
+            EndWrite::Ends(ends) => {
                 let rows: Vec<RunEnd<'_>> = ends
                     .iter()
                     .map(|e| RunEnd {
@@ -107,50 +106,27 @@ impl Runtime {
         }
     }
 
-    /// The terminal record of each run of `w`, from the live registry (call it before the runs
-    /// retire), as `run/get` should show it until the write lands.
-    pub(super) fn ended_infos(
-        &self,
-        w: &LateWrite,
+    /// The write `w` failed: keeps each of its runs' terminal record for `run/get` (taken from
+    /// the registry, so call this before the runs retire) and retries `w` in the background
+    /// until it lands or the daemon stops.
+    pub(super) fn save_end_later(
+        self: &Arc<Self>,
+        w: EndWrite,
         state: &str,
         error: Option<&str>,
         message_id: Option<&str>,
-    ) -> Vec<RunInfo> {
-        let now = now_ms();
-        w.run_ids()
-            .iter()
-            .filter_map(|id| self.live_run(id))
-            .map(|mut info| {
-                info.state = state.to_owned();
-                info.error = error.map(str::to_owned);
-                info.finished_at = Some(now);
-                if message_id.is_some() {
-                    info.assistant_message_id = message_id.map(str::to_owned);
-                }
-                info
-            })
-            .collect()
-    }
-
-    /// Keeps `infos` for `run/get` and retries `w` in the background until it lands or the
-    /// daemon stops.
-    pub(super) fn save_later(self: &Arc<Self>, w: LateWrite, infos: Vec<RunInfo>) {
-        {
-            let mut unsaved = lock(&self.unsaved);
-            for info in infos {
-                unsaved.insert(info.run_id.clone(), info);
-            }
-            self.unsaved_count.send_replace(unsaved.len());
-        }
+    ) {
         let ids = w.run_ids();
+        self.registry
+            .keep_unsaved(self.ended_infos(&ids, state, error, message_id));
         warn!(runs = ?ids, "the end of a run could not be saved; retrying in the background");
         let rt = self.clone();
-        self.repairs.spawn(async move {
+        self.retries.spawn(async move {
             let mut wait = FIRST_BACKOFF;
             let mut attempts: u64 = 1;
             loop {
                 tokio::select! {
-                    _ = rt.stop_repairs.cancelled() => {
+                    _ = rt.stop_retries.cancelled() => {
                         warn!(runs = ?ids, "the daemon stops before the end of these runs was saved; \
                               they will show as interrupted");
                         return;
@@ -160,7 +136,7 @@ impl Runtime {
                 attempts += 1;
                 match rt.write_end(&w).await {
                     Ok(()) => {
-                        rt.forget_unsaved(&ids);
+                        rt.registry.forget_unsaved(&ids);
                         info!(runs = ?ids, attempts, "saved the end of the runs at last");
                         return;
                     }
@@ -170,7 +146,7 @@ impl Runtime {
                         if let Some(session) = w.session_id()
                             && let Ok(None) = rt.store.get_session(session).await
                         {
-                            rt.forget_unsaved(&ids);
+                            rt.registry.forget_unsaved(&ids);
                             info!(runs = ?ids, "the session was deleted; its unsaved run ends are dropped");
                             return;
                         }
@@ -186,21 +162,27 @@ impl Runtime {
         });
     }
 
-    fn forget_unsaved(&self, ids: &[String]) {
-        let mut unsaved = lock(&self.unsaved);
-        for id in ids {
-            unsaved.remove(id);
-        }
-        self.unsaved_count.send_replace(unsaved.len());
-    }
-
-    /// A run whose end is known but not yet saved.
-    pub(super) fn unsaved_run(&self, run_id: &str) -> Option<RunInfo> {
-        lock(&self.unsaved).get(run_id).cloned()
-    }
-
-    /// How many runs have an end waiting to be saved, as it changes.
-    pub fn watch_unsaved(&self) -> tokio::sync::watch::Receiver<usize> {
-        self.unsaved_count.subscribe()
+    /// The terminal record of each run, from the live registry, as `run/get` should show it
+    /// until the write lands.
+    fn ended_infos(
+        &self,
+        ids: &[String],
+        state: &str,
+        error: Option<&str>,
+        message_id: Option<&str>,
+    ) -> Vec<RunInfo> {
+        let now = now_ms();
+        ids.iter()
+            .filter_map(|id| self.registry.lookup(id))
+            .map(|mut info| {
+                info.state = state.to_owned();
+                info.error = error.map(str::to_owned);
+                info.finished_at = Some(now);
+                if message_id.is_some() {
+                    info.assistant_message_id = message_id.map(str::to_owned);
+                }
+                info
+            })
+            .collect()
     }
 }

@@ -1,0 +1,185 @@
+//! One model step of a turn: the model call streamed into the live message and out as deltas,
+//! retried while nothing of it has streamed yet.
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crush_protocol::SessionEvent;
+
+use super::{RunMeta, Runtime, SessionRt};
+use crate::model::http::MAX_RETRY_AFTER;
+use crate::model::{FinishReason, ModelError, ModelEvent, ToolCall, TurnRequest, Usage};
+use crate::store::live::LiveMessage;
+use crate::sync::lock;
+
+/// How one model step ended.
+pub(super) enum Step {
+    /// With the tool calls the model made (empty when it is done).
+    Finished(FinishReason, Vec<ToolCall>),
+    Cancelled,
+    Failed(String),
+}
+
+/// How one try of a model call ended.
+enum Attempt {
+    Done(Step),
+    Failed(ModelError),
+}
+
+impl Runtime {
+    /// One model step with retries: a call that fails before anything of it was streamed, in
+    /// a way worth retrying (429, 5xx, connection errors), is tried again after a backoff that
+    /// honours the server's `Retry-After`, at most `[agent] max_attempts` times in all. Once
+    /// output streamed, a failure ends the step: retrying would repeat what clients saw.
+    pub(super) async fn step(
+        &self,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        request: &TurnRequest,
+        live: &mut LiveMessage,
+        usage: &mut Usage,
+    ) -> Step {
+        let max = self.agent.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let mut streamed = false;
+            let e = match self
+                .step_once(s, run, token, request, live, usage, &mut streamed)
+                .await
+            {
+                Attempt::Done(step) => return step,
+                Attempt::Failed(e) => e,
+            };
+            if !e.retryable || streamed || attempt >= max {
+                return Step::Failed(if attempt > 1 {
+                    format!("{} (after {attempt} attempts)", e.message)
+                } else {
+                    e.message
+                });
+            }
+            let backoff = self
+                .agent
+                .retry_base_delay
+                .saturating_mul(1u32 << (attempt - 1).min(16))
+                .min(self.agent.retry_max_delay);
+            let delay = match e.retry_after {
+                Some(d) if d > MAX_RETRY_AFTER => {
+                    return Step::Failed(format!(
+                        "{} (the server asked to wait {} s before retrying)",
+                        e.message,
+                        d.as_secs()
+                    ));
+                }
+                Some(d) => d,
+                None => backoff,
+            };
+            attempt += 1;
+            warn!(run = %run.run_id, attempt, delay_ms = delay.as_millis() as u64, error = %e.message, "retrying a model call");
+            let announced = lock(&s.inner).events.publish_live(
+                token,
+                &run.run_id,
+                SessionEvent::Retrying {
+                    attempt,
+                    max_attempts: max,
+                    delay_ms: delay.as_millis() as u64,
+                    error: e.message.clone(),
+                },
+            );
+            if !announced {
+                return Step::Cancelled;
+            }
+            tokio::select! {
+                _ = token.cancelled() => return Step::Cancelled,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Streams one model call into `live`.
+    #[allow(clippy::too_many_arguments)]
+    async fn step_once(
+        &self,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        request: &TurnRequest,
+        live: &mut LiveMessage,
+        usage: &mut Usage,
+        streamed: &mut bool,
+    ) -> Attempt {
+        let mut stream = run.model.stream(request.clone(), token.clone());
+        let mut calls = Vec::new();
+        loop {
+            let flush_at = live.next_flush_at();
+            let event = tokio::select! {
+                biased;
+                _ = token.cancelled() => return Attempt::Done(Step::Cancelled),
+                _ = sleep_until(flush_at), if flush_at.is_some() => {
+                    if let Err(e) = live.flush(&self.store).await {
+                        // Keep streaming: the final write retries the whole message.
+                        warn!(run = %run.run_id, error = %e, "cannot save streamed text");
+                    }
+                    continue;
+                }
+                ev = stream.next() => ev,
+            };
+            match event {
+                Some(ModelEvent::TextDelta(t)) => {
+                    *streamed = true;
+                    let ev = SessionEvent::TextDelta {
+                        message_id: live.id.clone(),
+                        text: t.clone(),
+                    };
+                    if !lock(&s.inner).events.publish_live(token, &run.run_id, ev) {
+                        return Attempt::Done(Step::Cancelled);
+                    }
+                    live.push_text(&t);
+                }
+                Some(ModelEvent::ReasoningDelta(t)) => {
+                    *streamed = true;
+                    let ev = SessionEvent::ReasoningDelta {
+                        message_id: live.id.clone(),
+                        text: t.clone(),
+                    };
+                    if !lock(&s.inner).events.publish_live(token, &run.run_id, ev) {
+                        return Attempt::Done(Step::Cancelled);
+                    }
+                    live.push_reasoning(&t);
+                }
+                Some(ModelEvent::ReasoningSignature(sig)) => live.sign_reasoning(&sig),
+                Some(ModelEvent::ToolCall(c)) => {
+                    *streamed = true;
+                    live.push_part(json!({
+                        "type": "toolCall",
+                        "id": c.id,
+                        "name": c.name,
+                        "input": c.input,
+                    }));
+                    calls.push(c);
+                }
+                Some(ModelEvent::Finish { reason, usage: u }) => {
+                    usage.prompt_tokens += u.prompt_tokens;
+                    usage.completion_tokens += u.completion_tokens;
+                    return Attempt::Done(Step::Finished(reason, calls));
+                }
+                Some(ModelEvent::Error(e)) => return Attempt::Failed(e),
+                None if token.is_cancelled() => return Attempt::Done(Step::Cancelled),
+                None => {
+                    return Attempt::Failed(ModelError::transient(
+                        "the model's stream ended without finishing",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
