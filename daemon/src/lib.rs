@@ -11,7 +11,7 @@ pub mod logging;
 pub mod model;
 pub mod outbound;
 pub mod peer;
-pub(crate) mod runs;
+pub mod runs;
 pub mod secrets;
 pub mod server;
 pub mod setting;

@@ -42,7 +42,7 @@ pub(crate) struct ToolSpec {
 /// JSON text the model produced (not parsed here: a model may produce invalid JSON, and the
 /// tool reports that to it).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ToolCall {
+pub struct ToolCall {
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) input: String,
@@ -96,7 +96,7 @@ impl ChatMessage {
 
 /// One model step's input.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct TurnRequest {
+pub struct TurnRequest {
     /// The system prompt (empty for none).
     pub(crate) system: String,
     /// The conversation so far, oldest first.
@@ -109,7 +109,7 @@ pub(crate) struct TurnRequest {
 
 /// Why a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FinishReason {
+pub enum FinishReason {
     EndTurn,
     MaxTokens,
     ToolUse,
@@ -127,7 +127,7 @@ impl FinishReason {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
+pub struct Usage {
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
 }
@@ -135,7 +135,7 @@ pub(crate) struct Usage {
 /// A failed model call, with a message a person can act on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
-pub(crate) struct ModelError {
+pub struct ModelError {
     pub(crate) message: String,
     /// The HTTP status, when the server answered with an error.
     pub(crate) status: Option<u16>,
@@ -167,7 +167,7 @@ impl ModelError {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ModelEvent {
+pub enum ModelEvent {
     TextDelta(String),
     ReasoningDelta(String),
     /// The signature of the reasoning streamed so far (Anthropic's `signature_delta`).
@@ -187,7 +187,10 @@ pub(crate) enum ModelEvent {
 pub(crate) type EventStream = Pin<Box<dyn Stream<Item = ModelEvent> + Send>>;
 
 /// A model that streams steps.
-pub(crate) trait Model: Send + Sync + std::fmt::Debug {
+///
+/// `pub`, with the types its methods name, only because `runs` (a `pub` module) names it in a
+/// `pub` field; their fields stay crate-private.
+pub trait Model: Send + Sync + std::fmt::Debug {
     /// Name, provider and model id, as `model/list` shows them.
     fn info(&self) -> &ModelInfo;
 
