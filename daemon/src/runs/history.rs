@@ -8,7 +8,7 @@ use crush_protocol::Attachment;
 use crate::model::{ChatMessage, Reasoning, ToolCall};
 
 /// The parts of a user message: the prompt as text, then each attachment.
-pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Value {
+pub(super) fn user_parts(prompt: &str, attachments: &[Attachment]) -> Value {
     let mut parts = Vec::new();
     if !prompt.is_empty() {
         parts.push(json!({"type": "text", "text": prompt}));
@@ -28,7 +28,7 @@ pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Value {
 
 /// What the model is shown for a user message's parts: the text, then each attachment wrapped
 /// with its name.
-pub fn user_content(parts: &Value) -> String {
+pub(super) fn user_content(parts: &Value) -> String {
     let mut out = String::new();
     for p in parts.as_array().into_iter().flatten() {
         let text = p["text"].as_str().unwrap_or_default();

@@ -11,9 +11,6 @@ use serde_json::{Value, json};
 use super::pieces::streamed_text;
 use super::{Result, Store};
 
-/// Default time between two flushes of one live message.
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-
 #[derive(Debug)]
 pub struct LiveMessage {
     pub id: String,
@@ -53,7 +50,7 @@ impl LiveMessage {
     }
 
     /// Appends streamed reasoning, extending the trailing reasoning part.
-    pub fn push_reasoning(&mut self, delta: &str) {
+    pub(crate) fn push_reasoning(&mut self, delta: &str) {
         self.push_kind("reasoning", delta);
     }
 
@@ -74,7 +71,7 @@ impl LiveMessage {
 
     /// Attaches the provider's signature to the reasoning streamed last (Anthropic needs it
     /// back with the reasoning in later steps of the turn).
-    pub fn sign_reasoning(&mut self, signature: &str) {
+    pub(crate) fn sign_reasoning(&mut self, signature: &str) {
         if let Some(i) = self.parts.iter().rposition(|p| p["type"] == "reasoning") {
             self.parts[i]["signature"] = Value::String(signature.to_owned());
             self.rewrite |= i < self.stored;
@@ -86,7 +83,7 @@ impl LiveMessage {
     }
 
     /// The reasoning of this message, if it has some.
-    pub fn reasoning(&self) -> Option<crate::model::Reasoning> {
+    pub(crate) fn reasoning(&self) -> Option<crate::model::Reasoning> {
         let parts: Vec<&Value> = self
             .parts
             .iter()
@@ -109,7 +106,7 @@ impl LiveMessage {
     }
 
     /// Adds a whole part (a tool call, a tool result…).
-    pub fn push_part(&mut self, part: Value) {
+    pub(crate) fn push_part(&mut self, part: Value) {
         self.parts.push(part);
         self.dirty = true;
     }
