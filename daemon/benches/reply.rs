@@ -15,7 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use crushd::store::live::{DEFAULT_FLUSH_INTERVAL, LiveMessage};
+use crushd::config::DaemonSettings;
+use crushd::store::live::LiveMessage;
 use crushd::store::{FinishTurn, Store};
 
 const DELTA: &str = "0123456789abcdef0123456789abcde ";
@@ -47,7 +48,7 @@ async fn stream_reply(reply: usize) -> Outcome {
         .start_assistant_message(&s.id, None, None, None)
         .await
         .unwrap();
-    let mut live = LiveMessage::new(m.id, DEFAULT_FLUSH_INTERVAL);
+    let mut live = LiveMessage::new(m.id, DaemonSettings::default().flush_interval);
     let mut times = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let before = written();

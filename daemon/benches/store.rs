@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crushd::store::live::{DEFAULT_FLUSH_INTERVAL, LiveMessage};
+use crushd::config::DaemonSettings;
+use crushd::store::live::LiveMessage;
 use crushd::store::{FinishTurn, Store};
 use tokio::sync::Mutex;
 
@@ -121,7 +122,7 @@ fn main() {
     for (name, interval, paced) in [
         (
             "batched 100 ms, paced ≈10k deltas/s per run",
-            DEFAULT_FLUSH_INTERVAL,
+            DaemonSettings::default().flush_interval,
             true,
         ),
         ("flush every delta, unpaced", Duration::ZERO, false),

@@ -25,7 +25,7 @@ settings! {
         /// Where the database lives (`$XDG_DATA_HOME/crushd`).
         data_dir: PathBuf = default_data_dir(), "dataDir";
         /// Longest time streamed text waits in memory before it is written to the database.
-        flush_interval: Duration = crate::store::live::DEFAULT_FLUSH_INTERVAL, "flushIntervalMs";
+        flush_interval: Duration = Duration::from_millis(100), "flushIntervalMs";
         /// How long a dropped client's claims and subscriptions wait for it to reconnect.
         claim_grace: Duration = Duration::from_secs(30), "claimGraceMs";
         /// How long a workspace with no claims, runs or subscribers stays loaded.
@@ -105,11 +105,11 @@ pub struct Config {
 pub struct PermissionRules {
     /// Tools that never ask (`"edit"`, `"write"`, `"bash"`).
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub(crate) allow: Vec<String>,
     /// `bash` commands that never ask, by prefix of whole words (`"cargo test"` allows
     /// `cargo test -p x`, not `cargo testx`). Commands with shell control characters always ask.
     #[serde(default)]
-    pub allow_bash: Vec<String>,
+    pub(crate) allow_bash: Vec<String>,
     /// Environment variables passed to tool processes although they look like secrets
     /// (`crate::secrets::is_secret`), e.g. `SSH_AUTH_SOCK` for `git push` over SSH. Provider key
     /// variables are never passed, listed or not.
@@ -118,7 +118,7 @@ pub struct PermissionRules {
 }
 
 /// Environment variable naming the default model; overrides `default_model`.
-pub const MODEL_ENV: &str = "CRUSHD_MODEL";
+pub(crate) const MODEL_ENV: &str = "CRUSHD_MODEL";
 
 impl Config {
     /// Defaults for the given socket; everything else from the standard directories.
@@ -155,7 +155,7 @@ impl Config {
 
     /// The effective configuration for `config/get`: every setting, with API keys replaced by
     /// whether one is available (`ModelsConfig::redacted_providers`).
-    pub fn redacted(&self) -> serde_json::Value {
+    pub(crate) fn redacted(&self) -> serde_json::Value {
         let mut daemon = self.daemon.to_json();
         let mut fixed = |k: &str, v: serde_json::Value| daemon.insert(k.to_owned(), v);
         fixed("socket", self.socket.display().to_string().into());
@@ -179,7 +179,7 @@ impl Config {
 }
 
 /// `$XDG_DATA_HOME/crushd` (or the platform's equivalent).
-pub fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     directories::ProjectDirs::from("", "", "crushd")
         .map(|d| d.data_dir().to_path_buf())
         .unwrap_or_else(|| std::env::temp_dir().join("crushd-data"))
@@ -195,16 +195,16 @@ pub fn default_config_path() -> Option<PathBuf> {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
-    pub daemon: DaemonSection,
+    pub(crate) daemon: DaemonSection,
     /// The model runs use when neither the send nor the session names one:
     /// `<provider>/<model id>`.
-    pub default_model: Option<String>,
+    pub(crate) default_model: Option<String>,
     #[serde(default)]
-    pub providers: BTreeMap<String, ProviderTable>,
+    pub(crate) providers: BTreeMap<String, ProviderTable>,
     #[serde(default)]
-    pub agent: AgentSection,
+    pub(crate) agent: AgentSection,
     #[serde(default)]
-    pub permissions: PermissionRules,
+    pub(crate) permissions: PermissionRules,
 }
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]

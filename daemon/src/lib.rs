@@ -12,7 +12,7 @@ pub mod model;
 pub mod outbound;
 pub mod peer;
 pub(crate) mod rpc;
-pub mod runs;
+pub(crate) mod runs;
 pub mod secrets;
 pub mod server;
 pub mod setting;

@@ -17,7 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::sync::OnceLock;
 
 /// Words that mark a variable name as a secret, compared case-insensitively anywhere in the name.
-pub const SECRET_WORDS: [&str; 8] = [
+pub(crate) const SECRET_WORDS: [&str; 8] = [
     "KEY",
     "TOKEN",
     "SECRET",
@@ -29,7 +29,7 @@ pub const SECRET_WORDS: [&str; 8] = [
 ];
 
 /// What replaces a secret in anything shown.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// Whether a variable's name says it holds a secret (see [`SECRET_WORDS`]).
 pub fn is_secret_name(name: &str) -> bool {
@@ -39,19 +39,19 @@ pub fn is_secret_name(name: &str) -> bool {
 
 /// Whether an environment variable is a secret: by its name, or by a value that is a URL with
 /// credentials in it. A value that is not UTF-8 is judged by its name only.
-pub fn is_secret(name: &OsStr, value: &OsStr) -> bool {
+pub(crate) fn is_secret(name: &OsStr, value: &OsStr) -> bool {
     name.to_str().is_none_or(is_secret_name) || value.to_str().is_some_and(has_url_credentials)
 }
 
 /// Whether `text` contains a URL with a user-info part (`scheme://user[:password]@host`).
-pub fn has_url_credentials(text: &str) -> bool {
+pub(crate) fn has_url_credentials(text: &str) -> bool {
     redact_url_credentials(text) != text
 }
 
 /// `text` with the user-info of every URL in it (`scheme://user:password@`) replaced by
 /// `<redacted>`: `https://bob:hunter2@proxy/v1` becomes `https://<redacted>@proxy/v1`. The user
 /// name goes too, because a token is often passed as one (`https://TOKEN@host`).
-pub fn redact_url_credentials(text: &str) -> String {
+pub(crate) fn redact_url_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
@@ -100,7 +100,7 @@ pub fn install(keys: BTreeMap<String, String>) {
 
 /// The value of a provider key variable: from the key store once one is installed (the `crushd`
 /// binary), else from the environment (the library in tests, `--check-config`).
-pub fn var(name: &str) -> Option<String> {
+pub(crate) fn var(name: &str) -> Option<String> {
     match KEYS.get() {
         Some(keys) => keys.get(name).cloned(),
         None => std::env::var(name).ok(),
@@ -110,7 +110,7 @@ pub fn var(name: &str) -> Option<String> {
 /// What a tool process's environment is: `vars` without every provider key variable
 /// (`key_vars`, whatever they are called) and without every secret ([`is_secret`]) that `allow`
 /// does not name. Names in `allow` are compared exactly.
-pub fn tool_environment(
+pub(crate) fn tool_environment(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     key_vars: &[String],
     allow: &[String],

@@ -159,20 +159,33 @@ async fn unfinished_runs_are_interrupted_after_a_crash() {
         let store = crushd::store::Store::open(&env.data_dir()).await.unwrap();
         let ws = store.open_workspace("/tmp").await.unwrap();
         let s = store.create_session(&ws.id, "t", None).await.unwrap();
-        store
-            .insert_run("run-1", &s.id, "running", "explain")
-            .await
-            .unwrap();
-        let a = store
-            .insert_message(crushd::store::NewMessage {
-                session_id: &s.id,
-                run_id: Some("run-1"),
-                role: "assistant",
-                parts: r#"[{"type":"text","text":"The answer is"}]"#,
-                ..Default::default()
+        // The writes a daemon makes: the accept, the turn's start, one flush of the answer.
+        let accepted = store
+            .accept_run(crushd::store::NewRun {
+                run_id: "run-1".to_owned(),
+                session_id: s.id.clone(),
+                prompt: "explain".to_owned(),
+                user_parts: r#"[{"type":"text","text":"explain"}]"#.to_owned(),
+                created_at: crushd::store::now_ms(),
             })
             .await
             .unwrap();
+        assert!(accepted);
+        let (_user, a) = store
+            .start_turn(&crushd::store::StartTurn {
+                run_id: "run-1",
+                session_id: &s.id,
+                prompt: "explain",
+                user_parts: r#"[{"type":"text","text":"explain"}]"#,
+                model: "mock",
+                provider: "mock",
+            })
+            .await
+            .unwrap();
+        let mut live =
+            crushd::store::live::LiveMessage::new(a.id.clone(), std::time::Duration::ZERO);
+        live.push_text("The answer is");
+        live.flush(&store).await.unwrap();
         store.close().await;
         (s.id, a.id)
     };
@@ -187,7 +200,9 @@ async fn unfinished_runs_are_interrupted_after_a_crash() {
     let page = c
         .request("session/messages", json!({"sessionId": sid}))
         .await;
-    let m = &page["result"]["messages"][0];
+    // The run's prompt comes first (start_turn wrote it), then its answer.
+    assert_eq!(page["result"]["messages"][0]["role"], "user", "{page}");
+    let m = &page["result"]["messages"][1];
     assert_eq!(m["messageId"], assistant);
     assert_eq!(m["finishReason"], "interrupted");
     assert_eq!(

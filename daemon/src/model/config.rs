@@ -11,14 +11,14 @@ use crate::setting::HumanDuration;
 
 /// Default for `[daemon] max_model_connections` (its row in `crate::config` names this):
 /// `Models` built without a config, as in tests, use it too.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The `default_model` key and the providers, presets included.
 #[derive(Debug, Clone)]
 pub struct ModelsConfig {
     /// `<provider>/<model id>`, or a model id listed by exactly one provider.
-    pub default: Option<String>,
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub(crate) default: Option<String>,
+    pub(crate) providers: BTreeMap<String, ProviderConfig>,
 }
 
 impl Default for ModelsConfig {
@@ -33,35 +33,35 @@ impl Default for ModelsConfig {
 
 /// One provider as the daemon uses it: a preset, a `[providers.<id>]` table, or both merged.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    pub api: ApiKind,
-    pub base_url: String,
+pub(crate) struct ProviderConfig {
+    pub(crate) api: ApiKind,
+    pub(crate) base_url: String,
     /// The name of the environment variable holding the API key.
-    pub api_key_env: Option<String>,
+    pub(crate) api_key_env: Option<String>,
     /// A key written into the config file (discouraged; `config/get` never shows it).
-    pub api_key: Option<String>,
-    pub connect_timeout: Option<Duration>,
-    pub read_timeout: Option<Duration>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) read_timeout: Option<Duration>,
     /// `echo` only: the pause between two words.
-    pub delay: Option<Duration>,
+    pub(crate) delay: Option<Duration>,
     /// Models known to this provider with their limits. Other model ids may be used too.
-    pub models: BTreeMap<String, ModelLimits>,
+    pub(crate) models: BTreeMap<String, ModelLimits>,
     /// Whether this provider comes from the built-in presets (possibly adjusted by the file).
-    pub preset: bool,
+    pub(crate) preset: bool,
 }
 
 /// What is known about one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelLimits {
+pub(crate) struct ModelLimits {
     /// Tokens of input and output together.
-    pub context_window: Option<u64>,
+    pub(crate) context_window: Option<u64>,
     /// Longest output of one step, sent as the request's token cap.
-    pub max_output_tokens: Option<u32>,
+    pub(crate) max_output_tokens: Option<u32>,
 }
 
 /// The providers every daemon knows: each needs nothing but its key (Ollama not even that).
-pub fn presets() -> BTreeMap<String, ProviderConfig> {
+pub(crate) fn presets() -> BTreeMap<String, ProviderConfig> {
     fn models(list: &[(&str, u64, u32)]) -> BTreeMap<String, ModelLimits> {
         list.iter()
             .map(|(id, ctx, out)| {
@@ -92,7 +92,7 @@ pub fn presets() -> BTreeMap<String, ProviderConfig> {
         "openai".to_owned(),
         preset(
             ApiKind::Openai,
-            "https://api.openai.com/v1",
+            super::openai::DEFAULT_BASE_URL,
             Some("OPENAI_API_KEY"),
             &[
                 ("gpt-5", 400_000, 128_000),
@@ -106,7 +106,7 @@ pub fn presets() -> BTreeMap<String, ProviderConfig> {
         "anthropic".to_owned(),
         preset(
             ApiKind::Anthropic,
-            "https://api.anthropic.com",
+            super::anthropic::DEFAULT_BASE_URL,
             Some("ANTHROPIC_API_KEY"),
             &[
                 ("claude-sonnet-4-5", 200_000, 64_000),
@@ -141,7 +141,7 @@ pub fn presets() -> BTreeMap<String, ProviderConfig> {
 /// Which API a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ApiKind {
+pub(crate) enum ApiKind {
     /// Any OpenAI-compatible Chat Completions API.
     #[serde(alias = "openai-compatible")]
     Openai,
@@ -152,7 +152,7 @@ pub enum ApiKind {
 }
 
 impl ApiKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ApiKind::Openai => "openai",
             ApiKind::Anthropic => "anthropic",
@@ -164,20 +164,20 @@ impl ApiKind {
 /// One `[providers.<id>]` table. For a preset id every key is optional and overrides the preset.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderTable {
+pub(crate) struct ProviderTable {
     pub r#type: Option<ApiKind>,
     /// The API's base URL (OpenAI-compatible: up to `/v1`).
-    pub base_url: Option<String>,
+    pub(crate) base_url: Option<String>,
     /// The name of the environment variable holding the API key.
-    pub api_key_env: Option<String>,
+    pub(crate) api_key_env: Option<String>,
     /// The key itself (prefer `api_key_env`).
-    pub api_key: Option<String>,
-    pub connect_timeout: Option<HumanDuration>,
-    pub read_timeout: Option<HumanDuration>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) connect_timeout: Option<HumanDuration>,
+    pub(crate) read_timeout: Option<HumanDuration>,
     /// `echo` only: the pause between two words.
-    pub delay: Option<HumanDuration>,
+    pub(crate) delay: Option<HumanDuration>,
     #[serde(default)]
-    pub models: BTreeMap<String, ModelLimits>,
+    pub(crate) models: BTreeMap<String, ModelLimits>,
 }
 
 impl ProviderTable {
@@ -215,7 +215,7 @@ impl ProviderTable {
 impl ModelsConfig {
     /// Overlays the file's `default_model` and `[providers.<id>]` tables: a preset's table
     /// adjusts the preset, any other defines a new provider.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         default_model: Option<&String>,
         tables: &BTreeMap<String, ProviderTable>,
@@ -245,7 +245,7 @@ impl ModelsConfig {
 
     /// The providers for `config/get`, with API keys replaced by whether one is available. Key
     /// *variable names* are shown; key values never are.
-    pub fn redacted_providers(&self) -> serde_json::Map<String, serde_json::Value> {
+    pub(crate) fn redacted_providers(&self) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::json;
         let ms = |d: Duration| d.as_millis() as u64;
         self.providers

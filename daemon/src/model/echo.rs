@@ -13,13 +13,16 @@ use crush_protocol::ModelInfo;
 use super::{ChatMessage, EventStream, FinishReason, Model, ModelEvent, TurnRequest, Usage};
 
 #[derive(Debug)]
-pub struct EchoModel {
+pub(crate) struct EchoModel {
     info: ModelInfo,
     delay: Duration,
 }
 
 impl EchoModel {
-    pub fn new(name: &str, delay: Duration) -> Self {
+    /// The echo model under a name of the test's choosing (the daemon builds it from its
+    /// preset with [`EchoModel::with_info`]).
+    #[cfg(test)]
+    pub(crate) fn new(name: &str, delay: Duration) -> Self {
         Self::with_info(
             ModelInfo {
                 name: name.to_owned(),
@@ -32,14 +35,14 @@ impl EchoModel {
         )
     }
 
-    pub fn with_info(info: ModelInfo, delay: Duration) -> Self {
+    pub(crate) fn with_info(info: ModelInfo, delay: Duration) -> Self {
         Self { info, delay }
     }
 }
 
 /// Splits text into words that keep their leading whitespace, so the pieces concatenate back to
 /// the original.
-pub fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut in_word = false;

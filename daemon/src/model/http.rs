@@ -20,23 +20,23 @@ use tokio_util::sync::CancellationToken;
 use super::{EventStream, ModelError, ModelEvent};
 
 /// Idle connections kept per provider host for the next request.
-pub const POOL_MAX_IDLE_PER_HOST: usize = 8;
+pub(crate) const POOL_MAX_IDLE_PER_HOST: usize = 8;
 /// How long an idle connection is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an HTTP provider's model is: its identity, endpoint, the URL it posts to and the client
 /// (one per model, so connections are pooled across steps), plus the one streaming call both
 /// APIs make — POST a JSON body, fail on a non-2xx status, decode the SSE body.
 #[derive(Debug)]
-pub struct HttpModel {
-    pub info: ModelInfo,
-    pub endpoint: Endpoint,
-    pub url: String,
+pub(crate) struct HttpModel {
+    pub(crate) info: ModelInfo,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) url: String,
     http: reqwest::Client,
 }
 
 impl HttpModel {
-    pub fn new(info: ModelInfo, endpoint: Endpoint, url: String) -> Result<Self, String> {
+    pub(crate) fn new(info: ModelInfo, endpoint: Endpoint, url: String) -> Result<Self, String> {
         if info.model.trim().is_empty() {
             return Err("it has no model id".to_owned());
         }
@@ -52,7 +52,7 @@ impl HttpModel {
     /// Posts `body` with the extra `headers` (authentication, API version) and streams the reply
     /// through `dec`. A failure to connect or a non-2xx answer is the stream's one `Error`. The
     /// stream ends as soon as `cancel` fires, dropping the response, which closes the connection.
-    pub fn stream<D: SseDecoder>(
+    pub(crate) fn stream<D: SseDecoder>(
         self: &Arc<Self>,
         body: Value,
         headers: Vec<(&'static str, String)>,
@@ -120,7 +120,7 @@ impl HttpModel {
 }
 
 /// A provider's stream decoder: turns server-sent events into model events.
-pub trait SseDecoder: Send + 'static {
+pub(crate) trait SseDecoder: Send + 'static {
     /// The events one SSE event (`event:` name and `data:` payload) yields.
     fn event(&mut self, name: &str, data: &str) -> Vec<ModelEvent>;
     /// Whether the step ended (a `Finish` or `Error` was yielded); nothing is read after it.
@@ -131,7 +131,7 @@ pub trait SseDecoder: Send + 'static {
 
 /// Decodes a streaming response body with `dec`, ending after the first `Finish` or `Error`;
 /// a transport failure becomes an error naming `endpoint` and `url`.
-pub fn decode_sse<D: SseDecoder>(
+pub(crate) fn decode_sse<D: SseDecoder>(
     endpoint: Endpoint,
     url: String,
     body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
@@ -169,31 +169,31 @@ pub fn decode_sse<D: SseDecoder>(
 }
 
 /// How long connecting to a model server may take by default.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest silence between two reads of a streaming response by default.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// How much of an error body is read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Longest wait a server's `Retry-After` may impose before we give up instead.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// Where and how a provider's API is reached. Its `Debug` output shows whether a key is set,
 /// never the key.
 #[derive(Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The provider's id in the configuration (`openai`, `anthropic`, `my-vllm`, …).
-    pub provider: String,
+    pub(crate) provider: String,
     /// The API's base URL (for OpenAI-compatible APIs up to `/v1`).
-    pub base_url: String,
-    pub api_key: Option<String>,
+    pub(crate) base_url: String,
+    pub(crate) api_key: Option<String>,
     /// Where the key came from, for error messages (`OPENAI_API_KEY`).
-    pub api_key_env: Option<String>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub(crate) api_key_env: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     /// Connections to model APIs open at once, shared by every provider of the daemon
     /// (`[daemon] max_model_connections`): a run past it waits for one to close instead of
     /// failing with "too many open files".
-    pub connections: Arc<Semaphore>,
+    pub(crate) connections: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -213,7 +213,7 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(provider: &str, base_url: &str) -> Self {
+    pub(crate) fn new(provider: &str, base_url: &str) -> Self {
         Self {
             provider: provider.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -228,7 +228,7 @@ impl Endpoint {
     /// `text` with every occurrence of the API key replaced by `<redacted>`, and the
     /// credentials of every URL in it too (a `base_url` may carry `user:password@`; transport
     /// errors quote the URL).
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         let text = crate::secrets::redact_url_credentials(text);
         let text = match self.api_key.as_deref().map(str::trim) {
             // A key this short would redact ordinary words; no real provider issues one.
@@ -251,18 +251,18 @@ impl Endpoint {
     }
 
     /// The error with the API key redacted from its message.
-    pub fn redact_error(&self, mut e: ModelError) -> ModelError {
+    pub(crate) fn redact_error(&self, mut e: ModelError) -> ModelError {
         e.message = self.redact(&e.message);
         e
     }
 
     /// `base_url` joined with `path` (which starts with `/`).
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
 
     /// An HTTP client with this endpoint's timeouts.
-    pub fn client(&self) -> Result<reqwest::Client, String> {
+    pub(crate) fn client(&self) -> Result<reqwest::Client, String> {
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return Err(format!(
                 "base_url {:?} is not an http(s) URL",
@@ -282,7 +282,7 @@ impl Endpoint {
     }
 
     /// A request that could not be sent or whose response did not start.
-    pub fn send_error(&self, url: &str, e: &reqwest::Error) -> ModelError {
+    pub(crate) fn send_error(&self, url: &str, e: &reqwest::Error) -> ModelError {
         if e.is_timeout() {
             return ModelError::transient(format!(
                 "timed out waiting for the {} endpoint {url} ({}); is the server up and reachable?",
@@ -307,7 +307,7 @@ impl Endpoint {
 
     /// A server-sent-events stream that failed: a transport failure is looked at as the HTTP
     /// error it is (the SSE error type hides its source).
-    pub fn sse_error(
+    pub(crate) fn sse_error(
         &self,
         url: &str,
         e: &eventsource_stream::EventStreamError<reqwest::Error>,
@@ -330,7 +330,11 @@ impl Endpoint {
     }
 
     /// A read of a streaming body that failed (a timeout or a cut connection).
-    pub fn stream_error(&self, url: &str, e: &(dyn std::error::Error + 'static)) -> ModelError {
+    pub(crate) fn stream_error(
+        &self,
+        url: &str,
+        e: &(dyn std::error::Error + 'static),
+    ) -> ModelError {
         let chain = error_chain(e);
         if chain.contains("timed out") || chain.contains("timeout") {
             return ModelError::transient(format!(
@@ -345,7 +349,7 @@ impl Endpoint {
     }
 
     /// A non-2xx answer: reads (a bounded part of) the body and says what to do about it.
-    pub async fn status_error(
+    pub(crate) async fn status_error(
         &self,
         url: &str,
         model: &str,
@@ -359,7 +363,7 @@ impl Endpoint {
 }
 
 /// The error for an HTTP status, given the server's own explanation.
-pub fn classify(
+pub(crate) fn classify(
     ep: &Endpoint,
     url: &str,
     model: &str,
@@ -415,7 +419,7 @@ fn reason(status: StatusCode) -> &'static str {
 
 /// The wait a server asked for: `retry-after-ms` (OpenAI) or `Retry-After` in seconds or as an
 /// HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -498,7 +502,7 @@ async fn read_error_body(resp: reqwest::Response) -> String {
 }
 
 /// `{"error": {"message": …}}` (both APIs) or `{"error": "…"}` (some compatible servers).
-pub fn error_message(v: &Value) -> Option<String> {
+pub(crate) fn error_message(v: &Value) -> Option<String> {
     let e = v.get("error")?;
     e.get("message")
         .and_then(Value::as_str)
@@ -519,7 +523,7 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> 
     None
 }
 
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

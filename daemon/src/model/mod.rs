@@ -1,11 +1,15 @@
 //! Models behind one trait. A model streams one step of a turn as [`ModelEvent`]s: text and
-//! reasoning deltas, then exactly one `Finish` or `Error`. The run driver owns the stream; when
-//! the run is cancelled the stream ends at once (and a provider drops its HTTP response, which
-//! closes the connection to the model server).
+//! reasoning deltas, reasoning signatures and whole tool calls, then exactly one `Finish` or
+//! `Error`. The run driver owns the stream; when the run is cancelled the stream ends at once (and
+//! a provider drops its HTTP response, which closes the connection to the model server).
 //!
-//! Providers: [`openai`] (any OpenAI-compatible Chat Completions API), [`anthropic`] (the
-//! Messages API) and [`echo`] (a diagnostic that streams the prompt back). [`Models`] resolves a
-//! model by name from the providers' configuration ([`config`]: presets and file tables).
+//! Three APIs implement the trait: [`openai`] (any OpenAI-compatible Chat Completions API),
+//! [`anthropic`] (the Messages API), both over [`http`] (the POST, the status check, the SSE loop,
+//! errors a person can act on), and [`echo`] (a built-in diagnostic that streams the prompt back).
+//! A provider is one of those APIs at an address with a key: the presets are `openai`,
+//! `anthropic`, `openrouter` and `ollama` (the last two OpenAI-compatible) and `echo`, and a
+//! `[providers.<id>]` table adds or overrides one ([`config`]). [`Models`] resolves a model by
+//! name (`<provider>/<model id>`) and builds it on first use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -20,18 +24,18 @@ use crush_protocol::{ErrorCode, ModelInfo, RpcError};
 use crate::sync::lock;
 use config::{ApiKind, ModelsConfig, ProviderConfig};
 
-pub mod anthropic;
-pub mod config;
-pub mod echo;
-pub mod http;
-pub mod openai;
+pub(crate) mod anthropic;
+pub(crate) mod config;
+pub(crate) mod echo;
+pub(crate) mod http;
+pub(crate) mod openai;
 
 /// A tool the model may call: its name, what it does, and a JSON Schema of its input object.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolSpec {
-    pub name: String,
-    pub description: String,
-    pub parameters: serde_json::Value,
+pub(crate) struct ToolSpec {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) parameters: serde_json::Value,
 }
 
 /// A tool call the model made: the provider's call id, the tool's name, and its input as the
@@ -39,22 +43,22 @@ pub struct ToolSpec {
 /// tool reports that to it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
-    pub id: String,
-    pub name: String,
-    pub input: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) input: String,
 }
 
 /// Reasoning the model showed, with the provider's signature when it sent one (Anthropic
 /// requires the signed thinking block back in the same turn's tool loop).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Reasoning {
-    pub text: String,
-    pub signature: Option<String>,
+pub(crate) struct Reasoning {
+    pub(crate) text: String,
+    pub(crate) signature: Option<String>,
 }
 
 /// One message of the conversation sent to the model.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ChatMessage {
+pub(crate) enum ChatMessage {
     User {
         content: String,
     },
@@ -73,14 +77,15 @@ pub enum ChatMessage {
 }
 
 impl ChatMessage {
-    pub fn user(content: impl Into<String>) -> Self {
+    pub(crate) fn user(content: impl Into<String>) -> Self {
         ChatMessage::User {
             content: content.into(),
         }
     }
 
-    /// An assistant message with text only.
-    pub fn assistant(text: impl Into<String>) -> Self {
+    /// An assistant message with text only (tests build histories with it).
+    #[cfg(test)]
+    pub(crate) fn assistant(text: impl Into<String>) -> Self {
         ChatMessage::Assistant {
             text: text.into(),
             reasoning: None,
@@ -93,13 +98,13 @@ impl ChatMessage {
 #[derive(Debug, Clone, Default)]
 pub struct TurnRequest {
     /// The system prompt (empty for none).
-    pub system: String,
+    pub(crate) system: String,
     /// The conversation so far, oldest first.
-    pub messages: Vec<ChatMessage>,
+    pub(crate) messages: Vec<ChatMessage>,
     /// The tools the model may call (empty for none).
-    pub tools: Vec<ToolSpec>,
+    pub(crate) tools: Vec<ToolSpec>,
     /// Upper bound on the tokens of this step's output, when the model's limit is known.
-    pub max_output_tokens: Option<u32>,
+    pub(crate) max_output_tokens: Option<u32>,
 }
 
 /// Why a step ended: the protocol's type, so the reason a provider reports is the one stored and
@@ -109,27 +114,27 @@ pub use crush_protocol::FinishReason;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
 }
 
 /// A failed model call, with a message a person can act on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct ModelError {
-    pub message: String,
+    pub(crate) message: String,
     /// The HTTP status, when the server answered with an error.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// Worth trying again (429, 5xx, connection failures, a stream cut before any output).
     /// The driver retries only while nothing of the step was streamed.
-    pub retryable: bool,
+    pub(crate) retryable: bool,
     /// How long the server asked us to wait (`Retry-After` / `retry-after-ms`).
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl ModelError {
     /// A permanent error.
-    pub fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             status: None,
@@ -139,7 +144,7 @@ impl ModelError {
     }
 
     /// An error worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
         Self {
             retryable: true,
             ..Self::new(message)
@@ -165,9 +170,12 @@ pub enum ModelEvent {
     Error(ModelError),
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = ModelEvent> + Send>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = ModelEvent> + Send>>;
 
 /// A model that streams steps.
+///
+/// `pub`, with the types its methods name, only because `runs` (a `pub` module) names it in a
+/// `pub` field; their fields stay crate-private.
 pub trait Model: Send + Sync + std::fmt::Debug {
     /// Name, provider and model id, as `model/list` shows them.
     fn info(&self) -> &ModelInfo;
@@ -181,10 +189,10 @@ pub trait Model: Send + Sync + std::fmt::Debug {
 }
 
 /// The built-in diagnostic provider's id (and its one model's id).
-pub const ECHO: &str = "echo";
+pub(crate) const ECHO: &str = "echo";
 
 /// Default delay between two words of the built-in `echo` model.
-pub const ECHO_DELAY: Duration = Duration::from_millis(20);
+pub(crate) const ECHO_DELAY: Duration = Duration::from_millis(20);
 
 /// Every model the daemon can use, by name, and the default. Names are
 /// `<provider>/<model id>`; a model id listed by exactly one provider may be used alone.
@@ -193,7 +201,7 @@ pub const ECHO_DELAY: Duration = Duration::from_millis(20);
 pub struct Models {
     default: Option<String>,
     providers: BTreeMap<String, ProviderConfig>,
-    /// Models given directly (tests and embedding), by name.
+    /// Models given directly by tests ([`Models::with`]), by name; empty in the daemon.
     fixed: BTreeMap<String, Arc<dyn Model>>,
     built: Mutex<HashMap<String, Arc<dyn Model>>>,
     /// Connections to model APIs open at once, every provider together.
@@ -213,15 +221,16 @@ impl Models {
 
     /// At most `n` connections to model APIs at once (`[daemon] max_model_connections`); runs
     /// past it wait for a connection to close.
-    pub fn with_connection_limit(mut self, n: usize) -> Self {
+    pub(crate) fn with_connection_limit(mut self, n: usize) -> Self {
         self.connections = Arc::new(tokio::sync::Semaphore::new(
             n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         ));
         self
     }
 
-    /// A registry of the given models (for tests and embedding) plus the presets.
-    pub fn with(default: Option<&str>, models: Vec<Arc<dyn Model>>) -> Self {
+    /// A registry of the given models plus the presets: how tests put a scripted model in.
+    #[cfg(test)]
+    pub(crate) fn with(default: Option<&str>, models: Vec<Arc<dyn Model>>) -> Self {
         let mut me = Self::from_config(&ModelsConfig::default());
         for m in models {
             me.fixed.insert(m.info().name.clone(), m);
@@ -247,7 +256,7 @@ impl Models {
     }
 
     /// The listed models of every provider, each with why it cannot be used, if it cannot.
-    pub fn list(&self) -> Vec<ModelInfo> {
+    pub(crate) fn list(&self) -> Vec<ModelInfo> {
         let mut out: Vec<ModelInfo> = self.fixed.values().map(|m| m.info().clone()).collect();
         for (id, p) in &self.providers {
             let unavailable = key_of(id, p).err();
@@ -266,7 +275,7 @@ impl Models {
     }
 
     /// The model to use: the requested one, else the default. The error names what to set.
-    pub fn resolve(&self, requested: Option<&str>) -> Result<Arc<dyn Model>, RpcError> {
+    pub(crate) fn resolve(&self, requested: Option<&str>) -> Result<Arc<dyn Model>, RpcError> {
         let name = match requested.map(str::trim).filter(|n| !n.is_empty()) {
             Some(n) => n,
             None => self.default.as_deref().ok_or_else(|| {

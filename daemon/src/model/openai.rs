@@ -17,10 +17,11 @@ use super::{
     Usage,
 };
 
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// OpenAI's own endpoint: the `openai` preset's `base_url`.
+pub(crate) const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 #[derive(Debug, Clone)]
-pub struct OpenAiModel {
+pub(crate) struct OpenAiModel {
     inner: Arc<HttpModel>,
     /// OpenAI's own API, which names the output cap differently from compatible servers.
     official: bool,
@@ -28,7 +29,7 @@ pub struct OpenAiModel {
 
 impl OpenAiModel {
     /// A model reached at `endpoint` (whose base URL is the part before `/chat/completions`).
-    pub fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
+    pub(crate) fn new(info: ModelInfo, endpoint: Endpoint) -> Result<Self, String> {
         let official = endpoint.base_url.starts_with("https://api.openai.com");
         let url = endpoint.url("/chat/completions");
         Ok(Self {
@@ -54,7 +55,7 @@ impl Model for OpenAiModel {
 }
 
 /// The request body for a step.
-pub fn request_body(model: &str, request: &TurnRequest, official: bool) -> Value {
+pub(crate) fn request_body(model: &str, request: &TurnRequest, official: bool) -> Value {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if !request.system.is_empty() {
         messages.push(json!({"role": "system", "content": request.system}));

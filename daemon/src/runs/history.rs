@@ -6,7 +6,7 @@ use crush_protocol::{Attachment, Part};
 use crate::model::{ChatMessage, Reasoning, ToolCall};
 
 /// The parts of a user message: the prompt as text, then each attachment.
-pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Vec<Part> {
+pub(super) fn user_parts(prompt: &str, attachments: &[Attachment]) -> Vec<Part> {
     let mut parts = Vec::new();
     if !prompt.is_empty() {
         parts.push(Part::text(prompt));
@@ -23,7 +23,7 @@ pub fn user_parts(prompt: &str, attachments: &[Attachment]) -> Vec<Part> {
 
 /// What the model is shown for a user message's parts: the text, then each attachment wrapped
 /// with its name.
-pub fn user_content(parts: &[Part]) -> String {
+pub(super) fn user_content(parts: &[Part]) -> String {
     let mut out = String::new();
     for p in parts {
         match p {

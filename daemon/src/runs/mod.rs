@@ -48,9 +48,6 @@ pub use replay::ReplayBudget;
 use state::{RunHandle, SessionState};
 use workspaces::Workspace;
 
-pub use history::{user_content, user_parts};
-pub use permissions::bash_allowed;
-
 mod accept;
 mod cancel;
 mod driver;
@@ -200,7 +197,7 @@ impl RunMeta {
 
     /// The user message's parts.
     fn user_parts(&self) -> Vec<Part> {
-        user_parts(&self.prompt, &self.attachments)
+        history::user_parts(&self.prompt, &self.attachments)
     }
 }
 

@@ -176,12 +176,6 @@ impl Runtime {
             .yolo = yolo;
     }
 
-    pub fn yolo(&self, session_id: &str) -> bool {
-        lock(&self.permissions.grants)
-            .get(session_id)
-            .is_some_and(|g| g.yolo)
-    }
-
     /// Sends every pending request of the session to a new subscriber: requests are not lost
     /// because nobody was connected.
     pub(super) fn resend_permission_requests(
@@ -390,7 +384,7 @@ impl Runtime {
 
 /// Whether a bash command matches an allow rule: the rule's words are the command's first words,
 /// and the command has no shell syntax that could chain another command after an allowed one.
-pub fn bash_allowed(rules: &[String], command: &str) -> bool {
+pub(super) fn bash_allowed(rules: &[String], command: &str) -> bool {
     const CONTROL: &[&str] = &[";", "&", "|", "`", "$(", ">", "<", "\n", "\r"];
     if CONTROL.iter().any(|c| command.contains(c)) {
         return false;

@@ -51,6 +51,7 @@ impl ReplayBudget {
         self.used.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
     pub fn is_over(&self) -> bool {
         self.used() > self.max
     }

@@ -10,9 +10,6 @@ use crush_protocol::Part;
 
 use super::{Result, Store};
 
-/// Default time between two flushes of one live message.
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-
 #[derive(Debug)]
 pub struct LiveMessage {
     pub id: String,
@@ -60,7 +57,7 @@ impl LiveMessage {
     }
 
     /// Appends streamed reasoning, extending the trailing reasoning part.
-    pub fn push_reasoning(&mut self, delta: &str) {
+    pub(crate) fn push_reasoning(&mut self, delta: &str) {
         if delta.is_empty() {
             return;
         }
@@ -77,7 +74,7 @@ impl LiveMessage {
 
     /// Attaches the provider's signature to the reasoning streamed last (Anthropic needs it
     /// back with the reasoning in later steps of the turn).
-    pub fn sign_reasoning(&mut self, signature: &str) {
+    pub(crate) fn sign_reasoning(&mut self, signature: &str) {
         let last = self
             .parts
             .iter()
@@ -97,7 +94,7 @@ impl LiveMessage {
     }
 
     /// The reasoning of this message, if it has some.
-    pub fn reasoning(&self) -> Option<crate::model::Reasoning> {
+    pub(crate) fn reasoning(&self) -> Option<crate::model::Reasoning> {
         let parts: Vec<(&str, Option<&str>)> = self
             .parts
             .iter()
@@ -123,7 +120,7 @@ impl LiveMessage {
     }
 
     /// Adds a whole part (a tool call, a tool result…).
-    pub fn push_part(&mut self, part: Part) {
+    pub(crate) fn push_part(&mut self, part: Part) {
         self.parts.push(part);
         self.dirty = true;
     }

@@ -15,28 +15,32 @@ use sqlx::sqlite::{
 
 mod accept;
 pub mod live;
+mod messages;
 mod pieces;
 mod require;
-mod rows;
+mod sessions;
+mod turns;
 mod tx;
 mod vocab;
 
 use accept::AcceptLog;
 pub use accept::NewRun;
-pub use rows::*;
+pub use messages::*;
+pub use sessions::*;
+pub use turns::*;
 use tx::WriteTx;
 
 /// The embedded migrations (daemon/migrations).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The file name of the database inside the data directory.
-pub const DB_FILE: &str = "crushd.db";
+pub(crate) const DB_FILE: &str = "crushd.db";
 
 /// How long a statement waits for a lock held by another connection before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The error a recovered run carries.
-pub const INTERRUPTED_ERROR: &str = "the daemon stopped before the run finished";
+pub(crate) const INTERRUPTED_ERROR: &str = "the daemon stopped before the run finished";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,7 +92,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// A new time-ordered id.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
@@ -109,7 +113,7 @@ impl Store {
         Self::open_file(&path).await
     }
 
-    pub async fn open_file(path: &Path) -> Result<Store> {
+    pub(crate) async fn open_file(path: &Path) -> Result<Store> {
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
@@ -150,7 +154,7 @@ impl Store {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -208,7 +212,7 @@ impl Store {
     /// started gets its prompt into the session first), and every assistant message still
     /// streaming gets finish reason `interrupted` (its flushed text stays). Returns the number of
     /// runs changed.
-    pub async fn recover_interrupted(&self) -> Result<u64> {
+    pub(crate) async fn recover_interrupted(&self) -> Result<u64> {
         let now = now_ms();
         let mut tx = WriteTx::begin(&self.pool).await?;
         // Accepted runs that never started: their prompts join the end of their sessions, in
@@ -222,7 +226,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for run in &unstarted {
-            let message = rows::insert_message_in(
+            let message = messages::insert_message_in(
                 &mut tx,
                 &new_id(),
                 &NewMessage {

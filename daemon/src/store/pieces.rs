@@ -74,7 +74,7 @@ pub(super) async fn fold_unfinished_in(tx: &mut SqliteConnection) -> Result<()> 
 impl Store {
     /// A flush: appends to a streaming message `extend` (text continuing its last part) and
     /// `parts` (a JSON array of whole parts after it).
-    pub async fn append_message_piece(
+    pub(crate) async fn append_message_piece(
         &self,
         message_id: &str,
         extend: Option<&str>,

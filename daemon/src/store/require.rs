@@ -5,19 +5,19 @@
 use super::{Result, RunRow, SessionRow, Store, StoreError, WorkspaceRow};
 
 impl Store {
-    pub async fn require_workspace(&self, id: &str) -> Result<WorkspaceRow> {
+    pub(crate) async fn require_workspace(&self, id: &str) -> Result<WorkspaceRow> {
         self.get_workspace(id)
             .await?
             .ok_or_else(|| StoreError::WorkspaceNotFound(id.to_owned()))
     }
 
-    pub async fn require_session(&self, id: &str) -> Result<SessionRow> {
+    pub(crate) async fn require_session(&self, id: &str) -> Result<SessionRow> {
         self.get_session(id)
             .await?
             .ok_or_else(|| StoreError::SessionNotFound(id.to_owned()))
     }
 
-    pub async fn require_run(&self, run_id: &str) -> Result<RunRow> {
+    pub(crate) async fn require_run(&self, run_id: &str) -> Result<RunRow> {
         self.get_run(run_id)
             .await?
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_owned()))

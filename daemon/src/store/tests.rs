@@ -70,10 +70,7 @@ async fn sessions_crud_and_cascade_delete() {
         })
         .await
         .unwrap();
-    store
-        .insert_run("r1", &s.id, "running", "hi")
-        .await
-        .unwrap();
+    assert!(store.accept_run(new_run("r1", &s.id)).await.unwrap());
     assert_eq!(
         store
             .get_session(&s.id)
@@ -129,31 +126,43 @@ async fn messages_paginate_oldest_first_within_a_page() {
     assert!(!page.has_more);
 }
 
+/// A run's row through the writes the driver makes: accepted, started by its turn, ended by it.
 #[tokio::test]
 async fn runs_record_their_lifecycle() {
     let (_d, store) = temp_store().await;
     let ws = store.open_workspace("/p").await.unwrap();
     let s = store.create_session(&ws.id, "t", None).await.unwrap();
-    store
-        .insert_run("r", &s.id, "accepted", "prompt")
-        .await
-        .unwrap();
-    let u = store
-        .insert_message(NewMessage {
+    assert!(store.accept_run(new_run("r", &s.id)).await.unwrap());
+    assert_eq!(store.get_run("r").await.unwrap().unwrap().state, "accepted");
+    let (u, a) = store
+        .start_turn(&StartTurn {
+            run_id: "r",
             session_id: &s.id,
-            run_id: Some("r"),
-            role: "user",
-            parts: "[]",
-            ..Default::default()
+            prompt: "prompt",
+            user_parts: "[]",
+            model: "m",
+            provider: "p",
         })
         .await
         .unwrap();
-    store.start_run("r", Some(&u.id), None).await.unwrap();
     let run = store.get_run("r").await.unwrap().unwrap();
     assert_eq!(run.state, "running");
     assert_eq!(run.user_message_id.as_deref(), Some(u.id.as_str()));
     assert!(run.started_at.is_some());
-    store.finish_run("r", "failed", Some("boom")).await.unwrap();
+    store
+        .finish_turn(&FinishTurn {
+            session_id: &s.id,
+            message_id: Some(&a.id),
+            parts: "[]",
+            finish_reason: crush_protocol::FinishReason::EndTurn,
+            error: Some("boom"),
+            run_state: crush_protocol::RunState::Failed,
+            run_ids: &["r"],
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        })
+        .await
+        .unwrap();
     let run = store.get_run("r").await.unwrap().unwrap();
     assert_eq!(
         (run.state.as_str(), run.error.as_deref()),
@@ -170,18 +179,9 @@ async fn reopening_marks_unfinished_runs_interrupted_and_keeps_flushed_text() {
         let store = Store::open(&data).await.unwrap();
         let ws = store.open_workspace("/p").await.unwrap();
         let s = store.create_session(&ws.id, "t", None).await.unwrap();
-        store
-            .insert_run("done", &s.id, "completed", "a")
-            .await
-            .unwrap();
-        store
-            .insert_run("live", &s.id, "running", "b")
-            .await
-            .unwrap();
-        store
-            .insert_run("waiting", &s.id, "queued", "c")
-            .await
-            .unwrap();
+        insert_run(&store, "done", &s.id, "completed", "a").await;
+        insert_run(&store, "live", &s.id, "running", "b").await;
+        insert_run(&store, "waiting", &s.id, "queued", "c").await;
         let a = store
             .insert_message(NewMessage {
                 session_id: &s.id,
@@ -344,19 +344,52 @@ async fn concurrent_writers_never_surface_busy() {
     );
 }
 
+/// Each turn's token usage adds to its session's totals. Cost is not tracked: no write adds to
+/// it, so it stays zero.
 #[tokio::test]
 async fn session_usage_accumulates() {
     let (_d, store) = temp_store().await;
     let ws = store.open_workspace("/p").await.unwrap();
     let s = store.create_session(&ws.id, "t", Some("m")).await.unwrap();
-    store.add_session_usage(&s.id, 100, 20, 0.5).await.unwrap();
-    store.add_session_usage(&s.id, 10, 2, 0.25).await.unwrap();
+    for (prompt_tokens, completion_tokens) in [(100, 20), (10, 2)] {
+        store
+            .finish_turn(&FinishTurn {
+                session_id: &s.id,
+                message_id: None,
+                parts: "[]",
+                finish_reason: crush_protocol::FinishReason::EndTurn,
+                error: None,
+                run_state: crush_protocol::RunState::Completed,
+                run_ids: &[],
+                prompt_tokens,
+                completion_tokens,
+            })
+            .await
+            .unwrap();
+    }
     let got = store.get_session(&s.id).await.unwrap().unwrap();
     assert_eq!(
         (got.prompt_tokens, got.completion_tokens, got.cost),
-        (110, 22, 0.75)
+        (110, 22, 0.0)
     );
     assert!(got.updated_at >= s.updated_at);
+}
+
+/// A run row in any state with nothing else: the state an older daemon, or one killed between
+/// writes, can leave behind, which no single write of this one produces.
+async fn insert_run(store: &Store, run_id: &str, session_id: &str, state: &str, prompt: &str) {
+    let now = now_ms();
+    sqlx::query!(
+        "INSERT INTO runs (run_id, session_id, state, prompt, created_at) VALUES (?, ?, ?, ?, ?)",
+        run_id,
+        session_id,
+        state,
+        prompt,
+        now
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
 }
 
 fn new_run(id: &str, session: &str) -> NewRun {

@@ -32,11 +32,11 @@ pub const FLAG: &str = "--tool-guard";
 
 /// The daemon's soft open-file limit before it raised it (see `server::raise_fd_limit`): the
 /// guard puts it back before starting the shell, so tool commands see the user's own limit.
-pub const NOFILE_ENV: &str = "CRUSHD_TOOL_NOFILE";
+pub(crate) const NOFILE_ENV: &str = "CRUSHD_TOOL_NOFILE";
 
 /// The umask the daemon started with (octal), before it set 077 for its own files: the guard
 /// puts it back before starting the shell, so what commands create follows the user's umask.
-pub const UMASK_ENV: &str = "CRUSHD_TOOL_UMASK";
+pub(crate) const UMASK_ENV: &str = "CRUSHD_TOOL_UMASK";
 
 /// How long the group gets between SIGTERM and SIGKILL once the daemon is gone.
 const TERM_GRACE: Duration = Duration::from_millis(500);
@@ -45,12 +45,12 @@ static PROGRAM: OnceLock<OsString> = OnceLock::new();
 static ORIGINAL_NOFILE: OnceLock<u64> = OnceLock::new();
 
 /// Records the soft open-file limit the daemon started with, once it raised its own.
-pub fn set_original_fd_limit(soft: u64) {
+pub(crate) fn set_original_fd_limit(soft: u64) {
     let _ = ORIGINAL_NOFILE.set(soft);
 }
 
 /// The soft open-file limit to give tool processes, when the daemon changed its own.
-pub fn original_fd_limit() -> Option<u64> {
+pub(crate) fn original_fd_limit() -> Option<u64> {
     ORIGINAL_NOFILE.get().copied()
 }
 
@@ -231,7 +231,7 @@ fn restore_fd_limit() {
 }
 
 /// Sets the soft open-file limit, keeping the hard one (`hard`, as `getrlimit` read it).
-pub fn set_soft_fd_limit(soft: u64, hard: Option<u64>) -> std::io::Result<()> {
+pub(crate) fn set_soft_fd_limit(soft: u64, hard: Option<u64>) -> std::io::Result<()> {
     use rustix::process::{Resource, Rlimit, setrlimit};
     setrlimit(
         Resource::Nofile,

@@ -35,27 +35,27 @@ mod tests;
 
 /// What a tool call may touch and how much it may return.
 #[derive(Debug, Clone)]
-pub struct ToolContext {
+pub(crate) struct ToolContext {
     /// The workspace root (absolute). Tools canonicalize it before comparing paths.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The run's token: fires on agent/cancel, workspace close and daemon shutdown.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// Environment variable names removed from bash's environment (the providers' key
     /// variables), on top of every variable that looks like a secret ([`tool_environment`]).
-    pub scrub_env: Vec<String>,
-    pub limits: Limits,
+    pub(crate) scrub_env: Vec<String>,
+    pub(crate) limits: Limits,
 }
 
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// A file larger than this can only be viewed by line range (offset/limit).
-    pub view_max_bytes: u64,
+    pub(crate) view_max_bytes: u64,
     /// Cap on the text any tool returns to the model; the head and tail are kept.
-    pub output_max_bytes: usize,
-    pub bash_default_timeout: Duration,
-    pub bash_max_timeout: Duration,
+    pub(crate) output_max_bytes: usize,
+    pub(crate) bash_default_timeout: Duration,
+    pub(crate) bash_max_timeout: Duration,
     /// Cap on ls entries, glob paths and grep matches.
-    pub max_results: usize,
+    pub(crate) max_results: usize,
 }
 
 impl Default for Limits {
@@ -72,13 +72,13 @@ impl Default for Limits {
 
 /// The result of a tool call, as the model and editor clients see it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolOutput {
+pub(crate) struct ToolOutput {
     /// What the model sees.
-    pub content: String,
-    pub is_error: bool,
+    pub(crate) content: String,
+    pub(crate) is_error: bool,
     /// For editor clients, camelCase keys: `{"path","diff"}` for write/edit,
     /// `{"exitCode","timedOut","truncated"}` for bash.
-    pub metadata: Option<Value>,
+    pub(crate) metadata: Option<Value>,
 }
 
 impl ToolOutput {
@@ -110,14 +110,20 @@ impl ToolOutput {
 
 /// A validated tool call, ready to run once permitted.
 #[derive(Debug)]
-pub struct Prepared {
-    pub tool: String,
+pub(crate) struct Prepared {
+    /// The tool's name. The driver goes by the model's call name instead, so only the tests
+    /// read this back.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by tests; the driver uses the call's name")
+    )]
+    pub(crate) tool: String,
     /// A one-line human summary for permission prompts and UIs.
-    pub title: String,
+    pub(crate) title: String,
     /// The unified diff a write or edit would apply.
-    pub diff: Option<String>,
+    pub(crate) diff: Option<String>,
     /// The bash command (for allow rules).
-    pub command: Option<String>,
+    pub(crate) command: Option<String>,
     action: Action,
 }
 
@@ -145,7 +151,7 @@ pub fn set_user_umask(mask: u32) {
 }
 
 /// The user's umask, when the daemon changed its own.
-pub fn user_umask() -> Option<u32> {
+pub(crate) fn user_umask() -> Option<u32> {
     USER_UMASK.get().copied()
 }
 
@@ -159,21 +165,23 @@ pub fn set_allow_env(names: Vec<String>) {
 /// (`key_vars`, whatever they are called) and without any other secret
 /// ([`crate::secrets::is_secret`]) the user did not allow-list. The rule: a command the model
 /// runs never sees a credential the daemon was started with unless the user said so.
-pub fn tool_environment(key_vars: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+pub(crate) fn tool_environment(
+    key_vars: &[String],
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     let allow = ALLOW_ENV.get().map(Vec::as_slice).unwrap_or_default();
     crate::secrets::tool_environment(std::env::vars_os(), key_vars, allow)
 }
 
 /// The tools in the order the model is shown them.
-pub const TOOL_NAMES: [&str; 7] = ["view", "ls", "glob", "grep", "write", "edit", "bash"];
+pub(crate) const TOOL_NAMES: [&str; 7] = ["view", "ls", "glob", "grep", "write", "edit", "bash"];
 
 /// Whether a tool changes the workspace or runs commands, and so needs the user's permission.
-pub fn needs_permission(tool: &str) -> bool {
+pub(crate) fn needs_permission(tool: &str) -> bool {
     matches!(tool, "write" | "edit" | "bash")
 }
 
 /// The seven tools' specifications, in a fixed order: view, ls, glob, grep, write, edit, bash.
-pub fn specs() -> Vec<ToolSpec> {
+pub(crate) fn specs() -> Vec<ToolSpec> {
     let d = Limits::default();
     let spec = |name: &str, description: String, parameters: Value| ToolSpec {
         name: name.to_owned(),
@@ -321,7 +329,11 @@ pub fn specs() -> Vec<ToolSpec> {
 
 /// Parses the model's JSON input text, validates it, resolves paths, and for write/edit computes
 /// the unified diff without touching disk, so the daemon can show it in a permission prompt.
-pub async fn prepare(ctx: &ToolContext, tool: &str, input: &str) -> Result<Prepared, ToolOutput> {
+pub(crate) async fn prepare(
+    ctx: &ToolContext,
+    tool: &str,
+    input: &str,
+) -> Result<Prepared, ToolOutput> {
     if !TOOL_NAMES.contains(&tool) {
         return Err(ToolOutput::error(format!(
             "Unknown tool `{tool}`. The available tools are: {}.",
@@ -360,7 +372,7 @@ async fn prepare_with<A: DeserializeOwned + Send + 'static>(
 
 impl Prepared {
     /// Does the work. Never panics; failures and cancellation are error outputs.
-    pub async fn run(self, ctx: &ToolContext) -> ToolOutput {
+    pub(crate) async fn run(self, ctx: &ToolContext) -> ToolOutput {
         if ctx.cancel.is_cancelled() {
             return ToolOutput::cancelled();
         }

@@ -20,7 +20,7 @@ use super::{ToolContext, ToolOutput};
 #[derive(Debug, Clone)]
 pub(crate) struct Workspace {
     /// Canonical: symlinks resolved. Every real path a tool touches starts with it.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The root as configured, normalized lexically; an absolute path the model copied from a
     /// message may be spelled with it rather than the canonical form.
     given: PathBuf,
@@ -30,13 +30,13 @@ pub(crate) struct Workspace {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Resolved {
     /// Where the I/O happens: the canonical deepest existing ancestor joined with the rest.
-    pub real: PathBuf,
+    pub(crate) real: PathBuf,
     /// The model's path relative to the root, normalized, for messages ("." for the root).
-    pub shown: String,
+    pub(crate) shown: String,
 }
 
 impl Workspace {
-    pub fn open(ctx: &ToolContext) -> Result<Self, ToolOutput> {
+    pub(crate) fn open(ctx: &ToolContext) -> Result<Self, ToolOutput> {
         let root = std::fs::canonicalize(&ctx.root).map_err(|e| {
             ToolOutput::error(format!(
                 "The workspace root {} is not accessible: {e}",
@@ -48,7 +48,7 @@ impl Workspace {
     }
 
     /// Resolves a path argument, refusing anything that leads outside the root.
-    pub fn resolve(&self, input: &str) -> Result<Resolved, ToolOutput> {
+    pub(crate) fn resolve(&self, input: &str) -> Result<Resolved, ToolOutput> {
         if input.contains('\0') {
             return Err(ToolOutput::error("The path contains a NUL byte."));
         }
@@ -149,7 +149,7 @@ impl Workspace {
     /// must not leave it: a directory swapped for a symlink since the path was resolved is
     /// refused (`PermissionDenied`). `None` where openat2 is unavailable.
     #[cfg(target_os = "linux")]
-    pub fn open_dir_beneath(
+    pub(crate) fn open_dir_beneath(
         &self,
         real_dir: &Path,
     ) -> std::io::Result<Option<rustix::fd::OwnedFd>> {
@@ -160,7 +160,7 @@ impl Workspace {
     /// Opens a resolved (or walked) path for reading so that nothing swapped in since it was
     /// resolved can lead outside the root: a path outside, or one that now leads through a
     /// symlink to a place outside, fails with `PermissionDenied`.
-    pub fn open_read(&self, real: &Path) -> std::io::Result<File> {
+    pub(crate) fn open_read(&self, real: &Path) -> std::io::Result<File> {
         self.relative(real)?;
         #[cfg(target_os = "linux")]
         {
@@ -206,7 +206,7 @@ impl Workspace {
     }
 
     /// A resolved or walked path for output: relative to the root, '/'-separated.
-    pub fn rel(&self, real: &Path) -> String {
+    pub(crate) fn rel(&self, real: &Path) -> String {
         match real.strip_prefix(&self.root) {
             Ok(r) => display(r),
             Err(_) => real.display().to_string(),
