@@ -4,9 +4,9 @@
 //! before the database.
 //!
 //! Architecture invariant: a run enters the registry (under its session's lock) before its
-//! accept is answered and leaves it only after its `$/runComplete` is queued — or, when its
-//! end could not be saved, moves to the unsaved ends in the same step — so a run is always
-//! found in the registry or in the database, never in neither.
+//! accept is answered and leaves the live runs only after its end is in the database or, when
+//! the store refused it, among the unsaved ends (which take it before it leaves) — so a run is
+//! always found in the registry or in the database, never in neither.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
