@@ -29,6 +29,7 @@ pub(crate) mod config;
 pub(crate) mod echo;
 pub(crate) mod http;
 pub(crate) mod openai;
+pub(crate) mod price;
 
 /// A tool the model may call: its name, what it does, and a JSON Schema of its input object.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,10 +113,26 @@ pub struct TurnRequest {
 /// others are the driver's.
 pub use crush_protocol::FinishReason;
 
+/// The tokens of one step (or, summed, of a turn) as the provider reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Input tokens, cached ones included (Anthropic's three input counts added up).
     pub(crate) prompt_tokens: u64,
+    /// Output tokens, reasoning included.
     pub(crate) completion_tokens: u64,
+    /// The part of `prompt_tokens` read from the provider's prompt cache.
+    pub(crate) cached_tokens: u64,
+    /// The part of `completion_tokens` spent reasoning (OpenAI reports it; Anthropic does not).
+    pub(crate) reasoning_tokens: u64,
+}
+
+impl Usage {
+    pub(crate) fn add(&mut self, step: &Usage) {
+        self.prompt_tokens += step.prompt_tokens;
+        self.completion_tokens += step.completion_tokens;
+        self.cached_tokens += step.cached_tokens;
+        self.reasoning_tokens += step.reasoning_tokens;
+    }
 }
 
 /// A failed model call, with a message a person can act on.
@@ -367,7 +384,7 @@ impl Models {
 }
 
 fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
-    let limits = p.models.get(model).copied().unwrap_or_default();
+    let limits = p.models.get(model).cloned().unwrap_or_default();
     ModelInfo {
         name: format!("{provider_id}/{model}"),
         provider: provider_id.to_owned(),
@@ -377,6 +394,7 @@ fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
             .then(|| crate::secrets::redact_url_credentials(&p.base_url)),
         context_window: limits.context_window,
         max_output_tokens: limits.max_output_tokens,
+        price: limits.price(),
         unavailable: None,
     }
 }
