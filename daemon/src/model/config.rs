@@ -58,6 +58,9 @@ pub(crate) struct ModelLimits {
     pub(crate) context_window: Option<u64>,
     /// Longest output of one step, sent as the request's token cap.
     pub(crate) max_output_tokens: Option<u32>,
+    /// Written by the built-in presets, not the file: `model/list`'s `contextWindowSource`.
+    #[serde(skip)]
+    pub(crate) preset: bool,
 }
 
 /// The providers every daemon knows: each needs nothing but its key (Ollama not even that).
@@ -70,6 +73,7 @@ pub(crate) fn presets() -> BTreeMap<String, ProviderConfig> {
                     ModelLimits {
                         context_window: Some(*ctx),
                         max_output_tokens: Some(*out),
+                        preset: true,
                     },
                 )
             })

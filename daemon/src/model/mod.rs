@@ -29,6 +29,8 @@ pub(crate) mod config;
 pub(crate) mod echo;
 pub(crate) mod http;
 pub(crate) mod openai;
+pub(crate) mod tokens;
+pub(crate) mod windows;
 
 /// A tool the model may call: its name, what it does, and a JSON Schema of its input object.
 #[derive(Debug, Clone, PartialEq)]
@@ -367,7 +369,8 @@ impl Models {
 }
 
 fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
-    let limits = p.models.get(model).copied().unwrap_or_default();
+    let (window, max_output, source) = windows::resolve(model, p.models.get(model));
+    let echo = p.api == ApiKind::Echo;
     ModelInfo {
         name: format!("{provider_id}/{model}"),
         provider: provider_id.to_owned(),
@@ -375,8 +378,10 @@ fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
         model: model.to_owned(),
         base_url: (p.api != ApiKind::Echo)
             .then(|| crate::secrets::redact_url_credentials(&p.base_url)),
-        context_window: limits.context_window,
-        max_output_tokens: limits.max_output_tokens,
+        // The echo model answers without a model behind it: no window to budget.
+        context_window: (!echo).then_some(window),
+        max_output_tokens: if echo { None } else { max_output },
+        context_window_source: (!echo).then_some(source),
         unavailable: None,
     }
 }

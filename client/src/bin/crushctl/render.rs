@@ -285,7 +285,8 @@ impl Conversation {
             SessionEvent::RunStarted
             | SessionEvent::CancelRequested { .. }
             | SessionEvent::ReasoningDelta { .. }
-            | SessionEvent::MessageFinished { .. } => {}
+            | SessionEvent::MessageFinished { .. }
+            | SessionEvent::Compacted { .. } => {}
         }
     }
 }

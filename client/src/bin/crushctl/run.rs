@@ -582,7 +582,8 @@ impl RunView {
             | SessionEvent::CancelRequested { .. }
             | SessionEvent::PermissionRequested { .. }
             | SessionEvent::RunFinished { .. }
-            | SessionEvent::MessageFinished { .. } => {}
+            | SessionEvent::MessageFinished { .. }
+            | SessionEvent::Compacted { .. } => {}
         }
     }
 
