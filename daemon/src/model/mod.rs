@@ -29,7 +29,7 @@ pub(crate) mod config;
 pub(crate) mod echo;
 pub(crate) mod http;
 pub(crate) mod openai;
-pub(crate) mod tokens;
+pub mod tokens;
 pub(crate) mod windows;
 
 /// A tool the model may call: its name, what it does, and a JSON Schema of its input object.
@@ -132,6 +132,19 @@ pub struct ModelError {
     pub(crate) retryable: bool,
     /// How long the server asked us to wait (`Retry-After` / `retry-after-ms`).
     pub(crate) retry_after: Option<Duration>,
+    /// What the failure says about the request, when the driver can act on it.
+    pub(crate) kind: ModelErrorKind,
+}
+
+/// A failure the driver handles differently from the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ModelErrorKind {
+    #[default]
+    Other,
+    /// The request is larger than the model's context window (OpenAI
+    /// `context_length_exceeded`, Anthropic "prompt is too long", a 413): the driver compacts
+    /// the request once more and retries the step once.
+    ContextOverflow,
 }
 
 impl ModelError {
@@ -142,6 +155,7 @@ impl ModelError {
             status: None,
             retryable: false,
             retry_after: None,
+            kind: ModelErrorKind::Other,
         }
     }
 

@@ -126,7 +126,7 @@ impl Counter {
 /// like merge, hence 0.7), spaces ride on the next word, and any other character (accents,
 /// Cyrillic, CJK) is about a token. Calibrated on prose, code, JSON and logs against o200k
 /// and cl100k; `test_estimate_error_against_the_tokenizer` reports how far off it is.
-pub(crate) fn estimate(text: &str) -> u64 {
+pub fn estimate(text: &str) -> u64 {
     #[derive(PartialEq)]
     enum Run {
         None,
