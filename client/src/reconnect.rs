@@ -31,7 +31,7 @@ use crush_protocol::{
     AgentSendParams, AgentSendResult, AgentStatusResult, ClientRequest, ErrorCode,
     InitializeResult, NoParams, Notification, Request, RpcError, RunCompleteParams, RunInfo,
     RunRef, RunState, SessionMessagesParams, SessionRef, SessionSubscribeParams,
-    SessionSubscribeResult, SessionUnsubscribeResult, SessionUpdateParams, StreamingMessage,
+    SessionSubscribeResult, SessionUnsubscribeResult, SessionUpdateParams, StreamingMessage, Usage,
     WorkspaceCloseParams, WorkspaceInfo, WorkspaceOpenParams, daemon_notification, daemon_request,
     request, vocab::text_of,
 };
@@ -133,6 +133,8 @@ pub struct RunOutcome {
     pub text: Option<String>,
     /// For a steered prompt: the run whose turn it joined.
     pub folded_into: Option<String>,
+    /// The turn's tokens and cost (absent for a folded run, or from an older daemon).
+    pub usage: Option<Usage>,
     /// False: this is the daemon's `$/runComplete`. True: that notification was missed while
     /// the connection was down, and this outcome was recovered from `run/get` (and the text
     /// from `session/messages`).
@@ -201,6 +203,7 @@ impl RunOutcome {
             message_id: p.message_id,
             text: p.text,
             folded_into: p.folded_into,
+            usage: p.usage,
             recovered: false,
         }
     }
@@ -885,6 +888,7 @@ impl Shared {
                         message_id: None,
                         text: None,
                         folded_into: None,
+                        usage: None,
                         recovered: true,
                     }));
                 }
@@ -1076,6 +1080,7 @@ async fn recovered_outcome(client: &Client, info: &RunInfo) -> Result<RunOutcome
         message_id: info.assistant_message_id.clone(),
         text,
         folded_into: info.folded_into.clone(),
+        usage: info.usage,
         recovered: true,
     })
 }
@@ -1549,6 +1554,7 @@ mod tests {
             message_id: None,
             text: Some("recovered".into()),
             folded_into: None,
+            usage: None,
             recovered: true,
         })
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crushd::config::DaemonSettings;
 use crushd::store::live::LiveMessage;
-use crushd::store::{FinishTurn, Store};
+use crushd::store::{FinishTurn, Store, TurnUsage};
 
 const DELTA: &str = "0123456789abcdef0123456789abcde ";
 
@@ -74,8 +74,7 @@ async fn stream_reply(reply: usize) -> Outcome {
             error: None,
             run_state: crush_protocol::RunState::Completed,
             run_ids: &[],
-            prompt_tokens: 0,
-            completion_tokens: 0,
+            usage: TurnUsage::default(),
         })
         .await
         .unwrap();

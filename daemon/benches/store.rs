@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crushd::config::DaemonSettings;
 use crushd::store::live::LiveMessage;
-use crushd::store::{FinishTurn, Store};
+use crushd::store::{FinishTurn, Store, TurnUsage};
 use tokio::sync::Mutex;
 
 const DELTAS: usize = 10_000;
@@ -73,8 +73,7 @@ async fn run_case(runs: usize, interval: Duration, paced: bool) -> Outcome {
                     error: None,
                     run_state: crush_protocol::RunState::Completed,
                     run_ids: &[],
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
+                    usage: TurnUsage::default(),
                 })
                 .await
                 .unwrap();

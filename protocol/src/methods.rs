@@ -693,7 +693,39 @@ pub struct SessionInfo {
     pub message_count: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// The cost of the session's priced model use (see `usage.cost` for whether that is all).
     pub cost: f64,
+    /// The session's token totals and their cost (absent from daemons that do not count them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Tokens used, as the provider reported them, and what they cost.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Input (prompt) tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Output (completion) tokens, reasoning included.
+    pub output_tokens: u64,
+    /// The part of `inputTokens` read from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// The part of `outputTokens` spent on reasoning (providers that report it).
+    pub reasoning_tokens: u64,
+    /// In US dollars; `null` when a price was unknown. Always written, `null` included.
+    pub cost: Option<f64>,
+}
+
+/// A model's price in US dollars per million tokens (`model/list`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    pub input: f64,
+    pub output: f64,
+    /// Input tokens read from the prompt cache.
+    pub cached: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -798,6 +830,10 @@ pub struct RunInfo {
     /// For a steered run: the run whose turn it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folded_into: Option<String>,
+    /// The tokens of the run's turn and their cost, once it ended (absent for a folded run:
+    /// its tokens are the turn's it joined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -1003,6 +1039,9 @@ pub struct ModelInfo {
     /// nothing of the model and budgets against a conservative window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window_source: Option<ContextWindowSource>,
+    /// What its tokens cost, when known (presets or the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<ModelPrice>,
     /// Why the model cannot be used right now (e.g. its API key variable is unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
@@ -1036,6 +1075,9 @@ pub struct RunCompleteParams {
     /// For a steered prompt: the run whose turn it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folded_into: Option<String>,
+    /// The tokens of the run's turn and their cost (absent when no turn ran for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1152,6 +1194,14 @@ pub enum SessionEvent {
         finish_reason: FinishReason,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// The session's title or model changed (its first prompt titled it, `session/rename`,
+    /// `session/setModel`): both as they are now; `model` absent for the daemon's default.
+    #[serde(rename_all = "camelCase")]
+    SessionUpdated {
+        title: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
 }
 

@@ -458,6 +458,12 @@ pub struct Script {
     /// report usage (`input_tokens` in `message_start`, `output_tokens` in `message_delta`),
     /// zeros when `None`.
     pub usage: Option<(u64, u64)>,
+    /// `(cached, reasoning)`: the parts of the prompt read from the cache and of the completion
+    /// spent reasoning. OpenAI: `prompt_tokens_details.cached_tokens` and
+    /// `completion_tokens_details.reasoning_tokens` (sent only when not zero); Anthropic:
+    /// `cache_read_input_tokens`, with `input_tokens` the rest of the prompt (reasoning is not
+    /// reported apart, as with the real API).
+    pub usage_details: (u64, u64),
 }
 
 /// One scripted tool call.
@@ -521,6 +527,7 @@ impl Default for Script {
             cut: None,
             finish_reason: None,
             usage: Some((10, 0)),
+            usage_details: (0, 0),
         }
     }
 }
@@ -719,6 +726,14 @@ impl Script {
     pub fn usage(self, prompt: u64, completion: u64) -> Script {
         Script {
             usage: Some((prompt, completion)),
+            ..self
+        }
+    }
+
+    /// Sets the reported cached prompt tokens and reasoning tokens (see [`Script::usage_details`]).
+    pub fn usage_details(self, cached: u64, reasoning: u64) -> Script {
+        Script {
+            usage_details: (cached, reasoning),
             ..self
         }
     }
@@ -1479,11 +1494,18 @@ fn openai_plan(index: usize, model: Value, script: &Script) -> Plan {
     let finish = choice(json!({}), json!(script.effective_finish_reason()));
     tail.push(openai_chunk(&event(finish, None)));
     if let Some((prompt, completion)) = script.usage {
-        let usage = json!({
+        let mut usage = json!({
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt.saturating_add(completion),
         });
+        let (cached, reasoning) = script.usage_details;
+        if cached > 0 {
+            usage["prompt_tokens_details"] = json!({ "cached_tokens": cached });
+        }
+        if reasoning > 0 {
+            usage["completion_tokens_details"] = json!({ "reasoning_tokens": reasoning });
+        }
         tail.push(openai_chunk(&event(json!([]), Some(usage))));
     }
     tail.push(http_chunk(b"data: [DONE]\n\n"));
@@ -1502,7 +1524,9 @@ pub const MOCK_SIGNATURE: &str = "sig-mock";
 /// there would be no block at all); a `tool_use` block per tool call; `message_delta`,
 /// `message_stop`. One `ping` follows the first `content_block_start`.
 fn anthropic_plan(index: usize, model: Value, script: &Script) -> Plan {
-    let (input_tokens, output_tokens) = script.usage.unwrap_or((0, 0));
+    let (prompt_tokens, output_tokens) = script.usage.unwrap_or((0, 0));
+    let cached = script.usage_details.0.min(prompt_tokens);
+    let input_tokens = prompt_tokens - cached;
     let start = json!({
         "type": "message_start",
         "message": {
@@ -1514,7 +1538,12 @@ fn anthropic_plan(index: usize, model: Value, script: &Script) -> Plan {
             "stop_reason": null,
             "stop_sequence": null,
             // The real API reports a token or so here; the final count is in message_delta.
-            "usage": { "input_tokens": input_tokens, "output_tokens": output_tokens.min(1) },
+            "usage": if cached > 0 {
+                json!({ "input_tokens": input_tokens, "cache_read_input_tokens": cached,
+                        "output_tokens": output_tokens.min(1) })
+            } else {
+                json!({ "input_tokens": input_tokens, "output_tokens": output_tokens.min(1) })
+            },
         },
     });
 

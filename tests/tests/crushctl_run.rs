@@ -487,3 +487,51 @@ async fn ctrl_c_and_cancel_run_end_only_the_named_run() {
     assert_eq!(done["cancelled"], false, "{done}");
     assert_eq!(done["text"], "The editor's answer.");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_result_carries_the_runs_usage_and_new_sessions_are_titled_by_the_daemon() {
+    let w = world().await;
+    w.mock.push(Script::text("Fine.").usage(12, 4));
+    let out = w
+        .ctl()
+        .args(["run", "--json", "first question"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let last = json_lines(&stdout(&out)).pop().unwrap();
+    assert_eq!(last["type"], "result");
+    assert_eq!(
+        last["usage"],
+        json!({"inputTokens": 12, "outputTokens": 4, "cachedTokens": 0, "reasoningTokens": 0,
+               "cost": null}),
+        "the mock model has no price: {last}"
+    );
+    // Piped text before the words: the session is named after the words, not the text.
+    w.mock.push(Script::text("Read it."));
+    let out = w
+        .ctl()
+        .args(["run", "summarize this"])
+        .write_stdin("line one of a file\nline two\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    // Only piped text: the daemon takes its first line.
+    w.mock.push(Script::text("Noted."));
+    let out = w
+        .ctl()
+        .args(["run"])
+        .write_stdin("\n  piped question\nmore\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let out = w.ctl().args(["sessions", "--json"]).output().unwrap();
+    let mut titles: Vec<String> = json_lines(&stdout(&out))
+        .iter()
+        .map(|s| s["title"].as_str().unwrap().to_owned())
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["first question", "piped question", "summarize this"]
+    );
+}

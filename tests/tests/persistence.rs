@@ -171,7 +171,7 @@ async fn unfinished_runs_are_interrupted_after_a_crash() {
             .await
             .unwrap();
         assert!(accepted);
-        let (_user, a) = store
+        let a = store
             .start_turn(&crushd::store::StartTurn {
                 run_id: "run-1",
                 session_id: &s.id,
@@ -179,9 +179,11 @@ async fn unfinished_runs_are_interrupted_after_a_crash() {
                 user_parts: r#"[{"type":"text","text":"explain"}]"#,
                 model: "mock",
                 provider: "mock",
+                title: None,
             })
             .await
-            .unwrap();
+            .unwrap()
+            .assistant;
         let mut live =
             crushd::store::live::LiveMessage::new(a.id.clone(), std::time::Duration::ZERO);
         live.push_text("The answer is");

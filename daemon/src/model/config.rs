@@ -50,8 +50,9 @@ pub(crate) struct ProviderConfig {
     pub(crate) preset: bool,
 }
 
-/// What is known about one model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// What is known about one model: its limits and its price (US dollars per million tokens;
+/// see `price.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ModelLimits {
     /// Tokens of input and output together.
@@ -61,6 +62,26 @@ pub(crate) struct ModelLimits {
     /// Written by the built-in presets, not the file: `model/list`'s `contextWindowSource`.
     #[serde(skip)]
     pub(crate) preset: bool,
+    pub(crate) input_price: Option<f64>,
+    pub(crate) output_price: Option<f64>,
+    /// Input read from the provider's prompt cache; the input price when not given.
+    pub(crate) cached_price: Option<f64>,
+}
+
+impl ModelLimits {
+    /// Each key the file sets replaces the preset's, the others stay: a table that only
+    /// prices a preset model keeps its limits, and one that only sets a limit keeps its price.
+    fn over(self, base: ModelLimits) -> ModelLimits {
+        ModelLimits {
+            context_window: self.context_window.or(base.context_window),
+            max_output_tokens: self.max_output_tokens.or(base.max_output_tokens),
+            input_price: self.input_price.or(base.input_price),
+            output_price: self.output_price.or(base.output_price),
+            cached_price: self.cached_price.or(base.cached_price),
+            // The window is the preset's only while the file does not set one.
+            preset: self.context_window.is_none() && base.preset,
+        }
+    }
 }
 
 /// The providers every daemon knows: each needs nothing but its key (Ollama not even that).
@@ -74,6 +95,7 @@ pub(crate) fn presets() -> BTreeMap<String, ProviderConfig> {
                         context_window: Some(*ctx),
                         max_output_tokens: Some(*out),
                         preset: true,
+                        ..ModelLimits::default()
                     },
                 )
             })
@@ -139,6 +161,7 @@ pub(crate) fn presets() -> BTreeMap<String, ProviderConfig> {
     echo.models
         .insert("echo".to_owned(), ModelLimits::default());
     out.insert(super::ECHO.to_owned(), echo);
+    super::price::price_presets(&mut out);
     out
 }
 
@@ -211,7 +234,10 @@ impl ProviderTable {
         if let Some(d) = self.delay {
             base.delay = Some(d.0);
         }
-        base.models.extend(self.models.clone());
+        for (id, limits) in &self.models {
+            let preset = base.models.get(id).copied().unwrap_or_default();
+            base.models.insert(id.clone(), limits.over(preset));
+        }
         base
     }
 }
@@ -263,13 +289,16 @@ impl ModelsConfig {
                     .models
                     .iter()
                     .map(|(m, l)| {
-                        (
-                            m.clone(),
-                            json!({
+                        (m.clone(), {
+                            let mut v = json!({
                                 "contextWindow": l.context_window,
                                 "maxOutputTokens": l.max_output_tokens,
-                            }),
-                        )
+                            });
+                            if let Some(p) = l.price() {
+                                v["price"] = json!(p);
+                            }
+                            v
+                        })
                     })
                     .collect();
                 let mut v = json!({

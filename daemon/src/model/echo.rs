@@ -99,6 +99,7 @@ impl Model for EchoModel {
             usage: Usage {
                 prompt_tokens,
                 completion_tokens,
+                ..Usage::default()
             },
         }]);
         Box::pin(deltas.chain(finish).take_until(cancel.cancelled_owned()))

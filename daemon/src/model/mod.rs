@@ -29,6 +29,7 @@ pub(crate) mod config;
 pub(crate) mod echo;
 pub(crate) mod http;
 pub(crate) mod openai;
+pub(crate) mod price;
 pub mod tokens;
 pub(crate) mod windows;
 
@@ -114,10 +115,26 @@ pub struct TurnRequest {
 /// others are the driver's.
 pub use crush_protocol::FinishReason;
 
+/// The tokens of one step (or, summed, of a turn) as the provider reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Input tokens, cached ones included (Anthropic's three input counts added up).
     pub(crate) prompt_tokens: u64,
+    /// Output tokens, reasoning included.
     pub(crate) completion_tokens: u64,
+    /// The part of `prompt_tokens` read from the provider's prompt cache.
+    pub(crate) cached_tokens: u64,
+    /// The part of `completion_tokens` spent reasoning (OpenAI reports it; Anthropic does not).
+    pub(crate) reasoning_tokens: u64,
+}
+
+impl Usage {
+    pub(crate) fn add(&mut self, step: &Usage) {
+        self.prompt_tokens += step.prompt_tokens;
+        self.completion_tokens += step.completion_tokens;
+        self.cached_tokens += step.cached_tokens;
+        self.reasoning_tokens += step.reasoning_tokens;
+    }
 }
 
 /// A failed model call, with a message a person can act on.
@@ -383,7 +400,8 @@ impl Models {
 }
 
 fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
-    let (window, max_output, source) = windows::resolve(model, p.models.get(model));
+    let limits = p.models.get(model).cloned().unwrap_or_default();
+    let (window, max_output, source) = windows::resolve(model, Some(&limits));
     let echo = p.api == ApiKind::Echo;
     ModelInfo {
         name: format!("{provider_id}/{model}"),
@@ -396,6 +414,7 @@ fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
         context_window: (!echo).then_some(window),
         max_output_tokens: if echo { None } else { max_output },
         context_window_source: (!echo).then_some(source),
+        price: limits.price(),
         unavailable: None,
     }
 }

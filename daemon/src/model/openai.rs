@@ -173,10 +173,12 @@ impl Decoder {
         }
         let mut out = Vec::new();
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let n = |k: &str| u.pointer(k).and_then(Value::as_u64).unwrap_or(0);
             self.usage = Usage {
-                prompt_tokens: n("prompt_tokens"),
-                completion_tokens: n("completion_tokens"),
+                prompt_tokens: n("/prompt_tokens"),
+                completion_tokens: n("/completion_tokens"),
+                cached_tokens: n("/prompt_tokens_details/cached_tokens"),
+                reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
             };
         }
         if let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) {
@@ -319,7 +321,7 @@ mod tests {
                 .is_empty()
         );
         assert!(
-            d.data(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}"#)
+            d.data(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":5}}}"#)
                 .is_empty()
         );
         assert_eq!(
@@ -328,7 +330,9 @@ mod tests {
                 reason: FinishReason::MaxTokens,
                 usage: Usage {
                     prompt_tokens: 3,
-                    completion_tokens: 7
+                    completion_tokens: 7,
+                    cached_tokens: 2,
+                    reasoning_tokens: 5,
                 }
             }]
         );

@@ -112,6 +112,7 @@ mod tests {
             context_window: Some(4_000),
             max_output_tokens: Some(500),
             preset: false,
+            ..ModelLimits::default()
         };
         assert_eq!(
             resolve("gpt-4o", Some(&cfg)),

@@ -77,6 +77,7 @@ pub(super) fn permission_respond(
 fn run_info(r: RunRow) -> Result<RunInfo, StoreError> {
     Ok(RunInfo {
         state: r.run_state()?,
+        usage: r.usage(),
         run_id: r.run_id,
         session_id: r.session_id,
         prompt: r.prompt,

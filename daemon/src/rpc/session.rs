@@ -12,26 +12,35 @@ use serde_json::Value;
 use super::RequestCtx;
 use crate::store::{MessageRow, SessionRow, StoreError};
 
+/// The title of a session created without one, until its first prompt titles it.
+const DEFAULT_TITLE: &str = "New session";
+
 pub(super) async fn create(
     ctx: &RequestCtx,
     p: SessionCreateParams,
 ) -> Result<SessionInfo, RpcError> {
     let daemon = &ctx.daemon;
     daemon.store.require_workspace(&p.workspace_id).await?;
-    let title = p
-        .title
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .unwrap_or("New session");
+    let title = p.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let model = p.model.as_deref().map(str::trim).filter(|m| !m.is_empty());
     if let Some(m) = model {
         daemon.runtime.models().check(m)?;
     }
-    let row = daemon
-        .store
-        .create_session(&p.workspace_id, title, model)
-        .await?;
+    let row = match title {
+        Some(title) => {
+            daemon
+                .store
+                .create_session(&p.workspace_id, title, model)
+                .await?
+        }
+        // Its first prompt will title it (runs/title.rs).
+        None => {
+            daemon
+                .store
+                .create_untitled_session(&p.workspace_id, DEFAULT_TITLE, model)
+                .await?
+        }
+    };
     if p.yolo {
         daemon.runtime.set_yolo(&row.id, true);
     }
@@ -72,6 +81,9 @@ pub(super) async fn rename(
         .rename_session(&p.session_id, title)
         .await?
         .ok_or(StoreError::SessionNotFound(p.session_id))?;
+    ctx.daemon
+        .runtime
+        .session_updated(&row.id, &row.title, row.model.as_deref());
     Ok(session_info(row))
 }
 
@@ -139,6 +151,9 @@ pub(super) async fn set_model(
         .await?
         .ok_or_else(|| StoreError::SessionNotFound(p.session_id.clone()))?;
     daemon.runtime.set_session_model(&row.id, model);
+    daemon
+        .runtime
+        .session_updated(&row.id, &row.title, row.model.as_deref());
     Ok(session_info(row))
 }
 
@@ -154,6 +169,7 @@ pub(super) async fn set_yolo(
 
 fn session_info(r: SessionRow) -> SessionInfo {
     SessionInfo {
+        usage: Some(r.usage()),
         session_id: r.id,
         workspace_id: r.workspace_id,
         title: r.title,

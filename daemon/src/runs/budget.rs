@@ -32,8 +32,8 @@ const PER_REQUEST: u64 = 3;
 const DROP_NOTE: u64 = 30;
 /// The correction factor is trusted within these bounds; a provider reporting a count outside
 /// `[1/4, 4]` times ours is not counting this request (some servers report nothing useful).
-/// It only ever raises our count: Anthropic's `input_tokens` leaves out cached tokens, so a
-/// report below our count may be a cache hit rather than an overcount.
+/// It only ever raises our count: an overcount costs a little context, an undercount a refused
+/// request (and a compatible server may report only the uncached part of its input).
 const FACTOR_MIN: f64 = 1.0;
 const FACTOR_MAX: f64 = 2.0;
 const PLAUSIBLE: std::ops::RangeInclusive<f64> = 0.25..=4.0;

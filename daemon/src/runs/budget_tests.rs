@@ -132,11 +132,7 @@ fn the_factor_learns_plausible_reports_only() {
     m.calibrate(1000, 10);
     assert_eq!(m.factor(), 1.0);
     m.calibrate(1000, 800);
-    assert_eq!(
-        m.factor(),
-        1.0,
-        "a lower report (a cache hit?) never lowers the count"
-    );
+    assert_eq!(m.factor(), 1.0, "a lower report never lowers the count");
     m.calibrate(1000, 1200);
     assert!((m.factor() - 1.2).abs() < 1e-9);
     m.overflowed();

@@ -57,6 +57,8 @@ struct Outcome {
     message_id: Option<String>,
     text: Option<String>,
     error: Option<String>,
+    /// The turn's tokens and cost, for its own run's `$/runComplete`.
+    usage: Option<crush_protocol::Usage>,
     written: Written,
 }
 
@@ -76,6 +78,7 @@ impl Outcome {
             message_id: None,
             text: None,
             error: Some(error),
+            usage: None,
             written: Written::NotYet,
         }
     }
@@ -123,6 +126,8 @@ impl Runtime {
                             text: outcome.text.clone(),
                             error: outcome.error.clone(),
                             cancelled: outcome.end == End::Cancelled,
+                            // A folded run's tokens are the turn's, counted once.
+                            usage: outcome.usage.filter(|_| folded_into.is_none()),
                             folded_into,
                         },
                         r.sender().as_ref(),
@@ -178,7 +183,8 @@ impl Runtime {
         };
         let user_parts = run.user_parts();
         let user_parts_json = parts_json(&user_parts);
-        let (user, assistant) = match self
+        let title = super::title::from_prompt(&run.prompt);
+        let started = match self
             .store
             .start_turn(&StartTurn {
                 run_id: &run.run_id,
@@ -187,12 +193,14 @@ impl Runtime {
                 user_parts: &user_parts_json,
                 model: &model.model,
                 provider: &model.provider,
+                title: title.as_deref(),
             })
             .await
         {
             Ok(rows) => rows,
             Err(e) => return Outcome::failed(format!("cannot save the prompt: {e}")),
         };
+        let (user, assistant) = (started.user, started.assistant);
         {
             let mut inner = lock(&s.inner);
             inner.events.publish(
@@ -202,6 +210,15 @@ impl Runtime {
                     text: run.prompt.clone(),
                 },
             );
+            if let Some(title) = title.filter(|_| started.titled) {
+                inner.events.publish(
+                    None,
+                    SessionEvent::SessionUpdated {
+                        title,
+                        model: lock(&s.model).clone(),
+                    },
+                );
+            }
             inner.events.publish(
                 Some(&run.run_id),
                 SessionEvent::AssistantStarted {
@@ -336,6 +353,7 @@ impl Runtime {
         };
 
         let text = live.text();
+        let turn_usage = super::usage::turn_usage(&usage, model.price.as_ref());
         // The last write, made from the owned form that is kept for a retry if it fails.
         let last = EndWrite::Turn(OwnedFinish {
             session_id: s.id.clone(),
@@ -348,8 +366,7 @@ impl Runtime {
                 .chain(folded.iter().map(|r| &r.run_id))
                 .cloned()
                 .collect(),
-            prompt_tokens: usage.prompt_tokens as i64,
-            completion_tokens: usage.completion_tokens as i64,
+            usage: turn_usage,
         });
         let (error, written) = match self.write_end(&last).await {
             Ok(()) => (error, Written::Yes),
@@ -376,6 +393,7 @@ impl Runtime {
             message_id: Some(live.id),
             text: Some(text),
             error,
+            usage: Some(turn_usage.into()),
             written,
         }
     }

@@ -34,7 +34,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crush_protocol::{AgentState, AgentStatusResult, Attachment, ErrorCode, Part, RpcError};
+use crush_protocol::{
+    AgentState, AgentStatusResult, Attachment, ErrorCode, Part, RpcError, SessionEvent,
+};
 
 use crate::config::{AgentSettings, PermissionRules};
 use crate::model::{Model, Models};
@@ -63,8 +65,10 @@ mod step;
 mod subscribe;
 #[cfg(test)]
 mod tests;
+mod title;
 mod tool_calls;
 mod unsaved;
+mod usage;
 mod workspaces;
 
 /// Longest client-supplied run id.
@@ -364,6 +368,20 @@ impl Runtime {
     pub fn set_session_model(&self, session_id: &str, model: Option<&str>) {
         if let Some(s) = self.existing_session(session_id) {
             *lock(&s.model) = model.map(str::to_owned);
+        }
+    }
+
+    /// The session's title or model changed: its subscribers hear it (`sessionUpdated`, kept
+    /// for replay like every event). A session without live state has no subscriber to tell.
+    pub fn session_updated(&self, session_id: &str, title: &str, model: Option<&str>) {
+        if let Some(s) = self.existing_session(session_id) {
+            lock(&s.inner).events.publish(
+                None,
+                SessionEvent::SessionUpdated {
+                    title: title.to_owned(),
+                    model: model.map(str::to_owned),
+                },
+            );
         }
     }
 

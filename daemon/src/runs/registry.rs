@@ -107,6 +107,7 @@ impl RunRegistry {
                 started_at: l.started_at,
                 finished_at: None,
                 folded_into: l.folded_into.clone(),
+                usage: None,
             });
         }
         runs.unsaved.get(run_id).cloned()

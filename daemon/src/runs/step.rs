@@ -234,8 +234,7 @@ impl Runtime {
                     calls.push(c);
                 }
                 Some(ModelEvent::Finish { reason, usage: u }) => {
-                    usage.prompt_tokens += u.prompt_tokens;
-                    usage.completion_tokens += u.completion_tokens;
+                    usage.add(&u);
                     return Attempt::Done(Step::Finished(reason, calls));
                 }
                 Some(ModelEvent::Error(e)) => return Attempt::Failed(e),

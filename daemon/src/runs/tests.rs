@@ -111,6 +111,7 @@ fn finish() -> ModelEvent {
         usage: Usage {
             prompt_tokens: 1,
             completion_tokens: 1,
+            ..Usage::default()
         },
     }
 }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crush_protocol::{FinishReason, RunInfo, RunState};
 
 use super::Runtime;
-use crate::store::{FinishTurn, RunEnd, StoreError, now_ms};
+use crate::store::{FinishTurn, RunEnd, StoreError, TurnUsage, now_ms};
 
 /// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -41,8 +41,7 @@ pub(super) struct OwnedFinish {
     pub error: Option<String>,
     pub run_state: RunState,
     pub run_ids: Vec<String>,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
+    pub usage: TurnUsage,
 }
 
 #[derive(Debug, Clone)]
@@ -85,8 +84,7 @@ impl Runtime {
                         error: f.error.as_deref(),
                         run_state: f.run_state,
                         run_ids: &ids,
-                        prompt_tokens: f.prompt_tokens,
-                        completion_tokens: f.completion_tokens,
+                        usage: f.usage,
                     })
                     .await
             }

@@ -320,8 +320,7 @@ mod tests {
             error: None,
             run_state: crush_protocol::RunState::Completed,
             run_ids: &[],
-            prompt_tokens: 0,
-            completion_tokens: 0,
+            usage: crate::store::TurnUsage::default(),
         };
         store.finish_turn(&finish).await.unwrap();
         // A retried final write (runs/late.rs) lands on the same state.

@@ -23,6 +23,10 @@ pub struct SessionRow {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub cost: f64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// Tokens spent at an unknown price: while not 0, the session's total cost is unknown.
+    pub unpriced_tokens: i64,
 }
 
 impl Store {
@@ -68,22 +72,47 @@ impl Store {
 
     // ---- sessions ----
 
+    /// A session with the title its creator chose.
     pub async fn create_session(
         &self,
         workspace_id: &str,
         title: &str,
         model: Option<&str>,
     ) -> Result<SessionRow> {
+        self.insert_session(workspace_id, title, model, false).await
+    }
+
+    /// A session whose creator chose no title: `placeholder` until its first turn titles it
+    /// from the prompt.
+    pub(crate) async fn create_untitled_session(
+        &self,
+        workspace_id: &str,
+        placeholder: &str,
+        model: Option<&str>,
+    ) -> Result<SessionRow> {
+        self.insert_session(workspace_id, placeholder, model, true)
+            .await
+    }
+
+    async fn insert_session(
+        &self,
+        workspace_id: &str,
+        title: &str,
+        model: Option<&str>,
+        auto_title: bool,
+    ) -> Result<SessionRow> {
         let now = now_ms();
         let id = new_id();
         sqlx::query!(
-            "INSERT INTO sessions (id, workspace_id, title, model, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, workspace_id, title, model, created_at, updated_at, auto_title)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
             id,
             workspace_id,
             title,
             model,
             now,
-            now
+            now,
+            auto_title
         )
         .execute(self.pool())
         .await?;
@@ -98,6 +127,9 @@ impl Store {
             prompt_tokens: 0,
             completion_tokens: 0,
             cost: 0.0,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            unpriced_tokens: 0,
         })
     }
 
@@ -105,7 +137,8 @@ impl Store {
         Ok(sqlx::query_as!(
             SessionRow,
             "SELECT id, workspace_id, title, model, created_at, updated_at, message_count,
-                    prompt_tokens, completion_tokens, cost
+                    prompt_tokens, completion_tokens, cost, cached_tokens, reasoning_tokens,
+                    unpriced_tokens
              FROM sessions WHERE id = ?",
             id
         )
@@ -118,7 +151,8 @@ impl Store {
         Ok(sqlx::query_as!(
             SessionRow,
             "SELECT id, workspace_id, title, model, created_at, updated_at, message_count,
-                    prompt_tokens, completion_tokens, cost
+                    prompt_tokens, completion_tokens, cost, cached_tokens, reasoning_tokens,
+                    unpriced_tokens
              FROM sessions WHERE workspace_id = ? ORDER BY updated_at DESC, id DESC",
             workspace_id
         )
@@ -130,7 +164,7 @@ impl Store {
     pub(crate) async fn rename_session(&self, id: &str, title: &str) -> Result<Option<SessionRow>> {
         let now = now_ms();
         let changed = sqlx::query!(
-            "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
+            "UPDATE sessions SET title = ?, auto_title = 0, updated_at = ? WHERE id = ?",
             title,
             now,
             id

@@ -134,7 +134,7 @@ async fn runs_record_their_lifecycle() {
     let s = store.create_session(&ws.id, "t", None).await.unwrap();
     assert!(store.accept_run(new_run("r", &s.id)).await.unwrap());
     assert_eq!(store.get_run("r").await.unwrap().unwrap().state, "accepted");
-    let (u, a) = store
+    let started = store
         .start_turn(&StartTurn {
             run_id: "r",
             session_id: &s.id,
@@ -142,9 +142,12 @@ async fn runs_record_their_lifecycle() {
             user_parts: "[]",
             model: "m",
             provider: "p",
+            title: Some("prompt"),
         })
         .await
         .unwrap();
+    let (u, a) = (started.user, started.assistant);
+    assert!(!started.titled, "a session created with a title keeps it");
     let run = store.get_run("r").await.unwrap().unwrap();
     assert_eq!(run.state, "running");
     assert_eq!(run.user_message_id.as_deref(), Some(u.id.as_str()));
@@ -158,8 +161,7 @@ async fn runs_record_their_lifecycle() {
             error: Some("boom"),
             run_state: crush_protocol::RunState::Failed,
             run_ids: &["r"],
-            prompt_tokens: 0,
-            completion_tokens: 0,
+            usage: TurnUsage::default(),
         })
         .await
         .unwrap();
@@ -361,8 +363,11 @@ async fn session_usage_accumulates() {
                 error: None,
                 run_state: crush_protocol::RunState::Completed,
                 run_ids: &[],
-                prompt_tokens,
-                completion_tokens,
+                usage: TurnUsage {
+                    input_tokens: prompt_tokens,
+                    output_tokens: completion_tokens,
+                    ..TurnUsage::default()
+                },
             })
             .await
             .unwrap();
@@ -373,6 +378,113 @@ async fn session_usage_accumulates() {
         (110, 22, 0.0)
     );
     assert!(got.updated_at >= s.updated_at);
+}
+
+/// The turn's usage lands on its own run, not on the runs folded into it, and adds to the
+/// session's totals; tokens at an unknown price make the session's total cost unknown.
+#[tokio::test]
+async fn turn_usage_goes_to_its_run_and_the_session() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", None).await.unwrap();
+    for id in ["r", "folded"] {
+        assert!(store.accept_run(new_run(id, &s.id)).await.unwrap());
+    }
+    let priced = TurnUsage {
+        input_tokens: 1000,
+        output_tokens: 50,
+        cached_tokens: 400,
+        reasoning_tokens: 20,
+        cost: Some(0.25),
+    };
+    let finish = |run_ids: &'static [&'static str], usage| FinishTurn {
+        session_id: "",
+        message_id: None,
+        parts: "[]",
+        finish_reason: crush_protocol::FinishReason::EndTurn,
+        error: None,
+        run_state: crush_protocol::RunState::Completed,
+        run_ids,
+        usage,
+    };
+    store
+        .finish_turn(&FinishTurn {
+            session_id: &s.id,
+            ..finish(&["r", "folded"], priced)
+        })
+        .await
+        .unwrap();
+    let run = store.get_run("r").await.unwrap().unwrap();
+    assert_eq!(run.usage(), Some(priced.into()));
+    assert_eq!(
+        store.get_run("folded").await.unwrap().unwrap().usage(),
+        None
+    );
+    let got = store.get_session(&s.id).await.unwrap().unwrap().usage();
+    assert_eq!(got, priced.into());
+
+    store
+        .finish_turn(&FinishTurn {
+            session_id: &s.id,
+            ..finish(
+                &[],
+                TurnUsage {
+                    input_tokens: 7,
+                    output_tokens: 3,
+                    ..TurnUsage::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let row = store.get_session(&s.id).await.unwrap().unwrap();
+    assert_eq!((row.prompt_tokens, row.completion_tokens), (1007, 53));
+    assert_eq!(row.cost, 0.25, "the priced part is still summed");
+    assert_eq!(row.usage().cost, None, "but the total is unknown");
+}
+
+/// A session created without a title takes its first turn's, once; one created with a title,
+/// or renamed before its first turn, keeps it.
+#[tokio::test]
+async fn the_first_turn_titles_an_untitled_session_once() {
+    let (_d, store) = temp_store().await;
+    let ws = store.open_workspace("/p").await.unwrap();
+    let start = |session_id: &str, run_id: &'static str, title: &'static str| {
+        let session_id = session_id.to_owned();
+        let store = store.clone();
+        async move {
+            store
+                .start_turn(&StartTurn {
+                    run_id,
+                    session_id: &session_id,
+                    prompt: title,
+                    user_parts: "[]",
+                    model: "m",
+                    provider: "p",
+                    title: Some(title),
+                })
+                .await
+                .unwrap()
+                .titled
+        }
+    };
+    let s = store
+        .create_untitled_session(&ws.id, "New session", None)
+        .await
+        .unwrap();
+    assert!(start(&s.id, "r1", "first prompt").await);
+    assert!(!start(&s.id, "r2", "second prompt").await);
+    let got = store.get_session(&s.id).await.unwrap().unwrap();
+    assert_eq!(got.title, "first prompt");
+
+    let renamed = store
+        .create_untitled_session(&ws.id, "New session", None)
+        .await
+        .unwrap();
+    store.rename_session(&renamed.id, "Mine").await.unwrap();
+    assert!(!start(&renamed.id, "r3", "a prompt").await);
+    let got = store.get_session(&renamed.id).await.unwrap().unwrap();
+    assert_eq!(got.title, "Mine");
 }
 
 /// A run row in any state with nothing else: the state an older daemon, or one killed between

@@ -20,6 +20,12 @@ pub(crate) struct RunRow {
     pub(crate) started_at: Option<i64>,
     pub(crate) finished_at: Option<i64>,
     pub(crate) folded_into: Option<String>,
+    /// The turn's tokens and cost, once it ended (see the migration `0005_usage.sql`).
+    pub(crate) input_tokens: Option<i64>,
+    pub(crate) output_tokens: Option<i64>,
+    pub(crate) cached_tokens: Option<i64>,
+    pub(crate) reasoning_tokens: Option<i64>,
+    pub(crate) cost: Option<f64>,
 }
 
 impl Store {
@@ -29,7 +35,8 @@ impl Store {
         Ok(sqlx::query_as!(
             RunRow,
             "SELECT run_id, session_id, state, prompt, error, user_message_id, assistant_message_id,
-                    created_at, started_at, finished_at, folded_into
+                    created_at, started_at, finished_at, folded_into,
+                    input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost
              FROM runs WHERE run_id = ?",
             run_id
         )
@@ -51,9 +58,10 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a turn: the run's user message, the empty assistant message it streams into, and
-    /// the run row marked running, in one transaction.
-    pub async fn start_turn(&self, t: &StartTurn<'_>) -> Result<(MessageRow, MessageRow)> {
+    /// Starts a turn: the run's user message, the empty assistant message it streams into, the
+    /// run row marked running, and the session titled from the prompt if it still has the
+    /// default title nobody chose, in one transaction.
+    pub async fn start_turn(&self, t: &StartTurn<'_>) -> Result<StartedTurn> {
         let now = now_ms();
         let mut tx = WriteTx::begin(self.pool()).await?;
         let user = insert_message_in(
@@ -95,8 +103,25 @@ impl Store {
             now,
         )
         .await?;
+        let titled =
+            match t.title {
+                Some(title) => sqlx::query!(
+                    "UPDATE sessions SET title = ?, auto_title = 0 WHERE id = ? AND auto_title = 1",
+                    title,
+                    t.session_id
+                )
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0,
+                None => false,
+            };
         tx.commit().await?;
-        Ok((user, assistant))
+        Ok(StartedTurn {
+            user,
+            assistant,
+            titled,
+        })
     }
 
     /// A further step of a turn, in one transaction: the previous assistant message finished,
@@ -185,7 +210,8 @@ impl Store {
     }
 
     /// Ends a turn: the last assistant message's final parts and finish reason, the terminal
-    /// state of every run that took part, and the session's token usage, in one transaction.
+    /// state of every run that took part, the turn's usage on its own run (the first of
+    /// `run_ids`) and added to the session's, in one transaction.
     pub async fn finish_turn(&self, f: &FinishTurn<'_>) -> Result<()> {
         let now = now_ms();
         let mut tx = WriteTx::begin(self.pool()).await?;
@@ -204,26 +230,61 @@ impl Store {
             .await?;
             pieces::delete_pieces_in(&mut tx, id).await?;
         }
-        for run_id in f.run_ids {
+        let u = &f.usage;
+        if let Some((run_id, folded)) = f.run_ids.split_first() {
             sqlx::query!(
                 "UPDATE runs SET state = ?, error = ?, finished_at = ?,
-                        assistant_message_id = COALESCE(?, assistant_message_id)
+                        assistant_message_id = COALESCE(?, assistant_message_id),
+                        input_tokens = ?, output_tokens = ?, cached_tokens = ?,
+                        reasoning_tokens = ?, cost = ?
                  WHERE run_id = ?",
                 f.run_state.as_str(),
                 f.error,
                 now,
                 f.message_id,
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens,
+                u.cost,
                 run_id
             )
             .execute(&mut *tx)
             .await?;
+            for run_id in folded {
+                sqlx::query!(
+                    "UPDATE runs SET state = ?, error = ?, finished_at = ?,
+                            assistant_message_id = COALESCE(?, assistant_message_id)
+                     WHERE run_id = ?",
+                    f.run_state.as_str(),
+                    f.error,
+                    now,
+                    f.message_id,
+                    run_id
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
         }
-        if f.prompt_tokens != 0 || f.completion_tokens != 0 {
+        if u.input_tokens != 0 || u.output_tokens != 0 {
+            // Tokens without a price leave the session's total cost unknown.
+            let unpriced = if u.cost.is_none() {
+                u.input_tokens + u.output_tokens
+            } else {
+                0
+            };
+            let cost = u.cost.unwrap_or(0.0);
             sqlx::query!(
                 "UPDATE sessions SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,
+                        cached_tokens = cached_tokens + ?, reasoning_tokens = reasoning_tokens + ?,
+                        cost = cost + ?, unpriced_tokens = unpriced_tokens + ?,
                         updated_at = ? WHERE id = ?",
-                f.prompt_tokens,
-                f.completion_tokens,
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens,
+                cost,
+                unpriced,
                 now,
                 f.session_id
             )
@@ -273,6 +334,17 @@ pub struct StartTurn<'a> {
     pub user_parts: &'a str,
     pub model: &'a str,
     pub provider: &'a str,
+    /// The session's title if it still has the default one nobody chose.
+    pub title: Option<&'a str>,
+}
+
+/// What the first write of a turn added.
+#[derive(Debug, Clone)]
+pub struct StartedTurn {
+    pub user: MessageRow,
+    pub assistant: MessageRow,
+    /// The session took the title `StartTurn::title`.
+    pub titled: bool,
 }
 
 /// A steered prompt joining a turn.
@@ -312,8 +384,17 @@ pub struct FinishTurn<'a> {
     pub run_state: RunState,
     /// The turn's run and the runs folded into it.
     pub run_ids: &'a [&'a str],
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
+    pub usage: TurnUsage,
+}
+
+/// A turn's tokens, summed over its steps, and their cost (`None`: the price is unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TurnUsage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: Option<f64>,
 }
 
 /// How a run without a turn to finish ended (see [`Store::record_run_ends`]).

@@ -3,9 +3,9 @@
 //! others) and `parts` the parts' JSON; `query_as!` fills rows with the text as stored, so the
 //! conversion is made here, once, for every reader.
 
-use crush_protocol::{FinishReason, Part, RunState};
+use crush_protocol::{FinishReason, Part, RunState, Usage};
 
-use super::{MessageRow, Result, RunRow, StoreError};
+use super::{MessageRow, Result, RunRow, SessionRow, StoreError, TurnUsage};
 
 fn decode(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Db(sqlx::Error::Decode(Box::new(e)))
@@ -15,6 +15,53 @@ impl RunRow {
     /// The run's state.
     pub fn run_state(&self) -> Result<RunState> {
         self.state.parse().map_err(decode)
+    }
+}
+
+/// A count the daemon wrote, read back (never negative: only sums of provider counts).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl From<TurnUsage> for Usage {
+    fn from(u: TurnUsage) -> Self {
+        Usage {
+            input_tokens: count(u.input_tokens),
+            output_tokens: count(u.output_tokens),
+            cached_tokens: count(u.cached_tokens),
+            reasoning_tokens: count(u.reasoning_tokens),
+            cost: u.cost,
+        }
+    }
+}
+
+impl RunRow {
+    /// The turn's usage, once its last write recorded it (the token columns are written
+    /// together); `None` before, and for a run folded into another's turn.
+    pub fn usage(&self) -> Option<Usage> {
+        Some(
+            TurnUsage {
+                input_tokens: self.input_tokens?,
+                output_tokens: self.output_tokens?,
+                cached_tokens: self.cached_tokens.unwrap_or(0),
+                reasoning_tokens: self.reasoning_tokens.unwrap_or(0),
+                cost: self.cost,
+            }
+            .into(),
+        )
+    }
+}
+
+impl SessionRow {
+    /// The session's totals; the cost is unknown once any of its tokens had no price.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: count(self.prompt_tokens),
+            output_tokens: count(self.completion_tokens),
+            cached_tokens: count(self.cached_tokens),
+            reasoning_tokens: count(self.reasoning_tokens),
+            cost: (self.unpriced_tokens == 0).then_some(self.cost),
+        }
     }
 }
 

@@ -44,7 +44,7 @@ export interface SessionRow {
   model?: string;
   messageCount: number;
   tokens: number;
-  cost: number;
+  cost: number | null;
 }
 
 /** What the webview renders: sent whole on every change. */
@@ -476,8 +476,9 @@ export class Controller implements vscode.Disposable {
       busy,
       model: s.model ?? undefined,
       messageCount: s.messageCount,
-      tokens: s.promptTokens + s.completionTokens,
-      cost: s.cost,
+      tokens: s.usage ? s.usage.inputTokens + s.usage.outputTokens : s.promptTokens + s.completionTokens,
+      // `null` when a price was unknown: the webview then shows no cost rather than a wrong one.
+      cost: s.usage ? s.usage.cost : s.cost,
     };
   }
 

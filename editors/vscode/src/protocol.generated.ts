@@ -294,7 +294,37 @@ export type SessionRef = { sessionId: string, };
 
 export type SessionRenameParams = { sessionId: string, title: string, };
 
-export type SessionInfo = { sessionId: string, workspaceId: string, title: string, model?: string | null, createdAt: number, updatedAt: number, messageCount: number, promptTokens: number, completionTokens: number, cost: number, };
+export type SessionInfo = { sessionId: string, workspaceId: string, title: string, model?: string | null, createdAt: number, updatedAt: number, messageCount: number, promptTokens: number, completionTokens: number, 
+/**
+ * The cost of the session's priced model use (see `usage.cost` for whether that is all).
+ */
+cost: number, 
+/**
+ * The session's token totals and their cost (absent from daemons that do not count them).
+ */
+usage?: Usage | null, };
+
+export type Usage = { 
+/**
+ * Input (prompt) tokens, cached ones included.
+ */
+inputTokens: number, 
+/**
+ * Output (completion) tokens, reasoning included.
+ */
+outputTokens: number, 
+/**
+ * The part of `inputTokens` read from the provider's prompt cache.
+ */
+cachedTokens: number, 
+/**
+ * The part of `outputTokens` spent on reasoning (providers that report it).
+ */
+reasoningTokens: number, 
+/**
+ * In US dollars; `null` when a price was unknown. Always written, `null` included.
+ */
+cost: number | null, };
 
 export type SessionListResult = { sessions: Array<SessionInfo>, };
 
@@ -348,7 +378,12 @@ state: RunState, prompt: string, error?: string | null, userMessageId?: string |
 /**
  * For a steered run: the run whose turn it joined.
  */
-foldedInto?: string | null, };
+foldedInto?: string | null, 
+/**
+ * The tokens of the run's turn and their cost, once it ended (absent for a folded run:
+ * its tokens are the turn's it joined).
+ */
+usage?: Usage | null, };
 
 export type WorkspaceCloseParams = { workspaceId: string, 
 /**
@@ -478,6 +513,12 @@ export type SessionUnsubscribeResult = {
  */
 unsubscribed: boolean, };
 
+export type ModelPrice = { input: number, output: number, 
+/**
+ * Input tokens read from the prompt cache.
+ */
+cached: number, };
+
 export type ModelInfo = { 
 /**
  * The name used in `agent/send`, `session/create` and the config file:
@@ -503,6 +544,10 @@ model: string, baseUrl?: string | null, contextWindow?: number | null, maxOutput
  */
 contextWindowSource?: ContextWindowSource | null, 
 /**
+ * What its tokens cost, when known (presets or the config file).
+ */
+price?: ModelPrice | null, 
+/**
  * Why the model cannot be used right now (e.g. its API key variable is unset).
  */
 unavailable?: string | null, };
@@ -525,7 +570,11 @@ error?: string | null, cancelled: boolean,
 /**
  * For a steered prompt: the run whose turn it joined.
  */
-foldedInto?: string | null, };
+foldedInto?: string | null, 
+/**
+ * The tokens of the run's turn and their cost (absent when no turn ran for it).
+ */
+usage?: Usage | null, };
 
 export type SessionUpdateParams = { sessionId: string, 
 /**
@@ -537,13 +586,13 @@ seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
 
 export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
 
 export type CancelParams = { id: number | string, };
 

@@ -188,7 +188,8 @@ export class SessionModel extends EventEmitter implements SessionFollower {
   }
 
   onEvent(ev: SessionUpdateParams): void {
-    // Kinds newer than this extension's generated types (the daemon's `sessionUpdated`).
+    // `sessionUpdated` (title or model changed) carries no usage: the session's info is read
+    // again, as at the end of a run. A `session` member, if a daemon sends one, is used as is.
     const loose = ev as unknown as { kind: string; session?: unknown };
     if (loose.kind === "sessionUpdated") {
       if (loose.session && typeof loose.session === "object") {

@@ -286,8 +286,36 @@ impl Conversation {
             | SessionEvent::CancelRequested { .. }
             | SessionEvent::ReasoningDelta { .. }
             | SessionEvent::MessageFinished { .. }
+            | SessionEvent::SessionUpdated { .. }
             | SessionEvent::Compacted { .. } => {}
         }
+    }
+}
+
+/// A run's tokens and cost in one line: `250 tokens in (140 cached), 30 out (5 reasoning),
+/// $0.0005`. An unknown price says so rather than print a cost of nothing.
+pub fn usage_line(u: &crush_protocol::Usage) -> String {
+    let mut line = format!("{} tokens in", u.input_tokens);
+    if u.cached_tokens > 0 {
+        line.push_str(&format!(" ({} cached)", u.cached_tokens));
+    }
+    line.push_str(&format!(", {} out", u.output_tokens));
+    if u.reasoning_tokens > 0 {
+        line.push_str(&format!(" ({} reasoning)", u.reasoning_tokens));
+    }
+    match u.cost {
+        Some(c) => line.push_str(&format!(", ${}", dollars(c))),
+        None => line.push_str(", cost unknown (no price for this model)"),
+    }
+    line
+}
+
+/// Dollars with enough digits to show a small run's cost: `0.0005`, `1.24`.
+fn dollars(c: f64) -> String {
+    if c == 0.0 || c >= 0.01 {
+        format!("{c:.2}")
+    } else {
+        format!("{c:.6}").trim_end_matches('0').to_owned()
     }
 }
 
@@ -337,3 +365,29 @@ fn tool_result_line(ui: &Ui, tool: &str, status: ToolStatus, output: &str) -> St
 }
 
 pub use crate::ids::short as short_id;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_lines_show_what_was_reported_and_an_unknown_cost() {
+        let mut u = crush_protocol::Usage {
+            input_tokens: 250,
+            output_tokens: 30,
+            cached_tokens: 140,
+            reasoning_tokens: 5,
+            cost: Some(0.00053),
+        };
+        assert_eq!(
+            usage_line(&u),
+            "250 tokens in (140 cached), 30 out (5 reasoning), $0.00053"
+        );
+        u.cost = Some(1.5);
+        u.cached_tokens = 0;
+        u.reasoning_tokens = 0;
+        assert_eq!(usage_line(&u), "250 tokens in, 30 out, $1.50");
+        u.cost = None;
+        assert!(usage_line(&u).ends_with("cost unknown (no price for this model)"));
+    }
+}

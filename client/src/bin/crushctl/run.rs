@@ -92,16 +92,16 @@ async fn prepare(
     match existing {
         Some(s) => Ok((s, model, false)),
         None => {
-            let title = first_line(p.prompt.join(" ").trim(), 60);
-            let title = if title.is_empty() {
-                first_line(prompt, 60)
-            } else {
-                title
-            };
+            // The daemon titles a new session from its prompt's first line. When stdin was
+            // piped in front of the command-line words, those words say better what the
+            // session is about than the first line of the piped text: name it after them.
+            let words = p.prompt.join(" ");
+            let title =
+                (prompt != words && !words.trim().is_empty()).then(|| first_line(words.trim(), 60));
             let s = client
                 .request::<request::SessionCreate>(SessionCreateParams {
                     workspace_id: ws.workspace_id.clone(),
-                    title: Some(title),
+                    title,
                     model: None,
                     yolo: false,
                 })
@@ -583,6 +583,7 @@ impl RunView {
             | SessionEvent::PermissionRequested { .. }
             | SessionEvent::RunFinished { .. }
             | SessionEvent::MessageFinished { .. }
+            | SessionEvent::SessionUpdated { .. }
             | SessionEvent::Compacted { .. } => {}
         }
     }
@@ -628,13 +629,17 @@ impl RunView {
         }
         let code = outcome_code(o.state);
         if self.json {
-            self.emit(
-                json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
-                "state": o.state, "text": o.text, "error": o.error}),
-            );
+            self.emit(result_json(&o));
             return code;
         }
         self.ui.end_line();
+        // On a terminal only: a pipe gets the answer and nothing else.
+        if self.activity
+            && let Some(u) = &o.usage
+        {
+            self.ui
+                .err_line(&self.ui.paint_err(DIM, &crate::render::usage_line(u)));
+        }
         match o.state {
             OutcomeState::Ended(RunState::Completed) => {}
             OutcomeState::Ended(RunState::Cancelled) => self
@@ -797,6 +802,16 @@ pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// The `--json` line of a run's outcome; `usage` only when the daemon reported it.
+fn result_json(o: &RunOutcome) -> Value {
+    let mut v = json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
+        "state": o.state, "text": o.text, "error": o.error});
+    if let Some(u) = &o.usage {
+        v["usage"] = json!(u);
+    }
+    v
+}
+
 pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8> {
     let client = g.reconnecting(g.options(true)).await?;
     let Some(mut events) = client.take_events() else {
@@ -813,8 +828,7 @@ pub async fn wait(g: &Global, run_id: &str, json_out: bool) -> anyhow::Result<u8
                     Some(ClientEvent::RunOutcome(o)) if o.run_id == run_id => {
                         let code = outcome_code(o.state);
                         if json_out {
-                            crate::outln!("{}", json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
-                                "state": o.state, "text": o.text, "error": o.error}))?;
+                            crate::outln!("{}", result_json(&o))?;
                         } else {
                             if let Some(t) = &o.text {
                                 crate::ui::write_out(format_args!("{t}"))?;

@@ -240,6 +240,9 @@ impl Decoder {
                     + self.cache_read_tokens
                     + self.cache_creation_tokens,
                 completion_tokens: self.output_tokens,
+                // Cache writes are billed as input (plus a surcharge the price table omits).
+                cached_tokens: self.cache_read_tokens,
+                reasoning_tokens: 0,
             },
         });
         out
@@ -320,6 +323,7 @@ pub(super) mod tests {
             usage: Usage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
+                ..Usage::default()
             },
         }
     }
@@ -458,7 +462,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn usage_adds_cache_tokens_to_the_prompt() {
+    fn usage_adds_cache_tokens_to_the_prompt_and_reports_cache_reads() {
         let mut d = Decoder::new("anthropic");
         let ev = feed(
             &mut d,
@@ -468,7 +472,18 @@ pub(super) mod tests {
                 STOP,
             ],
         );
-        assert_eq!(ev, vec![finish(FinishReason::EndTurn, 3210, 77)]);
+        assert_eq!(
+            ev,
+            vec![ModelEvent::Finish {
+                reason: FinishReason::EndTurn,
+                usage: Usage {
+                    prompt_tokens: 3210,
+                    completion_tokens: 77,
+                    cached_tokens: 3000,
+                    reasoning_tokens: 0,
+                },
+            }]
+        );
     }
 
     #[test]

@@ -125,7 +125,7 @@ function M.buf(s)
     buffer = buf,
     callback = function()
       set_win_options(vim.api.nvim_get_current_win())
-      -- The daemon announces no renames: a chat brought into view reads its title again.
+      -- A session followed elsewhere may have changed meanwhile: read its title again.
       session().refresh_info(s)
     end,
   })
@@ -244,6 +244,23 @@ local function prompt_lines(out, p)
   p.rel_rows = { first, #out }
 end
 
+--- The session's totals for its header: ` · 1250 tokens · $0.0012` (no cost when its price is
+--- unknown: `vim.NIL`), or nothing before the daemon reported any.
+local function usage_text(u)
+  if type(u) ~= "table" then
+    return ""
+  end
+  local tokens = (tonumber(u.inputTokens) or 0) + (tonumber(u.outputTokens) or 0)
+  if tokens == 0 then
+    return ""
+  end
+  local text = " · " .. tokens .. " tokens"
+  if type(u.cost) == "number" then
+    text = text .. string.format(" · $%.4f", u.cost)
+  end
+  return text
+end
+
 local function entry_lines(s, e)
   local out = {}
   if e.hidden then
@@ -254,7 +271,7 @@ local function entry_lines(s, e)
     table.insert(out, "")
     -- The short id, as crushctl shows it (`:Crush attach` and crushctl accept it).
     local short = require("crush.util").short_id(s.id)
-    table.insert(out, "_session " .. short .. (s.model and (" · model " .. s.model) or "") .. "_")
+    table.insert(out, "_session " .. short .. (s.model and (" · model " .. s.model) or "") .. usage_text(s.usage) .. "_")
     table.insert(out, "")
   elseif e.kind == "user" then
     table.insert(out, "## You")

@@ -291,18 +291,24 @@ function M.refresh_info(s)
   end)
 end
 
---- Takes the title and model of a `SessionInfo`; redraws the header when they changed.
+--- Takes the title, model and usage of a `SessionInfo` (or of a `sessionUpdated` event, which
+--- has no usage); redraws the header when they changed.
 function M.set_info(s, info)
-  local changed = s.title ~= info.title or s.model ~= info.model
+  local usage = info.usage or s.usage
+  local changed = s.title ~= info.title or s.model ~= info.model or not vim.deep_equal(s.usage, usage)
+  local retitled = s.title ~= info.title
   s.title = info.title
   s.model = info.model
+  s.usage = usage
   s.workspace_id = info.workspaceId or s.workspace_id
   if changed then
     if s.entries[1] then
       M.touch(s, s.entries[1])
     end
     M.changed(s)
-    fire("CrushSessionTitle", { sessionId = s.id, title = s.title })
+    if retitled then
+      fire("CrushSessionTitle", { sessionId = s.id, title = s.title })
+    end
   end
 end
 
@@ -334,9 +340,11 @@ local function apply(s, ev)
       -- answered says it here.
       M.add_entry(s, { kind = "note", text = ev.state == "cancelled" and "cancelled" or "interrupted" })
     end
-    -- A turn is when a session's title may change (the daemon titles it, or another client
-    -- renamed it meanwhile): read it again.
+    -- A turn adds to the session's usage: read its totals (and title) again.
     M.refresh_info(s)
+  elseif k == "sessionUpdated" then
+    -- Its first prompt titled the session, or a client renamed it or changed its model.
+    M.set_info(s, { title = ev.title, model = ev.model })
   elseif k == "userMessage" then
     if not s.by_msg[ev.messageId] then
       -- The event has no attachments; ours are known from the send.

@@ -68,6 +68,7 @@ T.it("rebuilds from session/messages and the streaming message, then follows the
   end)
   T.eq(1, T.count(buf, want), "the reply once:\n" .. T.text(buf))
   T.eq(2, T.count(buf, "## Assistant"), "two assistant messages")
-  T.eq(1, T.count(buf, "stream ten words"), "the prompt once")
+  -- Once as the prompt (the header shows it too: the daemon titled the session with it).
+  T.eq(1, T.count(buf, "## You\n\nstream ten words"), "the prompt once")
   T.eq(1, T.count(buf, "queued meanwhile"), "the queued prompt once")
 end)
