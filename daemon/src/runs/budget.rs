@@ -4,7 +4,8 @@
 //! the stored message it came from; before every model call `assemble` builds the request from
 //! it, compacting *the request only* when it would pass the threshold:
 //!
-//! 1. old tool outputs become a one-line stub naming the tool, its input and the stored message;
+//! 1. old tool outputs become a one-line stub naming the tool, its input and the stored message
+//!    (and a tool call's large input, a `write` of a whole file, a stub naming the message);
 //! 2. if that is not enough, the oldest turns are left out — never the session's first user
 //!    message (the user's instructions), never the two latest turns;
 //! 3. if the request is still over the window, the previous turn goes too and the current
@@ -211,7 +212,8 @@ impl Memory {
 #[derive(Debug, Clone)]
 enum Slot {
     Keep,
-    Stub(String, u64),
+    /// Sent as this smaller message instead (a tool output or a tool call's input stubbed).
+    Stub(ChatMessage, u64),
     Drop,
 }
 
@@ -393,21 +395,59 @@ impl Conversation {
         out
     }
 
-    /// Replaces entry `i`'s tool output by its stub, when it is one worth replacing.
+    /// Replaces entry `i`'s tool output, or its tool calls' large inputs (a `write` of a
+    /// whole file), by a stub, when there is one worth replacing. A call keeps its id, so its
+    /// result still pairs with it.
     fn stub(&self, i: usize, inputs: &HashMap<&str, &str>, slots: &mut [Slot]) {
         let e = &self.entries[i];
-        let ChatMessage::ToolResult {
-            call_id,
-            name,
-            content,
-            ..
-        } = &e.msg
-        else {
-            return;
-        };
         if !matches!(slots[i], Slot::Keep) || e.tokens < MIN_STUB {
             return;
         }
+        let (call_id, name, content, is_error) = match &e.msg {
+            ChatMessage::ToolResult {
+                call_id,
+                name,
+                content,
+                is_error,
+            } => (call_id, name, content, *is_error),
+            ChatMessage::Assistant {
+                text,
+                reasoning,
+                tool_calls,
+            } => {
+                let mut stubbed = false;
+                let calls = tool_calls
+                    .iter()
+                    .map(|c| {
+                        if self.counter.text(&c.input) < MIN_STUB {
+                            return c.clone();
+                        }
+                        stubbed = true;
+                        let note = format!(
+                            "{} bytes of input left out to fit the context window; stored in \
+                             message {}",
+                            c.input.len(),
+                            e.source
+                        );
+                        crate::model::ToolCall {
+                            input: serde_json::json!({ "omitted": note }).to_string(),
+                            ..c.clone()
+                        }
+                    })
+                    .collect();
+                if stubbed {
+                    let msg = ChatMessage::Assistant {
+                        text: text.clone(),
+                        reasoning: reasoning.clone(),
+                        tool_calls: calls,
+                    };
+                    let tokens = self.counter.message(&msg);
+                    slots[i] = Slot::Stub(msg, tokens);
+                }
+                return;
+            }
+            ChatMessage::User { .. } => return,
+        };
         let input = inputs.get(call_id.as_str()).copied().unwrap_or("{}");
         let mut shown: String = input.chars().take(STUB_INPUT_CHARS).collect();
         if shown.len() < input.len() {
@@ -419,13 +459,14 @@ impl Conversation {
             content.lines().count(),
             e.source
         );
-        let tokens = self.counter.message(&ChatMessage::ToolResult {
+        let msg = ChatMessage::ToolResult {
             call_id: call_id.clone(),
             name: name.clone(),
-            content: text.clone(),
-            is_error: false,
-        });
-        slots[i] = Slot::Stub(text, tokens);
+            content: text,
+            is_error,
+        };
+        let tokens = self.counter.message(&msg);
+        slots[i] = Slot::Stub(msg, tokens);
     }
 
     /// Leaves turn `t` out, except the session's first user message.
@@ -450,20 +491,7 @@ impl Conversation {
             let msg = match slot {
                 Slot::Keep => e.msg.clone(),
                 Slot::Drop => continue,
-                Slot::Stub(text, _) => match &e.msg {
-                    ChatMessage::ToolResult {
-                        call_id,
-                        name,
-                        is_error,
-                        ..
-                    } => ChatMessage::ToolResult {
-                        call_id: call_id.clone(),
-                        name: name.clone(),
-                        content: text,
-                        is_error: *is_error,
-                    },
-                    other => other.clone(),
-                },
+                Slot::Stub(msg, _) => msg,
             };
             // Tell the model that what follows its instructions is not the whole story.
             let msg = match msg {

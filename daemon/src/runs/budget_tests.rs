@@ -138,3 +138,47 @@ fn the_factor_learns_plausible_reports_only() {
     m.overflowed();
     assert!((m.factor() - 1.5).abs() < 1e-9);
 }
+
+#[test]
+fn a_huge_tool_call_input_is_stubbed_and_its_result_still_pairs_with_it() {
+    let mut c = Conversation::new(Counter::Estimate);
+    c.push("u0", ChatMessage::user("write the big file"), true);
+    c.push(
+        "a0",
+        ChatMessage::Assistant {
+            text: String::new(),
+            reasoning: None,
+            tool_calls: vec![ToolCall {
+                id: "call_big".into(),
+                name: "write".into(),
+                input: format!(
+                    "{{\"path\":\"big\",\"content\":\"{}\"}}",
+                    "x ".repeat(50_000)
+                ),
+            }],
+        },
+        false,
+    );
+    c.push(
+        "a0",
+        ChatMessage::ToolResult {
+            call_id: "call_big".into(),
+            name: "write".into(),
+            content: "the tool call did not complete".into(),
+            is_error: true,
+        },
+        false,
+    );
+    c.push("u1", ChatMessage::user("go on"), false);
+    let a = c.assemble(100, &limits(32_768), 1.0, false).unwrap();
+    assert!(a.compaction.unwrap().stubbed >= 1);
+    let ChatMessage::Assistant { tool_calls, .. } = &a.messages[1] else {
+        panic!("the call is kept")
+    };
+    assert_eq!(tool_calls[0].id, "call_big");
+    assert!(serde_json::from_str::<serde_json::Value>(&tool_calls[0].input).is_ok());
+    assert!(tool_calls[0].input.contains("stored in message a0"));
+    assert!(
+        matches!(&a.messages[2], ChatMessage::ToolResult { call_id, is_error: true, .. } if call_id == "call_big")
+    );
+}
