@@ -72,6 +72,9 @@ settings! {
         bash_timeout: Duration = Duration::from_secs(120), "bashTimeoutMs";
         /// Longest time a `bash` tool call may ask for.
         bash_max_timeout: Duration = Duration::from_secs(600), "bashMaxTimeoutMs";
+        /// Percent of the model's context window past which a request is compacted before it
+        /// is sent (10–100).
+        compact_threshold: u32 = 80, "compactThreshold";
     }
 }
 

@@ -8,7 +8,9 @@ use serde_json::value::RawValue;
 
 use crate::error::RpcError;
 use crate::message::RequestId;
-use crate::vocab::{AgentState, FinishReason, Part, PermissionResolution, RunState, ToolStatus};
+use crate::vocab::{
+    AgentState, ContextWindowSource, FinishReason, Part, PermissionResolution, RunState, ToolStatus,
+};
 
 /// Version of this protocol. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -1033,6 +1035,10 @@ pub struct ModelInfo {
     pub context_window: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
+    /// Where `contextWindow` comes from: `preset`, `config` or `default` (the daemon knows
+    /// nothing of the model and budgets against a conservative window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window_source: Option<ContextWindowSource>,
     /// What its tokens cost, when known (presets or the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<ModelPrice>,
@@ -1167,6 +1173,19 @@ pub enum SessionEvent {
         output: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metadata: Option<serde_json::Value>,
+    },
+    /// The next model request was compacted to fit the model's context window. Only the
+    /// request: the stored messages are untouched. `fromMessageId`..`toMessageId` is the range of
+    /// stored messages it changed; `stubbed` tool outputs were replaced by a one-line stub and
+    /// `dropped` messages left out. Token counts are the daemon's estimate of the request.
+    #[serde(rename_all = "camelCase")]
+    Compacted {
+        from_message_id: String,
+        to_message_id: String,
+        tokens_before: u64,
+        tokens_after: u64,
+        stubbed: u32,
+        dropped: u32,
     },
     /// A message is final; `finishReason` as in `session/messages`.
     #[serde(rename_all = "camelCase")]

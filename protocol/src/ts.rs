@@ -40,6 +40,7 @@ pub fn typescript() -> String {
         AgentState,
         ToolStatus,
         FinishReason,
+        ContextWindowSource,
         PermissionResolution,
         Part,
         SessionSetModelParams,

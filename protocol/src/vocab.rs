@@ -156,6 +156,18 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Where the context window `model/list` shows for a model comes from (`contextWindowSource`).
+    pub enum ContextWindowSource ("context window source") {
+        /// The daemon's built-in table of known models.
+        Preset = "preset",
+        /// The model's entry in a `[providers.<id>.models]` table of the config file.
+        Config = "config",
+        /// Neither knows the model: a conservative default the daemon budgets against.
+        Default = "default",
+    }
+}
+
+wire_enum! {
     /// How a permission request ended (`permissionResolved`, `$/permissionResolved`).
     pub enum PermissionResolution ("permission resolution") {
         Allow = "allow",

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod mock_llm;
+pub mod mock_window;
 pub mod procfs;
 
 use std::io::{BufRead, BufReader};

@@ -64,6 +64,9 @@ impl MockLlm {
                 streaming: 0,
                 peak_streaming: 0,
                 sent: Vec::new(),
+                window: None,
+                overflows: 0,
+                force_overflows: 0,
             }),
             changed: Notify::new(),
         });
@@ -95,6 +98,24 @@ impl MockLlm {
     /// Sets the script used when the queue is empty (initially `Script::text("Hello from the mock.")`).
     pub fn set_default(&self, script: Script) {
         self.shared.update(|s| s.default = script);
+    }
+
+    /// Enforces a context window like a real API: each request's prompt tokens
+    /// ([`crate::mock_window`]) plus its output cap must fit `window`, else it is refused with
+    /// the provider's real overflow answer (400) without consuming a script; a request that fits
+    /// reports its counted prompt tokens as its usage.
+    pub fn set_context_window(&self, window: Option<u64>) {
+        self.shared.update(|s| s.window = window);
+    }
+
+    /// Refuses the next `n` requests with the provider's overflow answer whatever their size.
+    pub fn refuse_as_too_long(&self, n: usize) {
+        self.shared.update(|s| s.force_overflows += n);
+    }
+
+    /// How many requests were refused as over the window.
+    pub fn overflows(&self) -> usize {
+        self.shared.lock().overflows
     }
 
     /// Every model request (either dialect) received so far, in arrival order.
@@ -229,6 +250,8 @@ pub struct RecordedRequest {
     pub body: Value,
     /// 0-based arrival order among model requests (both dialects share the count).
     pub index: usize,
+    /// Its prompt tokens, counted when the mock enforces a context window.
+    pub tokens: Option<u64>,
 }
 
 impl RecordedRequest {
@@ -746,6 +769,12 @@ struct State {
     streaming: usize,
     peak_streaming: usize,
     sent: Vec<SentDelta>,
+    /// The context window enforced ([`MockLlm::set_context_window`]).
+    window: Option<u64>,
+    /// Requests refused as over the window.
+    overflows: usize,
+    /// The next requests to refuse as too long whatever their size.
+    force_overflows: usize,
 }
 
 impl Shared {
@@ -1033,20 +1062,53 @@ impl Connection {
         };
         let parsed = serde_json::from_slice::<Value>(&request.body);
         let is_post = request.method == "POST";
-        let (index, script) = self.shared.update(|s| {
+        let (index, script, overflow) = self.shared.update(|s| {
             let index = s.requests.len();
+            let tokens = match (&parsed, s.window) {
+                (Ok(body), Some(_)) => Some(match dialect {
+                    Dialect::OpenAi => crate::mock_window::count_openai(body),
+                    Dialect::Anthropic => crate::mock_window::count_anthropic(body),
+                }),
+                _ => None,
+            };
             s.requests.push(RecordedRequest {
                 method: request.method.clone(),
                 path: request.target.clone(),
                 headers: request.headers.clone(),
                 body: parsed.as_ref().cloned().unwrap_or(Value::Null),
                 index,
+                tokens,
             });
+            let cap = parsed.as_ref().map_or(0, crate::mock_window::max_output);
+            let over = match (tokens, s.window) {
+                (Some(t), Some(w)) if t + cap > w => Some((w, t)),
+                _ if s.force_overflows > 0 && is_post => {
+                    s.force_overflows -= 1;
+                    Some((s.window.unwrap_or(0), tokens.unwrap_or(0)))
+                }
+                _ => None,
+            };
+            if over.is_some() {
+                s.overflows += 1;
+                return (index, None, over);
+            }
             // Only a request the mock can answer consumes a script.
-            let script = (is_post && parsed.is_ok())
-                .then(|| s.queue.pop_front().unwrap_or_else(|| s.default.clone()));
-            (index, script)
+            let script = (is_post && parsed.is_ok()).then(|| {
+                let mut script = s.queue.pop_front().unwrap_or_else(|| s.default.clone());
+                if let Some(t) = tokens {
+                    script.usage = Some((t, script.usage.map_or(0, |u| u.1)));
+                }
+                script
+            });
+            (index, script, None)
         });
+        if let Some((window, tokens)) = overflow {
+            let body = match dialect {
+                Dialect::OpenAi => crate::mock_window::openai_overflow(window, tokens),
+                Dialect::Anthropic => crate::mock_window::anthropic_overflow(window, tokens),
+            };
+            return self.send_json(400, &body, &[], keep_alive).await;
+        }
         let Some(script) = script else {
             let (status, message) = match &parsed {
                 _ if !is_post => (

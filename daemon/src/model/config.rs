@@ -59,6 +59,9 @@ pub(crate) struct ModelLimits {
     pub(crate) context_window: Option<u64>,
     /// Longest output of one step, sent as the request's token cap.
     pub(crate) max_output_tokens: Option<u32>,
+    /// Written by the built-in presets, not the file: `model/list`'s `contextWindowSource`.
+    #[serde(skip)]
+    pub(crate) preset: bool,
     pub(crate) input_price: Option<f64>,
     pub(crate) output_price: Option<f64>,
     /// Input read from the provider's prompt cache; the input price when not given.
@@ -75,6 +78,8 @@ impl ModelLimits {
             input_price: self.input_price.or(base.input_price),
             output_price: self.output_price.or(base.output_price),
             cached_price: self.cached_price.or(base.cached_price),
+            // The window is the preset's only while the file does not set one.
+            preset: self.context_window.is_none() && base.preset,
         }
     }
 }
@@ -89,6 +94,7 @@ pub(crate) fn presets() -> BTreeMap<String, ProviderConfig> {
                     ModelLimits {
                         context_window: Some(*ctx),
                         max_output_tokens: Some(*out),
+                        preset: true,
                         ..ModelLimits::default()
                     },
                 )

@@ -17,7 +17,7 @@ use crush_protocol::ModelInfo;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventStream, ModelError, ModelEvent};
+use super::{EventStream, ModelError, ModelErrorKind, ModelEvent};
 
 /// Idle connections kept per provider host for the next request.
 pub(crate) const POOL_MAX_IDLE_PER_HOST: usize = 8;
@@ -410,7 +410,36 @@ pub(crate) fn classify(
         status: Some(code),
         retryable,
         retry_after: retry_after.filter(|_| retryable),
+        kind: if is_context_overflow(code, detail) {
+            ModelErrorKind::ContextOverflow
+        } else {
+            ModelErrorKind::Other
+        },
     }
+}
+
+/// Whether an error answer says the request is too large for the model: a 413, or a 400 whose
+/// explanation is one of the providers' overflow messages (OpenAI's code
+/// `context_length_exceeded` — kept in the detail by `read_error_body` — and its "maximum
+/// context length" message; Anthropic's "prompt is too long"; the "context window" wording of
+/// compatible servers).
+fn is_context_overflow(code: u16, detail: &str) -> bool {
+    if code == 413 {
+        return true;
+    }
+    if code != 400 {
+        return false;
+    }
+    let d = detail.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "prompt is too long",
+        "exceeds the context window",
+        "context window exceeded",
+    ]
+    .iter()
+    .any(|m| d.contains(m))
 }
 
 fn reason(status: StatusCode) -> &'static str {
@@ -488,9 +517,21 @@ async fn read_error_body(resp: reqwest::Response) -> String {
         }
     }
     let text = String::from_utf8_lossy(&body).into_owned();
-    serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| error_message(&v))
+    let parsed = serde_json::from_str::<Value>(&text).ok();
+    // OpenAI says "too long" in the error's `code`; keep it beside the message so that
+    // `classify` sees it (the message's wording has changed over time, the code has not).
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/code"))
+        .and_then(Value::as_str)
+        .filter(|c| *c == "context_length_exceeded");
+    parsed
+        .as_ref()
+        .and_then(error_message)
+        .map(|m| match code {
+            Some(c) => format!("{m} ({c})"),
+            None => m,
+        })
         .unwrap_or_else(|| {
             let t = text.trim();
             if t.is_empty() {
@@ -617,6 +658,34 @@ mod tests {
         assert_eq!(e.retry_after, Some(Duration::from_secs(4)));
         assert!(classify(&ep(), "u", "m", StatusCode::BAD_GATEWAY, None, "").retryable);
         assert!(!classify(&ep(), "u", "m", StatusCode::BAD_REQUEST, None, "").retryable);
+    }
+
+    #[test]
+    fn overflow_answers_are_their_own_kind() {
+        let over = |code, detail| {
+            classify(
+                &ep(),
+                "u",
+                "m",
+                StatusCode::from_u16(code).unwrap(),
+                None,
+                detail,
+            )
+            .kind
+        };
+        let openai = "This model's maximum context length is 4000 tokens. However, your \
+                      messages resulted in 5000 tokens. (context_length_exceeded)";
+        assert_eq!(over(400, openai), ModelErrorKind::ContextOverflow);
+        assert_eq!(
+            over(400, "prompt is too long: 5000 tokens > 4000 maximum"),
+            ModelErrorKind::ContextOverflow
+        );
+        assert_eq!(
+            over(413, "request too large"),
+            ModelErrorKind::ContextOverflow
+        );
+        assert_eq!(over(400, "bad tool schema"), ModelErrorKind::Other);
+        assert_eq!(over(500, "prompt is too long"), ModelErrorKind::Other);
     }
 
     #[test]

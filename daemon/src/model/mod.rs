@@ -30,6 +30,8 @@ pub(crate) mod echo;
 pub(crate) mod http;
 pub(crate) mod openai;
 pub(crate) mod price;
+pub mod tokens;
+pub(crate) mod windows;
 
 /// A tool the model may call: its name, what it does, and a JSON Schema of its input object.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +149,19 @@ pub struct ModelError {
     pub(crate) retryable: bool,
     /// How long the server asked us to wait (`Retry-After` / `retry-after-ms`).
     pub(crate) retry_after: Option<Duration>,
+    /// What the failure says about the request, when the driver can act on it.
+    pub(crate) kind: ModelErrorKind,
+}
+
+/// A failure the driver handles differently from the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ModelErrorKind {
+    #[default]
+    Other,
+    /// The request is larger than the model's context window (OpenAI
+    /// `context_length_exceeded`, Anthropic "prompt is too long", a 413): the driver compacts
+    /// the request once more and retries the step once.
+    ContextOverflow,
 }
 
 impl ModelError {
@@ -157,6 +172,7 @@ impl ModelError {
             status: None,
             retryable: false,
             retry_after: None,
+            kind: ModelErrorKind::Other,
         }
     }
 
@@ -385,6 +401,8 @@ impl Models {
 
 fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
     let limits = p.models.get(model).cloned().unwrap_or_default();
+    let (window, max_output, source) = windows::resolve(model, Some(&limits));
+    let echo = p.api == ApiKind::Echo;
     ModelInfo {
         name: format!("{provider_id}/{model}"),
         provider: provider_id.to_owned(),
@@ -392,8 +410,10 @@ fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
         model: model.to_owned(),
         base_url: (p.api != ApiKind::Echo)
             .then(|| crate::secrets::redact_url_credentials(&p.base_url)),
-        context_window: limits.context_window,
-        max_output_tokens: limits.max_output_tokens,
+        // The echo model answers without a model behind it: no window to budget.
+        context_window: (!echo).then_some(window),
+        max_output_tokens: if echo { None } else { max_output },
+        context_window_source: (!echo).then_some(source),
         price: limits.price(),
         unavailable: None,
     }

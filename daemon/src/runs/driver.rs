@@ -16,19 +16,23 @@ use tracing::{debug, warn};
 
 use crush_protocol::{RunCompleteParams, RunState, SessionEvent};
 
-use super::history::{history_messages, user_content};
+use super::budget::{Budget, Conversation};
+use super::history::{history_entries, user_content};
 use super::step::Step;
 use super::tool_calls::ToolResults;
 use super::unsaved::{EndWrite, OwnedEnd, OwnedFinish};
 use super::{RunMeta, Runtime, SessionRt};
+use crate::model::tokens::Counter;
 use crate::model::{ChatMessage, FinishReason, TurnRequest, Usage};
 use crate::store::live::{LiveMessage, parts_json};
 use crate::store::{FoldedPrompt, NextStep, StartTurn};
 use crate::sync::lock;
 use crate::tools::{Limits, ToolContext};
 
-/// How many earlier messages of the session are sent to the model.
-const HISTORY_LIMIT: i64 = 400;
+/// How many earlier messages of the session are read at a time, and at most how many pages:
+/// the budget decides what of them is sent, the bound keeps a huge session's read bounded.
+const HISTORY_PAGE: i64 = 400;
+const HISTORY_PAGES: usize = 5;
 
 /// How a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,11 +158,21 @@ impl Runtime {
     ) -> Outcome {
         let model = run.model.info().clone();
         let ws_id = s.ws().id.clone();
-        let (history, root) = if token.is_cancelled() {
-            (Vec::new(), None)
+        let counter = Counter::for_api_name(&model.api, &model.model);
+        let limits = match model.context_window {
+            Some(w) => Budget::new(
+                w,
+                model.max_output_tokens,
+                matches!(counter, Counter::Bpe(_)),
+                self.agent.compact_threshold,
+            ),
+            None => Budget::unbounded(),
+        };
+        let ((history, first_id), root) = if token.is_cancelled() {
+            ((Vec::new(), None), None)
         } else {
-            let history = match self.store.list_messages(&s.id, None, HISTORY_LIMIT).await {
-                Ok(page) => page.messages,
+            let history = match self.read_history(&s.id, &limits).await {
+                Ok(h) => h,
                 Err(e) => return Outcome::failed(format!("cannot read the session: {e}")),
             };
             let root = match self.store.get_workspace(&ws_id).await {
@@ -229,7 +243,7 @@ impl Runtime {
                 Some(root) => super::prompt::system_prompt(root).await,
                 None => String::new(),
             },
-            messages: history_messages(&history),
+            messages: Vec::new(),
             tools: if root.is_some() {
                 crate::tools::specs()
             } else {
@@ -237,9 +251,19 @@ impl Runtime {
             },
             max_output_tokens: model.max_output_tokens,
         };
-        request
-            .messages
-            .push(ChatMessage::user(user_content(&user_parts)));
+        let preamble = counter.preamble(&request.system, &request.tools);
+        let mut conv = Conversation::new(counter);
+        for (source, msg) in history_entries(&history) {
+            let first = first_id.as_deref() == Some(source.as_str());
+            conv.push(&source, msg, first);
+        }
+        // A session's first prompt is its first instruction.
+        let first = history.is_empty();
+        conv.push(
+            &user.id,
+            ChatMessage::user(user_content(&user_parts)),
+            first,
+        );
         let mut live = LiveMessage::new(assistant.id.clone(), self.flush_interval);
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
@@ -261,12 +285,15 @@ impl Runtime {
                 Step::Cancelled
             } else {
                 steps += 1;
-                self.step(s, run, token, &request, &mut live, &mut usage)
+                let budget = (&conv, preamble, &limits);
+                self.budgeted_step(s, run, token, &mut request, budget, &mut live, &mut usage)
                     .await
             };
             let (reason, calls) = match step {
                 Step::Cancelled => break (End::Cancelled, FinishReason::Canceled, None),
-                Step::Failed(e) => break (End::Failed, FinishReason::Error, Some(e)),
+                Step::Failed(e) | Step::TooLong(e) => {
+                    break (End::Failed, FinishReason::Error, Some(e));
+                }
                 Step::Finished(r, calls) => (r, calls),
             };
             // A step boundary: take the steered prompts waiting, or close the turn to steers
@@ -282,6 +309,7 @@ impl Runtime {
             }
             let assistant_text = live.text();
             let reasoning = live.reasoning();
+            let assistant_id = live.id.clone();
             let results = if calls.is_empty() {
                 None
             } else {
@@ -296,29 +324,31 @@ impl Runtime {
                         .await,
                 )
             };
-            match self
+            let users = match self
                 .next_step(s, run, &steered, results.as_ref(), &mut live, reason)
                 .await
             {
-                Ok(()) => folded.extend(steered.iter().cloned()),
+                Ok(users) => {
+                    folded.extend(steered.iter().cloned());
+                    users
+                }
                 Err(e) => {
                     // The steered prompts were not written; they still end with this turn.
                     folded.extend(steered);
                     break (End::Failed, FinishReason::Error, Some(e));
                 }
-            }
-            request.messages.push(ChatMessage::Assistant {
+            };
+            let assistant = ChatMessage::Assistant {
                 text: assistant_text,
                 reasoning,
                 tool_calls: calls,
-            });
-            if let Some(results) = results {
-                request.messages.extend(results.messages);
+            };
+            conv.push(&assistant_id, assistant, false);
+            for m in results.into_iter().flat_map(|r| r.messages) {
+                conv.push(&assistant_id, m, false);
             }
-            for r in &steered {
-                request
-                    .messages
-                    .push(ChatMessage::user(user_content(&r.user_parts())));
+            for (r, id) in steered.iter().zip(&users) {
+                conv.push(id, ChatMessage::user(user_content(&r.user_parts())), false);
             }
         };
 
@@ -366,6 +396,54 @@ impl Runtime {
             usage: Some(turn_usage.into()),
             written,
         }
+    }
+
+    /// The session's latest messages, a page at a time until the pages hold more than the
+    /// model's window could (the budget would leave older ones out anyway) or the bound is
+    /// reached; plus the session's first message when the pages do not reach it, since the
+    /// budget always keeps the user's first instruction. Returns the rows, oldest first, and
+    /// the id of that first message when it is a user message among them.
+    async fn read_history(
+        &self,
+        session_id: &str,
+        limits: &Budget,
+    ) -> Result<(Vec<crate::store::MessageRow>, Option<String>), crate::store::StoreError> {
+        let mut rows: Vec<crate::store::MessageRow> = Vec::new();
+        let mut bytes = 0u64;
+        let mut before = None;
+        let mut complete = true;
+        for _ in 0..HISTORY_PAGES {
+            let page = self
+                .store
+                .list_messages(session_id, before, HISTORY_PAGE)
+                .await?;
+            bytes += page
+                .messages
+                .iter()
+                .map(|m| m.parts.len() as u64)
+                .sum::<u64>();
+            before = page.messages.first().map(|m| m.seq);
+            let mut older = page.messages;
+            older.append(&mut rows);
+            rows = older;
+            complete = !page.has_more;
+            // Two bytes per token at the densest: past that the window is surely full.
+            if complete || bytes / 2 > limits.window {
+                break;
+            }
+        }
+        if !complete {
+            // Sequence numbers start at 1: the message before 2 is the session's first.
+            let first = self.store.list_messages(session_id, Some(2), 1).await?;
+            let mut all = first.messages;
+            all.append(&mut rows);
+            rows = all;
+        }
+        let first_id = rows
+            .first()
+            .filter(|m| m.role == "user" && m.seq == 1)
+            .map(|m| m.id.clone());
+        Ok((rows, first_id))
     }
 
     /// Makes sure the run's end reaches the database: a turn that failed before writing it
@@ -416,7 +494,7 @@ impl Runtime {
         results: Option<&ToolResults>,
         live: &mut LiveMessage,
         reason: FinishReason,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         let steered_parts: Vec<String> = steered
             .iter()
             .map(|r| parts_json(&r.user_parts()))
@@ -485,6 +563,6 @@ impl Runtime {
             );
         }
         *live = LiveMessage::new(assistant.id, self.flush_interval);
-        Ok(())
+        Ok(users.into_iter().map(|u| u.id).collect())
     }
 }

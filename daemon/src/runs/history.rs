@@ -54,30 +54,39 @@ pub(super) fn user_content(parts: &[Part]) -> String {
 /// leave a call without its result, so the result is repaired: results without their call are
 /// dropped, and a call without a result gets one saying it did not complete (both APIs reject
 /// unpaired calls).
-pub(super) fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMessage> {
-    let mut out: Vec<ChatMessage> = Vec::with_capacity(rows.len());
+///
+/// Each message comes with the id of the stored message it came from (a repaired result names
+/// the assistant message holding its call): what the context budget's stubs name.
+pub(super) fn history_entries(rows: &[crate::store::MessageRow]) -> Vec<(String, ChatMessage)> {
+    let mut out: Vec<(String, ChatMessage)> = Vec::with_capacity(rows.len());
     let mut open_calls: Vec<(String, String)> = Vec::new();
-    let close_open = |out: &mut Vec<ChatMessage>, open: &mut Vec<(String, String)>| {
-        for (id, name) in open.drain(..) {
-            out.push(ChatMessage::ToolResult {
-                call_id: id,
-                name,
-                content: "the tool call did not complete (the run was interrupted or cancelled)"
-                    .to_owned(),
-                is_error: true,
-            });
-        }
-    };
+    let mut open_in = String::new();
+    let close_open =
+        |out: &mut Vec<(String, ChatMessage)>, open: &mut Vec<(String, String)>, source: &str| {
+            for (id, name) in open.drain(..) {
+                out.push((
+                    source.to_owned(),
+                    ChatMessage::ToolResult {
+                        call_id: id,
+                        name,
+                        content:
+                            "the tool call did not complete (the run was interrupted or cancelled)"
+                                .to_owned(),
+                        is_error: true,
+                    },
+                ));
+            }
+        };
     for m in rows {
         // A message whose parts cannot be read counts as empty.
         let parts = m.part_list().unwrap_or_default();
         match m.role.as_str() {
             "user" => {
-                close_open(&mut out, &mut open_calls);
-                out.push(ChatMessage::user(user_content(&parts)));
+                close_open(&mut out, &mut open_calls, &open_in);
+                out.push((m.id.clone(), ChatMessage::user(user_content(&parts))));
             }
             "assistant" => {
-                close_open(&mut out, &mut open_calls);
+                close_open(&mut out, &mut open_calls, &open_in);
                 let text = crush_protocol::vocab::text_of(&parts);
                 let reasoning = parts.iter().find_map(|p| match p {
                     Part::Reasoning {
@@ -108,11 +117,15 @@ pub(super) fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMes
                     .iter()
                     .map(|c| (c.id.clone(), c.name.clone()))
                     .collect();
-                out.push(ChatMessage::Assistant {
-                    text,
-                    reasoning,
-                    tool_calls,
-                });
+                open_in = m.id.clone();
+                out.push((
+                    m.id.clone(),
+                    ChatMessage::Assistant {
+                        text,
+                        reasoning,
+                        tool_calls,
+                    },
+                ));
             }
             "tool" => {
                 for p in &parts {
@@ -129,17 +142,20 @@ pub(super) fn history_messages(rows: &[crate::store::MessageRow]) -> Vec<ChatMes
                         continue;
                     };
                     let (call_id, name) = open_calls.remove(i);
-                    out.push(ChatMessage::ToolResult {
-                        call_id,
-                        name,
-                        content: content.clone(),
-                        is_error: is_error.unwrap_or(false),
-                    });
+                    out.push((
+                        m.id.clone(),
+                        ChatMessage::ToolResult {
+                            call_id,
+                            name,
+                            content: content.clone(),
+                            is_error: is_error.unwrap_or(false),
+                        },
+                    ));
                 }
             }
             _ => {}
         }
     }
-    close_open(&mut out, &mut open_calls);
+    close_open(&mut out, &mut open_calls, &open_in);
     out
 }

@@ -51,6 +51,7 @@ use state::{RunHandle, SessionState};
 use workspaces::Workspace;
 
 mod accept;
+mod budget;
 mod cancel;
 mod driver;
 mod events;
@@ -128,6 +129,9 @@ pub struct SessionRt {
     ws: Mutex<Arc<Workspace>>,
     /// Everything that changes with a transition, behind the one lock transitions take.
     inner: Mutex<SessionInner>,
+    /// The context budget's memory (correction factor, last compaction announced): only the
+    /// driver of the session's one active turn uses it, so it needs no transition's lock.
+    budget: Mutex<budget::Memory>,
 }
 
 impl SessionRt {
@@ -311,6 +315,7 @@ impl Runtime {
             model: Mutex::new(model.map(str::to_owned)),
             ws: Mutex::new(self.workspace(workspace_id)),
             inner: Mutex::new(inner),
+            budget: Mutex::default(),
         });
         map.insert(session_id.to_owned(), s.clone());
         s

@@ -4,13 +4,16 @@
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crush_protocol::{Part, SessionEvent};
 
+use super::budget::{Budget, Conversation};
 use super::{RunMeta, Runtime, SessionRt};
 use crate::model::http::MAX_RETRY_AFTER;
-use crate::model::{FinishReason, ModelError, ModelEvent, ToolCall, TurnRequest, Usage};
+use crate::model::{
+    FinishReason, ModelError, ModelErrorKind, ModelEvent, ToolCall, TurnRequest, Usage,
+};
 use crate::store::live::LiveMessage;
 use crate::sync::lock;
 
@@ -20,6 +23,9 @@ pub(super) enum Step {
     Finished(FinishReason, Vec<ToolCall>),
     Cancelled,
     Failed(String),
+    /// The provider refused the request as larger than the model's window, before anything
+    /// streamed.
+    TooLong(String),
 }
 
 /// How one try of a model call ended.
@@ -29,6 +35,70 @@ enum Attempt {
 }
 
 impl Runtime {
+    /// One model step within the context budget: the request is assembled from the turn's
+    /// conversation (compacted when it would pass the threshold, a new compaction announced as
+    /// a `compacted` event), sent, and the provider's count of it calibrates the session's
+    /// next ones. A provider refusing it as too long gets one forced compaction and one retry
+    /// of the step; a request that cannot fit fails the step, once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn budgeted_step(
+        &self,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        request: &mut TurnRequest,
+        (conv, preamble, limits): (&Conversation, u64, &Budget),
+        live: &mut LiveMessage,
+        usage: &mut Usage,
+    ) -> Step {
+        let mut forced = false;
+        loop {
+            let factor = lock(&s.budget).factor();
+            let assembled = match conv.assemble(preamble, limits, factor, forced) {
+                Ok(a) => a,
+                Err(too_large) => return Step::Failed(too_large.to_string()),
+            };
+            if let Some(c) = &assembled.compaction
+                && lock(&s.budget).announce(c)
+            {
+                debug!(run = %run.run_id, before = c.tokens_before, after = c.tokens_after, "request compacted");
+                lock(&s.inner).events.publish(
+                    Some(&run.run_id),
+                    SessionEvent::Compacted {
+                        from_message_id: c.from_message_id.clone(),
+                        to_message_id: c.to_message_id.clone(),
+                        tokens_before: c.tokens_before,
+                        tokens_after: c.tokens_after,
+                        stubbed: c.stubbed,
+                        dropped: c.dropped,
+                    },
+                );
+            }
+            request.messages = assembled.messages;
+            let reported_before = usage.prompt_tokens;
+            match self.step(s, run, token, request, live, usage).await {
+                Step::TooLong(e) if !forced => {
+                    warn!(run = %run.run_id, error = %e, "the provider refused the request as too long; compacting it once more");
+                    lock(&s.budget).overflowed();
+                    forced = true;
+                }
+                Step::TooLong(e) => {
+                    return Step::Failed(format!(
+                        "{e} (the request was compacted again and retried once; it still did \
+                         not fit the model's context window)"
+                    ));
+                }
+                step => {
+                    if matches!(step, Step::Finished(..)) {
+                        let reported = usage.prompt_tokens.saturating_sub(reported_before);
+                        lock(&s.budget).calibrate(assembled.raw_tokens, reported);
+                    }
+                    return step;
+                }
+            }
+        }
+    }
+
     /// One model step with retries: a call that fails before anything of it was streamed, in
     /// a way worth retrying (429, 5xx, connection errors), is tried again after a backoff that
     /// honours the server's `Retry-After`, at most `[agent] max_attempts` times in all. Once
@@ -53,6 +123,9 @@ impl Runtime {
                 Attempt::Done(step) => return step,
                 Attempt::Failed(e) => e,
             };
+            if e.kind == ModelErrorKind::ContextOverflow && !streamed {
+                return Step::TooLong(e.message);
+            }
             if !e.retryable || streamed || attempt >= max {
                 return Step::Failed(if attempt > 1 {
                     format!("{} (after {attempt} attempts)", e.message)

@@ -46,6 +46,8 @@ export type ToolStatus = "completed" | "failed" | "denied" | "cancelled";
 
 export type FinishReason = "end_turn" | "max_tokens" | "tool_use" | "canceled" | "error" | "interrupted";
 
+export type ContextWindowSource = "preset" | "config" | "default";
+
 export type PermissionResolution = "allow" | "allowSession" | "deny" | "cancelled";
 
 export type Part = { "type": "text", text: string, } | { "type": "reasoning", reasoning: string, 
@@ -537,6 +539,11 @@ api: string,
  */
 model: string, baseUrl?: string | null, contextWindow?: number | null, maxOutputTokens?: number | null, 
 /**
+ * Where `contextWindow` comes from: `preset`, `config` or `default` (the daemon knows
+ * nothing of the model and budgets against a conservative window).
+ */
+contextWindowSource?: ContextWindowSource | null, 
+/**
  * What its tokens cost, when known (presets or the config file).
  */
 price?: ModelPrice | null, 
@@ -579,13 +586,13 @@ seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
 
 export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
 
 export type CancelParams = { id: number | string, };
 

@@ -286,7 +286,8 @@ impl Conversation {
             | SessionEvent::CancelRequested { .. }
             | SessionEvent::ReasoningDelta { .. }
             | SessionEvent::MessageFinished { .. }
-            | SessionEvent::SessionUpdated { .. } => {}
+            | SessionEvent::SessionUpdated { .. }
+            | SessionEvent::Compacted { .. } => {}
         }
     }
 }

@@ -583,7 +583,8 @@ impl RunView {
             | SessionEvent::PermissionRequested { .. }
             | SessionEvent::RunFinished { .. }
             | SessionEvent::MessageFinished { .. }
-            | SessionEvent::SessionUpdated { .. } => {}
+            | SessionEvent::SessionUpdated { .. }
+            | SessionEvent::Compacted { .. } => {}
         }
     }
 
