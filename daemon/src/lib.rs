@@ -5,7 +5,6 @@
 pub mod clients;
 pub mod config;
 pub(crate) mod connection;
-// TODO(core): runs/ moves to Store::require_session and `?`; then this shim goes.
 pub mod inbound;
 pub mod logging;
 pub mod model;
