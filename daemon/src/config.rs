@@ -18,11 +18,11 @@ use crate::setting::settings;
 settings! {
     /// `[daemon]`: the daemon process, its connections and its memory bounds.
     pub struct DaemonSettings, file DaemonSection {
-        /// Exit after this long without connections; `None` (`"0"` in the file) means never.
+        /// Exit after this long without connections ("10m", "30s"; 0 = never).
         idle_timeout: Option<Duration> = Some(Duration::from_secs(10 * 60)), "idleTimeoutMs";
         /// Largest accepted message body in bytes.
         max_message_size: usize = crush_protocol::codec::DEFAULT_MAX_MESSAGE_SIZE, "maxMessageSize";
-        /// Where the database lives (`$XDG_DATA_HOME/crushd`).
+        /// Directory of the database [default: $XDG_DATA_HOME/crushd].
         data_dir: PathBuf = default_data_dir(), "dataDir";
         /// Longest time streamed text waits in memory before it is written to the database.
         flush_interval: Duration = Duration::from_millis(100), "flushIntervalMs";

@@ -113,7 +113,8 @@ impl Setting for PathBuf {
 ///   type);
 /// - `$Settings::to_json`: the section in `config/get`;
 /// - `$Settings::KEYS`: every `(key, configGetName)`, for the tests that keep docs and views
-///   complete.
+///   complete;
+/// - `$Settings::DOCS` and `$Settings::doc`: each row's doc, the help of the flag that sets it.
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -147,6 +148,21 @@ macro_rules! settings {
             /// Every `(TOML key, config/get name)`, in declaration order.
             pub const KEYS: &'static [(&'static str, &'static str)] =
                 &[ $( (stringify!($key), $json), )* ];
+
+            /// Every `(TOML key, doc)`: a flag that sets a key shows its row's doc as its help.
+            pub const DOCS: &'static [(&'static str, &'static str)] =
+                &[ $( (stringify!($key), concat!($($doc),*)), )* ];
+
+            /// The doc of `key` as `--help` shows a doc comment: one line, no final period
+            /// (empty for an unknown key).
+            pub fn doc(key: &str) -> String {
+                Self::DOCS
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, d)| d.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .map(|d| d.strip_suffix('.').map(str::to_owned).unwrap_or(d))
+                    .unwrap_or_default()
+            }
 
             /// Overlays the keys `file` sets.
             pub fn apply(&mut self, file: &$File) {

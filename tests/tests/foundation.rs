@@ -632,3 +632,31 @@ async fn bad_config_file_names_file_line_and_key() {
         "{stderr}"
     );
 }
+
+/// The flags that set `[daemon]` keys say what the config file's rows say, written once.
+#[test]
+fn daemon_flags_show_their_settings_docs_as_help() {
+    let out = std::process::Command::new(crush_tests::bin("crushd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for key in ["data_dir", "idle_timeout", "max_message_size"] {
+        let doc = crushd::config::DaemonSettings::doc(key);
+        assert!(!doc.is_empty(), "[daemon] {key} has a doc");
+        let flag = format!("--{}", key.replace('_', "-"));
+        let shown = help
+            .split(&flag)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
+        assert!(
+            shown
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(&doc),
+            "{flag}'s help is not its setting's doc {doc:?}:\n{help}"
+        );
+    }
+}

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crushd::config::{self, Config, DaemonSection};
+use crushd::config::{self, Config, DaemonSection, DaemonSettings};
 use crushd::server::DaemonError;
 use crushd::setting::IdleTimeout;
 use crushd::transport::TransportError;
@@ -34,13 +34,12 @@ struct Args {
     /// Config file [default: $XDG_CONFIG_HOME/crushd/config.toml].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Directory of the database [default: $XDG_DATA_HOME/crushd].
+    // The next three set `[daemon]` keys: their help is the key's doc in config.rs
+    // (`DAEMON_KEY_FLAGS`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Exit after this long without connections ("10m", "30s"; 0 = never).
     #[arg(long, value_parser = parse_idle)]
     idle_timeout: Option<IdleTimeout>,
-    /// Largest accepted message body, in bytes.
     #[arg(long)]
     max_message_size: Option<usize>,
     /// Check the config file (and the default model it names) and exit: 0 when it is usable,
@@ -54,6 +53,17 @@ struct Args {
     /// them out of its environment block; see crushd::secrets::handover).
     #[arg(long = "secrets-on-stdin", hide = true)]
     secrets_on_stdin: bool,
+}
+
+/// The flags that set a `[daemon]` key of the same name.
+const DAEMON_KEY_FLAGS: [&str; 3] = ["data_dir", "idle_timeout", "max_message_size"];
+
+/// The command line, with each `[daemon]` flag's help taken from its setting's row, so the flag
+/// and the config file describe a key in the same words, written once.
+fn command() -> clap::Command {
+    DAEMON_KEY_FLAGS.iter().fold(Args::command(), |cmd, key| {
+        cmd.mut_arg(*key, |a| a.help(DaemonSettings::doc(key)))
+    })
 }
 
 fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
@@ -77,7 +87,7 @@ fn main() -> ExitCode {
         eprintln!("crushd: cannot make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
-    let args = Args::parse();
+    let args = Args::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     if args.check_config {
         return check_config(&args);
     }
