@@ -291,7 +291,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
             .await?;
         if view.json {
             view.emit(
-                json!({"type": "run", "sessionId": session.session_id, "runId": run_id,
+                json!({"type": JsonLine::Run, "sessionId": session.session_id, "runId": run_id,
                 "workspaceId": session.workspace_id, "model": model}),
             );
         }
@@ -369,7 +369,7 @@ impl RunView {
         }
         if self.json {
             self.emit(
-                json!({"type": "text", "runId": self.run_id, "messageId": message_id, "text": new}),
+                json!({"type": JsonLine::Text, "runId": self.run_id, "messageId": message_id, "text": new}),
             );
             return;
         }
@@ -459,13 +459,15 @@ impl RunView {
                     &format!("lost the connection to crushd ({reason}); reconnecting"),
                 );
                 if self.json {
-                    self.emit(json!({"type": "disconnected", "reason": reason}));
+                    self.emit(json!({"type": JsonLine::Disconnected, "reason": reason}));
                 }
             }
             ClientEvent::Reconnected(r) => {
                 self.notice(DIM, "reconnected to crushd");
                 if self.json {
-                    self.emit(json!({"type": "reconnected", "daemonRestarted": r.epoch_changed}));
+                    self.emit(
+                        json!({"type": JsonLine::Reconnected, "daemonRestarted": r.epoch_changed}),
+                    );
                 }
             }
             ClientEvent::GaveUp { error } => {
@@ -505,7 +507,7 @@ impl RunView {
             }
             SessionEvent::ReasoningDelta { message_id, text } => {
                 if self.json {
-                    self.emit(json!({"type": "reasoning", "runId": run, "messageId": message_id, "text": text}));
+                    self.emit(json!({"type": JsonLine::Reasoning, "runId": run, "messageId": message_id, "text": text}));
                 }
             }
             SessionEvent::ToolCallStarted {
@@ -515,7 +517,7 @@ impl RunView {
                 ..
             } => {
                 if self.json {
-                    self.emit(json!({"type": "toolCall", "runId": run, "toolCallId": tool_call_id, "tool": tool, "input": input}));
+                    self.emit(json!({"type": JsonLine::ToolCall, "runId": run, "toolCallId": tool_call_id, "tool": tool, "input": input}));
                 }
                 self.activity_line(DIM, &format!("⚙ {}", tool_summary(&tool, &input)));
                 self.ui.spin(Some(&format!("running {tool}")));
@@ -528,7 +530,7 @@ impl RunView {
                 ..
             } => {
                 if self.json {
-                    self.emit(json!({"type": "toolResult", "runId": run, "toolCallId": tool_call_id, "tool": tool, "status": status, "output": output}));
+                    self.emit(json!({"type": JsonLine::ToolResult, "runId": run, "toolCallId": tool_call_id, "tool": tool, "status": status, "output": output}));
                 }
                 if status == ToolStatus::Completed {
                     self.activity_line(GREEN, &format!("  ✓ {tool}"));
@@ -542,7 +544,9 @@ impl RunView {
             }
             SessionEvent::RunQueued { position, .. } => {
                 if self.json {
-                    self.emit(json!({"type": "queued", "runId": run, "position": position}));
+                    self.emit(
+                        json!({"type": JsonLine::Queued, "runId": run, "position": position}),
+                    );
                 }
                 self.ui.spin(Some(&format!(
                     "queued behind {} run(s) of this session",
@@ -551,7 +555,7 @@ impl RunView {
             }
             SessionEvent::RunFolded { into } => {
                 if self.json {
-                    self.emit(json!({"type": "folded", "runId": run, "into": into}));
+                    self.emit(json!({"type": JsonLine::Folded, "runId": run, "into": into}));
                 }
                 self.followed.insert(into);
             }
@@ -563,7 +567,7 @@ impl RunView {
                 error,
             } => {
                 if self.json {
-                    self.emit(json!({"type": "retrying", "runId": run, "attempt": attempt, "maxAttempts": max_attempts, "delayMs": delay_ms, "error": error}));
+                    self.emit(json!({"type": JsonLine::Retrying, "runId": run, "attempt": attempt, "maxAttempts": max_attempts, "delayMs": delay_ms, "error": error}));
                 }
                 let line = crate::render::retry_line(attempt, max_attempts, delay_ms, &error);
                 self.activity_line(YELLOW, &line);
@@ -668,7 +672,7 @@ impl RunView {
         if !self.interactive {
             let _ = reply.send(PermissionDecision::Deny);
             if self.json {
-                self.emit(json!({"type": "permission", "runId": params.run_id, "tool": params.tool,
+                self.emit(json!({"type": JsonLine::Permission, "runId": params.run_id, "tool": params.tool,
                     "title": params.title, "decision": PermissionDecision::Deny, "reason": "not a terminal; pass --yolo to allow tool calls"}));
             }
             // Said even with --quiet: an action the user asked for was not done.
@@ -802,9 +806,28 @@ pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// The kinds of line `--json` writes (docs/cli.md, "`--json` shapes"): crushctl's own output
+/// vocabulary, spelled once. Each line stays a `json!` object, so its keys keep their order.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+enum JsonLine {
+    Run,
+    Text,
+    Disconnected,
+    Reconnected,
+    Reasoning,
+    ToolCall,
+    ToolResult,
+    Queued,
+    Folded,
+    Retrying,
+    Permission,
+    Result,
+}
+
 /// The `--json` line of a run's outcome; `usage` only when the daemon reported it.
 fn result_json(o: &RunOutcome) -> Value {
-    let mut v = json!({"type": "result", "sessionId": o.session_id, "runId": o.run_id,
+    let mut v = json!({"type": JsonLine::Result, "sessionId": o.session_id, "runId": o.run_id,
         "state": o.state, "text": o.text, "error": o.error});
     if let Some(u) = &o.usage {
         v["usage"] = json!(u);
