@@ -288,7 +288,7 @@ impl Conversation {
     /// The older part of the conversation a summary would replace: everything after the
     /// session's first instruction up to the latest turns, which are kept as they are — at
     /// least `min_turns`, and more while they fit `room` tokens. `None` when that part holds
-    /// nothing but a previous summary.
+    /// no whole turn (only the first prompt's answer, or only a previous summary).
     pub(super) fn older(&self, min_turns: usize, room: u64) -> Option<Older> {
         let start = self.first.map_or(0, |f| f + 1);
         let mut kept_from = self.turns.saturating_sub(min_turns) + 1;
@@ -315,7 +315,12 @@ impl Conversation {
             .unwrap_or(self.entries.len())
             .max(start);
         let entries = &self.entries[start..end];
-        if entries.iter().all(|e| e.summary.is_some()) {
+        // Worth a model call only with a whole turn in it (not only the first prompt's answer,
+        // or a previous summary).
+        let whole_turn = entries
+            .iter()
+            .any(|e| e.summary.is_none() && matches!(e.msg, ChatMessage::User { .. }));
+        if !whole_turn {
             return None;
         }
         let (from, to) = (entries.first()?, entries.last()?);

@@ -194,9 +194,9 @@ fn the_older_part_is_everything_between_the_first_instruction_and_the_kept_turns
     assert_eq!(older.messages, 3 + 4 + 4);
     assert_eq!(older.shown.len(), 11);
     assert!(older.shown.iter().all(|(_, summary)| !summary));
-    // Three turns: only the rest of the first one is older; two: nothing is.
-    assert_eq!(session(3).older(KEEP_TURNS, 0).unwrap().messages, 3);
-    assert!(session(2).older(KEEP_TURNS, 0).is_none());
+    // Three turns: only the rest of the first one is older, not worth a summary.
+    assert!(session(3).older(KEEP_TURNS, 0).is_none());
+    assert_eq!(session(4).older(KEEP_TURNS, 0).unwrap().messages, 3 + 4);
     assert!(session(1).older(1, 0).is_none());
 }
 
@@ -247,11 +247,11 @@ fn a_summary_replaces_the_older_part_and_counts_what_it_stands_for() {
 #[test]
 fn a_summary_keeps_as_many_recent_turns_as_fit_its_room() {
     let c = session(6);
-    let turn = c.older(5, 0).unwrap().shown.len();
-    assert_eq!(
-        turn, 3,
-        "with five turns kept only the rest of the first is older"
+    assert!(
+        c.older(5, 0).is_none(),
+        "with five turns kept only the rest of the first is older: not worth a summary"
     );
+    assert_eq!(c.older(4, 0).unwrap().shown.len(), 3 + 4);
     // Room for about two and a half turns of the session: two are kept whole.
     let per_turn = c.tokens() / 6;
     let older = c.older(1, per_turn * 5 / 2).unwrap();
