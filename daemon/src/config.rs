@@ -78,6 +78,9 @@ settings! {
         /// The model that summarises older messages when a session is compacted
         /// (`<provider>/<model>`, e.g. a smaller, cheaper one); unset: the session's own.
         compact_model: Option<String> = None, "compactModel";
+        /// A model that writes a short title for a new session after its first turn, in the
+        /// background (`<provider>/<model>`); unset: the title is the first prompt's first line.
+        title_model: Option<String> = None, "titleModel";
     }
 }
 

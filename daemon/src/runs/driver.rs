@@ -61,6 +61,8 @@ struct Outcome {
     /// The turn's tokens and cost, for its own run's `$/runComplete`.
     usage: Option<crush_protocol::Usage>,
     written: Written,
+    /// The title this turn gave the session from its prompt (its first turn).
+    titled: Option<String>,
 }
 
 /// Whether the run's end is in the database.
@@ -81,6 +83,7 @@ impl Outcome {
             error: Some(error),
             usage: None,
             written: Written::NotYet,
+            titled: None,
         }
     }
 }
@@ -96,6 +99,14 @@ impl Runtime {
         loop {
             let mut outcome = self.turn(&s, &run, &token).await;
             self.settle_write(&s, &run, &mut outcome).await;
+            if let Some(from) = outcome
+                .titled
+                .take()
+                .filter(|_| outcome.end == End::Completed)
+            {
+                let answer = outcome.text.as_deref().unwrap_or_default();
+                self.title_in_background(&s, from, &run.prompt, answer);
+            }
             let next = {
                 let mut inner = lock(&s.inner);
                 let ws = s.ws();
@@ -205,6 +216,7 @@ impl Runtime {
             Err(e) => return Outcome::failed(format!("cannot save the prompt: {e}")),
         };
         let (user, assistant) = (started.user, started.assistant);
+        let titled = title.clone().filter(|_| started.titled);
         {
             let mut inner = lock(&s.inner);
             inner.events.publish(
@@ -214,7 +226,7 @@ impl Runtime {
                     text: run.prompt.clone(),
                 },
             );
-            if let Some(title) = title.filter(|_| started.titled) {
+            if let Some(title) = titled.clone() {
                 inner.events.publish(
                     None,
                     SessionEvent::SessionUpdated {
@@ -398,6 +410,7 @@ impl Runtime {
             error,
             usage: Some(turn_usage.into()),
             written,
+            titled,
         }
     }
 

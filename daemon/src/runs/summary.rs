@@ -6,11 +6,10 @@
 //! do not fit one request). The number of model calls is bounded; past it, or on any model
 //! error, summarising fails and the budget falls back to leaving old turns out.
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::tokens::Counter;
-use crate::model::{ChatMessage, Model, ModelEvent, TurnRequest, Usage};
+use crate::model::{CallError, ChatMessage, Model, TurnRequest, Usage, complete};
 
 /// Model calls one summary may take (pieces and merges together).
 const MAX_CALLS: usize = 16;
@@ -28,21 +27,8 @@ file read, created or changed, with what changed; 'State' - what was done, what 
 still open; 'Next' - the open tasks and what the user asked for last. Be specific (names, paths, \
 commands, numbers). Leave out pleasantries and anything superseded. Write only the summary.";
 
-/// Why a summary could not be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum SummaryError {
-    Cancelled,
-    Failed(String),
-}
-
-impl std::fmt::Display for SummaryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SummaryError::Cancelled => f.write_str("cancelled"),
-            SummaryError::Failed(e) => f.write_str(e),
-        }
-    }
-}
+/// Why a summary could not be written: a model call's error, or one of our own.
+pub(super) type SummaryError = CallError;
 
 /// The longest summary, in tokens, for a model with this window: an eighth of it, within
 /// bounds that keep a summary useful and cheap.
@@ -157,37 +143,9 @@ impl Summarizer<'_> {
             tools: Vec::new(),
             max_output_tokens: u32::try_from(summary_tokens(self.window)).ok(),
         };
-        let mut stream = self.model.stream(request, self.cancel.clone());
-        let mut text = String::new();
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return Err(SummaryError::Cancelled),
-                ev = stream.next() => ev,
-            };
-            match event {
-                Some(ModelEvent::TextDelta(t)) => text.push_str(&t),
-                Some(ModelEvent::Finish { usage: u, .. }) => {
-                    usage.add(&u);
-                    break;
-                }
-                Some(ModelEvent::Error(e)) => return Err(SummaryError::Failed(e.message)),
-                Some(_) => {}
-                None if self.cancel.is_cancelled() => return Err(SummaryError::Cancelled),
-                None => {
-                    return Err(SummaryError::Failed(
-                        "the model's stream ended without finishing".into(),
-                    ));
-                }
-            }
-        }
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(SummaryError::Failed(
-                "the model wrote an empty summary".into(),
-            ));
-        }
-        Ok(text.to_owned())
+        let (text, u) = complete(self.model, request, self.cancel).await?;
+        usage.add(&u);
+        Ok(text)
     }
 }
 
