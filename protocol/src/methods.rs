@@ -242,6 +242,9 @@ client_requests! {
     /// Summarise an idle session's older messages now (the model writes the summary; the
     /// messages stay stored). Busy sessions get `RunsActive`.
     SessionCompact = "session/compact" (SessionRef) -> SessionCompactResult;
+    /// A new session whose history is a copy of this one's up to a message (all of it without
+    /// one); the files are not touched, and the two sessions go on independently.
+    SessionFork = "session/fork" (SessionForkParams) -> SessionInfo;
     /// A page of a session's messages, oldest first within the page.
     SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult [resend];
     /// A run's state: live from memory while it is queued or running, else as persisted (also
@@ -745,6 +748,16 @@ pub struct SessionDeleteResult {
     pub deleted: bool,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionForkParams {
+    pub session_id: String,
+    /// The last message the fork keeps (a message of the session); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
 /// What `session/compact` did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -1228,6 +1241,14 @@ pub enum SessionEvent {
         title: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+    },
+    /// `session/fork` made session `forkSessionId` from this one, with its messages up to
+    /// `messageId` (all of them when absent).
+    #[serde(rename_all = "camelCase")]
+    Forked {
+        fork_session_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
     },
 }
 

@@ -74,6 +74,7 @@ pub fn typescript() -> String {
         SessionListResult,
         SessionDeleteResult,
         SessionCompactResult,
+        SessionForkParams,
         SessionMessagesParams,
         MessageInfo,
         SessionMessagesResult,

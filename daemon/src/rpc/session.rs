@@ -1,11 +1,12 @@
 //! The session methods that read or change its row: `session/create`, `list`, `get`, `rename`,
-//! `delete`, `messages`, `setModel`, `setYolo`; and `session/compact`, which writes a summary.
+//! `delete`, `messages`, `setModel`, `setYolo`, `fork`; and `session/compact`, which writes a
+//! summary.
 
 use crush_protocol::{
     DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCompactResult,
-    SessionCreateParams, SessionDeleteResult, SessionInfo, SessionListParams, SessionListResult,
-    SessionMessagesParams, SessionMessagesResult, SessionRef, SessionRenameParams,
-    SessionSetModelParams, SessionSetYoloParams, SessionSetYoloResult,
+    SessionCreateParams, SessionDeleteResult, SessionForkParams, SessionInfo, SessionListParams,
+    SessionListResult, SessionMessagesParams, SessionMessagesResult, SessionRef,
+    SessionRenameParams, SessionSetModelParams, SessionSetYoloParams, SessionSetYoloResult,
 };
 use serde_json::Value;
 
@@ -64,6 +65,32 @@ pub(super) async fn compact(
     p: SessionRef,
 ) -> Result<SessionCompactResult, RpcError> {
     ctx.daemon.runtime.compact(&p.session_id).await
+}
+
+pub(super) async fn fork(ctx: &RequestCtx, p: SessionForkParams) -> Result<SessionInfo, RpcError> {
+    let store = &ctx.daemon.store;
+    let original = store.require_session(&p.session_id).await?;
+    let through = match &p.message_id {
+        None => None,
+        Some(id) => match store.get_message(id).await? {
+            Some(m) if m.session_id == p.session_id => Some(m.seq),
+            _ => {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid params: messageId: session {} has no message {id}",
+                    p.session_id
+                )));
+            }
+        },
+    };
+    let title = format!("{} (fork)", original.title);
+    let Some(row) = store.fork_session(&p.session_id, through, &title).await? else {
+        // Deleted meanwhile.
+        return Err(StoreError::SessionNotFound(p.session_id).into());
+    };
+    ctx.daemon
+        .runtime
+        .forked(&p.session_id, &row.id, p.message_id.as_deref());
+    Ok(session_info(row))
 }
 
 pub(super) async fn get(ctx: &RequestCtx, p: SessionRef) -> Result<SessionInfo, RpcError> {

@@ -391,6 +391,19 @@ impl Runtime {
         }
     }
 
+    /// `session/fork` copied the session into `fork_id`: its subscribers hear it (`forked`).
+    pub fn forked(&self, session_id: &str, fork_id: &str, message_id: Option<&str>) {
+        if let Some(s) = self.existing_session(session_id) {
+            lock(&s.inner).events.publish(
+                None,
+                SessionEvent::Forked {
+                    fork_session_id: fork_id.to_owned(),
+                    message_id: message_id.map(str::to_owned),
+                },
+            );
+        }
+    }
+
     /// A client is on a new connection: the runs its closed connections sent report their
     /// `$/runComplete` to the new one. See [`RunRegistry::rebind_sender`].
     pub fn rebind_sender(&self, client_id: &str, to: &Arc<Peer>) -> usize {

@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 
 mod accept;
+mod fork;
 pub mod live;
 mod messages;
 mod pieces;

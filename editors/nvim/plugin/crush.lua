@@ -59,6 +59,9 @@ local subcommands = {
   compact = function()
     require("crush").compact()
   end,
+  fork = function()
+    require("crush").fork()
+  end,
   sessions = function()
     require("crush").sessions()
   end,

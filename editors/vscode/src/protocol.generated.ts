@@ -353,6 +353,12 @@ messages: number,
  */
 tokensBefore: number, tokensAfter: number, };
 
+export type SessionForkParams = { sessionId: string, 
+/**
+ * The last message the fork keeps (a message of the session); absent: all of them.
+ */
+messageId?: string | null, };
+
 export type SessionMessagesParams = { sessionId: string, 
 /**
  * Only messages with `seq` below this (the `nextBefore` of the previous page).
@@ -609,13 +615,13 @@ seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, } | { "kind": "forked", forkSessionId: string, messageId?: string | null, });
 
 export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, } | { "kind": "forked", forkSessionId: string, messageId?: string | null, };
 
 export type CancelParams = { id: number | string, };
 
@@ -639,6 +645,7 @@ export interface Requests {
   "session/rename": { params: SessionRenameParams; result: SessionInfo };
   "session/delete": { params: SessionRef; result: SessionDeleteResult };
   "session/compact": { params: SessionRef; result: SessionCompactResult };
+  "session/fork": { params: SessionForkParams; result: SessionInfo };
   "session/messages": { params: SessionMessagesParams; result: SessionMessagesResult };
   "run/get": { params: RunRef; result: RunInfo };
   "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };

@@ -126,6 +126,19 @@ enum Command {
         #[command(flatten)]
         ws: WorkspaceArg,
     },
+    /// Copy a session into a new one, up to a message [default: the workspace's most recent
+    /// session, all of it]; the files are not touched.
+    Fork {
+        session: Option<String>,
+        /// The last message the copy keeps (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        at: Option<String>,
+        /// Print the new session as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
     /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
     Attach(AttachArgs),
     /// List the workspace's sessions, or show, remove or rename one.
@@ -474,6 +487,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Compact { session, json, ws } => {
             sessions::compact(&g, session.as_deref(), &ws, json).await
         }
+        Command::Fork {
+            session,
+            at,
+            json,
+            ws,
+        } => sessions::fork(&g, session.as_deref(), at, &ws, json).await,
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,
         Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {

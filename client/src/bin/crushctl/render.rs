@@ -317,6 +317,12 @@ impl Conversation {
                 }
             }
             SessionEvent::Compacted { .. } => {}
+            SessionEvent::Forked {
+                fork_session_id, ..
+            } => self.line(&self.ui.paint_out(
+                DIM,
+                &format!("[forked into session {}]", short_id(fork_session_id)),
+            )),
         }
     }
 }

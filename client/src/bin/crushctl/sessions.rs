@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crush_protocol::{AgentState, RunState, SessionRef, SessionRenameParams, request};
+use crush_protocol::{
+    AgentState, RunState, SessionForkParams, SessionRef, SessionRenameParams, request,
+};
 
 use crate::attach::history;
 use crate::render::Conversation;
@@ -49,6 +51,60 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// The named session's full id, else the workspace's most recent session's.
+async fn named_or_latest(
+    client: &crush_client::ReconnectingClient,
+    session: Option<&str>,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<String> {
+    Ok(match session {
+        Some(id) => get_session(client, id).await?.session_id,
+        None => {
+            let w = open_workspace(client, ws).await?;
+            match list_sessions(client, &w.workspace_id).await?.first() {
+                Some(s) => s.session_id.clone(),
+                None => return Err(usage(format!("no session in {}", w.path))),
+            }
+        }
+    })
+}
+
+/// `fork`: `session/fork` of the named session, else the workspace's most recent one.
+pub async fn fork(
+    g: &Global,
+    session: Option<&str>,
+    at: Option<String>,
+    ws: &WorkspaceArg,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let s = client
+            .request::<request::SessionFork>(SessionForkParams {
+                session_id: id.clone(),
+                message_id: at,
+            })
+            .await?;
+        if json_out {
+            crate::outln!("{}", serde_json::to_string(&s)?)?;
+        } else {
+            crate::outln!(
+                "forked session {} into {} ({:?}, {} messages); continue it with `crushctl run -s {}`",
+                crate::ids::short(&id),
+                crate::ids::short(&s.session_id),
+                s.title,
+                s.message_count,
+                crate::ids::short(&s.session_id)
+            )?;
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
 /// `compact`: `session/compact` for the named session, else the workspace's most recent one.
 pub async fn compact(
     g: &Global,
@@ -58,16 +114,7 @@ pub async fn compact(
 ) -> anyhow::Result<u8> {
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
-        let id = match session {
-            Some(id) => get_session(&client, id).await?.session_id,
-            None => {
-                let w = open_workspace(&client, ws).await?;
-                match list_sessions(&client, &w.workspace_id).await?.first() {
-                    Some(s) => s.session_id.clone(),
-                    None => return Err(usage(format!("no session in {}", w.path))),
-                }
-            }
-        };
+        let id = named_or_latest(&client, session, ws).await?;
         if !json_out && Term::detect().stderr_tty {
             crate::errln!("summarising the older messages of session {}…", crate::ids::short(&id));
         }

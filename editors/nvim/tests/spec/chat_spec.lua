@@ -217,3 +217,18 @@ T.it("compacts the session on demand and notes where the summary stands", functi
     return vim.b.crush_session == sid and T.text(0):match("%d+ older messages summarised") ~= nil
   end)
 end)
+
+T.it("forks the session at the message under the cursor and opens the copy", function()
+  T.eq(sid, vim.b.crush_session, "in the chat")
+  local row = vim.fn.search("^count to forty$", "w")
+  T.ok(row > 0, "the first prompt is shown")
+  vim.api.nvim_win_set_cursor(0, { row, 0 })
+  local forks = T.spy("session/fork")
+  vim.cmd("Crush fork")
+  T.wait("the copy's chat", function()
+    return vim.b.crush_session ~= nil and vim.b.crush_session ~= sid and T.contains(0, "count to forty")
+  end)
+  T.ok(forks[1].messageId ~= nil, "forked at a message")
+  T.ok(not T.contains(0, "partial text"), "later turns are not in the copy:\n" .. T.text(0))
+  T.ok(T.contains(0, "(fork)"), "the copy's title")
+end)
