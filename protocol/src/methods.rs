@@ -245,6 +245,9 @@ client_requests! {
     /// A new session whose history is a copy of this one's up to a message (all of it without
     /// one); the files are not touched, and the two sessions go on independently.
     SessionFork = "session/fork" (SessionForkParams) -> SessionInfo;
+    /// What a run (the one of `messageId`), or the whole session, changed in the workspace's
+    /// files, from the snapshots taken during its runs.
+    SessionDiff = "session/diff" (SessionDiffParams) -> SessionDiffResult;
     /// A page of a session's messages, oldest first within the page.
     SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult [resend];
     /// A run's state: live from memory while it is queued or running, else as persisted (also
@@ -756,6 +759,37 @@ pub struct SessionForkParams {
     /// The last message the fork keeps (a message of the session); absent: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDiffParams {
+    pub session_id: String,
+    /// A message of the run whose changes are wanted; absent: the whole session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDiffResult {
+    /// The unified diff (Git's format, paths relative to the workspace); empty for no change.
+    pub diff: String,
+    /// Each changed file.
+    pub files: Vec<FileChange>,
+    /// Files too large to snapshot while those runs ran: their changes are not in the diff.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct FileChange {
+    pub path: String,
+    /// `added`, `modified`, `deleted` or `typeChanged`.
+    pub status: String,
 }
 
 /// What `session/compact` did.

@@ -80,6 +80,7 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         SessionMessages(p) => session::messages(c, p).await,
         SessionCompact(p) => session::compact(c, p).await,
         SessionFork(p) => session::fork(c, p).await,
+        SessionDiff(p) => session::diff(c, p).await,
         SessionSetModel(p) => session::set_model(c, p).await,
         SessionSetYolo(p) => session::set_yolo(c, p).await,
         AgentSend(p) => agent::send(c, p).await,

@@ -1,12 +1,13 @@
 //! The session methods that read or change its row: `session/create`, `list`, `get`, `rename`,
-//! `delete`, `messages`, `setModel`, `setYolo`, `fork`; and `session/compact`, which writes a
-//! summary.
+//! `delete`, `messages`, `setModel`, `setYolo`, `fork`; `session/compact`, which writes a
+//! summary, and `session/diff`, which reads the snapshots.
 
 use crush_protocol::{
     DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCompactResult,
-    SessionCreateParams, SessionDeleteResult, SessionForkParams, SessionInfo, SessionListParams,
-    SessionListResult, SessionMessagesParams, SessionMessagesResult, SessionRef,
-    SessionRenameParams, SessionSetModelParams, SessionSetYoloParams, SessionSetYoloResult,
+    SessionCreateParams, SessionDeleteResult, SessionDiffParams, SessionDiffResult,
+    SessionForkParams, SessionInfo, SessionListParams, SessionListResult, SessionMessagesParams,
+    SessionMessagesResult, SessionRef, SessionRenameParams, SessionSetModelParams,
+    SessionSetYoloParams, SessionSetYoloResult,
 };
 use serde_json::Value;
 
@@ -93,6 +94,13 @@ pub(super) async fn fork(ctx: &RequestCtx, p: SessionForkParams) -> Result<Sessi
     Ok(session_info(row))
 }
 
+pub(super) async fn diff(
+    ctx: &RequestCtx,
+    p: SessionDiffParams,
+) -> Result<SessionDiffResult, RpcError> {
+    ctx.daemon.runtime.diff(&p).await
+}
+
 pub(super) async fn get(ctx: &RequestCtx, p: SessionRef) -> Result<SessionInfo, RpcError> {
     Ok(session_info(
         ctx.daemon.store.require_session(&p.session_id).await?,
@@ -132,10 +140,23 @@ pub(super) async fn delete(
             "the session has an active or queued run; cancel it first (agent/cancel)",
         ));
     }
+    let workspace = match daemon.store.get_session(&p.session_id).await? {
+        Some(s) => daemon.store.get_workspace(&s.workspace_id).await?,
+        None => None,
+    };
     if !daemon.store.delete_session(&p.session_id).await? {
         return Err(StoreError::SessionNotFound(p.session_id).into());
     }
     daemon.runtime.forget_session(&p.session_id);
+    // Its snapshots go with it (done here, not in the background: deleting is rare, and the
+    // space is free when the answer comes).
+    if let (Some(snaps), Some(w)) = (daemon.runtime.snapshots(), workspace)
+        && let Err(e) = snaps
+            .forget_session(&w.id, std::path::Path::new(&w.path), &p.session_id)
+            .await
+    {
+        tracing::warn!(session = %p.session_id, error = %e, "cannot drop a deleted session's snapshots");
+    }
     Ok(SessionDeleteResult { deleted: true })
 }
 

@@ -41,6 +41,7 @@ use crush_protocol::{
 use crate::config::{AgentSettings, PermissionRules};
 use crate::model::{Model, Models};
 use crate::peer::Peer;
+use crate::snapshots::Snapshots;
 use crate::store::{Store, new_id};
 use crate::sync::lock;
 use events::SessionEvents;
@@ -53,6 +54,7 @@ use workspaces::Workspace;
 mod accept;
 mod budget;
 mod cancel;
+mod checkpoints;
 mod compact;
 mod driver;
 mod events;
@@ -102,6 +104,8 @@ pub struct Runtime {
     /// shutdown.
     retries: TaskTracker,
     stop_retries: CancellationToken,
+    /// The workspace snapshot stores (`None`: snapshots are off).
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 /// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
@@ -248,7 +252,19 @@ impl Runtime {
             permissions: Permissions::default(),
             retries: TaskTracker::new(),
             stop_retries: CancellationToken::new(),
+            snapshots: None,
         }
+    }
+
+    /// Takes snapshots of the workspaces' files during runs (`session/diff`).
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    /// The snapshot stores, when snapshots are on.
+    pub fn snapshots(&self) -> Option<&Arc<Snapshots>> {
+        self.snapshots.as_ref()
     }
 
     /// Sets how much of each session's stream is kept for replay.

@@ -20,6 +20,7 @@ mod messages;
 mod pieces;
 mod require;
 mod sessions;
+mod snapshots;
 mod turns;
 mod tx;
 mod vocab;
@@ -28,6 +29,7 @@ use accept::AcceptLog;
 pub use accept::NewRun;
 pub use messages::*;
 pub use sessions::*;
+pub(crate) use snapshots::SnapshotKind;
 pub use turns::*;
 use tx::WriteTx;
 

@@ -359,6 +359,32 @@ export type SessionForkParams = { sessionId: string,
  */
 messageId?: string | null, };
 
+export type SessionDiffParams = { sessionId: string, 
+/**
+ * A message of the run whose changes are wanted; absent: the whole session's.
+ */
+messageId?: string | null, };
+
+export type SessionDiffResult = { 
+/**
+ * The unified diff (Git's format, paths relative to the workspace); empty for no change.
+ */
+diff: string, 
+/**
+ * Each changed file.
+ */
+files: Array<FileChange>, 
+/**
+ * Files too large to snapshot while those runs ran: their changes are not in the diff.
+ */
+skipped: Array<string>, };
+
+export type FileChange = { path: string, 
+/**
+ * `added`, `modified`, `deleted` or `typeChanged`.
+ */
+status: string, };
+
 export type SessionMessagesParams = { sessionId: string, 
 /**
  * Only messages with `seq` below this (the `nextBefore` of the previous page).
@@ -646,6 +672,7 @@ export interface Requests {
   "session/delete": { params: SessionRef; result: SessionDeleteResult };
   "session/compact": { params: SessionRef; result: SessionCompactResult };
   "session/fork": { params: SessionForkParams; result: SessionInfo };
+  "session/diff": { params: SessionDiffParams; result: SessionDiffResult };
   "session/messages": { params: SessionMessagesParams; result: SessionMessagesResult };
   "run/get": { params: RunRef; result: RunInfo };
   "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };

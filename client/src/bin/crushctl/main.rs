@@ -139,6 +139,22 @@ enum Command {
         #[command(flatten)]
         ws: WorkspaceArg,
     },
+    /// Show what a session's runs changed in the workspace's files, as a unified diff [default:
+    /// the workspace's most recent session, all its runs].
+    Diff {
+        session: Option<String>,
+        /// Only the run of this message (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        run_of: Option<String>,
+        /// Only the list of changed files.
+        #[arg(long)]
+        stat: bool,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
     /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
     Attach(AttachArgs),
     /// List the workspace's sessions, or show, remove or rename one.
@@ -493,6 +509,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             json,
             ws,
         } => sessions::fork(&g, session.as_deref(), at, &ws, json).await,
+        Command::Diff {
+            session,
+            run_of,
+            stat,
+            json,
+            ws,
+        } => sessions::diff(&g, session.as_deref(), run_of, &ws, stat, json).await,
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,
         Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {

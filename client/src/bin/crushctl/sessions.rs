@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use crush_protocol::{
-    AgentState, RunState, SessionForkParams, SessionRef, SessionRenameParams, request,
+    AgentState, RunState, SessionDiffParams, SessionForkParams, SessionRef, SessionRenameParams,
+    request,
 };
 
 use crate::attach::history;
@@ -97,6 +98,49 @@ pub async fn fork(
                 s.message_count,
                 crate::ids::short(&s.session_id)
             )?;
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `diff`: `session/diff` of the named session (or the run of one of its messages), else of
+/// the workspace's most recent session.
+pub async fn diff(
+    g: &Global,
+    session: Option<&str>,
+    run_of: Option<String>,
+    ws: &WorkspaceArg,
+    stat: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let d = client
+            .request::<request::SessionDiff>(SessionDiffParams {
+                session_id: id,
+                message_id: run_of,
+            })
+            .await?;
+        if json_out {
+            crate::outln!("{}", serde_json::to_string(&d)?)?;
+            return Ok(0);
+        }
+        if stat || d.diff.is_empty() {
+            for f in &d.files {
+                crate::outln!("{:<9} {}", f.status, f.path)?;
+            }
+        } else {
+            crate::ui::write_out(format_args!("{}", d.diff))?;
+        }
+        if d.files.is_empty() {
+            crate::errln!("no changes");
+        }
+        for s in &d.skipped {
+            crate::errln!("not in the diff (too large to snapshot): {s}");
         }
         Ok(0)
     }
