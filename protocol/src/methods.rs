@@ -519,6 +519,10 @@ pub struct DaemonStatusResult {
     pub log_dir: String,
     /// Idle exit delay in milliseconds; 0 means never.
     pub idle_timeout_ms: u64,
+    /// Bytes the workspace snapshots take on disk (`session/diff`, `session/revert`); absent
+    /// when snapshots are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -164,7 +164,12 @@ logDir: string,
 /**
  * Idle exit delay in milliseconds; 0 means never.
  */
-idleTimeoutMs: number, };
+idleTimeoutMs: number, 
+/**
+ * Bytes the workspace snapshots take on disk (`session/diff`, `session/revert`); absent
+ * when snapshots are off.
+ */
+snapshotBytes?: number | null, };
 
 export type DaemonShutdownParams = { 
 /**
