@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub(crate) use git::GitError;
+pub use git::GitError;
 use git::Shadow;
 
 use crate::sync::lock;
@@ -37,16 +37,16 @@ pub struct SnapshotLimits {
 
 /// One snapshot: the tree of the workspace's files and what was left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Snapshot {
+pub struct Snapshot {
     /// The Git tree id in the workspace's shadow store.
-    pub(crate) tree: String,
+    pub tree: String,
     /// Paths (relative to the workspace) too large to record.
-    pub(crate) skipped: Vec<String>,
+    pub skipped: Vec<String>,
 }
 
 /// Why no snapshot was taken.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SnapshotError {
+pub enum SnapshotError {
     #[error(transparent)]
     Git(#[from] GitError),
     #[error(
@@ -58,10 +58,10 @@ pub(crate) enum SnapshotError {
 
 /// A file's change between two snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileChange {
+pub struct FileChange {
     /// `A`dded, `M`odified, `D`eleted, `T`ype changed.
-    pub(crate) status: char,
-    pub(crate) path: String,
+    pub status: char,
+    pub path: String,
 }
 
 /// The daemon's snapshot stores.
@@ -98,7 +98,7 @@ impl Snapshots {
     }
 
     /// Records the workspace's files now, as the latest snapshot of `session_id`.
-    pub(crate) async fn snapshot(
+    pub async fn snapshot(
         &self,
         workspace_id: &str,
         root: &Path,
@@ -180,7 +180,7 @@ impl Snapshots {
     }
 
     /// The files that differ between two snapshots of the workspace.
-    pub(crate) async fn changes(
+    pub async fn changes(
         &self,
         workspace_id: &str,
         root: &Path,
@@ -238,7 +238,7 @@ impl Snapshots {
     /// file renamed over it, so a crash leaves the old or the new content, never half of it),
     /// with its executable bit, or removed when the snapshot does not have it (and then its
     /// directories, once empty). Returns the paths it changed.
-    pub(crate) async fn restore(
+    pub async fn restore(
         &self,
         workspace_id: &str,
         root: &Path,
