@@ -327,11 +327,19 @@ impl Snapshots {
     }
 }
 
-/// The user's own `.git/info/exclude` applies to snapshots too (read, never written).
+/// The suffix of the temporary file a restore writes before renaming it over the file.
+const RESTORE_SUFFIX: &str = ".crushd-restore";
+
+/// The user's own `.git/info/exclude` applies to snapshots too (read, never written), and a
+/// restore's temporary files are never recorded.
 fn copy_user_excludes(shadow: &Shadow) {
     let user = shadow.work_tree.join(".git").join("info").join("exclude");
     let ours = shadow.git_dir.join("info").join("exclude");
-    let text = std::fs::read_to_string(user).unwrap_or_default();
+    let mut text = std::fs::read_to_string(user).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(".*{RESTORE_SUFFIX}\n"));
     if std::fs::read_to_string(&ours).ok().as_deref() != Some(text.as_str()) {
         let _ = std::fs::create_dir_all(shadow.git_dir.join("info"));
         let _ = std::fs::write(ours, text);
@@ -357,7 +365,9 @@ fn write_atomically(path: &Path, content: &[u8], mode: &str) -> std::io::Result<
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.crushd-restore-{}", std::process::id()));
+    // One name per file: a restore killed half-way leaves at most this one file beside it,
+    // which the next restore of the file replaces (and snapshots never record: `EXCLUDES`).
+    let tmp = dir.join(format!(".{name}{RESTORE_SUFFIX}"));
     let _ = std::fs::remove_file(&tmp);
     if mode == "120000" {
         #[cfg(unix)]
