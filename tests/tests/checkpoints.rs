@@ -543,6 +543,8 @@ async fn crushctl_undo_and_redo_the_last_turn() {
         "{out}"
     );
     assert!(!root.join("new1.txt").exists());
+    let (_, shown, _) = ctl(&["sessions", "show", &w.session]);
+    assert!(shown.contains("❯ change everything (undone)"), "{shown}");
     let (code, out, _) = ctl(&["redo"]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("redone: 6 messages, 5 files:"), "{out}");
