@@ -62,7 +62,7 @@ pub(crate) async fn initialize(
 pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, RpcError> {
     let c = &ctx;
     on_method! { request;
-        DaemonStatus(p) => daemon::status(c, p).await,
+        DaemonStatus(p) => daemon::status(c, p),
         DaemonShutdown(p) => daemon::shutdown(c, p),
         ConfigGet(p) => daemon::config_get(c, p),
         ModelList(p) => daemon::model_list(c, p),

@@ -71,15 +71,28 @@ pub struct Snapshots {
     limits: SnapshotLimits,
     /// One lock per workspace: its shadow index is one file.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The stores' size on disk, measured at start and after every change to them, so that
+    /// `daemon/status` answers without walking the files.
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Snapshots {
     /// Stores under `dir` (`<data dir>/snapshots`).
     pub fn new(dir: PathBuf, limits: SnapshotLimits) -> Self {
+        let bytes = std::sync::atomic::AtomicU64::new(walk(&dir));
         Self {
             dir,
             limits,
             locks: Mutex::default(),
+            bytes,
+        }
+    }
+
+    /// Measures the stores again (off the async threads).
+    async fn remeasure(&self) {
+        let dir = self.dir.clone();
+        if let Ok(n) = tokio::task::spawn_blocking(move || walk(&dir)).await {
+            self.bytes.store(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -158,6 +171,7 @@ impl Snapshots {
             .await?;
         let tree = text(shadow.run(&["write-tree"]).await?);
         self.record(&shadow, session_id, &tree).await?;
+        self.remeasure().await;
         Ok(Snapshot { tree, skipped })
     }
 
@@ -325,26 +339,31 @@ impl Snapshots {
         // Absent already: nothing to drop.
         let _ = shadow.run(&["update-ref", "-d", &reference]).await;
         // `prune` rather than `gc`: no repacking, only what nothing reaches any more.
-        shadow.run(&["prune", "--expire=now"]).await.map(|_| ())
+        let pruned = shadow.run(&["prune", "--expire=now"]).await.map(|_| ());
+        self.remeasure().await;
+        pruned
     }
 
-    /// Bytes the snapshot stores take on disk.
+    /// Bytes the snapshot stores take on disk (as last measured: at start and after each
+    /// snapshot or prune).
     pub fn disk_usage(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(p) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => walk(&e.path()),
-                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.dir)
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// Bytes of the files under `p`.
+fn walk(p: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The suffix of the temporary file a restore writes before renaming it over the file.
