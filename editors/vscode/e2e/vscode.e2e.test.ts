@@ -263,6 +263,29 @@ describe("the extension in a real VS Code (code-server)", () => {
     chat1 = await w1.openChat();
   });
 
+  step("an edit prompt offers the proposed change in the diff editor; allowed, the file changes", async () => {
+    await send(w1, chat1, "#edit the file");
+    await until(chat1, "the edit's permission prompt", () =>
+      [...document.querySelectorAll(".prompt")].some((e) => /edit/.test((e as HTMLElement).innerText) && !!e.querySelector("[data-open-diff-request]")),
+    );
+    await w1.front();
+    await chat1.click(".prompt [data-open-diff-request]");
+    await w1.waitForTab(/hello\.txt \(proposed by Crush\)/, "the proposed edit's diff tab", { active: true });
+    // Both sides: the file as it is, and as the edit would leave it.
+    await w1.waitForEditorText("hello crush", "the current content on the left", ".monaco-diff-editor .editor.original .view-lines");
+    await w1.waitForEditorText("hello edited", "the proposed content on the right", ".monaco-diff-editor .editor.modified .view-lines");
+    assert.equal(fs.readFileSync(path.join(env.workspace, "hello.txt"), "utf8"), "hello crush\n", "nothing written before the answer");
+    await w1.waitForEditorFocus("the diff editor opened");
+    chat1 = await w1.openChat();
+    await chat1.click(".prompt [data-decision='allow']");
+    await until(chat1, "the finished edit", () =>
+      !document.querySelector(".prompt") &&
+      [...document.querySelectorAll("details.tool summary")].some((e) => /edit — (completed|success)/.test((e as HTMLElement).innerText)) &&
+      document.querySelector("#status")?.getAttribute("data-state") === "idle",
+    );
+    assert.equal(fs.readFileSync(path.join(env.workspace, "hello.txt"), "utf8"), "hello edited\n");
+  });
+
   step("assistant Markdown is rendered and sanitised; a code block inserts at the cursor", async () => {
     // Open the file from the Explorer, as a user would.
     await w1.command("View: Show Explorer");

@@ -2,6 +2,7 @@
 // (the Rust suite's MockLlm is scripted from Rust; these tests script by prompt instead):
 // - a prompt containing `#write` gets a `write` tool call for hello.txt, and the request that
 //   carries the tool's result gets "Done.";
+// - `#edit` gets an `edit` tool call that replaces "hello crush" with "hello edited" in hello.txt;
 // - `#hold` streams one chunk, then holds the stream until `release()` (or the client leaves);
 // - `#markdown` answers with Markdown (a list, a link, a Rust code block) and raw HTML that must
 //   never become markup;
@@ -117,6 +118,21 @@ export class MockLlm {
             id: "call_write_1",
             type: "function",
             function: { name: "write", arguments: JSON.stringify({ path: "hello.txt", content: "hello crush\n" }) },
+          },
+        ],
+      });
+      finish("tool_calls");
+      return;
+    }
+    if (prompt.includes("#edit")) {
+      send({ role: "assistant", content: "Editing it." });
+      send({
+        tool_calls: [
+          {
+            index: 0,
+            id: "call_edit_1",
+            type: "function",
+            function: { name: "edit", arguments: JSON.stringify({ path: "hello.txt", old_string: "hello crush", new_string: "hello edited" }) },
           },
         ],
       });
