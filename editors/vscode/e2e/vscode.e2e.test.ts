@@ -155,6 +155,24 @@ describe("the extension in a real VS Code (code-server)", () => {
     }
     await until(chat2, "the shared history", () => document.querySelectorAll(".msg.assistant").length === 2);
 
+    // A model picked in one window shows in the other (bug 4), and back to the default.
+    for (const [model, label] of [
+      ["echo/echo", "echo/echo"],
+      ["", "(default model)"],
+    ] as const) {
+      await w2.front();
+      await chat2.select("#model", model);
+      await until(
+        chat1,
+        `w1: the model ${label} picked in w2`,
+        (want: string) => {
+          const sel = document.querySelector("#model") as HTMLSelectElement;
+          return sel.value === want && sel.selectedOptions[0]?.textContent === (want || "(default model)");
+        },
+        model,
+      );
+    }
+
     await send(w1, chat1, "#hold on");
     await holding(mock);
     for (const [chat, name] of [
