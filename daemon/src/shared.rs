@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::inbound::InboundBudget;
 use crate::model::Models;
 use crate::runs::{ReplayLimits, Runtime};
+use crate::snapshots::{SnapshotLimits, Snapshots};
 use crate::store::Store;
 
 /// State shared by every connection.
@@ -42,23 +43,34 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
-        let runtime = Arc::new(
-            Runtime::new(
-                store.clone(),
-                Models::from_config(&config.models)
-                    .with_connection_limit(config.daemon.max_model_connections),
-                config.daemon.flush_interval,
-                config.shutdown_grace,
-            )
-            .configure(config.agent.clone(), config.permissions.clone())
-            .with_replay(
-                ReplayLimits {
-                    events: config.daemon.replay_events,
-                    bytes: config.daemon.replay_bytes,
+        let snapshots = (config.agent.snapshot_max_bytes > 0).then(|| {
+            Snapshots::new(
+                config.daemon.data_dir.join("snapshots"),
+                SnapshotLimits {
+                    max_file_bytes: config.agent.snapshot_max_file_bytes as u64,
+                    max_bytes: config.agent.snapshot_max_bytes as u64,
                 },
-                config.daemon.replay_budget,
-            ),
+            )
+        });
+        let runtime = Runtime::new(
+            store.clone(),
+            Models::from_config(&config.models)
+                .with_connection_limit(config.daemon.max_model_connections),
+            config.daemon.flush_interval,
+            config.shutdown_grace,
+        )
+        .configure(config.agent.clone(), config.permissions.clone())
+        .with_replay(
+            ReplayLimits {
+                events: config.daemon.replay_events,
+                bytes: config.daemon.replay_bytes,
+            },
+            config.daemon.replay_budget,
         );
+        let runtime = Arc::new(match snapshots {
+            Some(s) => runtime.with_snapshots(s),
+            None => runtime,
+        });
         Arc::new(Self {
             inbound: InboundBudget::new(config.daemon.inbound_budget),
             clients: Clients::new(config.daemon.claim_grace),

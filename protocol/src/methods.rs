@@ -239,6 +239,15 @@ client_requests! {
     SessionRename = "session/rename" (SessionRenameParams) -> SessionInfo;
     /// Delete a session with its messages and runs.
     SessionDelete = "session/delete" (SessionRef) -> SessionDeleteResult;
+    /// Summarise an idle session's older messages now (the model writes the summary; the
+    /// messages stay stored). Busy sessions get `RunsActive`.
+    SessionCompact = "session/compact" (SessionRef) -> SessionCompactResult;
+    /// A new session whose history is a copy of this one's up to a message (all of it without
+    /// one); the files are not touched, and the two sessions go on independently.
+    SessionFork = "session/fork" (SessionForkParams) -> SessionInfo;
+    /// What a run (the one of `messageId`), or the whole session, changed in the workspace's
+    /// files, from the snapshots taken during its runs.
+    SessionDiff = "session/diff" (SessionDiffParams) -> SessionDiffResult;
     /// A page of a session's messages, oldest first within the page.
     SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult [resend];
     /// A run's state: live from memory while it is queued or running, else as persisted (also
@@ -742,6 +751,65 @@ pub struct SessionDeleteResult {
     pub deleted: bool,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionForkParams {
+    pub session_id: String,
+    /// The last message the fork keeps (a message of the session); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDiffParams {
+    pub session_id: String,
+    /// A message of the run whose changes are wanted; absent: the whole session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDiffResult {
+    /// The unified diff (Git's format, paths relative to the workspace); empty for no change.
+    pub diff: String,
+    /// Each changed file.
+    pub files: Vec<FileChange>,
+    /// Files too large to snapshot while those runs ran: their changes are not in the diff.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct FileChange {
+    pub path: String,
+    /// `added`, `modified`, `deleted` or `typeChanged`.
+    pub status: String,
+}
+
+/// What `session/compact` did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCompactResult {
+    /// Whether a summary was written; `false` when nothing is old enough to summarise (the
+    /// session's first prompt and its latest turn are always kept as they are).
+    pub compacted: bool,
+    /// The `system` message holding the `summary` part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_message_id: Option<String>,
+    /// Stored messages the summary replaces in what the model is shown.
+    pub messages: u32,
+    /// The daemon's count of the conversation the model would be shown, before and after.
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+}
+
 /// Default and maximum page size of `session/messages`.
 pub const DEFAULT_MESSAGE_PAGE: u32 = 100;
 pub const MAX_MESSAGE_PAGE: u32 = 1000;
@@ -1174,10 +1242,13 @@ pub enum SessionEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metadata: Option<serde_json::Value>,
     },
-    /// The next model request was compacted to fit the model's context window. Only the
-    /// request: the stored messages are untouched. `fromMessageId`..`toMessageId` is the range of
-    /// stored messages it changed; `stubbed` tool outputs were replaced by a one-line stub and
-    /// `dropped` messages left out. Token counts are the daemon's estimate of the request.
+    /// What the model is shown of the session was compacted to fit its context window; the
+    /// stored messages are untouched. `fromMessageId`..`toMessageId` is the range of stored
+    /// messages it changed. With `summaryMessageId` the model wrote a summary of that range
+    /// (a new `system` message with a `summary` part) that it is shown from now on in place of
+    /// the range; without it, only the next request was compacted: `stubbed` tool outputs
+    /// replaced by a one-line stub and `dropped` messages left out. Token counts are the
+    /// daemon's estimate of the request.
     #[serde(rename_all = "camelCase")]
     Compacted {
         from_message_id: String,
@@ -1186,6 +1257,8 @@ pub enum SessionEvent {
         tokens_after: u64,
         stubbed: u32,
         dropped: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary_message_id: Option<String>,
     },
     /// A message is final; `finishReason` as in `session/messages`.
     #[serde(rename_all = "camelCase")]
@@ -1202,6 +1275,14 @@ pub enum SessionEvent {
         title: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+    },
+    /// `session/fork` made session `forkSessionId` from this one, with its messages up to
+    /// `messageId` (all of them when absent).
+    #[serde(rename_all = "camelCase")]
+    Forked {
+        fork_session_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
     },
 }
 

@@ -17,7 +17,8 @@ use tracing::{debug, warn};
 use crush_protocol::{RunCompleteParams, RunState, SessionEvent};
 
 use super::budget::{Budget, Conversation};
-use super::history::{history_entries, user_content};
+use super::compact::push_shown;
+use super::history::{history_entries, latest_summary, user_content};
 use super::step::Step;
 use super::tool_calls::ToolResults;
 use super::unsaved::{EndWrite, OwnedEnd, OwnedFinish};
@@ -25,7 +26,7 @@ use super::{RunMeta, Runtime, SessionRt};
 use crate::model::tokens::Counter;
 use crate::model::{ChatMessage, FinishReason, TurnRequest, Usage};
 use crate::store::live::{LiveMessage, parts_json};
-use crate::store::{FoldedPrompt, NextStep, StartTurn};
+use crate::store::{FoldedPrompt, NextStep, SnapshotKind, StartTurn};
 use crate::sync::lock;
 use crate::tools::{Limits, ToolContext};
 
@@ -60,6 +61,8 @@ struct Outcome {
     /// The turn's tokens and cost, for its own run's `$/runComplete`.
     usage: Option<crush_protocol::Usage>,
     written: Written,
+    /// The title this turn gave the session from its prompt (its first turn).
+    titled: Option<String>,
 }
 
 /// Whether the run's end is in the database.
@@ -80,6 +83,7 @@ impl Outcome {
             error: Some(error),
             usage: None,
             written: Written::NotYet,
+            titled: None,
         }
     }
 }
@@ -95,6 +99,14 @@ impl Runtime {
         loop {
             let mut outcome = self.turn(&s, &run, &token).await;
             self.settle_write(&s, &run, &mut outcome).await;
+            if let Some(from) = outcome
+                .titled
+                .take()
+                .filter(|_| outcome.end == End::Completed)
+            {
+                let answer = outcome.text.as_deref().unwrap_or_default();
+                self.title_in_background(&s, from, &run.prompt, answer);
+            }
             let next = {
                 let mut inner = lock(&s.inner);
                 let ws = s.ws();
@@ -171,7 +183,10 @@ impl Runtime {
         let ((history, first_id), root) = if token.is_cancelled() {
             ((Vec::new(), None), None)
         } else {
-            let history = match self.read_history(&s.id, &limits).await {
+            let reading = s.reading.lock().await;
+            let history = self.read_history(&s.id, &limits).await;
+            drop(reading);
+            let history = match history {
                 Ok(h) => h,
                 Err(e) => return Outcome::failed(format!("cannot read the session: {e}")),
             };
@@ -201,6 +216,7 @@ impl Runtime {
             Err(e) => return Outcome::failed(format!("cannot save the prompt: {e}")),
         };
         let (user, assistant) = (started.user, started.assistant);
+        let titled = title.clone().filter(|_| started.titled);
         {
             let mut inner = lock(&s.inner);
             inner.events.publish(
@@ -210,7 +226,7 @@ impl Runtime {
                     text: run.prompt.clone(),
                 },
             );
-            if let Some(title) = title.filter(|_| started.titled) {
+            if let Some(title) = titled.clone() {
                 inner.events.publish(
                     None,
                     SessionEvent::SessionUpdated {
@@ -253,9 +269,8 @@ impl Runtime {
         };
         let preamble = counter.preamble(&request.system, &request.tools);
         let mut conv = Conversation::new(counter);
-        for (source, msg) in history_entries(&history) {
-            let first = first_id.as_deref() == Some(source.as_str());
-            conv.push(&source, msg, first);
+        for shown in history_entries(&history) {
+            push_shown(&mut conv, shown, first_id.as_deref());
         }
         // A session's first prompt is its first instruction.
         let first = history.is_empty();
@@ -268,6 +283,7 @@ impl Runtime {
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
         let mut steps: u32 = 0;
+        let mut snapshotted = false;
 
         let (end, reason, error) = loop {
             if steps >= self.agent.max_steps && !token.is_cancelled() {
@@ -285,7 +301,7 @@ impl Runtime {
                 Step::Cancelled
             } else {
                 steps += 1;
-                let budget = (&conv, preamble, &limits);
+                let budget = (&mut conv, preamble, &limits);
                 self.budgeted_step(s, run, token, &mut request, budget, &mut live, &mut usage)
                     .await
             };
@@ -319,10 +335,26 @@ impl Runtime {
                 if let Err(e) = live.flush(&self.store).await {
                     warn!(run = %run.run_id, error = %e, "cannot save the step's tool calls");
                 }
-                Some(
-                    self.run_tools(s, run, token, &tools, &live.id, &calls)
-                        .await,
-                )
+                // Snapshots around the steps whose tools may change files (`bash` included):
+                // the workspace as the turn found it before the first, and after each.
+                let snapshot = root.as_ref().filter(|_| may_change_files(&calls));
+                if let Some(root) = snapshot
+                    && !snapshotted
+                {
+                    snapshotted = true;
+                    let at = (s.id.as_str(), ws_id.as_str(), root.as_path());
+                    self.take_snapshot(at, &run.run_id, &user.id, SnapshotKind::Before)
+                        .await;
+                }
+                let results = self
+                    .run_tools(s, run, token, &tools, &live.id, &calls)
+                    .await;
+                if let Some(root) = snapshot {
+                    let at = (s.id.as_str(), ws_id.as_str(), root.as_path());
+                    self.take_snapshot(at, &run.run_id, &assistant_id, SnapshotKind::After)
+                        .await;
+                }
+                Some(results)
             };
             let users = match self
                 .next_step(s, run, &steered, results.as_ref(), &mut live, reason)
@@ -395,15 +427,18 @@ impl Runtime {
             error,
             usage: Some(turn_usage.into()),
             written,
+            titled,
         }
     }
 
     /// The session's latest messages, a page at a time until the pages hold more than the
     /// model's window could (the budget would leave older ones out anyway) or the bound is
     /// reached; plus the session's first message when the pages do not reach it, since the
-    /// budget always keeps the user's first instruction. Returns the rows, oldest first, and
-    /// the id of that first message when it is a user message among them.
-    async fn read_history(
+    /// budget always keeps the user's first instruction. Reading stops at the end of the range
+    /// the latest summary replaces (the model is shown the summary instead), and that end is
+    /// read for its `seq` (`history_entries`). Returns the rows, oldest first, and the id of
+    /// that first message when it is a user message among them.
+    pub(super) async fn read_history(
         &self,
         session_id: &str,
         limits: &Budget,
@@ -427,8 +462,11 @@ impl Runtime {
             older.append(&mut rows);
             rows = older;
             complete = !page.has_more;
+            // The latest summary stands for everything up to its range's end: read no further.
+            let summarized =
+                latest_summary(&rows).is_some_and(|s| rows.iter().any(|r| r.id == s.to_message_id));
             // Two bytes per token at the densest: past that the window is surely full.
-            if complete || bytes / 2 > limits.window {
+            if complete || summarized || bytes / 2 > limits.window {
                 break;
             }
         }
@@ -438,6 +476,14 @@ impl Runtime {
             let mut all = first.messages;
             all.append(&mut rows);
             rows = all;
+        }
+        // The end of the latest summary's range, for its `seq`, when it was not read.
+        if let Some(s) = latest_summary(&rows)
+            && !rows.iter().any(|r| r.id == s.to_message_id)
+            && let Some(end) = self.store.get_message(&s.to_message_id).await?
+        {
+            let at = rows.partition_point(|r| r.seq < end.seq);
+            rows.insert(at, end);
         }
         let first_id = rows
             .first()
@@ -565,4 +611,11 @@ impl Runtime {
         *live = LiveMessage::new(assistant.id, self.flush_interval);
         Ok(users.into_iter().map(|u| u.id).collect())
     }
+}
+
+/// Whether a step's tool calls may change the workspace's files: any but the read-only tools.
+fn may_change_files(calls: &[crate::model::ToolCall]) -> bool {
+    calls
+        .iter()
+        .any(|c| !matches!(c.name.as_str(), "view" | "ls" | "glob" | "grep"))
 }

@@ -41,6 +41,7 @@ use crush_protocol::{
 use crate::config::{AgentSettings, PermissionRules};
 use crate::model::{Model, Models};
 use crate::peer::Peer;
+use crate::snapshots::Snapshots;
 use crate::store::{Store, new_id};
 use crate::sync::lock;
 use events::SessionEvents;
@@ -53,6 +54,8 @@ use workspaces::Workspace;
 mod accept;
 mod budget;
 mod cancel;
+mod checkpoints;
+mod compact;
 mod driver;
 mod events;
 mod history;
@@ -63,6 +66,7 @@ mod replay;
 mod state;
 mod step;
 mod subscribe;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod title;
@@ -100,6 +104,8 @@ pub struct Runtime {
     /// shutdown.
     retries: TaskTracker,
     stop_retries: CancellationToken,
+    /// The workspace snapshot stores (`None`: snapshots are off).
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 /// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
@@ -132,6 +138,9 @@ pub struct SessionRt {
     /// The context budget's memory (correction factor, last compaction announced): only the
     /// driver of the session's one active turn uses it, so it needs no transition's lock.
     budget: Mutex<budget::Memory>,
+    /// Held while a turn reads the session's history and while `session/compact` summarises
+    /// it, so that a prompt sent during an on-demand compaction reads the summary.
+    reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SessionRt {
@@ -243,7 +252,19 @@ impl Runtime {
             permissions: Permissions::default(),
             retries: TaskTracker::new(),
             stop_retries: CancellationToken::new(),
+            snapshots: None,
         }
+    }
+
+    /// Takes snapshots of the workspaces' files during runs (`session/diff`).
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    /// The snapshot stores, when snapshots are on.
+    pub fn snapshots(&self) -> Option<&Arc<Snapshots>> {
+        self.snapshots.as_ref()
     }
 
     /// Sets how much of each session's stream is kept for replay.
@@ -316,6 +337,7 @@ impl Runtime {
             ws: Mutex::new(self.workspace(workspace_id)),
             inner: Mutex::new(inner),
             budget: Mutex::default(),
+            reading: Arc::default(),
         });
         map.insert(session_id.to_owned(), s.clone());
         s
@@ -380,6 +402,19 @@ impl Runtime {
                 SessionEvent::SessionUpdated {
                     title: title.to_owned(),
                     model: model.map(str::to_owned),
+                },
+            );
+        }
+    }
+
+    /// `session/fork` copied the session into `fork_id`: its subscribers hear it (`forked`).
+    pub fn forked(&self, session_id: &str, fork_id: &str, message_id: Option<&str>) {
+        if let Some(s) = self.existing_session(session_id) {
+            lock(&s.inner).events.publish(
+                None,
+                SessionEvent::Forked {
+                    fork_session_id: fork_id.to_owned(),
+                    message_id: message_id.map(str::to_owned),
                 },
             );
         }

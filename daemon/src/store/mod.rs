@@ -14,11 +14,13 @@ use sqlx::sqlite::{
 };
 
 mod accept;
+mod fork;
 pub mod live;
 mod messages;
 mod pieces;
 mod require;
 mod sessions;
+mod snapshots;
 mod turns;
 mod tx;
 mod vocab;
@@ -27,6 +29,7 @@ use accept::AcceptLog;
 pub use accept::NewRun;
 pub use messages::*;
 pub use sessions::*;
+pub(crate) use snapshots::SnapshotKind;
 pub use turns::*;
 use tx::WriteTx;
 

@@ -56,6 +56,12 @@ local subcommands = {
   new = function(args)
     require("crush").new(table.concat(args, " "))
   end,
+  compact = function()
+    require("crush").compact()
+  end,
+  fork = function()
+    require("crush").fork()
+  end,
   sessions = function()
     require("crush").sessions()
   end,

@@ -67,7 +67,11 @@ content: string, status: ToolStatus,
 /**
  * Stored parts only.
  */
-isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, };
+isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, } | { "type": "summary", text: string, fromMessageId: string, toMessageId: string, 
+/**
+ * How many stored messages it replaces.
+ */
+messages: number, };
 
 export type SessionSetModelParams = { sessionId: string, 
 /**
@@ -330,6 +334,57 @@ export type SessionListResult = { sessions: Array<SessionInfo>, };
 
 export type SessionDeleteResult = { deleted: boolean, };
 
+export type SessionCompactResult = { 
+/**
+ * Whether a summary was written; `false` when nothing is old enough to summarise (the
+ * session's first prompt and its latest turn are always kept as they are).
+ */
+compacted: boolean, 
+/**
+ * The `system` message holding the `summary` part.
+ */
+summaryMessageId?: string | null, 
+/**
+ * Stored messages the summary replaces in what the model is shown.
+ */
+messages: number, 
+/**
+ * The daemon's count of the conversation the model would be shown, before and after.
+ */
+tokensBefore: number, tokensAfter: number, };
+
+export type SessionForkParams = { sessionId: string, 
+/**
+ * The last message the fork keeps (a message of the session); absent: all of them.
+ */
+messageId?: string | null, };
+
+export type SessionDiffParams = { sessionId: string, 
+/**
+ * A message of the run whose changes are wanted; absent: the whole session's.
+ */
+messageId?: string | null, };
+
+export type SessionDiffResult = { 
+/**
+ * The unified diff (Git's format, paths relative to the workspace); empty for no change.
+ */
+diff: string, 
+/**
+ * Each changed file.
+ */
+files: Array<FileChange>, 
+/**
+ * Files too large to snapshot while those runs ran: their changes are not in the diff.
+ */
+skipped: Array<string>, };
+
+export type FileChange = { path: string, 
+/**
+ * `added`, `modified`, `deleted` or `typeChanged`.
+ */
+status: string, };
+
 export type SessionMessagesParams = { sessionId: string, 
 /**
  * Only messages with `seq` below this (the `nextBefore` of the previous page).
@@ -586,13 +641,13 @@ seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, } | { "kind": "forked", forkSessionId: string, messageId?: string | null, });
 
 export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, } | { "kind": "forked", forkSessionId: string, messageId?: string | null, };
 
 export type CancelParams = { id: number | string, };
 
@@ -615,6 +670,9 @@ export interface Requests {
   "session/get": { params: SessionRef; result: SessionInfo };
   "session/rename": { params: SessionRenameParams; result: SessionInfo };
   "session/delete": { params: SessionRef; result: SessionDeleteResult };
+  "session/compact": { params: SessionRef; result: SessionCompactResult };
+  "session/fork": { params: SessionForkParams; result: SessionInfo };
+  "session/diff": { params: SessionDiffParams; result: SessionDiffResult };
   "session/messages": { params: SessionMessagesParams; result: SessionMessagesResult };
   "run/get": { params: RunRef; result: RunInfo };
   "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };

@@ -116,6 +116,45 @@ enum Command {
         #[command(flatten)]
         ws: WorkspaceArg,
     },
+    /// Have the model summarise a session's older messages now, so later runs start small
+    /// [default: the workspace's most recent session]. The messages stay stored.
+    Compact {
+        session: Option<String>,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Copy a session into a new one, up to a message [default: the workspace's most recent
+    /// session, all of it]; the files are not touched.
+    Fork {
+        session: Option<String>,
+        /// The last message the copy keeps (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        at: Option<String>,
+        /// Print the new session as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Show what a session's runs changed in the workspace's files, as a unified diff [default:
+    /// the workspace's most recent session, all its runs].
+    Diff {
+        session: Option<String>,
+        /// Only the run of this message (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        run_of: Option<String>,
+        /// Only the list of changed files.
+        #[arg(long)]
+        stat: bool,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
     /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
     Attach(AttachArgs),
     /// List the workspace's sessions, or show, remove or rename one.
@@ -461,6 +500,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Send(a) => run::send(&g, a).await,
         Command::Wait { run_id, json } => run::wait(&g, &run_id, json).await,
         Command::Cancel { session, run, ws } => run::cancel(&g, session, run, &ws).await,
+        Command::Compact { session, json, ws } => {
+            sessions::compact(&g, session.as_deref(), &ws, json).await
+        }
+        Command::Fork {
+            session,
+            at,
+            json,
+            ws,
+        } => sessions::fork(&g, session.as_deref(), at, &ws, json).await,
+        Command::Diff {
+            session,
+            run_of,
+            stat,
+            json,
+            ws,
+        } => sessions::diff(&g, session.as_deref(), run_of, &ws, stat, json).await,
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,
         Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {

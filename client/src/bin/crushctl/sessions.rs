@@ -5,13 +5,17 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crush_protocol::{AgentState, RunState, SessionRef, SessionRenameParams, request};
+use crush_protocol::{
+    AgentState, RunState, SessionDiffParams, SessionForkParams, SessionRef, SessionRenameParams,
+    request,
+};
 
 use crate::attach::history;
 use crate::render::Conversation;
 use crate::ui::{BOLD, DIM, Term, Ui};
 use crate::{
-    Global, SessionsArgs, SessionsCommand, get_session, leave, list_sessions, open_workspace,
+    Global, SessionsArgs, SessionsCommand, WorkspaceArg, get_session, leave, list_sessions,
+    open_workspace, usage,
 };
 
 pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
@@ -42,6 +46,148 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
                 Ok(0)
             }
         }
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// The named session's full id, else the workspace's most recent session's.
+async fn named_or_latest(
+    client: &crush_client::ReconnectingClient,
+    session: Option<&str>,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<String> {
+    Ok(match session {
+        Some(id) => get_session(client, id).await?.session_id,
+        None => {
+            let w = open_workspace(client, ws).await?;
+            match list_sessions(client, &w.workspace_id).await?.first() {
+                Some(s) => s.session_id.clone(),
+                None => return Err(usage(format!("no session in {}", w.path))),
+            }
+        }
+    })
+}
+
+/// `fork`: `session/fork` of the named session, else the workspace's most recent one.
+pub async fn fork(
+    g: &Global,
+    session: Option<&str>,
+    at: Option<String>,
+    ws: &WorkspaceArg,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let s = client
+            .request::<request::SessionFork>(SessionForkParams {
+                session_id: id.clone(),
+                message_id: at,
+            })
+            .await?;
+        if json_out {
+            crate::outln!("{}", serde_json::to_string(&s)?)?;
+        } else {
+            crate::outln!(
+                "forked session {} into {} ({:?}, {} messages); continue it with `crushctl run -s {}`",
+                crate::ids::short(&id),
+                crate::ids::short(&s.session_id),
+                s.title,
+                s.message_count,
+                crate::ids::short(&s.session_id)
+            )?;
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `diff`: `session/diff` of the named session (or the run of one of its messages), else of
+/// the workspace's most recent session.
+pub async fn diff(
+    g: &Global,
+    session: Option<&str>,
+    run_of: Option<String>,
+    ws: &WorkspaceArg,
+    stat: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let d = client
+            .request::<request::SessionDiff>(SessionDiffParams {
+                session_id: id,
+                message_id: run_of,
+            })
+            .await?;
+        if json_out {
+            crate::outln!("{}", serde_json::to_string(&d)?)?;
+            return Ok(0);
+        }
+        if stat || d.diff.is_empty() {
+            for f in &d.files {
+                crate::outln!("{:<9} {}", f.status, f.path)?;
+            }
+        } else {
+            crate::ui::write_out(format_args!("{}", d.diff))?;
+        }
+        if d.files.is_empty() {
+            crate::errln!("no changes");
+        }
+        for s in &d.skipped {
+            crate::errln!("not in the diff (too large to snapshot): {s}");
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `compact`: `session/compact` for the named session, else the workspace's most recent one.
+pub async fn compact(
+    g: &Global,
+    session: Option<&str>,
+    ws: &WorkspaceArg,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        if !json_out && Term::detect().stderr_tty {
+            crate::errln!("summarising the older messages of session {}…", crate::ids::short(&id));
+        }
+        let r = client
+            .request::<request::SessionCompact>(SessionRef {
+                session_id: id.clone(),
+            })
+            .await?;
+        if json_out {
+            crate::outln!(
+                "{}",
+                json!({"sessionId": id, "compacted": r.compacted, "summaryMessageId": r.summary_message_id,
+                    "messages": r.messages, "tokensBefore": r.tokens_before, "tokensAfter": r.tokens_after})
+            )?;
+        } else if r.compacted {
+            crate::outln!(
+                "summarised {} older messages of session {}: the model is now shown {} tokens of it instead of {}",
+                r.messages,
+                crate::ids::short(&id),
+                r.tokens_after,
+                r.tokens_before
+            )?;
+        } else {
+            crate::outln!(
+                "nothing to compact in session {}: only its first prompt and latest turn are left as they are",
+                crate::ids::short(&id)
+            )?;
+        }
+        Ok(0)
     }
     .await;
     leave(client).await;

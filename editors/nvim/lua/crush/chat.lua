@@ -452,6 +452,22 @@ function M.render(s)
   end
 end
 
+--- The id of the stored message shown at buffer row `row` (1-based) of the session's chat: the
+--- message whose lines hold it, or the nearest one above (tool output belongs to its message).
+function M.message_at(s, row)
+  local found
+  for i, e in ipairs(s.entries) do
+    local off = s.offsets and s.offsets[i]
+    if not off or off >= row then
+      break
+    end
+    if e.id then
+      found = e.id
+    end
+  end
+  return found
+end
+
 function M.schedule_render(s)
   if s.render_scheduled then
     return

@@ -219,6 +219,62 @@ function M.cancel(session_id, cb)
   end)
 end
 
+--- `:Crush compact`: has the model summarise the session's older messages now (the messages
+--- stay stored; the chat shows where the summary stands). cb(err, SessionCompactResult).
+function M.compact(session_id, cb)
+  cb = cb or function() end
+  with_session(session_id, function(s)
+    util.notify("summarising the older messages of the session…")
+    client().request("session/compact", { sessionId = s.id }, function(err, res)
+      if err then
+        util.error("session/compact failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      if res.compacted then
+        util.notify(
+          string.format(
+            "summarised %d older messages: the model is now shown %d tokens of the session instead of %d",
+            res.messages,
+            res.tokensAfter,
+            res.tokensBefore
+          )
+        )
+      else
+        util.notify("nothing to compact: only the first prompt and the latest turn are left as they are")
+      end
+      cb(nil, res)
+    end)
+  end)
+end
+
+--- `:Crush fork`: copies the session into a new one and opens the copy's chat. In a chat, the
+--- copy ends at the message under the cursor; elsewhere it is the whole session. The files are
+--- not touched. cb(err, SessionInfo of the copy).
+function M.fork(session_id, cb)
+  cb = cb or function() end
+  local in_chat = vim.b.crush_session and session().get(vim.b.crush_session)
+  local at = nil
+  if in_chat and not session_id then
+    at = chat().message_at(in_chat, vim.api.nvim_win_get_cursor(0)[1])
+  end
+  with_session(session_id, function(s)
+    local params = { sessionId = s.id }
+    if at and s == in_chat then
+      params.messageId = at
+    end
+    client().request("session/fork", params, function(err, info)
+      if err then
+        util.error("session/fork failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      util.notify(string.format("forked into %q (%d messages)", info.title, info.messageCount))
+      M.attach_full(info.sessionId, function(aerr)
+        cb(aerr, info)
+      end)
+    end)
+  end)
+end
+
 --- `:Crush new [title]`: a new session in the current workspace, opened in the chat.
 function M.new(title, cb)
   if not guard() then

@@ -1,0 +1,292 @@
+//! Snapshots of a workspace's files, for `session/diff` (and undo): a shadow Git object store
+//! per workspace in the daemon's data directory (`snapshots/<workspace id>.git`), whose work tree
+//! is the workspace. The user's repository — its `.git`, index, stash, HEAD — is never read or
+//! written; a workspace that is not a Git repository works the same.
+//!
+//! A snapshot is `git add -A` into the shadow's own index and `git write-tree`: the state of every
+//! file Git would track (`.gitignore` respected, and the user's `.git/info/exclude`), whoever
+//! changed it — `write`, `edit` or a `bash` command. Files over the size cap are skipped and
+//! reported; a snapshot whose new content would pass the total cap is not taken. Each session's
+//! snapshots are kept reachable by a commit chain under `refs/sessions/<session id>`, which is
+//! deleted with the session so that `git gc` can drop what only it used.
+//!
+//! **Decision:** the `git` program rather than a Git library (`gix`): it is already on every
+//! machine a coding agent works on, its `add`/`write-tree`/`diff` are the reference for ignore
+//! rules, renames and binary files, and a library would add minutes to a build of this 2-core
+//! project for the same result. Snapshots of one workspace are serialized (one shadow index).
+
+mod git;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub(crate) use git::GitError;
+use git::Shadow;
+
+use crate::sync::lock;
+
+/// What a snapshot may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotLimits {
+    /// A file larger than this is not recorded (reported as skipped).
+    pub max_file_bytes: u64,
+    /// A snapshot whose new or changed files come to more than this is not taken.
+    pub max_bytes: u64,
+}
+
+/// One snapshot: the tree of the workspace's files and what was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// The Git tree id in the workspace's shadow store.
+    pub(crate) tree: String,
+    /// Paths (relative to the workspace) too large to record.
+    pub(crate) skipped: Vec<String>,
+}
+
+/// Why no snapshot was taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SnapshotError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(
+        "the changed files come to {bytes} bytes, over the snapshot limit of {limit} bytes; no \
+         snapshot was taken"
+    )]
+    TooLarge { bytes: u64, limit: u64 },
+}
+
+/// A file's change between two snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileChange {
+    /// `A`dded, `M`odified, `D`eleted, `T`ype changed.
+    pub(crate) status: char,
+    pub(crate) path: String,
+}
+
+/// The daemon's snapshot stores.
+#[derive(Debug)]
+pub struct Snapshots {
+    dir: PathBuf,
+    limits: SnapshotLimits,
+    /// One lock per workspace: its shadow index is one file.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Snapshots {
+    /// Stores under `dir` (`<data dir>/snapshots`).
+    pub fn new(dir: PathBuf, limits: SnapshotLimits) -> Self {
+        Self {
+            dir,
+            limits,
+            locks: Mutex::default(),
+        }
+    }
+
+    fn shadow(&self, workspace_id: &str, root: &Path) -> Shadow {
+        Shadow {
+            git_dir: self.dir.join(format!("{workspace_id}.git")),
+            work_tree: root.to_path_buf(),
+        }
+    }
+
+    fn lock_of(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks)
+            .entry(workspace_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Records the workspace's files now, as the latest snapshot of `session_id`.
+    pub(crate) async fn snapshot(
+        &self,
+        workspace_id: &str,
+        root: &Path,
+        session_id: &str,
+    ) -> Result<Snapshot, SnapshotError> {
+        let ws_lock = self.lock_of(workspace_id);
+        let _held = ws_lock.lock().await;
+        let shadow = self.shadow(workspace_id, root);
+        shadow.ensure().await?;
+        copy_user_excludes(&shadow);
+        // What changed since the shadow index last saw it, with sizes: the candidates to add.
+        let listed = shadow
+            .run(&[
+                "ls-files",
+                "-z",
+                "--others",
+                "--modified",
+                "--exclude-standard",
+            ])
+            .await?;
+        let mut skipped = Vec::new();
+        let mut bytes = 0u64;
+        for path in listed.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+            let rel = String::from_utf8_lossy(path).into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(root.join(&rel)) else {
+                continue; // deleted: recorded as such
+            };
+            if meta.is_file() && meta.len() > self.limits.max_file_bytes {
+                skipped.push(rel);
+            } else {
+                bytes += meta.len();
+            }
+        }
+        if bytes > self.limits.max_bytes {
+            return Err(SnapshotError::TooLarge {
+                bytes,
+                limit: self.limits.max_bytes,
+            });
+        }
+        skipped.sort();
+        skipped.dedup();
+        let mut specs = b".\0".to_vec();
+        for s in &skipped {
+            specs.extend_from_slice(format!(":(exclude,literal){s}\0").as_bytes());
+        }
+        shadow
+            .run_with_input(
+                &[
+                    "add",
+                    "-A",
+                    "--ignore-errors",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                ],
+                Some(&specs),
+            )
+            .await?;
+        let tree = text(shadow.run(&["write-tree"]).await?);
+        self.record(&shadow, session_id, &tree).await?;
+        Ok(Snapshot { tree, skipped })
+    }
+
+    /// Keeps `tree` reachable from the session's ref (a commit chain).
+    async fn record(&self, shadow: &Shadow, session_id: &str, tree: &str) -> Result<(), GitError> {
+        let reference = format!("refs/sessions/{session_id}");
+        let parent = shadow
+            .run(&["rev-parse", "--verify", "--quiet", &reference])
+            .await
+            .ok()
+            .map(text)
+            .filter(|p| !p.is_empty());
+        let mut args = vec!["commit-tree", tree, "-m", "snapshot"];
+        if let Some(p) = &parent {
+            args.extend(["-p", p.as_str()]);
+        }
+        let commit = text(shadow.run(&args).await?);
+        shadow.run(&["update-ref", &reference, &commit]).await?;
+        Ok(())
+    }
+
+    /// The files that differ between two snapshots of the workspace.
+    pub(crate) async fn changes(
+        &self,
+        workspace_id: &str,
+        root: &Path,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<FileChange>, GitError> {
+        let shadow = self.shadow(workspace_id, root);
+        let out = shadow
+            .run(&[
+                "diff-tree",
+                "-r",
+                "-z",
+                "--no-renames",
+                "--name-status",
+                from,
+                to,
+            ])
+            .await?;
+        let mut fields = out.split(|b| *b == 0).filter(|f| !f.is_empty());
+        let mut changes = Vec::new();
+        while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
+            changes.push(FileChange {
+                status: status.first().map_or('M', |b| *b as char),
+                path: String::from_utf8_lossy(path).into_owned(),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// The unified diff between two snapshots (binary files named, not shown).
+    pub(crate) async fn diff(
+        &self,
+        workspace_id: &str,
+        root: &Path,
+        from: &str,
+        to: &str,
+    ) -> Result<String, GitError> {
+        let shadow = self.shadow(workspace_id, root);
+        let out = shadow
+            .run(&[
+                "diff-tree",
+                "-r",
+                "-p",
+                "--no-color",
+                "--no-ext-diff",
+                "--find-renames",
+                from,
+                to,
+            ])
+            .await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Lets Git drop what only a deleted session's snapshots used.
+    pub(crate) async fn forget_session(
+        &self,
+        workspace_id: &str,
+        root: &Path,
+        session_id: &str,
+    ) -> Result<(), GitError> {
+        let ws_lock = self.lock_of(workspace_id);
+        let _held = ws_lock.lock().await;
+        let shadow = self.shadow(workspace_id, root);
+        if !shadow.git_dir.join("HEAD").exists() {
+            return Ok(());
+        }
+        let reference = format!("refs/sessions/{session_id}");
+        // Absent already: nothing to drop.
+        let _ = shadow.run(&["update-ref", "-d", &reference]).await;
+        // `prune` rather than `gc`: no repacking, only what nothing reaches any more.
+        shadow.run(&["prune", "--expire=now"]).await.map(|_| ())
+    }
+
+    /// Bytes the snapshot stores take on disk.
+    pub fn disk_usage(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+}
+
+/// The user's own `.git/info/exclude` applies to snapshots too (read, never written).
+fn copy_user_excludes(shadow: &Shadow) {
+    let user = shadow.work_tree.join(".git").join("info").join("exclude");
+    let ours = shadow.git_dir.join("info").join("exclude");
+    let text = std::fs::read_to_string(user).unwrap_or_default();
+    if std::fs::read_to_string(&ours).ok().as_deref() != Some(text.as_str()) {
+        let _ = std::fs::create_dir_all(shadow.git_dir.join("info"));
+        let _ = std::fs::write(ours, text);
+    }
+}
+
+fn text(out: Vec<u8>) -> String {
+    String::from_utf8_lossy(&out).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests;
