@@ -20,7 +20,7 @@ import { artifactsDir, chatState, CodeServer, DEADLINE_MS, eventually, launchBro
 const windows: Window[] = [];
 const servers: CodeServer[] = [];
 
-/** Resolves when the mock holds a stream, or fails at the deadline. */
+/** Resolves when the mock holds a stream started after this call, or fails at the deadline. */
 function holding(mock: MockLlm): Promise<void> {
   return Promise.race([
     mock.whenHolding(),
@@ -173,8 +173,9 @@ describe("the extension in a real VS Code (code-server)", () => {
       );
     }
 
+    const held = holding(mock);
     await send(w1, chat1, "#hold on");
-    await holding(mock);
+    await held;
     for (const [chat, name] of [
       [chat1, "w1"],
       [chat2, "w2"],
@@ -207,8 +208,9 @@ describe("the extension in a real VS Code (code-server)", () => {
     assert.deepEqual((await assistantTexts(chat1)).slice(-1), ["w0"]);
 
     // And a stream that completes reaches both windows whole.
+    const heldAgain = holding(mock);
     await send(w2, chat2, "#hold again");
-    await holding(mock);
+    await heldAgain;
     await until(chat1, "w1: the other window's prompt streaming", () =>
       [...document.querySelectorAll(".msg.user .text")].some((e) => (e as HTMLElement).innerText === "#hold again"),
     );
@@ -222,8 +224,9 @@ describe("the extension in a real VS Code (code-server)", () => {
   });
 
   step("a steered prompt shows at once and joins the turn (bug 6)", async () => {
+    const held = holding(mock);
     await send(w1, chat1, "#hold for a steer");
-    await holding(mock);
+    await held;
     await until(chat1, "running", () => document.querySelector("#status")?.getAttribute("data-state") === "running");
     await send(w1, chat1, "and mind the tests", "#steer");
     await until(chat1, "the steer shown before it is folded in", () =>

@@ -48,11 +48,12 @@ export class MockLlm {
     return `http://127.0.0.1:${a.port}/v1`;
   }
 
-  /** Resolves once a `#hold` stream is holding (immediately if one already is). */
+  /**
+   * Resolves once a `#hold` stream starts holding after this call: call it before sending the
+   * prompt. (Not "one is holding now": a stream cancelled a moment ago may not have closed yet,
+   * and waiting on it let a test release the mock before the new request even arrived.)
+   */
   whenHolding(): Promise<void> {
-    if (this.held.length > 0) {
-      return Promise.resolve();
-    }
     return new Promise((resolve) => this.holdWaiters.push(resolve));
   }
 
@@ -160,7 +161,11 @@ export class MockLlm {
       send({ role: "assistant", content: "w0" });
       await new Promise<void>((resolve) => {
         this.held.push(resolve);
-        req.socket.once("close", resolve);
+        // A client that leaves (a cancelled run) ends the hold: no longer one to release.
+        req.socket.once("close", () => {
+          this.held = this.held.filter((f) => f !== resolve);
+          resolve();
+        });
         const waiters = this.holdWaiters;
         this.holdWaiters = [];
         waiters.forEach((w) => w());
