@@ -243,3 +243,322 @@ async fn files_over_the_cap_are_reported_and_bad_requests_refused() {
             .await;
     assert_eq!(r["error"]["code"], -32011, "{r}");
 }
+
+/// Mode and content of a file, or `None` when it is absent.
+fn state(root: &Path, rel: &str) -> Option<(u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.join(rel);
+    let meta = std::fs::metadata(&p).ok()?;
+    Some((meta.permissions().mode() & 0o777, std::fs::read(p).unwrap()))
+}
+
+/// The run of the issue: writes two files, edits a third, and `bash` deletes a fourth and
+/// creates a directory with a file.
+fn push_changing_run(mock: &MockLlm) {
+    mock.push(
+        Script::default()
+            .tool_call("c1", "write", r#"{"path":"new1.txt","content":"first\n"}"#)
+            .tool_call(
+                "c2",
+                "write",
+                r#"{"path":"sub/new2.txt","content":"second\n"}"#,
+            )
+            .tool_call(
+                "c3",
+                "edit",
+                r#"{"path":"edit.txt","old_string":"two","new_string":"TWO"}"#,
+            ),
+    );
+    mock.push(Script::default().tool_call(
+        "c4",
+        "bash",
+        r#"{"command":"rm gone.sh && mkdir -p made/deep && echo made > made/deep/file.txt"}"#,
+    ));
+    mock.push(Script::text("changed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_puts_the_files_back_hides_the_turn_and_unrevert_brings_both_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = world("").await;
+    let root = w.project.clone();
+    std::fs::write(root.join("edit.txt"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(root.join("gone.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(root.join("gone.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    w.mock.push(Script::text("hello"));
+    run(&mut w, "first turn").await;
+    let paths = [
+        "new1.txt",
+        "sub/new2.txt",
+        "edit.txt",
+        "gone.sh",
+        "made/deep/file.txt",
+    ];
+    let before: Vec<_> = paths.iter().map(|p| state(&root, p)).collect();
+    push_changing_run(&w.mock);
+    run(&mut w, "change everything").await;
+    let after: Vec<_> = paths.iter().map(|p| state(&root, p)).collect();
+    assert_ne!(before, after);
+
+    let messages =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let msgs = messages["result"]["messages"].as_array().unwrap().clone();
+    let prompt = msgs
+        .iter()
+        .find(|m| m["parts"][0]["text"] == "change everything")
+        .unwrap()["messageId"]
+        .clone();
+    w.c.request("session/subscribe", json!({"sessionId": w.session}))
+        .await;
+    let r =
+        w.c.request(
+            "session/revert",
+            json!({"sessionId": w.session, "messageId": prompt}),
+        )
+        .await;
+    let r = &r["result"];
+    assert_eq!(r["done"], true, "{r}");
+    assert_eq!(r["messages"], msgs.len() - 2, "the turn's messages: {r}");
+    // Every file exactly as before the run: content and mode; what it created is gone.
+    let reverted: Vec<_> = paths.iter().map(|p| state(&root, p)).collect();
+    assert_eq!(reverted, before);
+    assert!(
+        !root.join("made").exists(),
+        "the directory the run made is gone"
+    );
+    assert!(!root.join("sub").exists());
+    let ev =
+        w.c.wait_for("the reverted event", |m| m["params"]["kind"] == "reverted")
+            .await;
+    assert_eq!(ev["params"]["messageId"], prompt);
+    // The history keeps the turn, flagged; the model no longer sees it.
+    let listed =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let listed = listed["result"]["messages"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), msgs.len());
+    assert_eq!(
+        listed.iter().filter(|m| m["reverted"] == true).count(),
+        msgs.len() - 2
+    );
+    let before_requests = w.mock.requests().len();
+    w.mock.push(Script::text("seen?"));
+    let send =
+        w.c.request(
+            "agent/send",
+            json!({"sessionId": w.session, "prompt": "what did you do?"}),
+        )
+        .await;
+    let run_id = send["result"]["runId"].as_str().unwrap().to_owned();
+    w.c.run_complete(&run_id).await;
+    let shown = w.mock.requests()[before_requests].messages();
+    let all: Vec<&str> = shown.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(all.contains(&"first turn"), "{all:?}");
+    assert!(
+        !all.contains(&"change everything"),
+        "the reverted turn is hidden: {all:?}"
+    );
+    // A prompt after a revert makes it final: nothing to redo.
+    let r =
+        w.c.request("session/unrevert", json!({"sessionId": w.session}))
+            .await;
+    assert_eq!(r["result"]["done"], false, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrevert_brings_the_files_back_and_conflicts_are_reported_unless_forced() {
+    let mut w = world("").await;
+    let root = w.project.clone();
+    std::fs::write(root.join("edit.txt"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(root.join("gone.sh"), "#!/bin/sh\n").unwrap();
+    push_changing_run(&w.mock);
+    run(&mut w, "change everything").await;
+    let paths = [
+        "new1.txt",
+        "sub/new2.txt",
+        "edit.txt",
+        "gone.sh",
+        "made/deep/file.txt",
+    ];
+    let after: Vec<_> = paths.iter().map(|p| state(&root, p)).collect();
+    // The user edits a file the run changed: a conflict.
+    std::fs::write(root.join("edit.txt"), "the user's own text\n").unwrap();
+    let messages =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let prompt = messages["result"]["messages"][0]["messageId"].clone();
+    let r =
+        w.c.request(
+            "session/revert",
+            json!({"sessionId": w.session, "messageId": prompt}),
+        )
+        .await;
+    assert_eq!(r["result"]["done"], false, "{r}");
+    assert_eq!(r["result"]["conflicts"], json!(["edit.txt"]));
+    assert_eq!(
+        std::fs::read_to_string(root.join("edit.txt")).unwrap(),
+        "the user's own text\n",
+        "left alone"
+    );
+    assert!(root.join("new1.txt").exists(), "nothing was changed");
+    // With force it goes through.
+    let r =
+        w.c.request(
+            "session/revert",
+            json!({"sessionId": w.session, "messageId": prompt, "force": true}),
+        )
+        .await;
+    assert_eq!(r["result"]["done"], true, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("edit.txt")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    assert!(!root.join("new1.txt").exists());
+    // Redo: the files as the run left them, the messages shown again.
+    let r =
+        w.c.request("session/unrevert", json!({"sessionId": w.session}))
+            .await;
+    assert_eq!(r["result"]["done"], true, "{r}");
+    let redone: Vec<_> = paths.iter().map(|p| state(&root, p)).collect();
+    // edit.txt comes back as it was just before the revert: the user's text.
+    for (i, p) in paths.iter().enumerate() {
+        if *p == "edit.txt" {
+            assert_eq!(
+                std::fs::read_to_string(root.join(p)).unwrap(),
+                "the user's own text\n"
+            );
+        } else {
+            assert_eq!(redone[i], after[i], "{p}");
+        }
+    }
+    let listed =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    assert!(
+        listed["result"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("reverted").is_none())
+    );
+    // Busy sessions are refused.
+    let gate = tokio_util::sync::CancellationToken::new();
+    w.mock.push(Script::text("slow").held(gate.clone()));
+    let send =
+        w.c.request(
+            "agent/send",
+            json!({"sessionId": w.session, "prompt": "busy"}),
+        )
+        .await;
+    let run_id = send["result"]["runId"].as_str().unwrap().to_owned();
+    w.mock
+        .wait_requests(
+            w.mock.requests().len() + 1,
+            std::time::Duration::from_secs(20),
+        )
+        .await;
+    let r =
+        w.c.request(
+            "session/revert",
+            json!({"sessionId": w.session, "messageId": prompt}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32014, "{r}");
+    gate.cancel();
+    w.c.run_complete(&run_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_survives_a_daemon_restart() {
+    let mut w = world("").await;
+    let root = w.project.clone();
+    std::fs::write(root.join("edit.txt"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(root.join("gone.sh"), "x\n").unwrap();
+    push_changing_run(&w.mock);
+    run(&mut w, "change everything").await;
+    let messages =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let prompt = messages["result"]["messages"][0]["messageId"].clone();
+    let r =
+        w.c.request(
+            "session/revert",
+            json!({"sessionId": w.session, "messageId": prompt}),
+        )
+        .await;
+    assert_eq!(r["result"]["done"], true, "{r}");
+    // Restart the daemon on the same data.
+    w._daemon.signal(rustix::process::Signal::TERM);
+    assert!(w._daemon.wait_exit(crush_tests::DEADLINE).success());
+    w._daemon = w.env.spawn_daemon(&[]);
+    let mut c = RawConn::initialized(&w.env.socket).await;
+    let listed = c
+        .request("session/messages", json!({"sessionId": w.session}))
+        .await;
+    assert!(
+        listed["result"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["reverted"] == true)
+    );
+    let r = c
+        .request("session/unrevert", json!({"sessionId": w.session}))
+        .await;
+    assert_eq!(r["result"]["done"], true, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("edit.txt")).unwrap(),
+        "one\nTWO\nthree\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crushctl_undo_and_redo_the_last_turn() {
+    let mut w = world("").await;
+    let root = w.project.clone();
+    std::fs::write(root.join("edit.txt"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(root.join("gone.sh"), "x\n").unwrap();
+    push_changing_run(&w.mock);
+    run(&mut w, "change everything").await;
+    let ctl = |args: &[&str]| {
+        let out = w
+            .env
+            .command("crushctl")
+            .current_dir(&root)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(&["undo"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("undone: 6 messages, 5 files:"), "{out}");
+    assert!(
+        out.contains("  new1.txt") && out.contains("  gone.sh"),
+        "{out}"
+    );
+    assert!(!root.join("new1.txt").exists());
+    let (code, out, _) = ctl(&["redo"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("redone: 6 messages, 5 files:"), "{out}");
+    assert!(root.join("new1.txt").exists());
+    // A conflict stops the undo (exit 1) unless --force.
+    std::fs::write(root.join("new1.txt"), "mine\n").unwrap();
+    let (code, _, err) = ctl(&["undo"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("new1.txt") && err.contains("--force"), "{err}");
+    let (code, out, _) = ctl(&["undo", "--force"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!root.join("new1.txt").exists());
+    let (code, out, _) = ctl(&["redo"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("new1.txt")).unwrap(),
+        "mine\n"
+    );
+}

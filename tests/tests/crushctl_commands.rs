@@ -180,6 +180,9 @@ async fn status_shows_the_daemon_its_workspaces_and_clients() {
         "{text}"
     );
     assert!(text.contains("nvim"), "{text}");
+    // The space the snapshots take (none yet).
+    assert_eq!(st["snapshotBytes"], 0, "{st}");
+    assert!(text.contains("snapshots    0 B (undo and diff)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,5 +258,6 @@ fn message_info(r: MessageRow) -> Result<MessageInfo, StoreError> {
         created_at: r.created_at,
         updated_at: r.updated_at,
         finished_at: r.finished_at,
+        reverted: r.reverted_by.is_some(),
     })
 }

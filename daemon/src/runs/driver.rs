@@ -487,7 +487,7 @@ impl Runtime {
         }
         let first_id = rows
             .first()
-            .filter(|m| m.role == "user" && m.seq == 1)
+            .filter(|m| m.role == "user" && m.seq == 1 && m.reverted_by.is_none())
             .map(|m| m.id.clone());
         Ok((rows, first_id))
     }

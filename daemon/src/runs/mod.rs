@@ -63,6 +63,7 @@ mod permissions;
 mod prompt;
 mod registry;
 mod replay;
+mod revert;
 mod state;
 mod step;
 mod subscribe;

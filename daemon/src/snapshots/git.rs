@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a git command failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum GitError {
+pub enum GitError {
     #[error("cannot run git: {0} (snapshots need the git program on PATH)")]
     Spawn(std::io::Error),
     #[error("git {args} failed ({status}): {stderr}")]

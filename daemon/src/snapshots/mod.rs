@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub(crate) use git::GitError;
+pub use git::GitError;
 use git::Shadow;
 
 use crate::sync::lock;
@@ -37,16 +37,16 @@ pub struct SnapshotLimits {
 
 /// One snapshot: the tree of the workspace's files and what was left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Snapshot {
+pub struct Snapshot {
     /// The Git tree id in the workspace's shadow store.
-    pub(crate) tree: String,
+    pub tree: String,
     /// Paths (relative to the workspace) too large to record.
-    pub(crate) skipped: Vec<String>,
+    pub skipped: Vec<String>,
 }
 
 /// Why no snapshot was taken.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SnapshotError {
+pub enum SnapshotError {
     #[error(transparent)]
     Git(#[from] GitError),
     #[error(
@@ -58,10 +58,10 @@ pub(crate) enum SnapshotError {
 
 /// A file's change between two snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileChange {
+pub struct FileChange {
     /// `A`dded, `M`odified, `D`eleted, `T`ype changed.
-    pub(crate) status: char,
-    pub(crate) path: String,
+    pub status: char,
+    pub path: String,
 }
 
 /// The daemon's snapshot stores.
@@ -98,7 +98,7 @@ impl Snapshots {
     }
 
     /// Records the workspace's files now, as the latest snapshot of `session_id`.
-    pub(crate) async fn snapshot(
+    pub async fn snapshot(
         &self,
         workspace_id: &str,
         root: &Path,
@@ -180,7 +180,7 @@ impl Snapshots {
     }
 
     /// The files that differ between two snapshots of the workspace.
-    pub(crate) async fn changes(
+    pub async fn changes(
         &self,
         workspace_id: &str,
         root: &Path,
@@ -234,6 +234,60 @@ impl Snapshots {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
+    /// Puts `paths` back as they are in snapshot `tree`: each file written whole (a temporary
+    /// file renamed over it, so a crash leaves the old or the new content, never half of it),
+    /// with its executable bit, or removed when the snapshot does not have it (and then its
+    /// directories, once empty). Returns the paths it changed.
+    pub async fn restore(
+        &self,
+        workspace_id: &str,
+        root: &Path,
+        tree: &str,
+        paths: &[String],
+    ) -> Result<Vec<String>, GitError> {
+        let ws_lock = self.lock_of(workspace_id);
+        let _held = ws_lock.lock().await;
+        let shadow = self.shadow(workspace_id, root);
+        let listing = shadow
+            .run(&["ls-tree", "-r", "-z", "--full-tree", tree])
+            .await?;
+        let mut entries: HashMap<String, (String, String)> = HashMap::new();
+        for item in listing.split(|b| *b == 0).filter(|i| !i.is_empty()) {
+            let item = String::from_utf8_lossy(item);
+            let Some((meta, path)) = item.split_once('\t') else {
+                continue;
+            };
+            let mut fields = meta.split(' ');
+            if let (Some(mode), Some(_kind), Some(sha)) =
+                (fields.next(), fields.next(), fields.next())
+            {
+                entries.insert(path.to_owned(), (mode.to_owned(), sha.to_owned()));
+            }
+        }
+        let mut changed = Vec::new();
+        for rel in paths {
+            let Some(target) = confined(root, rel) else {
+                continue;
+            };
+            match entries.get(rel) {
+                Some((mode, sha)) => {
+                    let content = shadow.run(&["cat-file", "blob", sha]).await?;
+                    write_atomically(&target, &content, mode).map_err(GitError::Spawn)?;
+                }
+                None => {
+                    match std::fs::remove_file(&target) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(GitError::Spawn(e)),
+                    }
+                    remove_empty_parents(root, &target);
+                }
+            }
+            changed.push(rel.clone());
+        }
+        Ok(changed)
+    }
+
     /// Lets Git drop what only a deleted session's snapshots used.
     pub(crate) async fn forget_session(
         &self,
@@ -281,6 +335,59 @@ fn copy_user_excludes(shadow: &Shadow) {
     if std::fs::read_to_string(&ours).ok().as_deref() != Some(text.as_str()) {
         let _ = std::fs::create_dir_all(shadow.git_dir.join("info"));
         let _ = std::fs::write(ours, text);
+    }
+}
+
+/// `rel` under `root`, when it stays there (a snapshot path never has `..`; this makes sure).
+fn confined(root: &Path, rel: &str) -> Option<PathBuf> {
+    let p = Path::new(rel);
+    let plain = p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    plain.then(|| root.join(p))
+}
+
+/// Writes `content` to `path` through a temporary file in the same directory, renamed over it
+/// once synced. Mode `100755` makes it executable, `120000` a symbolic link to `content`.
+fn write_atomically(path: &Path, content: &[u8], mode: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.crushd-restore-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if mode == "120000" {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(String::from_utf8_lossy(content).as_ref(), &tmp)?;
+    } else {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let bits = if mode == "100755" { 0o755 } else { 0o644 };
+            f.set_permissions(std::fs::Permissions::from_mode(bits))?;
+        }
+        f.sync_all()?;
+    }
+    // A directory in the way (the run made one where the file was) cannot be renamed over.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(path)?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes the directories above `path` that are now empty, up to `root` (not included).
+fn remove_empty_parents(root: &Path, path: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }
 

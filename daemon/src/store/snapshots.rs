@@ -25,6 +25,7 @@ impl SnapshotKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SnapshotRow {
     pub(crate) id: i64,
+    pub(crate) kind: String,
     pub(crate) run_id: String,
     pub(crate) message_id: String,
     pub(crate) tree: String,
@@ -67,7 +68,7 @@ impl Store {
     ) -> Result<Option<(SnapshotRow, SnapshotRow)>> {
         let rows = sqlx::query_as!(
             SnapshotRow,
-            r#"SELECT id AS "id!", run_id, message_id, tree FROM snapshots
+            r#"SELECT id AS "id!", kind, run_id, message_id, tree FROM snapshots
                WHERE session_id = ? AND (? IS NULL OR run_id = ?)
                  AND id IN (
                    (SELECT MIN(id) FROM snapshots WHERE session_id = ? AND (? IS NULL OR run_id = ?)),
@@ -113,5 +114,35 @@ impl Store {
         all.sort();
         all.dedup();
         Ok(all)
+    }
+
+    /// The session's snapshots taken for messages from `from_seq` on, oldest first.
+    pub(crate) async fn snapshots_from(
+        &self,
+        session_id: &str,
+        from_seq: i64,
+    ) -> Result<Vec<SnapshotRow>> {
+        Ok(sqlx::query_as!(
+            SnapshotRow,
+            r#"SELECT s.id AS "id!", s.kind, s.run_id, s.message_id, s.tree FROM snapshots s
+               JOIN messages m ON m.id = s.message_id
+               WHERE s.session_id = ? AND m.seq >= ? ORDER BY s.id"#,
+            session_id,
+            from_seq
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The session's latest snapshot.
+    pub(crate) async fn last_snapshot(&self, session_id: &str) -> Result<Option<SnapshotRow>> {
+        Ok(sqlx::query_as!(
+            SnapshotRow,
+            r#"SELECT id AS "id!", kind, run_id, message_id, tree FROM snapshots
+               WHERE session_id = ? ORDER BY id DESC LIMIT 1"#,
+            session_id
+        )
+        .fetch_optional(self.pool())
+        .await?)
     }
 }

@@ -155,6 +155,28 @@ enum Command {
         #[command(flatten)]
         ws: WorkspaceArg,
     },
+    /// Undo a session's last turn [default: the workspace's most recent session]: its changes to
+    /// the files are put back and the model no longer sees it (it stays in the history).
+    Undo {
+        session: Option<String>,
+        /// Undo from this message on instead (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        to: Option<String>,
+        /// Also put back files changed outside the runs since (listed as conflicts without it).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Redo what the session's last `undo` undid, while no prompt was sent since.
+    Redo {
+        session: Option<String>,
+        /// Also overwrite files changed since the undo.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
     /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
     Attach(AttachArgs),
     /// List the workspace's sessions, or show, remove or rename one.
@@ -516,6 +538,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             json,
             ws,
         } => sessions::diff(&g, session.as_deref(), run_of, &ws, stat, json).await,
+        Command::Undo {
+            session,
+            to,
+            force,
+            ws,
+        } => sessions::undo(&g, session.as_deref(), to, force, &ws).await,
+        Command::Redo { session, force, ws } => {
+            sessions::redo(&g, session.as_deref(), force, &ws).await
+        }
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,
         Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {

@@ -317,6 +317,24 @@ impl Conversation {
                 }
             }
             SessionEvent::Compacted { .. } => {}
+            SessionEvent::Reverted {
+                files, messages, ..
+            } => self.line(&self.ui.paint_out(
+                YELLOW,
+                &format!(
+                    "[undone: {messages} messages hidden from the model, {} files restored]",
+                    files.len()
+                ),
+            )),
+            SessionEvent::Unreverted {
+                files, messages, ..
+            } => self.line(&self.ui.paint_out(
+                DIM,
+                &format!(
+                    "[redone: {messages} messages back, {} files restored]",
+                    files.len()
+                ),
+            )),
             SessionEvent::Forked {
                 fork_session_id, ..
             } => self.line(&self.ui.paint_out(

@@ -588,7 +588,9 @@ impl RunView {
             | SessionEvent::RunFinished { .. }
             | SessionEvent::MessageFinished { .. }
             | SessionEvent::SessionUpdated { .. }
-            | SessionEvent::Forked { .. } => {}
+            | SessionEvent::Forked { .. }
+            | SessionEvent::Reverted { .. }
+            | SessionEvent::Unreverted { .. } => {}
             SessionEvent::Compacted {
                 summary_message_id: Some(id),
                 tokens_before,

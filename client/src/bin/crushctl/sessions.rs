@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crush_protocol::{
     AgentState, RunState, SessionDiffParams, SessionForkParams, SessionRef, SessionRenameParams,
-    request,
+    SessionRevertParams, SessionRevertResult, SessionUnrevertParams, request,
 };
 
 use crate::attach::history;
@@ -143,6 +143,97 @@ pub async fn diff(
             crate::errln!("not in the diff (too large to snapshot): {s}");
         }
         Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// Prints what an undo or redo did; exit 1 when conflicts stopped it.
+fn report(what: &str, r: &SessionRevertResult) -> anyhow::Result<u8> {
+    if !r.done && !r.conflicts.is_empty() {
+        crate::errln!(
+            "nothing was {what}: these files changed outside the runs since; look at them, or \
+             pass --force to overwrite them:"
+        );
+        for c in &r.conflicts {
+            crate::errln!("  {c}");
+        }
+        return Ok(crate::EXIT_FAILED);
+    }
+    if !r.done {
+        crate::outln!("nothing to redo: no undo since the last prompt")?;
+        return Ok(0);
+    }
+    crate::outln!(
+        "{what}: {} messages, {} files{}",
+        r.messages,
+        r.files.len(),
+        if r.files.is_empty() { "" } else { ":" }
+    )?;
+    for f in &r.files {
+        crate::outln!("  {f}")?;
+    }
+    Ok(0)
+}
+
+/// `undo`: `session/revert` from the named message, else from the session's last prompt that is
+/// not undone already.
+pub async fn undo(
+    g: &Global,
+    session: Option<&str>,
+    to: Option<String>,
+    force: bool,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let message_id = match to {
+            Some(m) => m,
+            None => {
+                let messages = history(&client, &id, true, 1000).await?;
+                match messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user" && !m.reverted)
+                {
+                    Some(m) => m.message_id.clone(),
+                    None => return Err(usage(format!("nothing to undo in session {id}"))),
+                }
+            }
+        };
+        let r = client
+            .request::<request::SessionRevert>(SessionRevertParams {
+                session_id: id,
+                message_id,
+                force,
+            })
+            .await?;
+        report("undone", &r)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `redo`: `session/unrevert`.
+pub async fn redo(
+    g: &Global,
+    session: Option<&str>,
+    force: bool,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let r = client
+            .request::<request::SessionUnrevert>(SessionUnrevertParams {
+                session_id: id,
+                force,
+            })
+            .await?;
+        report("redone", &r)
     }
     .await;
     leave(client).await;

@@ -274,7 +274,7 @@ local function entry_lines(s, e)
     table.insert(out, "_session " .. short .. (s.model and (" · model " .. s.model) or "") .. usage_text(s.usage) .. "_")
     table.insert(out, "")
   elseif e.kind == "user" then
-    table.insert(out, "## You")
+    table.insert(out, "## You" .. (e.reverted and " · undone" or ""))
     table.insert(out, "")
     if e.text and e.text ~= "" then
       push_text(out, e.text)
@@ -288,7 +288,7 @@ local function entry_lines(s, e)
     end
     table.insert(out, "")
   elseif e.kind == "assistant" then
-    table.insert(out, "## Assistant" .. (e.model and (" · " .. e.model) or ""))
+    table.insert(out, "## Assistant" .. (e.model and (" · " .. e.model) or "") .. (e.reverted and " · undone" or ""))
     table.insert(out, "")
     local prev
     for _, part in ipairs(e.parts) do
