@@ -393,6 +393,31 @@ describe("the extension in a real VS Code (code-server)", () => {
         probe.remove();
         return r;
       });
+      // Code block text readable: each token's colour against the background it is drawn on.
+      const contrasts = await chat1.evaluate(() => {
+        const rgb = (c: string) => (c.match(/[\d.]+/g) ?? []).map(Number);
+        const lum = (c: string) => {
+          const [r, g, b] = rgb(c).map((v) => v / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
+          return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+        };
+        const bg = (e: Element | null): string => {
+          for (; e; e = e.parentElement) {
+            const c = getComputedStyle(e).backgroundColor;
+            if (rgb(c).length === 3 || (rgb(c).length === 4 && rgb(c)[3] > 0)) {
+              return c;
+            }
+          }
+          return "rgb(255, 255, 255)";
+        };
+        const code = [...document.querySelectorAll("#log pre.hljs code")].pop()!;
+        return [code, ...code.querySelectorAll("span")].map((e) => {
+          const [a, b] = [lum(getComputedStyle(e).color), lum(bg(e))];
+          return { text: e.textContent, ratio: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05) };
+        });
+      });
+      for (const c of contrasts) {
+        assert.ok(c.ratio >= 3, `${key}: ${JSON.stringify(c.text)} in a code block has contrast ${c.ratio.toFixed(2)}:1 with its background`);
+      }
       assert.equal(look.button, look.themeButton, `${key}: Send is a themed button`);
       assert.equal(look.text, look.themeText, `${key}: text in the theme's foreground`);
       const file = await w1.screenshot(`theme-${key}`);
