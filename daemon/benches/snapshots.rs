@@ -4,6 +4,7 @@
 //! those 3 files. The `git` program does the work, as in the daemon.
 //!
 //! Run: `cargo bench -p crushd --bench snapshots`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -543,6 +543,8 @@ async fn crushctl_undo_and_redo_the_last_turn() {
         "{out}"
     );
     assert!(!root.join("new1.txt").exists());
+    let (_, shown, _) = ctl(&["sessions", "show", &w.session]);
+    assert!(shown.contains("❯ change everything (undone)"), "{shown}");
     let (code, out, _) = ctl(&["redo"]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("redone: 6 messages, 5 files:"), "{out}");
@@ -561,4 +563,74 @@ async fn crushctl_undo_and_redo_the_last_turn() {
         std::fs::read_to_string(root.join("new1.txt")).unwrap(),
         "mine\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_during_a_revert_leaves_every_file_old_or_new_never_half_written() {
+    const N: usize = 300;
+    let mut w = world("").await;
+    let root = w.project.clone();
+    let old = |i: usize| format!("old {i}\n").repeat(4000);
+    for i in 0..N {
+        std::fs::write(root.join(format!("f{i:03}.txt")), old(i)).unwrap();
+    }
+    // One bash command rewrites every file.
+    w.mock.push(Script::default().tool_call(
+        "c1",
+        "bash",
+        r#"{"command":"for f in f*.txt; do printf 'new %s\n' \"$f\" > \"$f\"; done"}"#,
+    ));
+    w.mock.push(Script::text("rewrote them"));
+    run(&mut w, "rewrite").await;
+    let new = |i: usize| format!("new f{i:03}.txt\n");
+    let messages =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let prompt = messages["result"]["messages"][0]["messageId"].clone();
+    // Start the revert, and kill the daemon as soon as it has restored some files.
+    w.c.start(
+        "session/revert",
+        json!({"sessionId": w.session, "messageId": prompt}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + crush_tests::DEADLINE;
+    loop {
+        let restored = (0..N)
+            .filter(|i| {
+                std::fs::read_to_string(root.join(format!("f{i:03}.txt")))
+                    .is_ok_and(|t| t.starts_with("old"))
+            })
+            .count();
+        if restored > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revert never started"
+        );
+        std::thread::yield_now();
+    }
+    w._daemon.signal(rustix::process::Signal::KILL);
+    w._daemon.wait_exit(crush_tests::DEADLINE);
+    let (mut olds, mut news) = (0, 0);
+    for i in 0..N {
+        let text = std::fs::read_to_string(root.join(format!("f{i:03}.txt"))).unwrap();
+        if text == old(i) {
+            olds += 1;
+        } else if text == new(i) {
+            news += 1;
+        } else {
+            panic!("f{i:03}.txt is half written: {} bytes", text.len());
+        }
+    }
+    assert_eq!(olds + news, N);
+    assert!(olds > 0);
+    // At most the one file being written is left beside its file, under a name snapshots skip.
+    let temps: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".crushd-restore"))
+        .collect();
+    assert!(temps.len() <= 1, "{temps:?}");
+    eprintln!("killed mid-revert: {olds} files restored, {news} not yet");
 }

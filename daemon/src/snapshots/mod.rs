@@ -264,6 +264,20 @@ impl Snapshots {
                 entries.insert(path.to_owned(), (mode.to_owned(), sha.to_owned()));
             }
         }
+        // Every blob needed, read by one `cat-file --batch`.
+        let wanted: Vec<&str> = paths
+            .iter()
+            .filter_map(|p| entries.get(p).map(|(_, sha)| sha.as_str()))
+            .collect();
+        let blobs = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            let input = wanted.join("\n") + "\n";
+            let out = shadow
+                .run_with_input(&["cat-file", "--batch"], Some(input.as_bytes()))
+                .await?;
+            parse_batch(&out)
+        };
         let mut changed = Vec::new();
         for rel in paths {
             let Some(target) = confined(root, rel) else {
@@ -271,8 +285,14 @@ impl Snapshots {
             };
             match entries.get(rel) {
                 Some((mode, sha)) => {
-                    let content = shadow.run(&["cat-file", "blob", sha]).await?;
-                    write_atomically(&target, &content, mode).map_err(GitError::Spawn)?;
+                    let Some(content) = blobs.get(sha.as_str()) else {
+                        return Err(GitError::Failed {
+                            args: "cat-file --batch".into(),
+                            status: "missing object".into(),
+                            stderr: format!("no blob {sha} for {rel} in the snapshot store"),
+                        });
+                    };
+                    write_atomically(&target, content, mode).map_err(GitError::Spawn)?;
                 }
                 None => {
                     match std::fs::remove_file(&target) {
@@ -327,15 +347,47 @@ impl Snapshots {
     }
 }
 
-/// The user's own `.git/info/exclude` applies to snapshots too (read, never written).
+/// The suffix of the temporary file a restore writes before renaming it over the file.
+const RESTORE_SUFFIX: &str = ".crushd-restore";
+
+/// The user's own `.git/info/exclude` applies to snapshots too (read, never written), and a
+/// restore's temporary files are never recorded.
 fn copy_user_excludes(shadow: &Shadow) {
     let user = shadow.work_tree.join(".git").join("info").join("exclude");
     let ours = shadow.git_dir.join("info").join("exclude");
-    let text = std::fs::read_to_string(user).unwrap_or_default();
+    let mut text = std::fs::read_to_string(user).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(".*{RESTORE_SUFFIX}\n"));
     if std::fs::read_to_string(&ours).ok().as_deref() != Some(text.as_str()) {
         let _ = std::fs::create_dir_all(shadow.git_dir.join("info"));
         let _ = std::fs::write(ours, text);
     }
+}
+
+/// `git cat-file --batch` output: for each object `<sha> <type> <size>\n<content>\n`.
+fn parse_batch(out: &[u8]) -> HashMap<String, Vec<u8>> {
+    let mut blobs = HashMap::new();
+    let mut rest = out;
+    while let Some(eol) = rest.iter().position(|b| *b == b'\n') {
+        let header = std::str::from_utf8(&rest[..eol]).unwrap_or_default();
+        rest = &rest[eol + 1..];
+        let mut fields = header.split(' ');
+        let (Some(sha), Some(_kind), Some(size)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue; // `<sha> missing`
+        };
+        let Ok(size) = size.parse::<usize>() else {
+            break;
+        };
+        if rest.len() < size {
+            break;
+        }
+        blobs.insert(sha.to_owned(), rest[..size].to_vec());
+        rest = rest.get(size + 1..).unwrap_or_default();
+    }
+    blobs
 }
 
 /// `rel` under `root`, when it stays there (a snapshot path never has `..`; this makes sure).
@@ -357,7 +409,9 @@ fn write_atomically(path: &Path, content: &[u8], mode: &str) -> std::io::Result<
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.crushd-restore-{}", std::process::id()));
+    // One name per file: a restore killed half-way leaves at most this one file beside it,
+    // which the next restore of the file replaces (and snapshots never record: `EXCLUDES`).
+    let tmp = dir.join(format!(".{name}{RESTORE_SUFFIX}"));
     let _ = std::fs::remove_file(&tmp);
     if mode == "120000" {
         #[cfg(unix)]
