@@ -130,18 +130,32 @@ function renderPrompt(p) {
   );
 }
 
+function money(cost) {
+  if (cost === 0) {
+    return "$0.00";
+  }
+  if (cost < 0.0001) {
+    return "< $0.0001";
+  }
+  return "$" + cost.toFixed(cost < 1 ? 4 : 2);
+}
+
 function usage(s) {
   if (!s) {
     return "";
   }
-  var parts = [s.messageCount + " messages"];
+  var parts = [esc(s.messageCount + " messages")];
   if (s.tokens) {
-    parts.push(s.tokens.toLocaleString("en-US") + " tokens");
+    parts.push(esc(s.tokens.toLocaleString("en-US") + " tokens"));
+    // `null`: a token had no price (the model has none in the daemon's table or config), so
+    // the session's cost is unknown; say so rather than show a made-up figure.
+    parts.push(
+      typeof s.cost === "number"
+        ? '<span class="cost" title="cost of the session">' + esc(money(s.cost)) + "</span>"
+        : '<span class="cost unknown" title="the model has no price: set input_price and output_price for it in the daemon\'s config">cost unknown</span>',
+    );
   }
-  if (s.cost) {
-    parts.push("$" + s.cost.toFixed(4));
-  }
-  return esc(parts.join(" · "));
+  return parts.join(" · ");
 }
 
 /** The parts of the view as HTML strings. */
@@ -277,6 +291,18 @@ function main() {
       post({ type: action === "copy" ? "copyCode" : "insertCode", code: code });
     }
   });
+  // What each part of the page was last set to: a part is replaced only when its HTML changed, so
+  // a state update that touches one part (usage after a run, the status line) does not rebuild
+  // the conversation under the user's pointer, selection or focus, nor scroll it.
+  var shown = {};
+  function put(id, html) {
+    if (shown[id] === html) {
+      return false;
+    }
+    shown[id] = html;
+    $(id).innerHTML = html;
+    return true;
+  }
   window.addEventListener("message", function (e) {
     var m = e.data;
     if (!m || m.type !== "state") {
@@ -285,26 +311,31 @@ function main() {
     var h = render(m.state);
     var log = $("log");
     var atBottom = document.scrollingElement.scrollHeight - document.scrollingElement.scrollTop - window.innerHeight < 40;
-    $("sessionTitle").innerHTML = h.title;
-    $("usage").innerHTML = h.usage;
-    $("sessionList").innerHTML = h.sessions;
-    $("model").innerHTML = h.models;
-    $("status").innerHTML = h.status;
+    put("sessionTitle", h.title);
+    put("usage", h.usage);
+    put("sessionList", h.sessions);
+    if (!put("model", h.models)) {
+      // A choice the daemon did not take (setModel failed) goes back to the session's model.
+      $("model").value = m.state.model || "";
+    }
+    put("status", h.status);
     $("status").setAttribute("data-state", m.state.connection !== "connected" ? m.state.connection : m.state.state);
     // Keep the tool calls the user expanded expanded across re-renders.
     var open = {};
     log.querySelectorAll("details[open]").forEach(function (d) {
       open[d.getAttribute("data-id") || ""] = true;
     });
-    log.innerHTML = h.log;
-    log.querySelectorAll("details").forEach(function (d) {
-      if (open[d.getAttribute("data-id") || ""]) {
-        d.open = true;
-      }
-    });
-    $("pending").innerHTML = h.pending;
-    $("prompts").innerHTML = h.prompts;
-    if (atBottom) {
+    var grew = put("log", h.log);
+    if (grew) {
+      log.querySelectorAll("details").forEach(function (d) {
+        if (open[d.getAttribute("data-id") || ""]) {
+          d.open = true;
+        }
+      });
+    }
+    grew = put("pending", h.pending) || grew;
+    grew = put("prompts", h.prompts) || grew;
+    if (grew && atBottom) {
       window.scrollTo(0, document.body.scrollHeight);
     }
   });

@@ -160,7 +160,11 @@ export class Controller implements vscode.Disposable {
     await Promise.all([this.loadSessions(), this.loadModels()]);
     // A reload (or a restart of VS Code) shows the session this workspace showed last.
     const remembered = this.memento?.get<string>(SESSION_KEY);
-    if (!this.model && remembered && this.sessions.some((s) => s.sessionId === remembered)) {
+    const known = !!remembered && this.sessions.some((s) => s.sessionId === remembered);
+    this.output.appendLine(
+      `workspace ${this.workspacePath ?? "(none)"}: ${this.sessions.length} session(s); remembered session: ${remembered ?? "none"}${remembered && !known ? " (no longer in the folder)" : ""}`,
+    );
+    if (!this.model && remembered && known) {
       await this.attach(remembered);
     }
     this.refresh();
@@ -256,6 +260,7 @@ export class Controller implements vscode.Disposable {
     model.on("sessionInfo", (info: SessionInfo) => this.applySessionInfo(info));
     model.on("runFinished", () => void this.reloadSessionInfo(sessionId).catch(() => undefined));
     this.sessionInfo = await this.client.request("session/get", { sessionId });
+    this.output.appendLine(`showing session ${sessionId}`);
     void this.memento?.update(SESSION_KEY, sessionId);
     // Prompts that arrived before we showed the session.
     for (const p of this.pending.values()) {

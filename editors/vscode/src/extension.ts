@@ -7,6 +7,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { CrushClient } from "./client";
 import { Controller, DIFF_SCHEME, diffContents, FromWebview, Settings } from "./controller";
 import { resolveSocketPath } from "./socketPath";
+import { FolderMemento } from "./folderMemento";
 
 export const VIEW_ID = "crush.chat";
 
@@ -106,7 +107,11 @@ export function activate(context: vscode.ExtensionContext): Api {
   const statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 100);
   statusBar.command = "crush.showDaemonStatus";
   statusBar.show();
-  const controller = new Controller(client, statusBar, readSettings, output, context.workspaceState);
+  // The storage folder only where it is a path on the extension host's disk.
+  const storage = context.storageUri?.scheme === "file" ? context.storageUri.fsPath : undefined;
+  const memento = new FolderMemento(storage, context.workspaceState, (line) => output.appendLine(line));
+  output.appendLine(`the session shown is remembered in ${storage ?? `workspaceState (storage folder: ${context.storageUri?.toString() ?? "none"})`}`);
+  const controller = new Controller(client, statusBar, readSettings, output, memento);
   active = { client, controller };
 
   const guarded =

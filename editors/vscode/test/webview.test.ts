@@ -104,7 +104,17 @@ test("the session list shows titles, last activity and a busy mark", () => {
   const h = chat.render(base, 1_000_000 + 30_000);
   assert.match(h.sessions, /data-session="s1"[^>]*>.*&lt;b&gt;Title.*just now/);
   assert.match(h.sessions, /data-session="s2"[^>]*><span class="codicon codicon-loading codicon-modifier-spin busy" title="busy">.*Other.*3 h ago/);
-  assert.match(h.usage, /2 messages · 26 tokens/);
+  assert.match(h.usage, /2 messages · 26 tokens · <span class="cost"[^>]*>\$0\.00</);
+});
+
+test("usage shows the session's tokens and cost, and says when the cost is unknown", () => {
+  const at = (cost: number | null, tokens = 1234) => chat.render({ ...base, session: { ...base.sessions[0], tokens, cost } }).usage;
+  assert.match(at(0.0022), /1,234 tokens · <span class="cost"[^>]*>\$0\.0022</);
+  assert.match(at(12.5), />\$12\.50</);
+  assert.match(at(0.00004), />&lt; \$0\.0001</);
+  assert.match(at(null), /cost unknown/);
+  assert.doesNotMatch(at(null), /\$/);
+  assert.equal(at(0, 0), "2 messages", "no tokens yet: no cost either");
 });
 
 test("a steered prompt shows before it is folded into the turn", () => {

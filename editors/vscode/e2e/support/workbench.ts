@@ -24,7 +24,11 @@ import { TestEnv } from "../../test/support/daemon";
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const puppeteer = require("puppeteer-core") as typeof import("puppeteer-core");
 
-export const DEADLINE_MS = 30_000;
+/**
+ * How long any one wait may take. Generous: CI runs this on 2 cores, possibly beside a cargo
+ * build, where code-server's first load of a view alone has been seen to take over 10 s.
+ */
+export const DEADLINE_MS = 60_000;
 
 function need(name: string): string {
   const v = process.env[name];
@@ -40,10 +44,16 @@ export function artifactsDir(): string {
   return dir;
 }
 
+/**
+ * The built-in themes the suite switches between: `id` is the `workbench.colorTheme` setting's
+ * value, `label` what the theme picker lists (VS Code 1.139's theme-defaults extension), and the
+ * classes the workbench and the webview's body get for its kind.
+ */
 export const THEMES = {
-  light: { setting: "Default Light Modern", workbench: "vs", webview: "vscode-light" },
-  dark: { setting: "Default Dark Modern", workbench: "vs-dark", webview: "vscode-dark" },
-  highContrast: { setting: "Default High Contrast", workbench: "hc-black", webview: "vscode-high-contrast" },
+  light: { id: "Light Modern", label: "Light Modern", workbench: "vs", webview: "vscode-light" },
+  dark: { id: "Dark Modern", label: "Dark Modern", workbench: "vs-dark", webview: "vscode-dark" },
+  highContrast: { id: "Default High Contrast", label: "Dark High Contrast", workbench: "hc-black", webview: "vscode-high-contrast" },
+  highContrastLight: { id: "Default High Contrast Light", label: "Light High Contrast", workbench: "hc-light", webview: "vscode-high-contrast-light" },
 } as const;
 
 /** One code-server with its own user data, extensions and settings, in a TestEnv's sandbox. */
@@ -170,6 +180,15 @@ export class CodeServer {
     return this.log;
   }
 
+  /** Copies code-server's logs (the extension host's, and the Crush output channel) to `dest`. */
+  saveLogs(dest: string): void {
+    const logs = path.join(this.userData, "logs");
+    if (fs.existsSync(logs)) {
+      fs.cpSync(logs, path.join(dest, `${this.name}-code-server-logs`), { recursive: true });
+    }
+    fs.writeFileSync(path.join(dest, `${this.name}-code-server-output.log`), this.log);
+  }
+
   /** The extension host's log lines about our extension (activation errors and the like). */
   extensionHostErrors(): string[] {
     const logs = path.join(this.userData, "logs");
@@ -258,18 +277,37 @@ export class Window {
     await this.page.bringToFront();
   }
 
-  /** Runs a palette command by its label ("Crush: New Session"), as a user would with F1. */
+  /**
+   * Runs a palette command by its label ("Crush: New Session"), as a user would with F1. Should
+   * the palette close before the command is picked (focus moving to an editor that is still
+   * opening closes it), the user opens it again: what was typed is checked to be in the palette.
+   */
   async command(label: string): Promise<void> {
-    await this.front();
-    await this.page.keyboard.press("Escape");
-    await this.page.keyboard.press("F1");
-    const input = await this.page.waitForSelector(".quick-input-widget:not([style*='display: none']) input", { visible: true, timeout: DEADLINE_MS });
-    await input!.type(label);
-    await this.pickRow(label);
+    const end = Date.now() + DEADLINE_MS;
+    const open = ".quick-input-widget:not([style*='display: none']) input";
+    for (let attempt = 1; ; attempt++) {
+      await this.front();
+      await this.page.keyboard.press("Escape");
+      await this.page.keyboard.press("F1");
+      const left = () => Math.max(1, Math.min(10_000, end - Date.now()));
+      const input = await this.page.waitForSelector(open, { visible: true, timeout: left() }).catch(() => null);
+      if (input) {
+        await input.type(label);
+        const typed = await input.evaluate((e) => (e as HTMLInputElement).value).catch(() => "");
+        if (typed === `>${label}` || typed === label) {
+          if (await this.pickRow(label, left()).then(() => true, () => false)) {
+            return;
+          }
+        }
+      }
+      if (Date.now() > end) {
+        throw new Error(`${this.name}: the command palette did not run ${JSON.stringify(label)} in ${attempt} tries`);
+      }
+    }
   }
 
   /** Clicks the first row of the shown quick input whose label starts with (or contains) `label`. */
-  async pickRow(label: string): Promise<void> {
+  async pickRow(label: string, deadlineMs = DEADLINE_MS): Promise<void> {
     const row = await this.page.waitForFunction(
       (l: string) => {
         const rows = [...document.querySelectorAll(".quick-input-widget .monaco-list-row")] as HTMLElement[];
@@ -279,10 +317,20 @@ export class Window {
           false
         );
       },
-      { timeout: DEADLINE_MS, polling: 100 },
+      { timeout: deadlineMs, polling: 100 },
       label,
     );
     await (row as unknown as import("puppeteer-core").ElementHandle<Element>).click();
+  }
+
+  /** Waits until an editor (text or diff) has the keyboard focus, as after opening one. */
+  async waitForEditorFocus(what: string): Promise<void> {
+    await this.page
+      .waitForFunction(() => !!document.activeElement?.closest(".editor-instance, .monaco-diff-editor"), { timeout: DEADLINE_MS, polling: 100 })
+      .catch(async (e) => {
+        const at = await this.page.evaluate(() => `${document.activeElement?.tagName}.${document.activeElement?.className}`).catch(() => "?");
+        throw new Error(`${this.name}: ${what}: the focus is on ${at} (${(e as Error).message})`);
+      });
   }
 
   /**
@@ -300,7 +348,7 @@ export class Window {
       await this.page.click(icon);
     }
     try {
-      return await this.chat(DEADLINE_MS / 2);
+      return await this.chat(DEADLINE_MS / 4);
     } catch {
       await this.page.click(icon);
       if (!(await this.page.$(checked))) {
@@ -315,12 +363,8 @@ export class Window {
     const end = Date.now() + deadlineMs;
     for (;;) {
       for (const f of this.page.frames()) {
-        try {
-          if (!f.detached && (await f.$("#prompt")) && (await f.$("#log"))) {
-            return f;
-          }
-        } catch {
-          // A frame navigating away: try the next.
+        if (await hasChat(f)) {
+          return f;
         }
       }
       if (Date.now() > end) {
@@ -331,6 +375,49 @@ export class Window {
       // Poll: the webview's inner frame has no event of its own to wait for.
       await new Promise((r) => setTimeout(r, 200));
     }
+  }
+
+  /** The editor tabs: label (the text; VS Code puts a file's name and extension in two spans), active, dirty. */
+  async tabs(): Promise<Array<{ label: string; active: boolean; dirty: boolean }>> {
+    return this.page.$$eval(".tabs-container .tab", (es) =>
+      es.map((e) => ({ label: (e.textContent ?? "").trim(), active: e.classList.contains("active"), dirty: e.classList.contains("dirty") })),
+    );
+  }
+
+  /** Waits for a tab whose label matches `re` and, where given, whose active/dirty state is as asked. */
+  async waitForTab(re: RegExp, what: string, want: { active?: boolean; dirty?: boolean } = {}): Promise<void> {
+    await this.page
+      .waitForFunction(
+        (src: string, active: boolean | null, dirty: boolean | null) =>
+          [...document.querySelectorAll(".tabs-container .tab")].some(
+            (e) =>
+              new RegExp(src).test((e.textContent ?? "").trim()) &&
+              (active === null || e.classList.contains("active") === active) &&
+              (dirty === null || e.classList.contains("dirty") === dirty),
+          ),
+        { timeout: DEADLINE_MS, polling: 100 },
+        re.source,
+        want.active ?? null,
+        want.dirty ?? null,
+      )
+      .catch(async (e) => {
+        throw new Error(`${this.name}: ${what}: the tabs are ${JSON.stringify(await this.tabs())} (${(e as Error).message})`);
+      });
+  }
+
+  /** The text of the editors' visible lines (non-breaking spaces as spaces). */
+  async waitForEditorText(needle: string, what: string, selector = ".editor-instance .view-lines"): Promise<void> {
+    await this.page
+      .waitForFunction(
+        (sel: string, n: string) => [...document.querySelectorAll(sel)].some((e) => (e as HTMLElement).innerText.replace(/\u00a0/g, " ").includes(n)),
+        { timeout: DEADLINE_MS, polling: 100 },
+        selector,
+        needle,
+      )
+      .catch(async (e) => {
+        const shown = await this.page.$$eval(selector, (es) => es.map((x) => (x as HTMLElement).innerText)).catch(() => []);
+        throw new Error(`${this.name}: ${what}: the editors show ${JSON.stringify(shown)} (${(e as Error).message})`);
+      });
   }
 
   /** Text of the status bar item of the extension. */
@@ -415,6 +502,38 @@ export class Window {
         )
         .catch(() => undefined);
     }
+  }
+}
+
+/**
+ * Whether a frame is the chat webview's document. Asked with a deadline of its own: a webview
+ * being torn down (its view hidden) can keep a frame whose document never answers again, and
+ * puppeteer's query would wait for it forever.
+ */
+async function hasChat(f: Frame): Promise<boolean> {
+  if (f.detached) {
+    return false;
+  }
+  const probe = f.evaluate(() => !!document.getElementById("prompt") && !!document.getElementById("log")).catch(() => false);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), 2_000);
+  });
+  try {
+    return await Promise.race([probe, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Waits until `pred` holds in this process (a file on disk, say), checking every 100 ms up to the deadline. */
+export async function eventually(what: string, pred: () => boolean, deadlineMs = DEADLINE_MS): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!pred()) {
+    if (Date.now() > end) {
+      throw new Error(`waited ${deadlineMs} ms for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

@@ -2,6 +2,7 @@
 // (the Rust suite's MockLlm is scripted from Rust; these tests script by prompt instead):
 // - a prompt containing `#write` gets a `write` tool call for hello.txt, and the request that
 //   carries the tool's result gets "Done.";
+// - `#edit` gets an `edit` tool call that replaces "hello crush" with "hello edited" in hello.txt;
 // - `#hold` streams one chunk, then holds the stream until `release()` (or the client leaves);
 // - `#markdown` answers with Markdown (a list, a link, a Rust code block) and raw HTML that must
 //   never become markup;
@@ -47,11 +48,12 @@ export class MockLlm {
     return `http://127.0.0.1:${a.port}/v1`;
   }
 
-  /** Resolves once a `#hold` stream is holding (immediately if one already is). */
+  /**
+   * Resolves once a `#hold` stream starts holding after this call: call it before sending the
+   * prompt. (Not "one is holding now": a stream cancelled a moment ago may not have closed yet,
+   * and waiting on it let a test release the mock before the new request even arrived.)
+   */
   whenHolding(): Promise<void> {
-    if (this.held.length > 0) {
-      return Promise.resolve();
-    }
     return new Promise((resolve) => this.holdWaiters.push(resolve));
   }
 
@@ -123,6 +125,21 @@ export class MockLlm {
       finish("tool_calls");
       return;
     }
+    if (prompt.includes("#edit")) {
+      send({ role: "assistant", content: "Editing it." });
+      send({
+        tool_calls: [
+          {
+            index: 0,
+            id: "call_edit_1",
+            type: "function",
+            function: { name: "edit", arguments: JSON.stringify({ path: "hello.txt", old_string: "hello crush", new_string: "hello edited" }) },
+          },
+        ],
+      });
+      finish("tool_calls");
+      return;
+    }
     if (prompt.includes("#markdown")) {
       const answer = [
         "Here is the plan:\n\n",
@@ -144,7 +161,11 @@ export class MockLlm {
       send({ role: "assistant", content: "w0" });
       await new Promise<void>((resolve) => {
         this.held.push(resolve);
-        req.socket.once("close", resolve);
+        // A client that leaves (a cancelled run) ends the hold: no longer one to release.
+        req.socket.once("close", () => {
+          this.held = this.held.filter((f) => f !== resolve);
+          resolve();
+        });
         const waiters = this.holdWaiters;
         this.holdWaiters = [];
         waiters.forEach((w) => w());
