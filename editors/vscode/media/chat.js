@@ -82,17 +82,21 @@ function ago(ms, now) {
 }
 
 function renderItem(it) {
+  var undone = it.reverted ? " reverted" : "";
+  if (it.kind === "note") {
+    return '<div class="note summary" data-id="' + esc(it.id) + '"><span class="codicon codicon-fold"></span> ' + esc(it.text) + "</div>";
+  }
   if (it.kind === "user") {
     var att = it.attachments && it.attachments.length
       ? '<div class="att"><span class="codicon codicon-file"></span> ' + esc(it.attachments.join(", ")) + "</div>"
       : "";
-    return '<div class="msg user" data-id="' + esc(it.messageId) + '"><div class="text">' + esc(it.text) + "</div>" + att + "</div>";
+    return '<div class="msg user' + undone + '" data-id="' + esc(it.messageId) + '"><div class="text">' + esc(it.text) + "</div>" + att + "</div>";
   }
   if (it.kind === "assistant") {
     var r = it.reasoning ? '<details class="reasoning" data-id="reasoning-' + esc(it.messageId) + '"><summary>Thinking</summary><div>' + esc(it.reasoning) + "</div></details>" : "";
     var err = it.error ? '<div class="error"><span class="codicon codicon-error"></span> ' + esc(it.error) + "</div>" : "";
     var cancelled = it.finishReason === "canceled" ? '<div class="note">(cancelled)</div>' : "";
-    return '<div class="msg assistant" data-id="' + esc(it.messageId) + '">' + r + '<div class="markdown">' + markdown(it.text) + "</div>" + cancelled + err + "</div>";
+    return '<div class="msg assistant' + undone + '" data-id="' + esc(it.messageId) + '">' + r + '<div class="markdown">' + markdown(it.text) + "</div>" + cancelled + err + "</div>";
   }
   if (it.kind === "tool") {
     var status = it.status ? esc(it.status) : "running";

@@ -15,7 +15,10 @@ import type {
   PermissionDecision,
   PermissionRequestParams,
   PermissionResolvedParams,
+  SessionCompactResult,
+  SessionDiffResult,
   SessionInfo,
+  SessionRevertResult,
   SendMode,
 } from "./protocol.generated";
 
@@ -294,6 +297,48 @@ export class Controller implements vscode.Disposable {
       this.sent.delete(runId);
       throw e;
     }
+  }
+
+  private requireSession(): string {
+    if (!this.model) {
+      throw new Error("No session is shown: open the Crush chat and pick or start one.");
+    }
+    return this.model.sessionId;
+  }
+
+  /** `session/compact`: the model summarises the session's older messages now. */
+  async compact(): Promise<SessionCompactResult> {
+    return this.client.request("session/compact", { sessionId: this.requireSession() });
+  }
+
+  /** `session/revert` from the session's last prompt that is not undone yet. */
+  async undo(force = false): Promise<SessionRevertResult> {
+    const sessionId = this.requireSession();
+    const last = [...(this.model?.items ?? [])]
+      .reverse()
+      .find((i) => i.kind === "user" && !i.reverted);
+    if (!last || last.kind !== "user") {
+      throw new Error("Nothing to undo in this session.");
+    }
+    return this.client.request("session/revert", { sessionId, messageId: last.messageId, force });
+  }
+
+  /** `session/unrevert`: takes the last undo back while no prompt was sent since. */
+  async redo(force = false): Promise<SessionRevertResult> {
+    return this.client.request("session/unrevert", { sessionId: this.requireSession(), force });
+  }
+
+  /** `session/diff` of the whole session. */
+  async diff(): Promise<SessionDiffResult> {
+    return this.client.request("session/diff", { sessionId: this.requireSession() });
+  }
+
+  /** `session/fork` of the whole session; the copy is shown. */
+  async fork(): Promise<SessionInfo> {
+    const info = await this.client.request("session/fork", { sessionId: this.requireSession() });
+    await this.loadSessions();
+    await this.attach(info.sessionId);
+    return info;
   }
 
   async cancel(): Promise<string[]> {

@@ -8,6 +8,7 @@ import { CrushClient } from "./client";
 import { Controller, DIFF_SCHEME, diffContents, FromWebview, Settings } from "./controller";
 import { resolveSocketPath } from "./socketPath";
 import { FolderMemento } from "./folderMemento";
+import type { SessionRevertResult } from "./protocol.generated";
 
 export const VIEW_ID = "crush.chat";
 
@@ -189,6 +190,54 @@ export function activate(context: vscode.ExtensionContext): Api {
       }),
     ),
     vscode.commands.registerCommand(
+      "crush.compactSession",
+      guarded(async () => {
+        const r = await vscode.window.withProgress(
+          { location: vscode.ProgressLocation.Notification, title: "Crush: summarising the session's older messages…" },
+          () => controller.compact(),
+        );
+        void vscode.window.showInformationMessage(
+          r.compacted
+            ? `Crush: summarised ${r.messages} older messages (${r.tokensBefore} → ${r.tokensAfter} tokens the model is shown).`
+            : "Crush: nothing to compact — only the first prompt and the latest turn are left as they are.",
+        );
+        return r;
+      }),
+    ),
+    vscode.commands.registerCommand(
+      "crush.undo",
+      guarded(async () => revertOutcome("Undone", await controller.undo(), () => controller.undo(true))),
+    ),
+    vscode.commands.registerCommand(
+      "crush.redo",
+      guarded(async () => revertOutcome("Redone", await controller.redo(), () => controller.redo(true))),
+    ),
+    vscode.commands.registerCommand(
+      "crush.showDiff",
+      guarded(async () => {
+        const d = await controller.diff();
+        const doc = await vscode.workspace.openTextDocument({
+          language: "diff",
+          content: d.diff || "(no changes)",
+        });
+        await vscode.window.showTextDocument(doc, { preview: true });
+        if (d.skipped.length > 0) {
+          void vscode.window.showWarningMessage(
+            `Crush: not in the diff (too large to snapshot): ${d.skipped.join(", ")}`,
+          );
+        }
+        return d;
+      }),
+    ),
+    vscode.commands.registerCommand(
+      "crush.forkSession",
+      guarded(async () => {
+        const info = await controller.fork();
+        await vscode.commands.executeCommand(`${VIEW_ID}.focus`);
+        return info;
+      }),
+    ),
+    vscode.commands.registerCommand(
       "crush.showDaemonStatus",
       guarded(async () => {
         const s = await client.request("daemon/status", {});
@@ -245,4 +294,25 @@ export async function deactivate(): Promise<void> {
     a.controller.dispose();
     await a.client.dispose();
   }
+}
+
+/** Tells what an undo or redo did; on conflicts offers to overwrite (`force`). */
+async function revertOutcome(
+  what: string,
+  r: SessionRevertResult,
+  force: () => Promise<SessionRevertResult>,
+): Promise<SessionRevertResult> {
+  if (!r.done && r.conflicts.length > 0) {
+    const pick = await vscode.window.showWarningMessage(
+      `Crush: nothing was ${what.toLowerCase()}: these files changed outside the runs since: ${r.conflicts.join(", ")}`,
+      "Overwrite Them",
+    );
+    return pick ? revertOutcome(what, await force(), force) : r;
+  }
+  void vscode.window.showInformationMessage(
+    r.done
+      ? `Crush: ${what} — ${r.messages} messages, ${r.files.length} files${r.files.length ? ": " + r.files.join(", ") : ""}.`
+      : "Crush: nothing to redo (no undo since the last prompt).",
+  );
+  return r;
 }

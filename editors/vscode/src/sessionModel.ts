@@ -17,6 +17,8 @@ export interface UserItem {
   messageId: string;
   text: string;
   attachments: string[];
+  /** Hidden from the model by an undo (`session/revert`): shown dimmed. */
+  reverted?: boolean;
 }
 export interface AssistantItem {
   kind: "assistant";
@@ -25,6 +27,7 @@ export interface AssistantItem {
   reasoning: string;
   finishReason?: string;
   error?: string;
+  reverted?: boolean;
 }
 export interface ToolItem {
   kind: "tool";
@@ -35,7 +38,19 @@ export interface ToolItem {
   output?: string;
   diff?: string;
 }
-export type Item = UserItem | AssistantItem | ToolItem;
+/** Where a summary of older messages stands (the model sees the summary instead of them). */
+export interface NoteItem {
+  kind: "note";
+  id: string;
+  text: string;
+}
+export type Item = UserItem | AssistantItem | ToolItem | NoteItem;
+
+export function summaryNote(messages?: number): string {
+  return messages !== undefined
+    ? `${messages} older messages summarised to fit the context window`
+    : "older messages summarised to fit the context window";
+}
 
 /** A prompt accepted but not yet in the conversation: a steer waiting for a step boundary, or a queued prompt. */
 export interface PendingPrompt {
@@ -98,6 +113,16 @@ export class SessionModel extends EventEmitter implements SessionFollower {
     this.emit("changed");
   }
 
+  /** Reads the stored messages again (the session is idle: nothing streams). */
+  async reload(): Promise<void> {
+    const page = await this.client.request("session/messages", { sessionId: this.sessionId, limit: 200 });
+    this.items = [];
+    for (const m of page.messages) {
+      this.addStored(m);
+    }
+    this.changed();
+  }
+
   async rebuild(result: SessionSubscribeResult): Promise<void> {
     const page = await this.client.request("session/messages", { sessionId: this.sessionId, limit: 200 });
     this.items = [];
@@ -135,9 +160,19 @@ export class SessionModel extends EventEmitter implements SessionFollower {
     if (m.role === "user") {
       const text = parts.filter((p) => p.type === "text").map((p) => String(p.text)).join("");
       const attachments = parts.filter((p) => p.type === "attachment").map((p) => String(p.name ?? "attachment"));
-      this.items.push({ kind: "user", messageId: m.messageId, text, attachments });
+      this.items.push({ kind: "user", messageId: m.messageId, text, attachments, reverted: m.reverted === true });
     } else if (m.role === "assistant") {
       this.addParts(m.messageId, parts, m.finishReason ?? undefined, m.error ?? undefined);
+      const a = this.items.find((i) => i.kind === "assistant" && i.messageId === m.messageId);
+      if (a && a.kind === "assistant" && m.reverted === true) {
+        a.reverted = true;
+      }
+    } else if (m.role === "system") {
+      for (const p of parts) {
+        if (p.type === "summary") {
+          this.items.push({ kind: "note", id: m.messageId, text: summaryNote(Number(p.messages)) });
+        }
+      }
     } else if (m.role === "tool") {
       for (const p of parts) {
         if (p.type === "toolResult") {
@@ -200,6 +235,17 @@ export class SessionModel extends EventEmitter implements SessionFollower {
       return;
     }
     switch (ev.kind) {
+      case "compacted":
+        // A summary was written (an event without one only trimmed a request).
+        if (ev.summaryMessageId && !this.items.some((i) => i.kind === "note" && i.id === ev.summaryMessageId)) {
+          this.items.push({ kind: "note", id: ev.summaryMessageId, text: summaryNote() });
+        }
+        break;
+      case "reverted":
+      case "unreverted":
+        // Messages were hidden from the model or shown again: read them again to mark them.
+        void this.reload();
+        return;
       case "userMessage":
         if (!this.items.some((i) => i.kind === "user" && i.messageId === ev.messageId)) {
           const ours = ev.runId ? this.sentByUs(ev.runId) : undefined;

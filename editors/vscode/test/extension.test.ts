@@ -226,6 +226,38 @@ describe("extension against a stub vscode", () => {
     assert.equal(att.text, "b\nc");
   });
 
+  test("compact, undo, redo, diff and fork from the palette", async () => {
+    // (The mock answers the daemon's summary request like any other: "Hello from the mock.")
+    const until = async (what: string, cond: () => boolean) => {
+      if (!cond()) {
+        await waitFor(api.controller.model!, "changed", () => cond(), what);
+      }
+    };
+    await stub.commands.executeCommand("crush.newSession");
+    const sessionId = api.controller.model!.sessionId;
+    for (const prompt of ["first", "second", "third"]) {
+      const runId = await api.controller.send(prompt);
+      await waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    }
+    const compacted = (await stub.commands.executeCommand("crush.compactSession")) as any;
+    assert.equal(compacted.compacted, true);
+    await until("the summary note", () => api.controller.model!.items.some((i) => i.kind === "note"));
+    const undone = (await stub.commands.executeCommand("crush.undo")) as any;
+    assert.equal(undone.done, true);
+    await until("the undone turn marked", () =>
+      api.controller.model!.items.some((i) => i.kind === "user" && i.text === "third" && i.reverted === true),
+    );
+    assert.ok(recorded.info.some((m) => m.startsWith("Crush: Undone")), recorded.info.join("\n"));
+    const redone = (await stub.commands.executeCommand("crush.redo")) as any;
+    assert.equal(redone.done, true);
+    const diff = (await stub.commands.executeCommand("crush.showDiff")) as any;
+    assert.equal(diff.diff, "");
+    assert.deepEqual(recorded.documents.at(-1), { language: "diff", content: "(no changes)" });
+    const fork = (await stub.commands.executeCommand("crush.forkSession")) as any;
+    assert.notEqual(fork.sessionId, sessionId);
+    assert.equal(api.controller.model!.sessionId, fork.sessionId, "the copy is shown");
+  });
+
   test("cancel, attach, daemon status and logs commands", async () => {
     const first = api.controller.model!.sessionId;
     await stub.commands.executeCommand("crush.newSession");

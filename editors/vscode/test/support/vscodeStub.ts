@@ -14,6 +14,8 @@ export const recorded = {
   warnings: [] as string[],
   errors: [] as string[],
   opened: [] as string[],
+  /** Untitled documents opened with content (language and text). */
+  documents: [] as Array<{ language?: string; content: string }>,
   /** Quick picks created with createQuickPick, live or disposed. */
   quickPicks: [] as StubQuickPick[],
   executed: [] as string[],
@@ -92,6 +94,7 @@ export const memento = new Map<string, unknown>();
 export const stub = {
   Uri,
   StatusBarAlignment: { Left: 1, Right: 2 },
+  ProgressLocation: { SourceControl: 1, Window: 10, Notification: 15 },
   Disposable: class {
     constructor(private f: () => void) {}
     dispose() {
@@ -108,7 +111,13 @@ export const stub = {
       return disposable;
     },
     asRelativePath: (u: Uri) => path.relative(stub.workspace.workspaceFolders[0]?.uri.fsPath ?? "/", u.fsPath),
-    openTextDocument: async (u: Uri) => ({ uri: u }),
+    openTextDocument: async (u: any) => {
+      if (u && typeof u === "object" && "content" in u) {
+        recorded.documents.push({ language: u.language, content: u.content });
+        return { uri: Uri.file(`/untitled/${recorded.documents.length}`) };
+      }
+      return { uri: u };
+    },
     registerTextDocumentContentProvider: () => disposable,
   },
   env: {
@@ -144,6 +153,8 @@ export const stub = {
       return undefined;
     },
     showInputBox: async () => user.inputBox,
+    withProgress: async (_opts: unknown, task: (p: { report(v: unknown): void }) => Promise<unknown>) =>
+      task({ report() {} }),
     showQuickPick: async (items: any[]) => user.quickPick(items),
     showTextDocument: async (doc: { uri: Uri }) => {
       recorded.opened.push(doc.uri.fsPath);
