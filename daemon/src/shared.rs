@@ -15,6 +15,7 @@ use tracing::info;
 use crate::clients::{Clients, Expiry};
 use crate::config::Config;
 use crate::inbound::InboundBudget;
+use crate::mcp::Mcp;
 use crate::model::Models;
 use crate::runs::{ReplayLimits, Runtime};
 use crate::store::Store;
@@ -42,14 +43,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
+        let models = Models::from_config(&config.models)
+            .with_connection_limit(config.daemon.max_model_connections);
+        let mcp = Mcp::new(config.mcp.clone(), models.key_variables());
         let runtime = Arc::new(
             Runtime::new(
                 store.clone(),
-                Models::from_config(&config.models)
-                    .with_connection_limit(config.daemon.max_model_connections),
+                models,
                 config.daemon.flush_interval,
                 config.shutdown_grace,
             )
+            .with_mcp(mcp)
             .configure(config.agent.clone(), config.permissions.clone())
             .with_replay(
                 ReplayLimits {

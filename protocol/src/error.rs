@@ -49,6 +49,10 @@ pub enum ErrorCode {
     StorageFailed = -32020,
     /// No usable model is configured (or the requested one is unknown or lacks its API key).
     ModelNotConfigured = -32030,
+    /// No MCP server has the given name (`mcp/restart`).
+    McpServerNotFound = -32040,
+    /// The MCP server is disabled in the config file (`mcp/restart`).
+    McpServerDisabled = -32041,
 }
 
 impl ErrorCode {
@@ -74,6 +78,8 @@ impl ErrorCode {
         (ErrorCode::PermissionResolved, "PermissionResolved"),
         (ErrorCode::StorageFailed, "StorageFailed"),
         (ErrorCode::ModelNotConfigured, "ModelNotConfigured"),
+        (ErrorCode::McpServerNotFound, "McpServerNotFound"),
+        (ErrorCode::McpServerDisabled, "McpServerDisabled"),
     ];
 
     pub const fn code(self) -> i32 {

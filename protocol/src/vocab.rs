@@ -111,6 +111,29 @@ impl RunState {
 }
 
 wire_enum! {
+    /// Where an MCP server is in its life (`mcp/list`).
+    pub enum McpServerState ("MCP server state") {
+        /// Configured, not started yet: it starts when a run first needs its tools.
+        Idle = "idle",
+        /// Starting or restarting: its tools are not callable until it is ready.
+        Starting = "starting",
+        Ready = "ready",
+        /// It would not start, or it died; it is retried after a backoff (`lastError` says why).
+        Failed = "failed",
+        /// `enabled = false` in the config.
+        Disabled = "disabled",
+    }
+}
+
+wire_enum! {
+    /// Which servers an MCP server is shared by (`mcp/list`).
+    pub enum McpScope ("MCP server scope") {
+        /// From `config.toml`: shared by every session of every workspace.
+        Global = "global",
+    }
+}
+
+wire_enum! {
     /// What a session is doing (`agent/status`).
     pub enum AgentState ("agent state") {
         Idle = "idle",

@@ -245,7 +245,7 @@ impl Runtime {
             },
             messages: Vec::new(),
             tools: if root.is_some() {
-                crate::tools::specs()
+                self.offered_tools().await
             } else {
                 Vec::new()
             },

@@ -100,6 +100,8 @@ pub struct Runtime {
     /// shutdown.
     retries: TaskTracker,
     stop_retries: CancellationToken,
+    /// The MCP servers whose tools runs offer and call (`mcp/`).
+    mcp: crate::mcp::Mcp,
 }
 
 /// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
@@ -243,7 +245,19 @@ impl Runtime {
             permissions: Permissions::default(),
             retries: TaskTracker::new(),
             stop_retries: CancellationToken::new(),
+            mcp: crate::mcp::Mcp::default(),
         }
+    }
+
+    /// Sets the MCP servers runs may use.
+    pub fn with_mcp(mut self, mcp: crate::mcp::Mcp) -> Self {
+        self.mcp = mcp;
+        self
+    }
+
+    /// The MCP servers (`mcp/list`, `mcp/restart`, shutdown).
+    pub fn mcp(&self) -> &crate::mcp::Mcp {
+        &self.mcp
     }
 
     /// Sets how much of each session's stream is kept for replay.

@@ -106,6 +106,9 @@ impl Runtime {
                 tool_error("the workspace's directory is unknown; tools are unavailable"),
             );
         }
+        if crate::mcp::split_name(&call.name).is_some() {
+            return self.run_mcp_tool(s, run, token, ctx, call, input).await;
+        }
         let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
             Ok(p) => p,
             Err(out) => return (ToolStatus::Failed, out),
@@ -113,34 +116,9 @@ impl Runtime {
         if crate::tools::needs_permission(&call.name)
             && !self.allowed_without_asking(&s.id, run, &call.name, prepared.command.as_deref())
         {
-            let params = PermissionRequestParams {
-                request_id: new_id(),
-                session_id: s.id.clone(),
-                run_id: run.run_id.clone(),
-                tool_call_id: call.id.clone(),
-                tool: call.name.clone(),
-                title: prepared.title.clone(),
-                input,
-                diff: prepared.diff.clone(),
-            };
-            match self.ask_permission(s, token, params).await {
-                Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
-                Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
-                    return (
-                        ToolStatus::Denied,
-                        tool_error(format!(
-                            "The user denied this action ({} was not run). Do not retry it; \
-                             ask the user or take another approach.",
-                            prepared.title
-                        )),
-                    );
-                }
-                None => {
-                    return (
-                        ToolStatus::Cancelled,
-                        tool_error("the run was cancelled while waiting for permission"),
-                    );
-                }
+            let (title, diff) = (prepared.title.clone(), prepared.diff.clone());
+            if let Err(end) = self.ask(s, run, token, call, title, diff, input).await {
+                return end;
             }
         }
         if token.is_cancelled() {
@@ -150,6 +128,89 @@ impl Runtime {
             );
         }
         let out = prepared.run(ctx).await;
+        if token.is_cancelled() {
+            return (ToolStatus::Cancelled, out);
+        }
+        (ToolStatus::Completed, out)
+    }
+}
+
+impl Runtime {
+    /// The tools offered to the model: the built-in ones, then every ready MCP server's.
+    pub(super) async fn offered_tools(&self) -> Vec<crate::model::ToolSpec> {
+        let mut tools = crate::tools::specs();
+        tools.extend(self.mcp.tool_specs().await);
+        tools
+    }
+
+    /// Asks the session's clients whether a call may run; `Err` is the call's end when the
+    /// answer is no (or the run was cancelled while waiting).
+    #[allow(clippy::too_many_arguments)]
+    async fn ask(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        call: &ToolCall,
+        title: String,
+        diff: Option<String>,
+        input: Value,
+    ) -> Result<(), (ToolStatus, ToolOutput)> {
+        let params = PermissionRequestParams {
+            request_id: new_id(),
+            session_id: s.id.clone(),
+            run_id: run.run_id.clone(),
+            tool_call_id: call.id.clone(),
+            tool: call.name.clone(),
+            title: title.clone(),
+            input,
+            diff,
+        };
+        match self.ask_permission(s, token, params).await {
+            Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => Ok(()),
+            Some(PermissionDecision::Deny | PermissionDecision::Deferred) => Err((
+                ToolStatus::Denied,
+                tool_error(format!(
+                    "The user denied this action ({title} was not run). Do not retry it; \
+                     ask the user or take another approach."
+                )),
+            )),
+            None => Err((
+                ToolStatus::Cancelled,
+                tool_error("the run was cancelled while waiting for permission"),
+            )),
+        }
+    }
+
+    /// An MCP tool call (`mcp__<server>__<tool>`): asks unless the server's `allow` list, the
+    /// session's grants or yolo let it run, then calls the server (`crate::mcp`).
+    async fn run_mcp_tool(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ctx: &ToolContext,
+        call: &ToolCall,
+        input: Value,
+    ) -> (ToolStatus, ToolOutput) {
+        if !self.mcp.allowed(&call.name)
+            && !self.allowed_without_asking(&s.id, run, &call.name, None)
+        {
+            let title = self.mcp.title(&call.name);
+            if let Err(end) = self.ask(s, run, token, call, title, None, input).await {
+                return end;
+            }
+        }
+        if token.is_cancelled() {
+            return (
+                ToolStatus::Cancelled,
+                tool_error("the run was cancelled before this tool ran"),
+            );
+        }
+        let out = self
+            .mcp
+            .call(&call.name, &call.input, token, ctx.limits.output_max_bytes)
+            .await;
         if token.is_cancelled() {
             return (ToolStatus::Cancelled, out);
         }

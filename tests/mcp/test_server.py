@@ -1,0 +1,70 @@
+"""An MCP server for crushd's black-box tests, written with the official Python SDK (PyPI `mcp`,
+installed by .ci/run). It speaks real MCP over stdio; its tools misbehave on purpose so the tests
+can check what crushd does when a server is slow, dies mid-call or is cancelled.
+
+Usage: test_server.py [serve|hang-init] STATE_DIR
+  serve      a normal server (default)
+  hang-init  never answers `initialize` (it does not read stdin)
+
+Every tool call that starts writes STATE_DIR/<tool>.started; a cancelled `slow` call writes
+STATE_DIR/slow.cancelled. Tests wait for those files with a deadline.
+"""
+
+import os
+import sys
+import time
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+mode = sys.argv[1] if len(sys.argv) > 1 else "serve"
+state = sys.argv[2] if len(sys.argv) > 2 else "."
+print(f"crush-test-server {mode} pid {os.getpid()}", file=sys.stderr, flush=True)
+
+if mode == "hang-init":
+    time.sleep(3600)
+    sys.exit(0)
+
+server = MCPServer("crush-test-server")
+
+
+def mark(name: str, text: str = "") -> None:
+    path = os.path.join(state, name)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Returns the text it is given."""
+    mark("echo.started")
+    return f"echo: {text}"
+
+
+@server.tool()
+def pid() -> str:
+    """Returns this server's process id."""
+    return str(os.getpid())
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Sleeps for the given seconds, then answers."""
+    mark("slow.started", str(os.getpid()))
+    try:
+        await anyio.sleep(seconds)
+    except BaseException:
+        mark("slow.cancelled")
+        raise
+    return f"slept {seconds}"
+
+
+@server.tool()
+def die() -> str:
+    """Exits the server process in the middle of the call."""
+    mark("die.started", str(os.getpid()))
+    os._exit(3)
+
+
+server.run()
