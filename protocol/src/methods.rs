@@ -1060,6 +1060,9 @@ pub struct McpServerInfo {
     /// Its name in the config (`[mcp.servers.NAME]`); its tools are `mcp__NAME__TOOL`.
     pub name: String,
     pub scope: McpScope,
+    /// For a `project` server: the workspace whose `.mcp.json` defines it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
     pub state: McpServerState,
     /// The command line it runs.
     pub command: String,
@@ -1110,6 +1113,10 @@ pub struct McpListResult {
 pub struct McpRestartParams {
     /// The server's name.
     pub name: String,
+    /// For a project server (`.mcp.json`): its workspace. Without it a global server of that
+    /// name is restarted, else a project server of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

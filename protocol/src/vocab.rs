@@ -122,6 +122,9 @@ wire_enum! {
         Failed = "failed",
         /// `enabled = false` in the config.
         Disabled = "disabled",
+        /// From a workspace's `.mcp.json` and not approved for that workspace: it does not start
+        /// until a client approves it (a `permission/request` at the next run).
+        Unapproved = "unapproved",
     }
 }
 
@@ -130,6 +133,8 @@ wire_enum! {
     pub enum McpScope ("MCP server scope") {
         /// From `config.toml`: shared by every session of every workspace.
         Global = "global",
+        /// From a workspace's `.mcp.json`: shared by the sessions of that workspace.
+        Project = "project",
     }
 }
 

@@ -494,3 +494,138 @@ async fn no_mcp_process_remains_after_sigterm() {
 async fn no_mcp_process_remains_after_sigkill() {
     no_server_process_outlives_the_daemon(Signal::KILL).await;
 }
+
+/// A daemon with no global server and a project whose `.mcp.json` names the Python test server.
+struct ProjectWorld {
+    env: TestEnv,
+    mock: MockLlm,
+    project: PathBuf,
+    state: PathBuf,
+}
+
+async fn project_world() -> ProjectWorld {
+    let (_, py) = servers();
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    env.use_model_at(&mock.base_url());
+    let state = env.dir.path().join("mcp-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let file = json!({"mcpServers": {"proj": {
+        "command": "python3",
+        "args": [test_server(), "serve", state],
+        "env": {"PYTHONPATH": py},
+    }}});
+    std::fs::write(project.join(".mcp.json"), file.to_string()).unwrap();
+    ProjectWorld {
+        env,
+        mock,
+        project,
+        state,
+    }
+}
+
+/// A new yolo session of the project, subscribed on `c`.
+async fn yolo_session(c: &mut RawConn, project: &Path) -> String {
+    let ws = c.request("workspace/open", json!({"path": project})).await;
+    let s = c
+        .request(
+            "session/create",
+            json!({"workspaceId": ws["result"]["workspaceId"]}),
+        )
+        .await;
+    let session = s["result"]["sessionId"].as_str().unwrap().to_owned();
+    c.request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    // Yolo lets tool calls run without asking; it does not approve a project's servers.
+    c.request(
+        "session/setYolo",
+        json!({"sessionId": session, "yolo": true}),
+    )
+    .await;
+    session
+}
+
+fn echo_call(id: &str) -> Script {
+    Script::text("Echoing.").tool_call(id, "mcp__proj__echo", r#"{"text":"hi"}"#)
+}
+
+#[tokio::test]
+async fn project_servers_start_only_after_approval_which_is_remembered_for_the_workspace() {
+    let w = project_world().await;
+    let needle = w.state.display().to_string();
+    let mut daemon = w.env.spawn_daemon(&[]);
+    let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
+
+    // First session: the server is asked about, with its command line; denied, it never runs.
+    let first = yolo_session(&mut c, &w.project).await;
+    w.mock.push(echo_call("call_1"));
+    w.mock.push(Script::text("No server."));
+    let run = send(&mut c, &first, "echo").await;
+    let ask = c.daemon_request("permission/request").await;
+    let p = &ask["params"];
+    assert_eq!(p["tool"], "mcp", "{p}");
+    let title = p["title"].as_str().unwrap();
+    assert!(
+        title.contains(".mcp.json") && title.contains("test_server.py serve"),
+        "{title}"
+    );
+    let s = server_info(&mut c, "proj").await;
+    assert_eq!(s["state"], "unapproved", "{s}");
+    assert_eq!(s["scope"], "project", "{s}");
+    assert!(s["workspaceId"].is_string(), "{s}");
+    assert!(pids_with(&needle).is_empty(), "started before approval");
+    c.reply(&ask, json!({"decision": "deny"})).await;
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["text"], "No server.", "{done}");
+    let reqs = w.mock.requests();
+    let names = reqs[0].tool_names();
+    assert!(
+        !names.iter().any(|n| n.starts_with("mcp__proj")),
+        "{names:?}"
+    );
+    assert!(
+        reqs[1].tool_results()[0].1.contains("not approved"),
+        "{:?}",
+        reqs[1].tool_results()
+    );
+    assert!(pids_with(&needle).is_empty(), "started although denied");
+    let r = c.request("mcp/restart", json!({"name": "proj"})).await;
+    assert_eq!(error_code(&r), Some(-32041), "{r}");
+
+    // Second session: approved, it starts and its tool works.
+    let second = yolo_session(&mut c, &w.project).await;
+    w.mock.push(echo_call("call_2"));
+    w.mock.push(Script::text("Echoed."));
+    let run = send(&mut c, &second, "echo").await;
+    let ask = c.daemon_request("permission/request").await;
+    assert_eq!(ask["params"]["tool"], "mcp");
+    c.reply(&ask, json!({"decision": "allow"})).await;
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["text"], "Echoed.", "{done}");
+    assert_eq!(
+        w.mock.requests()[3].tool_results()[0].1,
+        "echo: hi",
+        "the approved server answered"
+    );
+    assert_eq!(server_info(&mut c, "proj").await["state"], "ready");
+
+    // A new daemon remembers the approval: no question, the tool works.
+    drop(c);
+    daemon.signal(Signal::TERM);
+    daemon.wait_exit(DEADLINE);
+    let _daemon = w.env.spawn_daemon(&[]);
+    let mut c = RawConn::initialized_as(&w.env.socket, "nvim").await;
+    let third = yolo_session(&mut c, &w.project).await;
+    w.mock.push(echo_call("call_3"));
+    w.mock.push(Script::text("Again."));
+    let run = send(&mut c, &third, "echo").await;
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["text"], "Again.", "{done}");
+    assert!(
+        !c.kept().iter().any(|m| m["method"] == "permission/request"),
+        "an approved server was asked about again"
+    );
+    assert_eq!(w.mock.requests()[5].tool_results()[0].1, "echo: hi");
+}

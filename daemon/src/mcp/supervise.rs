@@ -41,7 +41,13 @@ const STDERR_TAIL: usize = 5;
 
 pub(super) struct Server {
     pub spec: ServerSpec,
+    pub scope: McpScope,
+    /// A project server's workspace and approved definition.
+    pub workspace_id: Option<String>,
+    pub fingerprint: Option<String>,
     key_vars: Arc<[String]>,
+    /// Fired to stop this server for good (shutdown, or its `.mcp.json` entry changed).
+    stop: CancellationToken,
     state: Mutex<State>,
     changed: watch::Sender<()>,
     restart: Notify,
@@ -81,15 +87,55 @@ impl Live {
 }
 
 impl Server {
-    pub(super) fn new(spec: ServerSpec, key_vars: Arc<[String]>) -> Self {
-        let phase = if spec.enabled {
-            McpServerState::Idle
-        } else {
+    /// A global server (`config.toml`).
+    pub(super) fn global(
+        spec: ServerSpec,
+        key_vars: Arc<[String]>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self::new(spec, key_vars, stop, McpScope::Global, None, None)
+    }
+
+    /// A project server (`.mcp.json`), unapproved until [`Self::approve`].
+    pub(super) fn project(
+        spec: ServerSpec,
+        key_vars: Arc<[String]>,
+        stop: CancellationToken,
+        workspace_id: &str,
+        fingerprint: String,
+    ) -> Self {
+        Self::new(
+            spec,
+            key_vars,
+            stop,
+            McpScope::Project,
+            Some(workspace_id.to_owned()),
+            Some(fingerprint),
+        )
+    }
+
+    fn new(
+        spec: ServerSpec,
+        key_vars: Arc<[String]>,
+        stop: CancellationToken,
+        scope: McpScope,
+        workspace_id: Option<String>,
+        fingerprint: Option<String>,
+    ) -> Self {
+        let phase = if !spec.enabled {
             McpServerState::Disabled
+        } else if scope == McpScope::Project {
+            McpServerState::Unapproved
+        } else {
+            McpServerState::Idle
         };
         Self {
             spec,
+            scope,
+            workspace_id,
+            fingerprint,
             key_vars,
+            stop,
             state: Mutex::new(State {
                 phase,
                 launched: false,
@@ -112,7 +158,8 @@ impl Server {
         let s = lock(&self.state);
         McpServerInfo {
             name: self.spec.name.clone(),
-            scope: McpScope::Global,
+            scope: self.scope,
+            workspace_id: self.workspace_id.clone(),
             state: s.phase,
             command: self.spec.command_line(),
             last_error: s.last_error.clone(),
@@ -146,15 +193,34 @@ impl Server {
         }
     }
 
+    /// Whether it waits for a client's approval.
+    pub(super) fn unapproved(&self) -> bool {
+        lock(&self.state).phase == McpServerState::Unapproved
+    }
+
+    /// A client approved the project server: it may start.
+    pub(super) fn approve(&self) {
+        self.update(|s| {
+            if s.phase == McpServerState::Unapproved {
+                s.phase = McpServerState::Idle;
+            }
+        });
+    }
+
+    /// Stops the server for good (its supervisor stops the process).
+    pub(super) fn retire(&self) {
+        self.stop.cancel();
+    }
+
     /// Launches the supervisor if it is not running (the server's first need).
-    pub(super) fn ensure_started(
-        self: &Arc<Self>,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) {
+    pub(super) fn ensure_started(self: &Arc<Self>, tracker: &TaskTracker) {
         {
             let mut s = lock(&self.state);
-            if s.launched || !self.spec.enabled || shutdown.is_cancelled() {
+            if s.launched
+                || !self.spec.enabled
+                || s.phase == McpServerState::Unapproved
+                || self.stop.is_cancelled()
+            {
                 return;
             }
             s.launched = true;
@@ -162,17 +228,17 @@ impl Server {
         }
         self.changed.send_replace(());
         let me = self.clone();
-        let (t, sd) = (tracker.clone(), shutdown.clone());
-        tracker.spawn(async move { me.supervise(t, sd).await });
+        let t = tracker.clone();
+        tracker.spawn(async move { me.supervise(t).await });
     }
 
     /// `mcp/restart`: starts a server that never started, else asks its supervisor to restart
     /// it now.
-    pub(super) fn restart(self: &Arc<Self>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    pub(super) fn restart(self: &Arc<Self>, tracker: &TaskTracker) {
         if lock(&self.state).launched {
             self.restart.notify_one();
         } else {
-            self.ensure_started(tracker, shutdown);
+            self.ensure_started(tracker);
         }
     }
 
@@ -230,7 +296,8 @@ impl Server {
         });
     }
 
-    async fn supervise(self: Arc<Self>, tracker: TaskTracker, shutdown: CancellationToken) {
+    async fn supervise(self: Arc<Self>, tracker: TaskTracker) {
+        let shutdown = self.stop.clone();
         let mut failures: u32 = 0;
         loop {
             self.update(|s| {

@@ -14,7 +14,11 @@ pub(super) fn list(ctx: &RequestCtx, _: NoParams) -> Result<McpListResult, RpcEr
 }
 
 pub(super) fn restart(ctx: &RequestCtx, p: McpRestartParams) -> Result<McpServerInfo, RpcError> {
-    Ok(ctx.daemon.runtime.mcp().restart(&p.name)?)
+    Ok(ctx
+        .daemon
+        .runtime
+        .mcp()
+        .restart(&p.name, p.workspace_id.as_deref())?)
 }
 
 /// The pool's errors as the client sees them.
@@ -22,7 +26,7 @@ impl From<McpError> for RpcError {
     fn from(e: McpError) -> Self {
         let code = match e {
             McpError::NotFound(_) => ErrorCode::McpServerNotFound,
-            McpError::Disabled(_) => ErrorCode::McpServerDisabled,
+            McpError::Disabled(_) | McpError::Unapproved(_) => ErrorCode::McpServerDisabled,
         };
         RpcError::new(code, e.to_string())
     }

@@ -245,7 +245,7 @@ impl Runtime {
             },
             messages: Vec::new(),
             tools: if root.is_some() {
-                self.offered_tools().await
+                self.offered_tools(s, run, token, root.as_deref()).await
             } else {
                 Vec::new()
             },

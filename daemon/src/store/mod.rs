@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 
 mod accept;
 pub mod live;
+mod mcp;
 mod messages;
 mod pieces;
 mod require;

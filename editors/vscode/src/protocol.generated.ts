@@ -554,15 +554,19 @@ unavailable?: string | null, };
 
 export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, };
 
-export type McpScope = "global";
+export type McpScope = "global" | "project";
 
-export type McpServerState = "idle" | "starting" | "ready" | "failed" | "disabled";
+export type McpServerState = "idle" | "starting" | "ready" | "failed" | "disabled" | "unapproved";
 
 export type McpServerInfo = { 
 /**
  * Its name in the config (`[mcp.servers.NAME]`); its tools are `mcp__NAME__TOOL`.
  */
-name: string, scope: McpScope, state: McpServerState, 
+name: string, scope: McpScope, 
+/**
+ * For a `project` server: the workspace whose `.mcp.json` defines it.
+ */
+workspaceId?: string | null, state: McpServerState, 
 /**
  * The command line it runs.
  */
@@ -608,7 +612,12 @@ export type McpRestartParams = {
 /**
  * The server's name.
  */
-name: string, };
+name: string, 
+/**
+ * For a project server (`.mcp.json`): its workspace. Without it a global server of that
+ * name is restarted, else a project server of that name.
+ */
+workspaceId?: string | null, };
 
 export type RunCompleteParams = { sessionId: string, runId: string, 
 /**
