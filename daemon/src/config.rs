@@ -186,6 +186,9 @@ impl Config {
             "mcp": {
                 "servers": self.mcp.iter().map(|m| (m.name.clone(), serde_json::json!({
                     "command": m.command,
+                    "url": m.url.as_deref().map(crate::secrets::redact_url_credentials),
+                    "headerNames": m.headers.keys().chain(m.headers_env.keys()).collect::<Vec<_>>(),
+                    "headersEnv": m.headers_env,
                     "args": m.args,
                     "envNames": m.env.keys().collect::<Vec<_>>(),
                     "cwd": m.cwd,

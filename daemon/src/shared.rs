@@ -45,7 +45,14 @@ impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         let models = Models::from_config(&config.models)
             .with_connection_limit(config.daemon.max_model_connections);
-        let mcp = Mcp::new(config.mcp.clone(), models.key_variables());
+        let mut secret_vars = models.key_variables();
+        secret_vars.extend(
+            config
+                .mcp
+                .iter()
+                .flat_map(|m| m.headers_env.values().cloned()),
+        );
+        let mcp = Mcp::new(config.mcp.clone(), secret_vars);
         let runtime = Arc::new(
             Runtime::new(
                 store.clone(),

@@ -2,9 +2,10 @@
 installed by .ci/run). It speaks real MCP over stdio; its tools misbehave on purpose so the tests
 can check what crushd does when a server is slow, dies mid-call or is cancelled.
 
-Usage: test_server.py [serve|hang-init] STATE_DIR
-  serve      a normal server (default)
+Usage: test_server.py [serve|hang-init|http] STATE_DIR [PORT]
+  serve      a normal server over stdio (default)
   hang-init  never answers `initialize` (it does not read stdin)
+  http       a normal server over streamable HTTP at http://127.0.0.1:PORT/mcp
 
 Every tool call that starts writes STATE_DIR/<tool>.started; a cancelled `slow` call writes
 STATE_DIR/slow.cancelled. Tests wait for those files with a deadline.
@@ -15,7 +16,7 @@ import sys
 import time
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "serve"
 state = sys.argv[2] if len(sys.argv) > 2 else "."
@@ -61,10 +62,21 @@ async def slow(seconds: float) -> str:
 
 
 @server.tool()
+def header(name: str, ctx: Context) -> str:
+    """Returns the value of an HTTP request header (streamable HTTP only)."""
+    request = ctx.request_context.request
+    value = request.headers.get(name) if request is not None else None
+    return value if value is not None else "(none)"
+
+
+@server.tool()
 def die() -> str:
     """Exits the server process in the middle of the call."""
     mark("die.started", str(os.getpid()))
     os._exit(3)
 
 
-server.run()
+if mode == "http":
+    server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[3]))
+else:
+    server.run()

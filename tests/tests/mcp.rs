@@ -629,3 +629,102 @@ async fn project_servers_start_only_after_approval_which_is_remembered_for_the_w
     );
     assert_eq!(w.mock.requests()[5].tool_results()[0].1, "echo: hi");
 }
+
+/// The Python test server over streamable HTTP on a free loopback port; killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(state: &Path) -> Self {
+        let (_, py) = servers();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .arg(test_server())
+            .arg("http")
+            .arg(state)
+            .arg(port.to_string())
+            .env("PYTHONPATH", py)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Ready when it accepts connections (no event to wait on from another process).
+        let end = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "the HTTP MCP server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_streamable_http_server_is_called_with_its_headers_and_secret_headers_from_the_environment()
+ {
+    let env = TestEnv::new();
+    let state = env.dir.path().join("mcp-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let server = HttpServer::start(&state);
+    let mock = MockLlm::start().await;
+    env.use_model_with(
+        &mock.base_url(),
+        "openai",
+        &format!(
+            "[mcp.servers.web]\nurl = \"http://127.0.0.1:{}/mcp\"\nheaders = {{ X-Plain = \"plain\" }}\n\
+             headers_env = {{ X-Token = \"CRUSH_TEST_MCP_TOKEN\" }}\n",
+            server.port
+        ),
+    );
+    let mut cmd = env.command("crushd");
+    cmd.arg("--foreground")
+        .arg("--debug-methods")
+        .env("CRUSH_TEST_MCP_TOKEN", "s3cret-value");
+    let daemon = DaemonProcess::spawn(cmd);
+    daemon.wait_for_log("listening", DEADLINE);
+    let mut c = RawConn::initialized_as(&env.socket, "nvim").await;
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let session = yolo_session(&mut c, &project).await;
+    mock.push(
+        Script::text("Headers.")
+            .tool_call("call_1", "mcp__web__header", r#"{"name":"x-token"}"#)
+            .tool_call("call_2", "mcp__web__header", r#"{"name":"x-plain"}"#),
+    );
+    mock.push(Script::text("Done."));
+    let run = send(&mut c, &session, "headers").await;
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let results = mock.requests()[1].tool_results();
+    assert_eq!(
+        results,
+        vec![
+            ("call_1".to_owned(), "s3cret-value".to_owned()),
+            ("call_2".to_owned(), "plain".to_owned())
+        ]
+    );
+    let s = server_info(&mut c, "web").await;
+    assert_eq!(s["state"], "ready", "{s}");
+    assert_eq!(
+        s["command"],
+        format!("http://127.0.0.1:{}/mcp", server.port),
+        "{s}"
+    );
+    assert!(s.get("pid").is_none(), "{s}");
+    // The secret is not shown by config/get.
+    let cfg = c.request("config/get", json!({})).await;
+    assert!(!cfg.to_string().contains("s3cret-value"), "{cfg}");
+}

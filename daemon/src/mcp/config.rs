@@ -25,7 +25,8 @@ pub struct McpSection {
     pub servers: BTreeMap<String, ServerTable>,
 }
 
-/// `[mcp.servers.NAME]`: a stdio server (`command`, `args`, `env`, `cwd`).
+/// `[mcp.servers.NAME]`: a stdio server (`command`, `args`, `env`, `cwd`) or a streamable-HTTP
+/// one (`url`, `headers`, `headers_env`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTable {
@@ -39,8 +40,17 @@ pub struct ServerTable {
     pub env: BTreeMap<String, String>,
     /// The server's working directory (default: the user's home directory).
     pub cwd: Option<PathBuf>,
-    /// A streamable-HTTP server's address. Not supported yet: refused with a message saying so.
+    /// A streamable-HTTP server's endpoint (`http://` or `https://`).
     pub url: Option<String>,
+    /// Headers sent with every HTTP request, literal values (not for secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values come from environment variables of the daemon (header → variable),
+    /// e.g. `{ Authorization = "NOTES_MCP_AUTH" }` with the variable holding `Bearer …`. Like
+    /// API key variables, they are taken out of the daemon's environment at start and never
+    /// passed to tools.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// How long one tool call may take (default 60 s).
@@ -60,7 +70,12 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSpec {
     pub name: String,
+    /// Empty for an HTTP server.
     pub command: String,
+    /// A streamable-HTTP server's endpoint; `None` for a stdio server.
+    pub url: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub headers_env: BTreeMap<String, String>,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
@@ -71,8 +86,12 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
-    /// The command line as a person reads it (permission prompts, `mcp/list`).
+    /// The command line as a person reads it (permission prompts, `mcp/list`); an HTTP
+    /// server's URL.
     pub fn command_line(&self) -> String {
+        if let Some(url) = &self.url {
+            return crate::secrets::redact_url_credentials(url);
+        }
         std::iter::once(&self.command)
             .chain(&self.args)
             .map(|a| {
@@ -118,23 +137,43 @@ impl ServerTable {
                     .to_owned(),
             ));
         }
-        if self.url.is_some() {
-            return Err((
-                key(".url"),
-                "streamable-HTTP MCP servers are not supported by this version of crushd yet; \
-                 run the server over stdio (`command`) instead"
-                    .to_owned(),
-            ));
-        }
-        let command = match self.command.as_deref().map(str::trim) {
-            Some(c) if !c.is_empty() => c.to_owned(),
+        let command = match (self.command.as_deref().map(str::trim), &self.url) {
+            (Some(c), None) if !c.is_empty() => c.to_owned(),
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err((
+                        key(".url"),
+                        format!(
+                            "{:?} is not an http:// or https:// URL",
+                            crate::secrets::redact_url_credentials(url)
+                        ),
+                    ));
+                }
+                String::new()
+            }
+            (Some(_), Some(_)) => {
+                return Err((
+                    key(""),
+                    "give either `command` (a stdio server) or `url` (a streamable-HTTP server), \
+                     not both"
+                        .to_owned(),
+                ));
+            }
             _ => {
                 return Err((
                     key(".command"),
-                    "a server needs `command` (the program to start)".to_owned(),
+                    "a server needs `command` (the program to start) or `url` (a streamable-HTTP \
+                     server)"
+                        .to_owned(),
                 ));
             }
         };
+        if self.url.is_none() && !(self.headers.is_empty() && self.headers_env.is_empty()) {
+            return Err((
+                key(".headers"),
+                "`headers` and `headers_env` are for `url` servers".to_owned(),
+            ));
+        }
         let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0);
         if timeout.is_zero() {
             return Err((key(".timeout"), "must be more than zero".to_owned()));
@@ -156,6 +195,9 @@ impl ServerTable {
         Ok(ServerSpec {
             name: name.to_owned(),
             command,
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            headers_env: self.headers_env.clone(),
             args: self.args.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
@@ -203,9 +245,19 @@ mod tests {
             err("[servers.a]\ncommand = \"x\"\ntimeout = \"0s\"\n").0,
             "mcp.servers.a.timeout"
         );
-        let (k, m) = err("[servers.a]\nurl = \"https://x\"\n");
+        let (k, m) = err("[servers.a]\nurl = \"ftp://x\"\n");
         assert_eq!(k, "mcp.servers.a.url");
-        assert!(m.contains("not supported"), "{m}");
+        assert!(m.contains("not an http"), "{m}");
+        assert_eq!(
+            err("[servers.a]\nurl = \"https://x\"\ncommand = \"y\"\n").0,
+            "mcp.servers.a"
+        );
+        let web = section(
+            "[servers.w]\nurl = \"https://u:p@x/mcp\"\nheaders_env = { Authorization = \"T\" }\n",
+        )
+        .specs()
+        .unwrap();
+        assert_eq!(web[0].command_line(), "https://<redacted>@x/mcp");
         assert!(toml::from_str::<McpSection>("[servers.a]\ncomand = \"x\"\n").is_err());
     }
 }

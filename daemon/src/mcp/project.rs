@@ -114,6 +114,9 @@ fn entry(root: &Path, name: &str, value: Value) -> Result<ProjectServer, String>
         spec: ServerSpec {
             name: name.to_owned(),
             command,
+            url: None,
+            headers: BTreeMap::new(),
+            headers_env: BTreeMap::new(),
             args: e.args,
             env: e.env,
             cwd: Some(cwd),

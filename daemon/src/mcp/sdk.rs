@@ -1,6 +1,6 @@
 //! The one module that uses the MCP SDK (`rmcp`, pinned in the workspace): the client side of a
-//! connection to one server over a byte stream — `initialize` and version negotiation as the SDK
-//! does them, `tools/list`, `tools/call`, the `notifications/cancelled` the SDK sends when a call
+//! connection to one server over a byte stream (stdio) or streamable HTTP — `initialize` and
+//! version negotiation as the SDK does them, `tools/list`, `tools/call`, the `notifications/cancelled` the SDK sends when a call
 //! is dropped, and `notifications/tools/list_changed`.
 //!
 //! What leaves this module is the specification's JSON (a tool as `tools/list` gives it, a
@@ -88,14 +88,62 @@ pub(crate) async fn connect<R, W>(
     reader: R,
     writer: W,
     tools_changed: Arc<Notify>,
-) -> Result<(Connection, impl Future<Output = String> + Send + 'static), SdkError>
+) -> Result<(Connection, Ended), SdkError>
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
 {
+    serve((reader, writer), tools_changed).await
+}
+
+/// Initializes a connection to a streamable-HTTP server at `url`, sending `headers` with every
+/// request. TLS is rustls with the ring provider (as for the model providers).
+pub(crate) async fn connect_http(
+    url: &str,
+    headers: &[(String, String)],
+    tools_changed: Arc<Notify>,
+) -> Result<(Connection, Ended), SdkError> {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let mut map = std::collections::HashMap::new();
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| SdkError::Other(format!("header {k:?}: {e}")))?;
+        let value = http::HeaderValue::from_str(v).map_err(|_| {
+            SdkError::Other(format!(
+                "header {k:?}: the value is not a valid header value"
+            ))
+        })?;
+        map.insert(name, value);
+    }
+    // reqwest 0.13 without a provider of its own uses the process default: ring, installed once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest013::Client::builder()
+        .build()
+        .map_err(|e| SdkError::Other(format!("cannot set up HTTP: {e}")))?;
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).custom_headers(map);
+    serve(
+        StreamableHttpClientTransport::with_client(client, config),
+        tools_changed,
+    )
+    .await
+}
+
+/// The future that ends with the connection, saying why.
+pub(crate) type Ended = std::pin::Pin<Box<dyn Future<Output = String> + Send>>;
+
+async fn serve<T, E, A>(
+    transport: T,
+    tools_changed: Arc<Notify>,
+) -> Result<(Connection, Ended), SdkError>
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let stop = tokio_util::sync::CancellationToken::new();
     let service = Handler { tools_changed }
-        .serve_with_ct((reader, writer), stop.clone())
+        .serve_with_ct(transport, stop.clone())
         .await
         .map_err(|e| SdkError::Other(format!("initialize failed: {e}")))?;
     let peer = service.peer().clone();
@@ -107,13 +155,13 @@ where
             protocol_version: Some(i.protocol_version.to_string()),
         })
         .unwrap_or_default();
-    let ended = async move {
+    let ended: Ended = Box::pin(async move {
         match service.waiting().await {
             Ok(rmcp::service::QuitReason::Cancelled) => "the connection was closed".to_owned(),
             Ok(rmcp::service::QuitReason::Closed) => "the server closed the connection".to_owned(),
             Ok(_) | Err(_) => "the connection failed".to_owned(),
         }
-    };
+    });
     Ok((Connection { peer, stop, info }, ended))
 }
 

@@ -8,9 +8,7 @@
 //! that it changed.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,11 +67,12 @@ struct State {
     info: sdk::ServerInfo,
 }
 
-/// A started server: its process, the connection, and the future that ends with it.
+/// A started server: its process (none for an HTTP server), the connection, and the future
+/// that ends with it.
 struct Live {
-    process: ServerProcess,
+    process: Option<ServerProcess>,
     conn: Connection,
-    ended: Pin<Box<dyn Future<Output = String> + Send>>,
+    ended: sdk::Ended,
 }
 
 impl Live {
@@ -82,7 +81,20 @@ impl Live {
         // the tool guard takes it as its cue to end the group.
         self.conn.close();
         drop(self.ended);
-        self.process.stop(STOP_GRACE).await;
+        if let Some(p) = self.process {
+            p.stop(STOP_GRACE).await;
+        }
+    }
+}
+
+/// Ends when the process exits (never for an HTTP server, which has none).
+async fn exited(process: &mut Option<ServerProcess>) -> String {
+    match process.as_mut() {
+        Some(p) => match p.child.wait().await {
+            Ok(st) => format!("it exited ({st})"),
+            Err(e) => format!("waiting for it failed: {e}"),
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -334,13 +346,14 @@ impl Server {
                 }
                 Some(Ok(Ok(mut live))) => {
                     let ready_at = Instant::now();
-                    info!(server = %self.spec.name, pid = ?live.process.pid(), "MCP server ready");
+                    info!(
+                        server = %self.spec.name,
+                        pid = ?live.process.as_ref().and_then(ServerProcess::pid),
+                        "MCP server ready"
+                    );
                     let why = loop {
                         tokio::select! {
-                            status = live.process.child.wait() => break match status {
-                                Ok(st) => format!("it exited ({st})"),
-                                Err(e) => format!("waiting for it failed: {e}"),
-                            },
+                            reason = exited(&mut live.process) => break reason,
                             reason = &mut live.ended => break reason,
                             _ = tools_changed.notified() => {
                                 match tokio::time::timeout(self.spec.timeout, live.conn.list_tools()).await {
@@ -393,12 +406,53 @@ impl Server {
         }
     }
 
-    /// Spawns the process, initializes the connection and lists the tools.
+    /// Connects to an HTTP server and lists its tools.
+    async fn start_http(&self, url: &str, tools_changed: Arc<Notify>) -> Result<Live, String> {
+        let mut headers: Vec<(String, String)> = self
+            .spec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (header, var) in &self.spec.headers_env {
+            let value = crate::secrets::var(var).ok_or_else(|| {
+                format!(
+                    "header {header} needs the environment variable {var}, which is not set in \
+                     the daemon's environment"
+                )
+            })?;
+            headers.push((header.clone(), value));
+        }
+        let fail = |e: sdk::SdkError| format!("{e} ({})", self.spec.command_line());
+        let (conn, ended) = sdk::connect_http(url, &headers, tools_changed)
+            .await
+            .map_err(fail)?;
+        let tools = conn.list_tools().await.map_err(fail)?;
+        self.set_tools(&tools);
+        let info = conn.info.clone();
+        self.update(|s| {
+            s.phase = McpServerState::Ready;
+            s.conn = Some(conn.clone());
+            s.last_error = None;
+            s.info = info;
+        });
+        Ok(Live {
+            process: None,
+            conn,
+            ended,
+        })
+    }
+
+    /// Spawns the process (or connects, for an HTTP server), initializes the connection and
+    /// lists the tools.
     async fn start(
         &self,
         tracker: &TaskTracker,
         tools_changed: Arc<Notify>,
     ) -> Result<Live, String> {
+        if let Some(url) = &self.spec.url {
+            return self.start_http(url, tools_changed).await;
+        }
         let cwd = self.spec.cwd.clone().unwrap_or_else(home_dir);
         let spawned = process::spawn(&self.spec, &cwd, &self.key_vars)
             .map_err(|e| format!("cannot start `{}`: {e}", self.spec.command_line()))?;
@@ -432,9 +486,9 @@ impl Server {
                     s.info = info;
                 });
                 Ok(Live {
-                    process: proc,
+                    process: Some(proc),
                     conn,
-                    ended: Box::pin(ended),
+                    ended,
                 })
             }
             Err(e) => {
