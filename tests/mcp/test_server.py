@@ -6,6 +6,7 @@ Usage: test_server.py [serve|hang-init|http] STATE_DIR [PORT]
   serve      a normal server over stdio (default)
   hang-init  never answers `initialize` (it does not read stdin)
   http       a normal server over streamable HTTP at http://127.0.0.1:PORT/mcp
+  garbage    writes a line that is not JSON-RPC to stdout, then serves normally
 
 Every tool call that starts writes STATE_DIR/<tool>.started; a cancelled `slow` call writes
 STATE_DIR/slow.cancelled. Tests wait for those files with a deadline.
@@ -25,6 +26,10 @@ print(f"crush-test-server {mode} pid {os.getpid()}", file=sys.stderr, flush=True
 if mode == "hang-init":
     time.sleep(3600)
     sys.exit(0)
+
+if mode == "garbage":
+    sys.stdout.write("this is not JSON-RPC\n")
+    sys.stdout.flush()
 
 server = MCPServer("crush-test-server")
 
@@ -67,6 +72,19 @@ def header(name: str, ctx: Context) -> str:
     request = ctx.request_context.request
     value = request.headers.get(name) if request is not None else None
     return value if value is not None else "(none)"
+
+
+def extra() -> str:
+    """A tool added at run time by `grow`."""
+    return "extra"
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Adds the tool `extra` and tells the client its tool list changed."""
+    server.add_tool(extra)
+    await ctx.session.send_tool_list_changed()
+    return "grown"
 
 
 @server.tool()

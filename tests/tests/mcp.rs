@@ -728,3 +728,91 @@ async fn a_streamable_http_server_is_called_with_its_headers_and_secret_headers_
     let cfg = c.request("config/get", json!({})).await;
     assert!(!cfg.to_string().contains("s3cret-value"), "{cfg}");
 }
+
+/// A line that is not JSON-RPC on a server's stdout is skipped (the SDK's reading): the server
+/// keeps working, and so does everything else.
+#[tokio::test]
+async fn a_server_that_writes_a_garbage_line_keeps_working_and_so_do_the_others() {
+    let mut w = world_with("garbage", "10s", "10s").await;
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock.push(
+        Script::text("Trying.")
+            .tool_call("call_1", "mcp__t__echo", r#"{"text":"x"}"#)
+            .tool_call("call_2", "mcp__everything__echo", r#"{"message":"y"}"#),
+    );
+    w.mock.push(Script::text("Done."));
+    let run = send(&mut w.c, &w.session, "echo").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let results = w.mock.requests()[1].tool_results();
+    assert_eq!(results[0].1, "echo: x", "{results:?}");
+    assert_eq!(results[1].1, "Echo: y", "{results:?}");
+    assert_eq!(server_info(&mut w.c, "t").await["state"], "ready");
+}
+
+#[tokio::test]
+async fn a_server_that_will_not_start_is_failed_with_its_reason_and_the_run_completes() {
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    env.use_model_with(
+        &mock.base_url(),
+        "openai",
+        "[mcp.servers.gone]\ncommand = \"/nonexistent/mcp-server\"\nstartup_timeout = \"5s\"\n",
+    );
+    let _daemon = env.spawn_daemon(&[]);
+    let mut c = RawConn::initialized_as(&env.socket, "nvim").await;
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let session = yolo_session(&mut c, &project).await;
+    mock.push(Script::text("Trying.").tool_call("call_1", "mcp__gone__x", "{}"));
+    mock.push(Script::text("Down."));
+    let run = send(&mut c, &session, "x").await;
+    let done = c.run_complete(&run).await;
+    assert_eq!(done["text"], "Down.", "{done}");
+    let out = &mock.requests()[1].tool_results()[0].1;
+    assert!(out.contains("MCP server gone"), "{out}");
+    let s = server_info(&mut c, "gone").await;
+    let err = s["lastError"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("/nonexistent/mcp-server") && err.contains("No such file"),
+        "the reason names the program and the error: {s}"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_list_change_reaches_the_next_turn() {
+    let mut w = world("serve", "10s").await;
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock
+        .push(Script::text("Growing.").tool_call("call_1", "mcp__t__grow", "{}"));
+    w.mock.push(Script::text("Grown."));
+    let run = send(&mut w.c, &w.session, "grow").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Grown.", "{done}");
+    assert!(
+        !w.mock.requests()[0]
+            .tool_names()
+            .contains(&"mcp__t__extra".to_owned())
+    );
+    wait_server(&mut w.c, "t", "listing extra", |s| {
+        s["tools"].as_array().unwrap().iter().any(|t| t == "extra")
+    })
+    .await;
+    w.mock
+        .push(Script::text("Extra.").tool_call("call_2", "mcp__t__extra", "{}"));
+    w.mock.push(Script::text("Done."));
+    let run = send(&mut w.c, &w.session, "extra").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let reqs = w.mock.requests();
+    assert!(reqs[2].tool_names().contains(&"mcp__t__extra".to_owned()));
+    assert_eq!(reqs[3].tool_results().last().unwrap().1, "extra");
+}
