@@ -75,6 +75,12 @@ settings! {
         /// Percent of the model's context window past which a request is compacted before it
         /// is sent (10–100).
         compact_threshold: u32 = 80, "compactThreshold";
+        /// The model that summarises older messages when a session is compacted
+        /// (`<provider>/<model>`, e.g. a smaller, cheaper one); unset: the session's own.
+        compact_model: Option<String> = None, "compactModel";
+        /// A model that writes a short title for a new session after its first turn, in the
+        /// background (`<provider>/<model>`); unset: the title is the first prompt's first line.
+        title_model: Option<String> = None, "titleModel";
     }
 }
 

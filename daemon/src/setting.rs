@@ -105,6 +105,25 @@ impl Setting for PathBuf {
     }
 }
 
+/// A model name (`<provider>/<model>`); `None` when unset (the file has no empty value for it).
+impl Setting for Option<String> {
+    type File = String;
+    fn from_file(file: String) -> Self {
+        Some(file.trim().to_owned()).filter(|n| !n.is_empty())
+    }
+    fn to_json(&self) -> Value {
+        self.clone().map_or(Value::Null, Value::from)
+    }
+    #[cfg(test)]
+    fn to_toml(&self) -> String {
+        format!("{:?}", self.clone().unwrap_or_default())
+    }
+    #[cfg(test)]
+    fn changed(&self) -> Self {
+        Some(format!("{}changed/model", self.clone().unwrap_or_default()))
+    }
+}
+
 /// Declares one section of settings. Each row is
 /// `/// doc` `key: Type = default, "configGetName";` and generates:
 /// - `$Settings`: the effective values (`Default` from the rows' defaults);

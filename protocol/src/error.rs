@@ -49,6 +49,9 @@ pub enum ErrorCode {
     StorageFailed = -32020,
     /// No usable model is configured (or the requested one is unknown or lacks its API key).
     ModelNotConfigured = -32030,
+    /// A model call the request needed failed (the provider's error is in the message); a
+    /// `session/compact` whose summary could not be written.
+    ModelFailed = -32031,
     /// No MCP server has the given name (`mcp/restart`).
     McpServerNotFound = -32040,
     /// The MCP server is disabled in the config file (`mcp/restart`).
@@ -78,6 +81,7 @@ impl ErrorCode {
         (ErrorCode::PermissionResolved, "PermissionResolved"),
         (ErrorCode::StorageFailed, "StorageFailed"),
         (ErrorCode::ModelNotConfigured, "ModelNotConfigured"),
+        (ErrorCode::ModelFailed, "ModelFailed"),
         (ErrorCode::McpServerNotFound, "McpServerNotFound"),
         (ErrorCode::McpServerDisabled, "McpServerDisabled"),
     ];

@@ -240,6 +240,9 @@ client_requests! {
     SessionRename = "session/rename" (SessionRenameParams) -> SessionInfo;
     /// Delete a session with its messages and runs.
     SessionDelete = "session/delete" (SessionRef) -> SessionDeleteResult;
+    /// Summarise an idle session's older messages now (the model writes the summary; the
+    /// messages stay stored). Busy sessions get `RunsActive`.
+    SessionCompact = "session/compact" (SessionRef) -> SessionCompactResult;
     /// A page of a session's messages, oldest first within the page.
     SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult [resend];
     /// A run's state: live from memory while it is queued or running, else as persisted (also
@@ -747,6 +750,24 @@ pub struct SessionDeleteResult {
     pub deleted: bool,
 }
 
+/// What `session/compact` did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCompactResult {
+    /// Whether a summary was written; `false` when nothing is old enough to summarise (the
+    /// session's first prompt and its latest turn are always kept as they are).
+    pub compacted: bool,
+    /// The `system` message holding the `summary` part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_message_id: Option<String>,
+    /// Stored messages the summary replaces in what the model is shown.
+    pub messages: u32,
+    /// The daemon's count of the conversation the model would be shown, before and after.
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+}
+
 /// Default and maximum page size of `session/messages`.
 pub const DEFAULT_MESSAGE_PAGE: u32 = 100;
 pub const MAX_MESSAGE_PAGE: u32 = 1000;
@@ -1246,10 +1267,13 @@ pub enum SessionEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metadata: Option<serde_json::Value>,
     },
-    /// The next model request was compacted to fit the model's context window. Only the
-    /// request: the stored messages are untouched. `fromMessageId`..`toMessageId` is the range of
-    /// stored messages it changed; `stubbed` tool outputs were replaced by a one-line stub and
-    /// `dropped` messages left out. Token counts are the daemon's estimate of the request.
+    /// What the model is shown of the session was compacted to fit its context window; the
+    /// stored messages are untouched. `fromMessageId`..`toMessageId` is the range of stored
+    /// messages it changed. With `summaryMessageId` the model wrote a summary of that range
+    /// (a new `system` message with a `summary` part) that it is shown from now on in place of
+    /// the range; without it, only the next request was compacted: `stubbed` tool outputs
+    /// replaced by a one-line stub and `dropped` messages left out. Token counts are the
+    /// daemon's estimate of the request.
     #[serde(rename_all = "camelCase")]
     Compacted {
         from_message_id: String,
@@ -1258,6 +1282,8 @@ pub enum SessionEvent {
         tokens_after: u64,
         stubbed: u32,
         dropped: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary_message_id: Option<String>,
     },
     /// A message is final; `finishReason` as in `session/messages`.
     #[serde(rename_all = "camelCase")]

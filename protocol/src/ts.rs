@@ -73,6 +73,7 @@ pub fn typescript() -> String {
         Usage,
         SessionListResult,
         SessionDeleteResult,
+        SessionCompactResult,
         SessionMessagesParams,
         MessageInfo,
         SessionMessagesResult,

@@ -258,6 +258,16 @@ pub enum Part {
         #[cfg_attr(feature = "ts", ts(optional))]
         mime_type: Option<String>,
     },
+    /// A summary the model wrote of older messages to fit its context window (stored as a
+    /// `system` message of its own): the model is shown it in place of the messages from
+    /// `fromMessageId` to `toMessageId`, which stay stored as they were.
+    Summary {
+        text: String,
+        from_message_id: String,
+        to_message_id: String,
+        /// How many stored messages it replaces.
+        messages: u32,
+    },
     /// A part this version does not know (a newer daemon's, or a shape none of the above
     /// matches exactly), kept as it was so that it is passed on, and written back, unchanged.
     #[cfg_attr(feature = "ts", ts(skip))]
@@ -340,6 +350,12 @@ impl<'a> Fields<'a> {
         }
     }
 
+    fn u32(&mut self, key: &str) -> Option<u32> {
+        let n = u32::try_from(self.map.get(key)?.as_u64()?).ok()?;
+        self.taken += 1;
+        Some(n)
+    }
+
     /// `Some(None)` when absent; `None` when present with another type than a string.
     fn optional_string(&mut self, key: &str) -> Option<Option<String>> {
         match self.map.get(key) {
@@ -389,6 +405,12 @@ impl<'a> Fields<'a> {
                 is_error: self.optional_bool("isError")?,
                 metadata: self.optional_value("metadata"),
             },
+            "summary" => Part::Summary {
+                text: self.string("text")?,
+                from_message_id: self.string("fromMessageId")?,
+                to_message_id: self.string("toMessageId")?,
+                messages: self.u32("messages")?,
+            },
             "attachment" => Part::Attachment {
                 text: self.string("text")?,
                 name: self.optional_string("name")?,
@@ -414,6 +436,7 @@ impl Serialize for Part {
                 ("reasoning", 2 + usize::from(signature.is_some()))
             }
             Part::ToolCall { .. } => ("toolCall", 4),
+            Part::Summary { .. } => ("summary", 5),
             Part::ToolResult {
                 is_error, metadata, ..
             } => (
@@ -446,6 +469,17 @@ impl Serialize for Part {
                 map.serialize_entry("id", id)?;
                 map.serialize_entry("input", input)?;
                 map.serialize_entry("name", name)?;
+            }
+            Part::Summary {
+                text,
+                from_message_id,
+                to_message_id,
+                messages,
+            } => {
+                map.serialize_entry("fromMessageId", from_message_id)?;
+                map.serialize_entry("messages", messages)?;
+                map.serialize_entry("text", text)?;
+                map.serialize_entry("toMessageId", to_message_id)?;
             }
             Part::ToolResult {
                 tool_call_id,
@@ -690,6 +724,17 @@ mod tests {
                 },
                 json!({"type": "attachment", "text": "body"}),
                 r#"{"text":"body","type":"attachment"}"#,
+            ),
+            (
+                Part::Summary {
+                    text: "The user asked for x.".into(),
+                    from_message_id: "m2".into(),
+                    to_message_id: "m9".into(),
+                    messages: 8,
+                },
+                json!({"type": "summary", "text": "The user asked for x.", "fromMessageId": "m2",
+                       "toMessageId": "m9", "messages": 8}),
+                r#"{"fromMessageId":"m2","messages":8,"text":"The user asked for x.","toMessageId":"m9","type":"summary"}"#,
             ),
         ]
     }

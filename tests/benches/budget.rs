@@ -3,9 +3,12 @@
 //! runs the same 200-turn session twice — each turn a ~220-token prompt, a `view` of a file
 //! (~450 tokens of output) and an answer — once on a model with an 8,000-token window (the budget
 //! compacts) and once on one with a 10M-token window (nothing is ever compacted: what every
-//! request would be without a budget). It prints the request size per turn for both, the turn
-//! time (send → `$/runComplete`) for both, and the tokenizer's cost per request: building the
-//! o200k encoding once, and counting a request with it and with the estimate.
+//! request would be without a budget). The mock answers the daemon's summary requests at once
+//! with a short summary. It prints the request size per turn for both, how many summaries were
+//! written and how many model calls each took, the turn time (send → `$/runComplete`) for both
+//! and, on the budgeted model, for turns with and without a summary (what a summary adds to its
+//! step besides the model's own time), and the tokenizer's cost per request: building the o200k
+//! encoding once, and counting a request with it and with the estimate.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p crush-tests --bench budget`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -45,14 +48,18 @@ mod bench {
         id
     }
 
-    /// Runs the session; returns each turn's time and its requests' token counts.
-    async fn long_session(
-        c: &mut RawConn,
-        mock: &MockLlm,
-        session: &str,
-    ) -> (Vec<Duration>, Vec<Vec<u64>>) {
-        let mut times = Vec::new();
-        let mut sizes = Vec::new();
+    /// One turn as measured.
+    struct Turn {
+        time: Duration,
+        /// Token counts of the turn's step requests.
+        sizes: Vec<u64>,
+        /// Summary requests the turn made.
+        summary_calls: usize,
+    }
+
+    /// Runs the session; returns each turn.
+    async fn long_session(c: &mut RawConn, mock: &MockLlm, session: &str) -> Vec<Turn> {
+        let mut turns = Vec::new();
         for i in 0..TURNS {
             let first = mock.requests().len();
             mock.push(Script::default().tool_call(
@@ -74,12 +81,20 @@ mod bench {
                 .await;
             let run = r["result"]["runId"].as_str().unwrap().to_owned();
             let done = c.run_complete(&run).await;
-            times.push(t.elapsed());
+            let time = t.elapsed();
             assert!(done.get("error").is_none(), "turn {i}: {done}");
             let reqs: Vec<RecordedRequest> = mock.requests()[first..].to_vec();
-            sizes.push(reqs.iter().map(|r| r.tokens.unwrap_or(0)).collect());
+            turns.push(Turn {
+                time,
+                sizes: reqs
+                    .iter()
+                    .filter(|r| !r.summary)
+                    .map(|r| r.tokens.unwrap_or(0))
+                    .collect(),
+                summary_calls: reqs.iter().filter(|r| r.summary).count(),
+            });
         }
-        (times, sizes)
+        turns
     }
 
     fn ms(d: Duration) -> String {
@@ -127,6 +142,7 @@ mod bench {
             let mock = MockLlm::start().await;
             // Counting on, never refusing: the budgeted session must fit by itself.
             mock.set_context_window(Some(u64::MAX / 4));
+            mock.answer_summaries();
             env.use_model_with(
                 &mock.base_url(),
                 "openai",
@@ -146,22 +162,28 @@ mod bench {
             println!("crushd pid {} (release build expected), {TURNS} turns", daemon.pid());
 
             let s = session(&mut c, &workspace, "mock/mock-8k").await;
-            let (mut t_budget, with) = long_session(&mut c, &mock, &s).await;
+            let with = long_session(&mut c, &mock, &s).await;
             let last_budgeted = mock.requests().last().unwrap().body.clone();
             let s = session(&mut c, &workspace, "mock/mock-huge").await;
-            let (mut t_none, without) = long_session(&mut c, &mock, &s).await;
+            let without = long_session(&mut c, &mock, &s).await;
             let last_unbudgeted = mock.requests().last().unwrap().body.clone();
+            let mut t_budget: Vec<Duration> = with.iter().map(|t| t.time).collect();
+            let mut t_none: Vec<Duration> = without.iter().map(|t| t.time).collect();
+            let mut t_summary: Vec<Duration> =
+                with.iter().filter(|t| t.summary_calls > 0).map(|t| t.time).collect();
+            let mut t_plain: Vec<Duration> =
+                with.iter().filter(|t| t.summary_calls == 0).map(|t| t.time).collect();
 
             println!("\n| turn | with budget (8k window): tokens of the turn's last request | without budget |");
             println!("|---|---|---|");
             for &i in SHOWN {
                 println!(
                     "| {i} | {} | {} |",
-                    with[i - 1].last().unwrap(),
-                    without[i - 1].last().unwrap()
+                    with[i - 1].sizes.last().unwrap(),
+                    without[i - 1].sizes.last().unwrap()
                 );
             }
-            let peak = with.iter().flatten().max().unwrap();
+            let peak = with.iter().flat_map(|t| &t.sizes).max().unwrap();
             println!("\npeak request with budget: {peak} tokens (hard limit 8000 − 500 − 800 = 6700)");
             let compacted = c
                 .kept()
@@ -169,6 +191,25 @@ mod bench {
                 .filter(|m| m["params"]["kind"] == "compacted")
                 .count();
             println!("compacted events: {compacted}");
+            let summaries = c
+                .kept()
+                .iter()
+                .filter(|m| m["params"]["kind"] == "compacted" && m["params"]["summaryMessageId"].is_string())
+                .count();
+            let calls: usize = with.iter().map(|t| t.summary_calls).sum();
+            println!(
+                "summaries written: {summaries} ({calls} model calls; turns with one: {})",
+                t_summary.len()
+            );
+            if !t_summary.is_empty() {
+                println!(
+                    "budgeted turn time p50/p99: with a summary {} / {}, without {} / {}",
+                    ms(pct(&mut t_summary, 0.5)),
+                    ms(pct(&mut t_summary, 0.99)),
+                    ms(pct(&mut t_plain, 0.5)),
+                    ms(pct(&mut t_plain, 0.99))
+                );
+            }
             println!(
                 "turn time p50/p99: with budget {} / {}, without {} / {}",
                 ms(pct(&mut t_budget, 0.5)),

@@ -67,6 +67,8 @@ impl MockLlm {
                 window: None,
                 overflows: 0,
                 force_overflows: 0,
+                summaries: None,
+                fail_summaries: false,
             }),
             changed: Notify::new(),
         });
@@ -106,6 +108,28 @@ impl MockLlm {
     /// reports its counted prompt tokens as its usage.
     pub fn set_context_window(&self, window: Option<u64>) {
         self.shared.update(|s| s.window = window);
+    }
+
+    /// Answers every request that offers no tools — what the daemon sends to have older
+    /// messages summarised — with a short summary of its own (`SUMMARY-<k>: …`, naming how
+    /// many user messages it read and the start of the first), like a model would, without
+    /// consuming a script. Such requests are marked [`RecordedRequest::summary`].
+    pub fn answer_summaries(&self) {
+        self.shared.update(|s| s.summaries = Some(0));
+    }
+
+    /// Like [`MockLlm::answer_summaries`], but every summary request is answered with an
+    /// HTTP 500 error, as a failing provider would.
+    pub fn fail_summaries(&self) {
+        self.shared.update(|s| {
+            s.summaries = Some(0);
+            s.fail_summaries = true;
+        });
+    }
+
+    /// How many requests were answered as summaries.
+    pub fn summaries(&self) -> usize {
+        self.shared.lock().summaries.unwrap_or(0)
     }
 
     /// Refuses the next `n` requests with the provider's overflow answer whatever their size.
@@ -237,6 +261,30 @@ impl Drop for MockLlm {
     }
 }
 
+/// The mock's summary of a summary request: which one it is, how many user messages of the
+/// conversation it was given (`User: ` lines of the daemon's transcript), and the first one's
+/// start.
+fn summary_of(request: &RecordedRequest, k: usize) -> String {
+    let text: String = request
+        .messages()
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let users: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("User: "))
+        .collect();
+    let first: String = users
+        .first()
+        .map(|u| u.chars().take(60).collect())
+        .unwrap_or_default();
+    format!(
+        "SUMMARY-{k}: the user sent {} messages here, the first began {first:?}.",
+        users.len()
+    )
+}
+
 /// One model request (either dialect) as the mock received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -252,6 +300,8 @@ pub struct RecordedRequest {
     pub index: usize,
     /// Its prompt tokens, counted when the mock enforces a context window.
     pub tokens: Option<u64>,
+    /// Answered as a summary request ([`MockLlm::answer_summaries`]).
+    pub summary: bool,
 }
 
 impl RecordedRequest {
@@ -775,6 +825,10 @@ struct State {
     overflows: usize,
     /// The next requests to refuse as too long whatever their size.
     force_overflows: usize,
+    /// Summaries written, when tool-less requests are answered as summary requests.
+    summaries: Option<usize>,
+    /// Summary requests get an error ([`MockLlm::fail_summaries`]).
+    fail_summaries: bool,
 }
 
 impl Shared {
@@ -1071,6 +1125,12 @@ impl Connection {
                 }),
                 _ => None,
             };
+            let summary = s.summaries.is_some()
+                && parsed.as_ref().is_ok_and(|b| {
+                    b.get("tools")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty)
+                });
             s.requests.push(RecordedRequest {
                 method: request.method.clone(),
                 path: request.target.clone(),
@@ -1078,6 +1138,7 @@ impl Connection {
                 body: parsed.as_ref().cloned().unwrap_or(Value::Null),
                 index,
                 tokens,
+                summary,
             });
             let cap = parsed.as_ref().map_or(0, crate::mock_window::max_output);
             let over = match (tokens, s.window) {
@@ -1094,7 +1155,17 @@ impl Connection {
             }
             // Only a request the mock can answer consumes a script.
             let script = (is_post && parsed.is_ok()).then(|| {
-                let mut script = s.queue.pop_front().unwrap_or_else(|| s.default.clone());
+                let mut script = if summary {
+                    let k = s.summaries.unwrap_or(0) + 1;
+                    s.summaries = Some(k);
+                    if s.fail_summaries {
+                        Script::error(500, "mock: the summary failed")
+                    } else {
+                        Script::text(&summary_of(&s.requests[index], k))
+                    }
+                } else {
+                    s.queue.pop_front().unwrap_or_else(|| s.default.clone())
+                };
                 if let Some(t) = tokens {
                     script.usage = Some((t, script.usage.map_or(0, |u| u.1)));
                 }

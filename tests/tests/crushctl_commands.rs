@@ -305,3 +305,46 @@ async fn session_ids_can_be_shortened_to_a_unique_prefix() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["sessionId"], ids[1].as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_summarises_the_latest_session_and_show_marks_the_summary() {
+    let w = world().await;
+    w.mock.answer_summaries();
+    // Too little to compact yet: the first prompt and one more turn are kept as they are.
+    w.mock.push(Script::text("one"));
+    w.ok(&["run", "first prompt"]);
+    w.mock.push(Script::text("two"));
+    w.ok(&["run", "-c", "second prompt"]);
+    let out = w.ok(&["compact"]);
+    assert!(out.starts_with("nothing to compact in session "), "{out}");
+    for (i, answer) in ["three", "four"].iter().enumerate() {
+        w.mock.push(Script::text(answer));
+        w.ok(&["run", "-c", &format!("prompt {}", i + 3)]);
+    }
+    let out = w.ok(&["compact"]);
+    assert!(
+        out.starts_with("summarised 5 older messages of session "),
+        "{out}"
+    );
+    assert_eq!(w.mock.summaries(), 1);
+    let session = json_lines(&w.ok(&["sessions", "--json"]))[0]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown = w.ok(&["sessions", "show", &session]);
+    assert!(
+        shown.contains("≡ 5 older messages summarised to fit the context window"),
+        "{shown}"
+    );
+    // Every prompt is still there.
+    for p in ["first prompt", "second prompt", "prompt 3", "prompt 4"] {
+        assert!(shown.contains(p), "{shown}");
+    }
+    // --json, by session id; nothing new since the summary but the latest turn.
+    let r = json_lines(&w.ok(&["compact", &session, "--json"]));
+    assert_eq!(r[0]["compacted"], false, "{r:?}");
+    assert_eq!(r[0]["sessionId"], session.as_str());
+    // An unknown session is a usage error.
+    let out = w.ctl().args(["compact", "no-such"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

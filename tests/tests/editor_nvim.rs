@@ -273,6 +273,8 @@ async fn nvim_chat_streaming_history_cancel_and_commands() {
     mock.push(Script::chunks(40).chunk_delay(Duration::from_millis(15)));
     mock.push(Script::hanging(vec!["partial".into(), " text".into()]));
     mock.push(Script::hanging(vec!["busy".into()]));
+    // `:Crush compact` has the model write a summary.
+    mock.answer_summaries();
     let _daemon = env.spawn_daemon(&[]);
     let nvim = spawn_nvim(&env, "chat", &project, &[]);
     nvim.finish().await;

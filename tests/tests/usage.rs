@@ -284,6 +284,51 @@ async fn an_untitled_session_takes_its_first_prompt_and_subscribers_hear_every_c
     assert_eq!(s["result"]["model"], "echo");
 }
 
+/// With `[agent] title_model`, that model names the session after its first turn, in the
+/// background: the prompt's line first, then the model's title, each announced.
+#[tokio::test]
+async fn a_title_model_names_the_session_after_its_first_turn() {
+    let mut w = world("openai", "[agent]\ntitle_model = \"mock/titler\"\n").await;
+    w.mock.push(Script::text("Here is the fix."));
+    w.mock
+        .push(Script::text("\"Parser fixes.\"\nignored second line"));
+    let done = run(&mut w.c, &w.session, "fix the parser\nplease").await;
+    assert!(done.get("error").is_none(), "{done}");
+    let named =
+        w.c.wait_for("the model's title", |m| {
+            m["params"]["kind"] == "sessionUpdated" && m["params"]["title"] == "Parser fixes"
+        })
+        .await;
+    assert!(named["params"].get("runId").is_none(), "{named}");
+    let titles: Vec<Value> =
+        w.c.kept()
+            .into_iter()
+            .filter(|m| m["params"]["kind"] == "sessionUpdated")
+            .map(|m| m["params"]["title"].clone())
+            .collect();
+    // (The awaited event left the backlog; the prompt's title came before it.)
+    assert_eq!(titles, [json!("fix the parser")]);
+    let s =
+        w.c.request("session/get", json!({"sessionId": w.session}))
+            .await;
+    assert_eq!(s["result"]["title"], "Parser fixes");
+    // The title request: the title model, no tools, the prompt and the answer.
+    let requests = w.mock.requests();
+    assert_eq!(requests.len(), 2);
+    let asked = &requests[1];
+    assert_eq!(asked.model(), Some("titler"));
+    assert!(asked.tool_names().is_empty());
+    let text = asked.messages().last().unwrap().1.clone();
+    assert!(
+        text.contains("fix the parser\nplease") && text.contains("Here is the fix."),
+        "{text}"
+    );
+    // Later turns do not ask again.
+    w.mock.push(Script::text("ok"));
+    run(&mut w.c, &w.session, "and the tests").await;
+    assert_eq!(w.mock.requests().len(), 3);
+}
+
 /// A session created with a title keeps it: no event, the prompt does not replace it.
 #[tokio::test]
 async fn a_title_given_at_creation_is_kept() {

@@ -221,6 +221,58 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     fn stream(&self, request: TurnRequest, cancel: CancellationToken) -> EventStream;
 }
 
+/// How a one-shot text call ([`complete`]) ended without its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallError {
+    Cancelled,
+    Failed(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Cancelled => f.write_str("cancelled"),
+            CallError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One model call for its text alone (a summary, a title): the deltas collected, reasoning and
+/// tool calls ignored, no retry. Returns the trimmed text (never empty) and the call's usage.
+pub(crate) async fn complete(
+    model: &dyn Model,
+    request: TurnRequest,
+    cancel: &CancellationToken,
+) -> Result<(String, Usage), CallError> {
+    use futures::StreamExt;
+    let mut stream = model.stream(request, cancel.clone());
+    let mut text = String::new();
+    let usage = loop {
+        let event = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(CallError::Cancelled),
+            ev = stream.next() => ev,
+        };
+        match event {
+            Some(ModelEvent::TextDelta(t)) => text.push_str(&t),
+            Some(ModelEvent::Finish { usage, .. }) => break usage,
+            Some(ModelEvent::Error(e)) => return Err(CallError::Failed(e.message)),
+            Some(_) => {}
+            None if cancel.is_cancelled() => return Err(CallError::Cancelled),
+            None => {
+                return Err(CallError::Failed(
+                    "the model's stream ended without finishing".into(),
+                ));
+            }
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(CallError::Failed("the model answered with no text".into()));
+    }
+    Ok((text.to_owned(), usage))
+}
+
 /// The built-in diagnostic provider's id (and its one model's id).
 pub(crate) const ECHO: &str = "echo";
 

@@ -79,6 +79,7 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         SessionRename(p) => session::rename(c, p).await,
         SessionDelete(p) => session::delete(c, p).await,
         SessionMessages(p) => session::messages(c, p).await,
+        SessionCompact(p) => session::compact(c, p).await,
         SessionSetModel(p) => session::set_model(c, p).await,
         SessionSetYolo(p) => session::set_yolo(c, p).await,
         AgentSend(p) => agent::send(c, p).await,

@@ -1,11 +1,11 @@
 //! The session methods that read or change its row: `session/create`, `list`, `get`, `rename`,
-//! `delete`, `messages`, `setModel`, `setYolo`.
+//! `delete`, `messages`, `setModel`, `setYolo`; and `session/compact`, which writes a summary.
 
 use crush_protocol::{
-    DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCreateParams,
-    SessionDeleteResult, SessionInfo, SessionListParams, SessionListResult, SessionMessagesParams,
-    SessionMessagesResult, SessionRef, SessionRenameParams, SessionSetModelParams,
-    SessionSetYoloParams, SessionSetYoloResult,
+    DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCompactResult,
+    SessionCreateParams, SessionDeleteResult, SessionInfo, SessionListParams, SessionListResult,
+    SessionMessagesParams, SessionMessagesResult, SessionRef, SessionRenameParams,
+    SessionSetModelParams, SessionSetYoloParams, SessionSetYoloResult,
 };
 use serde_json::Value;
 
@@ -57,6 +57,13 @@ pub(super) async fn list(
     Ok(SessionListResult {
         sessions: rows.into_iter().map(session_info).collect(),
     })
+}
+
+pub(super) async fn compact(
+    ctx: &RequestCtx,
+    p: SessionRef,
+) -> Result<SessionCompactResult, RpcError> {
+    ctx.daemon.runtime.compact(&p.session_id).await
 }
 
 pub(super) async fn get(ctx: &RequestCtx, p: SessionRef) -> Result<SessionInfo, RpcError> {

@@ -7,10 +7,13 @@
 //! 1. old tool outputs become a one-line stub naming the tool, its input and the stored message
 //!    (and a tool call's large input, a `write` of a whole file, a stub naming the message);
 //! 2. if that is not enough, the oldest turns are left out — never the session's first user
-//!    message (the user's instructions), never the two latest turns;
+//!    message (the user's instructions), never a model-written summary of older turns, never
+//!    the two latest turns (before this, the step has the older turns summarised: `older` and
+//!    `summarize` here, the model call in `summary.rs`, so this step only leaves out what came
+//!    after a summary, or everything old when summarising failed);
 //! 3. if the request is still over the window, the previous turn goes too and the current
 //!    turn's earlier tool outputs are stubbed; the latest step's results are always kept;
-//! 4. past that the request cannot fit: the step fails with `TooLarge`, once.
+//! 4. then the summary; past that the request cannot fit: the step fails with `TooLarge`, once.
 //!
 //! The stored messages are never touched. Counts are the model's tokenizer or the estimate
 //! (`model::tokens`), scaled by the session's correction factor, learnt from the provider's
@@ -49,6 +52,8 @@ pub(super) struct Entry {
     turn: usize,
     pub(super) msg: ChatMessage,
     tokens: u64,
+    /// A model-written summary: how many stored messages it stands for.
+    summary: Option<u32>,
 }
 
 /// The conversation a turn sends, growing as the turn goes.
@@ -104,7 +109,7 @@ impl Budget {
     }
 
     /// The size past which a request is compacted, and down to which it is compacted.
-    fn target(&self) -> u64 {
+    pub(super) fn target(&self) -> u64 {
         (self.window / 100 * u64::from(self.threshold_percent)).min(self.hard())
     }
 }
@@ -127,6 +132,18 @@ pub(super) struct Compaction {
     pub(super) tokens_after: u64,
     pub(super) stubbed: u32,
     pub(super) dropped: u32,
+}
+
+/// The older part of a conversation, as a summary would replace it.
+#[derive(Debug, Clone)]
+pub(super) struct Older {
+    range: std::ops::Range<usize>,
+    pub(super) from_message_id: String,
+    pub(super) to_message_id: String,
+    /// Stored messages it stands for (a previous summary counts the messages it replaced).
+    pub(super) messages: u32,
+    /// The messages as the model is shown them, each marked when it is a previous summary.
+    pub(super) shown: Vec<(ChatMessage, bool)>,
 }
 
 /// A request that cannot fit whatever is left out.
@@ -230,11 +247,21 @@ impl Conversation {
     /// Appends a message; a user message starts a turn. `first` marks the session's first
     /// user message.
     pub(super) fn push(&mut self, source: &str, msg: ChatMessage, first: bool) {
-        if matches!(msg, ChatMessage::User { .. }) {
-            self.turns += 1;
-        }
         if first {
             self.first = Some(self.entries.len());
+        }
+        self.push_entry(source, msg, None);
+    }
+
+    /// Appends a model-written summary standing for `messages` stored messages (shown as a
+    /// user message: a turn of its own).
+    pub(super) fn push_summary(&mut self, source: &str, msg: ChatMessage, messages: u32) {
+        self.push_entry(source, msg, Some(messages));
+    }
+
+    fn push_entry(&mut self, source: &str, msg: ChatMessage, summary: Option<u32>) {
+        if matches!(msg, ChatMessage::User { .. }) {
+            self.turns += 1;
         }
         let tokens = self.counter.message(&msg);
         self.entries.push(Entry {
@@ -242,7 +269,106 @@ impl Conversation {
             turn: self.turns,
             msg,
             tokens,
+            summary,
         });
+    }
+
+    /// How many tokens of recent turns a summary leaves as they are: half of what the
+    /// threshold leaves once the preamble, the first instruction and a summary are counted, so
+    /// that a summary buys room for several turns before the next one.
+    pub(super) fn recent_room(&self, limits: &Budget, preamble: u64) -> u64 {
+        let first = self.first.map_or(0, |i| self.entries[i].tokens);
+        let summary = super::summary::summary_tokens(limits.window);
+        limits
+            .target()
+            .saturating_sub(preamble + PER_REQUEST + first + summary)
+            / 2
+    }
+
+    /// The older part of the conversation a summary would replace: everything after the
+    /// session's first instruction up to the latest turns, which are kept as they are — at
+    /// least `min_turns`, and more while they fit `room` tokens. `None` when that part holds
+    /// no whole turn (only the first prompt's answer, or only a previous summary).
+    pub(super) fn older(&self, min_turns: usize, room: u64) -> Option<Older> {
+        let start = self.first.map_or(0, |f| f + 1);
+        let mut kept_from = self.turns.saturating_sub(min_turns) + 1;
+        let turn_tokens = |t: usize| -> u64 {
+            self.entries
+                .iter()
+                .filter(|e| e.turn == t)
+                .map(|e| e.tokens)
+                .sum()
+        };
+        let mut kept: u64 = (kept_from..=self.turns).map(turn_tokens).sum();
+        while kept_from > 1 {
+            let more = turn_tokens(kept_from - 1);
+            if kept + more > room {
+                break;
+            }
+            kept += more;
+            kept_from -= 1;
+        }
+        let end = self
+            .entries
+            .iter()
+            .position(|e| e.turn >= kept_from)
+            .unwrap_or(self.entries.len())
+            .max(start);
+        let entries = &self.entries[start..end];
+        // Worth a model call only with a whole turn in it (not only the first prompt's answer,
+        // or a previous summary).
+        let whole_turn = entries
+            .iter()
+            .any(|e| e.summary.is_none() && matches!(e.msg, ChatMessage::User { .. }));
+        if !whole_turn {
+            return None;
+        }
+        let (from, to) = (entries.first()?, entries.last()?);
+        // Each stored message once; a previous summary counts the messages it stands for.
+        let mut sources = BTreeSet::new();
+        let mut messages = 0u32;
+        for e in entries {
+            if sources.insert(e.source.as_str()) {
+                messages += e.summary.unwrap_or(1);
+            }
+        }
+        Some(Older {
+            range: start..end,
+            from_message_id: from.source.clone(),
+            to_message_id: to.source.clone(),
+            messages,
+            shown: entries
+                .iter()
+                .map(|e| (e.msg.clone(), e.summary.is_some()))
+                .collect(),
+        })
+    }
+
+    /// Shows `summary` (a user message, stored as `source`) in place of `older`'s entries.
+    pub(super) fn summarize(&mut self, older: &Older, source: &str, summary: ChatMessage) {
+        let tokens = self.counter.message(&summary);
+        let entry = Entry {
+            source: source.to_owned(),
+            turn: 0,
+            msg: summary,
+            tokens,
+            summary: Some(older.messages),
+        };
+        self.entries.splice(older.range.clone(), [entry]);
+        // Turn numbers follow from the user messages, the summary's own included.
+        self.turns = 0;
+        for e in &mut self.entries {
+            if matches!(e.msg, ChatMessage::User { .. }) {
+                self.turns += 1;
+            }
+            e.turn = self.turns;
+        }
+    }
+
+    /// Tokens of the whole conversation with `preamble` and the framing, uncompacted and
+    /// uncorrected.
+    pub(super) fn request_tokens(&self, preamble: u64) -> u64 {
+        preamble + PER_REQUEST + self.entries.iter().map(|e| e.tokens).sum::<u64>()
     }
 
     /// Tokens of the whole conversation as it is (before any compaction or correction).
@@ -334,6 +460,14 @@ impl Conversation {
             for i in 0..latest.unwrap_or(0) {
                 if self.entries[i].turn == last && !fits(&slots, hard) {
                     self.stub(i, &inputs, &mut slots);
+                }
+            }
+        }
+        // 4. Last, the summary of the older turns.
+        if !fits(&slots, hard) {
+            for (i, e) in self.entries.iter().enumerate() {
+                if e.summary.is_some() {
+                    slots[i] = Slot::Drop;
                 }
             }
         }
@@ -472,7 +606,7 @@ impl Conversation {
     /// Leaves turn `t` out, except the session's first user message.
     fn drop_turn(&self, t: usize, slots: &mut [Slot]) {
         for (i, e) in self.entries.iter().enumerate() {
-            if e.turn == t && Some(i) != self.first {
+            if e.turn == t && Some(i) != self.first && e.summary.is_none() {
                 slots[i] = Slot::Drop;
             }
         }

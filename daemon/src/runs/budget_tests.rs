@@ -182,3 +182,84 @@ fn a_huge_tool_call_input_is_stubbed_and_its_result_still_pairs_with_it() {
         matches!(&a.messages[2], ChatMessage::ToolResult { call_id, is_error: true, .. } if call_id == "call_big")
     );
 }
+
+#[test]
+fn the_older_part_is_everything_between_the_first_instruction_and_the_kept_turns() {
+    let c = session(5);
+    let older = c.older(KEEP_TURNS, 0).unwrap();
+    // Turn 0's user message is the first instruction: kept. Its call, result and answer and
+    // turns 1 and 2 are older; turns 3 and 4 are kept.
+    assert_eq!(older.from_message_id, "a0");
+    assert_eq!(older.to_message_id, "b2");
+    assert_eq!(older.messages, 3 + 4 + 4);
+    assert_eq!(older.shown.len(), 11);
+    assert!(older.shown.iter().all(|(_, summary)| !summary));
+    // Three turns: only the rest of the first one is older, not worth a summary.
+    assert!(session(3).older(KEEP_TURNS, 0).is_none());
+    assert_eq!(session(4).older(KEEP_TURNS, 0).unwrap().messages, 3 + 4);
+    assert!(session(1).older(1, 0).is_none());
+}
+
+#[test]
+fn a_summary_replaces_the_older_part_and_counts_what_it_stands_for() {
+    let mut c = session(6);
+    let before = c.request_tokens(0);
+    let older = c.older(KEEP_TURNS, 0).unwrap();
+    c.summarize(&older, "s1", ChatMessage::user("SUMMARY ONE"));
+    assert!(c.request_tokens(0) < before / 2);
+    let a = c.assemble(0, &limits(100_000), 1.0, false).unwrap();
+    let texts: Vec<String> = a
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            ChatMessage::User { content } => Some(content.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(texts[0].starts_with("FIRST-INSTRUCTION 0"));
+    assert_eq!(texts[1], "SUMMARY ONE");
+    assert!(texts[2].starts_with("FIRST-INSTRUCTION 4"));
+    assert_eq!(texts.len(), 4, "first, summary, the two kept turns");
+    // Two more turns: the next summary covers the first one and what followed it.
+    for t in 6..8 {
+        c.push(
+            &format!("u{t}"),
+            ChatMessage::user(format!("turn {t}")),
+            false,
+        );
+        c.push(&format!("b{t}"), ChatMessage::assistant("ok"), false);
+    }
+    let older = c.older(KEEP_TURNS, 0).unwrap();
+    assert_eq!(older.from_message_id, "s1");
+    assert_eq!(older.to_message_id, "b5");
+    assert_eq!(
+        older.messages,
+        (3 + 4 * 3) + 4 * 2,
+        "what the first summary stood for, and turns 4 and 5"
+    );
+    assert!(older.shown[0].1, "the first summary is marked as one");
+    c.summarize(&older, "s2", ChatMessage::user("SUMMARY TWO"));
+    // A conversation that is only the first instruction, a summary and the kept turns has
+    // nothing more to summarise.
+    assert!(c.older(KEEP_TURNS, 0).is_none());
+}
+
+#[test]
+fn a_summary_keeps_as_many_recent_turns_as_fit_its_room() {
+    let c = session(6);
+    assert!(
+        c.older(5, 0).is_none(),
+        "with five turns kept only the rest of the first is older: not worth a summary"
+    );
+    assert_eq!(c.older(4, 0).unwrap().shown.len(), 3 + 4);
+    // Room for about two and a half turns of the session: two are kept whole.
+    let per_turn = c.tokens() / 6;
+    let older = c.older(1, per_turn * 5 / 2).unwrap();
+    assert_eq!(older.to_message_id, "b3", "turns 4 and 5 are kept");
+    // No room: only the current turn is kept.
+    assert_eq!(c.older(1, 0).unwrap().to_message_id, "b4");
+    // The budget's room leaves what the threshold allows after the fixed parts, halved.
+    let l = limits(20_000);
+    assert!(c.recent_room(&l, 1_000) < l.target() / 2);
+    assert_eq!(c.recent_room(&l, l.target()), 0);
+}

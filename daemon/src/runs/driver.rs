@@ -17,7 +17,8 @@ use tracing::{debug, warn};
 use crush_protocol::{RunCompleteParams, RunState, SessionEvent};
 
 use super::budget::{Budget, Conversation};
-use super::history::{history_entries, user_content};
+use super::compact::push_shown;
+use super::history::{history_entries, latest_summary, user_content};
 use super::step::Step;
 use super::tool_calls::ToolResults;
 use super::unsaved::{EndWrite, OwnedEnd, OwnedFinish};
@@ -60,6 +61,8 @@ struct Outcome {
     /// The turn's tokens and cost, for its own run's `$/runComplete`.
     usage: Option<crush_protocol::Usage>,
     written: Written,
+    /// The title this turn gave the session from its prompt (its first turn).
+    titled: Option<String>,
 }
 
 /// Whether the run's end is in the database.
@@ -80,6 +83,7 @@ impl Outcome {
             error: Some(error),
             usage: None,
             written: Written::NotYet,
+            titled: None,
         }
     }
 }
@@ -95,6 +99,14 @@ impl Runtime {
         loop {
             let mut outcome = self.turn(&s, &run, &token).await;
             self.settle_write(&s, &run, &mut outcome).await;
+            if let Some(from) = outcome
+                .titled
+                .take()
+                .filter(|_| outcome.end == End::Completed)
+            {
+                let answer = outcome.text.as_deref().unwrap_or_default();
+                self.title_in_background(&s, from, &run.prompt, answer);
+            }
             let next = {
                 let mut inner = lock(&s.inner);
                 let ws = s.ws();
@@ -171,7 +183,10 @@ impl Runtime {
         let ((history, first_id), root) = if token.is_cancelled() {
             ((Vec::new(), None), None)
         } else {
-            let history = match self.read_history(&s.id, &limits).await {
+            let reading = s.reading.lock().await;
+            let history = self.read_history(&s.id, &limits).await;
+            drop(reading);
+            let history = match history {
                 Ok(h) => h,
                 Err(e) => return Outcome::failed(format!("cannot read the session: {e}")),
             };
@@ -201,6 +216,7 @@ impl Runtime {
             Err(e) => return Outcome::failed(format!("cannot save the prompt: {e}")),
         };
         let (user, assistant) = (started.user, started.assistant);
+        let titled = title.clone().filter(|_| started.titled);
         {
             let mut inner = lock(&s.inner);
             inner.events.publish(
@@ -210,7 +226,7 @@ impl Runtime {
                     text: run.prompt.clone(),
                 },
             );
-            if let Some(title) = title.filter(|_| started.titled) {
+            if let Some(title) = titled.clone() {
                 inner.events.publish(
                     None,
                     SessionEvent::SessionUpdated {
@@ -253,9 +269,8 @@ impl Runtime {
         };
         let preamble = counter.preamble(&request.system, &request.tools);
         let mut conv = Conversation::new(counter);
-        for (source, msg) in history_entries(&history) {
-            let first = first_id.as_deref() == Some(source.as_str());
-            conv.push(&source, msg, first);
+        for shown in history_entries(&history) {
+            push_shown(&mut conv, shown, first_id.as_deref());
         }
         // A session's first prompt is its first instruction.
         let first = history.is_empty();
@@ -285,7 +300,7 @@ impl Runtime {
                 Step::Cancelled
             } else {
                 steps += 1;
-                let budget = (&conv, preamble, &limits);
+                let budget = (&mut conv, preamble, &limits);
                 self.budgeted_step(s, run, token, &mut request, budget, &mut live, &mut usage)
                     .await
             };
@@ -395,15 +410,18 @@ impl Runtime {
             error,
             usage: Some(turn_usage.into()),
             written,
+            titled,
         }
     }
 
     /// The session's latest messages, a page at a time until the pages hold more than the
     /// model's window could (the budget would leave older ones out anyway) or the bound is
     /// reached; plus the session's first message when the pages do not reach it, since the
-    /// budget always keeps the user's first instruction. Returns the rows, oldest first, and
-    /// the id of that first message when it is a user message among them.
-    async fn read_history(
+    /// budget always keeps the user's first instruction. Reading stops at the end of the range
+    /// the latest summary replaces (the model is shown the summary instead), and that end is
+    /// read for its `seq` (`history_entries`). Returns the rows, oldest first, and the id of
+    /// that first message when it is a user message among them.
+    pub(super) async fn read_history(
         &self,
         session_id: &str,
         limits: &Budget,
@@ -427,8 +445,11 @@ impl Runtime {
             older.append(&mut rows);
             rows = older;
             complete = !page.has_more;
+            // The latest summary stands for everything up to its range's end: read no further.
+            let summarized =
+                latest_summary(&rows).is_some_and(|s| rows.iter().any(|r| r.id == s.to_message_id));
             // Two bytes per token at the densest: past that the window is surely full.
-            if complete || bytes / 2 > limits.window {
+            if complete || summarized || bytes / 2 > limits.window {
                 break;
             }
         }
@@ -438,6 +459,14 @@ impl Runtime {
             let mut all = first.messages;
             all.append(&mut rows);
             rows = all;
+        }
+        // The end of the latest summary's range, for its `seq`, when it was not read.
+        if let Some(s) = latest_summary(&rows)
+            && !rows.iter().any(|r| r.id == s.to_message_id)
+            && let Some(end) = self.store.get_message(&s.to_message_id).await?
+        {
+            let at = rows.partition_point(|r| r.seq < end.seq);
+            rows.insert(at, end);
         }
         let first_id = rows
             .first()

@@ -53,6 +53,7 @@ use workspaces::Workspace;
 mod accept;
 mod budget;
 mod cancel;
+mod compact;
 mod driver;
 mod events;
 mod history;
@@ -63,6 +64,7 @@ mod replay;
 mod state;
 mod step;
 mod subscribe;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod title;
@@ -134,6 +136,9 @@ pub struct SessionRt {
     /// The context budget's memory (correction factor, last compaction announced): only the
     /// driver of the session's one active turn uses it, so it needs no transition's lock.
     budget: Mutex<budget::Memory>,
+    /// Held while a turn reads the session's history and while `session/compact` summarises
+    /// it, so that a prompt sent during an on-demand compaction reads the summary.
+    reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SessionRt {
@@ -330,6 +335,7 @@ impl Runtime {
             ws: Mutex::new(self.workspace(workspace_id)),
             inner: Mutex::new(inner),
             budget: Mutex::default(),
+            reading: Arc::default(),
         });
         map.insert(session_id.to_owned(), s.clone());
         s

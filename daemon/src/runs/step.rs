@@ -9,6 +9,8 @@ use tracing::{debug, warn};
 use crush_protocol::{Part, SessionEvent};
 
 use super::budget::{Budget, Conversation};
+use super::compact::{MIN_RECENT_TURNS, Payer};
+use super::summary::SummaryError;
 use super::{RunMeta, Runtime, SessionRt};
 use crate::model::http::MAX_RETRY_AFTER;
 use crate::model::{
@@ -38,8 +40,10 @@ impl Runtime {
     /// One model step within the context budget: the request is assembled from the turn's
     /// conversation (compacted when it would pass the threshold, a new compaction announced as
     /// a `compacted` event), sent, and the provider's count of it calibrates the session's
-    /// next ones. A provider refusing it as too long gets one forced compaction and one retry
-    /// of the step; a request that cannot fit fails the step, once.
+    /// next ones. When stubbing old tool outputs is not enough, the older turns are first
+    /// summarised by the model (at most once per step; if that fails, they are left out of the
+    /// request instead). A provider refusing the request as too long gets one forced
+    /// compaction and one retry of the step; a request that cannot fit fails the step, once.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn budgeted_step(
         &self,
@@ -47,14 +51,45 @@ impl Runtime {
         run: &RunMeta,
         token: &CancellationToken,
         request: &mut TurnRequest,
-        (conv, preamble, limits): (&Conversation, u64, &Budget),
+        (conv, preamble, limits): (&mut Conversation, u64, &Budget),
         live: &mut LiveMessage,
         usage: &mut Usage,
     ) -> Step {
         let mut forced = false;
+        let mut summarized = false;
         loop {
             let factor = lock(&s.budget).factor();
-            let assembled = match conv.assemble(preamble, limits, factor, forced) {
+            let assembled = conv.assemble(preamble, limits, factor, forced);
+            let leaves_out = match &assembled {
+                Ok(a) => a.compaction.as_ref().is_some_and(|c| c.dropped > 0),
+                Err(_) => true,
+            };
+            if leaves_out && !summarized {
+                summarized = true;
+                match self
+                    .summarize_older(
+                        s,
+                        Payer::Run(&run.run_id),
+                        &run.model,
+                        conv,
+                        preamble,
+                        (MIN_RECENT_TURNS, conv.recent_room(limits, preamble)),
+                        token,
+                    )
+                    .await
+                {
+                    Ok(Some(done)) => {
+                        usage.add(&done.usage);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(SummaryError::Cancelled) => return Step::Cancelled,
+                    Err(SummaryError::Failed(e)) => {
+                        warn!(run = %run.run_id, error = %e, "cannot summarise older messages; leaving them out of the request");
+                    }
+                }
+            }
+            let assembled = match assembled {
                 Ok(a) => a,
                 Err(too_large) => return Step::Failed(too_large.to_string()),
             };
@@ -71,6 +106,7 @@ impl Runtime {
                         tokens_after: c.tokens_after,
                         stubbed: c.stubbed,
                         dropped: c.dropped,
+                        summary_message_id: None,
                     },
                 );
             }

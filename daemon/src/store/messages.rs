@@ -96,6 +96,32 @@ impl Store {
         Ok(row)
     }
 
+    /// Stores a model-written summary: a finished `system` message holding its `summary`
+    /// part. `spent` is what writing it cost when no run's turn accounts for it (a compaction
+    /// asked for by `session/compact`): added to the session's totals in the same transaction.
+    pub(crate) async fn insert_summary(
+        &self,
+        m: NewMessage<'_>,
+        spent: Option<&super::TurnUsage>,
+    ) -> Result<MessageRow> {
+        let now = now_ms();
+        let mut tx = WriteTx::begin(self.pool()).await?;
+        let mut row = insert_message_in(&mut tx, &new_id(), &m, now).await?;
+        sqlx::query!(
+            "UPDATE messages SET finished_at = ? WHERE id = ?",
+            now,
+            row.id
+        )
+        .execute(&mut *tx)
+        .await?;
+        if let Some(u) = spent {
+            super::turns::add_session_usage_in(&mut tx, m.session_id, u, now).await?;
+        }
+        tx.commit().await?;
+        row.finished_at = Some(now);
+        Ok(row)
+    }
+
     /// The empty assistant message a run streams into (its finish reason stays null until the
     /// final write).
     pub async fn start_assistant_message(
@@ -133,9 +159,8 @@ impl Store {
         tx.commit().await
     }
 
-    /// One message with what was flushed of it. The daemon reads messages by page
-    /// ([`Store::list_messages`]); tests read one to check what a write left.
-    #[cfg(test)]
+    /// One message with what was flushed of it (the daemon reads messages by page,
+    /// [`Store::list_messages`]; this one for the end of a summary's range).
     pub(crate) async fn get_message(&self, id: &str) -> Result<Option<MessageRow>> {
         // One statement reads the row and its pieces: a consistent snapshot even while a
         // flush or the final write (which folds and deletes the pieces) commits.

@@ -1,7 +1,7 @@
 //! Workspaces and sessions: their rows and the statements that read and write them. A session's
 //! messages and runs go with it (`ON DELETE CASCADE`).
 
-use super::{Result, Store, new_id, now_ms};
+use super::{Result, Store, WriteTx, new_id, now_ms};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkspaceRow {
@@ -172,6 +172,36 @@ impl Store {
         .execute(self.pool())
         .await?
         .rows_affected();
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.get_session(id).await
+    }
+
+    /// Replaces the title `from` by `to` unless the session's title changed meanwhile (a
+    /// rename), adding what writing it cost to the session's totals in the same transaction.
+    /// `None` when the title was not replaced.
+    pub(crate) async fn retitle(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        spent: &super::TurnUsage,
+    ) -> Result<Option<SessionRow>> {
+        let now = now_ms();
+        let mut tx = WriteTx::begin(self.pool()).await?;
+        let changed = sqlx::query!(
+            "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ? AND title = ?",
+            to,
+            now,
+            id,
+            from
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        super::turns::add_session_usage_in(&mut tx, id, spent, now).await?;
+        tx.commit().await?;
         if changed == 0 {
             return Ok(None);
         }

@@ -485,6 +485,33 @@ async fn the_first_turn_titles_an_untitled_session_once() {
     assert!(!start(&renamed.id, "r3", "a prompt").await);
     let got = store.get_session(&renamed.id).await.unwrap().unwrap();
     assert_eq!(got.title, "Mine");
+
+    // A model-written title replaces the prompt's, not a title given since, and its cost
+    // counts in the session's totals either way.
+    let spent = TurnUsage {
+        input_tokens: 40,
+        output_tokens: 5,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+        cost: Some(0.25),
+    };
+    let row = store
+        .retitle(&s.id, "first prompt", "Parser work", &spent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.title, "Parser work");
+    assert_eq!(row.prompt_tokens, 40);
+    assert!(
+        store
+            .retitle(&renamed.id, "a prompt", "Model title", &spent)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let got = store.get_session(&renamed.id).await.unwrap().unwrap();
+    assert_eq!(got.title, "Mine");
+    assert_eq!(got.completion_tokens, 5);
 }
 
 /// A run row in any state with nothing else: the state an older daemon, or one killed between

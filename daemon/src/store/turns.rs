@@ -266,31 +266,7 @@ impl Store {
                 .await?;
             }
         }
-        if u.input_tokens != 0 || u.output_tokens != 0 {
-            // Tokens without a price leave the session's total cost unknown.
-            let unpriced = if u.cost.is_none() {
-                u.input_tokens + u.output_tokens
-            } else {
-                0
-            };
-            let cost = u.cost.unwrap_or(0.0);
-            sqlx::query!(
-                "UPDATE sessions SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,
-                        cached_tokens = cached_tokens + ?, reasoning_tokens = reasoning_tokens + ?,
-                        cost = cost + ?, unpriced_tokens = unpriced_tokens + ?,
-                        updated_at = ? WHERE id = ?",
-                u.input_tokens,
-                u.output_tokens,
-                u.cached_tokens,
-                u.reasoning_tokens,
-                cost,
-                unpriced,
-                now,
-                f.session_id
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
+        add_session_usage_in(&mut tx, f.session_id, u, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -436,6 +412,42 @@ async fn upsert_running_run(
         now,
         now,
         folded_into
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds tokens a session spent to its totals (tokens without a price leave its total cost
+/// unknown).
+pub(super) async fn add_session_usage_in(
+    tx: &mut SqliteConnection,
+    session_id: &str,
+    u: &TurnUsage,
+    now: i64,
+) -> Result<()> {
+    if u.input_tokens == 0 && u.output_tokens == 0 {
+        return Ok(());
+    }
+    let unpriced = if u.cost.is_none() {
+        u.input_tokens + u.output_tokens
+    } else {
+        0
+    };
+    let cost = u.cost.unwrap_or(0.0);
+    sqlx::query!(
+        "UPDATE sessions SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,
+                cached_tokens = cached_tokens + ?, reasoning_tokens = reasoning_tokens + ?,
+                cost = cost + ?, unpriced_tokens = unpriced_tokens + ?,
+                updated_at = ? WHERE id = ?",
+        u.input_tokens,
+        u.output_tokens,
+        u.cached_tokens,
+        u.reasoning_tokens,
+        cost,
+        unpriced,
+        now,
+        session_id
     )
     .execute(&mut *tx)
     .await?;

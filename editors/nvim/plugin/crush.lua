@@ -56,6 +56,9 @@ local subcommands = {
   new = function(args)
     require("crush").new(table.concat(args, " "))
   end,
+  compact = function()
+    require("crush").compact()
+  end,
   sessions = function()
     require("crush").sessions()
   end,

@@ -67,7 +67,11 @@ content: string, status: ToolStatus,
 /**
  * Stored parts only.
  */
-isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, };
+isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, } | { "type": "summary", text: string, fromMessageId: string, toMessageId: string, 
+/**
+ * How many stored messages it replaces.
+ */
+messages: number, };
 
 export type SessionSetModelParams = { sessionId: string, 
 /**
@@ -329,6 +333,25 @@ cost: number | null, };
 export type SessionListResult = { sessions: Array<SessionInfo>, };
 
 export type SessionDeleteResult = { deleted: boolean, };
+
+export type SessionCompactResult = { 
+/**
+ * Whether a summary was written; `false` when nothing is old enough to summarise (the
+ * session's first prompt and its latest turn are always kept as they are).
+ */
+compacted: boolean, 
+/**
+ * The `system` message holding the `summary` part.
+ */
+summaryMessageId?: string | null, 
+/**
+ * Stored messages the summary replaces in what the model is shown.
+ */
+messages: number, 
+/**
+ * The daemon's count of the conversation the model would be shown, before and after.
+ */
+tokensBefore: number, tokensAfter: number, };
 
 export type SessionMessagesParams = { sessionId: string, 
 /**
@@ -651,13 +674,13 @@ seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
 
 export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
 
 export type CancelParams = { id: number | string, };
 
@@ -680,6 +703,7 @@ export interface Requests {
   "session/get": { params: SessionRef; result: SessionInfo };
   "session/rename": { params: SessionRenameParams; result: SessionInfo };
   "session/delete": { params: SessionRef; result: SessionDeleteResult };
+  "session/compact": { params: SessionRef; result: SessionCompactResult };
   "session/messages": { params: SessionMessagesParams; result: SessionMessagesResult };
   "run/get": { params: RunRef; result: RunInfo };
   "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };

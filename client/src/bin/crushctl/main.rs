@@ -117,6 +117,16 @@ enum Command {
         #[command(flatten)]
         ws: WorkspaceArg,
     },
+    /// Have the model summarise a session's older messages now, so later runs start small
+    /// [default: the workspace's most recent session]. The messages stay stored.
+    Compact {
+        session: Option<String>,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
     /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
     Attach(AttachArgs),
     /// List the workspace's sessions, or show, remove or rename one.
@@ -484,6 +494,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Send(a) => run::send(&g, a).await,
         Command::Wait { run_id, json } => run::wait(&g, &run_id, json).await,
         Command::Cancel { session, run, ws } => run::cancel(&g, session, run, &ws).await,
+        Command::Compact { session, json, ws } => {
+            sessions::compact(&g, session.as_deref(), &ws, json).await
+        }
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,
         Command::Status { json } | Command::Daemon(DaemonCommand::Status { json }) => {

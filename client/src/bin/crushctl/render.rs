@@ -132,6 +132,14 @@ impl Conversation {
             .out_line(&format!("\n{prompt} {}", self.ui.paint_out(BOLD, text)));
     }
 
+    /// A summary of older messages was written (the model is shown it instead of them).
+    fn summary_line(&self, messages: u32) {
+        self.line(&self.ui.paint_out(
+            DIM,
+            &format!("  ≡ {messages} older messages summarised to fit the context window"),
+        ));
+    }
+
     /// A stored message (history). `streaming`: the message's live text, which replaces the
     /// stored copy (that may lag behind).
     pub fn message(&mut self, m: &MessageInfo, streaming: Option<&[Part]>) {
@@ -175,6 +183,15 @@ impl Conversation {
                     (Some(how), _) => self.line(&self.ui.paint_out(YELLOW, &format!("  ⊘ {how}"))),
                     (None, Some(e)) => self.line(&self.ui.paint_out(RED, &format!("  ✗ {e}"))),
                     (None, None) => {}
+                }
+            }
+            "system" => {
+                for p in parts {
+                    if let Part::Summary { messages, .. } = p
+                        && self.first(m.message_id.clone())
+                    {
+                        self.summary_line(*messages);
+                    }
                 }
             }
             "tool" => {
@@ -286,8 +303,20 @@ impl Conversation {
             | SessionEvent::CancelRequested { .. }
             | SessionEvent::ReasoningDelta { .. }
             | SessionEvent::MessageFinished { .. }
-            | SessionEvent::SessionUpdated { .. }
-            | SessionEvent::Compacted { .. } => {}
+            | SessionEvent::SessionUpdated { .. } => {}
+            SessionEvent::Compacted {
+                summary_message_id: Some(id),
+                ..
+            } => {
+                // The count is in the stored part; the event says the summary exists.
+                if self.first(id.clone()) {
+                    self.line(&self.ui.paint_out(
+                        DIM,
+                        "  ≡ older messages summarised to fit the context window",
+                    ));
+                }
+            }
+            SessionEvent::Compacted { .. } => {}
         }
     }
 }

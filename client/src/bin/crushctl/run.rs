@@ -587,8 +587,22 @@ impl RunView {
             | SessionEvent::PermissionRequested { .. }
             | SessionEvent::RunFinished { .. }
             | SessionEvent::MessageFinished { .. }
-            | SessionEvent::SessionUpdated { .. }
-            | SessionEvent::Compacted { .. } => {}
+            | SessionEvent::SessionUpdated { .. } => {}
+            SessionEvent::Compacted {
+                summary_message_id: Some(id),
+                tokens_before,
+                tokens_after,
+                ..
+            } => {
+                if self.json {
+                    self.emit(
+                        json!({"type": JsonLine::Compacted, "runId": run, "summaryMessageId": id,
+                        "tokensBefore": tokens_before, "tokensAfter": tokens_after}),
+                    );
+                }
+                self.activity_line(DIM, "≡ older messages summarised to fit the context window");
+            }
+            SessionEvent::Compacted { .. } => {}
         }
     }
 
@@ -821,6 +835,7 @@ enum JsonLine {
     Queued,
     Folded,
     Retrying,
+    Compacted,
     Permission,
     Result,
 }

@@ -11,7 +11,8 @@ use crate::attach::history;
 use crate::render::Conversation;
 use crate::ui::{BOLD, DIM, Term, Ui};
 use crate::{
-    Global, SessionsArgs, SessionsCommand, get_session, leave, list_sessions, open_workspace,
+    Global, SessionsArgs, SessionsCommand, WorkspaceArg, get_session, leave, list_sessions,
+    open_workspace, usage,
 };
 
 pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
@@ -42,6 +43,60 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
                 Ok(0)
             }
         }
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `compact`: `session/compact` for the named session, else the workspace's most recent one.
+pub async fn compact(
+    g: &Global,
+    session: Option<&str>,
+    ws: &WorkspaceArg,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = match session {
+            Some(id) => get_session(&client, id).await?.session_id,
+            None => {
+                let w = open_workspace(&client, ws).await?;
+                match list_sessions(&client, &w.workspace_id).await?.first() {
+                    Some(s) => s.session_id.clone(),
+                    None => return Err(usage(format!("no session in {}", w.path))),
+                }
+            }
+        };
+        if !json_out && Term::detect().stderr_tty {
+            crate::errln!("summarising the older messages of session {}…", crate::ids::short(&id));
+        }
+        let r = client
+            .request::<request::SessionCompact>(SessionRef {
+                session_id: id.clone(),
+            })
+            .await?;
+        if json_out {
+            crate::outln!(
+                "{}",
+                json!({"sessionId": id, "compacted": r.compacted, "summaryMessageId": r.summary_message_id,
+                    "messages": r.messages, "tokensBefore": r.tokens_before, "tokensAfter": r.tokens_after})
+            )?;
+        } else if r.compacted {
+            crate::outln!(
+                "summarised {} older messages of session {}: the model is now shown {} tokens of it instead of {}",
+                r.messages,
+                crate::ids::short(&id),
+                r.tokens_after,
+                r.tokens_before
+            )?;
+        } else {
+            crate::outln!(
+                "nothing to compact in session {}: only its first prompt and latest turn are left as they are",
+                crate::ids::short(&id)
+            )?;
+        }
+        Ok(0)
     }
     .await;
     leave(client).await;

@@ -219,6 +219,34 @@ function M.cancel(session_id, cb)
   end)
 end
 
+--- `:Crush compact`: has the model summarise the session's older messages now (the messages
+--- stay stored; the chat shows where the summary stands). cb(err, SessionCompactResult).
+function M.compact(session_id, cb)
+  cb = cb or function() end
+  with_session(session_id, function(s)
+    util.notify("summarising the older messages of the session…")
+    client().request("session/compact", { sessionId = s.id }, function(err, res)
+      if err then
+        util.error("session/compact failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      if res.compacted then
+        util.notify(
+          string.format(
+            "summarised %d older messages: the model is now shown %d tokens of the session instead of %d",
+            res.messages,
+            res.tokensAfter,
+            res.tokensBefore
+          )
+        )
+      else
+        util.notify("nothing to compact: only the first prompt and the latest turn are left as they are")
+      end
+      cb(nil, res)
+    end)
+  end)
+end
+
 --- `:Crush new [title]`: a new session in the current workspace, opened in the chat.
 function M.new(title, cb)
   if not guard() then

@@ -198,6 +198,14 @@ local function place_prompts(s)
   end
 end
 
+--- The note where a model-written summary of older messages stands.
+local function summary_note(messages)
+  if messages then
+    return string.format("%d older messages summarised to fit the context window", messages)
+  end
+  return "older messages summarised to fit the context window"
+end
+
 --- Rebuilds the view from stored messages and the `streaming` message of a subscribe answer.
 local function rebuild(s, sub, page)
   M.reset_view(s)
@@ -235,6 +243,12 @@ local function rebuild(s, sub, page)
       for _, p in ipairs(parts) do
         if p.type == "toolResult" then
           attach_result(s, p)
+        end
+      end
+    elseif m.role == "system" then
+      for _, p in ipairs(parts) do
+        if p.type == "summary" then
+          M.add_entry(s, { kind = "note", id = m.messageId, text = summary_note(p.messages) })
         end
       end
     end
@@ -342,6 +356,11 @@ local function apply(s, ev)
     end
     -- A turn adds to the session's usage: read its totals (and title) again.
     M.refresh_info(s)
+  elseif k == "compacted" then
+    -- A summary was written (an event without one only trimmed a request: nothing to show).
+    if ev.summaryMessageId and not s.by_msg[ev.summaryMessageId] then
+      M.add_entry(s, { kind = "note", id = ev.summaryMessageId, text = summary_note(nil) })
+    end
   elseif k == "sessionUpdated" then
     -- Its first prompt titled the session, or a client renamed it or changed its model.
     M.set_info(s, { title = ev.title, model = ev.model })

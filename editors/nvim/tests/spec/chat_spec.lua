@@ -198,3 +198,22 @@ T.it("sends a selection with its file and line range", function()
     return vim.b.crush_session == sid and T.contains(0, "📎 src/lib.rs:2-4")
   end)
 end)
+
+T.it("compacts the session on demand and notes where the summary stands", function()
+  T.wait("idle", function()
+    return crush.statusline() == "crush: idle"
+  end)
+  local compacts = T.spy("session/compact")
+  vim.cmd("Crush compact")
+  T.wait("the summary note in the chat", function()
+    return T.contains(0, "older messages summarised to fit the context window")
+  end, 15000)
+  T.eq(sid, compacts[1].sessionId, "the chat's session")
+  -- The history shows it too, with the number of messages it stands for.
+  session.sessions[sid] = nil
+  vim.api.nvim_buf_delete(vim.fn.bufnr("crush://session/" .. sid), { force = true })
+  vim.cmd("Crush attach " .. sid)
+  T.wait("the note in the history", function()
+    return vim.b.crush_session == sid and T.text(0):match("%d+ older messages summarised") ~= nil
+  end)
+end)
