@@ -49,6 +49,13 @@ def echo(text: str) -> str:
 
 
 @server.tool()
+def big(size: int) -> str:
+    """Returns a text of `size` bytes (lines of digits)."""
+    line = "0123456789" * 7 + "\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+@server.tool()
 def pid() -> str:
     """Returns this server's process id."""
     return str(os.getpid())

@@ -816,3 +816,51 @@ async fn a_tool_list_change_reaches_the_next_turn() {
     assert!(reqs[2].tool_names().contains(&"mcp__t__extra".to_owned()));
     assert_eq!(reqs[3].tool_results().last().unwrap().1, "extra");
 }
+
+#[tokio::test]
+async fn allow_for_session_lets_the_next_call_of_that_tool_run_without_asking() {
+    let mut w = world("serve", "10s").await;
+    w.mock
+        .push(Script::text("One.").tool_call("call_1", "mcp__t__echo", r#"{"text":"one"}"#));
+    w.mock.push(Script::text("First."));
+    let run = send(&mut w.c, &w.session, "one").await;
+    let ask = w.c.daemon_request("permission/request").await;
+    assert_eq!(ask["params"]["tool"], "mcp__t__echo");
+    w.c.reply(&ask, json!({"decision": "allowSession"})).await;
+    w.c.run_complete(&run).await;
+    w.c.clear_kept();
+    w.mock
+        .push(Script::text("Two.").tool_call("call_2", "mcp__t__echo", r#"{"text":"two"}"#));
+    w.mock.push(Script::text("Second."));
+    let run = send(&mut w.c, &w.session, "two").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Second.", "{done}");
+    assert!(
+        !w.c.kept()
+            .iter()
+            .any(|m| m["method"] == "permission/request"),
+        "asked again after allowSession"
+    );
+    let results = w.mock.requests()[3].tool_results();
+    assert_eq!(results.last().unwrap().1, "echo: two", "{results:?}");
+}
+
+#[tokio::test]
+async fn an_oversized_result_is_cut_like_a_built_in_tool_output() {
+    let mut w = world("serve", "10s").await;
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock
+        .push(Script::text("Big.").tool_call("call_1", "mcp__t__big", r#"{"size":2000000}"#));
+    w.mock.push(Script::text("Done."));
+    let run = send(&mut w.c, &w.session, "big").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let out = &w.mock.requests()[1].tool_results()[0].1;
+    assert!(out.len() < 40_000, "{} bytes reached the model", out.len());
+    assert!(out.contains("bytes omitted"), "the cut is marked");
+    assert!(out.starts_with("0123456789"), "the head is kept");
+}
