@@ -172,7 +172,30 @@ async fn guard(command: Command, parent: Option<Pid>, group: Pid) -> i32 {
         .take()
         .and_then(|s| s.into_owned_fd().ok())
         .map(std::fs::File::from);
-    let (eof_tx, mut eof_rx) = tokio::sync::oneshot::channel::<()>();
+    let (eof_tx, mut eof_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    if relay_to.is_some() {
+        // The relay below can block writing to a program that stopped reading its stdin; the
+        // end of our stdin must still be noticed. poll() reports POLLHUP on a pipe whose writers
+        // are all gone without reading anything (no event is asked for: HUP and ERR always are).
+        let hup_tx = eof_tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("stdin-hangup".into())
+            .spawn(move || {
+                use rustix::event::{PollFd, PollFlags, poll};
+                let stdin = std::io::stdin();
+                loop {
+                    let mut fds = [PollFd::new(&stdin, PollFlags::empty())];
+                    match poll(&mut fds, None) {
+                        Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
+                            break;
+                        }
+                        Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+                        Err(_) => break,
+                    }
+                }
+                let _ = hup_tx.send(());
+            });
+    }
     // A plain thread: a blocking read of stdin that returns only when the daemon is gone (or,
     // for `--exec`, stopped the server by closing it).
     let _ = std::thread::Builder::new()
@@ -213,7 +236,7 @@ async fn guard(command: Command, parent: Option<Pid>, group: Pid) -> i32 {
                     1
                 }
             },
-            _ = &mut eof_rx => break,
+            _ = eof_rx.recv() => break,
             Some(()) = async {
                 match hup.as_mut() {
                     Some(h) => h.recv().await,
