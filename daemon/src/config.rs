@@ -81,6 +81,11 @@ settings! {
         /// A model that writes a short title for a new session after its first turn, in the
         /// background (`<provider>/<model>`); unset: the title is the first prompt's first line.
         title_model: Option<String> = None, "titleModel";
+        /// A file larger than this is left out of the workspace snapshots (reported).
+        snapshot_max_file_bytes: usize = 4 << 20, "snapshotMaxFileBytes";
+        /// A snapshot whose changed files come to more than this is not taken; 0 turns
+        /// snapshots off.
+        snapshot_max_bytes: usize = 256 << 20, "snapshotMaxBytes";
     }
 }
 

@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod server;
 pub mod setting;
 pub(crate) mod shared;
+pub mod snapshots;
 pub mod store;
 pub mod sync;
 pub mod tools;

@@ -18,6 +18,7 @@ use crate::inbound::InboundBudget;
 use crate::mcp::Mcp;
 use crate::model::Models;
 use crate::runs::{ReplayLimits, Runtime};
+use crate::snapshots::{SnapshotLimits, Snapshots};
 use crate::store::Store;
 
 /// State shared by every connection.
@@ -43,6 +44,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
+        let snapshots = (config.agent.snapshot_max_bytes > 0).then(|| {
+            Snapshots::new(
+                config.daemon.data_dir.join("snapshots"),
+                SnapshotLimits {
+                    max_file_bytes: config.agent.snapshot_max_file_bytes as u64,
+                    max_bytes: config.agent.snapshot_max_bytes as u64,
+                },
+            )
+        });
         let models = Models::from_config(&config.models)
             .with_connection_limit(config.daemon.max_model_connections);
         let mut secret_vars = models.key_variables();
@@ -53,23 +63,25 @@ impl Daemon {
                 .flat_map(|m| m.headers_env.values().cloned()),
         );
         let mcp = Mcp::new(config.mcp.clone(), secret_vars);
-        let runtime = Arc::new(
-            Runtime::new(
-                store.clone(),
-                models,
-                config.daemon.flush_interval,
-                config.shutdown_grace,
-            )
-            .with_mcp(mcp)
-            .configure(config.agent.clone(), config.permissions.clone())
-            .with_replay(
-                ReplayLimits {
-                    events: config.daemon.replay_events,
-                    bytes: config.daemon.replay_bytes,
-                },
-                config.daemon.replay_budget,
-            ),
+        let runtime = Runtime::new(
+            store.clone(),
+            models,
+            config.daemon.flush_interval,
+            config.shutdown_grace,
+        )
+        .with_mcp(mcp)
+        .configure(config.agent.clone(), config.permissions.clone())
+        .with_replay(
+            ReplayLimits {
+                events: config.daemon.replay_events,
+                bytes: config.daemon.replay_bytes,
+            },
+            config.daemon.replay_budget,
         );
+        let runtime = Arc::new(match snapshots {
+            Some(s) => runtime.with_snapshots(s),
+            None => runtime,
+        });
         Arc::new(Self {
             inbound: InboundBudget::new(config.daemon.inbound_budget),
             clients: Clients::new(config.daemon.claim_grace),

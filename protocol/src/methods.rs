@@ -243,6 +243,17 @@ client_requests! {
     /// Summarise an idle session's older messages now (the model writes the summary; the
     /// messages stay stored). Busy sessions get `RunsActive`.
     SessionCompact = "session/compact" (SessionRef) -> SessionCompactResult;
+    /// A new session whose history is a copy of this one's up to a message (all of it without
+    /// one); the files are not touched, and the two sessions go on independently.
+    SessionFork = "session/fork" (SessionForkParams) -> SessionInfo;
+    /// What a run (the one of `messageId`), or the whole session, changed in the workspace's
+    /// files, from the snapshots taken during its runs.
+    SessionDiff = "session/diff" (SessionDiffParams) -> SessionDiffResult;
+    /// Put the workspace's files back as they were before a message's run and hide the
+    /// messages from there on from the model (they stay stored, flagged). Idle sessions only.
+    SessionRevert = "session/revert" (SessionRevertParams) -> SessionRevertResult;
+    /// Undo the session's last revert, while no prompt was sent since.
+    SessionUnrevert = "session/unrevert" (SessionUnrevertParams) -> SessionRevertResult;
     /// A page of a session's messages, oldest first within the page.
     SessionMessages = "session/messages" (SessionMessagesParams) -> SessionMessagesResult [resend];
     /// A run's state: live from memory while it is queued or running, else as persisted (also
@@ -513,6 +524,10 @@ pub struct DaemonStatusResult {
     pub log_dir: String,
     /// Idle exit delay in milliseconds; 0 means never.
     pub idle_timeout_ms: u64,
+    /// Bytes the workspace snapshots take on disk (`session/diff`, `session/revert`); absent
+    /// when snapshots are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -750,6 +765,88 @@ pub struct SessionDeleteResult {
     pub deleted: bool,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionForkParams {
+    pub session_id: String,
+    /// The last message the fork keeps (a message of the session); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDiffParams {
+    pub session_id: String,
+    /// A message of the run whose changes are wanted; absent: the whole session's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDiffResult {
+    /// The unified diff (Git's format, paths relative to the workspace); empty for no change.
+    pub diff: String,
+    /// Each changed file.
+    pub files: Vec<FileChange>,
+    /// Files too large to snapshot while those runs ran: their changes are not in the diff.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct FileChange {
+    pub path: String,
+    /// `added`, `modified`, `deleted` or `typeChanged`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRevertParams {
+    pub session_id: String,
+    /// The first message to undo: the files go back to their state before its run.
+    pub message_id: String,
+    /// Overwrite files changed outside the runs since (listed as `conflicts` without it).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionUnrevertParams {
+    pub session_id: String,
+    /// Overwrite files changed since the revert (listed as `conflicts` without it).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What `session/revert` or `session/unrevert` did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRevertResult {
+    /// Whether it was done; `false` with `conflicts` (nothing was changed), or for an unrevert
+    /// with nothing to undo.
+    pub done: bool,
+    /// The revert (made or undone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_id: Option<String>,
+    /// The files written or removed.
+    pub files: Vec<String>,
+    /// Files changed outside the runs since; pass `force` to overwrite them.
+    pub conflicts: Vec<String>,
+    /// Messages hidden (revert) or shown again (unrevert).
+    pub messages: u32,
+}
+
 /// What `session/compact` did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -812,6 +909,9 @@ pub struct MessageInfo {
     pub updated_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// Hidden from the model by `session/revert` (still stored and listed); absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reverted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1300,6 +1400,30 @@ pub enum SessionEvent {
         title: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+    },
+    /// `session/revert` put the files back as they were before `messageId`'s run and hid the
+    /// messages from there on from the model.
+    #[serde(rename_all = "camelCase")]
+    Reverted {
+        revert_id: String,
+        message_id: String,
+        files: Vec<String>,
+        messages: u32,
+    },
+    /// `session/unrevert` undid revert `revertId`: its files and messages are back.
+    #[serde(rename_all = "camelCase")]
+    Unreverted {
+        revert_id: String,
+        files: Vec<String>,
+        messages: u32,
+    },
+    /// `session/fork` made session `forkSessionId` from this one, with its messages up to
+    /// `messageId` (all of them when absent).
+    #[serde(rename_all = "camelCase")]
+    Forked {
+        fork_session_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
     },
 }
 

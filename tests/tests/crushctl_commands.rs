@@ -180,6 +180,9 @@ async fn status_shows_the_daemon_its_workspaces_and_clients() {
         "{text}"
     );
     assert!(text.contains("nvim"), "{text}");
+    // The space the snapshots take (none yet).
+    assert_eq!(st["snapshotBytes"], 0, "{st}");
+    assert!(text.contains("snapshots    0 B (undo and diff)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,4 +350,38 @@ async fn compact_summarises_the_latest_session_and_show_marks_the_summary() {
     // An unknown session is a usage error.
     let out = w.ctl().args(["compact", "no-such"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_copies_the_latest_session_and_run_continues_the_copy() {
+    let w = world().await;
+    w.mock.push(Script::text("one"));
+    w.ok(&["run", "first prompt"]);
+    w.mock.push(Script::text("two"));
+    w.ok(&["run", "-c", "second prompt"]);
+    let original = json_lines(&w.ok(&["sessions", "--json"]))[0]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown = json_lines(&w.ok(&["sessions", "show", &original, "--json"]));
+    let first_answer = shown[1]["messageId"].as_str().unwrap().to_owned();
+    let out = w.ok(&["fork", "--at", &first_answer]);
+    assert!(out.starts_with("forked session "), "{out}");
+    let fork = json_lines(&w.ok(&["fork", &original, "--at", &first_answer, "--json"]))[0].clone();
+    assert_eq!(fork["messageCount"], 2, "{fork}");
+    assert_eq!(fork["title"], "first prompt (fork)");
+    let id = fork["sessionId"].as_str().unwrap();
+    w.mock.push(Script::text("three"));
+    w.ok(&["run", "-s", id, "another second prompt"]);
+    let copy = w.ok(&["sessions", "show", id]);
+    assert!(
+        copy.contains("first prompt") && copy.contains("another second prompt"),
+        "{copy}"
+    );
+    assert!(!copy.contains("❯ second prompt"), "{copy}");
+    let kept = w.ok(&["sessions", "show", &original]);
+    assert!(
+        kept.contains("second prompt") && !kept.contains("another"),
+        "{kept}"
+    );
 }

@@ -101,9 +101,17 @@ pub(super) async fn initialize(
     })
 }
 
-pub(super) fn status(ctx: &RequestCtx, _: NoParams) -> Result<DaemonStatusResult, RpcError> {
+pub(super) async fn status(ctx: &RequestCtx, _: NoParams) -> Result<DaemonStatusResult, RpcError> {
     let daemon = &ctx.daemon;
+    // A walk of the stores' files: off the async threads.
+    let snapshot_bytes = match daemon.runtime.snapshots().cloned() {
+        Some(snaps) => tokio::task::spawn_blocking(move || snaps.disk_usage())
+            .await
+            .ok(),
+        None => None,
+    };
     Ok(DaemonStatusResult {
+        snapshot_bytes,
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol_version: PROTOCOL_VERSION,

@@ -63,7 +63,7 @@ pub(crate) async fn initialize(
 pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Value, RpcError> {
     let c = &ctx;
     on_method! { request;
-        DaemonStatus(p) => daemon::status(c, p),
+        DaemonStatus(p) => daemon::status(c, p).await,
         DaemonShutdown(p) => daemon::shutdown(c, p),
         ConfigGet(p) => daemon::config_get(c, p),
         ModelList(p) => daemon::model_list(c, p),
@@ -80,6 +80,10 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         SessionDelete(p) => session::delete(c, p).await,
         SessionMessages(p) => session::messages(c, p).await,
         SessionCompact(p) => session::compact(c, p).await,
+        SessionFork(p) => session::fork(c, p).await,
+        SessionDiff(p) => session::diff(c, p).await,
+        SessionRevert(p) => c.daemon.runtime.revert(&p).await,
+        SessionUnrevert(p) => c.daemon.runtime.unrevert(&p).await,
         SessionSetModel(p) => session::set_model(c, p).await,
         SessionSetYolo(p) => session::set_yolo(c, p).await,
         AgentSend(p) => agent::send(c, p).await,

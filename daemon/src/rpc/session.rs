@@ -1,11 +1,13 @@
 //! The session methods that read or change its row: `session/create`, `list`, `get`, `rename`,
-//! `delete`, `messages`, `setModel`, `setYolo`; and `session/compact`, which writes a summary.
+//! `delete`, `messages`, `setModel`, `setYolo`, `fork`; `session/compact`, which writes a
+//! summary, and `session/diff`, which reads the snapshots.
 
 use crush_protocol::{
     DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCompactResult,
-    SessionCreateParams, SessionDeleteResult, SessionInfo, SessionListParams, SessionListResult,
-    SessionMessagesParams, SessionMessagesResult, SessionRef, SessionRenameParams,
-    SessionSetModelParams, SessionSetYoloParams, SessionSetYoloResult,
+    SessionCreateParams, SessionDeleteResult, SessionDiffParams, SessionDiffResult,
+    SessionForkParams, SessionInfo, SessionListParams, SessionListResult, SessionMessagesParams,
+    SessionMessagesResult, SessionRef, SessionRenameParams, SessionSetModelParams,
+    SessionSetYoloParams, SessionSetYoloResult,
 };
 use serde_json::Value;
 
@@ -66,6 +68,39 @@ pub(super) async fn compact(
     ctx.daemon.runtime.compact(&p.session_id).await
 }
 
+pub(super) async fn fork(ctx: &RequestCtx, p: SessionForkParams) -> Result<SessionInfo, RpcError> {
+    let store = &ctx.daemon.store;
+    let original = store.require_session(&p.session_id).await?;
+    let through = match &p.message_id {
+        None => None,
+        Some(id) => match store.get_message(id).await? {
+            Some(m) if m.session_id == p.session_id => Some(m.seq),
+            _ => {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid params: messageId: session {} has no message {id}",
+                    p.session_id
+                )));
+            }
+        },
+    };
+    let title = format!("{} (fork)", original.title);
+    let Some(row) = store.fork_session(&p.session_id, through, &title).await? else {
+        // Deleted meanwhile.
+        return Err(StoreError::SessionNotFound(p.session_id).into());
+    };
+    ctx.daemon
+        .runtime
+        .forked(&p.session_id, &row.id, p.message_id.as_deref());
+    Ok(session_info(row))
+}
+
+pub(super) async fn diff(
+    ctx: &RequestCtx,
+    p: SessionDiffParams,
+) -> Result<SessionDiffResult, RpcError> {
+    ctx.daemon.runtime.diff(&p).await
+}
+
 pub(super) async fn get(ctx: &RequestCtx, p: SessionRef) -> Result<SessionInfo, RpcError> {
     Ok(session_info(
         ctx.daemon.store.require_session(&p.session_id).await?,
@@ -105,10 +140,23 @@ pub(super) async fn delete(
             "the session has an active or queued run; cancel it first (agent/cancel)",
         ));
     }
+    let workspace = match daemon.store.get_session(&p.session_id).await? {
+        Some(s) => daemon.store.get_workspace(&s.workspace_id).await?,
+        None => None,
+    };
     if !daemon.store.delete_session(&p.session_id).await? {
         return Err(StoreError::SessionNotFound(p.session_id).into());
     }
     daemon.runtime.forget_session(&p.session_id);
+    // Its snapshots go with it (done here, not in the background: deleting is rare, and the
+    // space is free when the answer comes).
+    if let (Some(snaps), Some(w)) = (daemon.runtime.snapshots(), workspace)
+        && let Err(e) = snaps
+            .forget_session(&w.id, std::path::Path::new(&w.path), &p.session_id)
+            .await
+    {
+        tracing::warn!(session = %p.session_id, error = %e, "cannot drop a deleted session's snapshots");
+    }
     Ok(SessionDeleteResult { deleted: true })
 }
 
@@ -210,5 +258,6 @@ fn message_info(r: MessageRow) -> Result<MessageInfo, StoreError> {
         created_at: r.created_at,
         updated_at: r.updated_at,
         finished_at: r.finished_at,
+        reverted: r.reverted_by.is_some(),
     })
 }

@@ -26,7 +26,7 @@ use super::{RunMeta, Runtime, SessionRt};
 use crate::model::tokens::Counter;
 use crate::model::{ChatMessage, FinishReason, TurnRequest, Usage};
 use crate::store::live::{LiveMessage, parts_json};
-use crate::store::{FoldedPrompt, NextStep, StartTurn};
+use crate::store::{FoldedPrompt, NextStep, SnapshotKind, StartTurn};
 use crate::sync::lock;
 use crate::tools::{Limits, ToolContext};
 
@@ -283,6 +283,7 @@ impl Runtime {
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
         let mut steps: u32 = 0;
+        let mut snapshotted = false;
 
         let (end, reason, error) = loop {
             if steps >= self.agent.max_steps && !token.is_cancelled() {
@@ -334,10 +335,26 @@ impl Runtime {
                 if let Err(e) = live.flush(&self.store).await {
                     warn!(run = %run.run_id, error = %e, "cannot save the step's tool calls");
                 }
-                Some(
-                    self.run_tools(s, run, token, &tools, &live.id, &calls)
-                        .await,
-                )
+                // Snapshots around the steps whose tools may change files (`bash` included):
+                // the workspace as the turn found it before the first, and after each.
+                let snapshot = root.as_ref().filter(|_| may_change_files(&calls));
+                if let Some(root) = snapshot
+                    && !snapshotted
+                {
+                    snapshotted = true;
+                    let at = (s.id.as_str(), ws_id.as_str(), root.as_path());
+                    self.take_snapshot(at, &run.run_id, &user.id, SnapshotKind::Before)
+                        .await;
+                }
+                let results = self
+                    .run_tools(s, run, token, &tools, &live.id, &calls)
+                    .await;
+                if let Some(root) = snapshot {
+                    let at = (s.id.as_str(), ws_id.as_str(), root.as_path());
+                    self.take_snapshot(at, &run.run_id, &assistant_id, SnapshotKind::After)
+                        .await;
+                }
+                Some(results)
             };
             let users = match self
                 .next_step(s, run, &steered, results.as_ref(), &mut live, reason)
@@ -470,7 +487,7 @@ impl Runtime {
         }
         let first_id = rows
             .first()
-            .filter(|m| m.role == "user" && m.seq == 1)
+            .filter(|m| m.role == "user" && m.seq == 1 && m.reverted_by.is_none())
             .map(|m| m.id.clone());
         Ok((rows, first_id))
     }
@@ -594,4 +611,11 @@ impl Runtime {
         *live = LiveMessage::new(assistant.id, self.flush_interval);
         Ok(users.into_iter().map(|u| u.id).collect())
     }
+}
+
+/// Whether a step's tool calls may change the workspace's files: any but the read-only tools.
+fn may_change_files(calls: &[crate::model::ToolCall]) -> bool {
+    calls
+        .iter()
+        .any(|c| !matches!(c.name.as_str(), "view" | "ls" | "glob" | "grep"))
 }

@@ -74,7 +74,7 @@ pub(super) struct StoredSummary {
 pub(super) fn latest_summary(rows: &[crate::store::MessageRow]) -> Option<StoredSummary> {
     rows.iter()
         .rev()
-        .filter(|m| m.role == "system")
+        .filter(|m| m.role == "system" && m.reverted_by.is_none())
         .find_map(|m| {
             m.part_list().ok()?.into_iter().find_map(|p| match p {
                 Part::Summary {
@@ -108,7 +108,8 @@ pub(super) fn summary_content(text: &str, messages: u32) -> String {
 /// dropped, and a call without a result gets one saying it did not complete (both APIs reject
 /// unpaired calls).
 ///
-/// When the session has a summary, the model is shown the session's first message, the latest
+/// Messages a revert hid are not shown at all. When the session has a summary, the model is
+/// shown the session's first message, the latest
 /// summary, and the messages after the range it replaces (summaries always start after the
 /// first message and reach up to their `toMessageId`, which must be among `rows` for its
 /// `seq`; without it the summary is not used).
@@ -139,6 +140,10 @@ pub(super) fn history_entries(rows: &[crate::store::MessageRow]) -> Vec<Shown> {
             }
         };
     for m in rows {
+        // Hidden by `session/revert`.
+        if m.reverted_by.is_some() {
+            continue;
+        }
         if let Some((_, through)) = summary
             && m.seq <= through
             && m.seq != 1
@@ -270,6 +275,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             finished_at: None,
+            reverted_by: None,
         }
     }
 

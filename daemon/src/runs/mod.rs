@@ -41,6 +41,7 @@ use crush_protocol::{
 use crate::config::{AgentSettings, PermissionRules};
 use crate::model::{Model, Models};
 use crate::peer::Peer;
+use crate::snapshots::Snapshots;
 use crate::store::{Store, new_id};
 use crate::sync::lock;
 use events::SessionEvents;
@@ -53,6 +54,7 @@ use workspaces::Workspace;
 mod accept;
 mod budget;
 mod cancel;
+mod checkpoints;
 mod compact;
 mod driver;
 mod events;
@@ -61,6 +63,7 @@ mod permissions;
 mod prompt;
 mod registry;
 mod replay;
+mod revert;
 mod state;
 mod step;
 mod subscribe;
@@ -104,6 +107,8 @@ pub struct Runtime {
     stop_retries: CancellationToken,
     /// The MCP servers whose tools runs offer and call (`mcp/`).
     mcp: crate::mcp::Mcp,
+    /// The workspace snapshot stores (`None`: snapshots are off).
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 /// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
@@ -251,6 +256,7 @@ impl Runtime {
             retries: TaskTracker::new(),
             stop_retries: CancellationToken::new(),
             mcp: crate::mcp::Mcp::default(),
+            snapshots: None,
         }
     }
 
@@ -263,6 +269,17 @@ impl Runtime {
     /// The MCP servers (`mcp/list`, `mcp/restart`, shutdown).
     pub fn mcp(&self) -> &crate::mcp::Mcp {
         &self.mcp
+    }
+
+    /// Takes snapshots of the workspaces' files during runs (`session/diff`).
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
+    }
+
+    /// The snapshot stores, when snapshots are on.
+    pub fn snapshots(&self) -> Option<&Arc<Snapshots>> {
+        self.snapshots.as_ref()
     }
 
     /// Sets how much of each session's stream is kept for replay.
@@ -400,6 +417,19 @@ impl Runtime {
                 SessionEvent::SessionUpdated {
                     title: title.to_owned(),
                     model: model.map(str::to_owned),
+                },
+            );
+        }
+    }
+
+    /// `session/fork` copied the session into `fork_id`: its subscribers hear it (`forked`).
+    pub fn forked(&self, session_id: &str, fork_id: &str, message_id: Option<&str>) {
+        if let Some(s) = self.existing_session(session_id) {
+            lock(&s.inner).events.publish(
+                None,
+                SessionEvent::Forked {
+                    fork_session_id: fork_id.to_owned(),
+                    message_id: message_id.map(str::to_owned),
                 },
             );
         }

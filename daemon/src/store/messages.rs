@@ -22,6 +22,8 @@ pub struct MessageRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// The revert that hid it from the model (`session/revert`); `None` while it is shown.
+    pub reverted_by: Option<String>,
 }
 
 /// A message row as read, with the pieces appended to it while it streams (`pieces.rs`).
@@ -39,6 +41,7 @@ struct StoredMessage {
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
+    reverted_by: Option<String>,
     /// JSON `[[extend, parts], …]`, oldest first; `[]` once the message is finished.
     pieces: Option<String>,
 }
@@ -59,6 +62,7 @@ impl StoredMessage {
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
+            reverted_by: self.reverted_by,
         })
     }
 }
@@ -168,6 +172,7 @@ impl Store {
             StoredMessage,
             r#"SELECT m.id, m.session_id, m.seq, m.run_id, m.role, m.parts, m.model, m.provider,
                     m.finish_reason, m.error, m.created_at, m.updated_at, m.finished_at,
+                    m.reverted_by,
                     (SELECT json_group_array(json_array(p.extend, json(p.parts)) ORDER BY p.id)
                        FROM message_pieces p WHERE p.message_id = m.id) AS "pieces?: String"
              FROM messages m WHERE m.id = ?"#,
@@ -193,6 +198,7 @@ impl Store {
             StoredMessage,
             r#"SELECT m.id, m.session_id, m.seq, m.run_id, m.role, m.parts, m.model, m.provider,
                     m.finish_reason, m.error, m.created_at, m.updated_at, m.finished_at,
+                    m.reverted_by,
                     (SELECT json_group_array(json_array(p.extend, json(p.parts)) ORDER BY p.id)
                        FROM message_pieces p WHERE p.message_id = m.id) AS "pieces?: String"
              FROM messages m WHERE m.session_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"#,
@@ -259,5 +265,6 @@ pub(super) async fn insert_message_in(
         created_at: now,
         updated_at: now,
         finished_at: None,
+        reverted_by: None,
     })
 }

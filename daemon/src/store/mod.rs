@@ -14,12 +14,15 @@ use sqlx::sqlite::{
 };
 
 mod accept;
+mod fork;
 pub mod live;
 mod mcp;
 mod messages;
 mod pieces;
 mod require;
+mod reverts;
 mod sessions;
+mod snapshots;
 mod turns;
 mod tx;
 mod vocab;
@@ -27,7 +30,9 @@ mod vocab;
 use accept::AcceptLog;
 pub use accept::NewRun;
 pub use messages::*;
+pub(crate) use reverts::NewRevert;
 pub use sessions::*;
+pub(crate) use snapshots::SnapshotKind;
 pub use turns::*;
 use tx::WriteTx;
 

@@ -116,6 +116,8 @@ impl Store {
                     > 0,
                 None => false,
             };
+        // A prompt after a revert makes it final.
+        super::reverts::finalize_reverts_in(&mut tx, t.session_id).await?;
         tx.commit().await?;
         Ok(StartedTurn {
             user,

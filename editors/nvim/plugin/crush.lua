@@ -59,6 +59,18 @@ local subcommands = {
   compact = function()
     require("crush").compact()
   end,
+  fork = function()
+    require("crush").fork()
+  end,
+  undo = function(_, opts)
+    require("crush").undo(nil, opts.bang)
+  end,
+  redo = function(_, opts)
+    require("crush").redo(nil, opts.bang)
+  end,
+  diff = function()
+    require("crush").diff()
+  end,
   sessions = function()
     require("crush").sessions()
   end,
@@ -136,6 +148,7 @@ vim.api.nvim_create_user_command("Crush", function(opts)
 end, {
   nargs = "*",
   range = true,
+  bang = true,
   complete = complete,
   desc = "crush: chat with the agent (:help crush)",
 })

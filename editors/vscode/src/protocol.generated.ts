@@ -164,7 +164,12 @@ logDir: string,
 /**
  * Idle exit delay in milliseconds; 0 means never.
  */
-idleTimeoutMs: number, };
+idleTimeoutMs: number, 
+/**
+ * Bytes the workspace snapshots take on disk (`session/diff`, `session/revert`); absent
+ * when snapshots are off.
+ */
+snapshotBytes?: number | null, };
 
 export type DaemonShutdownParams = { 
 /**
@@ -353,6 +358,77 @@ messages: number,
  */
 tokensBefore: number, tokensAfter: number, };
 
+export type SessionForkParams = { sessionId: string, 
+/**
+ * The last message the fork keeps (a message of the session); absent: all of them.
+ */
+messageId?: string | null, };
+
+export type SessionRevertParams = { sessionId: string, 
+/**
+ * The first message to undo: the files go back to their state before its run.
+ */
+messageId: string, 
+/**
+ * Overwrite files changed outside the runs since (listed as `conflicts` without it).
+ */
+force: boolean, };
+
+export type SessionUnrevertParams = { sessionId: string, 
+/**
+ * Overwrite files changed since the revert (listed as `conflicts` without it).
+ */
+force: boolean, };
+
+export type SessionRevertResult = { 
+/**
+ * Whether it was done; `false` with `conflicts` (nothing was changed), or for an unrevert
+ * with nothing to undo.
+ */
+done: boolean, 
+/**
+ * The revert (made or undone).
+ */
+revertId?: string | null, 
+/**
+ * The files written or removed.
+ */
+files: Array<string>, 
+/**
+ * Files changed outside the runs since; pass `force` to overwrite them.
+ */
+conflicts: Array<string>, 
+/**
+ * Messages hidden (revert) or shown again (unrevert).
+ */
+messages: number, };
+
+export type SessionDiffParams = { sessionId: string, 
+/**
+ * A message of the run whose changes are wanted; absent: the whole session's.
+ */
+messageId?: string | null, };
+
+export type SessionDiffResult = { 
+/**
+ * The unified diff (Git's format, paths relative to the workspace); empty for no change.
+ */
+diff: string, 
+/**
+ * Each changed file.
+ */
+files: Array<FileChange>, 
+/**
+ * Files too large to snapshot while those runs ran: their changes are not in the diff.
+ */
+skipped: Array<string>, };
+
+export type FileChange = { path: string, 
+/**
+ * `added`, `modified`, `deleted` or `typeChanged`.
+ */
+status: string, };
+
 export type SessionMessagesParams = { sessionId: string, 
 /**
  * Only messages with `seq` below this (the `nextBefore` of the previous page).
@@ -379,7 +455,11 @@ parts: Array<Part>, model?: string | null, provider?: string | null,
 /**
  * `end_turn`, `max_tokens`, `tool_use`, `canceled`, `error`, `interrupted`; absent while streaming.
  */
-finishReason?: FinishReason | null, error?: string | null, createdAt: number, updatedAt: number, finishedAt?: number | null, };
+finishReason?: FinishReason | null, error?: string | null, createdAt: number, updatedAt: number, finishedAt?: number | null, 
+/**
+ * Hidden from the model by `session/revert` (still stored and listed); absent when not.
+ */
+reverted?: boolean, };
 
 export type SessionMessagesResult = { messages: Array<MessageInfo>, 
 /**
@@ -674,13 +754,13 @@ seq: number, runId?: string | null, } & ({ "kind": "runQueued", position: number
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, });
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, } | { "kind": "reverted", revertId: string, messageId: string, files: Array<string>, messages: number, } | { "kind": "unreverted", revertId: string, files: Array<string>, messages: number, } | { "kind": "forked", forkSessionId: string, messageId?: string | null, });
 
 export type SessionEvent = { "kind": "runQueued", position: number, steer: boolean, } | { "kind": "runStarted" } | { "kind": "runFolded", into: string, } | { "kind": "cancelRequested", runIds: Array<string>, } | { "kind": "runFinished", state: RunState, error?: string | null, 
 /**
  * The assistant message of the run's turn (absent when it never started one).
  */
-messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, };
+messageId?: string | null, } | { "kind": "userMessage", messageId: string, text: string, } | { "kind": "assistantStarted", messageId: string, model: string, } | { "kind": "textDelta", messageId: string, text: string, } | { "kind": "reasoningDelta", messageId: string, text: string, } | { "kind": "retrying", attempt: number, maxAttempts: number, delayMs: number, error: string, } | { "kind": "toolCallStarted", messageId: string, toolCallId: string, tool: string, input: JsonValue, } | { "kind": "permissionRequested", requestId: string, toolCallId: string, tool: string, title: string, } | { "kind": "permissionResolved", requestId: string, decision: PermissionResolution, by: string, } | { "kind": "toolCallFinished", messageId: string, toolCallId: string, tool: string, status: ToolStatus, output: string, metadata?: JsonValue | null, } | { "kind": "compacted", fromMessageId: string, toMessageId: string, tokensBefore: number, tokensAfter: number, stubbed: number, dropped: number, summaryMessageId?: string | null, } | { "kind": "messageFinished", messageId: string, finishReason: FinishReason, error?: string | null, } | { "kind": "sessionUpdated", title: string, model?: string | null, } | { "kind": "reverted", revertId: string, messageId: string, files: Array<string>, messages: number, } | { "kind": "unreverted", revertId: string, files: Array<string>, messages: number, } | { "kind": "forked", forkSessionId: string, messageId?: string | null, };
 
 export type CancelParams = { id: number | string, };
 
@@ -704,6 +784,10 @@ export interface Requests {
   "session/rename": { params: SessionRenameParams; result: SessionInfo };
   "session/delete": { params: SessionRef; result: SessionDeleteResult };
   "session/compact": { params: SessionRef; result: SessionCompactResult };
+  "session/fork": { params: SessionForkParams; result: SessionInfo };
+  "session/diff": { params: SessionDiffParams; result: SessionDiffResult };
+  "session/revert": { params: SessionRevertParams; result: SessionRevertResult };
+  "session/unrevert": { params: SessionUnrevertParams; result: SessionRevertResult };
   "session/messages": { params: SessionMessagesParams; result: SessionMessagesResult };
   "run/get": { params: RunRef; result: RunInfo };
   "workspace/close": { params: WorkspaceCloseParams; result: WorkspaceCloseResult };

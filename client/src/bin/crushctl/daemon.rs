@@ -82,6 +82,9 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
     crate::outln!("  connections  {}", st.connections)?;
     crate::outln!("  socket       {}", st.socket)?;
     crate::outln!("  logs         {}", st.log_dir)?;
+    if let Some(bytes) = st.snapshot_bytes {
+        crate::outln!("  snapshots    {} (undo and diff)", human_bytes(bytes))?;
+    }
     let idle = match st.idle_timeout_ms {
         0 => "never".to_owned(),
         ms => format!(
@@ -302,5 +305,21 @@ pub fn human_duration(d: Duration) -> String {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `1.4 MiB`-style sizes.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }

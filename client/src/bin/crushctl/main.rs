@@ -127,6 +127,57 @@ enum Command {
         #[command(flatten)]
         ws: WorkspaceArg,
     },
+    /// Copy a session into a new one, up to a message [default: the workspace's most recent
+    /// session, all of it]; the files are not touched.
+    Fork {
+        session: Option<String>,
+        /// The last message the copy keeps (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        at: Option<String>,
+        /// Print the new session as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Show what a session's runs changed in the workspace's files, as a unified diff [default:
+    /// the workspace's most recent session, all its runs].
+    Diff {
+        session: Option<String>,
+        /// Only the run of this message (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        run_of: Option<String>,
+        /// Only the list of changed files.
+        #[arg(long)]
+        stat: bool,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Undo a session's last turn [default: the workspace's most recent session]: its changes to
+    /// the files are put back and the model no longer sees it (it stays in the history).
+    Undo {
+        session: Option<String>,
+        /// Undo from this message on instead (a message id, as `sessions show --json` gives).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        to: Option<String>,
+        /// Also put back files changed outside the runs since (listed as conflicts without it).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Redo what the session's last `undo` undid, while no prompt was sent since.
+    Redo {
+        session: Option<String>,
+        /// Also overwrite files changed since the undo.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
     /// Follow a session live, like `tail -f`: recent history, then every event as it happens.
     Attach(AttachArgs),
     /// List the workspace's sessions, or show, remove or rename one.
@@ -496,6 +547,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel { session, run, ws } => run::cancel(&g, session, run, &ws).await,
         Command::Compact { session, json, ws } => {
             sessions::compact(&g, session.as_deref(), &ws, json).await
+        }
+        Command::Fork {
+            session,
+            at,
+            json,
+            ws,
+        } => sessions::fork(&g, session.as_deref(), at, &ws, json).await,
+        Command::Diff {
+            session,
+            run_of,
+            stat,
+            json,
+            ws,
+        } => sessions::diff(&g, session.as_deref(), run_of, &ws, stat, json).await,
+        Command::Undo {
+            session,
+            to,
+            force,
+            ws,
+        } => sessions::undo(&g, session.as_deref(), to, force, &ws).await,
+        Command::Redo { session, force, ws } => {
+            sessions::redo(&g, session.as_deref(), force, &ws).await
         }
         Command::Attach(a) => attach::attach(&g, a).await,
         Command::Sessions(a) => sessions::sessions(&g, a).await,

@@ -145,6 +145,15 @@ impl Conversation {
     pub fn message(&mut self, m: &MessageInfo, streaming: Option<&[Part]>) {
         let parts = streaming.unwrap_or(&m.parts);
         match m.role.as_str() {
+            "user" if m.reverted && self.first(m.message_id.clone()) => {
+                // Undone (`crushctl undo`): shown dimmed, the model no longer sees it.
+                self.ui.end_line();
+                self.ui.out_line(
+                    &self
+                        .ui
+                        .paint_out(DIM, &format!("\n❯ {} (undone)", text_of(parts))),
+                );
+            }
             "user" if self.first(m.message_id.clone()) => self.user(&text_of(parts)),
             "user" => {}
             "assistant" => {
@@ -317,6 +326,30 @@ impl Conversation {
                 }
             }
             SessionEvent::Compacted { .. } => {}
+            SessionEvent::Reverted {
+                files, messages, ..
+            } => self.line(&self.ui.paint_out(
+                YELLOW,
+                &format!(
+                    "[undone: {messages} messages hidden from the model, {} files restored]",
+                    files.len()
+                ),
+            )),
+            SessionEvent::Unreverted {
+                files, messages, ..
+            } => self.line(&self.ui.paint_out(
+                DIM,
+                &format!(
+                    "[redone: {messages} messages back, {} files restored]",
+                    files.len()
+                ),
+            )),
+            SessionEvent::Forked {
+                fork_session_id, ..
+            } => self.line(&self.ui.paint_out(
+                DIM,
+                &format!("[forked into session {}]", short_id(fork_session_id)),
+            )),
         }
     }
 }

@@ -587,7 +587,10 @@ impl RunView {
             | SessionEvent::PermissionRequested { .. }
             | SessionEvent::RunFinished { .. }
             | SessionEvent::MessageFinished { .. }
-            | SessionEvent::SessionUpdated { .. } => {}
+            | SessionEvent::SessionUpdated { .. }
+            | SessionEvent::Forked { .. }
+            | SessionEvent::Reverted { .. }
+            | SessionEvent::Unreverted { .. } => {}
             SessionEvent::Compacted {
                 summary_message_id: Some(id),
                 tokens_before,

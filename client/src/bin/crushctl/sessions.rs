@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crush_protocol::{AgentState, RunState, SessionRef, SessionRenameParams, request};
+use crush_protocol::{
+    AgentState, RunState, SessionDiffParams, SessionForkParams, SessionRef, SessionRenameParams,
+    SessionRevertParams, SessionRevertResult, SessionUnrevertParams, request,
+};
 
 use crate::attach::history;
 use crate::render::Conversation;
@@ -49,6 +52,194 @@ pub async fn sessions(g: &Global, a: SessionsArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// The named session's full id, else the workspace's most recent session's.
+async fn named_or_latest(
+    client: &crush_client::ReconnectingClient,
+    session: Option<&str>,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<String> {
+    Ok(match session {
+        Some(id) => get_session(client, id).await?.session_id,
+        None => {
+            let w = open_workspace(client, ws).await?;
+            match list_sessions(client, &w.workspace_id).await?.first() {
+                Some(s) => s.session_id.clone(),
+                None => return Err(usage(format!("no session in {}", w.path))),
+            }
+        }
+    })
+}
+
+/// `fork`: `session/fork` of the named session, else the workspace's most recent one.
+pub async fn fork(
+    g: &Global,
+    session: Option<&str>,
+    at: Option<String>,
+    ws: &WorkspaceArg,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let s = client
+            .request::<request::SessionFork>(SessionForkParams {
+                session_id: id.clone(),
+                message_id: at,
+            })
+            .await?;
+        if json_out {
+            crate::outln!("{}", serde_json::to_string(&s)?)?;
+        } else {
+            crate::outln!(
+                "forked session {} into {} ({:?}, {} messages); continue it with `crushctl run -s {}`",
+                crate::ids::short(&id),
+                crate::ids::short(&s.session_id),
+                s.title,
+                s.message_count,
+                crate::ids::short(&s.session_id)
+            )?;
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `diff`: `session/diff` of the named session (or the run of one of its messages), else of
+/// the workspace's most recent session.
+pub async fn diff(
+    g: &Global,
+    session: Option<&str>,
+    run_of: Option<String>,
+    ws: &WorkspaceArg,
+    stat: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let d = client
+            .request::<request::SessionDiff>(SessionDiffParams {
+                session_id: id,
+                message_id: run_of,
+            })
+            .await?;
+        if json_out {
+            crate::outln!("{}", serde_json::to_string(&d)?)?;
+            return Ok(0);
+        }
+        if stat || d.diff.is_empty() {
+            for f in &d.files {
+                crate::outln!("{:<9} {}", f.status, f.path)?;
+            }
+        } else {
+            crate::ui::write_out(format_args!("{}", d.diff))?;
+        }
+        if d.files.is_empty() {
+            crate::errln!("no changes");
+        }
+        for s in &d.skipped {
+            crate::errln!("not in the diff (too large to snapshot): {s}");
+        }
+        Ok(0)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// Prints what an undo or redo did; exit 1 when conflicts stopped it.
+fn report(what: &str, r: &SessionRevertResult) -> anyhow::Result<u8> {
+    if !r.done && !r.conflicts.is_empty() {
+        crate::errln!(
+            "nothing was {what}: these files changed outside the runs since; look at them, or \
+             pass --force to overwrite them:"
+        );
+        for c in &r.conflicts {
+            crate::errln!("  {c}");
+        }
+        return Ok(crate::EXIT_FAILED);
+    }
+    if !r.done {
+        crate::outln!("nothing to redo: no undo since the last prompt")?;
+        return Ok(0);
+    }
+    crate::outln!(
+        "{what}: {} messages, {} files{}",
+        r.messages,
+        r.files.len(),
+        if r.files.is_empty() { "" } else { ":" }
+    )?;
+    for f in &r.files {
+        crate::outln!("  {f}")?;
+    }
+    Ok(0)
+}
+
+/// `undo`: `session/revert` from the named message, else from the session's last prompt that is
+/// not undone already.
+pub async fn undo(
+    g: &Global,
+    session: Option<&str>,
+    to: Option<String>,
+    force: bool,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let message_id = match to {
+            Some(m) => m,
+            None => {
+                let messages = history(&client, &id, true, 1000).await?;
+                match messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user" && !m.reverted)
+                {
+                    Some(m) => m.message_id.clone(),
+                    None => return Err(usage(format!("nothing to undo in session {id}"))),
+                }
+            }
+        };
+        let r = client
+            .request::<request::SessionRevert>(SessionRevertParams {
+                session_id: id,
+                message_id,
+                force,
+            })
+            .await?;
+        report("undone", &r)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
+/// `redo`: `session/unrevert`.
+pub async fn redo(
+    g: &Global,
+    session: Option<&str>,
+    force: bool,
+    ws: &WorkspaceArg,
+) -> anyhow::Result<u8> {
+    let client = g.reconnecting(g.options(true)).await?;
+    let result = async {
+        let id = named_or_latest(&client, session, ws).await?;
+        let r = client
+            .request::<request::SessionUnrevert>(SessionUnrevertParams {
+                session_id: id,
+                force,
+            })
+            .await?;
+        report("redone", &r)
+    }
+    .await;
+    leave(client).await;
+    result
+}
+
 /// `compact`: `session/compact` for the named session, else the workspace's most recent one.
 pub async fn compact(
     g: &Global,
@@ -58,16 +249,7 @@ pub async fn compact(
 ) -> anyhow::Result<u8> {
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
-        let id = match session {
-            Some(id) => get_session(&client, id).await?.session_id,
-            None => {
-                let w = open_workspace(&client, ws).await?;
-                match list_sessions(&client, &w.workspace_id).await?.first() {
-                    Some(s) => s.session_id.clone(),
-                    None => return Err(usage(format!("no session in {}", w.path))),
-                }
-            }
-        };
+        let id = named_or_latest(&client, session, ws).await?;
         if !json_out && Term::detect().stderr_tty {
             crate::errln!("summarising the older messages of session {}…", crate::ids::short(&id));
         }

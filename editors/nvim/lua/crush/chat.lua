@@ -274,7 +274,7 @@ local function entry_lines(s, e)
     table.insert(out, "_session " .. short .. (s.model and (" · model " .. s.model) or "") .. usage_text(s.usage) .. "_")
     table.insert(out, "")
   elseif e.kind == "user" then
-    table.insert(out, "## You")
+    table.insert(out, "## You" .. (e.reverted and " · undone" or ""))
     table.insert(out, "")
     if e.text and e.text ~= "" then
       push_text(out, e.text)
@@ -288,7 +288,7 @@ local function entry_lines(s, e)
     end
     table.insert(out, "")
   elseif e.kind == "assistant" then
-    table.insert(out, "## Assistant" .. (e.model and (" · " .. e.model) or ""))
+    table.insert(out, "## Assistant" .. (e.model and (" · " .. e.model) or "") .. (e.reverted and " · undone" or ""))
     table.insert(out, "")
     local prev
     for _, part in ipairs(e.parts) do
@@ -450,6 +450,22 @@ function M.render(s)
   else
     write_lines(buf, start + d - 1, -1, tail)
   end
+end
+
+--- The id of the stored message shown at buffer row `row` (1-based) of the session's chat: the
+--- message whose lines hold it, or the nearest one above (tool output belongs to its message).
+function M.message_at(s, row)
+  local found
+  for i, e in ipairs(s.entries) do
+    local off = s.offsets and s.offsets[i]
+    if not off or off >= row then
+      break
+    end
+    if e.id then
+      found = e.id
+    end
+  end
+  return found
 end
 
 function M.schedule_render(s)

@@ -247,6 +247,120 @@ function M.compact(session_id, cb)
   end)
 end
 
+--- `:Crush fork`: copies the session into a new one and opens the copy's chat. In a chat, the
+--- copy ends at the message under the cursor; elsewhere it is the whole session. The files are
+--- not touched. cb(err, SessionInfo of the copy).
+function M.fork(session_id, cb)
+  cb = cb or function() end
+  local in_chat = vim.b.crush_session and session().get(vim.b.crush_session)
+  local at = nil
+  if in_chat and not session_id then
+    at = chat().message_at(in_chat, vim.api.nvim_win_get_cursor(0)[1])
+  end
+  with_session(session_id, function(s)
+    local params = { sessionId = s.id }
+    if at and s == in_chat then
+      params.messageId = at
+    end
+    client().request("session/fork", params, function(err, info)
+      if err then
+        util.error("session/fork failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      util.notify(string.format("forked into %q (%d messages)", info.title, info.messageCount))
+      M.attach_full(info.sessionId, function(aerr)
+        cb(aerr, info)
+      end)
+    end)
+  end)
+end
+
+local function report_revert(what, res)
+  if not res.done and res.conflicts and #res.conflicts > 0 then
+    util.error(
+      string.format(
+        "nothing was %s: changed outside the runs since: %s (`:Crush! %s` overwrites them)",
+        what,
+        table.concat(res.conflicts, ", "),
+        what == "undone" and "undo" or "redo"
+      )
+    )
+  elseif not res.done then
+    util.notify("nothing to redo: no undo since the last prompt")
+  else
+    util.notify(string.format("%s: %d messages, %d files", what, res.messages, #(res.files or {})))
+  end
+end
+
+--- `:Crush undo[!]`: undoes the session's last turn that is not undone yet — its changes to the
+--- files are put back and the model no longer sees it (the chat shows it marked "undone").
+--- With `!`, files changed outside the runs since are overwritten too. cb(err, result).
+function M.undo(session_id, force, cb)
+  cb = cb or function() end
+  with_session(session_id, function(s)
+    local last
+    for i = #s.entries, 1, -1 do
+      local e = s.entries[i]
+      if e.kind == "user" and e.id and not e.reverted then
+        last = e.id
+        break
+      end
+    end
+    if not last then
+      util.error("nothing to undo in this session")
+      return cb("nothing to undo")
+    end
+    client().request("session/revert", { sessionId = s.id, messageId = last, force = force or false }, function(err, res)
+      if err then
+        util.error("session/revert failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      report_revert("undone", res)
+      cb(nil, res)
+    end)
+  end)
+end
+
+--- `:Crush redo[!]`: takes the last undo back, while no prompt was sent since.
+function M.redo(session_id, force, cb)
+  cb = cb or function() end
+  with_session(session_id, function(s)
+    client().request("session/unrevert", { sessionId = s.id, force = force or false }, function(err, res)
+      if err then
+        util.error("session/unrevert failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      report_revert("redone", res)
+      cb(nil, res)
+    end)
+  end)
+end
+
+--- `:Crush diff`: what the session's runs changed in the files, in a new tab (filetype diff).
+function M.diff(session_id, cb)
+  cb = cb or function() end
+  with_session(session_id, function(s)
+    client().request("session/diff", { sessionId = s.id }, function(err, res)
+      if err then
+        util.error("session/diff failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      vim.schedule(function()
+        vim.cmd("tabnew")
+        local buf = vim.api.nvim_get_current_buf()
+        vim.bo[buf].buftype = "nofile"
+        vim.bo[buf].bufhidden = "wipe"
+        local text = res.diff ~= "" and res.diff or "(no changes)"
+        vim.api.nvim_buf_set_lines(buf, 0, -1, false, vim.split(text, "\n", { trimempty = true }))
+        vim.bo[buf].filetype = "diff"
+        vim.bo[buf].modifiable = false
+        pcall(vim.api.nvim_buf_set_name, buf, "crush://diff/" .. s.id)
+        cb(nil, res, buf)
+      end)
+    end)
+  end)
+end
+
 --- `:Crush new [title]`: a new session in the current workspace, opened in the chat.
 function M.new(title, cb)
   if not guard() then

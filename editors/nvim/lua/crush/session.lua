@@ -220,7 +220,10 @@ local function rebuild(s, sub, page)
           table.insert(atts, p)
         end
       end
-      M.add_entry(s, { kind = "user", id = m.messageId, text = table.concat(text, "\n"), attachments = atts })
+      M.add_entry(
+        s,
+        { kind = "user", id = m.messageId, text = table.concat(text, "\n"), attachments = atts, reverted = m.reverted }
+      )
     elseif m.role == "assistant" then
       local model = m.provider and m.model and (m.provider .. "/" .. m.model) or m.model
       local e = M.add_entry(s, {
@@ -231,6 +234,7 @@ local function rebuild(s, sub, page)
         parts = {},
         finish = m.finishReason,
         error = m.error,
+        reverted = m.reverted,
       })
       for _, p in ipairs(parts) do
         if p.type == "text" or p.type == "reasoning" then
@@ -356,6 +360,14 @@ local function apply(s, ev)
     end
     -- A turn adds to the session's usage: read its totals (and title) again.
     M.refresh_info(s)
+  elseif k == "reverted" or k == "unreverted" then
+    -- Messages were hidden from the model or shown again: read them again to mark them.
+    client.request_now("session/messages", { sessionId = s.id, limit = config.options.history_limit }, function(err, page)
+      if not err and page then
+        rebuild(s, {}, page)
+        M.changed(s)
+      end
+    end)
   elseif k == "compacted" then
     -- A summary was written (an event without one only trimmed a request: nothing to show).
     if ev.summaryMessageId and not s.by_msg[ev.summaryMessageId] then
