@@ -111,6 +111,8 @@ pub struct Config {
     pub agent: AgentSettings,
     /// What tools may do without asking (`[permissions]`).
     pub permissions: PermissionRules,
+    /// The global MCP servers (`[mcp.servers.NAME]`), checked.
+    pub mcp: Vec<crate::mcp::config::ServerSpec>,
 }
 
 /// `[permissions]`: tool calls that run without asking.
@@ -146,6 +148,7 @@ impl Config {
             models: ModelsConfig::default(),
             agent: AgentSettings::default(),
             permissions: PermissionRules::default(),
+            mcp: Vec::new(),
         }
     }
 
@@ -165,6 +168,8 @@ impl Config {
             .apply(file.default_model.as_ref(), &file.providers);
         self.agent.apply(&file.agent);
         self.permissions = file.permissions.clone();
+        // `parse_file` checked the tables, so this cannot fail for a file it returned.
+        self.mcp = file.mcp.specs().unwrap_or_default();
     }
 
     /// The effective configuration for `config/get`: every setting, with API keys replaced by
@@ -188,6 +193,22 @@ impl Config {
                 "allowEnv": self.permissions.allow_env,
             },
             "daemon": daemon,
+            // Environment values may be secrets: only their names are shown.
+            "mcp": {
+                "servers": self.mcp.iter().map(|m| (m.name.clone(), serde_json::json!({
+                    "command": m.command,
+                    "url": m.url.as_deref().map(crate::secrets::redact_url_credentials),
+                    "headerNames": m.headers.keys().chain(m.headers_env.keys()).collect::<Vec<_>>(),
+                    "headersEnv": m.headers_env,
+                    "args": m.args,
+                    "envNames": m.env.keys().collect::<Vec<_>>(),
+                    "cwd": m.cwd,
+                    "enabled": m.enabled,
+                    "timeoutMs": m.timeout.as_millis() as u64,
+                    "startupTimeoutMs": m.startup_timeout.as_millis() as u64,
+                    "allow": m.allow,
+                }))).collect::<serde_json::Map<_, _>>(),
+            },
         })
     }
 }
@@ -219,6 +240,9 @@ pub struct ConfigFile {
     pub(crate) agent: AgentSection,
     #[serde(default)]
     pub(crate) permissions: PermissionRules,
+    /// `[mcp.servers.NAME]`: global MCP servers.
+    #[serde(default)]
+    pub(crate) mcp: crate::mcp::config::McpSection,
 }
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -374,6 +398,16 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
                 format!("{tool:?} is not a tool (view, ls, glob, grep, write, edit, bash)"),
             ));
         }
+    }
+    if let Err((key, message)) = file.mcp.specs() {
+        // The line of the server's table header (`[mcp.servers.NAME]`).
+        let server = key.split('.').nth(2).unwrap_or_default();
+        let line = text
+            .find(&format!("mcp.servers.{server}]"))
+            .or_else(|| text.find(&format!("mcp.servers.\"{server}\"]")))
+            .map(|at| text[..at].matches('\n').count() + 1)
+            .unwrap_or(1);
+        return Err(problem(line, key, message));
     }
     if let Some(d) = &file.default_model {
         let provider = d.split_once('/').map(|(p, _)| p);

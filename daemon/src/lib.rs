@@ -7,6 +7,7 @@ pub mod config;
 pub(crate) mod connection;
 pub mod inbound;
 pub mod logging;
+pub mod mcp;
 pub mod model;
 pub mod outbound;
 pub mod peer;

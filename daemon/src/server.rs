@@ -192,6 +192,8 @@ pub(crate) async fn serve(
         info!(runs = live, "cancelling runs");
     }
     daemon.runtime.shutdown().await;
+    // No run is left to call a tool: the MCP servers stop (stdin closed, then the group killed).
+    daemon.runtime.mcp().shutdown(Duration::from_secs(3)).await;
     daemon.disconnect_all();
     connections.close();
     if tokio::time::timeout(daemon.config.shutdown_grace, connections.wait())

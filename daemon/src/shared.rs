@@ -15,6 +15,7 @@ use tracing::info;
 use crate::clients::{Clients, Expiry};
 use crate::config::Config;
 use crate::inbound::InboundBudget;
+use crate::mcp::Mcp;
 use crate::model::Models;
 use crate::runs::{ReplayLimits, Runtime};
 use crate::snapshots::{SnapshotLimits, Snapshots};
@@ -52,13 +53,23 @@ impl Daemon {
                 },
             )
         });
+        let models = Models::from_config(&config.models)
+            .with_connection_limit(config.daemon.max_model_connections);
+        let mut secret_vars = models.key_variables();
+        secret_vars.extend(
+            config
+                .mcp
+                .iter()
+                .flat_map(|m| m.headers_env.values().cloned()),
+        );
+        let mcp = Mcp::new(config.mcp.clone(), secret_vars);
         let runtime = Runtime::new(
             store.clone(),
-            Models::from_config(&config.models)
-                .with_connection_limit(config.daemon.max_model_connections),
+            models,
             config.daemon.flush_interval,
             config.shutdown_grace,
         )
+        .with_mcp(mcp)
         .configure(config.agent.clone(), config.permissions.clone())
         .with_replay(
             ReplayLimits {

@@ -52,6 +52,10 @@ pub enum ErrorCode {
     /// A model call the request needed failed (the provider's error is in the message); a
     /// `session/compact` whose summary could not be written.
     ModelFailed = -32031,
+    /// No MCP server has the given name (`mcp/restart`).
+    McpServerNotFound = -32040,
+    /// The MCP server is disabled in the config file (`mcp/restart`).
+    McpServerDisabled = -32041,
 }
 
 impl ErrorCode {
@@ -78,6 +82,8 @@ impl ErrorCode {
         (ErrorCode::StorageFailed, "StorageFailed"),
         (ErrorCode::ModelNotConfigured, "ModelNotConfigured"),
         (ErrorCode::ModelFailed, "ModelFailed"),
+        (ErrorCode::McpServerNotFound, "McpServerNotFound"),
+        (ErrorCode::McpServerDisabled, "McpServerDisabled"),
     ];
 
     pub const fn code(self) -> i32 {

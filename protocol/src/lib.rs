@@ -19,6 +19,6 @@ pub use jsonrpsee_types::Id;
 pub use message::{Message, RequestId};
 pub use methods::*;
 pub use vocab::{
-    AgentState, ContextWindowSource, FinishReason, Part, PermissionResolution, RunState,
-    ToolStatus, UnknownName,
+    AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
+    PermissionResolution, RunState, ToolStatus, UnknownName,
 };

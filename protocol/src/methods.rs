@@ -9,7 +9,8 @@ use serde_json::value::RawValue;
 use crate::error::RpcError;
 use crate::message::RequestId;
 use crate::vocab::{
-    AgentState, ContextWindowSource, FinishReason, Part, PermissionResolution, RunState, ToolStatus,
+    AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
+    PermissionResolution, RunState, ToolStatus,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
@@ -282,6 +283,10 @@ client_requests! {
     PermissionRespond = "permission/respond" (PermissionRespondParams) -> PermissionRespondResult;
     /// The effective configuration, secrets redacted.
     ConfigGet = "config/get" (NoParams) -> ConfigGetResult [resend];
+    /// The daemon's MCP servers: scope, state, last error, tools.
+    McpList = "mcp/list" (NoParams) -> McpListResult [resend];
+    /// Stop an MCP server (if running) and start it again now, without backoff.
+    McpRestart = "mcp/restart" (McpRestartParams) -> McpServerInfo;
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
     /// Diagnostic: the daemon's live resource counts (connections, tasks, runs), for leak
@@ -1168,6 +1173,73 @@ pub struct ModelInfo {
     pub unavailable: Option<String>,
 }
 
+/// One MCP server (`mcp/list`, `mcp/restart`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerInfo {
+    /// Its name in the config (`[mcp.servers.NAME]`); its tools are `mcp__NAME__TOOL`.
+    pub name: String,
+    pub scope: McpScope,
+    /// For a `project` server: the workspace whose `.mcp.json` defines it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    pub state: McpServerState,
+    /// The command line it runs.
+    pub command: String,
+    /// Why it last failed (start, exit, timeout); cleared when it becomes ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The process id while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// How many tools are offered to the model (the length of `tools`).
+    pub tool_count: usize,
+    /// The server's tool names (as the server names them) offered to the model.
+    pub tools: Vec<String>,
+    /// Tools the server lists that are not offered, each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_tools: Vec<McpRejectedTool>,
+    /// How many times it was started again after its first start.
+    pub restarts: u32,
+    /// What the server said about itself at `initialize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// The MCP protocol version negotiated with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+}
+
+/// A tool an MCP server lists that the model is not offered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct McpRejectedTool {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct McpListResult {
+    pub servers: Vec<McpServerInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct McpRestartParams {
+    /// The server's name.
+    pub name: String,
+    /// For a project server (`.mcp.json`): its workspace. Without it a global server of that
+    /// name is restarted, else a project server of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
@@ -1435,6 +1507,7 @@ mod tests {
                 "agent/status",
                 "model/list",
                 "config/get",
+                "mcp/list",
             ]
         );
         assert_eq!(ClientRequest::facts_of("exit"), None);

@@ -111,6 +111,34 @@ impl RunState {
 }
 
 wire_enum! {
+    /// Where an MCP server is in its life (`mcp/list`).
+    pub enum McpServerState ("MCP server state") {
+        /// Configured, not started yet: it starts when a run first needs its tools.
+        Idle = "idle",
+        /// Starting or restarting: its tools are not callable until it is ready.
+        Starting = "starting",
+        Ready = "ready",
+        /// It would not start, or it died; it is retried after a backoff (`lastError` says why).
+        Failed = "failed",
+        /// `enabled = false` in the config.
+        Disabled = "disabled",
+        /// From a workspace's `.mcp.json` and not approved for that workspace: it does not start
+        /// until a client approves it (a `permission/request` at the next run).
+        Unapproved = "unapproved",
+    }
+}
+
+wire_enum! {
+    /// Which servers an MCP server is shared by (`mcp/list`).
+    pub enum McpScope ("MCP server scope") {
+        /// From `config.toml`: shared by every session of every workspace.
+        Global = "global",
+        /// From a workspace's `.mcp.json`: shared by the sessions of that workspace.
+        Project = "project",
+    }
+}
+
+wire_enum! {
     /// What a session is doing (`agent/status`).
     pub enum AgentState ("agent state") {
         Idle = "idle",

@@ -232,7 +232,9 @@ fn take_keys_out_of_the_environment(secrets_on_stdin: bool, cfg: &Config) -> any
             crushd::secrets::install(keys);
             return Ok(());
         }
-        let key_vars = crushd::model::Models::from_config(&cfg.models).key_variables();
+        let mut key_vars = crushd::model::Models::from_config(&cfg.models).key_variables();
+        // The variables MCP servers' HTTP headers are read from are handed over like API keys.
+        key_vars.extend(cfg.mcp.iter().flat_map(|m| m.headers_env.values().cloned()));
         let plan = handover::plan(
             std::env::vars_os().collect(),
             &key_vars,

@@ -11,6 +11,7 @@
 mod agent;
 mod daemon;
 mod error;
+mod mcp;
 mod session;
 mod workspace;
 
@@ -92,6 +93,8 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         SessionUnsubscribe(p) => agent::unsubscribe(c, p).await,
         RunGet(p) => agent::run_get(c, p).await,
         PermissionRespond(p) => agent::permission_respond(c, p),
+        McpList(p) => mcp::list(c, p),
+        McpRestart(p) => mcp::restart(c, p),
     }
 }
 

@@ -261,7 +261,7 @@ impl Runtime {
             },
             messages: Vec::new(),
             tools: if root.is_some() {
-                crate::tools::specs()
+                self.offered_tools(s, run, token, root.as_deref()).await
             } else {
                 Vec::new()
             },

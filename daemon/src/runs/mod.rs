@@ -105,6 +105,8 @@ pub struct Runtime {
     /// shutdown.
     retries: TaskTracker,
     stop_retries: CancellationToken,
+    /// The MCP servers whose tools runs offer and call (`mcp/`).
+    mcp: crate::mcp::Mcp,
     /// The workspace snapshot stores (`None`: snapshots are off).
     snapshots: Option<Arc<Snapshots>>,
 }
@@ -253,8 +255,20 @@ impl Runtime {
             permissions: Permissions::default(),
             retries: TaskTracker::new(),
             stop_retries: CancellationToken::new(),
+            mcp: crate::mcp::Mcp::default(),
             snapshots: None,
         }
+    }
+
+    /// Sets the MCP servers runs may use.
+    pub fn with_mcp(mut self, mcp: crate::mcp::Mcp) -> Self {
+        self.mcp = mcp;
+        self
+    }
+
+    /// The MCP servers (`mcp/list`, `mcp/restart`, shutdown).
+    pub fn mcp(&self) -> &crate::mcp::Mcp {
+        &self.mcp
     }
 
     /// Takes snapshots of the workspaces' files during runs (`session/diff`).

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 mod accept;
 mod fork;
 pub mod live;
+mod mcp;
 mod messages;
 mod pieces;
 mod require;

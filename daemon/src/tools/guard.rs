@@ -18,6 +18,11 @@
 //! Either way it sends SIGTERM to the group, gives it a moment, then SIGKILL (which ends the
 //! guard too). Otherwise it waits for the shell and exits with its status: the same exit code,
 //! or the same terminating signal re-raised on itself.
+//!
+//! `crushd --tool-guard --exec PROGRAM ARGS…` is the same guard for a stdio MCP server
+//! (`mcp/process.rs`): the server speaks MCP on its stdin, so the guard relays its own stdin to
+//! the server's, and the end of that stream is still the lifeline (the daemon closes it to stop
+//! the server, and it ends when the daemon dies). The server's stdout and stderr are the guard's.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -75,12 +80,25 @@ pub fn own_program() -> Option<OsString> {
     std::env::current_exe().ok().map(OsString::from)
 }
 
-/// The guard's `main`: `args` are the arguments after [`FLAG`], `-c COMMAND`.
+/// The guard's argument that starts a program (an MCP server) instead of a shell command.
+pub(crate) const EXEC: &str = "--exec";
+
+/// What the guard starts.
+enum Command {
+    /// `-c COMMAND`: a bash tool call, stdin closed.
+    Shell(OsString),
+    /// `--exec PROGRAM ARGS…`: a stdio MCP server, the guard's stdin relayed to it.
+    Exec(Vec<OsString>),
+}
+
+/// The guard's `main`: `args` are the arguments after [`FLAG`], `-c COMMAND` or
+/// `--exec PROGRAM ARGS…`.
 pub fn main(args: &[OsString]) -> ExitCode {
     let command = match args {
-        [c, command] if c == "-c" => command.clone(),
+        [c, command] if c == "-c" => Command::Shell(command.clone()),
+        [e, program @ ..] if e == EXEC && !program.is_empty() => Command::Exec(program.to_vec()),
         _ => {
-            eprintln!("crushd {FLAG}: expected `-c COMMAND`");
+            eprintln!("crushd {FLAG}: expected `-c COMMAND` or `{EXEC} PROGRAM ARGS...`");
             return ExitCode::from(2);
         }
     };
@@ -126,27 +144,78 @@ pub fn main(args: &[OsString]) -> ExitCode {
     std::process::exit(status)
 }
 
-async fn guard(command: OsString, parent: Option<Pid>, group: Pid) -> i32 {
+async fn guard(command: Command, parent: Option<Pid>, group: Pid) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
 
-    let mut child = match spawn(&command) {
+    let spawned = match &command {
+        Command::Shell(c) => spawn(c),
+        Command::Exec(argv) => spawn_exec(argv),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("Cannot start the shell: {e}");
+            match &command {
+                Command::Shell(_) => eprintln!("Cannot start the shell: {e}"),
+                Command::Exec(argv) => {
+                    eprintln!(
+                        "Cannot start {:?}: {e}",
+                        argv.first().unwrap_or(&OsString::new())
+                    )
+                }
+            }
             return 127;
         }
     };
-    let (eof_tx, mut eof_rx) = tokio::sync::oneshot::channel::<()>();
-    // A plain thread: a blocking read of stdin that returns only when the daemon is gone.
+    // For `--exec`, what arrives on our stdin goes on to the program's.
+    let mut relay_to: Option<std::fs::File> = child
+        .stdin
+        .take()
+        .and_then(|s| s.into_owned_fd().ok())
+        .map(std::fs::File::from);
+    let (eof_tx, mut eof_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    if relay_to.is_some() {
+        // The relay below can block writing to a program that stopped reading its stdin; the
+        // end of our stdin must still be noticed. poll() reports POLLHUP on a pipe whose writers
+        // are all gone without reading anything (no event is asked for: HUP and ERR always are).
+        let hup_tx = eof_tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("stdin-hangup".into())
+            .spawn(move || {
+                use rustix::event::{PollFd, PollFlags, poll};
+                let stdin = std::io::stdin();
+                loop {
+                    let mut fds = [PollFd::new(&stdin, PollFlags::empty())];
+                    match poll(&mut fds, None) {
+                        Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
+                            break;
+                        }
+                        Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+                        Err(_) => break,
+                    }
+                }
+                let _ = hup_tx.send(());
+            });
+    }
+    // A plain thread: a blocking read of stdin that returns only when the daemon is gone (or,
+    // for `--exec`, stopped the server by closing it).
     let _ = std::thread::Builder::new()
         .name("stdin-watch".into())
         .spawn(move || {
-            let mut buf = [0u8; 64];
+            use std::io::Write;
+            let mut buf = [0u8; 8192];
             let mut stdin = std::io::stdin().lock();
             loop {
                 match stdin.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        // A program that closed its stdin gets nothing more; we keep reading
+                        // for the end of the lifeline.
+                        if let Some(to) = relay_to.as_mut()
+                            && to.write_all(&buf[..n]).is_err()
+                        {
+                            relay_to = None;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
@@ -167,7 +236,7 @@ async fn guard(command: OsString, parent: Option<Pid>, group: Pid) -> i32 {
                     1
                 }
             },
-            _ = &mut eof_rx => break,
+            _ = eof_rx.recv() => break,
             Some(()) = async {
                 match hup.as_mut() {
                     Some(h) => h.recv().await,
@@ -264,6 +333,22 @@ fn spawn(command: &OsString) -> std::io::Result<tokio::process::Child> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => build("sh").spawn(),
         r => r,
     }
+}
+
+/// An MCP server: the program with its arguments, stdin piped from the guard (relayed), stdout
+/// and stderr the guard's.
+fn spawn_exec(argv: &[OsString]) -> std::io::Result<tokio::process::Child> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("no program"))?;
+    tokio::process::Command::new(program)
+        .args(args)
+        .env_remove(NOFILE_ENV)
+        .env_remove(UMASK_ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
 }
 
 /// The shell's status as ours: its exit code, or its terminating signal re-raised on ourselves

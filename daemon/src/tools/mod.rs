@@ -139,6 +139,8 @@ enum Action {
 }
 
 pub use crate::secrets::is_secret_name;
+/// MCP tool results are capped like built-in tools' (`mcp/mod.rs`).
+pub(crate) use output::cap_text;
 
 static ALLOW_ENV: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();

@@ -657,6 +657,71 @@ unavailable?: string | null, };
 
 export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, };
 
+export type McpScope = "global" | "project";
+
+export type McpServerState = "idle" | "starting" | "ready" | "failed" | "disabled" | "unapproved";
+
+export type McpServerInfo = { 
+/**
+ * Its name in the config (`[mcp.servers.NAME]`); its tools are `mcp__NAME__TOOL`.
+ */
+name: string, scope: McpScope, 
+/**
+ * For a `project` server: the workspace whose `.mcp.json` defines it.
+ */
+workspaceId?: string | null, state: McpServerState, 
+/**
+ * The command line it runs.
+ */
+command: string, 
+/**
+ * Why it last failed (start, exit, timeout); cleared when it becomes ready.
+ */
+lastError?: string | null, 
+/**
+ * The process id while it runs.
+ */
+pid?: number | null, 
+/**
+ * How many tools are offered to the model (the length of `tools`).
+ */
+toolCount: number, 
+/**
+ * The server's tool names (as the server names them) offered to the model.
+ */
+tools: Array<string>, 
+/**
+ * Tools the server lists that are not offered, each with the reason.
+ */
+rejectedTools?: Array<McpRejectedTool>, 
+/**
+ * How many times it was started again after its first start.
+ */
+restarts: number, 
+/**
+ * What the server said about itself at `initialize`.
+ */
+serverName?: string | null, serverVersion?: string | null, 
+/**
+ * The MCP protocol version negotiated with it.
+ */
+protocolVersion?: string | null, };
+
+export type McpRejectedTool = { name: string, reason: string, };
+
+export type McpListResult = { servers: Array<McpServerInfo>, };
+
+export type McpRestartParams = { 
+/**
+ * The server's name.
+ */
+name: string, 
+/**
+ * For a project server (`.mcp.json`): its workspace. Without it a global server of that
+ * name is restarted, else a project server of that name.
+ */
+workspaceId?: string | null, };
+
 export type RunCompleteParams = { sessionId: string, runId: string, 
 /**
  * The turn's last assistant message.
@@ -736,6 +801,8 @@ export interface Requests {
   "session/setYolo": { params: SessionSetYoloParams; result: SessionSetYoloResult };
   "permission/respond": { params: PermissionRespondParams; result: PermissionRespondResult };
   "config/get": { params: Record<string, never>; result: ConfigGetResult };
+  "mcp/list": { params: Record<string, never>; result: McpListResult };
+  "mcp/restart": { params: McpRestartParams; result: McpServerInfo };
   "debug/sleep": { params: DebugSleepParams; result: DebugSleepResult };
   "debug/stats": { params: Record<string, never>; result: DebugStatsResult };
   "debug/clientRequest": { params: DebugClientRequestParams; result: unknown };

@@ -10,6 +10,7 @@ mod attach;
 mod config;
 mod daemon;
 mod ids;
+mod mcp;
 mod model;
 mod render;
 mod run;
@@ -195,6 +196,9 @@ enum Command {
     /// Show or check the daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List the daemon's MCP servers or restart one.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Print a shell completion script: `crushctl completions bash > ~/.local/share/bash-completion/completions/crushctl`.
     Completions {
         #[arg(value_enum)]
@@ -365,6 +369,23 @@ enum ConfigCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum McpCommand {
+    /// Each MCP server: state, tools, last error.
+    List {
+        /// One JSON object per server per line (the protocol's McpServerInfo).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an MCP server (if running) and start it again now.
+    Restart {
+        name: String,
+        /// Print the protocol's McpServerInfo as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// The name other clients see for this one (claims in `status`, "allowed by …" notes): the pid
 /// tells two crushctl processes apart.
 pub fn client_name() -> String {
@@ -503,6 +524,8 @@ pub fn rpc_exit_code(r: &RpcError) -> u8 {
         ErrorCode::WorkspaceNotFound,
         ErrorCode::RunNotFound,
         ErrorCode::InvalidParams,
+        ErrorCode::McpServerNotFound,
+        ErrorCode::McpServerDisabled,
     ];
     if usage_codes.iter().any(|c| *c as i32 == r.code) {
         EXIT_USAGE
@@ -563,6 +586,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(ConfigCommand::Path) => config::path(),
         Command::Config(ConfigCommand::Show { json }) => config::show(&g, json).await,
         Command::Config(ConfigCommand::Check { file }) => config::check(file.as_deref()),
+        Command::Mcp(McpCommand::List { json }) => mcp::list(&g, json).await,
+        Command::Mcp(McpCommand::Restart { name, json }) => mcp::restart(&g, &name, json).await,
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics when its writer fails (closed stdout).
             let mut script = Vec::new();

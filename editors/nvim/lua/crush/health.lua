@@ -1,4 +1,5 @@
---- :checkhealth crush — Neovim version, crushctl/crushd, the daemon, its protocol and model.
+--- :checkhealth crush — Neovim version, crushctl/crushd, the daemon, its protocol and model, and
+--- its MCP servers.
 local M = {}
 
 -- Neovim < 0.10 has the older `health` module (report_*); enough of it to say "too old".
@@ -8,14 +9,17 @@ local health = vim.health and vim.health.start and vim.health
     return { start = old.report_start, ok = old.report_ok, warn = old.report_warn, error = old.report_error }
   end)()
 
---- Connects once (without a clientId, without starting the daemon) and asks `daemon/status`
---- and `model/list`, waiting at most `timeout` ms. Uses the plugin's connection when it is up.
+--- Connects once (without a clientId, without starting the daemon) and asks `daemon/status`,
+--- `model/list` and `mcp/list`, waiting at most `timeout` ms. Uses the plugin's connection when
+--- it is up.
 local function ask(path, timeout)
   local client = require("crush.client")
   if client.is_ready() then
     local st, e1 = client.request_sync("daemon/status", vim.empty_dict(), timeout)
     local ml, e2 = client.request_sync("model/list", vim.empty_dict(), timeout)
-    return { init = client.state.init, status = st, models = ml, err = (e1 or e2) and (e1 or e2).message }
+    local mcp, e3 = client.request_sync("mcp/list", vim.empty_dict(), timeout)
+    local e = e1 or e2 or e3
+    return { init = client.state.init, status = st, models = ml, mcp = mcp, err = e and e.message }
   end
   local out = {}
   local done = false
@@ -47,7 +51,13 @@ local function ask(path, timeout)
       end
       rpc.request("model/list", vim.empty_dict(), function(e3, ml)
         out.models = ml
-        finish(e3 and e3.message)
+        if e3 then
+          return finish(e3.message)
+        end
+        rpc.request("mcp/list", vim.empty_dict(), function(e4, mcp)
+          out.mcp = mcp
+          finish(e4 and e4.message)
+        end)
       end)
     end)
   end)
@@ -137,27 +147,56 @@ function M.check()
       { "Stop the daemon (`crushctl daemon stop`) so a matching one starts, or update the plugin" }
     )
   end
-  local ml = r.models
-  if not ml then
-    health.warn("model/list failed: " .. tostring(r.err))
-    return
-  end
-  if not ml.default then
-    health.warn("no default model is configured", {
-      'Set default_model = "<provider>/<model>" in the daemon\'s config.toml, or pick one per session with :Crush model',
-    })
-    return
-  end
-  local unavailable
-  for _, m in ipairs(ml.models or {}) do
-    if (m.name == ml.default or m.model == ml.default) and m.unavailable then
-      unavailable = m.unavailable
+  local function report_model(ml)
+    if not ml then
+      health.warn("model/list failed: " .. tostring(r.err))
+      return
+    end
+    if not ml.default then
+      health.warn("no default model is configured", {
+        'Set default_model = "<provider>/<model>" in the daemon\'s config.toml, or pick one per session with :Crush model',
+      })
+      return
+    end
+    local unavailable
+    for _, m in ipairs(ml.models or {}) do
+      if (m.name == ml.default or m.model == ml.default) and m.unavailable then
+        unavailable = m.unavailable
+      end
+    end
+    if unavailable then
+      health.warn("default model " .. ml.default .. " is not usable: " .. unavailable)
+    else
+      health.ok("model configured: " .. ml.default)
     end
   end
-  if unavailable then
-    health.warn("default model " .. ml.default .. " is not usable: " .. unavailable)
-  else
-    health.ok("model configured: " .. ml.default)
+  report_model(r.models)
+
+  health.start("crush.nvim: MCP servers")
+  if not r.mcp then
+    health.warn("mcp/list failed: " .. tostring(r.err))
+    return
+  end
+  local servers = r.mcp.servers or {}
+  if #servers == 0 then
+    health.ok("no MCP servers are configured ([mcp.servers.NAME] in the daemon's config.toml, or a project's .mcp.json)")
+  end
+  for _, s in ipairs(servers) do
+    local line = string.format("%s (%s): %s, %d tools — %s", s.name, s.scope, s.state, s.toolCount or 0, s.command)
+    if s.state == "ready" or s.state == "idle" or s.state == "starting" then
+      health.ok(line)
+    elseif s.state == "disabled" then
+      health.ok(line .. " (enabled = false)")
+    elseif s.state == "unapproved" then
+      health.warn(line, { "It starts once you approve it when a run in its workspace asks" })
+    else
+      health.warn(line .. (s.lastError and (": " .. s.lastError) or ""), {
+        "See the daemon's log (crushctl daemon logs) for the server's stderr; `crushctl mcp restart " .. s.name .. "` retries now",
+      })
+    end
+    for _, t in ipairs(s.rejectedTools or {}) do
+      health.warn(string.format("%s: tool %s is not offered: %s", s.name, t.name, t.reason))
+    end
   end
 end
 

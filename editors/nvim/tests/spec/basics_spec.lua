@@ -104,6 +104,7 @@ T.it(":checkhealth crush reports the daemon, its protocol and the model", functi
   T.ok(text:find("crushd reachable at", 1, true), "reachable:\n" .. text)
   T.ok(text:find("protocol version 1", 1, true), "protocol:\n" .. text)
   T.ok(text:find("model configured: mock/mock-1", 1, true), "model:\n" .. text)
+  T.ok(text:find("no MCP servers are configured", 1, true), "MCP servers:\n" .. text)
   T.ok(not text:find("ERROR", 1, true), "no errors:\n" .. text)
 end)
 
