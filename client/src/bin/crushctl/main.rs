@@ -6,6 +6,7 @@
 //! 1 the run or the operation failed, 2 usage or configuration error, 3 could not reach or start
 //! the daemon, 130 cancelled (Ctrl-C), 141 stdout closed (`| head`).
 
+mod acp;
 mod attach;
 mod config;
 mod daemon;
@@ -193,6 +194,9 @@ enum Command {
     Daemon(DaemonCommand),
     /// Bridge stdin/stdout to the daemon socket byte for byte (starting the daemon if needed).
     Proxy,
+    /// Be an ACP agent on stdin/stdout for an editor (Zed, JetBrains, Neovim, Emacs): its
+    /// sessions are the daemon's, shared with every other client (docs/acp.md).
+    Acp(acp::AcpArgs),
     /// Show or check the daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -583,6 +587,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Daemon(DaemonCommand::Logs { follow, lines }) => daemon::logs(follow, lines),
         Command::Proxy => daemon::proxy(&g).await,
+        Command::Acp(a) => acp::acp(&g, a).await,
         Command::Config(ConfigCommand::Path) => config::path(),
         Command::Config(ConfigCommand::Show { json }) => config::show(&g, json).await,
         Command::Config(ConfigCommand::Check { file }) => config::check(file.as_deref()),

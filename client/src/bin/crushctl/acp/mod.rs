@@ -1,0 +1,887 @@
+//! `crushctl acp`: an ACP agent on stdin/stdout that is a client of crushd. The editor spawns
+//! it and speaks ACP (newline-delimited JSON-RPC); it translates to the daemon's protocol
+//! through the same [`ReconnectingClient`] every crushctl command uses. Sessions, runs and
+//! permission prompts are the daemon's, so the same session is live in the editor, in
+//! `crushctl attach` and in Neovim at once, and outlives this process: when the editor goes
+//! away mid-prompt, the run goes on in the daemon and `session/load` shows it later.
+//!
+//! One task owns all state and handles, in arrival order, the client's lines, the daemon's
+//! events and the daemon's permission prompts; daemon calls are awaited in that task, so a
+//! `session/load` streams its whole history before the live events that follow it.
+//!
+//! Modules: [`wire`] (JSON-RPC lines and the ACP schema crate), [`translate`] (daemon events
+//! and messages → `session/update`).
+
+mod translate;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler};
+use crush_protocol::{
+    AgentCancelParams, AgentSendParams, Attachment, ErrorCode, NoParams, PermissionDecision,
+    PermissionRequestParams, PermissionRequestResult, RpcError, RunState, SendMode,
+    SessionCreateParams, SessionEvent, SessionListParams, SessionMessagesParams, SessionRef,
+    SessionSubscribeParams, daemon_request, request,
+};
+
+use crate::{Global, WorkspaceArg};
+use wire::schema::{self, ClientRequest as Req};
+use wire::{Incoming, WireError, code};
+
+/// `crushctl acp` options.
+#[derive(Debug, clap::Args)]
+pub struct AcpArgs {
+    /// The directory relative `cwd`s of the client are taken from [default: the current
+    /// directory].
+    #[command(flatten)]
+    pub ws: WorkspaceArg,
+}
+
+type PromptRequest = (PermissionRequestParams, oneshot::Sender<PermissionDecision>);
+
+/// The ACP permission options crushd's answers map to. "Allow always" is the daemon's
+/// allow-for-this-session until lasting rules exist (ARCHITECTURE.md "ACP bridge").
+const ALLOW_ONCE: &str = "allow-once";
+const ALLOW_ALWAYS: &str = "allow-always";
+const REJECT_ONCE: &str = "reject-once";
+
+pub async fn acp(g: &Global, a: AcpArgs) -> anyhow::Result<u8> {
+    let base = match &a.ws.workspace {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    let (out, out_rx) = mpsc::unbounded_channel::<String>();
+    let stdout_closed = CancellationToken::new();
+    tokio::spawn(write_lines(out_rx, stdout_closed.clone()));
+    let (line_tx, mut lines) = mpsc::channel::<std::io::Result<String>>(64);
+    tokio::spawn(read_lines(line_tx));
+    let (prompt_tx, mut prompts) = mpsc::unbounded_channel::<PromptRequest>();
+    let mut b = Bridge {
+        g: g.clone(),
+        base,
+        out,
+        prompt_tx,
+        client: None,
+        events: None,
+        sessions: HashMap::new(),
+        prompts: HashMap::new(),
+        answered: HashSet::new(),
+        asks: HashMap::new(),
+        next_id: 0,
+        windows: None,
+    };
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(Ok(l)) => b.line(&l).await,
+                // stdin closed (or unreadable): the editor is gone. Runs go on in the daemon.
+                Some(Err(_)) | None => break,
+            },
+            ev = next_event(&mut b.events) => match ev {
+                Some(ev) => if !b.event(ev).await { break },
+                None => b.events = None,
+            },
+            Some(p) = prompts.recv() => b.ask(p),
+            _ = stdout_closed.cancelled() => break,
+        }
+    }
+    if let Some(c) = b.client.take() {
+        crate::leave(c).await;
+    }
+    Ok(0)
+}
+
+async fn next_event(
+    events: &mut Option<mpsc::UnboundedReceiver<ClientEvent>>,
+) -> Option<ClientEvent> {
+    match events {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lines of stdin, as they come.
+async fn read_lines(tx: mpsc::Sender<std::io::Result<String>>) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(l)) => {
+                if tx.send(Ok(l)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes each message as one line; cancels `closed` when stdout is gone.
+async fn write_lines(mut rx: mpsc::UnboundedReceiver<String>, closed: CancellationToken) {
+    let mut stdout = tokio::io::stdout();
+    while let Some(line) = rx.recv().await {
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+/// Hands the daemon's permission prompts to the bridge's task, which asks the editor.
+fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandler {
+    Arc::new(move |method, params| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            if method != daemon_request::PERMISSION_REQUEST {
+                return Err(RpcError::new(
+                    ErrorCode::MethodNotFound,
+                    format!("crushctl acp does not handle {method:?}"),
+                ));
+            }
+            let p: PermissionRequestParams = serde_json::from_value(params)
+                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
+            let (reply, answer) = oneshot::channel();
+            let decision = if tx.send((p, reply)).is_ok() {
+                answer.await.unwrap_or(PermissionDecision::Deferred)
+            } else {
+                PermissionDecision::Deferred
+            };
+            serde_json::to_value(PermissionRequestResult { decision })
+                .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
+        })
+    })
+}
+
+/// A session the client opened (`session/new`, `load`, `resume`) in this process.
+struct Open {
+    cwd: PathBuf,
+    /// The model of the session's latest assistant message (for `usage_update`'s `size`).
+    model: Option<String>,
+}
+
+/// A `session/prompt` waiting for its run to end.
+struct Prompt {
+    id: Value,
+    session_id: String,
+    /// The run's last message stopped at the model's output limit.
+    max_tokens: bool,
+}
+
+/// A `session/request_permission` the client has not answered.
+struct Ask {
+    request_id: String,
+    reply: oneshot::Sender<PermissionDecision>,
+}
+
+struct Bridge {
+    g: Global,
+    /// Where relative client paths are taken from (`-w`).
+    base: PathBuf,
+    out: mpsc::UnboundedSender<String>,
+    prompt_tx: mpsc::UnboundedSender<PromptRequest>,
+    client: Option<ReconnectingClient>,
+    events: Option<mpsc::UnboundedReceiver<ClientEvent>>,
+    sessions: HashMap<String, Open>,
+    /// By run id.
+    prompts: HashMap<String, Prompt>,
+    /// Runs of this client's prompts that were answered: nothing of theirs is sent after the
+    /// answer.
+    answered: HashSet<String>,
+    /// By the id of our `session/request_permission`.
+    asks: HashMap<u64, Ask>,
+    next_id: u64,
+    /// Context windows by model name (`model/list`, asked once).
+    windows: Option<HashMap<String, u64>>,
+}
+
+fn daemon_error(e: ClientError) -> WireError {
+    match &e {
+        ClientError::Rpc(r) if r.code == ErrorCode::SessionNotFound as i32 => {
+            WireError::new(code::RESOURCE_NOT_FOUND, r.message.clone())
+        }
+        ClientError::Rpc(r) if r.code == ErrorCode::InvalidParams as i32 => {
+            WireError::invalid_params(r.message.clone())
+        }
+        ClientError::Rpc(r) => WireError::internal(format!("crushd: {}", r.message)),
+        _ => WireError::internal(format!("crushd: {e}")),
+    }
+}
+
+fn to_value(v: impl serde::Serialize) -> Result<Value, WireError> {
+    serde_json::to_value(v).map_err(|e| WireError::internal(e.to_string()))
+}
+
+impl Bridge {
+    fn send(&self, line: String) {
+        let _ = self.out.send(line);
+    }
+
+    fn update(&self, session_id: &str, u: schema::SessionUpdate) {
+        self.send(wire::update_line(session_id, u));
+    }
+
+    /// The daemon connection, made on first use (normally by `initialize`).
+    async fn daemon(&mut self, editor: Option<&str>) -> Result<&ReconnectingClient, WireError> {
+        if self.client.is_none() {
+            let mut opts = self.g.options(true);
+            // Other clients see who is on the session ("allowed by Zed via crushctl acp").
+            opts.client_info.name = format!(
+                "{} via crushctl acp (pid {})",
+                editor.unwrap_or("ACP client"),
+                std::process::id()
+            );
+            opts.request_handler = Some(permission_handler(self.prompt_tx.clone()));
+            let client = self
+                .g
+                .reconnecting(opts)
+                .await
+                .map_err(|e| WireError::internal(format!("cannot reach crushd: {e}")))?;
+            self.events = client.take_events();
+            self.client = Some(client);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| WireError::internal("no daemon connection"))
+    }
+
+    async fn line(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        match wire::parse(line) {
+            Err(answer) => self.send(answer),
+            Ok(Incoming::Request { id, method, params }) => self.request(id, &method, params).await,
+            Ok(Incoming::Notification { method, params }) => {
+                self.notification(&method, &params).await
+            }
+            Ok(Incoming::Response { id, result }) => self.answered(&id, result),
+        }
+    }
+
+    async fn request(&mut self, id: Value, method: &str, params: Value) {
+        let answer = match wire::client_request(method, &params) {
+            Err(e) => Err(e),
+            Ok(Req::InitializeRequest(r)) => self.initialize(r).await,
+            Ok(Req::NewSessionRequest(r)) => self.new_session(r).await,
+            Ok(Req::LoadSessionRequest(r)) => self
+                .open_session(&r.session_id.0, &r.cwd, &r.mcp_servers, true)
+                .await
+                .and_then(|()| to_value(schema::LoadSessionResponse::new())),
+            Ok(Req::ResumeSessionRequest(r)) => self
+                .open_session(&r.session_id.0, &r.cwd, &r.mcp_servers, false)
+                .await
+                .and_then(|()| to_value(schema::ResumeSessionResponse::new())),
+            Ok(Req::ListSessionsRequest(r)) => self.list(r).await,
+            Ok(Req::DeleteSessionRequest(r)) => self.delete(&r.session_id.0).await,
+            Ok(Req::PromptRequest(r)) => match self.prompt(id.clone(), r).await {
+                // Answered when the run ends.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Ok(_) => Err(WireError::new(
+                code::METHOD_NOT_FOUND,
+                format!("crushctl acp does not handle {method:?} (see docs/acp.md)"),
+            )),
+        };
+        self.send(match answer {
+            Ok(v) => wire::result_line(&id, v),
+            Err(e) => wire::error_line(&id, &e),
+        });
+    }
+
+    async fn notification(&mut self, method: &str, params: &Value) {
+        // `$/cancel_request` for our answers and `_…` extensions: nothing to do. Notifications
+        // get no answer, so an unreadable one is only ignored.
+        if let Ok(schema::ClientNotification::CancelNotification(c)) =
+            wire::client_notification(method, params)
+        {
+            self.cancel(&c.session_id.0).await;
+        }
+    }
+
+    async fn initialize(&mut self, r: schema::InitializeRequest) -> Result<Value, WireError> {
+        let editor = r
+            .client_info
+            .as_ref()
+            .map(|i| i.title.clone().unwrap_or_else(|| i.name.clone()));
+        self.daemon(editor.as_deref()).await?;
+        let caps = schema::AgentCapabilities::new()
+            .load_session(true)
+            // Text and resource links are the baseline; embedded resources become attachments.
+            // The daemon takes no images or audio yet.
+            .prompt_capabilities(schema::PromptCapabilities::new().embedded_context(true))
+            .session_capabilities(
+                schema::SessionCapabilities::new()
+                    .list(schema::SessionListCapabilities::new())
+                    .resume(schema::SessionResumeCapabilities::new())
+                    .delete(schema::SessionDeleteCapabilities::new()),
+            );
+        to_value(
+            schema::InitializeResponse::new(wire::PROTOCOL_VERSION)
+                .agent_capabilities(caps)
+                .agent_info(
+                    schema::Implementation::new("crushd", env!("CARGO_PKG_VERSION"))
+                        .title(Some("crushd".to_owned())),
+                ),
+        )
+    }
+
+    /// The client's directory, absolute.
+    fn dir(&self, cwd: &Path) -> PathBuf {
+        if cwd.is_absolute() {
+            cwd.to_owned()
+        } else {
+            self.base.join(cwd)
+        }
+    }
+
+    fn mcp_servers_note(&self, servers: &[schema::McpServer]) {
+        if !servers.is_empty() {
+            // Not yet started through the daemon's MCP pool (docs/acp.md); said where a user
+            // of the editor's agent log can read it.
+            eprintln!(
+                "crushctl acp: the client's {} MCP server(s) are not used yet; configure them in crushd's config",
+                servers.len()
+            );
+        }
+    }
+
+    async fn new_session(&mut self, r: schema::NewSessionRequest) -> Result<Value, WireError> {
+        self.mcp_servers_note(&r.mcp_servers);
+        let cwd = self.dir(&r.cwd);
+        let client = self.daemon(None).await?;
+        let ws = client
+            .open_workspace(&cwd.to_string_lossy())
+            .await
+            .map_err(daemon_error)?;
+        let s = client
+            .request::<request::SessionCreate>(SessionCreateParams {
+                workspace_id: ws.workspace_id,
+                title: None,
+                model: None,
+                yolo: false,
+            })
+            .await
+            .map_err(daemon_error)?;
+        client
+            .subscribe(SessionSubscribeParams {
+                session_id: s.session_id.clone(),
+                after_seq: None,
+                epoch: None,
+            })
+            .await
+            .map_err(daemon_error)?;
+        self.sessions.insert(
+            s.session_id.clone(),
+            Open {
+                cwd: PathBuf::from(ws.path),
+                model: s.model,
+            },
+        );
+        to_value(schema::NewSessionResponse::new(s.session_id))
+    }
+
+    /// `session/load` (`replay`: the history as updates first) and `session/resume`.
+    async fn open_session(
+        &mut self,
+        session_id: &str,
+        cwd: &Path,
+        servers: &[schema::McpServer],
+        replay: bool,
+    ) -> Result<(), WireError> {
+        self.mcp_servers_note(servers);
+        let cwd = self.dir(cwd);
+        let client = self.daemon(None).await?;
+        let info = client
+            .request::<request::SessionGet>(SessionRef {
+                session_id: session_id.to_owned(),
+            })
+            .await
+            .map_err(daemon_error)?;
+        // The session's own workspace (the client's cwd may be a subdirectory of it); held
+        // open by this client while it is connected.
+        let ws = client
+            .request::<request::WorkspaceList>(NoParams)
+            .await
+            .map_err(daemon_error)?
+            .workspaces
+            .into_iter()
+            .find(|w| w.workspace_id == info.workspace_id);
+        let ws_path = match ws {
+            Some(w) => {
+                client
+                    .open_workspace(&w.path)
+                    .await
+                    .map_err(daemon_error)?
+                    .path
+            }
+            None => cwd.to_string_lossy().into_owned(),
+        };
+        let sub = client
+            .subscribe(SessionSubscribeParams {
+                session_id: session_id.to_owned(),
+                after_seq: None,
+                epoch: None,
+            })
+            .await
+            .map_err(daemon_error)?;
+        let ws_path = PathBuf::from(ws_path);
+        if replay {
+            let mut messages = Vec::new();
+            let mut before = None;
+            loop {
+                let page = client
+                    .request::<request::SessionMessages>(SessionMessagesParams {
+                        session_id: session_id.to_owned(),
+                        before,
+                        limit: Some(1000),
+                    })
+                    .await
+                    .map_err(daemon_error)?;
+                messages.extend(page.messages);
+                match (page.has_more, page.next_before) {
+                    (true, Some(b)) => before = Some(b),
+                    _ => break,
+                }
+            }
+            messages.sort_by_key(|m| m.seq);
+            let streaming_id = sub.streaming.as_ref().map(|s| s.message_id.as_str());
+            let mut updates = Vec::new();
+            for m in &messages {
+                // The stored copy of the message being streamed may lag: the snapshot wins.
+                if Some(m.message_id.as_str()) != streaming_id {
+                    updates.extend(translate::message(&ws_path, m));
+                }
+            }
+            if let Some(s) = &sub.streaming {
+                updates.extend(translate::streaming(&ws_path, s));
+            }
+            for u in updates {
+                self.update(session_id, u);
+            }
+        }
+        self.sessions.insert(
+            session_id.to_owned(),
+            Open {
+                cwd: ws_path,
+                model: info.model,
+            },
+        );
+        Ok(())
+    }
+
+    async fn list(&mut self, r: schema::ListSessionsRequest) -> Result<Value, WireError> {
+        if r.cursor.is_some() {
+            // We never hand out cursors: one page holds every session.
+            return Err(WireError::invalid_params("unknown cursor"));
+        }
+        let want = r.cwd.as_deref().map(|c| {
+            let c = self.dir(c);
+            std::fs::canonicalize(&c).unwrap_or(c)
+        });
+        let client = self.daemon(None).await?;
+        let workspaces = client
+            .request::<request::WorkspaceList>(NoParams)
+            .await
+            .map_err(daemon_error)?
+            .workspaces;
+        let mut all = Vec::new();
+        for w in workspaces {
+            if want.as_deref().is_some_and(|c| Path::new(&w.path) != c) {
+                continue;
+            }
+            let sessions = client
+                .request::<request::SessionList>(SessionListParams {
+                    workspace_id: w.workspace_id.clone(),
+                })
+                .await
+                .map_err(daemon_error)?
+                .sessions;
+            all.extend(sessions.into_iter().map(|s| (w.path.clone(), s)));
+        }
+        all.sort_by_key(|(_, s)| std::cmp::Reverse(s.updated_at));
+        let sessions = all
+            .into_iter()
+            .map(|(path, s)| {
+                schema::SessionInfo::new(s.session_id, PathBuf::from(path))
+                    .title(Some(s.title))
+                    .updated_at(Some(translate::iso8601(s.updated_at)))
+            })
+            .collect();
+        to_value(schema::ListSessionsResponse::new(sessions))
+    }
+
+    async fn delete(&mut self, session_id: &str) -> Result<Value, WireError> {
+        self.sessions.remove(session_id);
+        let client = self.daemon(None).await?;
+        match client
+            .request::<request::SessionDelete>(SessionRef {
+                session_id: session_id.to_owned(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            // Deleting what is not there succeeds, as the spec asks.
+            Err(ClientError::Rpc(r)) if r.code == ErrorCode::SessionNotFound as i32 => {}
+            Err(e) => return Err(daemon_error(e)),
+        }
+        to_value(schema::DeleteSessionResponse::new())
+    }
+
+    /// Sends the prompt; the answer comes when its run ends ([`Self::outcome`]).
+    async fn prompt(&mut self, id: Value, r: schema::PromptRequest) -> Result<(), WireError> {
+        let session_id = r.session_id.0.to_string();
+        if !self.sessions.contains_key(&session_id) {
+            return Err(WireError::new(
+                code::RESOURCE_NOT_FOUND,
+                format!(
+                    "session {session_id} is not open here: call session/new or session/load first"
+                ),
+            ));
+        }
+        let mut text = Vec::new();
+        let mut attachments = Vec::new();
+        for block in r.prompt {
+            match block {
+                schema::ContentBlock::Text(t) => text.push(t.text),
+                schema::ContentBlock::ResourceLink(l) => {
+                    text.push(format!("[{}]({})", l.name, l.uri))
+                }
+                schema::ContentBlock::Resource(res) => match res.resource {
+                    schema::EmbeddedResourceResource::TextResourceContents(t) => {
+                        attachments.push(Attachment {
+                            name: Some(t.uri),
+                            mime_type: t.mime_type,
+                            text: t.text,
+                        })
+                    }
+                    _ => {
+                        return Err(WireError::invalid_params(
+                            "binary resources are not supported (promptCapabilities)",
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(WireError::invalid_params(
+                        "images and audio are not supported (promptCapabilities)",
+                    ));
+                }
+            }
+        }
+        let prompt = text.join("\n");
+        if prompt.trim().is_empty() && attachments.is_empty() {
+            return Err(WireError::invalid_params("the prompt is empty"));
+        }
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let client = self.daemon(None).await?;
+        client
+            .send(AgentSendParams {
+                session_id: session_id.clone(),
+                prompt,
+                attachments,
+                run_id: Some(run_id.clone()),
+                mode: SendMode::Queue,
+                ..AgentSendParams::default()
+            })
+            .await
+            .map_err(daemon_error)?;
+        self.prompts.insert(
+            run_id,
+            Prompt {
+                id,
+                session_id,
+                max_tokens: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// `session/cancel`: cancels the runs of this client's prompts in the session (other
+    /// clients' runs in it go on). Each prompt is answered `cancelled` when its run ends.
+    async fn cancel(&mut self, session_id: &str) {
+        let runs: Vec<String> = self
+            .prompts
+            .iter()
+            .filter(|(_, p)| p.session_id == session_id)
+            .map(|(run, _)| run.clone())
+            .collect();
+        let Ok(client) = self.daemon(None).await else {
+            return;
+        };
+        for run_id in runs {
+            let _ = client
+                .request::<request::AgentCancel>(AgentCancelParams {
+                    session_id: session_id.to_owned(),
+                    run_id: Some(run_id),
+                })
+                .await;
+        }
+    }
+
+    /// A daemon event; false when the bridge should end.
+    async fn event(&mut self, ev: ClientEvent) -> bool {
+        match ev {
+            ClientEvent::Update(u) => {
+                let Some(cwd) = self.sessions.get(&u.session_id).map(|o| o.cwd.clone()) else {
+                    return true;
+                };
+                let run = u.run_id.as_deref();
+                if run.is_some_and(|r| self.answered.contains(r)) {
+                    return true;
+                }
+                match &u.event {
+                    SessionEvent::AssistantStarted { model, .. } => {
+                        if let Some(open) = self.sessions.get_mut(&u.session_id) {
+                            open.model = Some(model.clone());
+                        }
+                    }
+                    SessionEvent::MessageFinished { finish_reason, .. } => {
+                        if let Some(p) = run.and_then(|r| self.prompts.get_mut(r)) {
+                            p.max_tokens = translate::is_max_tokens(*finish_reason);
+                        }
+                    }
+                    // The client showed its own prompt already; others' prompts it has not seen.
+                    SessionEvent::UserMessage { .. }
+                        if run.is_some_and(|r| self.prompts.contains_key(r)) =>
+                    {
+                        return true;
+                    }
+                    SessionEvent::PermissionResolved { request_id, .. } => {
+                        self.withdraw(request_id);
+                    }
+                    SessionEvent::SessionUpdated { title, .. } => {
+                        self.update(
+                            &u.session_id,
+                            schema::SessionUpdate::SessionInfoUpdate(
+                                schema::SessionInfoUpdate::new().title(title.clone()),
+                            ),
+                        );
+                        return true;
+                    }
+                    _ => {}
+                }
+                if let Some(update) = translate::event(&cwd, &u.event) {
+                    self.update(&u.session_id, update);
+                }
+            }
+            ClientEvent::RunOutcome(o) => {
+                if let Some(p) = self.prompts.remove(&o.run_id) {
+                    self.answered.insert(o.run_id.clone());
+                    self.outcome(p, o).await;
+                }
+            }
+            ClientEvent::SubscriptionLost { session_id, error } => {
+                self.sessions.remove(&session_id);
+                let lost: Vec<String> = self
+                    .prompts
+                    .iter()
+                    .filter(|(_, p)| p.session_id == session_id)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                for run in lost {
+                    if let Some(p) = self.prompts.remove(&run) {
+                        self.send(wire::error_line(
+                            &p.id,
+                            &WireError::internal(format!("lost the session: {error}")),
+                        ));
+                    }
+                }
+            }
+            ClientEvent::GaveUp { error } => {
+                eprintln!("crushctl acp: lost crushd: {error}");
+                for (_, p) in self.prompts.drain() {
+                    let e = WireError::internal(format!("lost crushd: {error}"));
+                    let _ = self.out.send(wire::error_line(&p.id, &e));
+                }
+                return false;
+            }
+            // Resyncs, reconnects and other notifications: the live stream goes on.
+            _ => {}
+        }
+        true
+    }
+
+    /// Answers a prompt from its run's outcome, after a `usage_update`.
+    async fn outcome(&mut self, p: Prompt, o: crush_client::RunOutcome) {
+        if let Some(u) = o.usage {
+            self.usage(&p.session_id, u).await;
+        }
+        let stop = match o.state {
+            OutcomeState::Ended(RunState::Completed) if p.max_tokens => {
+                schema::StopReason::MaxTokens
+            }
+            OutcomeState::Ended(RunState::Completed) => schema::StopReason::EndTurn,
+            OutcomeState::Ended(RunState::Cancelled) => schema::StopReason::Cancelled,
+            // The daemon ends a run at its `[agent] max_steps` limit with this error.
+            OutcomeState::Ended(RunState::Failed)
+                if o.error.as_deref().is_some_and(|e| e.contains("max_steps")) =>
+            {
+                schema::StopReason::MaxTurnRequests
+            }
+            state => {
+                let why = o.error.unwrap_or_else(|| format!("the run ended {state}"));
+                self.send(wire::error_line(&p.id, &WireError::internal(why)));
+                return;
+            }
+        };
+        self.send(wire::result_line(&p.id, schema::PromptResponse::new(stop)));
+    }
+
+    /// `usage_update`: the tokens of the last turn against the model's context window, and
+    /// the session's cost so far.
+    async fn usage(&mut self, session_id: &str, u: crush_protocol::Usage) {
+        let model = self.sessions.get(session_id).and_then(|s| s.model.clone());
+        let need_windows = self.windows.is_none();
+        let Ok(client) = self.daemon(None).await else {
+            return;
+        };
+        let list = if need_windows {
+            client.request::<request::ModelList>(NoParams).await.ok()
+        } else {
+            None
+        };
+        if let Some(list) = list {
+            let mut w = HashMap::new();
+            for m in list.models {
+                if let Some(c) = m.context_window {
+                    w.insert(m.model.clone(), c);
+                    w.insert(m.name.clone(), c);
+                }
+            }
+            self.windows = Some(w);
+        }
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        let cost = client
+            .request::<request::SessionGet>(SessionRef {
+                session_id: session_id.to_owned(),
+            })
+            .await
+            .ok()
+            .map(|s| s.cost);
+        let size = model
+            .and_then(|m| self.windows.as_ref().and_then(|w| w.get(&m).copied()))
+            .unwrap_or(0);
+        let mut update = schema::UsageUpdate::new(u.input_tokens + u.output_tokens, size);
+        if let Some(c) = cost {
+            update = update.cost(schema::Cost::new(c, "USD"));
+        }
+        self.update(session_id, schema::SessionUpdate::UsageUpdate(update));
+    }
+
+    /// A permission prompt of the daemon for a session open here: ask the client.
+    fn ask(&mut self, (p, reply): PromptRequest) {
+        let Some(open) = self.sessions.get(&p.session_id) else {
+            let _ = reply.send(PermissionDecision::Deferred);
+            return;
+        };
+        let mut content = Vec::new();
+        if let Some(diff) = &p.diff {
+            content.push(schema::ToolCallContent::Content(schema::Content::new(
+                schema::ContentBlock::Text(schema::TextContent::new(format!(
+                    "```diff\n{}\n```",
+                    diff.trim_end()
+                ))),
+            )));
+        }
+        let tool_call =
+            match translate::tool_call_started(&open.cwd, &p.tool_call_id, &p.tool, &p.input) {
+                schema::SessionUpdate::ToolCall(t) => schema::ToolCallUpdate::new(
+                    p.tool_call_id.clone(),
+                    schema::ToolCallUpdateFields::new()
+                        .title(p.title.clone())
+                        .kind(t.kind)
+                        .status(schema::ToolCallStatus::Pending)
+                        .locations(t.locations)
+                        .content(content)
+                        .raw_input(t.raw_input),
+                ),
+                _ => schema::ToolCallUpdate::new(
+                    p.tool_call_id.clone(),
+                    schema::ToolCallUpdateFields::new(),
+                ),
+            };
+        let options = vec![
+            schema::PermissionOption::new(
+                ALLOW_ONCE,
+                "Allow once",
+                schema::PermissionOptionKind::AllowOnce,
+            ),
+            schema::PermissionOption::new(
+                ALLOW_ALWAYS,
+                format!("Allow {} for this session", p.tool),
+                schema::PermissionOptionKind::AllowAlways,
+            ),
+            schema::PermissionOption::new(
+                REJECT_ONCE,
+                "Reject",
+                schema::PermissionOptionKind::RejectOnce,
+            ),
+        ];
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(wire::request_line(
+            id,
+            "session/request_permission",
+            schema::RequestPermissionRequest::new(p.session_id.clone(), tool_call, options),
+        ));
+        self.asks.insert(
+            id,
+            Ask {
+                request_id: p.request_id,
+                reply,
+            },
+        );
+    }
+
+    /// The client answered a request of ours.
+    fn answered(&mut self, id: &Value, result: Result<Value, Value>) {
+        let Some(ask) = id.as_u64().and_then(|id| self.asks.remove(&id)) else {
+            return;
+        };
+        let decision = match result
+            .ok()
+            .and_then(|v| serde_json::from_value::<schema::RequestPermissionResponse>(v).ok())
+            .map(|r| r.outcome)
+        {
+            Some(schema::RequestPermissionOutcome::Selected(s)) => match &*s.option_id.0 {
+                ALLOW_ONCE => PermissionDecision::Allow,
+                ALLOW_ALWAYS => PermissionDecision::AllowSession,
+                _ => PermissionDecision::Deny,
+            },
+            // `cancelled` (the turn was cancelled), an error or an unreadable answer: no.
+            _ => PermissionDecision::Deny,
+        };
+        let _ = ask.reply.send(decision);
+    }
+
+    /// Another client answered a prompt first: withdraw ours with `$/cancel_request`.
+    fn withdraw(&mut self, request_id: &str) {
+        let ids: Vec<u64> = self
+            .asks
+            .iter()
+            .filter(|(_, a)| a.request_id == request_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(a) = self.asks.remove(&id) {
+                let _ = a.reply.send(PermissionDecision::Deferred);
+                self.send(wire::cancel_request_line(id));
+            }
+        }
+    }
+}
