@@ -36,6 +36,7 @@ const now = () => performance.timeOrigin + performance.now();
 const [cmd, ...args] = process.argv.slice(2);
 const agent = spawn(cmd, args, { stdio: ["pipe", "pipe", "inherit"] });
 agent.on("exit", (code, signal) => emit({ event: "exit", code, signal }));
+emit({ event: "spawned", pid: agent.pid });
 
 const permissions = new Map();
 let nextKey = 0;
@@ -84,4 +85,11 @@ await app
     }
   })
   .catch((e) => emit({ event: "connectionError", message: String(e?.message ?? e) }));
+// Report how the agent ended before leaving.
+if (agent.exitCode === null && agent.signalCode === null) {
+  await new Promise((r) => {
+    agent.on("exit", r);
+    setTimeout(r, 5000);
+  });
+}
 process.exit(0);

@@ -6,7 +6,6 @@ use std::fs;
 use std::io;
 
 use serde::Deserialize;
-use serde_json::json;
 
 use super::paths::{Resolved, Workspace};
 use super::view::not_regular;
@@ -129,8 +128,9 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
     } else {
         format!("{} replacements", call.replacements)
     };
-    ToolOutput::ok(format!("Edited {} ({times}).\n\n{}", r.shown, call.diff))
-        .with_metadata(json!({"path": r.shown, "diff": call.diff}))
+    ToolOutput::ok(format!("Edited {} ({times}).\n\n{}", r.shown, call.diff)).with_metadata(
+        super::write::change_metadata(&r.shown, &call.diff, Some(&call.original), &call.updated),
+    )
 }
 
 /// The whole file as UTF-8 text, or an error output saying why not.

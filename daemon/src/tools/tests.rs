@@ -513,7 +513,8 @@ async fn write_creates_files_and_directories_without_touching_disk_in_prepare() 
     let out = p.run(&ws.ctx).await;
     assert_eq!(
         out.metadata,
-        Some(json!({"path": "a/b/new.txt", "diff": diff}))
+        // A new file: no `oldText`.
+        Some(json!({"path": "a/b/new.txt", "diff": diff, "newText": "hello\nworld\n"}))
     );
     let text = ok(out);
     assert!(text.contains("12 bytes"), "{text}");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use similar::TextDiff;
 
 use super::paths::Workspace;
@@ -32,6 +32,8 @@ pub(crate) struct Call {
     path: String,
     content: String,
     diff: String,
+    /// The file's text before (absent for a new file or one too big to read for a diff).
+    old: Option<String>,
 }
 
 pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOutput> {
@@ -71,6 +73,7 @@ pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOut
             path: args.path,
             content: args.content,
             diff,
+            old: old.flatten(),
         }),
     })
 }
@@ -113,7 +116,30 @@ pub(crate) fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
     } else {
         format!("Created {} ({n} bytes).", r.shown)
     };
-    ToolOutput::ok(content).with_metadata(json!({"path": r.shown, "diff": call.diff}))
+    ToolOutput::ok(content).with_metadata(change_metadata(
+        &r.shown,
+        &call.diff,
+        call.old.as_deref(),
+        &call.content,
+    ))
+}
+
+/// Texts longer than this stay out of a change's metadata (it is stored with the message and
+/// sent to every subscriber); the diff is still there.
+const TEXT_METADATA_MAX: usize = 256 * 1024;
+
+/// The metadata of a successful `write` or `edit`: `path` and the unified `diff`, and for
+/// editors that show a change side by side (ACP's diff content) the whole file before
+/// (`oldText`, absent for a new file) and after (`newText`), unless either is too long.
+pub(crate) fn change_metadata(shown: &str, diff: &str, old: Option<&str>, new: &str) -> Value {
+    let mut m = json!({"path": shown, "diff": diff});
+    if old.map_or(0, str::len) <= TEXT_METADATA_MAX && new.len() <= TEXT_METADATA_MAX {
+        if let Some(old) = old {
+            m["oldText"] = json!(old);
+        }
+        m["newText"] = json!(new);
+    }
+    m
 }
 
 /// A unified diff of `old` (None: the file does not exist) to `new`, with `a/`/`b/` headers.

