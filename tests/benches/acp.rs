@@ -63,7 +63,8 @@ mod bench {
     impl Acp {
         async fn send(&mut self, method: &str, params: Value) -> u64 {
             self.next_id += 1;
-            let line = json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+            let line =
+                json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
             self.stdin
                 .write_all(format!("{line}\n").as_bytes())
                 .await
@@ -134,7 +135,8 @@ mod bench {
             child,
             next_id: 0,
         };
-        acp.request("initialize", json!({"protocolVersion": 1})).await;
+        acp.request("initialize", json!({"protocolVersion": 1}))
+            .await;
         let rss_idle = status_kb(pid, "VmRSS:");
         let s = acp
             .request("session/new", json!({"cwd": project, "mcpServers": []}))
@@ -203,7 +205,9 @@ mod bench {
         let mut lags = Vec::new();
         for (offset, native_at) in &n_ends {
             if let Some((_, acp_at)) = a_ends.iter().find(|(o, _)| o >= offset) {
-                lags.push(Duration::from_secs_f64(((acp_at - native_at).max(0.0)) / 1000.0));
+                lags.push(Duration::from_secs_f64(
+                    ((acp_at - native_at).max(0.0)) / 1000.0,
+                ));
             }
         }
         println!(

@@ -9,9 +9,10 @@
 //! events and the daemon's permission prompts; daemon calls are awaited in that task, so a
 //! `session/load` streams its whole history before the live events that follow it.
 //!
-//! Modules: [`wire`] (JSON-RPC lines and the ACP schema crate), [`translate`] (daemon events
-//! and messages → `session/update`).
+//! Modules: [`wire`] (JSON-RPC lines, requests decoded by method), [`schema`] (the ACP
+//! messages as types), [`translate`] (daemon events and messages → `session/update`).
 
+mod schema;
 mod translate;
 mod wire;
 
@@ -33,7 +34,7 @@ use crush_protocol::{
 };
 
 use crate::{Global, WorkspaceArg};
-use wire::schema::{self, ClientRequest as Req};
+use wire::ClientRequest as Req;
 use wire::{Incoming, WireError, code};
 
 /// `crushctl acp` options.
@@ -279,27 +280,23 @@ impl Bridge {
     async fn request(&mut self, id: Value, method: &str, params: Value) {
         let answer = match wire::client_request(method, &params) {
             Err(e) => Err(e),
-            Ok(Req::InitializeRequest(r)) => self.initialize(r).await,
-            Ok(Req::NewSessionRequest(r)) => self.new_session(r).await,
-            Ok(Req::LoadSessionRequest(r)) => self
-                .open_session(&r.session_id.0, &r.cwd, &r.mcp_servers, true)
+            Ok(Req::Initialize(r)) => self.initialize(r).await,
+            Ok(Req::NewSession(r)) => self.new_session(r).await,
+            Ok(Req::LoadSession(r)) => self
+                .open_session(&r.session_id, &r.cwd, r.mcp_servers.len(), true)
                 .await
-                .and_then(|()| to_value(schema::LoadSessionResponse::new())),
-            Ok(Req::ResumeSessionRequest(r)) => self
-                .open_session(&r.session_id.0, &r.cwd, &r.mcp_servers, false)
+                .and_then(|()| to_value(schema::Empty {})),
+            Ok(Req::ResumeSession(r)) => self
+                .open_session(&r.session_id, &r.cwd, r.mcp_servers.len(), false)
                 .await
-                .and_then(|()| to_value(schema::ResumeSessionResponse::new())),
-            Ok(Req::ListSessionsRequest(r)) => self.list(r).await,
-            Ok(Req::DeleteSessionRequest(r)) => self.delete(&r.session_id.0).await,
-            Ok(Req::PromptRequest(r)) => match self.prompt(id.clone(), r).await {
+                .and_then(|()| to_value(schema::Empty {})),
+            Ok(Req::ListSessions(r)) => self.list(r).await,
+            Ok(Req::DeleteSession(r)) => self.delete(&r.session_id).await,
+            Ok(Req::Prompt(r)) => match self.prompt(id.clone(), r).await {
                 // Answered when the run ends.
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Ok(_) => Err(WireError::new(
-                code::METHOD_NOT_FOUND,
-                format!("crushctl acp does not handle {method:?} (see docs/acp.md)"),
-            )),
         };
         self.send(match answer {
             Ok(v) => wire::result_line(&id, v),
@@ -310,10 +307,8 @@ impl Bridge {
     async fn notification(&mut self, method: &str, params: &Value) {
         // `$/cancel_request` for our answers and `_…` extensions: nothing to do. Notifications
         // get no answer, so an unreadable one is only ignored.
-        if let Ok(schema::ClientNotification::CancelNotification(c)) =
-            wire::client_notification(method, params)
-        {
-            self.cancel(&c.session_id.0).await;
+        if let Some(c) = wire::cancel_notification(method, params) {
+            self.cancel(&c.session_id).await;
         }
     }
 
@@ -323,25 +318,34 @@ impl Bridge {
             .as_ref()
             .map(|i| i.title.clone().unwrap_or_else(|| i.name.clone()));
         self.daemon(editor.as_deref()).await?;
-        let caps = schema::AgentCapabilities::new()
-            .load_session(true)
-            // Text and resource links are the baseline; embedded resources become attachments.
-            // The daemon takes no images or audio yet.
-            .prompt_capabilities(schema::PromptCapabilities::new().embedded_context(true))
-            .session_capabilities(
-                schema::SessionCapabilities::new()
-                    .list(schema::SessionListCapabilities::new())
-                    .resume(schema::SessionResumeCapabilities::new())
-                    .delete(schema::SessionDeleteCapabilities::new()),
-            );
-        to_value(
-            schema::InitializeResponse::new(wire::PROTOCOL_VERSION)
-                .agent_capabilities(caps)
-                .agent_info(
-                    schema::Implementation::new("crushd", env!("CARGO_PKG_VERSION"))
-                        .title(Some("crushd".to_owned())),
-                ),
-        )
+        to_value(schema::InitializeResponse {
+            protocol_version: wire::PROTOCOL_VERSION,
+            agent_capabilities: schema::AgentCapabilities {
+                load_session: true,
+                // Text and resource links are the baseline; embedded text resources become
+                // attachments. The daemon takes no images or audio yet.
+                prompt_capabilities: schema::PromptCapabilities {
+                    image: false,
+                    audio: false,
+                    embedded_context: true,
+                },
+                mcp_capabilities: schema::McpCapabilities {
+                    http: false,
+                    sse: false,
+                },
+                session_capabilities: schema::SessionCapabilities {
+                    list: schema::Empty {},
+                    resume: schema::Empty {},
+                    delete: schema::Empty {},
+                },
+            },
+            auth_methods: Vec::new(),
+            agent_info: schema::Implementation {
+                name: "crushd".to_owned(),
+                title: Some("crushd".to_owned()),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        })
     }
 
     /// The client's directory, absolute.
@@ -353,19 +357,19 @@ impl Bridge {
         }
     }
 
-    fn mcp_servers_note(&self, servers: &[schema::McpServer]) {
-        if !servers.is_empty() {
+    fn mcp_servers_note(&self, servers: usize) {
+        if servers > 0 {
             // Not yet started through the daemon's MCP pool (docs/acp.md); said where a user
             // of the editor's agent log can read it.
             eprintln!(
                 "crushctl acp: the client's {} MCP server(s) are not used yet; configure them in crushd's config",
-                servers.len()
+                servers
             );
         }
     }
 
     async fn new_session(&mut self, r: schema::NewSessionRequest) -> Result<Value, WireError> {
-        self.mcp_servers_note(&r.mcp_servers);
+        self.mcp_servers_note(r.mcp_servers.len());
         let cwd = self.dir(&r.cwd);
         let client = self.daemon(None).await?;
         let ws = client
@@ -396,7 +400,9 @@ impl Bridge {
                 model: s.model,
             },
         );
-        to_value(schema::NewSessionResponse::new(s.session_id))
+        to_value(schema::NewSessionResponse {
+            session_id: s.session_id,
+        })
     }
 
     /// `session/load` (`replay`: the history as updates first) and `session/resume`.
@@ -404,7 +410,7 @@ impl Bridge {
         &mut self,
         session_id: &str,
         cwd: &Path,
-        servers: &[schema::McpServer],
+        servers: usize,
         replay: bool,
     ) -> Result<(), WireError> {
         self.mcp_servers_note(servers);
@@ -520,13 +526,14 @@ impl Bridge {
         all.sort_by_key(|(_, s)| std::cmp::Reverse(s.updated_at));
         let sessions = all
             .into_iter()
-            .map(|(path, s)| {
-                schema::SessionInfo::new(s.session_id, PathBuf::from(path))
-                    .title(Some(s.title))
-                    .updated_at(Some(translate::iso8601(s.updated_at)))
+            .map(|(path, s)| schema::SessionInfo {
+                session_id: s.session_id,
+                cwd: PathBuf::from(path),
+                title: s.title,
+                updated_at: translate::iso8601(s.updated_at),
             })
             .collect();
-        to_value(schema::ListSessionsResponse::new(sessions))
+        to_value(schema::ListSessionsResponse { sessions })
     }
 
     async fn delete(&mut self, session_id: &str) -> Result<Value, WireError> {
@@ -543,12 +550,12 @@ impl Bridge {
             Err(ClientError::Rpc(r)) if r.code == ErrorCode::SessionNotFound as i32 => {}
             Err(e) => return Err(daemon_error(e)),
         }
-        to_value(schema::DeleteSessionResponse::new())
+        to_value(schema::Empty {})
     }
 
     /// Sends the prompt; the answer comes when its run ends ([`Self::outcome`]).
     async fn prompt(&mut self, id: Value, r: schema::PromptRequest) -> Result<(), WireError> {
-        let session_id = r.session_id.0.to_string();
+        let session_id = r.session_id;
         if !self.sessions.contains_key(&session_id) {
             return Err(WireError::new(
                 code::RESOURCE_NOT_FOUND,
@@ -561,25 +568,23 @@ impl Bridge {
         let mut attachments = Vec::new();
         for block in r.prompt {
             match block {
-                schema::ContentBlock::Text(t) => text.push(t.text),
-                schema::ContentBlock::ResourceLink(l) => {
-                    text.push(format!("[{}]({})", l.name, l.uri))
+                schema::ContentBlock::Text { text: t } => text.push(t),
+                schema::ContentBlock::ResourceLink { uri, name } => {
+                    text.push(format!("[{name}]({uri})"));
                 }
-                schema::ContentBlock::Resource(res) => match res.resource {
-                    schema::EmbeddedResourceResource::TextResourceContents(t) => {
-                        attachments.push(Attachment {
-                            name: Some(t.uri),
-                            mime_type: t.mime_type,
-                            text: t.text,
-                        })
-                    }
-                    _ => {
+                schema::ContentBlock::Resource { resource } => match resource.text {
+                    Some(t) => attachments.push(Attachment {
+                        name: Some(resource.uri),
+                        mime_type: resource.mime_type,
+                        text: t,
+                    }),
+                    None => {
                         return Err(WireError::invalid_params(
                             "binary resources are not supported (promptCapabilities)",
                         ));
                     }
                 },
-                _ => {
+                schema::ContentBlock::Image {} | schema::ContentBlock::Audio {} => {
                     return Err(WireError::invalid_params(
                         "images and audio are not supported (promptCapabilities)",
                     ));
@@ -670,9 +675,9 @@ impl Bridge {
                     SessionEvent::SessionUpdated { title, .. } => {
                         self.update(
                             &u.session_id,
-                            schema::SessionUpdate::SessionInfoUpdate(
-                                schema::SessionInfoUpdate::new().title(title.clone()),
-                            ),
+                            schema::SessionUpdate::SessionInfoUpdate {
+                                title: title.clone(),
+                            },
                         );
                         return true;
                     }
@@ -742,7 +747,10 @@ impl Bridge {
                 return;
             }
         };
-        self.send(wire::result_line(&p.id, schema::PromptResponse::new(stop)));
+        self.send(wire::result_line(
+            &p.id,
+            schema::PromptResponse { stop_reason: stop },
+        ));
     }
 
     /// `usage_update`: the tokens of the last turn against the model's context window, and
@@ -781,10 +789,14 @@ impl Bridge {
         let size = model
             .and_then(|m| self.windows.as_ref().and_then(|w| w.get(&m).copied()))
             .unwrap_or(0);
-        let mut update = schema::UsageUpdate::new(u.input_tokens + u.output_tokens, size);
-        if let Some(c) = cost {
-            update = update.cost(schema::Cost::new(c, "USD"));
-        }
+        let update = schema::UsageUpdate {
+            used: u.input_tokens + u.output_tokens,
+            size,
+            cost: cost.map(|amount| schema::Cost {
+                amount,
+                currency: "USD",
+            }),
+        };
         self.update(session_id, schema::SessionUpdate::UsageUpdate(update));
     }
 
@@ -798,46 +810,43 @@ impl Bridge {
             let _ = reply.send(PermissionDecision::Deferred);
             return;
         };
-        let mut content = Vec::new();
-        if let Some(diff) = &p.diff {
-            content.push(schema::ToolCallContent::Content(schema::Content::new(
-                schema::ContentBlock::Text(schema::TextContent::new(format!(
-                    "```diff\n{}\n```",
-                    diff.trim_end()
-                ))),
-            )));
-        }
-        let tool_call =
-            match translate::tool_call_started(&open.cwd, &p.tool_call_id, &p.tool, &p.input) {
-                schema::SessionUpdate::ToolCall(t) => schema::ToolCallUpdate::new(
-                    p.tool_call_id.clone(),
-                    schema::ToolCallUpdateFields::new()
-                        .title(p.title.clone())
-                        .kind(t.kind)
-                        .status(schema::ToolCallStatus::Pending)
-                        .locations(t.locations)
-                        .content(content)
-                        .raw_input(t.raw_input),
-                ),
-                _ => schema::ToolCallUpdate::new(
-                    p.tool_call_id.clone(),
-                    schema::ToolCallUpdateFields::new(),
-                ),
-            };
+        // The change as a unified diff to read before answering (the old and new text come
+        // with the tool call's result).
+        let content = p.diff.as_ref().map(|diff| {
+            vec![schema::ToolCallContent::Content {
+                content: translate::text_block(format!("```diff\n{}\n```", diff.trim_end())),
+            }]
+        });
+        let call = translate::tool_call(&open.cwd, &p.tool_call_id, &p.tool, &p.input);
+        let tool_call = schema::ToolCallUpdate {
+            tool_call_id: p.tool_call_id.clone(),
+            title: Some(p.title.clone()),
+            kind: Some(call.kind),
+            status: Some(schema::ToolCallStatus::Pending),
+            content,
+            locations: Some(call.locations),
+            raw_input: Some(call.raw_input),
+            raw_output: None,
+        };
+        let option = |option_id, name: String, kind| schema::PermissionOption {
+            option_id,
+            name,
+            kind,
+        };
         let options = vec![
-            schema::PermissionOption::new(
+            option(
                 ALLOW_ONCE,
-                "Allow once",
+                "Allow once".to_owned(),
                 schema::PermissionOptionKind::AllowOnce,
             ),
-            schema::PermissionOption::new(
+            option(
                 ALLOW_ALWAYS,
                 format!("Allow {} for this session", p.tool),
                 schema::PermissionOptionKind::AllowAlways,
             ),
-            schema::PermissionOption::new(
+            option(
                 REJECT_ONCE,
-                "Reject",
+                "Reject".to_owned(),
                 schema::PermissionOptionKind::RejectOnce,
             ),
         ];
@@ -846,7 +855,11 @@ impl Bridge {
         self.send(wire::request_line(
             id,
             "session/request_permission",
-            schema::RequestPermissionRequest::new(p.session_id.clone(), tool_call, options),
+            schema::RequestPermissionRequest {
+                session_id: p.session_id.clone(),
+                tool_call,
+                options,
+            },
         ));
         self.asks.insert(
             id,
@@ -867,7 +880,7 @@ impl Bridge {
             .and_then(|v| serde_json::from_value::<schema::RequestPermissionResponse>(v).ok())
             .map(|r| r.outcome)
         {
-            Some(schema::RequestPermissionOutcome::Selected(s)) => match &*s.option_id.0 {
+            Some(schema::PermissionOutcome::Selected { option_id }) => match option_id.as_str() {
                 ALLOW_ONCE => PermissionDecision::Allow,
                 ALLOW_ALWAYS => PermissionDecision::AllowSession,
                 _ => PermissionDecision::Deny,

@@ -8,10 +8,9 @@ use serde_json::Value;
 
 use crush_protocol::{FinishReason, MessageInfo, Part, SessionEvent, StreamingMessage, ToolStatus};
 
-use super::wire::schema::{
-    Content, ContentBlock, ContentChunk, Diff, SessionUpdate, TextContent, ToolCall,
-    ToolCallContent, ToolCallLocation, ToolCallStatus, ToolCallUpdate, ToolCallUpdateFields,
-    ToolKind,
+use super::schema::{
+    ContentBlock, ContentChunk, SessionUpdate, ToolCall, ToolCallContent, ToolCallLocation,
+    ToolCallStatus, ToolCallUpdate, ToolKind,
 };
 
 /// ACP's tool kinds for crushd's tools (the client picks icons and layouts by them).
@@ -54,15 +53,18 @@ fn locations(cwd: &Path, input: &Value) -> Vec<ToolCallLocation> {
         .get("offset")
         .and_then(Value::as_u64)
         .and_then(|l| u32::try_from(l).ok());
-    vec![ToolCallLocation::new(path).line(line)]
+    vec![ToolCallLocation { path, line }]
 }
 
-fn text_block(text: impl Into<String>) -> ContentBlock {
-    ContentBlock::Text(TextContent::new(text))
+pub fn text_block(text: impl Into<String>) -> ContentBlock {
+    ContentBlock::Text { text: text.into() }
 }
 
 fn chunk(message_id: &str, text: &str) -> ContentChunk {
-    ContentChunk::new(text_block(text)).message_id(Some(message_id.to_owned().into()))
+    ContentChunk {
+        content: text_block(text),
+        message_id: message_id.to_owned(),
+    }
 }
 
 pub fn user_text(message_id: &str, text: &str) -> SessionUpdate {
@@ -77,14 +79,19 @@ pub fn agent_thought(message_id: &str, text: &str) -> SessionUpdate {
     SessionUpdate::AgentThoughtChunk(chunk(message_id, text))
 }
 
+pub fn tool_call(cwd: &Path, id: &str, tool: &str, input: &Value) -> ToolCall {
+    ToolCall {
+        tool_call_id: id.to_owned(),
+        title: crate::render::tool_summary(tool, input),
+        kind: tool_kind(tool),
+        status: ToolCallStatus::InProgress,
+        locations: locations(cwd, input),
+        raw_input: input_value(input),
+    }
+}
+
 pub fn tool_call_started(cwd: &Path, id: &str, tool: &str, input: &Value) -> SessionUpdate {
-    SessionUpdate::ToolCall(
-        ToolCall::new(id.to_owned(), crate::render::tool_summary(tool, input))
-            .kind(tool_kind(tool))
-            .status(ToolCallStatus::InProgress)
-            .locations(locations(cwd, input))
-            .raw_input(Some(input_value(input))),
-    )
+    SessionUpdate::ToolCall(tool_call(cwd, id, tool, input))
 }
 
 /// A finished tool call: its status, its output as text and, for an edit, the change as an
@@ -103,23 +110,29 @@ pub fn tool_call_finished(
     };
     let mut content = Vec::new();
     if let Some(d) = metadata.and_then(|m| diff(cwd, m)) {
-        content.push(ToolCallContent::Diff(d));
+        content.push(d);
     }
-    content.push(ToolCallContent::Content(Content::new(text_block(output))));
-    SessionUpdate::ToolCallUpdate(ToolCallUpdate::new(
-        id.to_owned(),
-        ToolCallUpdateFields::new()
-            .status(acp_status)
-            .content(content)
-            .raw_output(Some(Value::String(output.to_owned()))),
-    ))
+    content.push(ToolCallContent::Content {
+        content: text_block(output),
+    });
+    SessionUpdate::ToolCallUpdate(ToolCallUpdate {
+        tool_call_id: id.to_owned(),
+        status: Some(acp_status),
+        content: Some(content),
+        raw_output: Some(Value::String(output.to_owned())),
+        ..ToolCallUpdate::default()
+    })
 }
 
-fn diff(cwd: &Path, m: &Value) -> Option<Diff> {
+fn diff(cwd: &Path, m: &Value) -> Option<ToolCallContent> {
     let path = m.get("path").and_then(Value::as_str)?;
     let new_text = m.get("newText").and_then(Value::as_str)?;
     let old_text = m.get("oldText").and_then(Value::as_str).map(str::to_owned);
-    Some(Diff::new(cwd.join(path), new_text).old_text(old_text))
+    Some(ToolCallContent::Diff {
+        path: cwd.join(path),
+        old_text,
+        new_text: new_text.to_owned(),
+    })
 }
 
 /// A live event as the updates the client is shown (none for bookkeeping events).

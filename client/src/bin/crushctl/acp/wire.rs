@@ -1,21 +1,16 @@
-//! ACP on the wire: newline-delimited JSON-RPC 2.0 on stdin/stdout, and the one place that
-//! names the `agent-client-protocol-schema` crate. Its version is pinned exactly in
-//! client/Cargo.toml; the rest of the bridge reaches its types through [`schema`], so a new
-//! release is adopted here and nowhere else (ARCHITECTURE.md "ACP bridge").
-//!
-//! The JSON-RPC envelope is ours (a few lines): the crate gives the method payloads, and
-//! `from_method_and_params` picks the payload type by method name rather than by shape.
-
-pub use agent_client_protocol_schema::v1 as schema;
-use agent_client_protocol_schema::{MethodDispatchError, ProtocolVersion};
+//! ACP on the wire: newline-delimited JSON-RPC 2.0 on stdin/stdout. The envelope is a few
+//! lines of ours; the payloads are [`super::schema`]'s types, picked by method name.
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use super::schema;
 
 /// The ACP protocol version this bridge speaks. `initialize` answers with it whatever the
 /// client asks for: the client's own version when that is 1, and our latest otherwise, as the
 /// spec's version negotiation says (we never echo a version we do not speak).
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V1;
+pub const PROTOCOL_VERSION: u16 = 1;
 
 /// JSON-RPC and ACP error codes the bridge answers with.
 pub mod code {
@@ -122,29 +117,51 @@ pub fn parse(line: &str) -> Result<Incoming, String> {
     }
 }
 
-/// A request the client sent, with its payload decoded by method name.
-pub fn client_request(method: &str, params: &Value) -> Result<schema::ClientRequest, WireError> {
-    // `null` params for methods whose payload is all optional (`session/list`) read as `{}`.
-    let params = if params.is_null() { &json!({}) } else { params };
-    schema::ClientRequest::from_method_and_params(method, params).map_err(dispatch_error)
+/// A request the client sent, with its payload decoded.
+#[derive(Debug)]
+pub enum ClientRequest {
+    Initialize(schema::InitializeRequest),
+    NewSession(schema::NewSessionRequest),
+    LoadSession(schema::OpenSessionRequest),
+    ResumeSession(schema::OpenSessionRequest),
+    ListSessions(schema::ListSessionsRequest),
+    DeleteSession(schema::SessionRef),
+    Prompt(schema::PromptRequest),
 }
 
-/// A notification the client sent (`session/cancel`, `_…` extensions), decoded by method name.
-pub fn client_notification(
-    method: &str,
-    params: &Value,
-) -> Result<schema::ClientNotification, WireError> {
-    schema::ClientNotification::from_method_and_params(method, params).map_err(dispatch_error)
+fn params<T: DeserializeOwned>(method: &str, params: &Value) -> Result<T, WireError> {
+    serde_json::from_value(params.clone())
+        .map_err(|e| WireError::invalid_params(format!("{method}: {e}")))
 }
 
-fn dispatch_error(e: MethodDispatchError) -> WireError {
-    match e {
-        MethodDispatchError::UnknownMethod { method } => WireError::new(
-            code::METHOD_NOT_FOUND,
-            format!("crushctl acp does not handle {method:?}"),
-        ),
-        other => WireError::invalid_params(other.to_string()),
-    }
+/// Decodes a request by its method name.
+pub fn client_request(method: &str, p: &Value) -> Result<ClientRequest, WireError> {
+    use ClientRequest as R;
+    Ok(match method {
+        "initialize" => R::Initialize(params(method, p)?),
+        "session/new" => R::NewSession(params(method, p)?),
+        "session/load" => R::LoadSession(params(method, p)?),
+        "session/resume" => R::ResumeSession(params(method, p)?),
+        // Every parameter is optional: no params reads as `{}`.
+        "session/list" if p.is_null() => R::ListSessions(schema::ListSessionsRequest::default()),
+        "session/list" => R::ListSessions(params(method, p)?),
+        "session/delete" => R::DeleteSession(params(method, p)?),
+        "session/prompt" => R::Prompt(params(method, p)?),
+        _ => {
+            return Err(WireError::new(
+                code::METHOD_NOT_FOUND,
+                format!("crushctl acp does not handle {method:?} (see docs/acp.md)"),
+            ));
+        }
+    })
+}
+
+/// A notification the client sent that the bridge acts on: `session/cancel`. Others
+/// (`$/cancel_request` for our answers, `_…` extensions) need nothing.
+pub fn cancel_notification(method: &str, p: &Value) -> Option<schema::SessionRef> {
+    (method == "session/cancel")
+        .then(|| serde_json::from_value(p.clone()).ok())
+        .flatten()
 }
 
 pub fn result_line(id: &Value, result: impl Serialize) -> String {
@@ -170,7 +187,7 @@ pub fn request_line(id: u64, method: &str, params: impl Serialize) -> String {
 pub fn update_line(session_id: &str, update: schema::SessionUpdate) -> String {
     notification_line(
         "session/update",
-        schema::SessionNotification::new(session_id.to_owned(), update),
+        schema::SessionNotification { session_id, update },
     )
 }
 
