@@ -23,7 +23,7 @@ use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv, bin};
 
 const INSTALL_HINT: &str = "set CRUSH_ACP_CLIENTS to a directory holding the ACP test clients: \
 `d=~/.cache/crush-ci/acp-clients-1 && mkdir -p $d && cp tests/acp/package.json tests/acp/package-lock.json $d \
-&& (cd $d && npm ci) && python3 -m pip install --target $d/py acplint==0.1.0 && export CRUSH_ACP_CLIENTS=$d` \
+&& (cd $d && npm install) && python3 -m pip install --target $d/py acplint==0.1.0 && export CRUSH_ACP_CLIENTS=$d` \
 (.ci/run does this)";
 
 /// The installed clients' directory.
