@@ -90,6 +90,7 @@ pub fn typescript() -> String {
         WorkspaceCloseResult,
         SendMode,
         Attachment,
+        ImageInput,
         AgentSendParams,
         AgentSendResult,
         AgentCancelParams,

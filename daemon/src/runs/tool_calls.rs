@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crush_protocol::{Part, PermissionDecision, PermissionRequestParams, SessionEvent, ToolStatus};
 
 use super::{RunMeta, Runtime, SessionRt};
+use crate::mcp::CallOutput;
 use crate::model::{ChatMessage, ToolCall};
 use crate::store::new_id;
 use crate::sync::lock;
@@ -48,13 +49,20 @@ impl Runtime {
                     input: input.clone(),
                 },
             );
-            let (status, output) = if token.is_cancelled() {
+            let is_mcp =
+                crate::mcp::split_name(&call.name).is_some() && !ctx.root.as_os_str().is_empty();
+            let (status, output, images) = if token.is_cancelled() {
                 (
                     ToolStatus::Cancelled,
                     tool_error("the run was cancelled before this tool ran"),
+                    Vec::new(),
                 )
+            } else if is_mcp {
+                let (status, out) = self.run_mcp_tool(s, run, token, ctx, call, input).await;
+                (status, out.output, out.images)
             } else {
-                self.run_tool(s, run, token, ctx, call, input).await
+                let (status, output) = self.run_tool(s, run, token, ctx, call, input).await;
+                (status, output, Vec::new())
             };
             let status = if status == ToolStatus::Completed && output.is_error {
                 ToolStatus::Failed
@@ -80,11 +88,19 @@ impl Runtime {
                 is_error: Some(output.is_error),
                 metadata: output.metadata.clone(),
             });
+            // A tool's images are stored beside its result, naming the call.
+            out.parts.extend(images.iter().map(|i| Part::Image {
+                mime_type: i.mime_type.clone(),
+                data: i.data.clone(),
+                name: None,
+                tool_call_id: Some(call.id.clone()),
+            }));
             out.messages.push(ChatMessage::ToolResult {
                 call_id: call.id.clone(),
                 name: call.name.clone(),
                 content: output.content,
                 is_error: output.is_error,
+                images,
             });
         }
         out
@@ -105,9 +121,6 @@ impl Runtime {
                 ToolStatus::Failed,
                 tool_error("the workspace's directory is unknown; tools are unavailable"),
             );
-        }
-        if crate::mcp::split_name(&call.name).is_some() {
-            return self.run_mcp_tool(s, run, token, ctx, call, input).await;
         }
         let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
             Ok(p) => p,
@@ -246,7 +259,7 @@ impl Runtime {
         ctx: &ToolContext,
         call: &ToolCall,
         input: Value,
-    ) -> (ToolStatus, ToolOutput) {
+    ) -> (ToolStatus, CallOutput) {
         let ws = s.ws().id.clone();
         let ws = Some(ws.as_str());
         if !self.mcp.allowed(ws, &call.name)
@@ -254,14 +267,14 @@ impl Runtime {
         {
             let title = self.mcp.title(ws, &call.name);
             let ask = (call.id.as_str(), call.name.as_str(), title, None, input);
-            if let Err(end) = self.ask(s, run, token, ask).await {
-                return end;
+            if let Err((status, output)) = self.ask(s, run, token, ask).await {
+                return (status, output.into());
             }
         }
         if token.is_cancelled() {
             return (
                 ToolStatus::Cancelled,
-                tool_error("the run was cancelled before this tool ran"),
+                tool_error("the run was cancelled before this tool ran").into(),
             );
         }
         let out = self
