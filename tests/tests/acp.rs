@@ -59,9 +59,14 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with("").await
+}
+
+/// A world whose config has `extra` appended (model settings).
+async fn world_with(extra: &str) -> World {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
-    env.use_model_at(&mock.base_url());
+    env.use_model_with(&mock.base_url(), "openai", extra);
     let daemon = env.spawn_daemon(&[]);
     let project = env.dir.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
@@ -861,4 +866,50 @@ async fn acplint_finds_nothing_unexplained() {
         .filter(|t| t["status"] == "PASS")
         .count();
     assert!(passed >= 30, "{}", r["summary"]);
+}
+
+/// A tiny PNG, base64.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_reach_a_model_that_accepts_them_and_are_refused_otherwise() {
+    let w = world_with("[providers.mock.models.\"mock-1\"]\nimages = true\n").await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    let init = sdk.initialize().await;
+    assert_eq!(
+        init["agentCapabilities"]["promptCapabilities"]["image"], true,
+        "{init}"
+    );
+    w.mock.push(Script::text("A small picture."));
+    let r = sdk
+        .ok(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image", "mimeType": "image/png", "data": PNG}
+            ]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "end_turn");
+    assert_eq!(w.mock.requests()[0].images().len(), 1);
+    sdk.close().await;
+
+    // Without `images`, not advertised, and an image is invalid params.
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    let init = sdk.initialize().await;
+    assert_eq!(
+        init["agentCapabilities"]["promptCapabilities"]["image"],
+        false
+    );
+    let r = sdk
+        .request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [
+                {"type": "image", "mimeType": "image/png", "data": PNG}
+            ]}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    sdk.close().await;
 }

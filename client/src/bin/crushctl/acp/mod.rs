@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler};
 use crush_protocol::{
-    AgentCancelParams, AgentSendParams, Attachment, ErrorCode, NoParams, PermissionDecision,
-    PermissionRequestParams, PermissionRequestResult, RpcError, RunState, SendMode,
-    SessionCreateParams, SessionEvent, SessionListParams, SessionMessagesParams, SessionRef,
-    SessionSubscribeParams, daemon_request, request,
+    AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, NoParams,
+    PermissionDecision, PermissionRequestParams, PermissionRequestResult, RpcError, RunState,
+    SendMode, SessionCreateParams, SessionEvent, SessionListParams, SessionMessagesParams,
+    SessionRef, SessionSubscribeParams, daemon_request, request,
 };
 
 use crate::{Global, WorkspaceArg};
@@ -79,6 +79,7 @@ pub async fn acp(g: &Global, a: AcpArgs) -> anyhow::Result<u8> {
         resolved: HashSet::new(),
         next_id: 0,
         windows: None,
+        images: false,
     };
     loop {
         tokio::select! {
@@ -211,6 +212,9 @@ struct Bridge {
     next_id: u64,
     /// Context windows by model name (`model/list`, asked once).
     windows: Option<HashMap<String, u64>>,
+    /// The daemon's default model accepts images (`model/list` at `initialize`): prompts may
+    /// carry them, and `initialize` says so.
+    images: bool,
 }
 
 fn daemon_error(e: ClientError) -> WireError {
@@ -317,15 +321,27 @@ impl Bridge {
             .client_info
             .as_ref()
             .map(|i| i.title.clone().unwrap_or_else(|| i.name.clone()));
-        self.daemon(editor.as_deref()).await?;
+        let client = self.daemon(editor.as_deref()).await?;
+        // Images where the model accepts them: the default model's `images` decides what is
+        // advertised (a session on another model is told by the daemon that one was left out).
+        let images = client
+            .request::<request::ModelList>(NoParams)
+            .await
+            .ok()
+            .is_some_and(|l| {
+                l.models
+                    .iter()
+                    .any(|m| Some(&m.name) == l.default.as_ref() && m.images)
+            });
+        self.images = images;
         to_value(schema::InitializeResponse {
             protocol_version: wire::PROTOCOL_VERSION,
             agent_capabilities: schema::AgentCapabilities {
                 load_session: true,
                 // Text and resource links are the baseline; embedded text resources become
-                // attachments. The daemon takes no images or audio yet.
+                // attachments; images go to models that accept them; no audio.
                 prompt_capabilities: schema::PromptCapabilities {
-                    image: false,
+                    image: images,
                     audio: false,
                     embedded_context: true,
                 },
@@ -566,6 +582,7 @@ impl Bridge {
         }
         let mut text = Vec::new();
         let mut attachments = Vec::new();
+        let mut images = Vec::new();
         for block in r.prompt {
             match block {
                 schema::ContentBlock::Text { text: t } => text.push(t),
@@ -584,15 +601,24 @@ impl Bridge {
                         ));
                     }
                 },
-                schema::ContentBlock::Image {} | schema::ContentBlock::Audio {} => {
+                schema::ContentBlock::Image {
+                    data,
+                    mime_type,
+                    uri,
+                } if self.images => images.push(ImageInput {
+                    mime_type,
+                    data,
+                    name: uri,
+                }),
+                schema::ContentBlock::Image { .. } | schema::ContentBlock::Audio {} => {
                     return Err(WireError::invalid_params(
-                        "images and audio are not supported (promptCapabilities)",
+                        "this content is not supported (see promptCapabilities)",
                     ));
                 }
             }
         }
         let prompt = text.join("\n");
-        if prompt.trim().is_empty() && attachments.is_empty() {
+        if prompt.trim().is_empty() && attachments.is_empty() && images.is_empty() {
             return Err(WireError::invalid_params("the prompt is empty"));
         }
         let run_id = uuid::Uuid::now_v7().to_string();
@@ -602,6 +628,7 @@ impl Bridge {
                 session_id: session_id.clone(),
                 prompt,
                 attachments,
+                images,
                 run_id: Some(run_id.clone()),
                 mode: SendMode::Queue,
                 ..AgentSendParams::default()

@@ -82,7 +82,14 @@ pub enum ContentBlock {
     Text {
         text: String,
     },
-    Image {},
+    #[serde(rename_all = "camelCase")]
+    Image {
+        /// Base64.
+        data: String,
+        mime_type: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uri: Option<String>,
+    },
     Audio {},
     #[serde(rename_all = "camelCase")]
     ResourceLink {
