@@ -18,6 +18,7 @@ mod fork;
 pub mod live;
 mod mcp;
 mod messages;
+mod permissions;
 mod pieces;
 mod require;
 mod reverts;
