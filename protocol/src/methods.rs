@@ -1646,6 +1646,8 @@ mod tests {
                 "run/get",
                 "agent/status",
                 "model/list",
+                "permission/rules/list",
+                "permission/log",
                 "config/get",
                 "mcp/list",
             ]
