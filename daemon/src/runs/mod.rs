@@ -65,7 +65,6 @@ mod prompt;
 mod registry;
 mod replay;
 mod revert;
-mod rules;
 mod state;
 mod step;
 mod subscribe;

@@ -22,11 +22,11 @@ use crush_protocol::{
     PermissionSource, RequestId, RpcError, SessionEvent, daemon_notification, daemon_request,
 };
 
-use super::rules::{self, LiveRule, Subject};
 use super::workspaces::Workspace;
 use super::{RunMeta, Runtime, SessionInner, SessionRt};
 use crate::config::PermissionRules;
 use crate::peer::Peer;
+use crate::permission_rules::{self as rules, LiveRule, Subject, bash_rule};
 use crate::store::{new_id, now_ms};
 use crate::sync::lock;
 
@@ -712,24 +712,4 @@ fn rule_of(
         created_at: now_ms(),
         created_by: by.client.clone(),
     })
-}
-
-/// The allow rule a bash command matches, if any: the rule's words are the command's first
-/// words, and the command has no shell syntax that could chain another command after an
-/// allowed one.
-pub(super) fn bash_rule<'a>(rules: &'a [String], command: &str) -> Option<&'a String> {
-    const CONTROL: &[&str] = &[";", "&", "|", "`", "$(", ">", "<", "\n", "\r"];
-    if CONTROL.iter().any(|c| command.contains(c)) {
-        return None;
-    }
-    let words: Vec<&str> = command.split_whitespace().collect();
-    rules.iter().find(|rule| {
-        let want: Vec<&str> = rule.split_whitespace().collect();
-        !want.is_empty() && words.len() >= want.len() && words[..want.len()] == want[..]
-    })
-}
-
-/// Whether a bash command matches an allow rule (see [`bash_rule`]).
-pub(super) fn bash_allowed(rules: &[String], command: &str) -> bool {
-    bash_rule(rules, command).is_some()
 }

@@ -13,9 +13,9 @@ use crush_protocol::{
 };
 
 use super::permissions::{Basis, Decided};
-use super::rules::{self, Subject};
 use super::{RunMeta, Runtime, SessionRt};
 use crate::model::{ChatMessage, ToolCall};
+use crate::permission_rules::{self as rules, Subject};
 use crate::store::new_id;
 use crate::sync::lock;
 use crate::tools::{ToolContext, ToolOutput};

@@ -19,6 +19,7 @@ pub mod live;
 mod mcp;
 mod messages;
 mod permissions;
+pub use permissions::LOG_KEEP;
 mod pieces;
 mod require;
 mod reverts;

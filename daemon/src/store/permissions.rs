@@ -7,7 +7,7 @@ use crush_protocol::{PermissionLogEntry, PermissionRule};
 use super::{Result, Store, StoreError};
 
 /// How many audit log entries are kept; older ones are deleted as new ones arrive.
-pub(crate) const LOG_KEEP: i64 = 10_000;
+pub const LOG_KEEP: i64 = 10_000;
 
 struct RuleRow {
     id: String,
@@ -94,7 +94,7 @@ impl Store {
         .collect()
     }
 
-    pub(crate) async fn insert_permission_rule(&self, rule: &PermissionRule) -> Result<()> {
+    pub async fn insert_permission_rule(&self, rule: &PermissionRule) -> Result<()> {
         let scope = rule.scope.as_str();
         sqlx::query!(
             "INSERT INTO permission_rules
@@ -123,7 +123,7 @@ impl Store {
     }
 
     /// Appends a decision to the audit log, dropping entries older than the last `LOG_KEEP`.
-    pub(crate) async fn log_permission(&self, e: &PermissionLogEntry) -> Result<()> {
+    pub async fn log_permission(&self, e: &PermissionLogEntry) -> Result<()> {
         let (decision, source) = (e.decision.as_str(), e.source.as_str());
         let connection = e.connection.and_then(|c| i64::try_from(c).ok());
         let mut tx = self.pool().begin().await?;

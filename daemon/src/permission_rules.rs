@@ -1,14 +1,33 @@
-//! Saved permission rules: which tools an "always allow" answer may save a rule for, what its
-//! pattern may be (checked when the answer arrives, so a bad pattern is the answering client's
-//! error and nothing is saved), the pattern a prompt suggests, and whether a rule allows a call.
-//! The rules themselves live in the store and, for matching without a database read per tool
-//! call, in `permissions.rs`'s memory.
+//! Permission rules as matchers: the bash prefix rule (shared by `[permissions] allow_bash` and
+//! saved rules), which tools an "always allow" answer may save a rule for, what its pattern may
+//! be (checked when the answer arrives, so a bad pattern is the answering client's error and
+//! nothing is saved), the pattern a prompt suggests, and whether a saved rule allows a call. Pure
+//! functions: the rules themselves live in the store and, for matching without a database read
+//! per tool call, in `runs/permissions.rs`'s memory.
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
 use crush_protocol::{PermissionRule, RuleScope};
 
-use super::permissions::bash_allowed;
+/// The allow rule a bash command matches, if any: the rule's words are the command's first
+/// words, and the command has no shell syntax that could chain another command after an
+/// allowed one.
+pub fn bash_rule<'a>(rules: &'a [String], command: &str) -> Option<&'a String> {
+    const CONTROL: &[&str] = &[";", "&", "|", "`", "$(", ">", "<", "\n", "\r"];
+    if CONTROL.iter().any(|c| command.contains(c)) {
+        return None;
+    }
+    let words: Vec<&str> = command.split_whitespace().collect();
+    rules.iter().find(|rule| {
+        let want: Vec<&str> = rule.split_whitespace().collect();
+        !want.is_empty() && words.len() >= want.len() && words[..want.len()] == want[..]
+    })
+}
+
+/// Whether a bash command matches an allow rule (see [`bash_rule`]).
+pub fn bash_allowed(rules: &[String], command: &str) -> bool {
+    bash_rule(rules, command).is_some()
+}
 
 /// What a rule of a tool matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +51,7 @@ fn kind(tool: &str) -> Option<Kind> {
 
 /// What a call would do, as rules see it.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Subject<'a> {
+pub struct Subject<'a> {
     /// `bash`'s command.
     pub command: Option<&'a str>,
     /// A file tool's path relative to the workspace root, as resolved.
@@ -41,7 +60,7 @@ pub(crate) struct Subject<'a> {
 
 /// The scopes a prompt for `tool` offers for `allowAlways`: none for prompts that cannot be
 /// saved as a rule (an MCP server's start, the sandbox's escalations).
-pub(crate) fn scopes(tool: &str) -> Vec<RuleScope> {
+pub fn scopes(tool: &str) -> Vec<RuleScope> {
     match kind(tool) {
         Some(_) => RuleScope::ALL.to_vec(),
         None => Vec::new(),
@@ -51,7 +70,7 @@ pub(crate) fn scopes(tool: &str) -> Vec<RuleScope> {
 /// The pattern a prompt suggests: the command's first word (and its second, when that is a
 /// subcommand rather than an option or a path: `cargo test`, `git status`), or every file in
 /// the directory of the file (`src/**`).
-pub(crate) fn suggested_pattern(tool: &str, subject: Subject<'_>) -> Option<String> {
+pub fn suggested_pattern(tool: &str, subject: Subject<'_>) -> Option<String> {
     match kind(tool)? {
         Kind::Command => {
             let mut words = subject.command?.split_whitespace();
@@ -79,7 +98,7 @@ pub(crate) fn suggested_pattern(tool: &str, subject: Subject<'_>) -> Option<Stri
 
 /// Checks and normalizes the pattern of a rule an answer would save. `Err` says what is wrong,
 /// for the answering client.
-pub(crate) fn normalize(tool: &str, pattern: Option<&str>) -> Result<Option<String>, String> {
+pub fn normalize(tool: &str, pattern: Option<&str>) -> Result<Option<String>, String> {
     let pattern = pattern.map(str::trim).filter(|p| !p.is_empty());
     match kind(tool) {
         None => Err(format!(
@@ -122,13 +141,13 @@ fn glob(pattern: &str) -> Result<Glob, globset::Error> {
 
 /// A saved rule ready for matching (its glob compiled once).
 #[derive(Debug, Clone)]
-pub(crate) struct LiveRule {
+pub struct LiveRule {
     pub rule: PermissionRule,
     glob: Option<GlobMatcher>,
 }
 
 impl LiveRule {
-    pub(crate) fn new(rule: PermissionRule) -> Self {
+    pub fn new(rule: PermissionRule) -> Self {
         let glob = match (kind(&rule.tool), &rule.pattern) {
             (Some(Kind::Path), Some(p)) => glob(p).ok().map(|g| g.compile_matcher()),
             _ => None,
@@ -139,7 +158,7 @@ impl LiveRule {
     /// Whether the rule allows a call of `tool` in the session `session_id` of the workspace
     /// `workspace_id`. A rule whose pattern no longer compiles, or that lacks the pattern its
     /// tool needs, allows nothing.
-    pub(crate) fn allows(
+    pub fn allows(
         &self,
         session_id: &str,
         workspace_id: &str,
@@ -169,12 +188,12 @@ impl LiveRule {
     }
 
     /// The rule for a person: `bash "cargo test"`, `edit "src/**"`, `mcp__fs__read`.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         describe(&self.rule)
     }
 }
 
-pub(crate) fn describe(r: &PermissionRule) -> String {
+pub fn describe(r: &PermissionRule) -> String {
     match &r.pattern {
         Some(p) => format!("{} {:?} ({})", r.tool, p, r.scope),
         None => format!("{} ({})", r.tool, r.scope),
