@@ -182,6 +182,14 @@ impl Permissions {
         lock(&self.grants).remove(session_id);
     }
 
+    /// A deleted session's rules went with it in the store (`ON DELETE CASCADE`): drop them
+    /// from memory too, so `permission/rules/list` does not show them.
+    pub(super) fn forget_session_rules(&self, session_id: &str) {
+        if let Some(saved) = self.saved.get() {
+            lock(saved).retain(|r| r.rule.session_id.as_deref() != Some(session_id));
+        }
+    }
+
     /// Why a tool call may run without asking, if it may: the send or the session is in yolo
     /// mode, a config rule allows it, the tool was allowed for the session, or a saved rule
     /// allows it.
