@@ -1153,6 +1153,20 @@ pub struct Attachment {
     pub text: String,
 }
 
+/// An image sent with a prompt, for a model that accepts images (`model/list` `images`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInput {
+    /// `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+    pub mime_type: String,
+    /// The image's bytes in base64 (standard alphabet, padded).
+    pub data: String,
+    /// A file name or label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
@@ -1162,6 +1176,9 @@ pub struct AgentSendParams {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// Images shown to the model with the prompt (only to a model that accepts images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageInput>,
     /// A client-chosen id making the send idempotent; a UUID v7 is generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
@@ -1311,6 +1328,10 @@ pub struct ModelInfo {
     /// Why the model cannot be used right now (e.g. its API key variable is unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// Whether it accepts images (in prompts and in tool results), per the presets or the
+    /// config file's `images` key.
+    #[serde(default)]
+    pub images: bool,
 }
 
 /// One MCP server (`mcp/list`, `mcp/restart`).

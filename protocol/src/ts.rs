@@ -100,6 +100,7 @@ pub fn typescript() -> String {
         WorkspaceCloseResult,
         SendMode,
         Attachment,
+        ImageInput,
         AgentSendParams,
         AgentSendResult,
         AgentCancelParams,

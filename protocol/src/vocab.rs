@@ -291,6 +291,16 @@ pub enum Part {
         #[cfg_attr(feature = "ts", ts(optional))]
         mime_type: Option<String>,
     },
+    /// An image: one sent with a prompt (a `user` message), or one a tool returned (a `tool`
+    /// message; `toolCallId` names the call). `data` is base64 (standard alphabet, padded).
+    Image {
+        mime_type: String,
+        data: String,
+        #[cfg_attr(feature = "ts", ts(optional))]
+        name: Option<String>,
+        #[cfg_attr(feature = "ts", ts(optional))]
+        tool_call_id: Option<String>,
+    },
     /// A summary the model wrote of older messages to fit its context window (stored as a
     /// `system` message of its own): the model is shown it in place of the messages from
     /// `fromMessageId` to `toMessageId`, which stay stored as they were.
@@ -444,6 +454,12 @@ impl<'a> Fields<'a> {
                 to_message_id: self.string("toMessageId")?,
                 messages: self.u32("messages")?,
             },
+            "image" => Part::Image {
+                mime_type: self.string("mimeType")?,
+                data: self.string("data")?,
+                name: self.optional_string("name")?,
+                tool_call_id: self.optional_string("toolCallId")?,
+            },
             "attachment" => Part::Attachment {
                 text: self.string("text")?,
                 name: self.optional_string("name")?,
@@ -475,6 +491,12 @@ impl Serialize for Part {
             } => (
                 "toolResult",
                 5 + usize::from(is_error.is_some()) + usize::from(metadata.is_some()),
+            ),
+            Part::Image {
+                name, tool_call_id, ..
+            } => (
+                "image",
+                3 + usize::from(name.is_some()) + usize::from(tool_call_id.is_some()),
             ),
             Part::Attachment {
                 name, mime_type, ..
@@ -532,6 +554,21 @@ impl Serialize for Part {
                 map.serialize_entry("name", name)?;
                 map.serialize_entry("status", status)?;
                 map.serialize_entry("toolCallId", tool_call_id)?;
+            }
+            Part::Image {
+                mime_type,
+                data,
+                name,
+                tool_call_id,
+            } => {
+                map.serialize_entry("data", data)?;
+                map.serialize_entry("mimeType", mime_type)?;
+                if let Some(n) = name {
+                    map.serialize_entry("name", n)?;
+                }
+                if let Some(t) = tool_call_id {
+                    map.serialize_entry("toolCallId", t)?;
+                }
             }
             Part::Attachment {
                 text,
@@ -757,6 +794,26 @@ mod tests {
                 },
                 json!({"type": "attachment", "text": "body"}),
                 r#"{"text":"body","type":"attachment"}"#,
+            ),
+            (
+                Part::Image {
+                    mime_type: "image/png".into(),
+                    data: "AAAA".into(),
+                    name: Some("shot.png".into()),
+                    tool_call_id: None,
+                },
+                json!({"type": "image", "mimeType": "image/png", "data": "AAAA", "name": "shot.png"}),
+                r#"{"data":"AAAA","mimeType":"image/png","name":"shot.png","type":"image"}"#,
+            ),
+            (
+                Part::Image {
+                    mime_type: "image/gif".into(),
+                    data: "AAAA".into(),
+                    name: None,
+                    tool_call_id: Some("c1".into()),
+                },
+                json!({"type": "image", "mimeType": "image/gif", "data": "AAAA", "toolCallId": "c1"}),
+                r#"{"data":"AAAA","mimeType":"image/gif","toolCallId":"c1","type":"image"}"#,
             ),
             (
                 Part::Summary {

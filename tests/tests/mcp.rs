@@ -76,6 +76,11 @@ async fn world(mode: &str, timeout: &str) -> World {
 }
 
 async fn world_with(mode: &str, timeout: &str, startup: &str) -> World {
+    world_configured(mode, timeout, startup, "").await
+}
+
+/// A world whose config file also holds `extra` (e.g. the mock model's `images` key).
+async fn world_configured(mode: &str, timeout: &str, startup: &str, extra: &str) -> World {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
     let state = env.dir.path().join("mcp-state");
@@ -83,7 +88,10 @@ async fn world_with(mode: &str, timeout: &str, startup: &str) -> World {
     env.use_model_with(
         &mock.base_url(),
         "openai",
-        &servers_config(&state, mode, timeout, startup),
+        &format!(
+            "{}\n{extra}",
+            servers_config(&state, mode, timeout, startup)
+        ),
     );
     let daemon = env.spawn_daemon(&[]);
     let mut c = RawConn::initialized_as(&env.socket, "nvim").await;
@@ -754,6 +762,34 @@ async fn a_server_that_writes_a_garbage_line_keeps_working_and_so_do_the_others(
     assert_eq!(server_info(&mut w.c, "t").await["state"], "ready");
 }
 
+/// A result that is not a `CallToolResult` fails that call with an error naming the server;
+/// the server stays ready and its next call works.
+#[tokio::test]
+async fn a_malformed_result_fails_the_call_and_the_server_keeps_working() {
+    let mut w = world_with("malformed", "10s", "10s").await;
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock
+        .push(Script::text("Trying.").tool_call("call_1", "mcp__t__broken", "{}"));
+    w.mock
+        .push(Script::text("Again.").tool_call("call_2", "mcp__t__echo", r#"{"text":"ok"}"#));
+    w.mock.push(Script::text("Done."));
+    let run = send(&mut w.c, &w.session, "broken").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let reqs = w.mock.requests();
+    let broken = &reqs[1].tool_results()[0].1;
+    assert!(
+        broken.contains("MCP server t") && !broken.contains("fine"),
+        "the model hears the call failed and where: {broken}"
+    );
+    assert_eq!(reqs[2].tool_results().last().unwrap().1, "echo: ok");
+    assert_eq!(server_info(&mut w.c, "t").await["state"], "ready");
+}
+
 #[tokio::test]
 async fn a_server_that_will_not_start_is_failed_with_its_reason_and_the_run_completes() {
     let env = TestEnv::new();
@@ -784,37 +820,43 @@ async fn a_server_that_will_not_start_is_failed_with_its_reason_and_the_run_comp
 }
 
 #[tokio::test]
-async fn a_tool_list_change_reaches_the_next_turn() {
+async fn a_tool_list_change_reaches_the_next_step_of_the_same_run() {
     let mut w = world("serve", "10s").await;
     w.c.request(
         "session/setYolo",
         json!({"sessionId": w.session, "yolo": true}),
     )
     .await;
+    // The model grows the server's tool list, then calls the new tool in the next step.
     w.mock
         .push(Script::text("Growing.").tool_call("call_1", "mcp__t__grow", "{}"));
-    w.mock.push(Script::text("Grown."));
-    let run = send(&mut w.c, &w.session, "grow").await;
-    let done = w.c.run_complete(&run).await;
-    assert_eq!(done["text"], "Grown.", "{done}");
-    assert!(
-        !w.mock.requests()[0]
-            .tool_names()
-            .contains(&"mcp__t__extra".to_owned())
-    );
-    wait_server(&mut w.c, "t", "listing extra", |s| {
-        s["tools"].as_array().unwrap().iter().any(|t| t == "extra")
-    })
-    .await;
     w.mock
         .push(Script::text("Extra.").tool_call("call_2", "mcp__t__extra", "{}"));
     w.mock.push(Script::text("Done."));
-    let run = send(&mut w.c, &w.session, "extra").await;
+    let run = send(&mut w.c, &w.session, "grow").await;
     let done = w.c.run_complete(&run).await;
     assert_eq!(done["text"], "Done.", "{done}");
     let reqs = w.mock.requests();
-    assert!(reqs[2].tool_names().contains(&"mcp__t__extra".to_owned()));
-    assert_eq!(reqs[3].tool_results().last().unwrap().1, "extra");
+    let extra = "mcp__t__extra".to_owned();
+    assert!(
+        !reqs[0].tool_names().contains(&extra),
+        "offered before it existed"
+    );
+    assert!(
+        reqs[1].tool_names().contains(&extra),
+        "the step after the change offers it: {:?}",
+        reqs[1].tool_names()
+    );
+    assert_eq!(reqs[2].tool_results().last().unwrap().1, "extra");
+    let info = server_info(&mut w.c, "t").await;
+    assert!(
+        info["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "extra"),
+        "{info}"
+    );
 }
 
 #[tokio::test]
@@ -863,4 +905,75 @@ async fn an_oversized_result_is_cut_like_a_built_in_tool_output() {
     assert!(out.len() < 40_000, "{} bytes reached the model", out.len());
     assert!(out.contains("bytes omitted"), "the cut is marked");
     assert!(out.starts_with("0123456789"), "the head is kept");
+}
+
+/// `get-tiny-image` of the reference server returns a PNG between two texts.
+async fn tiny_image_run(w: &mut World) -> Vec<crush_tests::mock_llm::RecordedRequest> {
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock.push(Script::text("Looking.").tool_call(
+        "call_1",
+        "mcp__everything__get-tiny-image",
+        "{}",
+    ));
+    w.mock.push(Script::text("A tiny image."));
+    let run = send(&mut w.c, &w.session, "show me").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "A tiny image.", "{done}");
+    w.mock.requests()
+}
+
+#[tokio::test]
+async fn an_image_result_is_shown_to_a_model_that_accepts_images_and_kept_with_the_call() {
+    let mut w = world_configured(
+        "serve",
+        "10s",
+        "20s",
+        "[providers.mock.models.\"mock-1\"]\nimages = true\n",
+    )
+    .await;
+    let reqs = tiny_image_run(&mut w).await;
+    let images = reqs[1].images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].1, "image/png");
+    assert!(images[0].2.len() > 100, "the image's bytes: {images:?}");
+    let result = &reqs[1].tool_results()[0].1;
+    assert!(!result.contains("cannot be shown"), "{result}");
+    // Stored beside the result, naming the call: a later turn shows it again.
+    let m =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let parts: Vec<&Value> = m["result"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["parts"].as_array().unwrap())
+        .filter(|p| p["type"] == "image")
+        .collect();
+    assert_eq!(parts.len(), 1, "{m}");
+    assert_eq!(parts[0]["toolCallId"], "call_1");
+    assert_eq!(parts[0]["data"], images[0].2.as_str());
+    w.mock.push(Script::text("Still there."));
+    let run = send(&mut w.c, &w.session, "and again").await;
+    w.c.run_complete(&run).await;
+    assert_eq!(
+        w.mock.requests()[2].images(),
+        images,
+        "history keeps the image"
+    );
+}
+
+#[tokio::test]
+async fn an_image_result_is_a_note_for_a_model_without_images() {
+    let mut w = world("serve", "10s").await;
+    let reqs = tiny_image_run(&mut w).await;
+    assert!(reqs[1].images().is_empty());
+    let result = &reqs[1].tool_results()[0].1;
+    assert!(
+        result.contains("image (image/png") && result.contains("does not accept images"),
+        "{result}"
+    );
 }

@@ -61,6 +61,22 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// An MCP tool call's result: the output as for any tool, and the images it returned.
+#[derive(Debug)]
+pub(crate) struct CallOutput {
+    pub output: ToolOutput,
+    pub images: Vec<crate::model::Image>,
+}
+
+impl From<ToolOutput> for CallOutput {
+    fn from(output: ToolOutput) -> Self {
+        Self {
+            output,
+            images: Vec::new(),
+        }
+    }
+}
+
 /// Why `mcp/restart` could not restart a server.
 #[derive(Debug, thiserror::Error)]
 pub enum McpError {
@@ -280,6 +296,16 @@ impl Mcp {
         servers.iter().flat_map(|s| s.offered()).collect()
     }
 
+    /// The tools ready servers offer now, without starting any: what a step after the first
+    /// offers. A server whose `tools/list_changed` notice arrived is waited for (at most its
+    /// call `timeout`) until it has re-listed, so the step sees the announced list.
+    pub(crate) async fn current_specs(&self, ws: Option<&str>) -> Vec<ToolSpec> {
+        let servers = self.servers_for(ws);
+        let waits = servers.iter().map(|s| s.wait_listed(s.spec.timeout));
+        futures::future::join_all(waits).await;
+        servers.iter().flat_map(|s| s.offered()).collect()
+    }
+
     /// Whether an MCP tool (model-facing name) runs without asking: its server's `allow` list.
     pub(crate) fn allowed(&self, ws: Option<&str>, name: &str) -> bool {
         split_name(name)
@@ -310,18 +336,19 @@ impl Mcp {
         input: &str,
         cancel: &CancellationToken,
         max_output: usize,
-    ) -> ToolOutput {
+    ) -> CallOutput {
         let Some((server_name, tool)) = split_name(name) else {
-            return ToolOutput::error(format!("Unknown tool `{name}`."));
+            return ToolOutput::error(format!("Unknown tool `{name}`.")).into();
         };
         let Some(server) = self.server(ws, server_name) else {
             return ToolOutput::error(format!(
                 "Unknown tool `{name}`: no MCP server is named {server_name:?}."
-            ));
+            ))
+            .into();
         };
         let args = match parse_arguments(input) {
             Ok(a) => a,
-            Err(e) => return ToolOutput::error(format!("Invalid input for {name}: {e}")),
+            Err(e) => return ToolOutput::error(format!("Invalid input for {name}: {e}")).into(),
         };
         let conn = match server.connection() {
             Ok(c) => c,
@@ -331,7 +358,8 @@ impl Mcp {
                      later or use another tool.",
                     state_words(state),
                     why.map(|w| format!(" ({w})")).unwrap_or_default()
-                ));
+                ))
+                .into();
             }
         };
         let timeout = server.spec.timeout;
@@ -343,26 +371,32 @@ impl Mcp {
                     "The MCP server {server_name} did not answer {tool} within {}; the call was \
                      cancelled.",
                     humantime::format_duration(timeout)
-                ));
+                ))
+                .into();
             }
-            _ = cancel.cancelled() => return ToolOutput::cancelled(),
+            _ = cancel.cancelled() => return ToolOutput::cancelled().into(),
         };
         match out {
             Ok(result) => {
                 let c = convert::result(server_name, tool, &result);
-                ToolOutput {
-                    content: crate::tools::cap_text(&c.text, max_output),
-                    is_error: c.is_error,
-                    metadata: Some(c.metadata),
+                CallOutput {
+                    output: ToolOutput {
+                        content: crate::tools::cap_text(&c.text, max_output),
+                        is_error: c.is_error,
+                        metadata: Some(c.metadata),
+                    },
+                    images: c.images,
                 }
             }
             Err(sdk::SdkError::Closed) => ToolOutput::error(format!(
                 "The MCP server {server_name} exited during the call to {tool}; it is being \
                  restarted. The call may or may not have taken effect."
-            )),
+            ))
+            .into(),
             Err(e) => ToolOutput::error(format!(
                 "The MCP server {server_name} failed the call to {tool}: {e}"
-            )),
+            ))
+            .into(),
         }
     }
 

@@ -211,12 +211,12 @@ impl Runtime {
             None => String::new(),
         };
         let tools = if root.is_some() {
-            crate::tools::specs()
+            self.current_tools(&s.ws().id).await
         } else {
             Vec::new()
         };
         let preamble = counter.preamble(&system, &tools);
-        let mut conv = Conversation::new(counter);
+        let mut conv = Conversation::new(counter, info.images);
         for shown in super::history::history_entries(&history) {
             push_shown(&mut conv, shown, first_id.as_deref());
         }

@@ -18,7 +18,7 @@ use crush_protocol::{RunCompleteParams, RunState, SessionEvent};
 
 use super::budget::{Budget, Conversation};
 use super::compact::push_shown;
-use super::history::{history_entries, latest_summary, user_content};
+use super::history::{history_entries, latest_summary, user_message};
 use super::step::Step;
 use super::tool_calls::ToolResults;
 use super::unsaved::{EndWrite, OwnedEnd, OwnedFinish};
@@ -267,18 +267,14 @@ impl Runtime {
             },
             max_output_tokens: model.max_output_tokens,
         };
-        let preamble = counter.preamble(&request.system, &request.tools);
-        let mut conv = Conversation::new(counter);
+        let mut preamble = counter.preamble(&request.system, &request.tools);
+        let mut conv = Conversation::new(counter, model.images);
         for shown in history_entries(&history) {
             push_shown(&mut conv, shown, first_id.as_deref());
         }
         // A session's first prompt is its first instruction.
         let first = history.is_empty();
-        conv.push(
-            &user.id,
-            ChatMessage::user(user_content(&user_parts)),
-            first,
-        );
+        conv.push(&user.id, user_message(&user_parts), first);
         let mut live = LiveMessage::new(assistant.id.clone(), self.flush_interval);
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
@@ -296,6 +292,14 @@ impl Runtime {
                     )),
                 );
             }
+            if steps > 0 && root.is_some() && !token.is_cancelled() {
+                // An MCP server's `tools/list_changed` applies from the next step on.
+                let now = self.current_tools(&ws_id).await;
+                if now != request.tools {
+                    preamble = counter.preamble(&request.system, &now);
+                    request.tools = now;
+                }
+            }
             let step = if token.is_cancelled() {
                 // Cancelled before the model was called: the turn is written as cancelled.
                 Step::Cancelled
@@ -312,8 +316,6 @@ impl Runtime {
                 }
                 Step::Finished(r, calls) => (r, calls),
             };
-            // A step boundary: take the steered prompts waiting, or close the turn to steers
-            // when it is about to end.
             // A step boundary: take the steered prompts waiting, or close the turn to steers
             // when it is about to end.
             let steered = lock(&s.inner).runs.step_boundary(!calls.is_empty());
@@ -380,7 +382,7 @@ impl Runtime {
                 conv.push(&assistant_id, m, false);
             }
             for (r, id) in steered.iter().zip(&users) {
-                conv.push(id, ChatMessage::user(user_content(&r.user_parts())), false);
+                conv.push(id, user_message(&r.user_parts()), false);
             }
         };
 

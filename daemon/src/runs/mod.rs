@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crush_protocol::{
-    AgentState, AgentStatusResult, Attachment, ErrorCode, Part, RpcError, SessionEvent,
+    AgentState, AgentStatusResult, Attachment, ErrorCode, ImageInput, Part, RpcError, SessionEvent,
 };
 
 use crate::config::{AgentSettings, PermissionRules};
@@ -60,6 +60,7 @@ mod compact;
 mod driver;
 mod events;
 mod history;
+mod images;
 mod permissions;
 mod prompt;
 mod registry;
@@ -202,6 +203,7 @@ pub struct RunMeta {
     pub session_id: String,
     pub prompt: String,
     pub attachments: Vec<Attachment>,
+    pub images: Vec<ImageInput>,
     pub model: Arc<dyn Model>,
     /// The connection that sent it: it gets the `$/runComplete` even when not subscribed.
     /// Replaced by the client's new connection when it reconnects with the same `clientId`.
@@ -218,7 +220,7 @@ impl RunMeta {
 
     /// The user message's parts.
     fn user_parts(&self) -> Vec<Part> {
-        history::user_parts(&self.prompt, &self.attachments)
+        history::user_parts(&self.prompt, &self.attachments, &self.images)
     }
 }
 

@@ -14,6 +14,7 @@ use crush_protocol::{
 
 use super::permissions::{Basis, Decided};
 use super::{RunMeta, Runtime, SessionRt};
+use crate::mcp::CallOutput;
 use crate::model::{ChatMessage, ToolCall};
 use crate::permission_rules::{self as rules, Subject};
 use crate::store::new_id;
@@ -53,13 +54,20 @@ impl Runtime {
                     input: input.clone(),
                 },
             );
-            let (status, output) = if token.is_cancelled() {
+            let is_mcp =
+                crate::mcp::split_name(&call.name).is_some() && !ctx.root.as_os_str().is_empty();
+            let (status, output, images) = if token.is_cancelled() {
                 (
                     ToolStatus::Cancelled,
                     tool_error("the run was cancelled before this tool ran"),
+                    Vec::new(),
                 )
+            } else if is_mcp {
+                let (status, out) = self.run_mcp_tool(s, run, token, ctx, call, input).await;
+                (status, out.output, out.images)
             } else {
-                self.run_tool(s, run, token, ctx, call, input).await
+                let (status, output) = self.run_tool(s, run, token, ctx, call, input).await;
+                (status, output, Vec::new())
             };
             let status = if status == ToolStatus::Completed && output.is_error {
                 ToolStatus::Failed
@@ -85,11 +93,19 @@ impl Runtime {
                 is_error: Some(output.is_error),
                 metadata: output.metadata.clone(),
             });
+            // A tool's images are stored beside its result, naming the call.
+            out.parts.extend(images.iter().map(|i| Part::Image {
+                mime_type: i.mime_type.clone(),
+                data: i.data.clone(),
+                name: None,
+                tool_call_id: Some(call.id.clone()),
+            }));
             out.messages.push(ChatMessage::ToolResult {
                 call_id: call.id.clone(),
                 name: call.name.clone(),
                 content: output.content,
                 is_error: output.is_error,
+                images,
             });
         }
         out
@@ -110,9 +126,6 @@ impl Runtime {
                 ToolStatus::Failed,
                 tool_error("the workspace's directory is unknown; tools are unavailable"),
             );
-        }
-        if crate::mcp::split_name(&call.name).is_some() {
-            return self.run_mcp_tool(s, run, token, ctx, call, input).await;
         }
         let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
             Ok(p) => p,
@@ -210,6 +223,15 @@ impl Runtime {
         tools
     }
 
+    /// The tools a step after the turn's first offers: the built-in ones and what the ready MCP
+    /// servers offer now (a `tools/list_changed` applies from the next step on). Also what
+    /// `session/compact` counts, so its token figures match a turn's.
+    pub(super) async fn current_tools(&self, ws: &str) -> Vec<crate::model::ToolSpec> {
+        let mut tools = crate::tools::specs();
+        tools.extend(self.mcp.current_specs(Some(ws)).await);
+        tools
+    }
+
     /// Decides whether a call may run: without asking when yolo, a config rule, a session
     /// grant, a saved rule or `allowed` (an MCP server's `allow` list) lets it, else by asking
     /// the session's clients. The decision is in the audit log either way. `Err` is the call's
@@ -295,7 +317,7 @@ impl Runtime {
         ctx: &ToolContext,
         call: &ToolCall,
         input: Value,
-    ) -> (ToolStatus, ToolOutput) {
+    ) -> (ToolStatus, CallOutput) {
         let ws = s.ws().id.clone();
         let ws = Some(ws.as_str());
         let allowed = self.mcp.allowed(ws, &call.name).then(|| {
@@ -312,13 +334,13 @@ impl Runtime {
             input,
             subject: Subject::default(),
         };
-        if let Err(end) = self.ask(s, run, token, ask, allowed).await {
-            return end;
+        if let Err((status, output)) = self.ask(s, run, token, ask, allowed).await {
+            return (status, output.into());
         }
         if token.is_cancelled() {
             return (
                 ToolStatus::Cancelled,
-                tool_error("the run was cancelled before this tool ran"),
+                tool_error("the run was cancelled before this tool ran").into(),
             );
         }
         let out = self

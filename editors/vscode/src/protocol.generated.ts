@@ -175,7 +175,7 @@ content: string, status: ToolStatus,
 /**
  * Stored parts only.
  */
-isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, } | { "type": "summary", text: string, fromMessageId: string, toMessageId: string, 
+isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, } | { "type": "image", mimeType: string, data: string, name?: string, toolCallId?: string, } | { "type": "summary", text: string, fromMessageId: string, toMessageId: string, 
 /**
  * How many stored messages it replaces.
  */
@@ -625,7 +625,25 @@ export type Attachment = {
  */
 name?: string | null, mimeType?: string | null, text: string, };
 
+export type ImageInput = { 
+/**
+ * `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+ */
+mimeType: string, 
+/**
+ * The image's bytes in base64 (standard alphabet, padded).
+ */
+data: string, 
+/**
+ * A file name or label.
+ */
+name?: string | null, };
+
 export type AgentSendParams = { sessionId: string, prompt: string, attachments?: Array<Attachment>, 
+/**
+ * Images shown to the model with the prompt (only to a model that accepts images).
+ */
+images?: Array<ImageInput>, 
 /**
  * A client-chosen id making the send idempotent; a UUID v7 is generated when absent.
  */
@@ -761,7 +779,12 @@ price?: ModelPrice | null,
 /**
  * Why the model cannot be used right now (e.g. its API key variable is unset).
  */
-unavailable?: string | null, };
+unavailable?: string | null, 
+/**
+ * Whether it accepts images (in prompts and in tool results), per the presets or the
+ * config file's `images` key.
+ */
+images: boolean, };
 
 export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, };
 

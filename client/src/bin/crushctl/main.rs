@@ -10,6 +10,7 @@ mod attach;
 mod config;
 mod daemon;
 mod ids;
+mod images;
 mod mcp;
 mod model;
 mod permissions;
@@ -256,6 +257,10 @@ pub struct PromptArgs {
     /// When the session is busy, join its active run instead of queueing behind it.
     #[arg(long)]
     pub steer: bool,
+    /// Show the model an image file (.png, .jpg, .gif, .webp); repeatable. The model must
+    /// accept images (the presets do; others need `images = true` in their config table).
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -18,11 +18,11 @@ use crush_client::{
     ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler, Resync, RunOutcome,
 };
 use crush_protocol::{
-    AgentCancelParams, AgentSendParams, ErrorCode, PermissionDecision, PermissionRequestParams,
-    PermissionRequestResult, PermissionResolution, RpcError, RuleScope, RunRef, RunState, SendMode,
-    SessionCreateParams, SessionEvent, SessionInfo, SessionMessagesParams, SessionRef,
-    SessionSubscribeParams, SessionUpdateParams, ToolStatus, WorkspaceInfo, daemon_request,
-    request,
+    AgentCancelParams, AgentSendParams, ErrorCode, ImageInput, PermissionDecision,
+    PermissionRequestParams, PermissionRequestResult, PermissionResolution, RpcError, RuleScope,
+    RunRef, RunState, SendMode, SessionCreateParams, SessionEvent, SessionInfo,
+    SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionUpdateParams, ToolStatus,
+    WorkspaceInfo, daemon_request, request,
 };
 
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
@@ -197,10 +197,12 @@ fn send_params(
     prompt: String,
     run_id: &str,
     model: Option<String>,
+    images: Vec<ImageInput>,
 ) -> AgentSendParams {
     AgentSendParams {
         session_id: session_id.to_owned(),
         prompt,
+        images,
         run_id: Some(run_id.to_owned()),
         mode: if p.steer {
             SendMode::Steer
@@ -261,6 +263,7 @@ fn open_tty() -> Option<std::fs::File> {
 
 pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
     let prompt = read_prompt(&a.p.prompt)?;
+    let images = crate::images::load(&a.p.images)?;
     let term = Term::detect();
     let activity = term.stderr_tty && !a.quiet && !a.json;
     let ui = Ui::new(term, activity);
@@ -312,7 +315,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         view.ui.spin(Some("sending"));
         send_prompt(
             &client,
-            send_params(&a.p, &session.session_id, prompt, &run_id, model),
+            send_params(&a.p, &session.session_id, prompt, &run_id, model, images),
             created,
         )
         .await?;
@@ -872,13 +875,14 @@ fn read_choice(params: &PermissionRequestParams, line: &str) -> (PermissionReque
 
 pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
     let prompt = read_prompt(&a.p.prompt)?;
+    let images = crate::images::load(&a.p.images)?;
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
         let (session, model, created) = prepare(&client, &a.p, &prompt).await?;
         let run_id = uuid::Uuid::now_v7().to_string();
         send_prompt(
             &client,
-            send_params(&a.p, &session.session_id, prompt, &run_id, model),
+            send_params(&a.p, &session.session_id, prompt, &run_id, model, images),
             created,
         )
         .await?;

@@ -218,6 +218,9 @@ local function rebuild(s, sub, page)
           table.insert(text, p.text)
         elseif p.type == "attachment" then
           table.insert(atts, p)
+        elseif p.type == "image" then
+          -- Listed like an attachment; the data itself is not shown.
+          table.insert(atts, { name = p.name or ("image (" .. tostring(p.mimeType) .. ")") })
         end
       end
       M.add_entry(
