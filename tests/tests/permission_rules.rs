@@ -277,6 +277,14 @@ async fn a_path_rule_does_not_match_outside_its_glob_nor_through_a_symlink() {
         .expect("another session is asked");
     other.reply(&ask, json!({"decision": "deny"})).await;
     other.run_complete(&run).await;
+
+    // Deleting the session deletes its rules.
+    assert_eq!(rules(&mut other, json!({})).await.len(), 1);
+    let r = other
+        .request("session/delete", json!({"sessionId": session}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert!(rules(&mut other, json!({})).await.is_empty());
 }
 
 #[tokio::test]
