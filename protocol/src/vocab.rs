@@ -200,9 +200,42 @@ wire_enum! {
     pub enum PermissionResolution ("permission resolution") {
         Allow = "allow",
         AllowSession = "allowSession",
+        /// Allowed, and a permission rule was saved for later calls (`permission/rules/list`).
+        AllowAlways = "allowAlways",
         Deny = "deny",
         /// Withdrawn: the run was cancelled before anyone answered.
         Cancelled = "cancelled",
+    }
+}
+
+wire_enum! {
+    /// Where a saved permission rule applies (column `permission_rules.scope`).
+    pub enum RuleScope ("rule scope") {
+        /// The session the prompt came from.
+        Session = "session",
+        /// Every session of the prompt's workspace.
+        Workspace = "workspace",
+        /// Every session of every workspace.
+        Global = "global",
+    }
+}
+
+wire_enum! {
+    /// What decided a tool call's permission (`permission/log`; column
+    /// `permission_log.source`).
+    pub enum PermissionSource ("permission source") {
+        /// A client answered a prompt (`client` and `connection` say which).
+        Prompt = "prompt",
+        /// The send or the session is in yolo mode.
+        Yolo = "yolo",
+        /// A `[permissions]` rule of the config file (`allow`, `allow_bash`).
+        Config = "config",
+        /// An earlier `allowSession` answer for this tool in this session (kept in memory).
+        SessionGrant = "sessionGrant",
+        /// A saved permission rule (`ruleId`).
+        Rule = "rule",
+        /// An MCP server's `allow` list in the config file.
+        McpAllow = "mcpAllow",
     }
 }
 
@@ -641,7 +674,7 @@ mod tests {
                     .map(|s| (bytes(s), s.as_str()))
                     .collect()
             ),
-            ["allow", "allowSession", "deny", "cancelled"]
+            ["allow", "allowSession", "allowAlways", "deny", "cancelled"]
         );
     }
 

@@ -888,6 +888,63 @@ async fn allow_for_session_lets_the_next_call_of_that_tool_run_without_asking() 
 }
 
 #[tokio::test]
+async fn an_always_allow_rule_for_an_mcp_tool_lets_it_run_without_asking_in_a_new_session() {
+    let mut w = world("serve", "10s").await;
+    w.mock
+        .push(Script::text("One.").tool_call("call_1", "mcp__t__echo", r#"{"text":"one"}"#));
+    w.mock.push(Script::text("First."));
+    let run = send(&mut w.c, &w.session, "one").await;
+    let ask = w.c.daemon_request("permission/request").await;
+    assert_eq!(
+        ask["params"]["scopes"],
+        json!(["session", "workspace", "global"])
+    );
+    assert!(ask["params"].get("suggestedPattern").is_none(), "{ask}");
+    w.c.reply(&ask, json!({"decision": "allowAlways", "scope": "global"}))
+        .await;
+    w.c.run_complete(&run).await;
+    let listed = w.c.request("permission/rules/list", json!({})).await;
+    let rules = listed["result"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{listed}");
+    assert_eq!(rules[0]["tool"], "mcp__t__echo");
+    assert!(rules[0].get("pattern").is_none(), "{listed}");
+    // Another session: the global rule answers.
+    let session =
+        w.c.request("session/get", json!({"sessionId": w.session}))
+            .await;
+    let other =
+        w.c.request(
+            "session/create",
+            json!({"workspaceId": session["result"]["workspaceId"]}),
+        )
+        .await["result"]["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let r =
+        w.c.request("session/subscribe", json!({"sessionId": other}))
+            .await;
+    assert!(r.get("result").is_some(), "{r}");
+    w.c.clear_kept();
+    w.mock
+        .push(Script::text("Two.").tool_call("call_2", "mcp__t__echo", r#"{"text":"two"}"#));
+    w.mock.push(Script::text("Second."));
+    let run = send(&mut w.c, &other, "two").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Second.", "{done}");
+    assert!(
+        !w.c.kept()
+            .iter()
+            .any(|m| m["method"] == "permission/request"),
+        "asked although a rule allows the tool"
+    );
+    let log = w.c.request("permission/log", json!({"limit": 1})).await;
+    let last = &log["result"]["entries"][0];
+    assert_eq!(last["source"], "rule", "{log}");
+    assert_eq!(last["ruleId"], rules[0]["id"]);
+}
+
+#[tokio::test]
 async fn an_oversized_result_is_cut_like_a_built_in_tool_output() {
     let mut w = world("serve", "10s").await;
     w.c.request(

@@ -45,6 +45,7 @@ use crate::snapshots::Snapshots;
 use crate::store::{Store, new_id};
 use crate::sync::lock;
 use events::SessionEvents;
+pub use permissions::Answerer;
 use permissions::{PendingPermissions, Permissions};
 use registry::RunRegistry;
 pub use replay::ReplayBudget;
@@ -384,6 +385,7 @@ impl Runtime {
 
     /// Drops a deleted session's live state (its subscribers stop hearing about it).
     pub fn forget_session(&self, session_id: &str) {
+        self.permissions.forget_session_rules(session_id);
         let mut map = lock(&self.sessions);
         if let Some(s) = map.get(session_id) {
             let mut inner = lock(&s.inner);

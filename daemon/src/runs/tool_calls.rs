@@ -7,11 +7,16 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crush_protocol::{Part, PermissionDecision, PermissionRequestParams, SessionEvent, ToolStatus};
+use crush_protocol::{
+    Part, PermissionDecision, PermissionRequestParams, PermissionResolution, PermissionSource,
+    SessionEvent, ToolStatus,
+};
 
+use super::permissions::{Basis, Decided};
 use super::{RunMeta, Runtime, SessionRt};
 use crate::mcp::CallOutput;
 use crate::model::{ChatMessage, ToolCall};
+use crate::permission_rules::{self as rules, Subject};
 use crate::store::new_id;
 use crate::sync::lock;
 use crate::tools::{ToolContext, ToolOutput};
@@ -126,12 +131,19 @@ impl Runtime {
             Ok(p) => p,
             Err(out) => return (ToolStatus::Failed, out),
         };
-        if crate::tools::needs_permission(&call.name)
-            && !self.allowed_without_asking(&s.id, run, &call.name, prepared.command.as_deref())
-        {
-            let (title, diff) = (prepared.title.clone(), prepared.diff.clone());
-            let ask = (call.id.as_str(), call.name.as_str(), title, diff, input);
-            if let Err(end) = self.ask(s, run, token, ask).await {
+        if crate::tools::needs_permission(&call.name) {
+            let ask = Ask {
+                tool_call_id: &call.id,
+                tool: &call.name,
+                title: prepared.title.clone(),
+                diff: prepared.diff.clone(),
+                input,
+                subject: Subject {
+                    command: prepared.command.as_deref(),
+                    path: prepared.path(),
+                },
+            };
+            if let Err(end) = self.ask(s, run, token, ask, None).await {
                 return end;
             }
         }
@@ -187,8 +199,15 @@ impl Runtime {
                 u.name, u.command_line
             );
             let id = format!("mcp-server:{}", u.name);
-            let ask = (id.as_str(), "mcp", title, None, u.definition.clone());
-            match self.ask(s, run, token, ask).await {
+            let ask = Ask {
+                tool_call_id: &id,
+                tool: "mcp",
+                title,
+                diff: None,
+                input: u.definition.clone(),
+                subject: Subject::default(),
+            };
+            match self.ask_client(s, run, token, ask).await {
                 Ok(()) => {
                     if let Err(e) = self.store.approve_mcp(&ws, &u.name, &u.fingerprint).await {
                         tracing::warn!(error = %e, "cannot remember the MCP approval");
@@ -213,28 +232,67 @@ impl Runtime {
         tools
     }
 
-    /// Asks the session's clients whether a call may run — `(tool call id, tool, title, diff,
-    /// input)` —; `Err` is the call's end when the answer is no (or the run was cancelled
-    /// while waiting).
+    /// Decides whether a call may run: without asking when yolo, a config rule, a session
+    /// grant, a saved rule or `allowed` (an MCP server's `allow` list) lets it, else by asking
+    /// the session's clients. The decision is in the audit log either way. `Err` is the call's
+    /// end when the answer is no (or the run was cancelled while waiting).
     async fn ask(
         self: &Arc<Self>,
         s: &SessionRt,
         run: &RunMeta,
         token: &CancellationToken,
-        (tool_call_id, tool, title, diff, input): (&str, &str, String, Option<String>, Value),
+        ask: Ask<'_>,
+        allowed: Option<Basis>,
     ) -> Result<(), (ToolStatus, ToolOutput)> {
+        let basis = match allowed {
+            Some(b) => Some(b),
+            None => {
+                self.allowed_without_asking(s, run, ask.tool, ask.subject)
+                    .await
+            }
+        };
+        if let Some(basis) = basis {
+            let call = Decided {
+                run_id: &run.run_id,
+                tool_call_id: ask.tool_call_id,
+                tool: ask.tool,
+                title: &ask.title,
+            };
+            self.log_permission(s, call, PermissionResolution::Allow, basis, None)
+                .await;
+            return Ok(());
+        }
+        self.ask_client(s, run, token, ask).await
+    }
+
+    /// Asks the session's clients whether a call may run; `Err` is the call's end when the
+    /// answer is no (or the run was cancelled while waiting).
+    async fn ask_client(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ask: Ask<'_>,
+    ) -> Result<(), (ToolStatus, ToolOutput)> {
+        let title = ask.title;
         let params = PermissionRequestParams {
             request_id: new_id(),
             session_id: s.id.clone(),
             run_id: run.run_id.clone(),
-            tool_call_id: tool_call_id.to_owned(),
-            tool: tool.to_owned(),
+            tool_call_id: ask.tool_call_id.to_owned(),
+            tool: ask.tool.to_owned(),
             title: title.clone(),
-            input,
-            diff,
+            input: ask.input,
+            diff: ask.diff,
+            scopes: rules::scopes(ask.tool),
+            suggested_pattern: rules::suggested_pattern(ask.tool, ask.subject),
         };
         match self.ask_permission(s, token, params).await {
-            Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => Ok(()),
+            Some(
+                PermissionDecision::Allow
+                | PermissionDecision::AllowSession
+                | PermissionDecision::AllowAlways,
+            ) => Ok(()),
             Some(PermissionDecision::Deny | PermissionDecision::Deferred) => Err((
                 ToolStatus::Denied,
                 tool_error(format!(
@@ -262,14 +320,22 @@ impl Runtime {
     ) -> (ToolStatus, CallOutput) {
         let ws = s.ws().id.clone();
         let ws = Some(ws.as_str());
-        if !self.mcp.allowed(ws, &call.name)
-            && !self.allowed_without_asking(&s.id, run, &call.name, None)
-        {
-            let title = self.mcp.title(ws, &call.name);
-            let ask = (call.id.as_str(), call.name.as_str(), title, None, input);
-            if let Err((status, output)) = self.ask(s, run, token, ask).await {
-                return (status, output.into());
-            }
+        let allowed = self.mcp.allowed(ws, &call.name).then(|| {
+            Basis::new(
+                PermissionSource::McpAllow,
+                format!("[mcp] allow {:?}", call.name),
+            )
+        });
+        let ask = Ask {
+            tool_call_id: &call.id,
+            tool: &call.name,
+            title: self.mcp.title(ws, &call.name),
+            diff: None,
+            input,
+            subject: Subject::default(),
+        };
+        if let Err((status, output)) = self.ask(s, run, token, ask, allowed).await {
+            return (status, output.into());
         }
         if token.is_cancelled() {
             return (
@@ -292,6 +358,18 @@ impl Runtime {
         }
         (ToolStatus::Completed, out)
     }
+}
+
+/// A call to decide permission for.
+struct Ask<'a> {
+    tool_call_id: &'a str,
+    tool: &'a str,
+    /// One line for a person.
+    title: String,
+    diff: Option<String>,
+    /// The tool's input as the model gave it.
+    input: Value,
+    subject: Subject<'a>,
 }
 
 /// A tool result the model sees as an error.

@@ -18,13 +18,40 @@ input: JsonValue,
 /**
  * For `edit` and `write`: the change as a unified diff.
  */
-diff?: string | null, };
+diff?: string | null, 
+/**
+ * The scopes an `allowAlways` answer may choose; empty when this prompt cannot be saved as
+ * a rule (answer `allow`, `allowSession` or `deny`).
+ */
+scopes?: Array<RuleScope>, 
+/**
+ * The pattern an `allowAlways` answer saves unless it gives its own: for `bash` a command
+ * prefix (whole words), for `write`/`edit` a path glob relative to the workspace; absent
+ * when the rule covers every call of the tool (MCP tools).
+ */
+suggestedPattern?: string | null, };
 
-export type PermissionDecision = "allow" | "allowSession" | "deny" | "deferred";
+export type PermissionDecision = "allow" | "allowSession" | "allowAlways" | "deny" | "deferred";
 
-export type PermissionRequestResult = { decision: PermissionDecision, };
+export type PermissionRequestResult = { decision: PermissionDecision, 
+/**
+ * For `allowAlways`: where the rule applies (one of the request's `scopes`).
+ */
+scope?: RuleScope | null, 
+/**
+ * For `allowAlways`: the rule's pattern, instead of the request's `suggestedPattern`.
+ */
+pattern?: string | null, };
 
-export type PermissionRespondParams = { requestId: string, decision: PermissionDecision, };
+export type PermissionRespondParams = { requestId: string, decision: PermissionDecision, 
+/**
+ * For `allowAlways`: where the rule applies (one of the request's `scopes`).
+ */
+scope?: RuleScope | null, 
+/**
+ * For `allowAlways`: the rule's pattern, instead of the request's `suggestedPattern`.
+ */
+pattern?: string | null, };
 
 export type PermissionRespondResult = Record<symbol, never>;
 
@@ -38,6 +65,87 @@ decision: PermissionResolution,
  */
 by: string, };
 
+export type PermissionRule = { id: string, scope: RuleScope, 
+/**
+ * For `workspace` rules, and `session` rules (the session's workspace).
+ */
+workspaceId?: string | null, 
+/**
+ * For `session` rules.
+ */
+sessionId?: string | null, tool: string, 
+/**
+ * Absent: every call of the tool.
+ */
+pattern?: string | null, 
+/**
+ * Milliseconds since the Unix epoch.
+ */
+createdAt: number, 
+/**
+ * The `clientInfo.name` of the client whose answer saved it.
+ */
+createdBy: string, };
+
+export type PermissionRulesListParams = { 
+/**
+ * Only the rules that apply in this workspace (its own and global ones).
+ */
+workspaceId?: string | null, 
+/**
+ * Only the rules that apply in this session (its own, its workspace's and global ones).
+ */
+sessionId?: string | null, };
+
+export type PermissionRulesListResult = { 
+/**
+ * Oldest first.
+ */
+rules: Array<PermissionRule>, };
+
+export type PermissionRulesRemoveParams = { id: string, };
+
+export type PermissionRulesRemoveResult = Record<symbol, never>;
+
+export type PermissionLogParams = { sessionId?: string | null, workspaceId?: string | null, 
+/**
+ * At most this many entries (default 100, at most 1000).
+ */
+limit?: number | null, };
+
+export type PermissionLogResult = { 
+/**
+ * Newest first.
+ */
+entries: Array<PermissionLogEntry>, };
+
+export type PermissionLogEntry = { 
+/**
+ * Milliseconds since the Unix epoch.
+ */
+at: number, sessionId: string, workspaceId: string, runId: string, toolCallId: string, tool: string, title: string, decision: PermissionResolution, source: PermissionSource, 
+/**
+ * What applied, for a person: the config rule, the saved rule's tool and pattern.
+ */
+rule?: string | null, 
+/**
+ * For `source: "rule"`, and for an `allowAlways` answer: the saved rule's id.
+ */
+ruleId?: string | null, 
+/**
+ * For `source: "prompt"`: the answering client's `clientInfo.name` (`"cancel"` when a
+ * cancel withdrew the request).
+ */
+client?: string | null, 
+/**
+ * For `source: "prompt"`: the daemon's number of the answering connection.
+ */
+connection?: number | null, };
+
+export type RuleScope = "session" | "workspace" | "global";
+
+export type PermissionSource = "prompt" | "yolo" | "config" | "sessionGrant" | "rule" | "mcpAllow";
+
 export type RunState = "accepted" | "queued" | "running" | "completed" | "cancelled" | "failed" | "interrupted";
 
 export type AgentState = "idle" | "active" | "waitingForPermission";
@@ -48,7 +156,7 @@ export type FinishReason = "end_turn" | "max_tokens" | "tool_use" | "canceled" |
 
 export type ContextWindowSource = "preset" | "config" | "default";
 
-export type PermissionResolution = "allow" | "allowSession" | "deny" | "cancelled";
+export type PermissionResolution = "allow" | "allowSession" | "allowAlways" | "deny" | "cancelled";
 
 export type Part = { "type": "text", text: string, } | { "type": "reasoning", reasoning: string, 
 /**
@@ -823,6 +931,9 @@ export interface Requests {
   "session/setModel": { params: SessionSetModelParams; result: SessionInfo };
   "session/setYolo": { params: SessionSetYoloParams; result: SessionSetYoloResult };
   "permission/respond": { params: PermissionRespondParams; result: PermissionRespondResult };
+  "permission/rules/list": { params: PermissionRulesListParams; result: PermissionRulesListResult };
+  "permission/rules/remove": { params: PermissionRulesRemoveParams; result: PermissionRulesRemoveResult };
+  "permission/log": { params: PermissionLogParams; result: PermissionLogResult };
   "config/get": { params: Record<string, never>; result: ConfigGetResult };
   "mcp/list": { params: Record<string, never>; result: McpListResult };
   "mcp/restart": { params: McpRestartParams; result: McpServerInfo };
