@@ -913,3 +913,70 @@ async fn images_reach_a_model_that_accepts_them_and_are_refused_otherwise() {
     assert_eq!(r["error"]["code"], -32602, "{r}");
     sdk.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_always_saves_a_workspace_rule() {
+    let w = world().await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    std::fs::write(w.project.join("a.txt"), "one\n").unwrap();
+    w.mock.push(Script::default().tool_call(
+        "call_1",
+        "edit",
+        r#"{"path":"a.txt","old_string":"one","new_string":"two"}"#,
+    ));
+    w.mock.push(Script::text("Done."));
+    let id = sdk
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "edit"}]}),
+        )
+        .await;
+    let ask = sdk.event("permission", |_| true).await;
+    let always = ask["params"]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "allow_always")
+        .unwrap()
+        .clone();
+    assert!(
+        always["name"]
+            .as_str()
+            .unwrap()
+            .contains("in this workspace"),
+        "{always}"
+    );
+    sdk.answer(&ask["key"], "allow-always").await;
+    assert_eq!(sdk.response(id).await["result"]["stopReason"], "end_turn");
+
+    // A new session of the workspace: the same edit runs without asking.
+    let s2 = sdk
+        .ok("session/new", json!({"cwd": w.project, "mcpServers": []}))
+        .await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.mock.push(Script::default().tool_call(
+        "call_2",
+        "edit",
+        r#"{"path":"a.txt","old_string":"two","new_string":"three"}"#,
+    ));
+    w.mock.push(Script::text("Done again."));
+    let r = sdk
+        .ok(
+            "session/prompt",
+            json!({"sessionId": s2, "prompt": [{"type": "text", "text": "edit again"}]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "end_turn");
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("a.txt")).unwrap(),
+        "three\n"
+    );
+    assert!(
+        !sdk.kept.iter().any(|v| v["event"] == "permission"),
+        "asked again: {:?}",
+        sdk.kept
+    );
+    sdk.close().await;
+}

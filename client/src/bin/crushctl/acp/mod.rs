@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler};
 use crush_protocol::{
     AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, NoParams,
-    PermissionDecision, PermissionRequestParams, PermissionRequestResult, RpcError, RunState,
-    SendMode, SessionCreateParams, SessionEvent, SessionListParams, SessionMessagesParams,
-    SessionRef, SessionSubscribeParams, daemon_request, request,
+    PermissionDecision, PermissionRequestParams, PermissionRequestResult, RpcError, RuleScope,
+    RunState, SendMode, SessionCreateParams, SessionEvent, SessionListParams,
+    SessionMessagesParams, SessionRef, SessionSubscribeParams, daemon_request, request,
 };
 
 use crate::{Global, WorkspaceArg};
@@ -46,10 +46,23 @@ pub struct AcpArgs {
     pub ws: WorkspaceArg,
 }
 
-type PromptRequest = (PermissionRequestParams, oneshot::Sender<PermissionDecision>);
+type PromptRequest = (
+    PermissionRequestParams,
+    oneshot::Sender<PermissionRequestResult>,
+);
 
-/// The ACP permission options crushd's answers map to. "Allow always" is the daemon's
-/// allow-for-this-session until lasting rules exist (ARCHITECTURE.md "ACP bridge").
+/// An answer without a rule.
+fn decided(decision: PermissionDecision) -> PermissionRequestResult {
+    PermissionRequestResult {
+        decision,
+        scope: None,
+        pattern: None,
+    }
+}
+
+/// The ACP permission options crushd's answers map to. "Allow always" saves a lasting rule for
+/// the workspace (the request's suggested pattern) when the daemon offers that scope, else it is
+/// allow-for-this-session (ARCHITECTURE.md "ACP bridge").
 const ALLOW_ONCE: &str = "allow-once";
 const ALLOW_ALWAYS: &str = "allow-always";
 const REJECT_ONCE: &str = "reject-once";
@@ -157,12 +170,14 @@ fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandle
             let p: PermissionRequestParams = serde_json::from_value(params)
                 .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
             let (reply, answer) = oneshot::channel();
-            let decision = if tx.send((p, reply)).is_ok() {
-                answer.await.unwrap_or(PermissionDecision::Deferred)
+            let result = if tx.send((p, reply)).is_ok() {
+                answer
+                    .await
+                    .unwrap_or_else(|_| decided(PermissionDecision::Deferred))
             } else {
-                PermissionDecision::Deferred
+                decided(PermissionDecision::Deferred)
             };
-            serde_json::to_value(PermissionRequestResult { decision })
+            serde_json::to_value(result)
                 .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
         })
     })
@@ -183,10 +198,23 @@ struct Prompt {
     max_tokens: bool,
 }
 
+/// The "allow always" option's label: what it will save.
+fn always_label(p: &PermissionRequestParams) -> String {
+    if !p.scopes.contains(&RuleScope::Workspace) {
+        return format!("Allow {} for this session", p.tool);
+    }
+    match &p.suggested_pattern {
+        Some(pattern) => format!("Always allow {} {pattern} in this workspace", p.tool),
+        None => format!("Always allow {} in this workspace", p.tool),
+    }
+}
+
 /// A `session/request_permission` the client has not answered.
 struct Ask {
     request_id: String,
-    reply: oneshot::Sender<PermissionDecision>,
+    /// "Allow always" can be saved as a workspace rule.
+    lasting: bool,
+    reply: oneshot::Sender<PermissionRequestResult>,
 }
 
 struct Bridge {
@@ -834,7 +862,7 @@ impl Bridge {
             .get(&p.session_id)
             .filter(|_| !self.resolved.contains(&p.request_id));
         let Some(open) = open else {
-            let _ = reply.send(PermissionDecision::Deferred);
+            let _ = reply.send(decided(PermissionDecision::Deferred));
             return;
         };
         // The change as a unified diff to read before answering (the old and new text come
@@ -868,7 +896,7 @@ impl Bridge {
             ),
             option(
                 ALLOW_ALWAYS,
-                format!("Allow {} for this session", p.tool),
+                always_label(&p),
                 schema::PermissionOptionKind::AllowAlways,
             ),
             option(
@@ -891,6 +919,7 @@ impl Bridge {
         self.asks.insert(
             id,
             Ask {
+                lasting: p.scopes.contains(&RuleScope::Workspace),
                 request_id: p.request_id,
                 reply,
             },
@@ -908,12 +937,17 @@ impl Bridge {
             .map(|r| r.outcome)
         {
             Some(schema::PermissionOutcome::Selected { option_id }) => match option_id.as_str() {
-                ALLOW_ONCE => PermissionDecision::Allow,
-                ALLOW_ALWAYS => PermissionDecision::AllowSession,
-                _ => PermissionDecision::Deny,
+                ALLOW_ONCE => decided(PermissionDecision::Allow),
+                ALLOW_ALWAYS if ask.lasting => PermissionRequestResult {
+                    decision: PermissionDecision::AllowAlways,
+                    scope: Some(RuleScope::Workspace),
+                    pattern: None,
+                },
+                ALLOW_ALWAYS => decided(PermissionDecision::AllowSession),
+                _ => decided(PermissionDecision::Deny),
             },
             // `cancelled` (the turn was cancelled), an error or an unreadable answer: no.
-            _ => PermissionDecision::Deny,
+            _ => decided(PermissionDecision::Deny),
         };
         let _ = ask.reply.send(decision);
     }
@@ -929,7 +963,7 @@ impl Bridge {
             .collect();
         for id in ids {
             if let Some(a) = self.asks.remove(&id) {
-                let _ = a.reply.send(PermissionDecision::Deferred);
+                let _ = a.reply.send(decided(PermissionDecision::Deferred));
                 self.send(wire::cancel_request_line(id));
             }
         }
