@@ -20,5 +20,5 @@ pub use message::{Message, RequestId};
 pub use methods::*;
 pub use vocab::{
     AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
-    PermissionResolution, RunState, ToolStatus, UnknownName,
+    PermissionResolution, RunState, SandboxMode, ToolStatus, UnknownName,
 };

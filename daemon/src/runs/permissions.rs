@@ -297,7 +297,8 @@ impl Runtime {
         for s in sessions {
             let mut inner = lock(&s.inner);
             if let Some(p) = inner.permissions.take(request_id) {
-                if decision == PermissionDecision::AllowSession {
+                // An escalation (run unconfined) is allowed once, whatever the answer says.
+                if decision == PermissionDecision::AllowSession && p.params.escalation.is_none() {
                     lock(&self.permissions.grants)
                         .entry(s.id.clone())
                         .or_default()

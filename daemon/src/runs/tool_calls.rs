@@ -7,7 +7,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crush_protocol::{Part, PermissionDecision, PermissionRequestParams, SessionEvent, ToolStatus};
+use crush_protocol::{
+    Part, PermissionDecision, PermissionRequestParams, SandboxEscalation, SessionEvent, ToolStatus,
+};
 
 use super::{RunMeta, Runtime, SessionRt};
 use crate::model::{ChatMessage, ToolCall};
@@ -113,11 +115,12 @@ impl Runtime {
             Ok(p) => p,
             Err(out) => return (ToolStatus::Failed, out),
         };
+        let command = prepared.command.clone();
         if crate::tools::needs_permission(&call.name)
-            && !self.allowed_without_asking(&s.id, run, &call.name, prepared.command.as_deref())
+            && !self.allowed_without_asking(&s.id, run, &call.name, command.as_deref())
         {
             let (title, diff) = (prepared.title.clone(), prepared.diff.clone());
-            let ask = (call.id.as_str(), call.name.as_str(), title, diff, input);
+            let ask = (call.id.as_str(), call.name.as_str(), title, diff, input.clone());
             if let Err(end) = self.ask(s, run, token, ask).await {
                 return end;
             }
@@ -128,7 +131,81 @@ impl Runtime {
                 tool_error("the run was cancelled before this tool ran"),
             );
         }
-        let out = prepared.run(ctx).await;
+        // The session's sandbox as it is now: `session/setSandbox` applies from the next call.
+        let mut ctx = ctx.clone();
+        if call.name == "bash" {
+            ctx.sandbox = self.sandboxes.policy(Some(&s.id), &ctx.root);
+        }
+        let (out, refused) = prepared.run_reporting(&ctx).await;
+        if token.is_cancelled() {
+            return (ToolStatus::Cancelled, out);
+        }
+        match ctx.sandbox.take() {
+            Some(policy) if !refused.is_empty() => {
+                let command = command.unwrap_or_default();
+                self.escalate(s, run, token, &ctx, call, input, (policy, refused, command), out)
+                    .await
+            }
+            _ => (ToolStatus::Completed, out),
+        }
+    }
+
+    /// A `bash` command the sandbox refused: asks the session's clients whether to run it
+    /// again unconfined (a separate `permission/request`, marked with `escalation`), and does
+    /// so once if one allows it. `allowSession` allows only this run too.
+    #[allow(clippy::too_many_arguments)]
+    async fn escalate(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ctx: &ToolContext,
+        call: &ToolCall,
+        input: Value,
+        (policy, refused, command): (crate::tools::sandbox::Policy, Vec<String>, String),
+        confined: ToolOutput,
+    ) -> (ToolStatus, ToolOutput) {
+        let params = PermissionRequestParams {
+            request_id: new_id(),
+            session_id: s.id.clone(),
+            run_id: run.run_id.clone(),
+            tool_call_id: call.id.clone(),
+            tool: call.name.clone(),
+            title: format!("Run unconfined (outside the sandbox): {command}"),
+            input,
+            diff: None,
+            escalation: Some(SandboxEscalation {
+                mode: policy.mode,
+                refused,
+            }),
+        };
+        match self.ask_permission(s, token, params).await {
+            Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
+            Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
+                let mut out = confined;
+                out.content.push_str(
+                    "\nThe user did not allow running it outside the sandbox; do not retry it \
+                     unconfined, take another approach or ask the user.",
+                );
+                return (ToolStatus::Completed, out);
+            }
+            None => return (ToolStatus::Cancelled, confined),
+        }
+        let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
+            Ok(p) => p,
+            Err(out) => return (ToolStatus::Failed, out),
+        };
+        let mut unconfined = ctx.clone();
+        unconfined.sandbox = None;
+        let mut out = prepared.run(&unconfined).await;
+        out.content = format!(
+            "The sandbox ({}) refused this command; the user allowed it to run once outside the \
+             sandbox. The unconfined run:\n\n{}",
+            policy.mode, out.content
+        );
+        if let Some(m) = out.metadata.as_mut() {
+            m["unconfinedRerun"] = Value::Bool(true);
+        }
         if token.is_cancelled() {
             return (ToolStatus::Cancelled, out);
         }
@@ -210,6 +287,7 @@ impl Runtime {
             title: title.clone(),
             input,
             diff,
+            escalation: None,
         };
         match self.ask_permission(s, token, params).await {
             Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => Ok(()),

@@ -28,6 +28,7 @@ impl Ws {
             root: dir.path().to_path_buf(),
             cancel: CancellationToken::new(),
             scrub_env: Vec::new(),
+            sandbox: None,
             limits,
         };
         Self { dir, ctx }
