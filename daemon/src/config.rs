@@ -431,7 +431,10 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         return Err(problem(
             line_of("writable"),
             "sandbox.writable".to_owned(),
-            format!("{:?} is not an absolute path", relative.display().to_string()),
+            format!(
+                "{:?} is not an absolute path",
+                relative.display().to_string()
+            ),
         ));
     }
     if let Err((key, message)) = file.mcp.specs() {
@@ -605,9 +608,8 @@ mod tests {
         let (daemon, daemon_text) = DaemonSettings::default().changed_toml();
         let (agent, agent_text) = AgentSettings::default().changed_toml();
         let (sandbox, sandbox_text) = SandboxSettings::default().changed_toml();
-        let text = format!(
-            "[daemon]\n{daemon_text}\n[agent]\n{agent_text}\n[sandbox]\n{sandbox_text}"
-        );
+        let text =
+            format!("[daemon]\n{daemon_text}\n[agent]\n{agent_text}\n[sandbox]\n{sandbox_text}");
         let file = parse_file(Path::new("c.toml"), &text).unwrap();
         let mut cfg = Config::new(PathBuf::from("/s"));
         cfg.apply_file(&file);

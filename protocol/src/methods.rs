@@ -378,7 +378,8 @@ pub struct SandboxStatus {
     /// The kernel's Landlock ABI version; absent without Landlock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landlock_abi: Option<u32>,
-    /// Directories commands may write (absent when nothing is confined).
+    /// Directories commands may write, `<workspace>` standing for each session's root (empty
+    /// when nothing is confined or nothing is writable).
     #[serde(default)]
     pub writable: Vec<String>,
     /// Set when what is asked for is not (fully) enforced, saying why.

@@ -51,7 +51,9 @@ impl Fixture {
         }
         env.use_model_with(&mock.base_url(), "openai", &sandbox);
         let mut cmd = env.command("crushd");
-        cmd.arg("--foreground").env("HOME", &home).env("TMPDIR", &tmp);
+        cmd.arg("--foreground")
+            .env("HOME", &home)
+            .env("TMPDIR", &tmp);
         let daemon = DaemonProcess::spawn(cmd);
         daemon.wait_for_log("listening", DEADLINE);
         let mut c = RawConn::initialized(&env.socket).await;
@@ -159,6 +161,13 @@ async fn workspace_write_confines_writes_to_the_workspace_and_temp() {
     assert!(sandbox.get("warning").is_none(), "{st}");
     let models = f.c.request("model/list", json!({})).await;
     assert_eq!(models["result"]["sandbox"]["enforced"], true, "{models}");
+    let out = f.env.crushctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("sandbox")
+            && l.contains("workspace-write (Landlock ABI")),
+        "{text}"
+    );
 
     // Inside: the workspace and the temp directory.
     let ran = f
@@ -199,14 +208,20 @@ async fn workspace_write_confines_writes_to_the_workspace_and_temp() {
             .contains("note.txt"),
         "{esc}"
     );
-    assert!(esc["title"].as_str().unwrap().contains("unconfined"), "{esc}");
+    assert!(
+        esc["title"].as_str().unwrap().contains("unconfined"),
+        "{esc}"
+    );
 
     // /etc (writable to this test's user unconfined only if it is root; refused either way).
     let etc = PathBuf::from(format!("/etc/crushd-sandbox-test-{}", std::process::id()));
     let ran = f
         .bash(&format!("echo x > {}", etc.display()), Some("deny"))
         .await;
-    assert!(!exists_then_remove(&etc), "the sandbox let a write into /etc");
+    assert!(
+        !exists_then_remove(&etc),
+        "the sandbox let a write into /etc"
+    );
     assert!(ran.output.contains("Permission denied"), "{}", ran.output);
 
     // A symlink in the workspace that leads out: the write is judged where it lands.
@@ -229,7 +244,8 @@ async fn the_escalation_prompt_allows_one_unconfined_run() {
     assert!(ran.escalation.is_some());
     assert_eq!(std::fs::read_to_string(&first).unwrap(), "one\n");
     assert!(
-        ran.output.contains("allowed it to run once outside the sandbox"),
+        ran.output
+            .contains("allowed it to run once outside the sandbox"),
         "{}",
         ran.output
     );
@@ -283,10 +299,16 @@ async fn read_only_and_off_modes() {
     assert_eq!(st["enforced"], true, "{st}");
     std::fs::write(f.project.join("readme.txt"), "hello\n").unwrap();
     let ran = f
-        .bash("cat readme.txt && echo x > /dev/null && echo new > new.txt", Some("deny"))
+        .bash(
+            "cat readme.txt && echo x > /dev/null && echo new > new.txt",
+            Some("deny"),
+        )
         .await;
     assert!(ran.output.contains("hello"), "{}", ran.output);
-    assert!(!f.project.join("new.txt").exists(), "read-only let a write in");
+    assert!(
+        !f.project.join("new.txt").exists(),
+        "read-only let a write in"
+    );
     assert!(ran.escalation.is_some(), "{}", ran.output);
 
     let st = f.set_sandbox(json!({"mode": "off"})).await;

@@ -3,11 +3,11 @@
 //! summary, and `session/diff`, which reads the snapshots.
 
 use crush_protocol::{
-    DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCompactResult,
-    SessionCreateParams, SessionDeleteResult, SessionDiffParams, SessionDiffResult,
-    SessionForkParams, SessionInfo, SessionListParams, SessionListResult, SessionMessagesParams,
-    SessionMessagesResult, SessionRef, SessionRenameParams, SessionSetModelParams,
-    SandboxStatus, SessionSetSandboxParams, SessionSetYoloParams, SessionSetYoloResult,
+    DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SandboxStatus,
+    SessionCompactResult, SessionCreateParams, SessionDeleteResult, SessionDiffParams,
+    SessionDiffResult, SessionForkParams, SessionInfo, SessionListParams, SessionListResult,
+    SessionMessagesParams, SessionMessagesResult, SessionRef, SessionRenameParams,
+    SessionSetModelParams, SessionSetSandboxParams, SessionSetYoloParams, SessionSetYoloResult,
 };
 use serde_json::Value;
 

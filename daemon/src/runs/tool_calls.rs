@@ -120,7 +120,13 @@ impl Runtime {
             && !self.allowed_without_asking(&s.id, run, &call.name, command.as_deref())
         {
             let (title, diff) = (prepared.title.clone(), prepared.diff.clone());
-            let ask = (call.id.as_str(), call.name.as_str(), title, diff, input.clone());
+            let ask = (
+                call.id.as_str(),
+                call.name.as_str(),
+                title,
+                diff,
+                input.clone(),
+            );
             if let Err(end) = self.ask(s, run, token, ask).await {
                 return end;
             }
@@ -143,8 +149,17 @@ impl Runtime {
         match ctx.sandbox.take() {
             Some(policy) if !refused.is_empty() => {
                 let command = command.unwrap_or_default();
-                self.escalate(s, run, token, &ctx, call, input, (policy, refused, command), out)
-                    .await
+                self.escalate(
+                    s,
+                    run,
+                    token,
+                    &ctx,
+                    call,
+                    input,
+                    (policy, refused, command),
+                    out,
+                )
+                .await
             }
             _ => (ToolStatus::Completed, out),
         }

@@ -62,8 +62,9 @@ fn summary(command: &str) -> String {
 
 #[cfg(not(unix))]
 pub(crate) async fn run(_ctx: &ToolContext, _call: Call) -> (ToolOutput, Vec<String>) {
-    let out =
-        ToolOutput::error("The bash tool is not supported on this platform (it needs a Unix system).");
+    let out = ToolOutput::error(
+        "The bash tool is not supported on this platform (it needs a Unix system).",
+    );
     (out, Vec::new())
 }
 

@@ -465,7 +465,12 @@ fn path_candidates(line: &str, denied_at: usize) -> Vec<String> {
     for quote in ['\'', '"', '`'] {
         // Split on a quote, the odd pieces are quoted (when a closing quote follows).
         let parts: Vec<&str> = line.split(quote).collect();
-        for inside in parts.iter().skip(1).step_by(2).take(parts.len().saturating_sub(1) / 2) {
+        for inside in parts
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .take(parts.len().saturating_sub(1) / 2)
+        {
             if looks_like_path(inside) {
                 out.push((*inside).to_owned());
             }
@@ -479,9 +484,14 @@ fn path_candidates(line: &str, denied_at: usize) -> Vec<String> {
             out.push(inside.to_owned());
         }
     }
-    let before = line[..denied_at].trim_end().trim_end_matches(':').trim_end();
+    let before = line[..denied_at]
+        .trim_end()
+        .trim_end_matches(':')
+        .trim_end();
     if let Some(last) = before.rsplit(": ").next() {
-        let last = last.trim().trim_matches(|c| c == '\'' || c == '"' || c == '`');
+        let last = last
+            .trim()
+            .trim_matches(|c| c == '\'' || c == '"' || c == '`');
         if looks_like_path(last) && !last.contains(' ') {
             out.push(last.to_owned());
         }
@@ -610,7 +620,10 @@ mod tests {
         let root = std::fs::canonicalize(ws.path()).unwrap();
         let p = policy(&root, true);
         let target = outside.path().join("f");
-        let out = format!("touch: cannot touch '{}': Permission denied", target.display());
+        let out = format!(
+            "touch: cannot touch '{}': Permission denied",
+            target.display()
+        );
         assert_eq!(
             refusals(&p, &root, &out),
             vec![format!("write {}", target.display())]
@@ -646,12 +659,22 @@ mod tests {
         let s = status_of(SandboxMode::WorkspaceWrite, true, &[], Support::NoLandlock);
         assert!(!s.enforced);
         assert!(s.warning.unwrap().contains("Landlock"));
-        let s = status_of(SandboxMode::WorkspaceWrite, false, &[], Support::Landlock { abi: 3 });
+        let s = status_of(
+            SandboxMode::WorkspaceWrite,
+            false,
+            &[],
+            Support::Landlock { abi: 3 },
+        );
         assert!(s.enforced);
         assert!(s.warning.unwrap().contains("network"));
         let s = status_of(SandboxMode::Off, true, &[], Support::Landlock { abi: 7 });
         assert!(!s.enforced && s.warning.is_none());
-        let s = status_of(SandboxMode::ReadOnly, true, &[], Support::Landlock { abi: 7 });
+        let s = status_of(
+            SandboxMode::ReadOnly,
+            true,
+            &[],
+            Support::Landlock { abi: 7 },
+        );
         assert!(s.enforced && s.warning.is_none() && s.writable.is_empty());
     }
 }
