@@ -339,10 +339,14 @@ fn writable_paths(mode: SandboxMode, root: &Path, extra: &[PathBuf]) -> Vec<Path
     if mode == SandboxMode::WorkspaceWrite {
         out.push(root.to_path_buf());
         out.push(temp_dir());
-        for p in extra {
-            out.push(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-        }
+        out.extend(extra.iter().cloned());
     }
+    // Resolved, so that reading a refusal compares like with like (Landlock itself resolves
+    // each path to its inode when the rule is added).
+    let mut out: Vec<PathBuf> = out
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
     out.dedup();
     out
 }
@@ -652,6 +656,22 @@ mod tests {
             vec!["network access (TCP is off for this session)".to_owned()]
         );
         assert!(refusals(&policy(ws.path(), true), ws.path(), line).is_empty());
+    }
+
+    #[test]
+    fn a_session_choice_overrides_the_config_until_cleared() {
+        let s = Sandboxes::new(crate::config::SandboxSettings::default());
+        s.set_session("a", Some(SandboxMode::ReadOnly), None);
+        assert_eq!(s.chosen(Some("a")), (SandboxMode::ReadOnly, true));
+        assert_eq!(s.chosen(Some("b")), (SandboxMode::WorkspaceWrite, true));
+        assert_eq!(s.chosen(None), (SandboxMode::WorkspaceWrite, true));
+        s.set_session("a", None, Some(false));
+        assert_eq!(s.chosen(Some("a")), (SandboxMode::WorkspaceWrite, false));
+        s.set_session("a", None, None);
+        assert_eq!(s.chosen(Some("a")), (SandboxMode::WorkspaceWrite, true));
+        s.set_session("a", Some(SandboxMode::Off), None);
+        s.forget_session("a");
+        assert_eq!(s.chosen(Some("a")), (SandboxMode::WorkspaceWrite, true));
     }
 
     #[test]

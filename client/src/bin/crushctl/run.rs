@@ -716,6 +716,13 @@ impl RunView {
         if let Some(diff) = &params.diff {
             self.ui.err_line(&self.ui.paint_err(DIM, diff.trim_end()));
         }
+        if let Some(e) = &params.escalation {
+            // A second question about a call that already ran confined: say what was refused.
+            self.ui.err_line(&self.ui.paint_err(
+                DIM,
+                &format!("the sandbox ({}) refused: {}", e.mode, e.refused.join("; ")),
+            ));
+        }
         self.ui.ask(&format!(
             "{} {}\n  allow? [y] once  [a] for this session  [N] deny: ",
             self.ui.paint_err(YELLOW, "permission:"),
