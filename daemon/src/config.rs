@@ -91,7 +91,7 @@ settings! {
 
 settings! {
     /// `[sandbox]`: how `bash` tool commands are confined (Linux Landlock; see
-    /// `tools/sandbox.rs`).
+    /// `tools/sandbox/`).
     pub struct SandboxSettings, file SandboxSection {
         /// "workspace-write" (writes only in the workspace, the temp directory and `writable`),
         /// "read-only" or "off"; a session may choose its own (`session/setSandbox`).

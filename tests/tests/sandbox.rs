@@ -249,13 +249,23 @@ async fn the_escalation_prompt_allows_one_unconfined_run() {
         "{}",
         ran.output
     );
-    // Once: the next such command is confined again and asks again, even after `allowSession`.
+    // Once: the next such command is confined again and asks again; `allowSession` also
+    // allows only its own run.
     let second = f.home.join("second.txt");
     let ran = f
-        .bash(&format!("echo two > {}", second.display()), Some("deny"))
+        .bash(
+            &format!("echo two > {}", second.display()),
+            Some("allowSession"),
+        )
         .await;
     assert!(ran.escalation.is_some(), "{}", ran.output);
-    assert!(!second.exists());
+    assert!(second.exists());
+    let third = f.home.join("third.txt");
+    let ran = f
+        .bash(&format!("echo three > {}", third.display()), Some("deny"))
+        .await;
+    assert!(ran.escalation.is_some(), "{}", ran.output);
+    assert!(!third.exists());
 }
 
 #[tokio::test]

@@ -3,9 +3,9 @@
 //! killed on timeout, on cancel and also after the shell exits, so no background child outlives
 //! the call; in the `crushd` binary the group also runs under the tool guard (`guard.rs`), which
 //! kills it when the daemon dies, even by SIGKILL, and confines it when the call has a sandbox
-//! policy (`sandbox.rs`; a confined call never falls back to running without the guard). Output is captured head-and-tail within the
-//! output cap, and reading it never waits long on a pipe that an escaped process still holds
-//! open. Unix only.
+//! policy (`sandbox/`; a confined call never falls back to running without the guard). Output
+//! is captured head-and-tail within the output cap, and reading it never waits long on a pipe
+//! that an escaped process still holds open. Unix only.
 
 use std::time::Duration;
 

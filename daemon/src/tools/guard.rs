@@ -20,7 +20,7 @@
 //! or the same terminating signal re-raised on itself.
 //!
 //! With `--sandbox …` before `-c`, the guard confines itself with Landlock before it starts
-//! the shell, so the command and everything it starts are confined (`sandbox.rs`).
+//! the shell, so the command and everything it starts are confined (`sandbox/`).
 //!
 //! `crushd --tool-guard --exec PROGRAM ARGS…` is the same guard for a stdio MCP server
 //! (`mcp/process.rs`): the server speaks MCP on its stdin, so the guard relays its own stdin to
@@ -98,7 +98,7 @@ enum Command {
 /// `--exec PROGRAM ARGS…`.
 pub fn main(args: &[OsString]) -> ExitCode {
     // `--sandbox [--sandbox-write PATH]… [--sandbox-no-network]` first: the confinement to
-    // apply (tools/sandbox.rs).
+    // apply (`tools/sandbox/`).
     let (sandbox, args) = match super::sandbox::parse_guard_args(args) {
         Ok(parsed) => parsed,
         Err(e) => {
