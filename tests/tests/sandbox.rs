@@ -375,3 +375,52 @@ async fn config_adds_writable_paths_and_refuses_bad_values() {
         assert!(err.contains(key), "{err}");
     }
 }
+
+/// The escalation goes through the usual multi-client flow: every subscribed client is asked,
+/// the first answer wins, the others hear who answered.
+#[tokio::test]
+async fn any_client_answers_the_escalation() {
+    let mut f = Fixture::new("").await;
+    let mut other = RawConn::initialized_as(&f.env.socket, "other-editor").await;
+    let r = other
+        .request("session/subscribe", json!({"sessionId": f.sid}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let target = f.home.join("by-other.txt");
+    let args = json!({ "command": format!("touch {}", target.display()) }).to_string();
+    f.mock
+        .push(Script::text("Running.").tool_call("call_multi", "bash", &args));
+    f.mock.push(Script::text("done"));
+    let r =
+        f.c.request(
+            "agent/send",
+            json!({"sessionId": f.sid, "prompt": "go", "yolo": true}),
+        )
+        .await;
+    let run = r["result"]["runId"].as_str().unwrap().to_owned();
+    // Both are asked; the other client answers.
+    let mine = f.c.daemon_request("permission/request").await;
+    let theirs = other.daemon_request("permission/request").await;
+    assert_eq!(
+        mine["params"]["requestId"], theirs["params"]["requestId"],
+        "{mine} {theirs}"
+    );
+    assert!(theirs["params"]["escalation"].is_object(), "{theirs}");
+    other.reply(&theirs, json!({"decision": "allow"})).await;
+    let resolved =
+        f.c.wait_for("$/permissionResolved", |m| {
+            m["method"] == "$/permissionResolved"
+        })
+        .await;
+    assert_eq!(resolved["params"]["decision"], "allow", "{resolved}");
+    assert!(
+        resolved["params"]["by"]
+            .as_str()
+            .unwrap()
+            .contains("other-editor"),
+        "{resolved}"
+    );
+    let done = f.c.run_complete(&run).await;
+    assert_eq!(done["text"], "done", "{done}");
+    assert!(target.exists(), "the allowed unconfined run did not happen");
+}
