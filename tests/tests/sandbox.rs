@@ -424,3 +424,53 @@ async fn any_client_answers_the_escalation() {
     assert_eq!(done["text"], "done", "{done}");
     assert!(target.exists(), "the allowed unconfined run did not happen");
 }
+
+/// `crushctl run --sandbox read-only --yolo`: the session's commands cannot write, and without a
+/// terminal the escalation is denied and said on stderr. (Multi-threaded: `crushctl` is waited
+/// for synchronously while the mock model serves it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crushctl_run_chooses_the_sessions_sandbox() {
+    let f = Fixture::new("").await;
+    let args = json!({ "command": "echo x > made.txt" }).to_string();
+    f.mock
+        .push(Script::text("").tool_call("call_ctl", "bash", &args));
+    f.mock.push(Script::text("done"));
+    let mut cmd = f.env.command("crushctl");
+    cmd.current_dir(&f.project).args([
+        "run",
+        "--yolo",
+        "--sandbox",
+        "read-only",
+        "--no-network",
+        "make a file",
+    ]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !f.project.join("made.txt").exists(),
+        "read-only let a write in"
+    );
+    assert!(
+        err.contains("unconfined") && err.contains("denied"),
+        "{err}"
+    );
+    let result = f
+        .mock
+        .requests()
+        .iter()
+        .flat_map(|r| r.tool_results())
+        .find(|(id, _)| id == "call_ctl")
+        .map(|(_, out)| out)
+        .unwrap();
+    assert!(
+        result.contains("The sandbox (read-only) refused"),
+        "{result}"
+    );
+    // An unknown mode is a usage error.
+    let mut cmd = f.env.command("crushctl");
+    cmd.current_dir(&f.project)
+        .args(["run", "--sandbox", "strict", "x"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
