@@ -11,6 +11,7 @@ pub mod mcp;
 pub mod model;
 pub mod outbound;
 pub mod peer;
+pub mod permission_rules;
 pub(crate) mod rpc;
 pub(crate) mod runs;
 pub mod secrets;

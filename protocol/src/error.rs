@@ -45,6 +45,8 @@ pub enum ErrorCode {
     PermissionNotFound = -32016,
     /// The permission request was already answered (by another client, or the run was cancelled).
     PermissionResolved = -32017,
+    /// No saved permission rule has the given id (`permission/rules/remove`).
+    PermissionRuleNotFound = -32018,
     /// The database could not be read or written (disk full, I/O error, read-only file).
     StorageFailed = -32020,
     /// No usable model is configured (or the requested one is unknown or lacks its API key).
@@ -79,6 +81,7 @@ impl ErrorCode {
         (ErrorCode::DuplicateRunId, "DuplicateRunId"),
         (ErrorCode::PermissionNotFound, "PermissionNotFound"),
         (ErrorCode::PermissionResolved, "PermissionResolved"),
+        (ErrorCode::PermissionRuleNotFound, "PermissionRuleNotFound"),
         (ErrorCode::StorageFailed, "StorageFailed"),
         (ErrorCode::ModelNotConfigured, "ModelNotConfigured"),
         (ErrorCode::ModelFailed, "ModelFailed"),

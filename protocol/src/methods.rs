@@ -10,7 +10,7 @@ use crate::error::RpcError;
 use crate::message::RequestId;
 use crate::vocab::{
     AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
-    PermissionResolution, RunState, ToolStatus,
+    PermissionResolution, PermissionSource, RuleScope, RunState, ToolStatus,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
@@ -284,6 +284,13 @@ client_requests! {
     /// Answer a pending `permission/request` (for clients that cannot answer the request itself
     /// later, such as Neovim's `vim.lsp.rpc`). The first answer of any client wins.
     PermissionRespond = "permission/respond" (PermissionRespondParams) -> PermissionRespondResult;
+    /// Saved permission rules ("always allow" answers), every one or those that apply to a
+    /// workspace or a session.
+    PermissionRulesList = "permission/rules/list" (PermissionRulesListParams) -> PermissionRulesListResult [resend];
+    /// Delete a saved permission rule: the calls it allowed are asked about again.
+    PermissionRulesRemove = "permission/rules/remove" (PermissionRulesRemoveParams) -> PermissionRulesRemoveResult;
+    /// The audit log of permission decisions, newest first.
+    PermissionLog = "permission/log" (PermissionLogParams) -> PermissionLogResult [resend];
     /// The effective configuration, secrets redacted.
     ConfigGet = "config/get" (NoParams) -> ConfigGetResult [resend];
     /// The daemon's MCP servers: scope, state, last error, tools.
@@ -345,6 +352,15 @@ pub struct PermissionRequestParams {
     /// For `edit` and `write`: the change as a unified diff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// The scopes an `allowAlways` answer may choose; empty when this prompt cannot be saved as
+    /// a rule (answer `allow`, `allowSession` or `deny`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<RuleScope>,
+    /// The pattern an `allowAlways` answer saves unless it gives its own: for `bash` a command
+    /// prefix (whole words), for `write`/`edit` a path glob relative to the workspace; absent
+    /// when the rule covers every call of the tool (MCP tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_pattern: Option<String>,
     /// Present when the request asks to run a `bash` command again outside the sandbox,
     /// because the sandbox refused it: what was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -408,8 +424,12 @@ pub struct SessionSetSandboxParams {
 pub enum PermissionDecision {
     /// Run this call.
     Allow,
-    /// Run this call and every later call of this tool in the session without asking.
+    /// Run this call and every later call of this tool in the session without asking (kept in
+    /// the daemon's memory: a restarted daemon asks again).
     AllowSession,
+    /// Run this call and save a rule (`scope`, and `pattern` or the request's
+    /// `suggestedPattern`) that allows matching calls from now on, also after a restart.
+    AllowAlways,
     Deny,
     /// Only as a result of `permission/request`: the prompt is shown; the answer will come with
     /// `permission/respond`.
@@ -421,6 +441,12 @@ pub enum PermissionDecision {
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRequestResult {
     pub decision: PermissionDecision,
+    /// For `allowAlways`: where the rule applies (one of the request's `scopes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<RuleScope>,
+    /// For `allowAlways`: the rule's pattern, instead of the request's `suggestedPattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -429,12 +455,126 @@ pub struct PermissionRequestResult {
 pub struct PermissionRespondParams {
     pub request_id: String,
     pub decision: PermissionDecision,
+    /// For `allowAlways`: where the rule applies (one of the request's `scopes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<RuleScope>,
+    /// For `allowAlways`: the rule's pattern, instead of the request's `suggestedPattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRespondResult {}
+
+/// A saved permission rule: calls of `tool` (whose command starts with `pattern`'s words for
+/// `bash`, whose path matches the glob `pattern` for `write`/`edit`) run without asking, in
+/// `scope`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRule {
+    pub id: String,
+    pub scope: RuleScope,
+    /// For `workspace` rules, and `session` rules (the session's workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// For `session` rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub tool: String,
+    /// Absent: every call of the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// The `clientInfo.name` of the client whose answer saved it.
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRulesListParams {
+    /// Only the rules that apply in this workspace (its own and global ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// Only the rules that apply in this session (its own, its workspace's and global ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRulesListResult {
+    /// Oldest first.
+    pub rules: Vec<PermissionRule>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRulesRemoveParams {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRulesRemoveResult {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionLogParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// At most this many entries (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionLogResult {
+    /// Newest first.
+    pub entries: Vec<PermissionLogEntry>,
+}
+
+/// One permission decision: a prompt answered (or withdrawn), or a call let run by a rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionLogEntry {
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    pub session_id: String,
+    pub workspace_id: String,
+    pub run_id: String,
+    pub tool_call_id: String,
+    pub tool: String,
+    pub title: String,
+    pub decision: PermissionResolution,
+    pub source: PermissionSource,
+    /// What applied, for a person: the config rule, the saved rule's tool and pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// For `source: "rule"`, and for an `allowAlways` answer: the saved rule's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
+    /// For `source: "prompt"`: the answering client's `clientInfo.name` (`"cancel"` when a
+    /// cancel withdrew the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// For `source: "prompt"`: the daemon's number of the answering connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<u64>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -1074,6 +1214,20 @@ pub struct Attachment {
     pub text: String,
 }
 
+/// An image sent with a prompt, for a model that accepts images (`model/list` `images`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInput {
+    /// `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+    pub mime_type: String,
+    /// The image's bytes in base64 (standard alphabet, padded).
+    pub data: String,
+    /// A file name or label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
@@ -1083,6 +1237,9 @@ pub struct AgentSendParams {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// Images shown to the model with the prompt (only to a model that accepts images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageInput>,
     /// A client-chosen id making the send idempotent; a UUID v7 is generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
@@ -1232,6 +1389,10 @@ pub struct ModelInfo {
     /// Why the model cannot be used right now (e.g. its API key variable is unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// Whether it accepts images (in prompts and in tool results), per the presets or the
+    /// config file's `images` key.
+    #[serde(default)]
+    pub images: bool,
 }
 
 /// One MCP server (`mcp/list`, `mcp/restart`).
@@ -1571,6 +1732,8 @@ mod tests {
                 "run/get",
                 "agent/status",
                 "model/list",
+                "permission/rules/list",
+                "permission/log",
                 "config/get",
                 "mcp/list",
             ]

@@ -222,9 +222,42 @@ wire_enum! {
     pub enum PermissionResolution ("permission resolution") {
         Allow = "allow",
         AllowSession = "allowSession",
+        /// Allowed, and a permission rule was saved for later calls (`permission/rules/list`).
+        AllowAlways = "allowAlways",
         Deny = "deny",
         /// Withdrawn: the run was cancelled before anyone answered.
         Cancelled = "cancelled",
+    }
+}
+
+wire_enum! {
+    /// Where a saved permission rule applies (column `permission_rules.scope`).
+    pub enum RuleScope ("rule scope") {
+        /// The session the prompt came from.
+        Session = "session",
+        /// Every session of the prompt's workspace.
+        Workspace = "workspace",
+        /// Every session of every workspace.
+        Global = "global",
+    }
+}
+
+wire_enum! {
+    /// What decided a tool call's permission (`permission/log`; column
+    /// `permission_log.source`).
+    pub enum PermissionSource ("permission source") {
+        /// A client answered a prompt (`client` and `connection` say which).
+        Prompt = "prompt",
+        /// The send or the session is in yolo mode.
+        Yolo = "yolo",
+        /// A `[permissions]` rule of the config file (`allow`, `allow_bash`).
+        Config = "config",
+        /// An earlier `allowSession` answer for this tool in this session (kept in memory).
+        SessionGrant = "sessionGrant",
+        /// A saved permission rule (`ruleId`).
+        Rule = "rule",
+        /// An MCP server's `allow` list in the config file.
+        McpAllow = "mcpAllow",
     }
 }
 
@@ -279,6 +312,16 @@ pub enum Part {
         name: Option<String>,
         #[cfg_attr(feature = "ts", ts(optional))]
         mime_type: Option<String>,
+    },
+    /// An image: one sent with a prompt (a `user` message), or one a tool returned (a `tool`
+    /// message; `toolCallId` names the call). `data` is base64 (standard alphabet, padded).
+    Image {
+        mime_type: String,
+        data: String,
+        #[cfg_attr(feature = "ts", ts(optional))]
+        name: Option<String>,
+        #[cfg_attr(feature = "ts", ts(optional))]
+        tool_call_id: Option<String>,
     },
     /// A summary the model wrote of older messages to fit its context window (stored as a
     /// `system` message of its own): the model is shown it in place of the messages from
@@ -433,6 +476,12 @@ impl<'a> Fields<'a> {
                 to_message_id: self.string("toMessageId")?,
                 messages: self.u32("messages")?,
             },
+            "image" => Part::Image {
+                mime_type: self.string("mimeType")?,
+                data: self.string("data")?,
+                name: self.optional_string("name")?,
+                tool_call_id: self.optional_string("toolCallId")?,
+            },
             "attachment" => Part::Attachment {
                 text: self.string("text")?,
                 name: self.optional_string("name")?,
@@ -464,6 +513,12 @@ impl Serialize for Part {
             } => (
                 "toolResult",
                 5 + usize::from(is_error.is_some()) + usize::from(metadata.is_some()),
+            ),
+            Part::Image {
+                name, tool_call_id, ..
+            } => (
+                "image",
+                3 + usize::from(name.is_some()) + usize::from(tool_call_id.is_some()),
             ),
             Part::Attachment {
                 name, mime_type, ..
@@ -521,6 +576,21 @@ impl Serialize for Part {
                 map.serialize_entry("name", name)?;
                 map.serialize_entry("status", status)?;
                 map.serialize_entry("toolCallId", tool_call_id)?;
+            }
+            Part::Image {
+                mime_type,
+                data,
+                name,
+                tool_call_id,
+            } => {
+                map.serialize_entry("data", data)?;
+                map.serialize_entry("mimeType", mime_type)?;
+                if let Some(n) = name {
+                    map.serialize_entry("name", n)?;
+                }
+                if let Some(t) = tool_call_id {
+                    map.serialize_entry("toolCallId", t)?;
+                }
             }
             Part::Attachment {
                 text,
@@ -626,7 +696,7 @@ mod tests {
                     .map(|s| (bytes(s), s.as_str()))
                     .collect()
             ),
-            ["allow", "allowSession", "deny", "cancelled"]
+            ["allow", "allowSession", "allowAlways", "deny", "cancelled"]
         );
     }
 
@@ -746,6 +816,26 @@ mod tests {
                 },
                 json!({"type": "attachment", "text": "body"}),
                 r#"{"text":"body","type":"attachment"}"#,
+            ),
+            (
+                Part::Image {
+                    mime_type: "image/png".into(),
+                    data: "AAAA".into(),
+                    name: Some("shot.png".into()),
+                    tool_call_id: None,
+                },
+                json!({"type": "image", "mimeType": "image/png", "data": "AAAA", "name": "shot.png"}),
+                r#"{"data":"AAAA","mimeType":"image/png","name":"shot.png","type":"image"}"#,
+            ),
+            (
+                Part::Image {
+                    mime_type: "image/gif".into(),
+                    data: "AAAA".into(),
+                    name: None,
+                    tool_call_id: Some("c1".into()),
+                },
+                json!({"type": "image", "mimeType": "image/gif", "data": "AAAA", "toolCallId": "c1"}),
+                r#"{"data":"AAAA","mimeType":"image/gif","toolCallId":"c1","type":"image"}"#,
             ),
             (
                 Part::Summary {

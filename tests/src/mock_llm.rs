@@ -388,6 +388,61 @@ impl RecordedRequest {
         }
     }
 
+    /// Every image in the request, in order, as `(where, mime type, base64 data)`: `where` is
+    /// `"user"` for an image in a user message (OpenAI puts a step's tool images in one), or
+    /// `"tool:<id>"` for one inside an Anthropic `tool_result` block. OpenAI images are `data:`
+    /// URLs (`image_url`), Anthropic's `image` blocks with a base64 `source`.
+    pub fn images(&self) -> Vec<(String, String, String)> {
+        fn image(block: &Value) -> Option<(String, String)> {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            match block.get("type").and_then(Value::as_str)? {
+                "image_url" => {
+                    let url = block.get("image_url")?.get("url")?.as_str()?;
+                    let (head, data) = url.strip_prefix("data:")?.split_once(',')?;
+                    Some((head.trim_end_matches(";base64").to_owned(), data.to_owned()))
+                }
+                "image" => {
+                    let src = block.get("source")?;
+                    Some((s(&src["media_type"]), s(&src["data"])))
+                }
+                _ => None,
+            }
+        }
+        let mut out = Vec::new();
+        for m in self
+            .body
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for block in m
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some((mime, data)) = image(block) {
+                    out.push(("user".to_owned(), mime, data));
+                }
+                if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+                    let id = block["tool_use_id"].as_str().unwrap_or_default();
+                    for inner in block
+                        .get("content")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some((mime, data)) = image(inner) {
+                            out.push((format!("tool:{id}"), mime, data));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Names of the tools offered in the request's `tools`, in order: `function.name` (OpenAI) or
     /// `name` (Anthropic).
     pub fn tool_names(&self) -> Vec<String> {

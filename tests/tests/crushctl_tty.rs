@@ -1,5 +1,6 @@
 //! `crushctl run` on a terminal, through a pseudo-terminal (`expectrl`): the spinner while the
-//! model thinks, and the permission question — answered with Enter (the default, deny) or `y`.
+//! model thinks, and the permission question — answered with Enter (the default, deny), `y`, or
+//! `w` (always allow: a rule saved for the workspace).
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +13,8 @@ use crush_tests::{DEADLINE, TestEnv};
 /// Runs `crushctl run "show it"` on a pseudo-terminal against a model that first holds its
 /// stream (the spinner must show), then asks to run `echo from-the-tool`, then answers
 /// "All done."; the permission question is answered with `answer`. Returns the tool result the
-/// model got back.
-async fn run_on_a_terminal(answer: &'static str) -> String {
+/// model got back and the saved rules (`crushctl permissions list --all --json`).
+async fn run_on_a_terminal(answer: &'static str) -> (String, String) {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
     env.use_model_at(&mock.base_url());
@@ -39,11 +40,13 @@ async fn run_on_a_terminal(answer: &'static str) -> String {
         p.expect("permission:").unwrap();
         p.expect("echo from-the-tool").unwrap();
         p.expect("allow?").unwrap();
+        p.expect("always allow bash \"echo from-the-tool\":  [s] in this session  [w] in this workspace  [g] everywhere")
+            .unwrap();
         p.send_line(answer).unwrap();
-        let said = if answer.is_empty() {
-            "denied"
-        } else {
-            "allowed once"
+        let said = match answer {
+            "" => "denied",
+            "w" => "always allowed \"echo from-the-tool\" in this workspace",
+            _ => "allowed once",
         };
         p.expect(said).unwrap();
         p.expect("All done.").unwrap();
@@ -56,20 +59,41 @@ async fn run_on_a_terminal(answer: &'static str) -> String {
         "{status:?}"
     );
     let results = mock.requests()[1].tool_results();
-    results[0].1.clone()
+    let rules = env.crushctl(&["permissions", "list", "--all", "--json"]);
+    assert!(rules.status.success(), "{rules:?}");
+    (
+        results[0].1.clone(),
+        String::from_utf8_lossy(&rules.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_enter_denies_the_tool_call() {
-    let result = run_on_a_terminal("").await;
+    let (result, rules) = run_on_a_terminal("").await;
     assert!(result.contains("denied"), "{result}");
+    assert_eq!(rules, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_y_allows_the_tool_call_once() {
-    let result = run_on_a_terminal("y").await;
+    let (result, rules) = run_on_a_terminal("y").await;
     assert!(
         result.contains("from-the-tool") && !result.contains("denied"),
         "{result}"
+    );
+    assert_eq!(rules, "", "allow once saves no rule");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_w_allows_the_call_and_saves_a_rule_for_the_workspace() {
+    let (result, rules) = run_on_a_terminal("w").await;
+    assert!(result.contains("from-the-tool"), "{result}");
+    let rule: serde_json::Value = serde_json::from_str(rules.trim()).unwrap();
+    assert_eq!(rule["tool"], "bash");
+    assert_eq!(rule["pattern"], "echo from-the-tool");
+    assert_eq!(rule["scope"], "workspace");
+    assert!(
+        rule["createdBy"].as_str().unwrap().starts_with("crushctl"),
+        "{rule}"
     );
 }

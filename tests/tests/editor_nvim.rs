@@ -281,7 +281,9 @@ async fn nvim_chat_streaming_history_cancel_and_commands() {
 }
 
 /// A permission prompt in the chat: shown with its diff, the User autocommand, the status line,
-/// answered with a key (the file is written) and with vim.ui.select (denied).
+/// answered with a key (the file is written) and with vim.ui.select (denied); an "always allow"
+/// answer (`W`) saves a rule that lets the next matching call run, shown and removed in
+/// `:Crush permissions`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nvim_permission_prompt_answered() {
     let (env, mock, project) = world().await;
@@ -293,6 +295,11 @@ async fn nvim_permission_prompt_answered() {
     mock.push(Script::text("Wrote hello.txt."));
     mock.push(Script::default().tool_call("call_b", "bash", r#"{"command":"rm -rf build"}"#));
     mock.push(Script::text("Not running it."));
+    // Answered "always allow in this workspace": the next `ls -a` runs without a prompt.
+    mock.push(Script::default().tool_call("call_l", "bash", r#"{"command":"ls"}"#));
+    mock.push(Script::text("Listed."));
+    mock.push(Script::default().tool_call("call_a", "bash", r#"{"command":"ls -a"}"#));
+    mock.push(Script::text("Listed again."));
     let _daemon = env.spawn_daemon(&[]);
     let nvim = spawn_nvim(&env, "permission", &project, &[]);
     nvim.finish().await;

@@ -76,6 +76,11 @@ async fn world(mode: &str, timeout: &str) -> World {
 }
 
 async fn world_with(mode: &str, timeout: &str, startup: &str) -> World {
+    world_configured(mode, timeout, startup, "").await
+}
+
+/// A world whose config file also holds `extra` (e.g. the mock model's `images` key).
+async fn world_configured(mode: &str, timeout: &str, startup: &str, extra: &str) -> World {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
     let state = env.dir.path().join("mcp-state");
@@ -83,7 +88,10 @@ async fn world_with(mode: &str, timeout: &str, startup: &str) -> World {
     env.use_model_with(
         &mock.base_url(),
         "openai",
-        &servers_config(&state, mode, timeout, startup),
+        &format!(
+            "{}\n{extra}",
+            servers_config(&state, mode, timeout, startup)
+        ),
     );
     let daemon = env.spawn_daemon(&[]);
     let mut c = RawConn::initialized_as(&env.socket, "nvim").await;
@@ -880,6 +888,63 @@ async fn allow_for_session_lets_the_next_call_of_that_tool_run_without_asking() 
 }
 
 #[tokio::test]
+async fn an_always_allow_rule_for_an_mcp_tool_lets_it_run_without_asking_in_a_new_session() {
+    let mut w = world("serve", "10s").await;
+    w.mock
+        .push(Script::text("One.").tool_call("call_1", "mcp__t__echo", r#"{"text":"one"}"#));
+    w.mock.push(Script::text("First."));
+    let run = send(&mut w.c, &w.session, "one").await;
+    let ask = w.c.daemon_request("permission/request").await;
+    assert_eq!(
+        ask["params"]["scopes"],
+        json!(["session", "workspace", "global"])
+    );
+    assert!(ask["params"].get("suggestedPattern").is_none(), "{ask}");
+    w.c.reply(&ask, json!({"decision": "allowAlways", "scope": "global"}))
+        .await;
+    w.c.run_complete(&run).await;
+    let listed = w.c.request("permission/rules/list", json!({})).await;
+    let rules = listed["result"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{listed}");
+    assert_eq!(rules[0]["tool"], "mcp__t__echo");
+    assert!(rules[0].get("pattern").is_none(), "{listed}");
+    // Another session: the global rule answers.
+    let session =
+        w.c.request("session/get", json!({"sessionId": w.session}))
+            .await;
+    let other =
+        w.c.request(
+            "session/create",
+            json!({"workspaceId": session["result"]["workspaceId"]}),
+        )
+        .await["result"]["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let r =
+        w.c.request("session/subscribe", json!({"sessionId": other}))
+            .await;
+    assert!(r.get("result").is_some(), "{r}");
+    w.c.clear_kept();
+    w.mock
+        .push(Script::text("Two.").tool_call("call_2", "mcp__t__echo", r#"{"text":"two"}"#));
+    w.mock.push(Script::text("Second."));
+    let run = send(&mut w.c, &other, "two").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Second.", "{done}");
+    assert!(
+        !w.c.kept()
+            .iter()
+            .any(|m| m["method"] == "permission/request"),
+        "asked although a rule allows the tool"
+    );
+    let log = w.c.request("permission/log", json!({"limit": 1})).await;
+    let last = &log["result"]["entries"][0];
+    assert_eq!(last["source"], "rule", "{log}");
+    assert_eq!(last["ruleId"], rules[0]["id"]);
+}
+
+#[tokio::test]
 async fn an_oversized_result_is_cut_like_a_built_in_tool_output() {
     let mut w = world("serve", "10s").await;
     w.c.request(
@@ -897,4 +962,75 @@ async fn an_oversized_result_is_cut_like_a_built_in_tool_output() {
     assert!(out.len() < 40_000, "{} bytes reached the model", out.len());
     assert!(out.contains("bytes omitted"), "the cut is marked");
     assert!(out.starts_with("0123456789"), "the head is kept");
+}
+
+/// `get-tiny-image` of the reference server returns a PNG between two texts.
+async fn tiny_image_run(w: &mut World) -> Vec<crush_tests::mock_llm::RecordedRequest> {
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock.push(Script::text("Looking.").tool_call(
+        "call_1",
+        "mcp__everything__get-tiny-image",
+        "{}",
+    ));
+    w.mock.push(Script::text("A tiny image."));
+    let run = send(&mut w.c, &w.session, "show me").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "A tiny image.", "{done}");
+    w.mock.requests()
+}
+
+#[tokio::test]
+async fn an_image_result_is_shown_to_a_model_that_accepts_images_and_kept_with_the_call() {
+    let mut w = world_configured(
+        "serve",
+        "10s",
+        "20s",
+        "[providers.mock.models.\"mock-1\"]\nimages = true\n",
+    )
+    .await;
+    let reqs = tiny_image_run(&mut w).await;
+    let images = reqs[1].images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].1, "image/png");
+    assert!(images[0].2.len() > 100, "the image's bytes: {images:?}");
+    let result = &reqs[1].tool_results()[0].1;
+    assert!(!result.contains("cannot be shown"), "{result}");
+    // Stored beside the result, naming the call: a later turn shows it again.
+    let m =
+        w.c.request("session/messages", json!({"sessionId": w.session}))
+            .await;
+    let parts: Vec<&Value> = m["result"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["parts"].as_array().unwrap())
+        .filter(|p| p["type"] == "image")
+        .collect();
+    assert_eq!(parts.len(), 1, "{m}");
+    assert_eq!(parts[0]["toolCallId"], "call_1");
+    assert_eq!(parts[0]["data"], images[0].2.as_str());
+    w.mock.push(Script::text("Still there."));
+    let run = send(&mut w.c, &w.session, "and again").await;
+    w.c.run_complete(&run).await;
+    assert_eq!(
+        w.mock.requests()[2].images(),
+        images,
+        "history keeps the image"
+    );
+}
+
+#[tokio::test]
+async fn an_image_result_is_a_note_for_a_model_without_images() {
+    let mut w = world("serve", "10s").await;
+    let reqs = tiny_image_run(&mut w).await;
+    assert!(reqs[1].images().is_empty());
+    let result = &reqs[1].tool_results()[0].1;
+    assert!(
+        result.contains("image (image/png") && result.contains("does not accept images"),
+        "{result}"
+    );
 }

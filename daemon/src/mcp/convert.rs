@@ -4,7 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::model::ToolSpec;
+use crate::model::image::{MAX_IMAGE_BYTES, MAX_IMAGES, decoded_len};
+use crate::model::{Image, ToolSpec};
 
 /// The prefix of every MCP tool's name as the model sees it.
 pub(crate) const PREFIX: &str = "mcp__";
@@ -105,20 +106,26 @@ fn check_schema(schema: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A `tools/call` result as the model sees it (text) and as editors see it (metadata).
+/// A `tools/call` result as the model sees it (text and images) and as editors see it
+/// (metadata).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Converted {
     pub text: String,
     pub is_error: bool,
     pub metadata: Value,
+    /// Images a model that accepts images is shown (PNG, JPEG, GIF or WebP within the size
+    /// limit; others become a note in `text`).
+    pub images: Vec<Image>,
 }
 
-/// Converts a `CallToolResult`. Text blocks are kept as they are; images and audio become a note
-/// (the model layer carries text tool results only), resource links and embedded resources a
-/// line naming them (with an embedded text resource's text); structured content is sent as JSON
-/// text when the server gave no text.
+/// Converts a `CallToolResult`. Text blocks are kept as they are; images are passed on (a model
+/// that does not accept images is told one was left out, in `Conversation`), audio and images of
+/// other types become a note; resource links and embedded resources a line naming them (with an
+/// embedded text resource's text); structured content is sent as JSON text when the server gave
+/// no text.
 pub(crate) fn result(server: &str, tool: &str, result: &Value) -> Converted {
     let mut parts: Vec<String> = Vec::new();
+    let mut shown: Vec<Image> = Vec::new();
     let mut images = Vec::new();
     let mut links = Vec::new();
     let mut any_text = false;
@@ -140,14 +147,25 @@ pub(crate) fn result(server: &str, tool: &str, result: &Value) -> Converted {
                 parts.push(s(b, "text"));
             }
             kind @ ("image" | "audio") => {
-                let mime = s(b, "mimeType");
+                let (mime, data) = (s(b, "mimeType"), s(b, "data"));
                 // base64: 4 characters for 3 bytes.
-                let bytes = s(b, "data").len() / 4 * 3;
+                let bytes = data.len() / 4 * 3;
                 images.push(json!({"type": kind, "mimeType": mime, "bytes": bytes}));
-                parts.push(format!(
-                    "[{kind} ({mime}, about {bytes} bytes) returned by the tool; it cannot be \
-                     shown to you here]"
-                ));
+                let showable = kind == "image"
+                    && Image::supported_type(&mime)
+                    && shown.len() < MAX_IMAGES
+                    && decoded_len(&data).is_some_and(|n| n > 0 && n <= MAX_IMAGE_BYTES);
+                if showable {
+                    shown.push(Image {
+                        mime_type: mime,
+                        data,
+                    });
+                } else {
+                    parts.push(format!(
+                        "[{kind} ({mime}, about {bytes} bytes) returned by the tool; it cannot be \
+                         shown to you here]"
+                    ));
+                }
             }
             "resource_link" => {
                 let (uri, name) = (s(b, "uri"), s(b, "name"));
@@ -193,7 +211,9 @@ pub(crate) fn result(server: &str, tool: &str, result: &Value) -> Converted {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let mut text = parts.join("\n");
-    if text.is_empty() {
+    if text.is_empty() && !shown.is_empty() {
+        text = format!("(the tool returned {} image(s))", shown.len());
+    } else if text.is_empty() {
         text = if is_error {
             "The tool failed without saying why.".to_owned()
         } else {
@@ -214,6 +234,7 @@ pub(crate) fn result(server: &str, tool: &str, result: &Value) -> Converted {
         text,
         is_error,
         metadata,
+        images: shown,
     }
 }
 
@@ -264,12 +285,14 @@ mod tests {
         });
         let c = result("s", "t", &r);
         assert!(!c.is_error);
-        assert!(
-            c.text
-                .starts_with("hello\n[image (image/png, about 3 bytes)"),
-            "{}",
-            c.text
+        assert_eq!(
+            c.images,
+            [Image {
+                mime_type: "image/png".into(),
+                data: "AAAA".into()
+            }]
         );
+        assert!(c.text.starts_with("hello\n[resource link"), "{}", c.text);
         assert!(c.text.contains("[resource link: a <file:///a>]"));
         assert!(c.text.contains("[resource <file:///b>]\nbee"));
         assert_eq!(c.metadata["media"][0]["mimeType"], "image/png");
@@ -282,5 +305,28 @@ mod tests {
         assert_eq!(s.metadata["structuredContent"]["t"], 1);
         let e = result("s", "t", &json!({"content": [], "isError": true}));
         assert!(e.is_error);
+        // What no provider takes stays a note.
+        let odd = result(
+            "s",
+            "t",
+            &json!({"content": [
+                {"type": "image", "data": "AAAA", "mimeType": "image/svg+xml"},
+                {"type": "audio", "data": "AAAA", "mimeType": "audio/wav"},
+                {"type": "image", "data": "not base64!", "mimeType": "image/png"}
+            ]}),
+        );
+        assert!(odd.images.is_empty());
+        assert_eq!(
+            odd.text.matches("cannot be shown").count(),
+            3,
+            "{}",
+            odd.text
+        );
+        let only = result(
+            "s",
+            "t",
+            &json!({"content": [{"type": "image", "data": "AAAA", "mimeType": "image/gif"}]}),
+        );
+        assert_eq!(only.text, "(the tool returned 1 image(s))");
     }
 }

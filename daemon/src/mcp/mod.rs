@@ -61,6 +61,22 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// An MCP tool call's result: the output as for any tool, and the images it returned.
+#[derive(Debug)]
+pub(crate) struct CallOutput {
+    pub output: ToolOutput,
+    pub images: Vec<crate::model::Image>,
+}
+
+impl From<ToolOutput> for CallOutput {
+    fn from(output: ToolOutput) -> Self {
+        Self {
+            output,
+            images: Vec::new(),
+        }
+    }
+}
+
 /// Why `mcp/restart` could not restart a server.
 #[derive(Debug, thiserror::Error)]
 pub enum McpError {
@@ -320,18 +336,19 @@ impl Mcp {
         input: &str,
         cancel: &CancellationToken,
         max_output: usize,
-    ) -> ToolOutput {
+    ) -> CallOutput {
         let Some((server_name, tool)) = split_name(name) else {
-            return ToolOutput::error(format!("Unknown tool `{name}`."));
+            return ToolOutput::error(format!("Unknown tool `{name}`.")).into();
         };
         let Some(server) = self.server(ws, server_name) else {
             return ToolOutput::error(format!(
                 "Unknown tool `{name}`: no MCP server is named {server_name:?}."
-            ));
+            ))
+            .into();
         };
         let args = match parse_arguments(input) {
             Ok(a) => a,
-            Err(e) => return ToolOutput::error(format!("Invalid input for {name}: {e}")),
+            Err(e) => return ToolOutput::error(format!("Invalid input for {name}: {e}")).into(),
         };
         let conn = match server.connection() {
             Ok(c) => c,
@@ -341,7 +358,8 @@ impl Mcp {
                      later or use another tool.",
                     state_words(state),
                     why.map(|w| format!(" ({w})")).unwrap_or_default()
-                ));
+                ))
+                .into();
             }
         };
         let timeout = server.spec.timeout;
@@ -353,26 +371,32 @@ impl Mcp {
                     "The MCP server {server_name} did not answer {tool} within {}; the call was \
                      cancelled.",
                     humantime::format_duration(timeout)
-                ));
+                ))
+                .into();
             }
-            _ = cancel.cancelled() => return ToolOutput::cancelled(),
+            _ = cancel.cancelled() => return ToolOutput::cancelled().into(),
         };
         match out {
             Ok(result) => {
                 let c = convert::result(server_name, tool, &result);
-                ToolOutput {
-                    content: crate::tools::cap_text(&c.text, max_output),
-                    is_error: c.is_error,
-                    metadata: Some(c.metadata),
+                CallOutput {
+                    output: ToolOutput {
+                        content: crate::tools::cap_text(&c.text, max_output),
+                        is_error: c.is_error,
+                        metadata: Some(c.metadata),
+                    },
+                    images: c.images,
                 }
             }
             Err(sdk::SdkError::Closed) => ToolOutput::error(format!(
                 "The MCP server {server_name} exited during the call to {tool}; it is being \
                  restarted. The call may or may not have taken effect."
-            )),
+            ))
+            .into(),
             Err(e) => ToolOutput::error(format!(
                 "The MCP server {server_name} failed the call to {tool}: {e}"
-            )),
+            ))
+            .into(),
         }
     }
 

@@ -66,6 +66,8 @@ pub(crate) struct ModelLimits {
     pub(crate) output_price: Option<f64>,
     /// Input read from the provider's prompt cache; the input price when not given.
     pub(crate) cached_price: Option<f64>,
+    /// Whether the model accepts images (prompts' and tool results'); unknown models do not.
+    pub(crate) images: Option<bool>,
 }
 
 impl ModelLimits {
@@ -78,6 +80,7 @@ impl ModelLimits {
             input_price: self.input_price.or(base.input_price),
             output_price: self.output_price.or(base.output_price),
             cached_price: self.cached_price.or(base.cached_price),
+            images: self.images.or(base.images),
             // The window is the preset's only while the file does not set one.
             preset: self.context_window.is_none() && base.preset,
         }
@@ -95,6 +98,8 @@ pub(crate) fn presets() -> BTreeMap<String, ProviderConfig> {
                         context_window: Some(*ctx),
                         max_output_tokens: Some(*out),
                         preset: true,
+                        // Every preset model reads images.
+                        images: Some(true),
                         ..ModelLimits::default()
                     },
                 )

@@ -72,7 +72,7 @@ impl Model for EchoModel {
             .iter()
             .rev()
             .find_map(|m| match m {
-                ChatMessage::User { content } => Some(content.clone()),
+                ChatMessage::User { content, .. } => Some(content.clone()),
                 _ => None,
             })
             .unwrap_or_default();
@@ -80,7 +80,7 @@ impl Model for EchoModel {
             .messages
             .iter()
             .map(|m| match m {
-                ChatMessage::User { content } => words(content).len() as u64,
+                ChatMessage::User { content, .. } => words(content).len() as u64,
                 ChatMessage::Assistant { text, .. } => words(text).len() as u64,
                 ChatMessage::ToolResult { content, .. } => words(content).len() as u64,
             })

@@ -28,6 +28,8 @@ pub(crate) mod anthropic;
 pub(crate) mod config;
 pub(crate) mod echo;
 pub(crate) mod http;
+pub(crate) mod image;
+pub(crate) use image::Image;
 pub(crate) mod openai;
 pub(crate) mod price;
 pub mod tokens;
@@ -64,6 +66,9 @@ pub(crate) struct Reasoning {
 pub(crate) enum ChatMessage {
     User {
         content: String,
+        /// Shown after the text; only to a model that accepts images (`Conversation` replaces
+        /// them with a note otherwise).
+        images: Vec<Image>,
     },
     Assistant {
         text: String,
@@ -76,6 +81,8 @@ pub(crate) enum ChatMessage {
         name: String,
         content: String,
         is_error: bool,
+        /// Images the tool returned (an MCP tool's), as for `User`.
+        images: Vec<Image>,
     },
 }
 
@@ -83,6 +90,7 @@ impl ChatMessage {
     pub(crate) fn user(content: impl Into<String>) -> Self {
         ChatMessage::User {
             content: content.into(),
+            images: Vec::new(),
         }
     }
 
@@ -468,6 +476,7 @@ fn info_for(provider_id: &str, p: &ProviderConfig, model: &str) -> ModelInfo {
         context_window_source: (!echo).then_some(source),
         price: limits.price(),
         unavailable: None,
+        images: limits.images.unwrap_or(false) && !echo,
     }
 }
 

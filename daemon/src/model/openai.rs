@@ -54,15 +54,35 @@ impl Model for OpenAiModel {
     }
 }
 
+fn image_block(image: &crate::model::Image) -> Value {
+    json!({"type": "image_url", "image_url": {"url": image.data_url()}})
+}
+
 /// The request body for a step.
 pub(crate) fn request_body(model: &str, request: &TurnRequest, official: bool) -> Value {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if !request.system.is_empty() {
         messages.push(json!({"role": "system", "content": request.system}));
     }
+    // Chat Completions takes text only in `tool` messages: the images of a step's tool results
+    // follow them in one user message, each introduced by the call it came from.
+    let mut tool_images: Vec<Value> = Vec::new();
     for m in &request.messages {
+        if !matches!(m, ChatMessage::ToolResult { .. }) && !tool_images.is_empty() {
+            messages.push(json!({"role": "user", "content": std::mem::take(&mut tool_images)}));
+        }
         messages.push(match m {
-            ChatMessage::User { content } => json!({"role": "user", "content": content}),
+            ChatMessage::User { content, images } if images.is_empty() => {
+                json!({"role": "user", "content": content})
+            }
+            ChatMessage::User { content, images } => {
+                let mut blocks = Vec::with_capacity(images.len() + 1);
+                if !content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": content}));
+                }
+                blocks.extend(images.iter().map(image_block));
+                json!({"role": "user", "content": blocks})
+            }
             ChatMessage::Assistant {
                 text, tool_calls, ..
             } => {
@@ -85,9 +105,25 @@ pub(crate) fn request_body(model: &str, request: &TurnRequest, official: bool) -
                 v
             }
             ChatMessage::ToolResult {
-                call_id, content, ..
-            } => json!({"role": "tool", "tool_call_id": call_id, "content": content}),
+                call_id,
+                name,
+                content,
+                images,
+                ..
+            } => {
+                if !images.is_empty() {
+                    tool_images.push(json!({
+                        "type": "text",
+                        "text": format!("The images returned by tool call {call_id} ({name}):"),
+                    }));
+                    tool_images.extend(images.iter().map(image_block));
+                }
+                json!({"role": "tool", "tool_call_id": call_id, "content": content})
+            }
         });
+    }
+    if !tool_images.is_empty() {
+        messages.push(json!({"role": "user", "content": tool_images}));
     }
     let mut body = json!({
         "model": model,
@@ -423,6 +459,7 @@ mod tests {
                     name: "view".into(),
                     content: "text".into(),
                     is_error: false,
+                    images: Vec::new(),
                 },
             ],
             tools: vec![crate::model::ToolSpec {
@@ -445,5 +482,74 @@ mod tests {
         let b = request_body("m", &req, true);
         assert_eq!(b["max_completion_tokens"], 100);
         assert!(b.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn images_go_in_user_content_and_after_the_steps_tool_messages() {
+        let png = crate::model::Image {
+            mime_type: "image/png".into(),
+            data: "AAAA".into(),
+        };
+        let req = TurnRequest {
+            messages: vec![
+                ChatMessage::User {
+                    content: "what is this?".into(),
+                    images: vec![png.clone()],
+                },
+                ChatMessage::Assistant {
+                    text: String::new(),
+                    reasoning: None,
+                    tool_calls: vec![
+                        ToolCall {
+                            id: "c1".into(),
+                            name: "shot".into(),
+                            input: "{}".into(),
+                        },
+                        ToolCall {
+                            id: "c2".into(),
+                            name: "view".into(),
+                            input: "{}".into(),
+                        },
+                    ],
+                },
+                ChatMessage::ToolResult {
+                    call_id: "c1".into(),
+                    name: "shot".into(),
+                    content: "(the tool returned 1 image(s))".into(),
+                    is_error: false,
+                    images: vec![png],
+                },
+                ChatMessage::ToolResult {
+                    call_id: "c2".into(),
+                    name: "view".into(),
+                    content: "text".into(),
+                    is_error: false,
+                    images: Vec::new(),
+                },
+            ],
+            ..TurnRequest::default()
+        };
+        let b = request_body("m", &req, false);
+        let m = &b["messages"];
+        assert_eq!(
+            m[0]["content"][0],
+            json!({"type": "text", "text": "what is this?"})
+        );
+        assert_eq!(
+            m[0]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAAA"
+        );
+        // Both tool messages first (the API wants them right after the calls), then the images.
+        assert_eq!(m[2]["role"], "tool");
+        assert_eq!(m[3]["role"], "tool");
+        assert_eq!(m[4]["role"], "user");
+        assert!(
+            m[4]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("c1 (shot)")
+        );
+        assert_eq!(m[4]["content"][1]["type"], "image_url");
+        assert_eq!(m.as_array().unwrap().len(), 5);
     }
 }

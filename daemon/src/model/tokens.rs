@@ -19,6 +19,11 @@ use super::{ChatMessage, ToolSpec};
 const PER_MESSAGE: u64 = 5;
 /// A tool call's framing beyond its name and input.
 const PER_TOOL_CALL: u64 = 8;
+/// What one image is counted as, without decoding it: providers scale images down before
+/// counting, and ~1 600 tokens is Anthropic's figure for the largest image it keeps at full size
+/// (1.15 megapixels; OpenAI's high-detail 1024×1024 is 765). An overestimate for small images,
+/// which only makes the budget compact a little early.
+pub(crate) const IMAGE_TOKENS: u64 = 1_600;
 
 /// How a request's tokens are counted for one model.
 #[derive(Clone, Copy)]
@@ -85,7 +90,9 @@ impl Counter {
     pub(crate) fn message(&self, m: &ChatMessage) -> u64 {
         PER_MESSAGE
             + match m {
-                ChatMessage::User { content } => self.text(content),
+                ChatMessage::User { content, images } => {
+                    self.text(content) + IMAGE_TOKENS * images.len() as u64
+                }
                 ChatMessage::Assistant {
                     text,
                     reasoning,
@@ -98,9 +105,12 @@ impl Counter {
                             .map(|c| PER_TOOL_CALL + self.text(&c.name) + self.text(&c.input))
                             .sum::<u64>()
                 }
-                ChatMessage::ToolResult { content, name, .. } => {
-                    self.text(content) + self.text(name)
-                }
+                ChatMessage::ToolResult {
+                    content,
+                    name,
+                    images,
+                    ..
+                } => self.text(content) + self.text(name) + IMAGE_TOKENS * images.len() as u64,
             }
     }
 

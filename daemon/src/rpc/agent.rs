@@ -1,11 +1,11 @@
 //! The methods the run runtime answers: `agent/send`, `agent/cancel`, `agent/status`,
-//! `session/subscribe`, `session/unsubscribe`, `run/get` and `permission/respond`. Each is a
+//! `session/subscribe`, `session/unsubscribe` and `run/get`. Each is a
 //! call into `runs::Runtime`; what is here is only the translation to the method's result.
 
 use crush_protocol::{
     AgentCancelParams, AgentCancelResult, AgentSendParams, AgentSendResult, AgentStatusResult,
-    PermissionRespondParams, PermissionRespondResult, RpcError, RunInfo, RunRef, SessionRef,
-    SessionSubscribeParams, SessionSubscribeResult, SessionUnsubscribeResult,
+    RpcError, RunInfo, RunRef, SessionRef, SessionSubscribeParams, SessionSubscribeResult,
+    SessionUnsubscribeResult,
 };
 
 use super::RequestCtx;
@@ -59,19 +59,6 @@ pub(super) async fn run_get(ctx: &RequestCtx, p: RunRef) -> Result<RunInfo, RpcE
         return Ok(live);
     }
     Ok(run_info(daemon.store.require_run(&p.run_id).await?)?)
-}
-
-pub(super) fn permission_respond(
-    ctx: &RequestCtx,
-    p: PermissionRespondParams,
-) -> Result<PermissionRespondResult, RpcError> {
-    ctx.daemon.runtime.answer_permission(
-        None,
-        &p.request_id,
-        p.decision,
-        &ctx.peer.display_name(),
-    )?;
-    Ok(PermissionRespondResult {})
 }
 
 fn run_info(r: RunRow) -> Result<RunInfo, StoreError> {

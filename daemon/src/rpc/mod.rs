@@ -12,6 +12,7 @@ mod agent;
 mod daemon;
 mod error;
 mod mcp;
+mod permission;
 mod session;
 mod workspace;
 
@@ -93,7 +94,10 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         SessionSubscribe(p) => agent::subscribe(c, p).await,
         SessionUnsubscribe(p) => agent::unsubscribe(c, p).await,
         RunGet(p) => agent::run_get(c, p).await,
-        PermissionRespond(p) => agent::permission_respond(c, p),
+        PermissionRespond(p) => permission::respond(c, p),
+        PermissionRulesList(p) => permission::rules_list(c, p).await,
+        PermissionRulesRemove(p) => permission::rules_remove(c, p).await,
+        PermissionLog(p) => permission::log(c, p).await,
         McpList(p) => mcp::list(c, p),
         McpRestart(p) => mcp::restart(c, p),
     }

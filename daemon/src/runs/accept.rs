@@ -35,9 +35,12 @@ impl Runtime {
         sender: Option<Arc<Peer>>,
         p: AgentSendParams,
     ) -> Result<AgentSendResult, RpcError> {
-        if p.prompt.trim().is_empty() && !p.attachments.iter().any(|a| !a.text.trim().is_empty()) {
+        if p.prompt.trim().is_empty()
+            && !p.attachments.iter().any(|a| !a.text.trim().is_empty())
+            && p.images.is_empty()
+        {
             return Err(RpcError::invalid_params(
-                "invalid params: prompt: must not be empty (or attach text)",
+                "invalid params: prompt: must not be empty (or attach text or images)",
             ));
         }
         if let Some(id) = &p.run_id
@@ -78,11 +81,13 @@ impl Runtime {
         let model = self
             .models
             .resolve(requested.or(session.model.as_deref()))?;
+        super::images::check(&p.images, model.info())?;
         let run = Arc::new(RunMeta {
             run_id: run_id.clone(),
             session_id: session.id.clone(),
             prompt: p.prompt,
             attachments: p.attachments,
+            images: p.images,
             model,
             sender: Mutex::new(sender),
             yolo: p.yolo,

@@ -60,6 +60,8 @@ pub(super) struct Entry {
 #[derive(Debug)]
 pub(super) struct Conversation {
     counter: Counter,
+    /// Whether the model accepts images.
+    images: bool,
     entries: Vec<Entry>,
     /// The session's first user message, when it is among the entries.
     first: Option<usize>,
@@ -235,9 +237,12 @@ enum Slot {
 }
 
 impl Conversation {
-    pub(super) fn new(counter: Counter) -> Self {
+    /// A conversation for a model counted by `counter`; `images`: whether it accepts images
+    /// (a model that does not is told in their place that images were left out).
+    pub(super) fn new(counter: Counter, images: bool) -> Self {
         Self {
             counter,
+            images,
             entries: Vec::new(),
             first: None,
             turns: 0,
@@ -263,6 +268,11 @@ impl Conversation {
         if matches!(msg, ChatMessage::User { .. }) {
             self.turns += 1;
         }
+        let msg = if self.images {
+            msg
+        } else {
+            without_images(msg)
+        };
         let tokens = self.counter.message(&msg);
         self.entries.push(Entry {
             source: source.to_owned(),
@@ -543,6 +553,7 @@ impl Conversation {
                 name,
                 content,
                 is_error,
+                ..
             } => (call_id, name, content, *is_error),
             ChatMessage::Assistant {
                 text,
@@ -598,6 +609,7 @@ impl Conversation {
             name: name.clone(),
             content: text,
             is_error,
+            images: Vec::new(),
         };
         let tokens = self.counter.message(&msg);
         slots[i] = Slot::Stub(msg, tokens);
@@ -629,12 +641,13 @@ impl Conversation {
             };
             // Tell the model that what follows its instructions is not the whole story.
             let msg = match msg {
-                ChatMessage::User { content } if Some(i) == self.first && dropped > 0 => {
+                ChatMessage::User { content, images } if Some(i) == self.first && dropped > 0 => {
                     ChatMessage::User {
                         content: format!(
                             "{content}\n\n[{dropped} later messages of this session are left \
                              out of this request to fit the context window]"
                         ),
+                        images,
                     }
                 }
                 m => m,
@@ -646,6 +659,45 @@ impl Conversation {
             raw_tokens,
             compaction,
         }
+    }
+}
+
+/// `msg` for a model that does not accept images: each image becomes a line saying what it was.
+fn without_images(msg: ChatMessage) -> ChatMessage {
+    let note = |content: String, images: &[crate::model::Image]| {
+        let mut out = content;
+        for image in images {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            // base64: 4 characters for 3 bytes.
+            out.push_str(&format!(
+                "[an image ({}, about {} bytes) is left out: this model does not accept images]",
+                image.mime_type,
+                image.data.len() / 4 * 3
+            ));
+        }
+        out
+    };
+    match msg {
+        ChatMessage::User { content, images } if !images.is_empty() => ChatMessage::User {
+            content: note(content, &images),
+            images: Vec::new(),
+        },
+        ChatMessage::ToolResult {
+            call_id,
+            name,
+            content,
+            is_error,
+            images,
+        } if !images.is_empty() => ChatMessage::ToolResult {
+            call_id,
+            name,
+            content: note(content, &images),
+            is_error,
+            images: Vec::new(),
+        },
+        m => m,
     }
 }
 

@@ -4,7 +4,7 @@ use crate::model::ToolCall;
 
 /// A session of `turns` turns, each a prompt, a tool call, its large output and an answer.
 fn session(turns: usize) -> Conversation {
-    let mut c = Conversation::new(Counter::Estimate);
+    let mut c = Conversation::new(Counter::Estimate, true);
     for t in 0..turns {
         let first = t == 0;
         c.push(
@@ -32,6 +32,7 @@ fn session(turns: usize) -> Conversation {
                 name: "view".into(),
                 content: "fn main() { println!(\"hello\"); }\n".repeat(40),
                 is_error: false,
+                images: Vec::new(),
             },
             false,
         );
@@ -88,7 +89,7 @@ fn old_turns_are_dropped_but_never_the_first_instruction() {
     let comp = a.compaction.expect("compacted");
     assert!(comp.dropped > 0);
     assert_eq!(comp.from_message_id, "a0");
-    let ChatMessage::User { content } = &a.messages[0] else {
+    let ChatMessage::User { content, .. } = &a.messages[0] else {
         panic!("first is the instruction")
     };
     assert!(content.starts_with("FIRST-INSTRUCTION 0"));
@@ -141,7 +142,7 @@ fn the_factor_learns_plausible_reports_only() {
 
 #[test]
 fn a_huge_tool_call_input_is_stubbed_and_its_result_still_pairs_with_it() {
-    let mut c = Conversation::new(Counter::Estimate);
+    let mut c = Conversation::new(Counter::Estimate, true);
     c.push("u0", ChatMessage::user("write the big file"), true);
     c.push(
         "a0",
@@ -166,6 +167,7 @@ fn a_huge_tool_call_input_is_stubbed_and_its_result_still_pairs_with_it() {
             name: "write".into(),
             content: "the tool call did not complete".into(),
             is_error: true,
+            images: Vec::new(),
         },
         false,
     );
@@ -212,7 +214,7 @@ fn a_summary_replaces_the_older_part_and_counts_what_it_stands_for() {
         .messages
         .iter()
         .filter_map(|m| match m {
-            ChatMessage::User { content } => Some(content.clone()),
+            ChatMessage::User { content, .. } => Some(content.clone()),
             _ => None,
         })
         .collect();

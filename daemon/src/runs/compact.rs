@@ -216,7 +216,7 @@ impl Runtime {
             Vec::new()
         };
         let preamble = counter.preamble(&system, &tools);
-        let mut conv = Conversation::new(counter);
+        let mut conv = Conversation::new(counter, info.images);
         for shown in super::history::history_entries(&history) {
             push_shown(&mut conv, shown, first_id.as_deref());
         }

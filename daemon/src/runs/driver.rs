@@ -18,7 +18,7 @@ use crush_protocol::{RunCompleteParams, RunState, SessionEvent};
 
 use super::budget::{Budget, Conversation};
 use super::compact::push_shown;
-use super::history::{history_entries, latest_summary, user_content};
+use super::history::{history_entries, latest_summary, user_message};
 use super::step::Step;
 use super::tool_calls::ToolResults;
 use super::unsaved::{EndWrite, OwnedEnd, OwnedFinish};
@@ -270,17 +270,13 @@ impl Runtime {
             max_output_tokens: model.max_output_tokens,
         };
         let mut preamble = counter.preamble(&request.system, &request.tools);
-        let mut conv = Conversation::new(counter);
+        let mut conv = Conversation::new(counter, model.images);
         for shown in history_entries(&history) {
             push_shown(&mut conv, shown, first_id.as_deref());
         }
         // A session's first prompt is its first instruction.
         let first = history.is_empty();
-        conv.push(
-            &user.id,
-            ChatMessage::user(user_content(&user_parts)),
-            first,
-        );
+        conv.push(&user.id, user_message(&user_parts), first);
         let mut live = LiveMessage::new(assistant.id.clone(), self.flush_interval);
         let mut usage = Usage::default();
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
@@ -388,7 +384,7 @@ impl Runtime {
                 conv.push(&assistant_id, m, false);
             }
             for (r, id) in steered.iter().zip(&users) {
-                conv.push(id, ChatMessage::user(user_content(&r.user_parts())), false);
+                conv.push(id, user_message(&r.user_parts()), false);
             }
         };
 

@@ -1,12 +1,16 @@
 //! What the model is shown of a session: a user message's parts (prompt and attachments) as
 //! stored and as model content, and the stored conversation turned back into model messages.
 
-use crush_protocol::{Attachment, Part};
+use crush_protocol::{Attachment, ImageInput, Part};
 
-use crate::model::{ChatMessage, Reasoning, ToolCall};
+use crate::model::{ChatMessage, Image, Reasoning, ToolCall};
 
-/// The parts of a user message: the prompt as text, then each attachment.
-pub(super) fn user_parts(prompt: &str, attachments: &[Attachment]) -> Vec<Part> {
+/// The parts of a user message: the prompt as text, then each attachment, then each image.
+pub(super) fn user_parts(
+    prompt: &str,
+    attachments: &[Attachment],
+    images: &[ImageInput],
+) -> Vec<Part> {
     let mut parts = Vec::new();
     if !prompt.is_empty() {
         parts.push(Part::text(prompt));
@@ -18,7 +22,42 @@ pub(super) fn user_parts(prompt: &str, attachments: &[Attachment]) -> Vec<Part> 
             mime_type: a.mime_type.clone(),
         });
     }
+    for i in images {
+        parts.push(Part::Image {
+            mime_type: i.mime_type.clone(),
+            data: i.data.clone(),
+            name: i.name.clone(),
+            tool_call_id: None,
+        });
+    }
     parts
+}
+
+/// A user message as the model is shown it: its text and attachments, then its images.
+pub(super) fn user_message(parts: &[Part]) -> ChatMessage {
+    ChatMessage::User {
+        content: user_content(parts),
+        images: images_of(parts, None),
+    }
+}
+
+/// The images among `parts` that belong to tool call `call` (`None`: the prompt's own).
+pub(super) fn images_of(parts: &[Part], call: Option<&str>) -> Vec<Image> {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Image {
+                mime_type,
+                data,
+                tool_call_id,
+                ..
+            } if tool_call_id.as_deref() == call => Some(Image {
+                mime_type: mime_type.clone(),
+                data: data.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the model is shown for a user message's parts: the text, then each attachment wrapped
@@ -135,6 +174,7 @@ pub(super) fn history_entries(rows: &[crate::store::MessageRow]) -> Vec<Shown> {
                             "the tool call did not complete (the run was interrupted or cancelled)"
                                 .to_owned(),
                         is_error: true,
+                        images: Vec::new(),
                     },
                 ));
             }
@@ -163,7 +203,7 @@ pub(super) fn history_entries(rows: &[crate::store::MessageRow]) -> Vec<Shown> {
         match m.role.as_str() {
             "user" => {
                 close_open(&mut out, &mut open_calls, &open_in);
-                out.push((m.id.clone(), ChatMessage::user(user_content(&parts))));
+                out.push((m.id.clone(), user_message(&parts)));
             }
             "assistant" => {
                 close_open(&mut out, &mut open_calls, &open_in);
@@ -225,6 +265,7 @@ pub(super) fn history_entries(rows: &[crate::store::MessageRow]) -> Vec<Shown> {
                     out.push((
                         m.id.clone(),
                         ChatMessage::ToolResult {
+                            images: images_of(&parts, Some(&call_id)),
                             call_id,
                             name,
                             content: content.clone(),
@@ -296,7 +337,7 @@ mod tests {
         shown
             .iter()
             .filter_map(|s| match &s.msg {
-                ChatMessage::User { content } => Some((content.clone(), s.summary)),
+                ChatMessage::User { content, .. } => Some((content.clone(), s.summary)),
                 _ => None,
             })
             .collect()

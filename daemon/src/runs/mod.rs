@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crush_protocol::{
-    AgentState, AgentStatusResult, Attachment, ErrorCode, Part, RpcError, SessionEvent,
+    AgentState, AgentStatusResult, Attachment, ErrorCode, ImageInput, Part, RpcError, SessionEvent,
 };
 
 use crate::config::{AgentSettings, PermissionRules};
@@ -45,6 +45,7 @@ use crate::snapshots::Snapshots;
 use crate::store::{Store, new_id};
 use crate::sync::lock;
 use events::SessionEvents;
+pub use permissions::Answerer;
 use permissions::{PendingPermissions, Permissions};
 use registry::RunRegistry;
 pub use replay::ReplayBudget;
@@ -59,6 +60,7 @@ mod compact;
 mod driver;
 mod events;
 mod history;
+mod images;
 mod permissions;
 mod prompt;
 mod registry;
@@ -203,6 +205,7 @@ pub struct RunMeta {
     pub session_id: String,
     pub prompt: String,
     pub attachments: Vec<Attachment>,
+    pub images: Vec<ImageInput>,
     pub model: Arc<dyn Model>,
     /// The connection that sent it: it gets the `$/runComplete` even when not subscribed.
     /// Replaced by the client's new connection when it reconnects with the same `clientId`.
@@ -219,7 +222,7 @@ impl RunMeta {
 
     /// The user message's parts.
     fn user_parts(&self) -> Vec<Part> {
-        history::user_parts(&self.prompt, &self.attachments)
+        history::user_parts(&self.prompt, &self.attachments, &self.images)
     }
 }
 
@@ -408,6 +411,7 @@ impl Runtime {
 
     /// Drops a deleted session's live state (its subscribers stop hearing about it).
     pub fn forget_session(&self, session_id: &str) {
+        self.permissions.forget_session_rules(session_id);
         let mut map = lock(&self.sessions);
         if let Some(s) = map.get(session_id) {
             let mut inner = lock(&s.inner);

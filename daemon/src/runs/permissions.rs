@@ -1,39 +1,46 @@
 //! Permission prompts: the requests of a session's active run waiting for a client's answer
 //! (kept in the session's state, under its lock, so a cancel withdraws them in the same step),
-//! and what the daemon lets run without asking (config rules, yolo, tools allowed for the
-//! session).
+//! what the daemon lets run without asking (config rules, yolo, tools allowed for the session,
+//! saved rules), saving "always allow" answers as rules, and the audit log of every decision.
 //!
 //! Architecture invariant: a request ends exactly once — answered by the first client, or
 //! withdrawn by a cancel — and every subscriber and every connection it was sent to hears how
-//! (`permissionResolved`) before the run goes on.
+//! (`permissionResolved`) before the run goes on. A saved rule is in the store before it is
+//! matched from memory, so what allows a call now also allows it after a restart.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crush_protocol::message::encode_notification;
 use crush_protocol::{
-    ErrorCode, Notification, PermissionDecision, PermissionRequestParams, PermissionRequestResult,
-    PermissionResolution, PermissionResolvedParams, RequestId, RpcError, SessionEvent,
-    daemon_notification, daemon_request,
+    ErrorCode, Notification, PermissionDecision, PermissionLogEntry, PermissionRequestParams,
+    PermissionRequestResult, PermissionResolution, PermissionResolvedParams, PermissionRule,
+    PermissionSource, RequestId, RpcError, SessionEvent, daemon_notification, daemon_request,
 };
 
 use super::workspaces::Workspace;
 use super::{RunMeta, Runtime, SessionInner, SessionRt};
 use crate::config::PermissionRules;
 use crate::peer::Peer;
+use crate::permission_rules::{self as rules, LiveRule, Subject, bash_rule};
+use crate::store::{new_id, now_ms};
 use crate::sync::lock;
 
 /// How many answered permission requests are remembered for late answers.
 const RESOLVED_MEMORY: usize = 1024;
 
-/// The daemon-wide part: rules from the config, grants per session, recent resolutions.
+/// The daemon-wide part: rules from the config, saved rules, grants per session, recent
+/// resolutions.
 #[derive(Default)]
 pub(super) struct Permissions {
     rules: PermissionRules,
+    /// The saved rules, loaded from the store at the first tool call that needs them and kept
+    /// in step with it (written there first), so matching costs no database read.
+    saved: OnceCell<Mutex<Vec<LiveRule>>>,
     /// Per-session permission state (yolo, tools allowed for the session). Kept for the
     /// daemon's lifetime, outside the evictable live state: a restarted daemon asks again.
     grants: Mutex<HashMap<String, Grants>>,
@@ -56,8 +63,67 @@ pub(super) struct PendingPermission {
     params: PermissionRequestParams,
     /// Every connection it was sent to, with that connection's request id.
     sent: Vec<(Arc<Peer>, RequestId)>,
-    /// The decision, or `None` when a cancel withdrew the request.
-    answer: oneshot::Sender<Option<PermissionDecision>>,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// Who answered a prompt, for `permissionResolved` and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answerer {
+    /// The client's `clientInfo.name` (`"cancel"` when a cancel withdrew the request).
+    pub client: String,
+    /// The daemon's number of the answering connection.
+    pub connection: Option<u64>,
+}
+
+impl Answerer {
+    pub fn peer(peer: &Peer) -> Self {
+        Self {
+            client: peer.display_name(),
+            connection: Some(peer.id),
+        }
+    }
+
+    fn cancel() -> Self {
+        Self {
+            client: "cancel".to_owned(),
+            connection: None,
+        }
+    }
+}
+
+/// How a request ended, for the waiting run.
+struct Answer {
+    /// `None` when a cancel withdrew the request.
+    decision: Option<PermissionDecision>,
+    by: Answerer,
+    /// For `allowAlways`: the rule to save (checked already).
+    rule: Option<PermissionRule>,
+}
+
+/// Why a tool call runs without asking (the audit log's `source` and `rule`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Basis {
+    pub source: PermissionSource,
+    pub rule: Option<String>,
+    pub rule_id: Option<String>,
+}
+
+impl Basis {
+    pub(super) fn new(source: PermissionSource, rule: impl Into<String>) -> Self {
+        Self {
+            source,
+            rule: Some(rule.into()),
+            rule_id: None,
+        }
+    }
+}
+
+/// A call a run wants permission for, as the audit log records it.
+pub(super) struct Decided<'a> {
+    pub run_id: &'a str,
+    pub tool_call_id: &'a str,
+    pub tool: &'a str,
+    pub title: &'a str,
 }
 
 impl PendingPermissions {
@@ -116,27 +182,64 @@ impl Permissions {
         lock(&self.grants).remove(session_id);
     }
 
-    /// Whether a tool call may run without asking: the send or the session is in yolo mode,
-    /// the tool was allowed for the session, or a config rule allows it.
-    fn allowed_without_asking(
+    /// A deleted session's rules went with it in the store (`ON DELETE CASCADE`): drop them
+    /// from memory too, so `permission/rules/list` does not show them.
+    pub(super) fn forget_session_rules(&self, session_id: &str) {
+        if let Some(saved) = self.saved.get() {
+            lock(saved).retain(|r| r.rule.session_id.as_deref() != Some(session_id));
+        }
+    }
+
+    /// Why a tool call may run without asking, if it may: the send or the session is in yolo
+    /// mode, a config rule allows it, the tool was allowed for the session, or a saved rule
+    /// allows it.
+    fn basis(
         &self,
-        session_id: &str,
+        s: (&str, &str),
         run: &RunMeta,
         tool: &str,
-        command: Option<&str>,
-    ) -> bool {
-        if run.yolo || self.rules.allow.iter().any(|t| t == tool) {
-            return true;
+        subject: Subject<'_>,
+    ) -> Option<Basis> {
+        let (session_id, workspace_id) = s;
+        if run.yolo {
+            return Some(Basis::new(PermissionSource::Yolo, "yolo send"));
         }
-        if let Some(g) = lock(&self.grants).get(session_id)
-            && (g.yolo || g.tools.contains(tool))
+        let grants = lock(&self.grants).get(session_id).cloned();
+        if grants.as_ref().is_some_and(|g| g.yolo) {
+            return Some(Basis::new(PermissionSource::Yolo, "yolo session"));
+        }
+        if self.rules.allow.iter().any(|t| t == tool) {
+            return Some(Basis::new(
+                PermissionSource::Config,
+                format!("[permissions] allow {tool:?}"),
+            ));
+        }
+        if tool == "bash"
+            && let Some(prefix) = subject
+                .command
+                .and_then(|c| bash_rule(&self.rules.allow_bash, c))
         {
-            return true;
+            return Some(Basis::new(
+                PermissionSource::Config,
+                format!("[permissions] allow_bash {prefix:?}"),
+            ));
         }
-        match command {
-            Some(cmd) if tool == "bash" => bash_allowed(&self.rules.allow_bash, cmd),
-            _ => false,
+        if grants.is_some_and(|g| g.tools.contains(tool)) {
+            return Some(Basis::new(
+                PermissionSource::SessionGrant,
+                format!("allowSession {tool}"),
+            ));
         }
+        let saved = self.saved.get()?;
+        let saved = lock(saved);
+        let r = saved
+            .iter()
+            .find(|r| r.allows(session_id, workspace_id, tool, subject))?;
+        Some(Basis {
+            source: PermissionSource::Rule,
+            rule: Some(r.describe()),
+            rule_id: Some(r.rule.id.clone()),
+        })
     }
 
     fn remember_resolution(&self, request_id: &str, how: String) {
@@ -156,16 +259,149 @@ impl Permissions {
 }
 
 impl Runtime {
-    /// Whether a tool call of `run` may run without asking.
-    pub(super) fn allowed_without_asking(
+    /// The saved rules, loaded from the store the first time. `None` when the store cannot be
+    /// read: then no saved rule applies (the call is asked about), and the next call retries.
+    async fn saved_rules(&self) -> Option<&Mutex<Vec<LiveRule>>> {
+        let loaded = self
+            .permissions
+            .saved
+            .get_or_try_init(|| async {
+                let rules = self.store.permission_rules().await?;
+                Ok::<_, crate::store::StoreError>(Mutex::new(
+                    rules.into_iter().map(LiveRule::new).collect(),
+                ))
+            })
+            .await;
+        match loaded {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                warn!(error = %e, "cannot read the saved permission rules; asking instead");
+                None
+            }
+        }
+    }
+
+    /// Why a tool call of `run` may run without asking, if it may.
+    pub(super) async fn allowed_without_asking(
         &self,
-        session_id: &str,
+        s: &SessionRt,
         run: &RunMeta,
         tool: &str,
-        command: Option<&str>,
-    ) -> bool {
-        self.permissions
-            .allowed_without_asking(session_id, run, tool, command)
+        subject: Subject<'_>,
+    ) -> Option<Basis> {
+        self.saved_rules().await;
+        let ws = s.ws();
+        self.permissions.basis((&s.id, &ws.id), run, tool, subject)
+    }
+
+    /// Appends a decision to the audit log. A store failure is logged, not fatal: the call's
+    /// permission was decided either way.
+    pub(super) async fn log_permission(
+        &self,
+        s: &SessionRt,
+        call: Decided<'_>,
+        decision: PermissionResolution,
+        basis: Basis,
+        by: Option<Answerer>,
+    ) {
+        let (client, connection) = match by {
+            Some(a) => (Some(a.client), a.connection),
+            None => (None, None),
+        };
+        let entry = PermissionLogEntry {
+            at: now_ms(),
+            session_id: s.id.clone(),
+            workspace_id: s.ws().id.clone(),
+            run_id: call.run_id.to_owned(),
+            tool_call_id: call.tool_call_id.to_owned(),
+            tool: call.tool.to_owned(),
+            title: call.title.to_owned(),
+            decision,
+            source: basis.source,
+            rule: basis.rule,
+            rule_id: basis.rule_id,
+            client,
+            connection,
+        };
+        if let Err(e) = self.store.log_permission(&entry).await {
+            warn!(error = %e, "cannot write the permission audit log");
+        }
+    }
+
+    /// Saves a rule an `allowAlways` answer chose: in the store, then in memory.
+    async fn save_rule(&self, rule: PermissionRule) -> Result<(), crate::store::StoreError> {
+        self.store.insert_permission_rule(&rule).await?;
+        if let Some(saved) = self.saved_rules().await {
+            let mut saved = lock(saved);
+            if !saved.iter().any(|r| r.rule.id == rule.id) {
+                saved.push(LiveRule::new(rule));
+            }
+        }
+        Ok(())
+    }
+
+    /// The saved rules that apply in a workspace and/or session (every rule without either),
+    /// oldest first.
+    pub async fn permission_rules(
+        &self,
+        workspace_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<Vec<PermissionRule>, RpcError> {
+        let Some(saved) = self.saved_rules().await else {
+            return Err(self.store.permission_rules().await.err().map_or_else(
+                || RpcError::internal("the saved permission rules could not be loaded"),
+                RpcError::from,
+            ));
+        };
+        use crush_protocol::RuleScope;
+        Ok(lock(saved)
+            .iter()
+            .map(|r| &r.rule)
+            .filter(|r| match r.scope {
+                RuleScope::Global => true,
+                RuleScope::Workspace => {
+                    workspace_id.is_none_or(|w| r.workspace_id.as_deref() == Some(w))
+                }
+                RuleScope::Session => {
+                    session_id.is_none_or(|id| r.session_id.as_deref() == Some(id))
+                        && workspace_id.is_none_or(|w| r.workspace_id.as_deref() == Some(w))
+                }
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// Deletes a saved rule by its id or an unambiguous prefix of it; later matching calls are
+    /// asked about again.
+    pub async fn remove_permission_rule(&self, id: &str) -> Result<PermissionRule, RpcError> {
+        let Some(saved) = self.saved_rules().await else {
+            return Err(RpcError::internal(
+                "the saved permission rules could not be loaded",
+            ));
+        };
+        let found: Vec<PermissionRule> = lock(saved)
+            .iter()
+            .filter(|r| r.rule.id == id || (!id.is_empty() && r.rule.id.starts_with(id)))
+            .map(|r| r.rule.clone())
+            .collect();
+        let rule = match found.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(RpcError::new(
+                    ErrorCode::PermissionRuleNotFound,
+                    format!("no saved permission rule has id {id:?} (see permission/rules/list)"),
+                ));
+            }
+            _ => {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid params: id: {id:?} is the start of {} rules' ids; give more of it",
+                    found.len()
+                )));
+            }
+        };
+        self.store.remove_permission_rule(&rule.id).await?;
+        lock(saved).retain(|r| r.rule.id != rule.id);
+        Ok(rule)
     }
 
     /// Sets the session's yolo mode.
@@ -211,12 +447,15 @@ impl Runtime {
             let Ok(Ok(raw)) = reply.await else { return };
             match serde_json::from_str::<PermissionRequestResult>(raw.get()) {
                 Ok(r) if r.decision != PermissionDecision::Deferred => {
-                    let _ = rt.answer_permission(
+                    if let Err(e) = rt.answer_permission(
                         Some(&session_id),
                         &request_id,
-                        r.decision,
-                        &peer.display_name(),
-                    );
+                        r,
+                        Answerer::peer(&peer),
+                    ) && e.code == ErrorCode::InvalidParams.code()
+                    {
+                        warn!(error = %e, "unusable answer to permission/request; ignored");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "unreadable answer to permission/request; ignored"),
@@ -225,7 +464,9 @@ impl Runtime {
     }
 
     /// Asks the session's clients whether a tool call may run, and waits for the first answer
-    /// (or the run's cancel: `None`). With no client connected the request waits for one.
+    /// (or the run's cancel: `None`). With no client connected the request waits for one. The
+    /// answer is in the audit log, and an `allowAlways` answer's rule is saved, before this
+    /// returns.
     pub(super) async fn ask_permission(
         self: &Arc<Self>,
         s: &SessionRt,
@@ -234,6 +475,8 @@ impl Runtime {
     ) -> Option<PermissionDecision> {
         let (tx, rx) = oneshot::channel();
         let request_id = params.request_id.clone();
+        let (run_id, tool_call_id) = (params.run_id.clone(), params.tool_call_id.clone());
+        let (tool, title) = (params.tool.clone(), params.title.clone());
         {
             let mut inner = lock(&s.inner);
             if token.is_cancelled() {
@@ -262,32 +505,61 @@ impl Runtime {
         }
         // A cancel resolves the request under the session lock (`cancel.rs`), so the answer
         // channel always yields; the token is a backstop for a dropped sender.
-        tokio::select! {
-            r = rx => r.unwrap_or(None),
+        let answer = tokio::select! {
+            r = rx => r.ok(),
             _ = token.cancelled() => {
                 // A workspace close or shutdown fires the token before it drains the session:
                 // withdraw the request here so `permissionResolved` precedes the call's end.
                 let mut inner = lock(&s.inner);
                 if let Some(p) = inner.permissions.take(&request_id) {
-                    self.finish_permission(&mut inner, p, None, "cancel");
+                    self.finish_permission(&mut inner, p, None, Answerer::cancel(), None);
                 }
                 None
             }
+        };
+        let answer = answer.unwrap_or(Answer {
+            decision: None,
+            by: Answerer::cancel(),
+            rule: None,
+        });
+        let mut basis = Basis {
+            source: PermissionSource::Prompt,
+            rule: None,
+            rule_id: None,
+        };
+        if let Some(rule) = answer.rule {
+            basis.rule = Some(rules::describe(&rule));
+            basis.rule_id = Some(rule.id.clone());
+            if let Err(e) = self.save_rule(rule).await {
+                warn!(error = %e, "cannot save the permission rule; this call is allowed once");
+                basis.rule_id = None;
+            }
         }
+        let call = Decided {
+            run_id: &run_id,
+            tool_call_id: &tool_call_id,
+            tool: &tool,
+            title: &title,
+        };
+        let decision = resolution(answer.decision);
+        self.log_permission(s, call, decision, basis, Some(answer.by))
+            .await;
+        answer.decision
     }
 
     /// Resolves a pending request with a client's answer. The first answer wins; a later one
-    /// gets `PermissionResolved` naming who answered.
+    /// gets `PermissionResolved` naming who answered. An `allowAlways` answer must choose one
+    /// of the request's scopes and a valid pattern, else it is refused and the request stays.
     pub fn answer_permission(
         &self,
         session_id: Option<&str>,
         request_id: &str,
-        decision: PermissionDecision,
-        by: &str,
+        reply: PermissionRequestResult,
+        by: Answerer,
     ) -> Result<(), RpcError> {
-        if decision == PermissionDecision::Deferred {
+        if reply.decision == PermissionDecision::Deferred {
             return Err(RpcError::invalid_params(
-                "invalid params: decision: answer allow, allowSession or deny",
+                "invalid params: decision: answer allow, allowSession, allowAlways or deny",
             ));
         }
         let sessions: Vec<Arc<SessionRt>> = match session_id {
@@ -296,18 +568,36 @@ impl Runtime {
         };
         for s in sessions {
             let mut inner = lock(&s.inner);
-            if let Some(p) = inner.permissions.take(request_id) {
-                // An escalation (run unconfined) is allowed once, whatever the answer says.
-                if decision == PermissionDecision::AllowSession && p.params.escalation.is_none() {
-                    lock(&self.permissions.grants)
-                        .entry(s.id.clone())
-                        .or_default()
-                        .tools
-                        .insert(p.params.tool.clone());
+            let Some(params) = inner
+                .permissions
+                .0
+                .iter()
+                .find(|p| p.params.request_id == request_id)
+                .map(|p| &p.params)
+            else {
+                continue;
+            };
+            // An escalation (run unconfined) is allowed once, whatever the answer says: it makes
+            // no rule and no session grant.
+            let escalation = params.escalation.is_some();
+            let rule = match reply.decision {
+                PermissionDecision::AllowAlways if !escalation => {
+                    Some(rule_of(params, &reply, &s.ws().id, &by)?)
                 }
-                self.finish_permission(&mut inner, p, Some(decision), by);
-                return Ok(());
+                _ => None,
+            };
+            let Some(p) = inner.permissions.take(request_id) else {
+                continue;
+            };
+            if reply.decision == PermissionDecision::AllowSession && !escalation {
+                lock(&self.permissions.grants)
+                    .entry(s.id.clone())
+                    .or_default()
+                    .tools
+                    .insert(p.params.tool.clone());
             }
+            self.finish_permission(&mut inner, p, Some(reply.decision), by, rule);
+            return Ok(());
         }
         Err(match self.permissions.resolution(request_id) {
             Some(how) => RpcError::new(
@@ -328,14 +618,11 @@ impl Runtime {
         inner: &mut SessionInner,
         p: PendingPermission,
         decision: Option<PermissionDecision>,
-        by: &str,
+        answerer: Answerer,
+        rule: Option<PermissionRule>,
     ) {
-        let name = match decision {
-            Some(PermissionDecision::Allow) => PermissionResolution::Allow,
-            Some(PermissionDecision::AllowSession) => PermissionResolution::AllowSession,
-            Some(PermissionDecision::Deny) => PermissionResolution::Deny,
-            Some(PermissionDecision::Deferred) | None => PermissionResolution::Cancelled,
-        };
+        let name = resolution(decision);
+        let by = answerer.client.as_str();
         for (peer, id) in &p.sent {
             peer.abandon_request(id);
         }
@@ -367,7 +654,11 @@ impl Runtime {
                 by: by.to_owned(),
             },
         );
-        let _ = p.answer.send(decision);
+        let _ = p.answer.send(Answer {
+            decision,
+            by: answerer,
+            rule,
+        });
     }
 
     /// Withdraws requests a cancel ended (under the session lock, before the cancel is
@@ -378,21 +669,60 @@ impl Runtime {
         withdrawn: Vec<PendingPermission>,
     ) {
         for p in withdrawn {
-            self.finish_permission(inner, p, None, "cancel");
+            self.finish_permission(inner, p, None, Answerer::cancel(), None);
         }
     }
 }
 
-/// Whether a bash command matches an allow rule: the rule's words are the command's first words,
-/// and the command has no shell syntax that could chain another command after an allowed one.
-pub(super) fn bash_allowed(rules: &[String], command: &str) -> bool {
-    const CONTROL: &[&str] = &[";", "&", "|", "`", "$(", ">", "<", "\n", "\r"];
-    if CONTROL.iter().any(|c| command.contains(c)) {
-        return false;
+/// How a decision is named once resolved (a withdrawn request is `cancelled`).
+fn resolution(decision: Option<PermissionDecision>) -> PermissionResolution {
+    match decision {
+        Some(PermissionDecision::Allow) => PermissionResolution::Allow,
+        Some(PermissionDecision::AllowSession) => PermissionResolution::AllowSession,
+        Some(PermissionDecision::AllowAlways) => PermissionResolution::AllowAlways,
+        Some(PermissionDecision::Deny) => PermissionResolution::Deny,
+        Some(PermissionDecision::Deferred) | None => PermissionResolution::Cancelled,
     }
-    let words: Vec<&str> = command.split_whitespace().collect();
-    rules.iter().any(|rule| {
-        let want: Vec<&str> = rule.split_whitespace().collect();
-        !want.is_empty() && words.len() >= want.len() && words[..want.len()] == want[..]
+}
+
+/// The rule an `allowAlways` answer to `params` saves; `Err` tells the answering client what
+/// is wrong with its scope or pattern.
+fn rule_of(
+    params: &PermissionRequestParams,
+    reply: &PermissionRequestResult,
+    workspace_id: &str,
+    by: &Answerer,
+) -> Result<PermissionRule, RpcError> {
+    use crush_protocol::RuleScope;
+    if params.scopes.is_empty() {
+        return Err(RpcError::invalid_params(format!(
+            "invalid params: decision: this prompt ({}) cannot be saved as a rule; answer allow, allowSession or deny",
+            params.tool
+        )));
+    }
+    let scope = reply.scope.ok_or_else(|| {
+        RpcError::invalid_params("invalid params: scope: allowAlways needs a scope")
+    })?;
+    if !params.scopes.contains(&scope) {
+        return Err(RpcError::invalid_params(format!(
+            "invalid params: scope: this prompt offers {:?}",
+            params.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()
+        )));
+    }
+    let pattern = reply
+        .pattern
+        .as_deref()
+        .or(params.suggested_pattern.as_deref());
+    let pattern = rules::normalize(&params.tool, pattern)
+        .map_err(|e| RpcError::invalid_params(format!("invalid params: pattern: {e}")))?;
+    Ok(PermissionRule {
+        id: new_id(),
+        scope,
+        workspace_id: (scope != RuleScope::Global).then(|| workspace_id.to_owned()),
+        session_id: (scope == RuleScope::Session).then(|| params.session_id.clone()),
+        tool: params.tool.clone(),
+        pattern,
+        created_at: now_ms(),
+        created_by: by.client.clone(),
     })
 }

@@ -159,10 +159,16 @@ enum Ask {
 /// One message of the transcript the summarizer reads.
 pub(super) fn render(msg: &ChatMessage, summary: bool) -> String {
     match msg {
-        ChatMessage::User { content } if summary => {
+        ChatMessage::User { content, .. } if summary => {
             format!("[Summary of the conversation before this point]\n{content}")
         }
-        ChatMessage::User { content } => format!("User: {content}"),
+        ChatMessage::User { content, images } => {
+            let mut out = format!("User: {content}");
+            for i in images {
+                out.push_str(&format!("\n[the user showed an image ({})]", i.mime_type));
+            }
+            out
+        }
         ChatMessage::Assistant {
             text, tool_calls, ..
         } => {
@@ -275,6 +281,7 @@ mod tests {
             name: "view".into(),
             content: long,
             is_error: false,
+            images: Vec::new(),
         };
         let r = render(&result, false);
         assert!(r.starts_with("Tool view returned:\naaa"));

@@ -8,11 +8,15 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{
-    Part, PermissionDecision, PermissionRequestParams, SandboxEscalation, SessionEvent, ToolStatus,
+    Part, PermissionDecision, PermissionRequestParams, PermissionResolution, PermissionSource,
+    SandboxEscalation, SessionEvent, ToolStatus,
 };
 
+use super::permissions::{Basis, Decided};
 use super::{RunMeta, Runtime, SessionRt};
+use crate::mcp::CallOutput;
 use crate::model::{ChatMessage, ToolCall};
+use crate::permission_rules::{self as rules, Subject};
 use crate::store::new_id;
 use crate::sync::lock;
 use crate::tools::{ToolContext, ToolOutput};
@@ -50,13 +54,20 @@ impl Runtime {
                     input: input.clone(),
                 },
             );
-            let (status, output) = if token.is_cancelled() {
+            let is_mcp =
+                crate::mcp::split_name(&call.name).is_some() && !ctx.root.as_os_str().is_empty();
+            let (status, output, images) = if token.is_cancelled() {
                 (
                     ToolStatus::Cancelled,
                     tool_error("the run was cancelled before this tool ran"),
+                    Vec::new(),
                 )
+            } else if is_mcp {
+                let (status, out) = self.run_mcp_tool(s, run, token, ctx, call, input).await;
+                (status, out.output, out.images)
             } else {
-                self.run_tool(s, run, token, ctx, call, input).await
+                let (status, output) = self.run_tool(s, run, token, ctx, call, input).await;
+                (status, output, Vec::new())
             };
             let status = if status == ToolStatus::Completed && output.is_error {
                 ToolStatus::Failed
@@ -82,11 +93,19 @@ impl Runtime {
                 is_error: Some(output.is_error),
                 metadata: output.metadata.clone(),
             });
+            // A tool's images are stored beside its result, naming the call.
+            out.parts.extend(images.iter().map(|i| Part::Image {
+                mime_type: i.mime_type.clone(),
+                data: i.data.clone(),
+                name: None,
+                tool_call_id: Some(call.id.clone()),
+            }));
             out.messages.push(ChatMessage::ToolResult {
                 call_id: call.id.clone(),
                 name: call.name.clone(),
                 content: output.content,
                 is_error: output.is_error,
+                images,
             });
         }
         out
@@ -108,26 +127,24 @@ impl Runtime {
                 tool_error("the workspace's directory is unknown; tools are unavailable"),
             );
         }
-        if crate::mcp::split_name(&call.name).is_some() {
-            return self.run_mcp_tool(s, run, token, ctx, call, input).await;
-        }
         let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
             Ok(p) => p,
             Err(out) => return (ToolStatus::Failed, out),
         };
         let command = prepared.command.clone();
-        if crate::tools::needs_permission(&call.name)
-            && !self.allowed_without_asking(&s.id, run, &call.name, command.as_deref())
-        {
-            let (title, diff) = (prepared.title.clone(), prepared.diff.clone());
-            let ask = (
-                call.id.as_str(),
-                call.name.as_str(),
-                title,
-                diff,
-                input.clone(),
-            );
-            if let Err(end) = self.ask(s, run, token, ask).await {
+        if crate::tools::needs_permission(&call.name) {
+            let ask = Ask {
+                tool_call_id: &call.id,
+                tool: &call.name,
+                title: prepared.title.clone(),
+                diff: prepared.diff.clone(),
+                input: input.clone(),
+                subject: Subject {
+                    command: prepared.command.as_deref(),
+                    path: prepared.path(),
+                },
+            };
+            if let Err(end) = self.ask(s, run, token, ask, None).await {
                 return end;
             }
         }
@@ -189,13 +206,20 @@ impl Runtime {
             title: format!("Run unconfined (outside the sandbox): {command}"),
             input,
             diff: None,
+            // Not a rule to save: leaving the sandbox is decided each time.
+            scopes: Vec::new(),
+            suggested_pattern: None,
             escalation: Some(SandboxEscalation {
                 mode: policy.mode,
                 refused,
             }),
         };
         match self.ask_permission(s, token, params).await {
-            Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => {}
+            Some(
+                PermissionDecision::Allow
+                | PermissionDecision::AllowSession
+                | PermissionDecision::AllowAlways,
+            ) => {}
             Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
                 let mut out = confined;
                 out.content.push_str(
@@ -266,8 +290,15 @@ impl Runtime {
                 u.name, u.command_line
             );
             let id = format!("mcp-server:{}", u.name);
-            let ask = (id.as_str(), "mcp", title, None, u.definition.clone());
-            match self.ask(s, run, token, ask).await {
+            let ask = Ask {
+                tool_call_id: &id,
+                tool: "mcp",
+                title,
+                diff: None,
+                input: u.definition.clone(),
+                subject: Subject::default(),
+            };
+            match self.ask_client(s, run, token, ask).await {
                 Ok(()) => {
                     if let Err(e) = self.store.approve_mcp(&ws, &u.name, &u.fingerprint).await {
                         tracing::warn!(error = %e, "cannot remember the MCP approval");
@@ -292,29 +323,68 @@ impl Runtime {
         tools
     }
 
-    /// Asks the session's clients whether a call may run — `(tool call id, tool, title, diff,
-    /// input)` —; `Err` is the call's end when the answer is no (or the run was cancelled
-    /// while waiting).
+    /// Decides whether a call may run: without asking when yolo, a config rule, a session
+    /// grant, a saved rule or `allowed` (an MCP server's `allow` list) lets it, else by asking
+    /// the session's clients. The decision is in the audit log either way. `Err` is the call's
+    /// end when the answer is no (or the run was cancelled while waiting).
     async fn ask(
         self: &Arc<Self>,
         s: &SessionRt,
         run: &RunMeta,
         token: &CancellationToken,
-        (tool_call_id, tool, title, diff, input): (&str, &str, String, Option<String>, Value),
+        ask: Ask<'_>,
+        allowed: Option<Basis>,
     ) -> Result<(), (ToolStatus, ToolOutput)> {
+        let basis = match allowed {
+            Some(b) => Some(b),
+            None => {
+                self.allowed_without_asking(s, run, ask.tool, ask.subject)
+                    .await
+            }
+        };
+        if let Some(basis) = basis {
+            let call = Decided {
+                run_id: &run.run_id,
+                tool_call_id: ask.tool_call_id,
+                tool: ask.tool,
+                title: &ask.title,
+            };
+            self.log_permission(s, call, PermissionResolution::Allow, basis, None)
+                .await;
+            return Ok(());
+        }
+        self.ask_client(s, run, token, ask).await
+    }
+
+    /// Asks the session's clients whether a call may run; `Err` is the call's end when the
+    /// answer is no (or the run was cancelled while waiting).
+    async fn ask_client(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ask: Ask<'_>,
+    ) -> Result<(), (ToolStatus, ToolOutput)> {
+        let title = ask.title;
         let params = PermissionRequestParams {
             request_id: new_id(),
             session_id: s.id.clone(),
             run_id: run.run_id.clone(),
-            tool_call_id: tool_call_id.to_owned(),
-            tool: tool.to_owned(),
+            tool_call_id: ask.tool_call_id.to_owned(),
+            tool: ask.tool.to_owned(),
             title: title.clone(),
-            input,
-            diff,
+            input: ask.input,
+            diff: ask.diff,
+            scopes: rules::scopes(ask.tool),
+            suggested_pattern: rules::suggested_pattern(ask.tool, ask.subject),
             escalation: None,
         };
         match self.ask_permission(s, token, params).await {
-            Some(PermissionDecision::Allow | PermissionDecision::AllowSession) => Ok(()),
+            Some(
+                PermissionDecision::Allow
+                | PermissionDecision::AllowSession
+                | PermissionDecision::AllowAlways,
+            ) => Ok(()),
             Some(PermissionDecision::Deny | PermissionDecision::Deferred) => Err((
                 ToolStatus::Denied,
                 tool_error(format!(
@@ -339,22 +409,30 @@ impl Runtime {
         ctx: &ToolContext,
         call: &ToolCall,
         input: Value,
-    ) -> (ToolStatus, ToolOutput) {
+    ) -> (ToolStatus, CallOutput) {
         let ws = s.ws().id.clone();
         let ws = Some(ws.as_str());
-        if !self.mcp.allowed(ws, &call.name)
-            && !self.allowed_without_asking(&s.id, run, &call.name, None)
-        {
-            let title = self.mcp.title(ws, &call.name);
-            let ask = (call.id.as_str(), call.name.as_str(), title, None, input);
-            if let Err(end) = self.ask(s, run, token, ask).await {
-                return end;
-            }
+        let allowed = self.mcp.allowed(ws, &call.name).then(|| {
+            Basis::new(
+                PermissionSource::McpAllow,
+                format!("[mcp] allow {:?}", call.name),
+            )
+        });
+        let ask = Ask {
+            tool_call_id: &call.id,
+            tool: &call.name,
+            title: self.mcp.title(ws, &call.name),
+            diff: None,
+            input,
+            subject: Subject::default(),
+        };
+        if let Err((status, output)) = self.ask(s, run, token, ask, allowed).await {
+            return (status, output.into());
         }
         if token.is_cancelled() {
             return (
                 ToolStatus::Cancelled,
-                tool_error("the run was cancelled before this tool ran"),
+                tool_error("the run was cancelled before this tool ran").into(),
             );
         }
         let out = self
@@ -372,6 +450,18 @@ impl Runtime {
         }
         (ToolStatus::Completed, out)
     }
+}
+
+/// A call to decide permission for.
+struct Ask<'a> {
+    tool_call_id: &'a str,
+    tool: &'a str,
+    /// One line for a person.
+    title: String,
+    diff: Option<String>,
+    /// The tool's input as the model gave it.
+    input: Value,
+    subject: Subject<'a>,
 }
 
 /// A tool result the model sees as an error.

@@ -18,6 +18,8 @@ mod fork;
 pub mod live;
 mod mcp;
 mod messages;
+mod permissions;
+pub use permissions::LOG_KEEP;
 mod pieces;
 mod require;
 mod reverts;

@@ -599,3 +599,98 @@ async fn recovery_puts_never_started_prompts_into_their_sessions() {
         .collect();
     assert_eq!(users, [("user", Some("r1")), ("user", Some("r2"))]);
 }
+
+fn rule(
+    id: &str,
+    scope: crush_protocol::RuleScope,
+    ws: Option<&str>,
+    session: Option<&str>,
+) -> crush_protocol::PermissionRule {
+    crush_protocol::PermissionRule {
+        id: id.into(),
+        scope,
+        workspace_id: ws.map(str::to_owned),
+        session_id: session.map(str::to_owned),
+        tool: "bash".into(),
+        pattern: Some("cargo test".into()),
+        created_at: 1,
+        created_by: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn permission_rules_survive_a_reopen_and_go_with_their_session() {
+    use crush_protocol::RuleScope;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = Store::open(&data).await.unwrap();
+    let ws = store.open_workspace("/p").await.unwrap();
+    let s = store.create_session(&ws.id, "t", None).await.unwrap();
+    let global = rule("r1", RuleScope::Global, None, None);
+    let in_ws = rule("r2", RuleScope::Workspace, Some(&ws.id), None);
+    let in_session = rule("r3", RuleScope::Session, Some(&ws.id), Some(&s.id));
+    for r in [&global, &in_ws, &in_session] {
+        store.insert_permission_rule(r).await.unwrap();
+    }
+    // The schema refuses a rule whose scope and ids disagree.
+    let bad = rule("r4", RuleScope::Global, Some(&ws.id), None);
+    assert!(store.insert_permission_rule(&bad).await.is_err());
+    store.close().await;
+
+    let store = Store::open(&data).await.unwrap();
+    assert_eq!(
+        store.permission_rules().await.unwrap(),
+        vec![global.clone(), in_ws.clone(), in_session]
+    );
+    store.delete_session(&s.id).await.unwrap();
+    assert_eq!(
+        store.permission_rules().await.unwrap(),
+        vec![global, in_ws.clone()]
+    );
+    assert!(store.remove_permission_rule("r1").await.unwrap());
+    assert!(!store.remove_permission_rule("r1").await.unwrap());
+    assert_eq!(store.permission_rules().await.unwrap(), vec![in_ws]);
+}
+
+#[tokio::test]
+async fn the_permission_log_reads_back_newest_first_and_filters() {
+    use crush_protocol::{PermissionLogEntry, PermissionResolution, PermissionSource};
+    let (_d, store) = temp_store().await;
+    let entry = |session: &str, ws: &str, title: &str| PermissionLogEntry {
+        at: 5,
+        session_id: session.into(),
+        workspace_id: ws.into(),
+        run_id: "run".into(),
+        tool_call_id: "call".into(),
+        tool: "bash".into(),
+        title: title.into(),
+        decision: PermissionResolution::AllowAlways,
+        source: PermissionSource::Prompt,
+        rule: Some("bash \"ls\" (workspace)".into()),
+        rule_id: Some("r".into()),
+        client: Some("crush.nvim".into()),
+        connection: Some(7),
+    };
+    let first = entry("s1", "w1", "first");
+    let second = entry("s2", "w1", "second");
+    let third = entry("s3", "w2", "third");
+    for e in [&first, &second, &third] {
+        store.log_permission(e).await.unwrap();
+    }
+    assert_eq!(
+        store.permission_log(None, None, 10).await.unwrap(),
+        vec![third.clone(), second.clone(), first.clone()]
+    );
+    assert_eq!(
+        store.permission_log(None, Some("w1"), 10).await.unwrap(),
+        vec![second.clone(), first]
+    );
+    assert_eq!(
+        store.permission_log(Some("s3"), None, 10).await.unwrap(),
+        vec![third.clone()]
+    );
+    assert_eq!(
+        store.permission_log(None, None, 1).await.unwrap(),
+        vec![third]
+    );
+}

@@ -28,6 +28,8 @@ pub(crate) struct Args {
 #[derive(Debug)]
 pub(crate) struct Call {
     path: String,
+    /// The resolved path relative to the workspace root, for permission rules.
+    pub(crate) inside: String,
     original: String,
     updated: String,
     diff: String,
@@ -91,6 +93,7 @@ pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOut
         command: None,
         action: Action::Edit(Call {
             path: args.path,
+            inside: r.inside.clone(),
             original,
             updated,
             diff,

@@ -376,6 +376,16 @@ async fn prepare_with<A: DeserializeOwned + Send + 'static>(
 }
 
 impl Prepared {
+    /// For `write` and `edit`: the file's path relative to the workspace root, as resolved
+    /// (what permission rules' path globs match).
+    pub(crate) fn path(&self) -> Option<&str> {
+        match &self.action {
+            Action::Write(call) => Some(&call.inside),
+            Action::Edit(call) => Some(&call.inside),
+            _ => None,
+        }
+    }
+
     /// Does the work. Never panics; failures and cancellation are error outputs.
     pub(crate) async fn run(self, ctx: &ToolContext) -> ToolOutput {
         self.run_reporting(ctx).await.0

@@ -33,6 +33,9 @@ pub(crate) struct Resolved {
     pub(crate) real: PathBuf,
     /// The model's path relative to the root, normalized, for messages ("." for the root).
     pub(crate) shown: String,
+    /// `real` relative to the root, `/`-separated ("." for the root): what permission rules'
+    /// path globs match, so a symlink inside the workspace cannot dress one path as another.
+    pub(crate) inside: String,
 }
 
 impl Workspace {
@@ -97,7 +100,22 @@ impl Workspace {
                 )));
             }
             let real = rel[k..].iter().fold(canonical, |p, c| p.join(c));
-            return Ok(Resolved { real, shown });
+            let inside = real
+                .strip_prefix(&self.root)
+                .ok()
+                .map(|p| {
+                    p.components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| ".".to_owned());
+            return Ok(Resolved {
+                real,
+                shown,
+                inside,
+            });
         }
         // k == 0 is the root itself, which canonicalize above always answers.
         Err(outside())

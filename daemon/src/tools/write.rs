@@ -30,6 +30,8 @@ pub(crate) struct Args {
 #[derive(Debug)]
 pub(crate) struct Call {
     path: String,
+    /// The resolved path relative to the workspace root, for permission rules.
+    pub(crate) inside: String,
     content: String,
     diff: String,
 }
@@ -69,6 +71,7 @@ pub(crate) fn prepare(ctx: &ToolContext, args: Args) -> Result<Prepared, ToolOut
         command: None,
         action: Action::Write(Call {
             path: args.path,
+            inside: r.inside.clone(),
             content: args.content,
             diff,
         }),

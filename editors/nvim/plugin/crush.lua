@@ -86,6 +86,9 @@ local subcommands = {
   permission = function()
     require("crush").permission()
   end,
+  permissions = function()
+    require("crush").permissions()
+  end,
 }
 
 local names = vim.tbl_keys(subcommands)

@@ -126,10 +126,16 @@ function renderPending(p) {
 
 function renderPrompt(p) {
   var detail = p.diff ? '<pre class="diff">' + esc(p.diff) + "</pre>" : "<pre>" + esc(pretty(p.input)) + "</pre>";
+  // "Always allow" saves a rule for the workspace; the other scopes are in the quick pick.
+  var always = "";
+  if (p.scopes && p.scopes.indexOf("workspace") >= 0) {
+    var what = typeof p.suggestedPattern === "string" ? esc(p.tool) + ' "' + esc(p.suggestedPattern) + '"' : esc(p.tool);
+    always = ' <button class="secondary" data-decision="allowAlways" data-scope="workspace" title="Save a rule: ' + what + ' runs without asking in this workspace">Always allow here</button>';
+  }
   var diffButton = p.diff ? ' <button class="secondary" data-open-diff-request="' + esc(p.requestId) + '"><span class="codicon codicon-diff"></span> Open diff</button>' : "";
   return (
     '<div class="prompt" data-request="' + esc(p.requestId) + '"><div class="prompt-title"><span class="codicon codicon-shield"></span> <b>' + esc(p.tool) + "</b>: " + esc(p.title) + "</div>" + detail +
-    '<div class="prompt-actions"><button data-decision="allow">Allow once</button> <button class="secondary" data-decision="allowSession">Allow for session</button> <button class="secondary" data-decision="deny">Deny</button>' +
+    '<div class="prompt-actions"><button data-decision="allow">Allow once</button> <button class="secondary" data-decision="allowSession">Allow for session</button>' + always + ' <button class="secondary" data-decision="deny">Deny</button>' +
     diffButton + "</div></div>"
   );
 }
@@ -277,7 +283,11 @@ function main() {
     var d = t.getAttribute("data-decision");
     var box = t.closest("[data-request]");
     if (d && box) {
-      post({ type: "permission", requestId: box.getAttribute("data-request"), decision: d });
+      var msg = { type: "permission", requestId: box.getAttribute("data-request"), decision: d };
+      if (t.hasAttribute("data-scope")) {
+        msg.scope = t.getAttribute("data-scope");
+      }
+      post(msg);
       return;
     }
     if (t.hasAttribute("data-open-diff-request")) {

@@ -18,6 +18,7 @@ import type {
   InitializeResult,
   PermissionDecision,
   PermissionRequestParams,
+  PermissionRequestResult,
   PermissionResolvedParams,
   Requests,
   RunCompleteParams,
@@ -36,6 +37,7 @@ export const ErrorCodes = {
   SessionNotFound: -32011,
   PermissionResolved: -32017,
   PermissionNotFound: -32016,
+  PermissionRuleNotFound: -32018,
   ModelNotConfigured: -32030,
 } as const;
 
@@ -75,10 +77,11 @@ interface Followed {
   buffer: SessionUpdateParams[] | null;
 }
 
+/** Answers a prompt: a decision, or a whole result (an `allowAlways` with its `scope`). */
 export type PermissionHandler = (
   params: PermissionRequestParams,
   token: CancellationToken,
-) => Promise<PermissionDecision>;
+) => Promise<PermissionDecision | PermissionRequestResult>;
 
 /**
  * Events: `state` (ConnectionState), `sessionUpdate` (SessionUpdateParams, after the cursor
@@ -220,8 +223,8 @@ export class CrushClient extends EventEmitter {
         // No prompt to show: leave the request to the other clients (§7, answers).
         throw new ResponseError(-32601, "this client shows no permission prompts");
       }
-      const decision = await this.permissionHandler(params, token);
-      return { decision };
+      const answer = await this.permissionHandler(params, token);
+      return typeof answer === "string" ? { decision: answer } : answer;
     });
     const onGone = () => this.onConnectionLost(conn);
     conn.onClose(onGone);

@@ -12,15 +12,34 @@ import { proposedChange, finishedChange } from "./diffs";
 import type {
   Attachment,
   ModelInfo,
-  PermissionDecision,
   PermissionRequestParams,
+  PermissionRequestResult,
   PermissionResolvedParams,
+  PermissionRule,
+  RuleScope,
   SessionCompactResult,
   SessionDiffResult,
   SessionInfo,
   SessionRevertResult,
   SendMode,
 } from "./protocol.generated";
+
+/** The answers a person gives to a prompt (`allowAlways` with a `scope`). */
+export type Decision = "allow" | "allowSession" | "allowAlways" | "deny";
+const DECISIONS: readonly string[] = ["allow", "allowSession", "allowAlways", "deny"];
+const SCOPES: readonly string[] = ["session", "workspace", "global"];
+
+/** How a scope reads in a prompt. */
+export const SCOPE_TEXT: Record<RuleScope, string> = {
+  session: "in this session",
+  workspace: "in this workspace",
+  global: "everywhere",
+};
+
+/** `bash "cargo test"`, `write "src/**"`, or the tool alone. */
+export function ruleWhat(tool: string, pattern: string | null | undefined): string {
+  return typeof pattern === "string" ? `${tool} "${pattern}"` : tool;
+}
 
 /** Messages the webview sends. */
 export type FromWebview =
@@ -30,7 +49,7 @@ export type FromWebview =
   | { type: "newSession" }
   | { type: "selectSession"; sessionId: string }
   | { type: "setModel"; model: string }
-  | { type: "permission"; requestId: string; decision: "allow" | "allowSession" | "deny" }
+  | { type: "permission"; requestId: string; decision: Decision; scope?: RuleScope }
   | { type: "openDiff"; requestId?: string; toolCallId?: string }
   | { type: "copyCode"; code: string }
   | { type: "insertCode"; code: string }
@@ -84,7 +103,7 @@ export interface Settings {
 
 interface PendingPrompt {
   params: PermissionRequestParams;
-  resolve: (d: PermissionDecision) => void;
+  resolve: (d: PermissionRequestResult) => void;
   reject: (e: Error) => void;
   /** The quick pick shown while the chat view is hidden; disposed when the prompt goes. */
   pick?: vscode.QuickPick<vscode.QuickPickItem & { decision?: string }>;
@@ -361,8 +380,8 @@ export class Controller implements vscode.Disposable {
   }
 
   /** The daemon asks: shown in the view and, when the view is hidden, as a notification. */
-  askPermission(params: PermissionRequestParams, token: CancellationToken): Promise<PermissionDecision> {
-    return new Promise<PermissionDecision>((resolve, reject) => {
+  askPermission(params: PermissionRequestParams, token: CancellationToken): Promise<PermissionRequestResult> {
+    return new Promise<PermissionRequestResult>((resolve, reject) => {
       this.pending.set(params.requestId, { params, resolve, reject });
       token.onCancellationRequested(() => this.withdraw(params.requestId, "withdrawn"));
       if (this.model?.sessionId === params.sessionId) {
@@ -386,7 +405,7 @@ export class Controller implements vscode.Disposable {
     if (!p) {
       return;
     }
-    type Item = vscode.QuickPickItem & { decision?: string };
+    type Item = vscode.QuickPickItem & { decision?: string; scope?: RuleScope };
     const pick = vscode.window.createQuickPick<Item>();
     p.pick = pick;
     const editsFile = params.diff !== undefined && params.diff !== null;
@@ -396,8 +415,16 @@ export class Controller implements vscode.Disposable {
     const items: Item[] = [
       { label: "$(check) Allow once", decision: "allow", detail: summarizeInput(params) },
       { label: "$(check-all) Allow for session", decision: "allowSession", description: `every ${params.tool} call of this session` },
-      { label: "$(close) Deny", decision: "deny" },
     ];
+    for (const scope of params.scopes ?? []) {
+      items.push({
+        label: `$(pass-filled) Always allow ${ruleWhat(params.tool, params.suggestedPattern)} ${SCOPE_TEXT[scope]}`,
+        decision: "allowAlways",
+        scope,
+        description: "a rule kept by the daemon (Crush: Permission Rules)",
+      });
+    }
+    items.push({ label: "$(close) Deny", decision: "deny" });
     if (editsFile) {
       items.push({ label: "$(diff) Open diff", decision: "diff", description: "the proposed change in the diff editor" });
     }
@@ -410,8 +437,8 @@ export class Controller implements vscode.Disposable {
       } else if (choice === "chat") {
         pick.hide();
         void vscode.commands.executeCommand("crush.chat.focus");
-      } else if (choice === "allow" || choice === "allowSession" || choice === "deny") {
-        this.answer(params.requestId, choice);
+      } else if (choice && DECISIONS.includes(choice)) {
+        this.answer(params.requestId, choice as Decision, pick.selectedItems[0]?.scope);
       }
     });
     pick.onDidHide(() => {
@@ -448,12 +475,16 @@ export class Controller implements vscode.Disposable {
   }
 
   /** The user chose; answers the daemon's request if it still waits. */
-  answer(requestId: string, decision: "allow" | "allowSession" | "deny"): boolean {
+  answer(requestId: string, decision: Decision, scope?: RuleScope): boolean {
+    if (decision === "allowAlways" && !scope) {
+      return false;
+    }
+    const result: PermissionRequestResult = decision === "allowAlways" ? { decision, scope } : { decision };
     const p = this.pending.get(requestId);
     this.model?.removePrompt(requestId);
     if (!p) {
       // Known only from status.pendingPermissions (no request of ours): answer by id.
-      void this.client.request("permission/respond", { requestId, decision }).catch((e) => {
+      void this.client.request("permission/respond", { requestId, ...result }).catch((e) => {
         if (errorCode(e) !== ErrorCodes.PermissionResolved && errorCode(e) !== ErrorCodes.PermissionNotFound) {
           this.showError(e);
         }
@@ -463,9 +494,21 @@ export class Controller implements vscode.Disposable {
     }
     this.pending.delete(requestId);
     p.pick?.dispose();
-    p.resolve(decision);
+    p.resolve(result);
     this.refresh();
     return true;
+  }
+
+  /** The saved permission rules that apply in this window's workspace (`permission/rules/list`). */
+  async permissionRules(): Promise<PermissionRule[]> {
+    await this.connect();
+    const workspaceId = this.workspaceId ?? undefined;
+    return (await this.client.request("permission/rules/list", workspaceId ? { workspaceId } : {})).rules;
+  }
+
+  /** Deletes a saved rule: such calls are asked about again. */
+  async removePermissionRule(id: string): Promise<void> {
+    await this.client.request("permission/rules/remove", { id });
   }
 
   /** Another client answered, or the run was cancelled: take the prompt down. */
@@ -615,8 +658,11 @@ export class Controller implements vscode.Disposable {
           }
           break;
         case "permission":
-          if (["allow", "allowSession", "deny"].includes(msg.decision)) {
-            this.answer(msg.requestId, msg.decision);
+          if (
+            DECISIONS.includes(msg.decision) &&
+            (msg.scope === undefined || SCOPES.includes(msg.scope))
+          ) {
+            this.answer(msg.requestId, msg.decision, msg.scope);
           }
           break;
         case "openDiff":

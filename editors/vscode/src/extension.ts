@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes, randomUUID } from "node:crypto";
 import { CrushClient } from "./client";
-import { Controller, DIFF_SCHEME, diffContents, FromWebview, Settings } from "./controller";
+import { Controller, DIFF_SCHEME, diffContents, FromWebview, ruleWhat, SCOPE_TEXT, Settings } from "./controller";
 import { resolveSocketPath } from "./socketPath";
 import { FolderMemento } from "./folderMemento";
 import type { SessionRevertResult } from "./protocol.generated";
@@ -254,6 +254,42 @@ export function activate(context: vscode.ExtensionContext): Api {
         const info = await controller.fork();
         await vscode.commands.executeCommand(`${VIEW_ID}.focus`);
         return info;
+      }),
+    ),
+    vscode.commands.registerCommand(
+      "crush.permissionRules",
+      guarded(async () => {
+        const rules = await controller.permissionRules();
+        if (rules.length === 0) {
+          void vscode.window.showInformationMessage(
+            'Crush: no saved permission rules apply here (answer a prompt with "Always allow" to save one).',
+          );
+          return undefined;
+        }
+        const picked = await vscode.window.showQuickPick(
+          rules.map((r) => ({
+            label: ruleWhat(r.tool, r.pattern),
+            description: SCOPE_TEXT[r.scope],
+            detail: `saved by ${r.createdBy}, ${new Date(r.createdAt).toLocaleString()} · ${r.id}`,
+            rule: r,
+          })),
+          { placeHolder: "Saved permission rules: pick one to remove it" },
+        );
+        if (!picked) {
+          return undefined;
+        }
+        const what = `${picked.label} (${picked.description})`;
+        const yes = await vscode.window.showWarningMessage(
+          `Crush: remove the rule ${what}? Such calls will be asked about again.`,
+          { modal: true },
+          "Remove",
+        );
+        if (yes !== "Remove") {
+          return undefined;
+        }
+        await controller.removePermissionRule(picked.rule.id);
+        void vscode.window.showInformationMessage(`Crush: removed the rule ${what}.`);
+        return picked.rule.id;
       }),
     ),
     vscode.commands.registerCommand(

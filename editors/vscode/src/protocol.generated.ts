@@ -20,16 +20,43 @@ input: JsonValue,
  */
 diff?: string | null, 
 /**
+ * The scopes an `allowAlways` answer may choose; empty when this prompt cannot be saved as
+ * a rule (answer `allow`, `allowSession` or `deny`).
+ */
+scopes?: Array<RuleScope>, 
+/**
+ * The pattern an `allowAlways` answer saves unless it gives its own: for `bash` a command
+ * prefix (whole words), for `write`/`edit` a path glob relative to the workspace; absent
+ * when the rule covers every call of the tool (MCP tools).
+ */
+suggestedPattern?: string | null, 
+/**
  * Present when the request asks to run a `bash` command again outside the sandbox,
  * because the sandbox refused it: what was refused.
  */
 escalation?: SandboxEscalation | null, };
 
-export type PermissionDecision = "allow" | "allowSession" | "deny" | "deferred";
+export type PermissionDecision = "allow" | "allowSession" | "allowAlways" | "deny" | "deferred";
 
-export type PermissionRequestResult = { decision: PermissionDecision, };
+export type PermissionRequestResult = { decision: PermissionDecision, 
+/**
+ * For `allowAlways`: where the rule applies (one of the request's `scopes`).
+ */
+scope?: RuleScope | null, 
+/**
+ * For `allowAlways`: the rule's pattern, instead of the request's `suggestedPattern`.
+ */
+pattern?: string | null, };
 
-export type PermissionRespondParams = { requestId: string, decision: PermissionDecision, };
+export type PermissionRespondParams = { requestId: string, decision: PermissionDecision, 
+/**
+ * For `allowAlways`: where the rule applies (one of the request's `scopes`).
+ */
+scope?: RuleScope | null, 
+/**
+ * For `allowAlways`: the rule's pattern, instead of the request's `suggestedPattern`.
+ */
+pattern?: string | null, };
 
 export type PermissionRespondResult = Record<symbol, never>;
 
@@ -43,6 +70,87 @@ decision: PermissionResolution,
  */
 by: string, };
 
+export type PermissionRule = { id: string, scope: RuleScope, 
+/**
+ * For `workspace` rules, and `session` rules (the session's workspace).
+ */
+workspaceId?: string | null, 
+/**
+ * For `session` rules.
+ */
+sessionId?: string | null, tool: string, 
+/**
+ * Absent: every call of the tool.
+ */
+pattern?: string | null, 
+/**
+ * Milliseconds since the Unix epoch.
+ */
+createdAt: number, 
+/**
+ * The `clientInfo.name` of the client whose answer saved it.
+ */
+createdBy: string, };
+
+export type PermissionRulesListParams = { 
+/**
+ * Only the rules that apply in this workspace (its own and global ones).
+ */
+workspaceId?: string | null, 
+/**
+ * Only the rules that apply in this session (its own, its workspace's and global ones).
+ */
+sessionId?: string | null, };
+
+export type PermissionRulesListResult = { 
+/**
+ * Oldest first.
+ */
+rules: Array<PermissionRule>, };
+
+export type PermissionRulesRemoveParams = { id: string, };
+
+export type PermissionRulesRemoveResult = Record<symbol, never>;
+
+export type PermissionLogParams = { sessionId?: string | null, workspaceId?: string | null, 
+/**
+ * At most this many entries (default 100, at most 1000).
+ */
+limit?: number | null, };
+
+export type PermissionLogResult = { 
+/**
+ * Newest first.
+ */
+entries: Array<PermissionLogEntry>, };
+
+export type PermissionLogEntry = { 
+/**
+ * Milliseconds since the Unix epoch.
+ */
+at: number, sessionId: string, workspaceId: string, runId: string, toolCallId: string, tool: string, title: string, decision: PermissionResolution, source: PermissionSource, 
+/**
+ * What applied, for a person: the config rule, the saved rule's tool and pattern.
+ */
+rule?: string | null, 
+/**
+ * For `source: "rule"`, and for an `allowAlways` answer: the saved rule's id.
+ */
+ruleId?: string | null, 
+/**
+ * For `source: "prompt"`: the answering client's `clientInfo.name` (`"cancel"` when a
+ * cancel withdrew the request).
+ */
+client?: string | null, 
+/**
+ * For `source: "prompt"`: the daemon's number of the answering connection.
+ */
+connection?: number | null, };
+
+export type RuleScope = "session" | "workspace" | "global";
+
+export type PermissionSource = "prompt" | "yolo" | "config" | "sessionGrant" | "rule" | "mcpAllow";
+
 export type RunState = "accepted" | "queued" | "running" | "completed" | "cancelled" | "failed" | "interrupted";
 
 export type AgentState = "idle" | "active" | "waitingForPermission";
@@ -53,7 +161,7 @@ export type FinishReason = "end_turn" | "max_tokens" | "tool_use" | "canceled" |
 
 export type ContextWindowSource = "preset" | "config" | "default";
 
-export type PermissionResolution = "allow" | "allowSession" | "deny" | "cancelled";
+export type PermissionResolution = "allow" | "allowSession" | "allowAlways" | "deny" | "cancelled";
 
 export type Part = { "type": "text", text: string, } | { "type": "reasoning", reasoning: string, 
 /**
@@ -72,7 +180,7 @@ content: string, status: ToolStatus,
 /**
  * Stored parts only.
  */
-isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, } | { "type": "summary", text: string, fromMessageId: string, toMessageId: string, 
+isError?: boolean, metadata?: JsonValue, } | { "type": "attachment", text: string, name?: string, mimeType?: string, } | { "type": "image", mimeType: string, data: string, name?: string, toolCallId?: string, } | { "type": "summary", text: string, fromMessageId: string, toMessageId: string, 
 /**
  * How many stored messages it replaces.
  */
@@ -579,7 +687,25 @@ export type Attachment = {
  */
 name?: string | null, mimeType?: string | null, text: string, };
 
+export type ImageInput = { 
+/**
+ * `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+ */
+mimeType: string, 
+/**
+ * The image's bytes in base64 (standard alphabet, padded).
+ */
+data: string, 
+/**
+ * A file name or label.
+ */
+name?: string | null, };
+
 export type AgentSendParams = { sessionId: string, prompt: string, attachments?: Array<Attachment>, 
+/**
+ * Images shown to the model with the prompt (only to a model that accepts images).
+ */
+images?: Array<ImageInput>, 
 /**
  * A client-chosen id making the send idempotent; a UUID v7 is generated when absent.
  */
@@ -715,7 +841,12 @@ price?: ModelPrice | null,
 /**
  * Why the model cannot be used right now (e.g. its API key variable is unset).
  */
-unavailable?: string | null, };
+unavailable?: string | null, 
+/**
+ * Whether it accepts images (in prompts and in tool results), per the presets or the
+ * config file's `images` key.
+ */
+images: boolean, };
 
 export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, 
 /**
@@ -868,6 +999,9 @@ export interface Requests {
   "session/setYolo": { params: SessionSetYoloParams; result: SessionSetYoloResult };
   "session/setSandbox": { params: SessionSetSandboxParams; result: SandboxStatus };
   "permission/respond": { params: PermissionRespondParams; result: PermissionRespondResult };
+  "permission/rules/list": { params: PermissionRulesListParams; result: PermissionRulesListResult };
+  "permission/rules/remove": { params: PermissionRulesRemoveParams; result: PermissionRulesRemoveResult };
+  "permission/log": { params: PermissionLogParams; result: PermissionLogResult };
   "config/get": { params: Record<string, never>; result: ConfigGetResult };
   "mcp/list": { params: Record<string, never>; result: McpListResult };
   "mcp/restart": { params: McpRestartParams; result: McpServerInfo };

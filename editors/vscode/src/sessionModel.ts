@@ -159,7 +159,10 @@ export class SessionModel extends EventEmitter implements SessionFollower {
     const parts = Array.isArray(m.parts) ? (m.parts as Part[]) : [];
     if (m.role === "user") {
       const text = parts.filter((p) => p.type === "text").map((p) => String(p.text)).join("");
-      const attachments = parts.filter((p) => p.type === "attachment").map((p) => String(p.name ?? "attachment"));
+      // Images are listed like attachments (by name); their data is not shown.
+      const attachments = parts
+        .filter((p) => p.type === "attachment" || p.type === "image")
+        .map((p) => String(p.name ?? (p.type === "image" ? `image (${String(p.mimeType)})` : "attachment")));
       this.items.push({ kind: "user", messageId: m.messageId, text, attachments, reverted: m.reverted === true });
     } else if (m.role === "assistant") {
       this.addParts(m.messageId, parts, m.finishReason ?? undefined, m.error ?? undefined);

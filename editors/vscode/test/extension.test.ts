@@ -140,6 +140,54 @@ describe("extension against a stub vscode", () => {
     await other.dispose();
   });
 
+  test("Always allow in the quick pick saves a rule that answers the next write; Permission Rules removes it", async () => {
+    const v = fakeView();
+    recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
+    v.view.visible = false;
+    const shown = waitFor<stubModule.StubQuickPick>(stubModule.events, "quickPick", (q) => /Crush wants to/.test(q.title), "the quick pick");
+    const runId = await api.controller.send("#write with a rule");
+    const done = waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    const pick = await shown;
+    const labels = pick.items.map((i) => i.label);
+    for (const scope of ["in this session", "in this workspace", "everywhere"]) {
+      assert.ok(labels.some((l) => l.includes(`Always allow write "**" ${scope}`)), labels.join("\n"));
+    }
+    pick.choose(/in this workspace/);
+    await done;
+    const rules = await api.controller.permissionRules();
+    assert.equal(rules.length, 1);
+    assert.equal(rules[0].tool, "write");
+    assert.equal(rules[0].pattern, "**");
+    assert.equal(rules[0].scope, "workspace");
+    // The rule answers the next write: no prompt, the run completes.
+    const picks = recorded.quickPicks.length;
+    const next = await api.controller.send("#write once more");
+    await waitFor<any>(api.client, "runComplete", (r) => r.runId === next, "the second run's end");
+    assert.equal(recorded.quickPicks.length, picks, "no prompt for the second write");
+    const log = await api.client.request("permission/log", { limit: 2 });
+    assert.equal(log.entries[0].source, "rule");
+    assert.equal(log.entries[0].ruleId, rules[0].id);
+    assert.equal(log.entries[1].decision, "allowAlways");
+    // Crush: Permission Rules — pick the rule, confirm, and it is gone.
+    const pickFirst = user.quickPick;
+    user.quickPick = (items: any[]) => {
+      assert.equal(items[0].label, 'write "**"');
+      assert.equal(items[0].description, "in this workspace");
+      return items[0];
+    };
+    user.warningChoice = "Remove";
+    try {
+      assert.equal(await stub.commands.executeCommand("crush.permissionRules"), rules[0].id);
+    } finally {
+      user.quickPick = pickFirst;
+      user.warningChoice = undefined;
+    }
+    assert.deepEqual(await api.controller.permissionRules(), []);
+    await stub.commands.executeCommand("crush.permissionRules");
+    assert.ok(recorded.info.some((m) => m.includes("no saved permission rules")), recorded.info.join("\n"));
+    v.view.visible = true;
+  });
+
   test("the session shown is remembered for the workspace and shown again after a reload (bug 3)", async () => {
     const shown = api.controller.model!.sessionId;
     assert.equal(stubModule.memento.get("crush.sessionId"), shown);

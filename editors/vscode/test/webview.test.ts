@@ -64,6 +64,15 @@ test("permission prompts offer allow once, allow for the session and deny", () =
     assert.match(h.prompts, new RegExp(`data-decision="${d}"`));
   }
   assert.match(h.status, /Waiting for permission/);
+  assert.ok(!h.prompts.includes("allowAlways"), "no rule offered without scopes");
+  const r = chat.render({
+    ...base,
+    state: "waitingForPermission",
+    prompts: [{ requestId: "r2", sessionId: "s1", runId: "u", toolCallId: "c", tool: "bash", title: "Run: ls <x>", input: { command: "ls" },
+      scopes: ["session", "workspace", "global"], suggestedPattern: "ls <x>" }],
+  });
+  assert.match(r.prompts, /data-decision="allowAlways" data-scope="workspace"/);
+  assert.match(r.prompts, /bash "ls &lt;x&gt;" runs without asking in this workspace/, "the pattern is escaped");
 });
 
 test("the model picker lists models, marks the session's and disables unavailable ones", () => {

@@ -132,6 +132,24 @@ pub async fn run(client: &ReconnectingClient, id: &str) -> anyhow::Result<String
     )
 }
 
+/// The full id of a saved permission rule named by its id or a fragment of it, out of `ids`.
+pub fn rule(fragment: &str, ids: impl IntoIterator<Item = String>) -> anyhow::Result<String> {
+    let fragment = fragment.trim();
+    let lower = fragment.to_ascii_lowercase();
+    let found: Vec<String> = ids
+        .into_iter()
+        .filter(|id| {
+            id == fragment || (lower.chars().count() >= MIN_FRAGMENT && matches(id, &lower))
+        })
+        .collect();
+    pick(
+        "permission rule",
+        fragment,
+        found,
+        "`crushctl permissions list --all` lists them",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

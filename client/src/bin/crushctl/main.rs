@@ -10,8 +10,10 @@ mod attach;
 mod config;
 mod daemon;
 mod ids;
+mod images;
 mod mcp;
 mod model;
+mod permissions;
 mod render;
 mod run;
 mod sessions;
@@ -199,6 +201,9 @@ enum Command {
     /// List the daemon's MCP servers or restart one.
     #[command(subcommand)]
     Mcp(McpCommand),
+    /// Saved permission rules ("always allow" answers) and the log of permission decisions.
+    #[command(subcommand)]
+    Permissions(PermissionsCommand),
     /// Print a shell completion script: `crushctl completions bash > ~/.local/share/bash-completion/completions/crushctl`.
     Completions {
         #[arg(value_enum)]
@@ -259,6 +264,10 @@ pub struct PromptArgs {
     /// When the session is busy, join its active run instead of queueing behind it.
     #[arg(long)]
     pub steer: bool,
+    /// Show the model an image file (.png, .jpg, .gif, .webp); repeatable. The model must
+    /// accept images (the presets do; others need `images = true` in their config table).
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -390,6 +399,43 @@ enum McpCommand {
         /// Print the protocol's McpServerInfo as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PermissionsCommand {
+    /// The saved rules that apply in the workspace (its own, its sessions' and global ones).
+    List {
+        /// Every saved rule, of every workspace and session.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per rule per line (the protocol's PermissionRule).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Delete a saved rule (by its id, or a unique prefix or suffix of 4+ characters): such
+    /// calls are asked about again.
+    Rm { id: String },
+    /// The permission decisions in the workspace, oldest first: who answered (client and
+    /// connection) or which rule let the call run.
+    Log {
+        /// Of every workspace.
+        #[arg(long, conflicts_with = "session")]
+        all: bool,
+        /// Of one session only.
+        #[arg(short, long, value_name = "ID")]
+        session: Option<String>,
+        /// The newest N decisions [default: 100, at most 1000].
+        #[arg(short = 'n', long, value_name = "N")]
+        limit: Option<u32>,
+        /// One JSON object per decision per line, newest first (the protocol's
+        /// PermissionLogEntry).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ws: WorkspaceArg,
     },
 }
 
@@ -533,6 +579,7 @@ pub fn rpc_exit_code(r: &RpcError) -> u8 {
         ErrorCode::InvalidParams,
         ErrorCode::McpServerNotFound,
         ErrorCode::McpServerDisabled,
+        ErrorCode::PermissionRuleNotFound,
     ];
     if usage_codes.iter().any(|c| *c as i32 == r.code) {
         EXIT_USAGE
@@ -595,6 +642,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(ConfigCommand::Check { file }) => config::check(file.as_deref()),
         Command::Mcp(McpCommand::List { json }) => mcp::list(&g, json).await,
         Command::Mcp(McpCommand::Restart { name, json }) => mcp::restart(&g, &name, json).await,
+        Command::Permissions(c) => permissions::permissions(&g, c).await,
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics when its writer fails (closed stdout).
             let mut script = Vec::new();

@@ -406,6 +406,7 @@ pub fn resolution(decision: PermissionResolution, by: &str) -> String {
     let what = match decision {
         PermissionResolution::Allow => "allowed once",
         PermissionResolution::AllowSession => "allowed for this session",
+        PermissionResolution::AllowAlways => "always allowed (a rule was saved)",
         PermissionResolution::Deny => "denied",
         PermissionResolution::Cancelled => return "withdrawn: the run was cancelled".to_owned(),
     };

@@ -18,11 +18,11 @@ use crush_client::{
     ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler, Resync, RunOutcome,
 };
 use crush_protocol::{
-    AgentCancelParams, AgentSendParams, ErrorCode, PermissionDecision, PermissionRequestParams,
-    PermissionRequestResult, PermissionResolution, RpcError, RunRef, RunState, SendMode,
-    SessionCreateParams, SessionEvent, SessionInfo, SessionMessagesParams, SessionRef,
-    SessionSetSandboxParams, SessionSubscribeParams, SessionUpdateParams, ToolStatus,
-    WorkspaceInfo, daemon_request, request,
+    AgentCancelParams, AgentSendParams, ErrorCode, ImageInput, PermissionDecision,
+    PermissionRequestParams, PermissionRequestResult, PermissionResolution, RpcError, RuleScope,
+    RunRef, RunState, SendMode, SessionCreateParams, SessionEvent, SessionInfo,
+    SessionMessagesParams, SessionRef, SessionSetSandboxParams, SessionSubscribeParams,
+    SessionUpdateParams, ToolStatus, WorkspaceInfo, daemon_request, request,
 };
 
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
@@ -161,7 +161,10 @@ async fn send_prompt(
     }
 }
 
-type PromptRequest = (PermissionRequestParams, oneshot::Sender<PermissionDecision>);
+type PromptRequest = (
+    PermissionRequestParams,
+    oneshot::Sender<PermissionRequestResult>,
+);
 
 /// Hands the daemon's permission prompts to the command's event loop, which knows which run
 /// they are for and whether anyone can be asked.
@@ -178,15 +181,26 @@ fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandle
             let p: PermissionRequestParams = serde_json::from_value(params)
                 .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
             let (reply, answer) = oneshot::channel();
-            let decision = if tx.send((p, reply)).is_ok() {
-                answer.await.unwrap_or(PermissionDecision::Deferred)
+            let result = if tx.send((p, reply)).is_ok() {
+                answer
+                    .await
+                    .unwrap_or(decided(PermissionDecision::Deferred))
             } else {
-                PermissionDecision::Deferred
+                decided(PermissionDecision::Deferred)
             };
-            serde_json::to_value(PermissionRequestResult { decision })
+            serde_json::to_value(result)
                 .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
         })
     })
+}
+
+/// An answer without a rule.
+fn decided(decision: PermissionDecision) -> PermissionRequestResult {
+    PermissionRequestResult {
+        decision,
+        scope: None,
+        pattern: None,
+    }
 }
 
 /// The `agent/send` of a prompt command (`run` and `send` share it).
@@ -196,10 +210,12 @@ fn send_params(
     prompt: String,
     run_id: &str,
     model: Option<String>,
+    images: Vec<ImageInput>,
 ) -> AgentSendParams {
     AgentSendParams {
         session_id: session_id.to_owned(),
         prompt,
+        images,
         run_id: Some(run_id.to_owned()),
         mode: if p.steer {
             SendMode::Steer
@@ -260,6 +276,7 @@ fn open_tty() -> Option<std::fs::File> {
 
 pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
     let prompt = read_prompt(&a.p.prompt)?;
+    let images = crate::images::load(&a.p.images)?;
     let term = Term::detect();
     let activity = term.stderr_tty && !a.quiet && !a.json;
     let ui = Ui::new(term, activity);
@@ -311,7 +328,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         view.ui.spin(Some("sending"));
         send_prompt(
             &client,
-            send_params(&a.p, &session.session_id, prompt, &run_id, model),
+            send_params(&a.p, &session.session_id, prompt, &run_id, model, images),
             created,
         )
         .await?;
@@ -696,11 +713,11 @@ impl RunView {
         let (params, reply) = p;
         if !self.followed.contains(&params.run_id) || params.session_id != self.session_id {
             // Another client's run: its own clients answer.
-            let _ = reply.send(PermissionDecision::Deferred);
+            let _ = reply.send(decided(PermissionDecision::Deferred));
             return;
         }
         if !self.interactive {
-            let _ = reply.send(PermissionDecision::Deny);
+            let _ = reply.send(decided(PermissionDecision::Deny));
             if self.json {
                 self.emit(json!({"type": JsonLine::Permission, "runId": params.run_id, "tool": params.tool,
                     "title": params.title, "decision": PermissionDecision::Deny, "reason": "not a terminal; pass --yolo to allow tool calls"}));
@@ -737,9 +754,10 @@ impl RunView {
             ));
         }
         self.ui.ask(&format!(
-            "{} {}\n  allow? [y] once  [a] for this session  [N] deny: ",
+            "{} {}\n{}",
             self.ui.paint_err(YELLOW, "permission:"),
-            params.title
+            params.title,
+            prompt_choices(&params)
         ));
         let id = params.request_id.clone();
         let tx = answers.clone();
@@ -771,12 +789,9 @@ impl RunView {
         let Some((params, reply)) = self.asking.take() else {
             return;
         };
-        let (decision, said) = match line.trim().to_lowercase().as_str() {
-            "y" | "yes" => (PermissionDecision::Allow, "allowed once"),
-            "a" | "always" => (PermissionDecision::AllowSession, "allowed for this session"),
-            _ => (PermissionDecision::Deny, "denied"),
-        };
-        let _ = reply.send(decision);
+        let (answer, said) = read_choice(&params, line);
+        let decision = answer.decision;
+        let _ = reply.send(answer);
         let sgr = if decision == PermissionDecision::Deny {
             RED
         } else {
@@ -801,7 +816,7 @@ impl RunView {
             .is_some_and(|(p, _)| p.request_id == request_id)
             && let Some((params, reply)) = self.asking.take()
         {
-            let _ = reply.send(PermissionDecision::Deferred);
+            let _ = reply.send(decided(PermissionDecision::Deferred));
             self.ui.err_line("");
             self.ui.err_line(&self.ui.paint_err(
                 DIM,
@@ -816,15 +831,78 @@ impl RunView {
     }
 }
 
+/// The answers a prompt offers: once, the tool for this session, and — when the daemon offers
+/// scopes — a saved rule for the suggested pattern in this session, workspace or everywhere.
+fn prompt_choices(params: &PermissionRequestParams) -> String {
+    let mut s = format!("  allow? [y] once  [a] {} for this session", params.tool);
+    let what = match &params.suggested_pattern {
+        Some(p) => format!("{} {p:?}", params.tool),
+        None => params.tool.clone(),
+    };
+    let offered = |scope| params.scopes.contains(&scope);
+    if offered(RuleScope::Session) || offered(RuleScope::Workspace) || offered(RuleScope::Global) {
+        s.push_str(&format!("\n  always allow {what}:"));
+        for (key, scope, name) in SCOPE_KEYS {
+            if offered(*scope) {
+                s.push_str(&format!("  [{key}] {name}"));
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str("  [N] deny: ");
+    s
+}
+
+/// The keys of the saved-rule answers: `s`, `w`, `g`.
+const SCOPE_KEYS: &[(&str, RuleScope, &str)] = &[
+    ("s", RuleScope::Session, "in this session"),
+    ("w", RuleScope::Workspace, "in this workspace"),
+    ("g", RuleScope::Global, "everywhere"),
+];
+
+/// The answer a typed line gives (anything else denies), and what to say about it.
+fn read_choice(params: &PermissionRequestParams, line: &str) -> (PermissionRequestResult, String) {
+    let key = line.trim().to_lowercase();
+    match key.as_str() {
+        "y" | "yes" => return (decided(PermissionDecision::Allow), "allowed once".into()),
+        "a" => {
+            return (
+                decided(PermissionDecision::AllowSession),
+                "allowed for this session".into(),
+            );
+        }
+        _ => {}
+    }
+    for (k, scope, name) in SCOPE_KEYS {
+        if key == *k && params.scopes.contains(scope) {
+            let what = params
+                .suggested_pattern
+                .as_deref()
+                .map(|p| format!(" {p:?}"))
+                .unwrap_or_default();
+            return (
+                PermissionRequestResult {
+                    decision: PermissionDecision::AllowAlways,
+                    scope: Some(*scope),
+                    pattern: None,
+                },
+                format!("always allowed{what} {name}"),
+            );
+        }
+    }
+    (decided(PermissionDecision::Deny), "denied".into())
+}
+
 pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
     let prompt = read_prompt(&a.p.prompt)?;
+    let images = crate::images::load(&a.p.images)?;
     let client = g.reconnecting(g.options(true)).await?;
     let result = async {
         let (session, model, created) = prepare(&client, &a.p, &prompt).await?;
         let run_id = uuid::Uuid::now_v7().to_string();
         send_prompt(
             &client,
-            send_params(&a.p, &session.session_id, prompt, &run_id, model),
+            send_params(&a.p, &session.session_id, prompt, &run_id, model, images),
             created,
         )
         .await?;

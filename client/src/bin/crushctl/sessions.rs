@@ -394,7 +394,7 @@ async fn show(
     Ok(0)
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -402,7 +402,7 @@ fn now_ms() -> i64 {
 }
 
 /// `5s`, `3m`, `2h`, `4d` (ago).
-fn ago(ms: i64) -> String {
+pub fn ago(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
         0..60 => format!("{s}s"),

@@ -88,9 +88,11 @@ fn messages(history: &[ChatMessage]) -> Vec<Value> {
     let mut turns: Vec<Turn> = Vec::with_capacity(history.len());
     for m in history {
         let (role, blocks) = match m {
-            ChatMessage::User { content } => {
-                let blocks = (!content.is_empty()).then(|| text_block(content));
-                ("user", blocks.into_iter().collect())
+            ChatMessage::User { content, images } => {
+                // Images first: the API's guidance is image, then the question about it.
+                let mut blocks: Vec<Value> = images.iter().map(image_block).collect();
+                blocks.extend((!content.is_empty()).then(|| text_block(content)));
+                ("user", blocks)
             }
             ChatMessage::Assistant {
                 text,
@@ -104,9 +106,17 @@ fn messages(history: &[ChatMessage]) -> Vec<Value> {
                 call_id,
                 content,
                 is_error,
+                images,
                 ..
             } => {
                 let content = if content.is_empty() { EMPTY } else { content };
+                let content = if images.is_empty() {
+                    json!(content)
+                } else {
+                    let mut blocks = vec![text_block(content)];
+                    blocks.extend(images.iter().map(image_block));
+                    Value::Array(blocks)
+                };
                 let block = json!({
                     "type": "tool_result",
                     "tool_use_id": call_id,
@@ -122,6 +132,13 @@ fn messages(history: &[ChatMessage]) -> Vec<Value> {
         }
     }
     turns.into_iter().map(Turn::into_json).collect()
+}
+
+fn image_block(image: &crate::model::Image) -> Value {
+    json!({
+        "type": "image",
+        "source": {"type": "base64", "media_type": image.mime_type, "data": image.data},
+    })
 }
 
 fn assistant_blocks(text: &str, reasoning: Option<&Reasoning>, calls: &[ToolCall]) -> Vec<Value> {
@@ -183,6 +200,7 @@ mod tests {
             name: "view".into(),
             content: content.into(),
             is_error,
+            images: Vec::new(),
         }
     }
 
@@ -326,5 +344,47 @@ mod tests {
             m[3],
             json!({"role": "assistant", "content": [{"type": "text", "text": NO_OUTPUT}]})
         );
+    }
+
+    #[test]
+    fn images_are_image_blocks_in_prompts_and_tool_results() {
+        let png = crate::model::Image {
+            mime_type: "image/png".into(),
+            data: "AAAA".into(),
+        };
+        let block = json!({
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"},
+        });
+        let m = messages(&[
+            ChatMessage::User {
+                content: "what is this?".into(),
+                images: vec![png.clone()],
+            },
+            ChatMessage::Assistant {
+                text: String::new(),
+                reasoning: None,
+                tool_calls: vec![tool_call("c1", "{}")],
+            },
+            ChatMessage::ToolResult {
+                call_id: "c1".into(),
+                name: "view".into(),
+                content: "a screenshot".into(),
+                is_error: false,
+                images: vec![png],
+            },
+        ]);
+        assert_eq!(m[0]["content"][0], block);
+        assert_eq!(
+            m[0]["content"][1],
+            json!({"type": "text", "text": "what is this?"})
+        );
+        let result = &m[2]["content"][0];
+        assert_eq!(result["type"], "tool_result");
+        assert_eq!(
+            result["content"][0],
+            json!({"type": "text", "text": "a screenshot"})
+        );
+        assert_eq!(result["content"][1], block);
     }
 }

@@ -80,6 +80,15 @@ local function map_keys(buf, s)
     },
     allow = { answer("allow"), "crush: allow once" },
     allow_session = { answer("allowSession"), "crush: allow for this session" },
+    allow_workspace = {
+      function()
+        local p = current_prompt()
+        if p and vim.tbl_contains(p.params.scopes or {}, "workspace") then
+          session().answer(p.requestId, "allowAlways", nil, "workspace")
+        end
+      end,
+      "crush: always allow (a rule for this workspace)",
+    },
     deny = { answer("deny"), "crush: deny" },
     choose = {
       function()
@@ -234,8 +243,19 @@ local function prompt_lines(out, p)
   end
   local keys = config.options.keys or {}
   local hints = {}
-  for _, k in ipairs({ { "allow", "allow once" }, { "allow_session", "allow for this session" }, { "deny", "deny" }, { "choose", "choose…" } }) do
-    if keys[k[1]] then
+  local can_save = vim.tbl_contains(params.scopes or {}, "workspace")
+  local always = "always allow in this workspace"
+  if type(params.suggestedPattern) == "string" then
+    always = string.format("always allow %q here", params.suggestedPattern)
+  end
+  for _, k in ipairs({
+    { "allow", "allow once" },
+    { "allow_session", "allow for this session" },
+    { "allow_workspace", always },
+    { "deny", "deny" },
+    { "choose", "choose…" },
+  }) do
+    if keys[k[1]] and (k[1] ~= "allow_workspace" or can_save) then
       table.insert(hints, "[" .. keys[k[1]] .. "] " .. k[2])
     end
   end

@@ -25,6 +25,7 @@ M.defaults = {
     prompt = "i", -- ask for a prompt with vim.ui.input and send it
     allow = "a", -- answer the permission prompt under the cursor (or the oldest): allow once
     allow_session = "A", -- allow for the session
+    allow_workspace = "W", -- always allow: save a rule for this workspace (the suggested pattern)
     deny = "d", -- deny
     choose = "p", -- pick the answer with vim.ui.select
     cancel = "<C-c>", -- cancel the session's work

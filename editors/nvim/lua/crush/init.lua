@@ -655,6 +655,133 @@ function M.permission()
   end)
 end
 
+local function rule_text(r)
+  local pattern = type(r.pattern) == "string" and string.format(" %q", r.pattern) or ""
+  local whose = r.scope == "session" and type(r.sessionId) == "string" and (" " .. util.short_id(r.sessionId)) or ""
+  return string.format(
+    "  %s  %s%s  %s%s  (by %s, %s)",
+    util.short_id(r.id),
+    r.tool,
+    pattern,
+    r.scope,
+    whose,
+    tostring(r.createdBy),
+    util.ago(r.createdAt)
+  )
+end
+
+local function decision_text(e)
+  local why
+  if e.source == "prompt" then
+    why = "answered by " .. tostring(e.client)
+    if type(e.connection) == "number" then
+      why = why .. ", connection " .. e.connection
+    end
+  else
+    why = e.source .. (type(e.rule) == "string" and (": " .. e.rule) or "")
+  end
+  return string.format("  %s  %s  %s  — %s", util.ago(e.at), e.decision, tostring(e.title), why)
+end
+
+--- `:Crush permissions`: the saved permission rules that apply in this workspace (its own, its
+--- sessions' and global ones) and its latest decisions, in a scratch buffer. `x` (or `dd`) on a
+--- rule removes it — such calls are asked about again —, `r` refreshes, `q` closes.
+--- cb(err, buf) once shown.
+function M.permissions(cb)
+  if not guard() then
+    return
+  end
+  cb = cb or function() end
+  session().open_workspace(M.workspace_path(), function(err, w)
+    if err then
+      util.error(err)
+      return cb(err)
+    end
+    client().request("permission/rules/list", { workspaceId = w.id }, function(lerr, res)
+      if lerr then
+        util.error("permission/rules/list failed: " .. tostring(lerr.message))
+        return cb(lerr.message)
+      end
+      client().request("permission/log", { workspaceId = w.id, limit = 20 }, function(gerr, log)
+        if gerr then
+          util.error("permission/log failed: " .. tostring(gerr.message))
+          return cb(gerr.message)
+        end
+        vim.schedule(function()
+          local buf = M._permissions_buf
+          if not (buf and vim.api.nvim_buf_is_valid(buf)) then
+            vim.cmd("botright new")
+            buf = vim.api.nvim_get_current_buf()
+            vim.bo[buf].buftype = "nofile"
+            vim.bo[buf].bufhidden = "wipe"
+            vim.bo[buf].swapfile = false
+            pcall(vim.api.nvim_buf_set_name, buf, "crush://permissions")
+            M._permissions_buf = buf
+            local function rule_at_cursor()
+              local row = vim.api.nvim_win_get_cursor(0)[1]
+              return (vim.b[buf].crush_rules or {})[tostring(row)]
+            end
+            local function remove()
+              local id = rule_at_cursor()
+              if not id then
+                return util.notify("no rule on this line")
+              end
+              M.remove_rule(id, function(rerr)
+                if not rerr then
+                  M.permissions()
+                end
+              end)
+            end
+            local o = { buffer = buf, nowait = true, silent = true }
+            vim.keymap.set("n", "x", remove, vim.tbl_extend("force", o, { desc = "crush: remove the rule" }))
+            vim.keymap.set("n", "dd", remove, vim.tbl_extend("force", o, { desc = "crush: remove the rule" }))
+            vim.keymap.set("n", "r", function()
+              M.permissions()
+            end, vim.tbl_extend("force", o, { desc = "crush: refresh" }))
+            vim.keymap.set("n", "q", "<cmd>close<cr>", vim.tbl_extend("force", o, { desc = "crush: close" }))
+          end
+          local lines = { "Saved permission rules for " .. tostring(w.canonical or w.path) .. "  (x: remove · r: refresh · q: close)" }
+          local by_row = {}
+          if #(res.rules or {}) == 0 then
+            table.insert(lines, "  (none: answer a prompt with \"always allow\" to save one)")
+          end
+          for _, r in ipairs(res.rules or {}) do
+            table.insert(lines, rule_text(r))
+            by_row[tostring(#lines)] = r.id
+          end
+          table.insert(lines, "")
+          table.insert(lines, "Latest decisions")
+          local entries = log.entries or {}
+          if #entries == 0 then
+            table.insert(lines, "  (none yet)")
+          end
+          for i = #entries, 1, -1 do
+            table.insert(lines, decision_text(entries[i]))
+          end
+          vim.bo[buf].modifiable = true
+          vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+          vim.bo[buf].modifiable = false
+          vim.b[buf].crush_rules = by_row
+          cb(nil, buf)
+        end)
+      end)
+    end)
+  end)
+end
+
+--- Removes a saved permission rule by id; cb(err).
+function M.remove_rule(id, cb)
+  cb = cb or function() end
+  client().request("permission/rules/remove", { id = id }, function(err)
+    if err then
+      util.error("permission/rules/remove failed: " .. tostring(err.message))
+      return cb(err.message)
+    end
+    util.notify("removed the permission rule " .. util.short_id(id) .. "; such calls are asked about again")
+    cb(nil)
+  end)
+end
+
 --- Status line component: "crush: idle", "crush: running", "crush: running, queued 2",
 --- "crush: waiting for permission", "crush: disconnected" (empty before first use).
 function M.statusline()

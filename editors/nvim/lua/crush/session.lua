@@ -218,6 +218,9 @@ local function rebuild(s, sub, page)
           table.insert(text, p.text)
         elseif p.type == "attachment" then
           table.insert(atts, p)
+        elseif p.type == "image" then
+          -- Listed like an attachment; the data itself is not shown.
+          table.insert(atts, { name = p.name or ("image (" .. tostring(p.mimeType) .. ")") })
         end
       end
       M.add_entry(
@@ -625,6 +628,7 @@ end
 local DECISION_TEXT = {
   allow = "allowed once",
   allowSession = "allowed for this session",
+  allowAlways = "always allowed (a rule was saved)",
   deny = "denied",
   cancelled = "withdrawn (the run was cancelled)",
   withdrawn = "withdrawn",
@@ -675,8 +679,10 @@ local function find_prompt(request_id)
   end
 end
 
---- Answers a pending prompt: decision is "allow", "allowSession" or "deny".
-function M.answer(request_id, decision, cb)
+--- Answers a pending prompt: decision is "allow", "allowSession", "allowAlways" or "deny";
+--- `scope` ("session", "workspace", "global": one of the request's `scopes`) saves an
+--- "always allow" rule with the request's suggested pattern (decision "allowAlways").
+function M.answer(request_id, decision, cb, scope)
   cb = cb or function() end
   local s, p = find_prompt(request_id)
   if not p then
@@ -684,7 +690,11 @@ function M.answer(request_id, decision, cb)
   end
   p.state = "answering"
   p.answered_here = true
-  client.request("permission/respond", { requestId = request_id, decision = decision }, function(err)
+  local params = { requestId = request_id, decision = decision }
+  if decision == "allowAlways" then
+    params.scope = scope
+  end
+  client.request("permission/respond", params, function(err)
     if not err then
       resolve_prompt(s, request_id, decision, client.name())
       return cb(nil)
@@ -705,17 +715,35 @@ function M.answer(request_id, decision, cb)
   end)
 end
 
+local SCOPE_TEXT = { session = "in this session", workspace = "in this workspace", global = "everywhere" }
+
+--- The answers a prompt offers, `{ decision, label, scope }`: once, the tool for this session,
+--- a saved rule in each scope the daemon offers, deny.
+function M.choices(params)
+  local items = {
+    { "allow", "Allow once" },
+    { "allowSession", "Allow for this session" },
+  }
+  local what = params.tool or "this tool"
+  if type(params.suggestedPattern) == "string" then
+    what = string.format("%s %q", what, params.suggestedPattern)
+  end
+  for _, scope in ipairs(params.scopes or {}) do
+    if SCOPE_TEXT[scope] then
+      table.insert(items, { "allowAlways", string.format("Always allow %s %s", what, SCOPE_TEXT[scope]), scope })
+    end
+  end
+  table.insert(items, { "deny", "Deny" })
+  return items
+end
+
 --- Offers the answers of a prompt with vim.ui.select.
 function M.choose(request_id)
   local _, p = find_prompt(request_id)
   if not p then
     return
   end
-  local items = {
-    { "allow", "Allow once" },
-    { "allowSession", "Allow for this session" },
-    { "deny", "Deny" },
-  }
+  local items = M.choices(p.params)
   vim.ui.select(items, {
     prompt = "crush: " .. (p.params.title or p.params.tool or "permission"),
     format_item = function(it)
@@ -723,7 +751,7 @@ function M.choose(request_id)
     end,
   }, function(choice)
     if choice and p.state == "pending" then
-      M.answer(request_id, choice[1])
+      M.answer(request_id, choice[1], nil, choice[3])
     end
   end)
 end

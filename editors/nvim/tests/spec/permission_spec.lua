@@ -1,4 +1,5 @@
--- Permission prompts: the model (the mock) writes hello.txt, then runs `rm -rf build`.
+-- Permission prompts: the model (the mock) writes hello.txt, then runs `rm -rf build`, then `ls`
+-- (saved as a rule for the workspace) and `ls -a` (allowed by the rule).
 local crush = require("crush")
 local session = require("crush.session")
 
@@ -67,11 +68,18 @@ T.it("answers through vim.ui.select (deny)", function()
   local offered
   vim.ui.select = function(items, opts, cb)
     offered = vim.tbl_map(opts.format_item, items)
-    cb(items[3])
+    cb(items[#items])
   end
   vim.cmd("Crush permission")
   vim.ui.select = orig
-  T.eq({ "Allow once", "Allow for this session", "Deny" }, offered, "choices")
+  T.eq({
+    "Allow once",
+    "Allow for this session",
+    'Always allow bash "rm" in this session',
+    'Always allow bash "rm" in this workspace',
+    'Always allow bash "rm" everywhere',
+    "Deny",
+  }, offered, "choices")
   T.wait("the run's end", function()
     return completes[2]
   end, 15000)
@@ -83,4 +91,54 @@ T.it("answers through vim.ui.select (deny)", function()
   end)
   T.ok(T.contains(buf, "· denied"), "tool status denied")
   T.eq(0, #session.pending_prompts(session.sessions[vim.b.crush_session]), "no prompt left")
+end)
+
+T.it("saves a rule with W, which allows the next ls; :Crush permissions shows and removes it", function()
+  local buf, win = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
+  crush.send("list the files")
+  T.wait("the third request", function()
+    return #requests == 3 and T.contains(buf, "Permission needed")
+  end)
+  T.eq({ "session", "workspace", "global" }, requests[3].scopes, "scopes offered")
+  T.eq("ls", requests[3].suggestedPattern, "suggested pattern")
+  T.ok(T.contains(buf, '[W] always allow "ls" here'), "the key is shown:\n" .. T.text(buf))
+  vim.api.nvim_set_current_win(win)
+  vim.api.nvim_feedkeys("W", "mx", false)
+  T.wait("the run's end", function()
+    return completes[3]
+  end, 15000)
+  T.wait("the note", function()
+    return T.contains(buf, "permission always allowed (a rule was saved) by crush.nvim")
+  end, nil, function()
+    return T.text(buf)
+  end)
+  crush.send("list them again")
+  T.wait("the fourth run's end", function()
+    return completes[4]
+  end, 15000)
+  T.eq("Listed again.", completes[4].text, "reply")
+  T.eq(3, #requests, "ls -a ran without a prompt")
+
+  local view
+  crush.permissions(function(err, b)
+    T.eq(nil, err, "error")
+    view = b
+  end)
+  T.wait("the permissions view", function()
+    return view
+  end)
+  T.ok(vim.api.nvim_buf_get_name(view):find("crush://permissions", 1, true), "buffer name")
+  T.ok(T.contains(view, 'bash "ls"  workspace  (by crush.nvim'), "the rule is listed:\n" .. T.text(view))
+  T.ok(T.contains(view, "allowAlways  Run: ls  — answered by crush.nvim (pid ") and T.contains(view, "), connection "), "who answered:\n" .. T.text(view))
+  T.ok(T.contains(view, 'allow  Run: ls -a  — rule: bash "ls" (workspace)'), "which rule applied:\n" .. T.text(view))
+  T.ok(T.contains(view, "deny  Run: rm -rf build  — answered by crush.nvim"), "the deny:\n" .. T.text(view))
+  vim.api.nvim_set_current_buf(view)
+  local row = vim.fn.search('bash "ls"', "nw")
+  vim.api.nvim_win_set_cursor(0, { row, 0 })
+  vim.api.nvim_feedkeys("x", "mx", false)
+  T.wait("the rule removed", function()
+    return T.contains(view, "(none: answer a prompt") and not T.contains(view, 'bash "ls"  workspace')
+  end, nil, function()
+    return T.text(view)
+  end)
 end)
