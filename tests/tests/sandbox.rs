@@ -260,12 +260,22 @@ async fn the_escalation_prompt_allows_one_unconfined_run() {
         .await;
     assert!(ran.escalation.is_some(), "{}", ran.output);
     assert!(second.exists());
+    // `allowAlways` saves no rule for leaving the sandbox either.
     let third = f.home.join("third.txt");
     let ran = f
-        .bash(&format!("echo three > {}", third.display()), Some("deny"))
+        .bash(
+            &format!("echo three > {}", third.display()),
+            Some("allowAlways"),
+        )
         .await;
     assert!(ran.escalation.is_some(), "{}", ran.output);
-    assert!(!third.exists());
+    assert!(third.exists());
+    let fourth = f.home.join("fourth.txt");
+    let ran = f
+        .bash(&format!("echo four > {}", fourth.display()), Some("deny"))
+        .await;
+    assert!(ran.escalation.is_some(), "{}", ran.output);
+    assert!(!fourth.exists());
 }
 
 #[tokio::test]
