@@ -89,6 +89,21 @@ settings! {
     }
 }
 
+settings! {
+    /// `[sandbox]`: how `bash` tool commands are confined (Linux Landlock; see
+    /// `tools/sandbox/`).
+    pub struct SandboxSettings, file SandboxSection {
+        /// "workspace-write" (writes only in the workspace, the temp directory and `writable`),
+        /// "read-only" or "off"; a session may choose its own (`session/setSandbox`).
+        mode: crush_protocol::SandboxMode = crush_protocol::SandboxMode::WorkspaceWrite, "mode";
+        /// Whether confined commands may use TCP (connect and bind).
+        network: bool = true, "network";
+        /// More directories confined commands may write in `workspace-write` mode (absolute
+        /// paths, e.g. "~/.cargo" written out).
+        writable: Vec<PathBuf> = Vec::new(), "writable";
+    }
+}
+
 /// Effective daemon settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,6 +126,8 @@ pub struct Config {
     pub agent: AgentSettings,
     /// What tools may do without asking (`[permissions]`).
     pub permissions: PermissionRules,
+    /// How `bash` commands are confined (`[sandbox]`).
+    pub sandbox: SandboxSettings,
     /// The global MCP servers (`[mcp.servers.NAME]`), checked.
     pub mcp: Vec<crate::mcp::config::ServerSpec>,
 }
@@ -148,6 +165,7 @@ impl Config {
             models: ModelsConfig::default(),
             agent: AgentSettings::default(),
             permissions: PermissionRules::default(),
+            sandbox: SandboxSettings::default(),
             mcp: Vec::new(),
         }
     }
@@ -168,6 +186,7 @@ impl Config {
             .apply(file.default_model.as_ref(), &file.providers);
         self.agent.apply(&file.agent);
         self.permissions = file.permissions.clone();
+        self.sandbox.apply(&file.sandbox);
         // `parse_file` checked the tables, so this cannot fail for a file it returned.
         self.mcp = file.mcp.specs().unwrap_or_default();
     }
@@ -193,6 +212,7 @@ impl Config {
                 "allowEnv": self.permissions.allow_env,
             },
             "daemon": daemon,
+            "sandbox": self.sandbox.to_json(),
             // Environment values may be secrets: only their names are shown.
             "mcp": {
                 "servers": self.mcp.iter().map(|m| (m.name.clone(), serde_json::json!({
@@ -240,6 +260,8 @@ pub struct ConfigFile {
     pub(crate) agent: AgentSection,
     #[serde(default)]
     pub(crate) permissions: PermissionRules,
+    #[serde(default)]
+    pub(crate) sandbox: SandboxSection,
     /// `[mcp.servers.NAME]`: global MCP servers.
     #[serde(default)]
     pub(crate) mcp: crate::mcp::config::McpSection,
@@ -399,6 +421,22 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             ));
         }
     }
+    if let Some(relative) = file
+        .sandbox
+        .writable
+        .iter()
+        .flatten()
+        .find(|p| !p.is_absolute())
+    {
+        return Err(problem(
+            line_of("writable"),
+            "sandbox.writable".to_owned(),
+            format!(
+                "{:?} is not an absolute path",
+                relative.display().to_string()
+            ),
+        ));
+    }
     if let Err((key, message)) = file.mcp.specs() {
         // The line of the server's table header (`[mcp.servers.NAME]`).
         let server = key.split('.').nth(2).unwrap_or_default();
@@ -523,6 +561,7 @@ mod tests {
         for (section, keys) in [
             ("daemon", DaemonSettings::KEYS),
             ("agent", AgentSettings::KEYS),
+            ("sandbox", SandboxSettings::KEYS),
         ] {
             let shown = v[section].as_object().unwrap();
             for (key, json) in keys {
@@ -568,17 +607,21 @@ mod tests {
     fn every_setting_round_trips_through_a_file() {
         let (daemon, daemon_text) = DaemonSettings::default().changed_toml();
         let (agent, agent_text) = AgentSettings::default().changed_toml();
-        let text = format!("[daemon]\n{daemon_text}\n[agent]\n{agent_text}");
+        let (sandbox, sandbox_text) = SandboxSettings::default().changed_toml();
+        let text =
+            format!("[daemon]\n{daemon_text}\n[agent]\n{agent_text}\n[sandbox]\n{sandbox_text}");
         let file = parse_file(Path::new("c.toml"), &text).unwrap();
         let mut cfg = Config::new(PathBuf::from("/s"));
         cfg.apply_file(&file);
         assert_eq!(cfg.daemon, daemon);
         assert_eq!(cfg.agent, agent);
+        assert_eq!(cfg.sandbox, sandbox);
         let shown = cfg.redacted();
         let defaults = Config::new(PathBuf::from("/s")).redacted();
         for (section, keys) in [
             ("daemon", DaemonSettings::KEYS),
             ("agent", AgentSettings::KEYS),
+            ("sandbox", SandboxSettings::KEYS),
         ] {
             for (key, json) in keys {
                 assert_ne!(

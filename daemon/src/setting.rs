@@ -105,6 +105,72 @@ impl Setting for PathBuf {
     }
 }
 
+impl Setting for bool {
+    type File = bool;
+    fn from_file(file: bool) -> Self {
+        file
+    }
+    fn to_json(&self) -> Value {
+        Value::from(*self)
+    }
+    #[cfg(test)]
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+    #[cfg(test)]
+    fn changed(&self) -> Self {
+        !self
+    }
+}
+
+/// A list of paths (`["/a", "/b"]`).
+impl Setting for Vec<PathBuf> {
+    type File = Vec<PathBuf>;
+    fn from_file(file: Vec<PathBuf>) -> Self {
+        file
+    }
+    fn to_json(&self) -> Value {
+        Value::from(
+            self.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+        )
+    }
+    #[cfg(test)]
+    fn to_toml(&self) -> String {
+        let items: Vec<String> = self.iter().map(|p| p.to_toml()).collect();
+        format!("[{}]", items.join(", "))
+    }
+    #[cfg(test)]
+    fn changed(&self) -> Self {
+        let mut v = self.clone();
+        v.push(PathBuf::from("/changed"));
+        v
+    }
+}
+
+/// A sandbox mode, by its wire name (`"workspace-write"`, `"read-only"`, `"off"`).
+impl Setting for crush_protocol::SandboxMode {
+    type File = crush_protocol::SandboxMode;
+    fn from_file(file: Self) -> Self {
+        file
+    }
+    fn to_json(&self) -> Value {
+        Value::from(self.as_str())
+    }
+    #[cfg(test)]
+    fn to_toml(&self) -> String {
+        format!("{:?}", self.as_str())
+    }
+    #[cfg(test)]
+    fn changed(&self) -> Self {
+        match self {
+            Self::WorkspaceWrite => Self::ReadOnly,
+            Self::ReadOnly | Self::Off => Self::WorkspaceWrite,
+        }
+    }
+}
+
 /// A model name (`<provider>/<model>`); `None` when unset (the file has no empty value for it).
 impl Setting for Option<String> {
     type File = String;

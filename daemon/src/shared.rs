@@ -70,6 +70,7 @@ impl Daemon {
             config.shutdown_grace,
         )
         .with_mcp(mcp)
+        .with_sandbox(config.sandbox.clone())
         .configure(config.agent.clone(), config.permissions.clone())
         .with_replay(
             ReplayLimits {

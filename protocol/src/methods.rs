@@ -278,6 +278,9 @@ client_requests! {
     SessionSetModel = "session/setModel" (SessionSetModelParams) -> SessionInfo;
     /// Let the session's tool calls run without asking (or ask again).
     SessionSetYolo = "session/setYolo" (SessionSetYoloParams) -> SessionSetYoloResult;
+    /// Choose how the session's `bash` commands are confined (`null` fields return to the
+    /// config's).
+    SessionSetSandbox = "session/setSandbox" (SessionSetSandboxParams) -> SandboxStatus;
     /// Answer a pending `permission/request` (for clients that cannot answer the request itself
     /// later, such as Neovim's `vim.lsp.rpc`). The first answer of any client wins.
     PermissionRespond = "permission/respond" (PermissionRespondParams) -> PermissionRespondResult;
@@ -358,6 +361,60 @@ pub struct PermissionRequestParams {
     /// when the rule covers every call of the tool (MCP tools).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suggested_pattern: Option<String>,
+    /// Present when the request asks to run a `bash` command again outside the sandbox,
+    /// because the sandbox refused it: what was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<SandboxEscalation>,
+}
+
+/// Why a `permission/request` asks to run a command unconfined.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxEscalation {
+    /// The mode the command ran under.
+    pub mode: crate::vocab::SandboxMode,
+    /// What the sandbox refused, one line each for a person (`write /etc/hosts`,
+    /// `network connection`).
+    pub refused: Vec<String>,
+}
+
+/// How a session's (or by default every session's) `bash` commands are confined.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxStatus {
+    /// The mode asked for (the config's, or the session's own).
+    pub mode: crate::vocab::SandboxMode,
+    /// Whether commands may use TCP (`false`: connecting and binding are refused).
+    pub network: bool,
+    /// Whether the mode is enforced: `false` when it is `off`, or when this system cannot
+    /// confine commands (then `warning` says why and commands run unconfined).
+    pub enforced: bool,
+    /// The kernel's Landlock ABI version; absent without Landlock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock_abi: Option<u32>,
+    /// Directories commands may write, `<workspace>` standing for each session's root (empty
+    /// when nothing is confined or nothing is writable).
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// Set when what is asked for is not (fully) enforced, saying why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSetSandboxParams {
+    pub session_id: String,
+    /// The session's mode; `null` (or absent) returns it to the config's.
+    #[serde(default)]
+    pub mode: Option<crate::vocab::SandboxMode>,
+    /// Whether the session's commands may use TCP; `null` (or absent) returns it to the
+    /// config's.
+    #[serde(default)]
+    pub network: Option<bool>,
 }
 
 /// A client's answer to `permission/request` (its result) or in `permission/respond`.
@@ -668,6 +725,10 @@ pub struct DaemonStatusResult {
     /// when snapshots are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_bytes: Option<u64>,
+    /// How `bash` commands are confined by default (the config's mode), with a warning when
+    /// this system cannot enforce it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -1408,6 +1469,10 @@ pub struct ModelListResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
     pub models: Vec<ModelInfo>,
+    /// How the models' `bash` commands are confined by default, as in `daemon/status`: a
+    /// client that shows models shows the warning too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -139,6 +139,28 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// How `bash` tool commands are confined (`[sandbox] mode`, `session/setSandbox`,
+    /// `daemon/status`). The same names in the config file, on the wire and on `crushctl`'s
+    /// command line.
+    pub enum SandboxMode ("sandbox mode") {
+        /// Writes only inside the workspace, the system temp directory and the paths the
+        /// config adds; reads everywhere.
+        WorkspaceWrite = "workspace-write",
+        /// No writes anywhere (but the null and terminal devices); reads everywhere.
+        ReadOnly = "read-only",
+        /// Not confined.
+        Off = "off",
+    }
+}
+
+/// Commands are confined to the workspace unless the user says otherwise.
+impl Default for SandboxMode {
+    fn default() -> Self {
+        SandboxMode::WorkspaceWrite
+    }
+}
+
+wire_enum! {
     /// What a session is doing (`agent/status`).
     pub enum AgentState ("agent state") {
         Idle = "idle",

@@ -87,6 +87,7 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         SessionUnrevert(p) => c.daemon.runtime.unrevert(&p).await,
         SessionSetModel(p) => session::set_model(c, p).await,
         SessionSetYolo(p) => session::set_yolo(c, p).await,
+        SessionSetSandbox(p) => session::set_sandbox(c, p).await,
         AgentSend(p) => agent::send(c, p).await,
         AgentCancel(p) => agent::cancel(c, p).await,
         AgentStatus(p) => agent::status(c, p).await,

@@ -1,13 +1,13 @@
 //! The session methods that read or change its row: `session/create`, `list`, `get`, `rename`,
-//! `delete`, `messages`, `setModel`, `setYolo`, `fork`; `session/compact`, which writes a
+//! `delete`, `messages`, `setModel`, `setYolo`, `setSandbox`, `fork`; `session/compact`, which writes a
 //! summary, and `session/diff`, which reads the snapshots.
 
 use crush_protocol::{
-    DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SessionCompactResult,
-    SessionCreateParams, SessionDeleteResult, SessionDiffParams, SessionDiffResult,
-    SessionForkParams, SessionInfo, SessionListParams, SessionListResult, SessionMessagesParams,
-    SessionMessagesResult, SessionRef, SessionRenameParams, SessionSetModelParams,
-    SessionSetYoloParams, SessionSetYoloResult,
+    DEFAULT_MESSAGE_PAGE, ErrorCode, MAX_MESSAGE_PAGE, MessageInfo, RpcError, SandboxStatus,
+    SessionCompactResult, SessionCreateParams, SessionDeleteResult, SessionDiffParams,
+    SessionDiffResult, SessionForkParams, SessionInfo, SessionListParams, SessionListResult,
+    SessionMessagesParams, SessionMessagesResult, SessionRef, SessionRenameParams,
+    SessionSetModelParams, SessionSetSandboxParams, SessionSetYoloParams, SessionSetYoloResult,
 };
 use serde_json::Value;
 
@@ -212,6 +212,20 @@ pub(super) async fn set_yolo(
     daemon.store.require_session(&p.session_id).await?;
     daemon.runtime.set_yolo(&p.session_id, p.yolo);
     Ok(SessionSetYoloResult { yolo: p.yolo })
+}
+
+/// `session/setSandbox`: the session's own sandbox mode and network choice, from its next
+/// `bash` call on.
+pub(super) async fn set_sandbox(
+    ctx: &RequestCtx,
+    p: SessionSetSandboxParams,
+) -> Result<SandboxStatus, RpcError> {
+    let daemon = &ctx.daemon;
+    daemon.store.require_session(&p.session_id).await?;
+    daemon
+        .runtime
+        .set_session_sandbox(&p.session_id, p.mode, p.network);
+    Ok(daemon.runtime.sandbox_status(Some(&p.session_id)))
 }
 
 fn session_info(r: SessionRow) -> SessionInfo {

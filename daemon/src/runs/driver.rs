@@ -248,6 +248,8 @@ impl Runtime {
             root: root.clone().unwrap_or_default(),
             cancel: token.clone(),
             scrub_env: self.models.key_variables(),
+            // Chosen per call (`tool_calls.rs`): a session's mode may change during the run.
+            sandbox: None,
             limits: Limits {
                 bash_default_timeout: self.agent.bash_timeout,
                 bash_max_timeout: self.agent.bash_max_timeout,

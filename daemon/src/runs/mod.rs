@@ -111,6 +111,8 @@ pub struct Runtime {
     mcp: crate::mcp::Mcp,
     /// The workspace snapshot stores (`None`: snapshots are off).
     snapshots: Option<Arc<Snapshots>>,
+    /// How `bash` commands are confined: the config's sandbox and each session's own.
+    sandboxes: crate::tools::sandbox::Sandboxes,
 }
 
 /// How much of each session's event stream is kept for `session/subscribe {afterSeq}`.
@@ -260,7 +262,31 @@ impl Runtime {
             stop_retries: CancellationToken::new(),
             mcp: crate::mcp::Mcp::default(),
             snapshots: None,
+            sandboxes: crate::tools::sandbox::Sandboxes::default(),
         }
+    }
+
+    /// Sets how `bash` commands are confined (`[sandbox]`).
+    pub fn with_sandbox(mut self, settings: crate::config::SandboxSettings) -> Self {
+        self.sandboxes = crate::tools::sandbox::Sandboxes::new(settings);
+        self
+    }
+
+    /// How `bash` commands are confined: a session's (its own choice or the config's), or with
+    /// `None` the config's.
+    pub fn sandbox_status(&self, session_id: Option<&str>) -> crush_protocol::SandboxStatus {
+        self.sandboxes.status(session_id)
+    }
+
+    /// Sets a session's own sandbox mode and network choice (`None`: the config's). Kept in
+    /// memory, like yolo: a restarted daemon uses the config's again.
+    pub fn set_session_sandbox(
+        &self,
+        session_id: &str,
+        mode: Option<crush_protocol::SandboxMode>,
+        network: Option<bool>,
+    ) {
+        self.sandboxes.set_session(session_id, mode, network);
     }
 
     /// Sets the MCP servers runs may use.
@@ -391,6 +417,7 @@ impl Runtime {
             let mut inner = lock(&s.inner);
             if !inner.runs.is_busy() {
                 self.permissions.forget_session(session_id);
+                self.sandboxes.forget_session(session_id);
                 inner.evicted = true;
                 inner.events.forget_subscribers();
                 drop(inner);

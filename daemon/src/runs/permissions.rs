@@ -577,14 +577,19 @@ impl Runtime {
             else {
                 continue;
             };
+            // An escalation (run unconfined) is allowed once, whatever the answer says: it makes
+            // no rule and no session grant.
+            let escalation = params.escalation.is_some();
             let rule = match reply.decision {
-                PermissionDecision::AllowAlways => Some(rule_of(params, &reply, &s.ws().id, &by)?),
+                PermissionDecision::AllowAlways if !escalation => {
+                    Some(rule_of(params, &reply, &s.ws().id, &by)?)
+                }
                 _ => None,
             };
             let Some(p) = inner.permissions.take(request_id) else {
                 continue;
             };
-            if reply.decision == PermissionDecision::AllowSession {
+            if reply.decision == PermissionDecision::AllowSession && !escalation {
                 lock(&self.permissions.grants)
                     .entry(s.id.clone())
                     .or_default()

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crush_protocol::{
     Part, PermissionDecision, PermissionRequestParams, PermissionResolution, PermissionSource,
-    SessionEvent, ToolStatus,
+    SandboxEscalation, SessionEvent, ToolStatus,
 };
 
 use super::permissions::{Basis, Decided};
@@ -131,13 +131,14 @@ impl Runtime {
             Ok(p) => p,
             Err(out) => return (ToolStatus::Failed, out),
         };
+        let command = prepared.command.clone();
         if crate::tools::needs_permission(&call.name) {
             let ask = Ask {
                 tool_call_id: &call.id,
                 tool: &call.name,
                 title: prepared.title.clone(),
                 diff: prepared.diff.clone(),
-                input,
+                input: input.clone(),
                 subject: Subject {
                     command: prepared.command.as_deref(),
                     path: prepared.path(),
@@ -153,7 +154,97 @@ impl Runtime {
                 tool_error("the run was cancelled before this tool ran"),
             );
         }
-        let out = prepared.run(ctx).await;
+        // The session's sandbox as it is now: `session/setSandbox` applies from the next call.
+        let mut ctx = ctx.clone();
+        if call.name == "bash" {
+            ctx.sandbox = self.sandboxes.policy(Some(&s.id), &ctx.root);
+        }
+        let (out, refused) = prepared.run_reporting(&ctx).await;
+        if token.is_cancelled() {
+            return (ToolStatus::Cancelled, out);
+        }
+        match ctx.sandbox.take() {
+            Some(policy) if !refused.is_empty() => {
+                let command = command.unwrap_or_default();
+                self.escalate(
+                    s,
+                    run,
+                    token,
+                    &ctx,
+                    call,
+                    input,
+                    (policy, refused, command),
+                    out,
+                )
+                .await
+            }
+            _ => (ToolStatus::Completed, out),
+        }
+    }
+
+    /// A `bash` command the sandbox refused: asks the session's clients whether to run it
+    /// again unconfined (a separate `permission/request`, marked with `escalation`), and does
+    /// so once if one allows it. `allowSession` allows only this run too.
+    #[allow(clippy::too_many_arguments)]
+    async fn escalate(
+        self: &Arc<Self>,
+        s: &SessionRt,
+        run: &RunMeta,
+        token: &CancellationToken,
+        ctx: &ToolContext,
+        call: &ToolCall,
+        input: Value,
+        (policy, refused, command): (crate::tools::sandbox::Policy, Vec<String>, String),
+        confined: ToolOutput,
+    ) -> (ToolStatus, ToolOutput) {
+        let params = PermissionRequestParams {
+            request_id: new_id(),
+            session_id: s.id.clone(),
+            run_id: run.run_id.clone(),
+            tool_call_id: call.id.clone(),
+            tool: call.name.clone(),
+            title: format!("Run unconfined (outside the sandbox): {command}"),
+            input,
+            diff: None,
+            // Not a rule to save: leaving the sandbox is decided each time.
+            scopes: Vec::new(),
+            suggested_pattern: None,
+            escalation: Some(SandboxEscalation {
+                mode: policy.mode,
+                refused,
+            }),
+        };
+        match self.ask_permission(s, token, params).await {
+            Some(
+                PermissionDecision::Allow
+                | PermissionDecision::AllowSession
+                | PermissionDecision::AllowAlways,
+            ) => {}
+            Some(PermissionDecision::Deny | PermissionDecision::Deferred) => {
+                let mut out = confined;
+                out.content.push_str(
+                    "\nThe user did not allow running it outside the sandbox; do not retry it \
+                     unconfined, take another approach or ask the user.",
+                );
+                return (ToolStatus::Completed, out);
+            }
+            None => return (ToolStatus::Cancelled, confined),
+        }
+        let prepared = match crate::tools::prepare(ctx, &call.name, &call.input).await {
+            Ok(p) => p,
+            Err(out) => return (ToolStatus::Failed, out),
+        };
+        let mut unconfined = ctx.clone();
+        unconfined.sandbox = None;
+        let mut out = prepared.run(&unconfined).await;
+        out.content = format!(
+            "The sandbox ({}) refused this command; the user allowed it to run once outside the \
+             sandbox. The unconfined run:\n\n{}",
+            policy.mode, out.content
+        );
+        if let Some(m) = out.metadata.as_mut() {
+            m["unconfinedRerun"] = Value::Bool(true);
+        }
         if token.is_cancelled() {
             return (ToolStatus::Cancelled, out);
         }
@@ -286,6 +377,7 @@ impl Runtime {
             diff: ask.diff,
             scopes: rules::scopes(ask.tool),
             suggested_pattern: rules::suggested_pattern(ask.tool, ask.subject),
+            escalation: None,
         };
         match self.ask_permission(s, token, params).await {
             Some(

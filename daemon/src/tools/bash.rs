@@ -2,9 +2,10 @@
 //! secrets scrubbed from its environment (see [`super::tool_environment`]). The whole group is
 //! killed on timeout, on cancel and also after the shell exits, so no background child outlives
 //! the call; in the `crushd` binary the group also runs under the tool guard (`guard.rs`), which
-//! kills it when the daemon dies, even by SIGKILL. Output is captured head-and-tail within the
-//! output cap, and reading it never waits long on a pipe that an escaped process still holds
-//! open. Unix only.
+//! kills it when the daemon dies, even by SIGKILL, and confines it when the call has a sandbox
+//! policy (`sandbox/`; a confined call never falls back to running without the guard). Output
+//! is captured head-and-tail within the output cap, and reading it never waits long on a pipe
+//! that an escaped process still holds open. Unix only.
 
 use std::time::Duration;
 
@@ -60,8 +61,11 @@ fn summary(command: &str) -> String {
 }
 
 #[cfg(not(unix))]
-pub(crate) async fn run(_ctx: &ToolContext, _call: Call) -> ToolOutput {
-    ToolOutput::error("The bash tool is not supported on this platform (it needs a Unix system).")
+pub(crate) async fn run(_ctx: &ToolContext, _call: Call) -> (ToolOutput, Vec<String>) {
+    let out = ToolOutput::error(
+        "The bash tool is not supported on this platform (it needs a Unix system).",
+    );
+    (out, Vec::new())
 }
 
 #[cfg(unix)]
@@ -88,6 +92,7 @@ mod unix {
     use crate::tools::ToolContext;
     use crate::tools::ToolOutput;
     use crate::tools::guard;
+    use crate::tools::sandbox::{self, Policy};
 
     /// How long the group gets between SIGTERM and SIGKILL on timeout or cancel.
     const TERM_GRACE: Duration = Duration::from_millis(500);
@@ -106,19 +111,26 @@ mod unix {
         WaitFailed(io::Error),
     }
 
-    pub(crate) async fn run(ctx: &ToolContext, call: Call) -> ToolOutput {
+    /// Runs the call; the second value is what the sandbox refused it, if it failed because
+    /// of the sandbox (`sandbox::refusals`).
+    pub(crate) async fn run(ctx: &ToolContext, call: Call) -> (ToolOutput, Vec<String>) {
         let root = match tokio::fs::canonicalize(&ctx.root).await {
             Ok(r) => r,
             Err(e) => {
-                return ToolOutput::error(format!(
+                let out = ToolOutput::error(format!(
                     "The workspace root {} is not accessible: {e}",
                     ctx.root.display()
                 ));
+                return (out, Vec::new());
             }
         };
-        let mut child = match spawn(&root, &call.command, &ctx.scrub_env) {
+        let sandbox = ctx.sandbox.as_ref();
+        let mut child = match spawn(&root, &call.command, &ctx.scrub_env, sandbox) {
             Ok(c) => c,
-            Err(e) => return ToolOutput::error(format!("Cannot start the shell: {e}")),
+            Err(e) => {
+                let out = ToolOutput::error(format!("Cannot start the shell: {e}"));
+                return (out, Vec::new());
+            }
         };
         // The guard's lifeline: held, never written, closed when this call ends or the daemon
         // dies (see tools/guard.rs).
@@ -236,32 +248,62 @@ mod unix {
         if out_text.is_empty() && err_text.is_empty() {
             content.push_str("\n\n(no output)");
         }
+        // Only a command that failed can have been refused; what it printed says by what.
+        let failed = matches!(&end, End::Exited(s) if !s.success());
+        let refused = match sandbox {
+            Some(policy) if failed => {
+                let shown = format!("{out_text}\n{err_text}");
+                sandbox::refusals(policy, &root, &shown)
+            }
+            _ => Vec::new(),
+        };
+        if let Some(policy) = sandbox
+            && !refused.is_empty()
+        {
+            content.push_str(&sandbox::refusal_note(policy, &refused));
+        }
         if !drained {
             content.push_str(
                 "\n\n(A process that left the command's process group still holds its output open; \
                  output written after the command ended is not included.)",
             );
         }
-        ToolOutput {
+        let mut metadata = json!({
+            "exitCode": exit_code,
+            "timedOut": matches!(end, End::TimedOut),
+            "truncated": truncated,
+            "sandbox": sandbox.map(|p| p.mode.as_str()),
+        });
+        if !refused.is_empty() {
+            metadata["sandboxRefused"] = json!(refused);
+        }
+        let out = ToolOutput {
             content,
             is_error,
-            metadata: Some(json!({
-                "exitCode": exit_code,
-                "timedOut": matches!(end, End::TimedOut),
-                "truncated": truncated,
-            })),
-        }
+            metadata: Some(metadata),
+        };
+        (out, refused)
     }
 
     /// Starts the command in a new process group whose id is the returned child's pid: under the
     /// tool guard when it is installed (the `crushd` binary), else the shell itself. The guard's
     /// stdin is a pipe the daemon holds open, unused, for the whole call: its end of file tells
     /// the guard that the daemon is gone.
-    fn spawn(root: &Path, command: &str, scrub: &[String]) -> io::Result<Child> {
+    /// A confined call (`sandbox`) runs under the guard or not at all: the guard is what
+    /// applies the confinement.
+    fn spawn(
+        root: &Path,
+        command: &str,
+        scrub: &[String],
+        sandbox: Option<&Policy>,
+    ) -> io::Result<Child> {
         let build = |program: &OsStr, guarded: bool| {
             let mut c = Command::new(program);
             if guarded {
                 c.arg(guard::FLAG).stdin(Stdio::piped());
+                if let Some(policy) = sandbox {
+                    c.args(policy.guard_args());
+                }
             } else {
                 c.stdin(Stdio::null());
             }
@@ -286,10 +328,20 @@ mod unix {
         if let Some(program) = guard::program() {
             match build(program, true).spawn() {
                 Ok(c) => return Ok(c),
+                Err(e) if sandbox.is_some() => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot start the tool guard that confines it: {e}"),
+                    ));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start the tool guard; starting the shell without it");
                 }
             }
+        } else if sandbox.is_some() {
+            return Err(io::Error::other(
+                "the command must run confined and the tool guard that confines it is not installed",
+            ));
         }
         match build(OsStr::new("bash"), false).spawn() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => build(OsStr::new("sh"), false).spawn(),

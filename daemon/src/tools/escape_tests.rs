@@ -57,6 +57,7 @@ impl Fixture {
             root: ws,
             cancel: CancellationToken::new(),
             scrub_env: Vec::new(),
+            sandbox: None,
             limits: Limits::default(),
         };
         Self {

@@ -19,6 +19,9 @@
 //! guard too). Otherwise it waits for the shell and exits with its status: the same exit code,
 //! or the same terminating signal re-raised on itself.
 //!
+//! With `--sandbox …` before `-c`, the guard confines itself with Landlock before it starts
+//! the shell, so the command and everything it starts are confined (`sandbox/`).
+//!
 //! `crushd --tool-guard --exec PROGRAM ARGS…` is the same guard for a stdio MCP server
 //! (`mcp/process.rs`): the server speaks MCP on its stdin, so the guard relays its own stdin to
 //! the server's, and the end of that stream is still the lifeline (the daemon closes it to stop
@@ -94,6 +97,15 @@ enum Command {
 /// The guard's `main`: `args` are the arguments after [`FLAG`], `-c COMMAND` or
 /// `--exec PROGRAM ARGS…`.
 pub fn main(args: &[OsString]) -> ExitCode {
+    // `--sandbox [--sandbox-write PATH]… [--sandbox-no-network]` first: the confinement to
+    // apply (`tools/sandbox/`).
+    let (sandbox, args) = match super::sandbox::parse_guard_args(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("crushd {FLAG}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let command = match args {
         [c, command] if c == "-c" => Command::Shell(command.clone()),
         [e, program @ ..] if e == EXEC && !program.is_empty() => Command::Exec(program.to_vec()),
@@ -116,6 +128,15 @@ pub fn main(args: &[OsString]) -> ExitCode {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = drop_capabilities() {
         eprintln!("crushd {FLAG}: cannot drop capabilities ({e}); refusing to run the command");
+        return ExitCode::from(126);
+    }
+    // Still one thread: Landlock restricts the calling thread and the threads and processes it
+    // starts later, which is everything the command does. A sandbox that cannot be applied
+    // refuses the command instead of running it unconfined.
+    if let Some(policy) = &sandbox
+        && let Err(e) = super::sandbox::confine(policy)
+    {
+        eprintln!("crushd {FLAG}: cannot confine the command ({e}); refusing to run it");
         return ExitCode::from(126);
     }
     let parent = rustix::process::getppid();

@@ -25,6 +25,7 @@ pub mod guard;
 mod ls;
 mod output;
 mod paths;
+pub(crate) mod sandbox;
 mod view;
 mod write;
 
@@ -44,6 +45,8 @@ pub(crate) struct ToolContext {
     /// variables), on top of every variable that looks like a secret ([`tool_environment`]).
     pub(crate) scrub_env: Vec<String>,
     pub(crate) limits: Limits,
+    /// How `bash` commands are confined; `None`: not at all.
+    pub(crate) sandbox: Option<sandbox::Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -385,9 +388,16 @@ impl Prepared {
 
     /// Does the work. Never panics; failures and cancellation are error outputs.
     pub(crate) async fn run(self, ctx: &ToolContext) -> ToolOutput {
+        self.run_reporting(ctx).await.0
+    }
+
+    /// [`Prepared::run`], and what the sandbox refused a `bash` command that failed because of
+    /// it (empty otherwise): the caller may offer to run it again unconfined.
+    pub(crate) async fn run_reporting(self, ctx: &ToolContext) -> (ToolOutput, Vec<String>) {
         if ctx.cancel.is_cancelled() {
-            return ToolOutput::cancelled();
+            return (ToolOutput::cancelled(), Vec::new());
         }
+        let mut refused = Vec::new();
         let mut out = match self.action {
             Action::View(call) => run_blocking(ctx, move |ctx| view::run(ctx, call)).await,
             Action::Ls(call) => run_blocking(ctx, move |ctx| ls::run(ctx, call)).await,
@@ -395,10 +405,14 @@ impl Prepared {
             Action::Grep(call) => run_blocking(ctx, move |ctx| grep::run(ctx, call)).await,
             Action::Write(call) => run_blocking(ctx, move |ctx| write::run(ctx, call)).await,
             Action::Edit(call) => run_blocking(ctx, move |ctx| edit::run(ctx, call)).await,
-            Action::Bash(call) => bash::run(ctx, call).await,
+            Action::Bash(call) => {
+                let (out, r) = bash::run(ctx, call).await;
+                refused = r;
+                out
+            }
         };
         out.content = output::cap_text(&out.content, ctx.limits.output_max_bytes);
-        out
+        (out, refused)
     }
 }
 

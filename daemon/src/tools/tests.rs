@@ -28,6 +28,7 @@ impl Ws {
             root: dir.path().to_path_buf(),
             cancel: CancellationToken::new(),
             scrub_env: Vec::new(),
+            sandbox: None,
             limits,
         };
         Self { dir, ctx }
@@ -1024,7 +1025,7 @@ async fn bash_reports_exit_code_stdout_and_stderr_in_the_root() {
         .await;
     assert_eq!(
         out.metadata,
-        Some(json!({"exitCode": 3, "timedOut": false, "truncated": false}))
+        Some(json!({"exitCode": 3, "timedOut": false, "truncated": false, "sandbox": null}))
     );
     let text = ok(out);
     assert_eq!(

@@ -29,7 +29,12 @@ scopes?: Array<RuleScope>,
  * prefix (whole words), for `write`/`edit` a path glob relative to the workspace; absent
  * when the rule covers every call of the tool (MCP tools).
  */
-suggestedPattern?: string | null, };
+suggestedPattern?: string | null, 
+/**
+ * Present when the request asks to run a `bash` command again outside the sandbox,
+ * because the sandbox refused it: what was refused.
+ */
+escalation?: SandboxEscalation | null, };
 
 export type PermissionDecision = "allow" | "allowSession" | "allowAlways" | "deny" | "deferred";
 
@@ -191,6 +196,58 @@ export type SessionSetYoloParams = { sessionId: string, yolo: boolean, };
 
 export type SessionSetYoloResult = { yolo: boolean, };
 
+export type SandboxMode = "workspace-write" | "read-only" | "off";
+
+export type SandboxEscalation = { 
+/**
+ * The mode the command ran under.
+ */
+mode: SandboxMode, 
+/**
+ * What the sandbox refused, one line each for a person (`write /etc/hosts`,
+ * `network connection`).
+ */
+refused: Array<string>, };
+
+export type SandboxStatus = { 
+/**
+ * The mode asked for (the config's, or the session's own).
+ */
+mode: SandboxMode, 
+/**
+ * Whether commands may use TCP (`false`: connecting and binding are refused).
+ */
+network: boolean, 
+/**
+ * Whether the mode is enforced: `false` when it is `off`, or when this system cannot
+ * confine commands (then `warning` says why and commands run unconfined).
+ */
+enforced: boolean, 
+/**
+ * The kernel's Landlock ABI version; absent without Landlock.
+ */
+landlockAbi?: number | null, 
+/**
+ * Directories commands may write, `<workspace>` standing for each session's root (empty
+ * when nothing is confined or nothing is writable).
+ */
+writable: Array<string>, 
+/**
+ * Set when what is asked for is not (fully) enforced, saying why.
+ */
+warning?: string | null, };
+
+export type SessionSetSandboxParams = { sessionId: string, 
+/**
+ * The session's mode; `null` (or absent) returns it to the config's.
+ */
+mode: SandboxMode | null, 
+/**
+ * Whether the session's commands may use TCP; `null` (or absent) returns it to the
+ * config's.
+ */
+network: boolean | null, };
+
 export type ConfigGetResult = { 
 /**
  * The effective configuration: presets merged with the config file and the environment.
@@ -277,7 +334,12 @@ idleTimeoutMs: number,
  * Bytes the workspace snapshots take on disk (`session/diff`, `session/revert`); absent
  * when snapshots are off.
  */
-snapshotBytes?: number | null, };
+snapshotBytes?: number | null, 
+/**
+ * How `bash` commands are confined by default (the config's mode), with a warning when
+ * this system cannot enforce it.
+ */
+sandbox?: SandboxStatus | null, };
 
 export type DaemonShutdownParams = { 
 /**
@@ -786,7 +848,12 @@ unavailable?: string | null,
  */
 images: boolean, };
 
-export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, };
+export type ModelListResult = { default?: string | null, models: Array<ModelInfo>, 
+/**
+ * How the models' `bash` commands are confined by default, as in `daemon/status`: a
+ * client that shows models shows the warning too.
+ */
+sandbox?: SandboxStatus | null, };
 
 export type McpScope = "global" | "project";
 
@@ -930,6 +997,7 @@ export interface Requests {
   "model/list": { params: Record<string, never>; result: ModelListResult };
   "session/setModel": { params: SessionSetModelParams; result: SessionInfo };
   "session/setYolo": { params: SessionSetYoloParams; result: SessionSetYoloResult };
+  "session/setSandbox": { params: SessionSetSandboxParams; result: SandboxStatus };
   "permission/respond": { params: PermissionRespondParams; result: PermissionRespondResult };
   "permission/rules/list": { params: PermissionRulesListParams; result: PermissionRulesListResult };
   "permission/rules/remove": { params: PermissionRulesRemoveParams; result: PermissionRulesRemoveResult };

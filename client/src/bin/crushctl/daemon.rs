@@ -93,6 +93,12 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<u8> {
         ),
     };
     crate::outln!("  idle exit    {idle}")?;
+    if let Some(sb) = &st.sandbox {
+        crate::outln!("  sandbox      {}", sandbox_line(sb))?;
+        if let Some(w) = &sb.warning {
+            crate::outln!("    warning: {w}")?;
+        }
+    }
     let loaded: Vec<_> = ws.workspaces.iter().filter(|w| w.loaded).collect();
     crate::outln!(
         "  workspaces   {} known, {} loaded",
@@ -322,4 +328,20 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// The sandbox in one line: the mode, whether it is enforced, and the network.
+pub(crate) fn sandbox_line(sb: &crush_protocol::SandboxStatus) -> String {
+    let mut line = sb.mode.to_string();
+    if sb.enforced {
+        if let Some(abi) = sb.landlock_abi {
+            line.push_str(&format!(" (Landlock ABI {abi})"));
+        }
+        if !sb.network {
+            line.push_str(", no network");
+        }
+    } else if sb.mode != crush_protocol::SandboxMode::Off {
+        line.push_str(" (NOT enforced: commands run unconfined)");
+    }
+    line
 }

@@ -258,6 +258,13 @@ pub struct PromptArgs {
     /// Run tool calls without asking.
     #[arg(long)]
     pub yolo: bool,
+    /// Confine the session's bash commands: workspace-write, read-only or off (kept for the
+    /// session's later runs; without it, the session's or the config's mode).
+    #[arg(long, value_name = "MODE")]
+    pub sandbox: Option<crush_protocol::SandboxMode>,
+    /// Refuse the session's bash commands TCP connections (kept for its later runs).
+    #[arg(long)]
+    pub no_network: bool,
     /// When the session is busy, join its active run instead of queueing behind it.
     #[arg(long)]
     pub steer: bool,

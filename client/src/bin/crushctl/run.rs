@@ -21,8 +21,8 @@ use crush_protocol::{
     AgentCancelParams, AgentSendParams, ErrorCode, ImageInput, PermissionDecision,
     PermissionRequestParams, PermissionRequestResult, PermissionResolution, RpcError, RuleScope,
     RunRef, RunState, SendMode, SessionCreateParams, SessionEvent, SessionInfo,
-    SessionMessagesParams, SessionRef, SessionSubscribeParams, SessionUpdateParams, ToolStatus,
-    WorkspaceInfo, daemon_request, request,
+    SessionMessagesParams, SessionRef, SessionSetSandboxParams, SessionSubscribeParams,
+    SessionUpdateParams, ToolStatus, WorkspaceInfo, daemon_request, request,
 };
 
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
@@ -89,8 +89,8 @@ async fn prepare(
         existing.as_ref().and_then(|s| s.model.as_deref()),
     )
     .await?;
-    match existing {
-        Some(s) => Ok((s, model, false)),
+    let (session, created) = match existing {
+        Some(s) => (s, false),
         None => {
             // The daemon titles a new session from its prompt's first line. When stdin was
             // piped in front of the command-line words, those words say better what the
@@ -106,9 +106,22 @@ async fn prepare(
                     yolo: false,
                 })
                 .await?;
-            Ok((s, model, true))
+            (s, true)
+        }
+    };
+    if p.sandbox.is_some() || p.no_network {
+        let st = client
+            .request::<request::SessionSetSandbox>(SessionSetSandboxParams {
+                session_id: session.session_id.clone(),
+                mode: p.sandbox,
+                network: p.no_network.then_some(false),
+            })
+            .await?;
+        if let Some(w) = &st.warning {
+            crate::errln!("crushctl: sandbox: {w}");
         }
     }
+    Ok((session, model, created))
 }
 
 /// Sends; a refused prompt in a session made for it removes the session again. A model the
@@ -732,6 +745,13 @@ impl RunView {
         };
         if let Some(diff) = &params.diff {
             self.ui.err_line(&self.ui.paint_err(DIM, diff.trim_end()));
+        }
+        if let Some(e) = &params.escalation {
+            // A second question about a call that already ran confined: say what was refused.
+            self.ui.err_line(&self.ui.paint_err(
+                DIM,
+                &format!("the sandbox ({}) refused: {}", e.mode, e.refused.join("; ")),
+            ));
         }
         self.ui.ask(&format!(
             "{} {}\n{}",
