@@ -297,6 +297,9 @@ client_requests! {
     McpList = "mcp/list" (NoParams) -> McpListResult [resend];
     /// Stop an MCP server (if running) and start it again now, without backoff.
     McpRestart = "mcp/restart" (McpRestartParams) -> McpServerInfo;
+    /// Give a session its own MCP servers (an ACP editor's), replacing those it had; their
+    /// tools are offered to that session's runs only.
+    SessionSetMcpServers = "session/setMcpServers" (SessionSetMcpServersParams) -> McpListResult;
     /// Diagnostic: answer after `ms` milliseconds. Only with `crushd --debug-methods`.
     DebugSleep = "debug/sleep" (DebugSleepParams) -> DebugSleepResult;
     /// Diagnostic: the daemon's live resource counts (connections, tasks, runs), for leak
@@ -1406,6 +1409,9 @@ pub struct McpServerInfo {
     /// For a `project` server: the workspace whose `.mcp.json` defines it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<String>,
+    /// For a `session` server: the session that was given it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     pub state: McpServerState,
     /// The command line it runs.
     pub command: String,
@@ -1456,10 +1462,43 @@ pub struct McpListResult {
 pub struct McpRestartParams {
     /// The server's name.
     pub name: String,
-    /// For a project server (`.mcp.json`): its workspace. Without it a global server of that
-    /// name is restarted, else a project server of that name.
+    /// For a project server (`.mcp.json`): its workspace. Without it (and without
+    /// `sessionId`) a global server of that name is restarted, else a project server of that
+    /// name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<String>,
+    /// For a session's server (`session/setMcpServers`): its session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// One MCP server a client gives a session: a stdio server (`command`, `args`, `env`) or a
+/// streamable-HTTP one (`url`, `headers`) — the shapes ACP's `session/new` carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerConfig {
+    /// Its name; its tools are `mcp__NAME__TOOL` (letters, digits, `-`, `_`; no `__`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSetMcpServersParams {
+    pub session_id: String,
+    /// The session's servers from now on (empty: none).
+    pub servers: Vec<McpServerConfig>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

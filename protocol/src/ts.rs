@@ -123,6 +123,8 @@ pub fn typescript() -> String {
         McpRejectedTool,
         McpListResult,
         McpRestartParams,
+        McpServerConfig,
+        SessionSetMcpServersParams,
         RunCompleteParams,
         SessionUpdateParams,
         SessionEvent,

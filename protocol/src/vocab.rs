@@ -135,6 +135,8 @@ wire_enum! {
         Global = "global",
         /// From a workspace's `.mcp.json`: shared by the sessions of that workspace.
         Project = "project",
+        /// Given to one session by a client (`session/setMcpServers`: an ACP editor's).
+        Session = "session",
     }
 }
 

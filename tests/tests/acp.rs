@@ -980,3 +980,73 @@ async fn allow_always_saves_a_workspace_rule() {
     );
     sdk.close().await;
 }
+
+/// The editor's MCP servers from `session/new` run through crushd's pool for that session: the
+/// model calls the stdio server's tool (asked through `session/request_permission`) and gets
+/// its real result. The server is tests/mcp/test_server.py with PyPI's `mcp` SDK
+/// (`$CRUSH_MCP_SERVERS`, installed by .ci/run); an SSE server is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_editors_mcp_servers_serve_its_session() {
+    let dir = std::env::var_os("CRUSH_MCP_SERVERS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("CRUSH_MCP_SERVERS is not set (.ci/run installs the test MCP servers; see tests/tests/mcp.rs)"));
+    let w = world().await;
+    let state = w.env.dir.path().join("mcp-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/test_server.py");
+    let server = json!({
+        "name": "editor",
+        "command": "python3",
+        "args": [script, "serve", state],
+        "env": [{"name": "PYTHONPATH", "value": dir.join("py")}],
+    });
+    let mut sdk = Sdk::start(&w).await;
+    let init = sdk.initialize().await;
+    assert_eq!(
+        init["agentCapabilities"]["mcpCapabilities"]["http"], true,
+        "{init}"
+    );
+    let sse = sdk
+        .request(
+            "session/new",
+            json!({"cwd": w.project, "mcpServers": [{"type": "sse", "name": "s", "url": "http://127.0.0.1:1/sse", "headers": []}]}),
+        )
+        .await;
+    assert_eq!(sse["error"]["code"], -32602, "{sse}");
+    let s = sdk
+        .ok(
+            "session/new",
+            json!({"cwd": w.project, "mcpServers": [server]}),
+        )
+        .await;
+    let session = s["sessionId"].as_str().unwrap().to_owned();
+    w.mock.push(Script::default().tool_call(
+        "call_1",
+        "mcp__editor__echo",
+        r#"{"text":"from the editor's server"}"#,
+    ));
+    w.mock.push(Script::text("Echoed."));
+    let id = sdk
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "echo"}]}),
+        )
+        .await;
+    let ask = sdk.event("permission", |_| true).await;
+    assert_eq!(ask["params"]["toolCall"]["toolCallId"], "call_1");
+    sdk.answer(&ask["key"], "allow-once").await;
+    let r = sdk.response(id).await;
+    assert_eq!(r["result"]["stopReason"], "end_turn", "{r}");
+    let reqs = w.mock.requests();
+    assert!(
+        reqs[0]
+            .tool_names()
+            .contains(&"mcp__editor__echo".to_owned())
+    );
+    assert_eq!(
+        reqs[1].tool_results()[0].1,
+        "echo: from the editor's server"
+    );
+    sdk.close().await;
+}

@@ -1034,3 +1034,115 @@ async fn an_image_result_is_a_note_for_a_model_without_images() {
         "{result}"
     );
 }
+
+/// `session/setMcpServers`: a session's own server (an ACP editor's) is offered to that
+/// session's runs only, runs without approval, shows in `mcp/list` with its session, and stops
+/// when the session's list is replaced or the session is deleted.
+#[tokio::test]
+async fn a_sessions_own_server_serves_that_session_only() {
+    let mut w = world("serve", "10s").await;
+    let (_, py) = servers();
+    let own_state = w.env.dir.path().join("own-state");
+    std::fs::create_dir_all(&own_state).unwrap();
+    let own = json!({
+        "name": "own",
+        "command": "python3",
+        "args": [test_server().display().to_string(), "serve", own_state.display().to_string()],
+        "env": {"PYTHONPATH": py.display().to_string()},
+    });
+    let r =
+        w.c.request(
+            "session/setMcpServers",
+            json!({"sessionId": w.session, "servers": [own]}),
+        )
+        .await;
+    assert_eq!(r["result"]["servers"][0]["scope"], "session", "{r}");
+    assert_eq!(r["result"]["servers"][0]["sessionId"], w.session.as_str());
+    let bad =
+        w.c.request(
+            "session/setMcpServers",
+            json!({"sessionId": w.session, "servers": [{"name": "a b", "command": "x"}]}),
+        )
+        .await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("servers[0].name"),
+        "{bad}"
+    );
+    let unknown =
+        w.c.request(
+            "session/setMcpServers",
+            json!({"sessionId": "nope", "servers": []}),
+        )
+        .await;
+    assert_eq!(unknown["error"]["code"], -32011, "{unknown}");
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock
+        .push(Script::text("Own.").tool_call("call_1", "mcp__own__echo", r#"{"text":"mine"}"#));
+    w.mock.push(Script::text("Done."));
+    let run = send(&mut w.c, &w.session, "use it").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let reqs = w.mock.requests();
+    assert!(reqs[0].tool_names().contains(&"mcp__own__echo".to_owned()));
+    assert_eq!(reqs[1].tool_results()[0].1, "echo: mine");
+    // Another session of the same workspace is not offered it.
+    let ws =
+        w.c.request("session/get", json!({"sessionId": w.session}))
+            .await["result"]["workspaceId"]
+            .clone();
+    let other =
+        w.c.request("session/create", json!({"workspaceId": ws}))
+            .await["result"]["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    w.c.request("session/subscribe", json!({"sessionId": other}))
+        .await;
+    w.mock.push(Script::text("Other."));
+    let run = send(&mut w.c, &other, "hello").await;
+    w.c.run_complete(&run).await;
+    let names = w.mock.requests()[2].tool_names();
+    assert!(
+        !names.iter().any(|n| n.starts_with("mcp__own__")),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"mcp__t__echo".to_owned()),
+        "global servers stay"
+    );
+    // Deleting the session stops its server.
+    let pid = server_info(&mut w.c, "own").await["pid"].as_u64().unwrap() as u32;
+    let r =
+        w.c.request("session/delete", json!({"sessionId": w.session}))
+            .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let end = Instant::now() + DEADLINE;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < end,
+            "the session's server {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list = w.c.request("mcp/list", json!({})).await;
+    assert!(
+        !list["result"]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "own"),
+        "{list}"
+    );
+}

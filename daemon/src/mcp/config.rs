@@ -126,6 +126,44 @@ impl McpSection {
     }
 }
 
+impl ServerSpec {
+    /// A server a client gives a session (`session/setMcpServers`), checked like a config
+    /// table: the same names, a command or a URL, the defaults. A stdio server runs in `cwd`
+    /// (the session's workspace). An error is `(field, message)`.
+    pub fn from_client(
+        c: &crush_protocol::McpServerConfig,
+        cwd: Option<PathBuf>,
+    ) -> Result<ServerSpec, (String, String)> {
+        let table = ServerTable {
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: c.env.clone(),
+            cwd: cwd.filter(|_| c.url.is_none()),
+            url: c.url.clone(),
+            headers: c.headers.clone(),
+            headers_env: BTreeMap::new(),
+            enabled: true,
+            timeout: None,
+            startup_timeout: None,
+            allow: Vec::new(),
+        };
+        table.spec(&c.name).map_err(|(key, message)| {
+            let field = key
+                .strip_prefix(&format!("mcp.servers.{}", c.name))
+                .unwrap_or_default()
+                .trim_start_matches('.');
+            (
+                if field.is_empty() {
+                    "name".to_owned()
+                } else {
+                    field.to_owned()
+                },
+                message,
+            )
+        })
+    }
+}
+
 impl ServerTable {
     fn spec(&self, name: &str) -> Result<ServerSpec, (String, String)> {
         let key = |k: &str| format!("mcp.servers.{name}{k}");

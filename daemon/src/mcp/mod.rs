@@ -2,6 +2,8 @@
 //!
 //! - `config.rs` — the `[mcp.servers.NAME]` tables, checked.
 //! - `project.rs` — a workspace's `.mcp.json` (servers that start only once approved).
+//! - `session.rs` — servers a client gives one session (`session/setMcpServers`: an ACP
+//!   editor's).
 //! - `sdk.rs` — the only user of the MCP SDK (`rmcp`); speaks the specification's JSON outward.
 //! - `process.rs` — a stdio server's process under the tool guard, its stderr into the log.
 //! - `supervise.rs` — a server's life: start on first need, ready, restart with backoff when it
@@ -18,6 +20,7 @@ mod convert;
 mod process;
 mod project;
 mod sdk;
+mod session;
 mod supervise;
 
 use std::collections::{HashMap, HashSet};
@@ -39,6 +42,14 @@ use crate::model::ToolSpec;
 use crate::sync::lock;
 use crate::tools::ToolOutput;
 
+/// Whose servers a run may use: its workspace's (`.mcp.json`) and its session's, besides the
+/// global ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Owner<'a> {
+    pub workspace: Option<&'a str>,
+    pub session: Option<&'a str>,
+}
+
 /// The daemon's MCP servers. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Mcp {
@@ -51,6 +62,8 @@ struct Inner {
     servers: Vec<Arc<Server>>,
     /// Each workspace's project servers (`.mcp.json`), as last read.
     projects: Mutex<HashMap<String, Vec<Arc<Server>>>>,
+    /// Each session's own servers (`session/setMcpServers`), as last set.
+    sessions: Mutex<HashMap<String, Vec<Arc<Server>>>>,
     /// Project servers a client refused to approve, per session: `(session, workspace, name,
     /// fingerprint)`; not asked again in that session.
     denied: Mutex<HashSet<(String, String, String, String)>>,
@@ -114,6 +127,7 @@ impl Mcp {
                     .map(|s| Arc::new(Server::global(s, key_vars.clone(), shutdown.child_token())))
                     .collect(),
                 projects: Mutex::default(),
+                sessions: Mutex::default(),
                 denied: Mutex::default(),
                 key_vars,
                 tracker: TaskTracker::new(),
@@ -122,60 +136,70 @@ impl Mcp {
         }
     }
 
-    /// The server a run of workspace `ws` means by `name`: a global one, else one of the
-    /// workspace's `.mcp.json` (a project server never shadows a global one).
-    fn server(&self, ws: Option<&str>, name: &str) -> Option<Arc<Server>> {
-        if let Some(s) = self.inner.servers.iter().find(|s| s.spec.name == name) {
-            return Some(s.clone());
-        }
-        let projects = lock(&self.inner.projects);
-        projects
-            .get(ws?)?
-            .iter()
+    /// The server a run means by `name`: a global one, else one of its session's, else one of
+    /// its workspace's `.mcp.json` (neither shadows a global one; a session's shadows the
+    /// project's).
+    fn server(&self, o: Owner<'_>, name: &str) -> Option<Arc<Server>> {
+        self.servers_for(o)
+            .into_iter()
             .find(|s| s.spec.name == name)
-            .cloned()
     }
 
-    /// The servers a run of workspace `ws` may use: the global ones, then the workspace's.
-    fn servers_for(&self, ws: Option<&str>) -> Vec<Arc<Server>> {
+    /// The servers a run may use: the global ones, then its session's, then its workspace's,
+    /// each name once.
+    fn servers_for(&self, o: Owner<'_>) -> Vec<Arc<Server>> {
         let mut all = self.inner.servers.clone();
-        if let Some(ws) = ws
+        let mut add = |more: &[Arc<Server>]| {
+            for s in more {
+                if !all.iter().any(|a| a.spec.name == s.spec.name) {
+                    all.push(s.clone());
+                }
+            }
+        };
+        if let Some(session) = o.session
+            && let Some(mine) = lock(&self.inner.sessions).get(session)
+        {
+            add(mine);
+        }
+        if let Some(ws) = o.workspace
             && let Some(p) = lock(&self.inner.projects).get(ws)
         {
-            all.extend(
-                p.iter()
-                    .filter(|s| {
-                        !self
-                            .inner
-                            .servers
-                            .iter()
-                            .any(|g| g.spec.name == s.spec.name)
-                    })
-                    .cloned(),
-            );
+            add(p);
         }
         all
     }
 
-    /// Every server's state (`mcp/list`): the global ones, then each workspace's.
+    /// Every server's state (`mcp/list`): the global ones, then each workspace's, then each
+    /// session's.
     pub fn list(&self) -> Vec<McpServerInfo> {
         let mut out: Vec<McpServerInfo> = self.inner.servers.iter().map(|s| s.info()).collect();
-        let projects = lock(&self.inner.projects);
-        let mut ws: Vec<&String> = projects.keys().collect();
-        ws.sort();
-        for w in ws {
-            out.extend(projects[w].iter().map(|s| s.info()));
+        for map in [&self.inner.projects, &self.inner.sessions] {
+            let map = lock(map);
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for k in keys {
+                out.extend(map[k].iter().map(|s| s.info()));
+            }
         }
         out
     }
 
     /// Stops a server (if running) and starts it again now, without backoff (`mcp/restart`).
-    pub fn restart(&self, name: &str, ws: Option<&str>) -> Result<McpServerInfo, McpError> {
-        let server = match ws {
-            Some(ws) => lock(&self.inner.projects)
-                .get(ws)
-                .and_then(|p| p.iter().find(|s| s.spec.name == name).cloned()),
-            None => self.server(None, name).or_else(|| {
+    pub fn restart(
+        &self,
+        name: &str,
+        ws: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<McpServerInfo, McpError> {
+        let of = |map: &Mutex<HashMap<String, Vec<Arc<Server>>>>, key: &str| {
+            lock(map)
+                .get(key)
+                .and_then(|p| p.iter().find(|s| s.spec.name == name).cloned())
+        };
+        let server = match (ws, session) {
+            (_, Some(session)) => of(&self.inner.sessions, session),
+            (Some(ws), None) => of(&self.inner.projects, ws),
+            (None, None) => self.server(Owner::default(), name).or_else(|| {
                 lock(&self.inner.projects)
                     .values()
                     .flatten()
@@ -283,11 +307,11 @@ impl Mcp {
     /// started yet are started, and each starting server is waited for (at most its
     /// `startup_timeout`), so the first run sees their tools; a failed or unapproved server's
     /// tools are left out.
-    pub(crate) async fn tool_specs(&self, ws: Option<&str>) -> Vec<ToolSpec> {
+    pub(crate) async fn tool_specs(&self, o: Owner<'_>) -> Vec<ToolSpec> {
         if self.inner.shutdown.is_cancelled() {
             return Vec::new();
         }
-        let servers = self.servers_for(ws);
+        let servers = self.servers_for(o);
         let waits = servers.iter().filter(|s| s.spec.enabled).map(|s| {
             s.ensure_started(&self.inner.tracker);
             s.wait_settled(s.spec.startup_timeout + Duration::from_secs(1))
@@ -299,24 +323,24 @@ impl Mcp {
     /// The tools ready servers offer now, without starting any: what a step after the first
     /// offers. A server whose `tools/list_changed` notice arrived is waited for (at most its
     /// call `timeout`) until it has re-listed, so the step sees the announced list.
-    pub(crate) async fn current_specs(&self, ws: Option<&str>) -> Vec<ToolSpec> {
-        let servers = self.servers_for(ws);
+    pub(crate) async fn current_specs(&self, o: Owner<'_>) -> Vec<ToolSpec> {
+        let servers = self.servers_for(o);
         let waits = servers.iter().map(|s| s.wait_listed(s.spec.timeout));
         futures::future::join_all(waits).await;
         servers.iter().flat_map(|s| s.offered()).collect()
     }
 
     /// Whether an MCP tool (model-facing name) runs without asking: its server's `allow` list.
-    pub(crate) fn allowed(&self, ws: Option<&str>, name: &str) -> bool {
+    pub(crate) fn allowed(&self, o: Owner<'_>, name: &str) -> bool {
         split_name(name)
-            .and_then(|(server, tool)| Some((self.server(ws, server)?, tool)))
+            .and_then(|(server, tool)| Some((self.server(o, server)?, tool)))
             .is_some_and(|(s, tool)| s.spec.allow.iter().any(|a| a == tool))
     }
 
     /// A one-line summary of a call for permission prompts: the server's command line names
     /// what will run.
-    pub(crate) fn title(&self, ws: Option<&str>, name: &str) -> String {
-        match split_name(name).and_then(|(server, tool)| Some((self.server(ws, server)?, tool))) {
+    pub(crate) fn title(&self, o: Owner<'_>, name: &str) -> String {
+        match split_name(name).and_then(|(server, tool)| Some((self.server(o, server)?, tool))) {
             Some((s, tool)) => format!(
                 "MCP tool {tool} of server {} ({})",
                 s.spec.name,
@@ -331,7 +355,7 @@ impl Mcp {
     /// `notifications/cancelled`.
     pub(crate) async fn call(
         &self,
-        ws: Option<&str>,
+        o: Owner<'_>,
         name: &str,
         input: &str,
         cancel: &CancellationToken,
@@ -340,7 +364,7 @@ impl Mcp {
         let Some((server_name, tool)) = split_name(name) else {
             return ToolOutput::error(format!("Unknown tool `{name}`.")).into();
         };
-        let Some(server) = self.server(ws, server_name) else {
+        let Some(server) = self.server(o, server_name) else {
             return ToolOutput::error(format!(
                 "Unknown tool `{name}`: no MCP server is named {server_name:?}."
             ))

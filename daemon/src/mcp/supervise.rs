@@ -42,6 +42,8 @@ pub(super) struct Server {
     pub scope: McpScope,
     /// A project server's workspace and approved definition.
     pub workspace_id: Option<String>,
+    /// A session server's session.
+    pub session_id: Option<String>,
     pub fingerprint: Option<String>,
     key_vars: Arc<[String]>,
     /// Fired to stop this server for good (shutdown, or its `.mcp.json` entry changed).
@@ -112,6 +114,18 @@ impl Server {
         Self::new(spec, key_vars, stop, McpScope::Global, None, None)
     }
 
+    /// A server a client gave session `session_id` (`session/setMcpServers`).
+    pub(super) fn session(
+        spec: ServerSpec,
+        key_vars: Arc<[String]>,
+        stop: CancellationToken,
+        session_id: &str,
+    ) -> Self {
+        let mut s = Self::new(spec, key_vars, stop, McpScope::Session, None, None);
+        s.session_id = Some(session_id.to_owned());
+        s
+    }
+
     /// A project server (`.mcp.json`), unapproved until [`Self::approve`].
     pub(super) fn project(
         spec: ServerSpec,
@@ -149,6 +163,7 @@ impl Server {
             spec,
             scope,
             workspace_id,
+            session_id: None,
             fingerprint,
             key_vars,
             stop,
@@ -178,6 +193,7 @@ impl Server {
             name: self.spec.name.clone(),
             scope: self.scope,
             workspace_id: self.workspace_id.clone(),
+            session_id: self.session_id.clone(),
             state: s.phase,
             command: self.spec.command_line(),
             last_error: s.last_error.clone(),

@@ -1,7 +1,9 @@
-//! `mcp/list` and `mcp/restart`: what the MCP pool (`crate::mcp`) answers.
+//! `mcp/list`, `mcp/restart` and `session/setMcpServers`: what the MCP pool (`crate::mcp`)
+//! answers.
 
 use crush_protocol::{
     ErrorCode, McpListResult, McpRestartParams, McpServerInfo, NoParams, RpcError,
+    SessionSetMcpServersParams,
 };
 
 use super::RequestCtx;
@@ -14,11 +16,33 @@ pub(super) fn list(ctx: &RequestCtx, _: NoParams) -> Result<McpListResult, RpcEr
 }
 
 pub(super) fn restart(ctx: &RequestCtx, p: McpRestartParams) -> Result<McpServerInfo, RpcError> {
-    Ok(ctx
+    Ok(ctx.daemon.runtime.mcp().restart(
+        &p.name,
+        p.workspace_id.as_deref(),
+        p.session_id.as_deref(),
+    )?)
+}
+
+/// A session's own servers (an ACP editor's); stdio servers run in the session's workspace.
+pub(super) async fn set_session_servers(
+    ctx: &RequestCtx,
+    p: SessionSetMcpServersParams,
+) -> Result<McpListResult, RpcError> {
+    let store = &ctx.daemon.store;
+    let session = store.require_session(&p.session_id).await?;
+    let cwd = store
+        .get_workspace(&session.workspace_id)
+        .await?
+        .map(|w| std::path::PathBuf::from(w.path));
+    let servers = ctx
         .daemon
         .runtime
         .mcp()
-        .restart(&p.name, p.workspace_id.as_deref())?)
+        .set_session(&p.session_id, &p.servers, cwd)
+        .map_err(|(i, field, message)| {
+            RpcError::invalid_params(format!("invalid params: servers[{i}].{field}: {message}"))
+        })?;
+    Ok(McpListResult { servers })
 }
 
 /// The pool's errors as the client sees them.

@@ -100,6 +100,7 @@ pub(crate) async fn handle(ctx: RequestCtx, request: ClientRequest) -> Result<Va
         PermissionLog(p) => permission::log(c, p).await,
         McpList(p) => mcp::list(c, p),
         McpRestart(p) => mcp::restart(c, p),
+        SessionSetMcpServers(p) => mcp::set_session_servers(c, p).await,
     }
 }
 

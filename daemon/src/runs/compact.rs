@@ -211,7 +211,7 @@ impl Runtime {
             None => String::new(),
         };
         let tools = if root.is_some() {
-            self.current_tools(&s.ws().id).await
+            self.current_tools(s).await
         } else {
             Vec::new()
         };

@@ -296,7 +296,7 @@ impl Runtime {
             }
             if steps > 0 && root.is_some() && !token.is_cancelled() {
                 // An MCP server's `tools/list_changed` applies from the next step on.
-                let now = self.current_tools(&ws_id).await;
+                let now = self.current_tools(s).await;
                 if now != request.tools {
                     preamble = counter.preamble(&request.system, &now);
                     request.tools = now;

@@ -412,6 +412,7 @@ impl Runtime {
     /// Drops a deleted session's live state (its subscribers stop hearing about it).
     pub fn forget_session(&self, session_id: &str) {
         self.permissions.forget_session_rules(session_id);
+        self.mcp.forget_session(session_id);
         let mut map = lock(&self.sessions);
         if let Some(s) = map.get(session_id) {
             let mut inner = lock(&s.inner);

@@ -14,7 +14,7 @@ use crush_protocol::{
 
 use super::permissions::{Basis, Decided};
 use super::{RunMeta, Runtime, SessionRt};
-use crate::mcp::CallOutput;
+use crate::mcp::{CallOutput, Owner};
 use crate::model::{ChatMessage, ToolCall};
 use crate::permission_rules::{self as rules, Subject};
 use crate::store::new_id;
@@ -310,16 +310,25 @@ impl Runtime {
             }
         }
         let mut tools = crate::tools::specs();
-        tools.extend(self.mcp.tool_specs(Some(&ws)).await);
+        let owner = Owner {
+            workspace: Some(&ws),
+            session: Some(&s.id),
+        };
+        tools.extend(self.mcp.tool_specs(owner).await);
         tools
     }
 
     /// The tools a step after the turn's first offers: the built-in ones and what the ready MCP
     /// servers offer now (a `tools/list_changed` applies from the next step on). Also what
     /// `session/compact` counts, so its token figures match a turn's.
-    pub(super) async fn current_tools(&self, ws: &str) -> Vec<crate::model::ToolSpec> {
+    pub(super) async fn current_tools(&self, s: &SessionRt) -> Vec<crate::model::ToolSpec> {
+        let ws = s.ws().id.clone();
+        let owner = Owner {
+            workspace: Some(&ws),
+            session: Some(&s.id),
+        };
         let mut tools = crate::tools::specs();
-        tools.extend(self.mcp.current_specs(Some(ws)).await);
+        tools.extend(self.mcp.current_specs(owner).await);
         tools
     }
 
@@ -411,7 +420,10 @@ impl Runtime {
         input: Value,
     ) -> (ToolStatus, CallOutput) {
         let ws = s.ws().id.clone();
-        let ws = Some(ws.as_str());
+        let ws = Owner {
+            workspace: Some(&ws),
+            session: Some(&s.id),
+        };
         let allowed = self.mcp.allowed(ws, &call.name).then(|| {
             Basis::new(
                 PermissionSource::McpAllow,

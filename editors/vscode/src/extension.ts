@@ -128,7 +128,11 @@ export function activate(context: vscode.ExtensionContext): Api {
       }
     };
 
-  const mcpView = new McpServersView(client, () => controller.workspaceId);
+  const mcpView = new McpServersView(
+    client,
+    () => controller.workspaceId,
+    () => controller.model?.sessionId,
+  );
   const mcpTree = vscode.window.createTreeView(MCP_VIEW_ID, { treeDataProvider: mcpView });
 
   context.subscriptions.push(

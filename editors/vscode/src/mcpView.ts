@@ -1,5 +1,5 @@
 // The "MCP Servers" view: every MCP server this window's agent can use (the daemon's global
-// servers and this workspace's `.mcp.json` servers), its state, tools and last error, with a
+// servers, this workspace's `.mcp.json` servers and the shown session's own), its state, tools and last error, with a
 // Restart action. Read with `mcp/list` when the view opens and on Refresh (the daemon sends no
 // notification when a server's state changes, so the view does not pretend to be live).
 import * as vscode from "vscode";
@@ -32,6 +32,8 @@ export class McpServersView implements vscode.TreeDataProvider<McpNode> {
     private readonly client: CrushClient,
     /** This window's workspace id, once the daemon has opened it. */
     private readonly workspaceId: () => string | undefined,
+    /** The session this window shows, if any. */
+    private readonly sessionId: () => string | undefined = () => undefined,
   ) {}
 
   /** Reads the servers again; returns what the view now shows. */
@@ -39,7 +41,13 @@ export class McpServersView implements vscode.TreeDataProvider<McpNode> {
     try {
       const r = await this.client.request("mcp/list", {});
       const ws = this.workspaceId();
-      this.servers = r.servers.filter((s) => s.scope === "global" || s.workspaceId === ws);
+      const session = this.sessionId();
+      this.servers = r.servers.filter(
+        (s) =>
+          s.scope === "global" ||
+          (s.scope === "project" && s.workspaceId === ws) ||
+          (s.scope === "session" && s.sessionId === session),
+      );
       this.problem = undefined;
     } catch (e) {
       this.servers = [];
@@ -55,7 +63,12 @@ export class McpServersView implements vscode.TreeDataProvider<McpNode> {
     if (!info) {
       return undefined;
     }
-    const params = info.scope === "project" ? { name: info.name, workspaceId: info.workspaceId } : { name: info.name };
+    const params =
+      info.scope === "project"
+        ? { name: info.name, workspaceId: info.workspaceId }
+        : info.scope === "session"
+          ? { name: info.name, sessionId: info.sessionId }
+          : { name: info.name };
     const restarted = await this.client.request("mcp/restart", params);
     await this.refresh();
     return restarted;
@@ -118,7 +131,8 @@ export function serverItem(s: McpServerInfo): vscode.TreeItem {
     hasTools ? vscode.TreeItemCollapsibleState.Collapsed : vscode.TreeItemCollapsibleState.None,
   );
   const tools = s.state === "ready" ? `, ${s.toolCount} tool${s.toolCount === 1 ? "" : "s"}` : "";
-  item.description = `${s.state}${tools}${s.scope === "project" ? " · .mcp.json" : ""}`;
+  const origin = s.scope === "project" ? " · .mcp.json" : s.scope === "session" ? " · this session" : "";
+  item.description = `${s.state}${tools}${origin}`;
   const lines = [`${s.name} (${s.scope}): ${s.state}`, s.command];
   if (s.serverName) {
     lines.push(`${s.serverName} ${s.serverVersion ?? ""} · MCP ${s.protocolVersion ?? "?"}`.trim());

@@ -855,7 +855,7 @@ export type ModelListResult = { default?: string | null, models: Array<ModelInfo
  */
 sandbox?: SandboxStatus | null, };
 
-export type McpScope = "global" | "project";
+export type McpScope = "global" | "project" | "session";
 
 export type McpServerState = "idle" | "starting" | "ready" | "failed" | "disabled" | "unapproved";
 
@@ -867,7 +867,11 @@ name: string, scope: McpScope,
 /**
  * For a `project` server: the workspace whose `.mcp.json` defines it.
  */
-workspaceId?: string | null, state: McpServerState, 
+workspaceId?: string | null, 
+/**
+ * For a `session` server: the session that was given it.
+ */
+sessionId?: string | null, state: McpServerState, 
 /**
  * The command line it runs.
  */
@@ -915,10 +919,27 @@ export type McpRestartParams = {
  */
 name: string, 
 /**
- * For a project server (`.mcp.json`): its workspace. Without it a global server of that
- * name is restarted, else a project server of that name.
+ * For a project server (`.mcp.json`): its workspace. Without it (and without
+ * `sessionId`) a global server of that name is restarted, else a project server of that
+ * name.
  */
-workspaceId?: string | null, };
+workspaceId?: string | null, 
+/**
+ * For a session's server (`session/setMcpServers`): its session.
+ */
+sessionId?: string | null, };
+
+export type McpServerConfig = { 
+/**
+ * Its name; its tools are `mcp__NAME__TOOL` (letters, digits, `-`, `_`; no `__`).
+ */
+name: string, command?: string | null, args?: Array<string>, env?: { [key in string]: string }, url?: string | null, headers?: { [key in string]: string }, };
+
+export type SessionSetMcpServersParams = { sessionId: string, 
+/**
+ * The session's servers from now on (empty: none).
+ */
+servers: Array<McpServerConfig>, };
 
 export type RunCompleteParams = { sessionId: string, runId: string, 
 /**
@@ -1005,6 +1026,7 @@ export interface Requests {
   "config/get": { params: Record<string, never>; result: ConfigGetResult };
   "mcp/list": { params: Record<string, never>; result: McpListResult };
   "mcp/restart": { params: McpRestartParams; result: McpServerInfo };
+  "session/setMcpServers": { params: SessionSetMcpServersParams; result: McpListResult };
   "debug/sleep": { params: DebugSleepParams; result: DebugSleepResult };
   "debug/stats": { params: Record<string, never>; result: DebugStatsResult };
   "debug/clientRequest": { params: DebugClientRequestParams; result: unknown };

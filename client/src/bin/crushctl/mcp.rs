@@ -32,7 +32,7 @@ pub async fn restart(g: &Global, name: &str, json: bool) -> anyhow::Result<u8> {
     let s = client
         .request::<request::McpRestart>(McpRestartParams {
             name: name.to_owned(),
-            workspace_id: None,
+            ..McpRestartParams::default()
         })
         .await?;
     if json {

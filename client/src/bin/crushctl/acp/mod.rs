@@ -30,7 +30,8 @@ use crush_protocol::{
     AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, NoParams,
     PermissionDecision, PermissionRequestParams, PermissionRequestResult, RpcError, RuleScope,
     RunState, SendMode, SessionCreateParams, SessionEvent, SessionListParams,
-    SessionMessagesParams, SessionRef, SessionSubscribeParams, daemon_request, request,
+    SessionMessagesParams, SessionRef, SessionSetMcpServersParams, SessionSubscribeParams,
+    daemon_request, request,
 };
 
 use crate::{Global, WorkspaceArg};
@@ -245,6 +246,24 @@ struct Bridge {
     images: bool,
 }
 
+/// Gives the session the editor's MCP servers (`session/setMcpServers`), replacing what it had:
+/// the editor that opens a session last decides its servers.
+async fn set_mcp_servers(
+    client: &ReconnectingClient,
+    session_id: &str,
+    servers: &[Value],
+) -> Result<(), WireError> {
+    let servers = schema::mcp_servers(servers).map_err(WireError::invalid_params)?;
+    client
+        .request::<request::SessionSetMcpServers>(SessionSetMcpServersParams {
+            session_id: session_id.to_owned(),
+            servers,
+        })
+        .await
+        .map_err(daemon_error)?;
+    Ok(())
+}
+
 fn daemon_error(e: ClientError) -> WireError {
     match &e {
         ClientError::Rpc(r) if r.code == ErrorCode::SessionNotFound as i32 => {
@@ -315,11 +334,11 @@ impl Bridge {
             Ok(Req::Initialize(r)) => self.initialize(r).await,
             Ok(Req::NewSession(r)) => self.new_session(r).await,
             Ok(Req::LoadSession(r)) => self
-                .open_session(&r.session_id, &r.cwd, r.mcp_servers.len(), true)
+                .open_session(&r.session_id, &r.cwd, &r.mcp_servers, true)
                 .await
                 .and_then(|()| to_value(schema::Empty {})),
             Ok(Req::ResumeSession(r)) => self
-                .open_session(&r.session_id, &r.cwd, r.mcp_servers.len(), false)
+                .open_session(&r.session_id, &r.cwd, &r.mcp_servers, false)
                 .await
                 .and_then(|()| to_value(schema::Empty {})),
             Ok(Req::ListSessions(r)) => self.list(r).await,
@@ -373,8 +392,9 @@ impl Bridge {
                     audio: false,
                     embedded_context: true,
                 },
+                // stdio servers always (ACP requires them), streamable HTTP too; not SSE.
                 mcp_capabilities: schema::McpCapabilities {
-                    http: false,
+                    http: true,
                     sse: false,
                 },
                 session_capabilities: schema::SessionCapabilities {
@@ -401,19 +421,9 @@ impl Bridge {
         }
     }
 
-    fn mcp_servers_note(&self, servers: usize) {
-        if servers > 0 {
-            // Not yet started through the daemon's MCP pool (docs/acp.md); said where a user
-            // of the editor's agent log can read it.
-            eprintln!(
-                "crushctl acp: the client's {} MCP server(s) are not used yet; configure them in crushd's config",
-                servers
-            );
-        }
-    }
-
     async fn new_session(&mut self, r: schema::NewSessionRequest) -> Result<Value, WireError> {
-        self.mcp_servers_note(r.mcp_servers.len());
+        // Refuse a server list that cannot be run before anything is created.
+        schema::mcp_servers(&r.mcp_servers).map_err(WireError::invalid_params)?;
         let cwd = self.dir(&r.cwd);
         let client = self.daemon(None).await?;
         let ws = client
@@ -429,6 +439,7 @@ impl Bridge {
             })
             .await
             .map_err(daemon_error)?;
+        set_mcp_servers(client, &s.session_id, &r.mcp_servers).await?;
         client
             .subscribe(SessionSubscribeParams {
                 session_id: s.session_id.clone(),
@@ -454,10 +465,10 @@ impl Bridge {
         &mut self,
         session_id: &str,
         cwd: &Path,
-        servers: usize,
+        servers: &[Value],
         replay: bool,
     ) -> Result<(), WireError> {
-        self.mcp_servers_note(servers);
+        schema::mcp_servers(servers).map_err(WireError::invalid_params)?;
         let cwd = self.dir(cwd);
         let client = self.daemon(None).await?;
         let info = client
@@ -485,6 +496,7 @@ impl Bridge {
             }
             None => cwd.to_string_lossy().into_owned(),
         };
+        set_mcp_servers(client, session_id, servers).await?;
         let sub = client
             .subscribe(SessionSubscribeParams {
                 session_id: session_id.to_owned(),

@@ -36,7 +36,7 @@ pub struct Implementation {
 #[serde(rename_all = "camelCase")]
 pub struct NewSessionRequest {
     pub cwd: PathBuf,
-    /// Read for the count only: the editor's MCP servers are not started yet.
+    /// The editor's MCP servers for the session (see [`mcp_servers`]).
     #[serde(default)]
     pub mcp_servers: Vec<Value>,
 }
@@ -354,4 +354,83 @@ pub enum PermissionOptionKind {
     AllowOnce,
     AllowAlways,
     RejectOnce,
+}
+
+/// ACP's `McpServer` list as crushd's `session/setMcpServers` takes it: a stdio server
+/// (`name`, `command`, `args`, `env` as `[{name, value}]`) or, with `type: "http"`, a
+/// streamable-HTTP one (`url`, `headers` as `[{name, value}]`). SSE is not offered
+/// (`mcpCapabilities.sse` is false), so an SSE server is refused with the reason.
+pub fn mcp_servers(servers: &[Value]) -> Result<Vec<crush_protocol::McpServerConfig>, String> {
+    fn pairs(
+        v: Option<&Value>,
+        what: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for p in v
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            match (
+                p.get("name").and_then(Value::as_str),
+                p.get("value").and_then(Value::as_str),
+            ) {
+                (Some(n), Some(v)) => {
+                    out.insert(n.to_owned(), v.to_owned());
+                }
+                _ => {
+                    return Err(format!(
+                        "each of `{what}` needs a string `name` and `value`"
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = |m: String| format!("mcpServers[{i}]: {m}");
+            let name = v
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| at("a server needs a `name`".to_owned()))?
+                .to_owned();
+            match v.get("type").and_then(Value::as_str) {
+                Some("http") => Ok(crush_protocol::McpServerConfig {
+                    name,
+                    url: Some(
+                        v.get("url")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| at("an http server needs a `url`".to_owned()))?
+                            .to_owned(),
+                    ),
+                    headers: pairs(v.get("headers"), "headers").map_err(at)?,
+                    ..Default::default()
+                }),
+                Some("sse") => Err(at(
+                    "SSE MCP servers are not supported (mcpCapabilities.sse is false); use stdio or http"
+                        .to_owned(),
+                )),
+                Some("stdio") | None => Ok(crush_protocol::McpServerConfig {
+                    name,
+                    command: Some(
+                        v.get("command")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| at("a stdio server needs a `command`".to_owned()))?
+                            .to_owned(),
+                    ),
+                    args: v
+                        .get("args")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                    env: pairs(v.get("env"), "env").map_err(at)?,
+                    ..Default::default()
+                }),
+                Some(other) => Err(at(format!("unknown server type {other:?}"))),
+            }
+        })
+        .collect()
 }
