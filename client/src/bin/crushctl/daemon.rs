@@ -266,23 +266,32 @@ pub async fn proxy(g: &Global) -> anyhow::Result<u8> {
 }
 
 /// `proxy --remote`: ssh itself relays (stdio ⇄ the remote `crushctl proxy`), so an editor gets
-/// a remote daemon by adding `--remote HOST` to the command it already runs.
+/// a remote daemon by adding `--remote HOST` to the command it already runs. On Unix crushctl
+/// becomes ssh (exec): the process the editor holds is the tunnel, and killing it drops the
+/// connection, as it would a local proxy's.
 async fn remote_proxy(remote: &crush_client::Remote, autostart: bool) -> anyhow::Result<u8> {
-    let status = tokio::process::Command::from(remote.proxy_command(autostart))
-        .stdin(std::process::Stdio::inherit())
-        .stdout(std::process::Stdio::inherit())
-        .stderr(std::process::Stdio::inherit())
-        .status()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", remote.ssh.display()))?;
-    Ok(match status.code() {
-        Some(0) => 0,
-        // ssh's own failure (no route, refused key): the daemon is out of reach.
-        Some(255) => EXIT_UNREACHABLE,
-        // The remote crushctl's exit code, passed on.
-        Some(c) => u8::try_from(c).unwrap_or(crate::EXIT_FAILED),
-        None => crate::EXIT_FAILED,
-    })
+    let mut cmd = remote.proxy_command(autostart);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        anyhow::bail!("cannot run {}: {e}", remote.ssh.display());
+    }
+    #[cfg(not(unix))]
+    {
+        let status = tokio::process::Command::from(cmd)
+            .status()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", remote.ssh.display()))?;
+        Ok(match status.code() {
+            Some(0) => 0,
+            // ssh's own failure (no route, refused key): the daemon is out of reach.
+            Some(255) => EXIT_UNREACHABLE,
+            // The remote crushctl's exit code, passed on.
+            Some(c) => u8::try_from(c).unwrap_or(crate::EXIT_FAILED),
+            None => crate::EXIT_FAILED,
+        })
+    }
 }
 
 /// interprocess's streams cannot half-close (their `shutdown` is a no-op), and the proxy must
