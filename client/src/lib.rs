@@ -14,7 +14,7 @@ pub mod remote;
 
 pub use connection::{Client, ConnectOptions, IncomingNotification, RequestHandler};
 pub use error::ClientError;
-pub use remote::{Remote, RemoteHost};
 pub use reconnect::{
     ClientEvent, OutcomeState, ReconnectPolicy, Reconnected, ReconnectingClient, Resync, RunOutcome,
 };
+pub use remote::{Remote, RemoteHost};

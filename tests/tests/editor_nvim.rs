@@ -427,7 +427,11 @@ async fn nvim_remote_runs_through_crushctl_remote_proxy() {
     nvim.finish().await;
     // Connected through ssh twice: first, and again after the drop.
     let calls = std::fs::read_to_string(&calls).unwrap();
-    assert_eq!(calls.matches("-- box 'crushctl' proxy").count(), 2, "{calls}");
+    assert_eq!(
+        calls.matches("-- box 'crushctl' proxy").count(),
+        2,
+        "{calls}"
+    );
     stop_started_daemon(&env);
 }
 

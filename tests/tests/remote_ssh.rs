@@ -11,10 +11,11 @@
 //! (`unshare -rn`) attempts privilege separation it cannot do there.
 //!
 //! `.ci/run` installs openssh-server; without it these tests fail and say how to install it.
+//! The server and the wrappers: `crush_tests::sshd`.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use rustix::process::Signal;
@@ -23,11 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crush_tests::cli::CliProcess;
 use crush_tests::mock_llm::{MockLlm, Script};
-use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv, bin};
-
-const SSHD: &str = "/usr/sbin/sshd";
-const INSTALL_HINT: &str = "install Debian's OpenSSH server and client: \
-`apt-get install -y --no-install-recommends openssh-server openssh-client` (.ci/run does this)";
+use crush_tests::sshd::{SshServer, remote_crushctl};
+use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv};
 
 /// A private sshd and everything the two sides need to use it.
 struct World {
@@ -45,129 +43,22 @@ struct World {
     mock: MockLlm,
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}; {INSTALL_HINT}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn write_script(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// A free loopback port (the kernel's choice; sshd takes it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl World {
     async fn start() -> World {
-        assert!(
-            Path::new(SSHD).is_file(),
-            "{SSHD} is missing; {INSTALL_HINT}"
-        );
         let local = TestEnv::new();
         let remote = TestEnv::new();
         let mock = MockLlm::start().await;
         remote.use_model_at(&mock.base_url());
-        let d = local.dir.path().join("ssh");
-        std::fs::create_dir_all(&d).unwrap();
-        for key in ["host_key", "client_key", "other_key"] {
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(key)));
-        }
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        // sshd run by root chroots its unprivileged half into /run/sshd (Debian's service
-        // creates it at start; a container may not have it).
-        if rustix::process::geteuid().is_root() {
-            std::fs::create_dir_all("/run/sshd").unwrap();
-        }
-        let port = free_port();
-        let config = d.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1:{port}\n\
-                 HostKey {d}/host_key\n\
-                 AuthorizedKeysFile {d}/authorized_keys\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 PermitRootLogin prohibit-password\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 PidFile none\n\
-                 LogLevel VERBOSE\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(SSHD);
-        cmd.args(["-D", "-e", "-f"]).arg(&config);
-        let sshd = DaemonProcess::spawn(cmd);
-        sshd.wait_for_log("Server listening on", DEADLINE);
-
-        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
-        std::fs::write(
-            d.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {host_pub}"),
-        )
-        .unwrap();
-        let common = format!(
-            "  HostName 127.0.0.1\n  Port {port}\n  IdentitiesOnly yes\n  \
-             UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
-            d = d.display()
-        );
-        std::fs::write(
-            d.join("ssh_config"),
-            format!(
-                "Host box\n  IdentityFile {d}/client_key\n{common}\n\
-                 Host wrongkey\n  IdentityFile {d}/other_key\n{common}\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        let ssh = d.join("ssh");
-        write_script(
-            &ssh,
-            &format!(
-                "#!/bin/sh\nexec ssh -F '{}' \"$@\"\n",
-                d.join("ssh_config").display()
-            ),
-        );
+        let server = SshServer::start(&local.dir.path().join("ssh"));
+        let remote_crushctl = remote_crushctl(&remote);
         let r = remote.dir.path();
-        let remote_crushctl = r.join("crushctl");
-        write_script(
-            &remote_crushctl,
-            &format!(
-                "#!/bin/sh\nexport XDG_RUNTIME_DIR='{r}/xdg-run' XDG_STATE_HOME='{r}/state' \
-                 XDG_CONFIG_HOME='{r}/config' XDG_DATA_HOME='{r}/data' CRUSHD_SOCKET='{sock}' \
-                 CRUSHD_LOG=info\nunset CRUSHD_BIN\nexec '{bin}' \"$@\"\n",
-                r = r.display(),
-                sock = remote.socket.display(),
-                bin = bin("crushctl").display()
-            ),
-        );
         let project = r.join("project");
         std::fs::create_dir_all(&project).unwrap();
         World {
             local,
             remote,
-            sshd,
-            ssh,
+            sshd: server.sshd,
+            ssh: server.ssh,
             remote_crushctl,
             project,
             mock,
@@ -389,7 +280,10 @@ async fn a_bad_host_a_refused_key_or_a_missing_remote_crushctl_says_so() {
     }
     // The remote command was not found: say which setting names it.
     let out = w
-        .crushctl("box", &["--remote-crushctl", "/nonexistent/crushctl", "status"])
+        .crushctl(
+            "box",
+            &["--remote-crushctl", "/nonexistent/crushctl", "status"],
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap();

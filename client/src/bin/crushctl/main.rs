@@ -681,9 +681,10 @@ pub const REMOTE_WORKSPACE_ENV: &str = "CRUSHD_REMOTE_WORKSPACE";
 /// absolute path; the remote daemon checks that it is a directory.
 pub fn remote_workspace_dir(arg: &WorkspaceArg, remote: &Remote) -> anyhow::Result<String> {
     let dir = match &arg.workspace {
-        Some(p) => p.to_str().map(str::to_owned).ok_or_else(|| {
-            usage(format!("workspace {} is not valid UTF-8", p.display()))
-        })?,
+        Some(p) => p
+            .to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| usage(format!("workspace {} is not valid UTF-8", p.display())))?,
         None => std::env::var(REMOTE_WORKSPACE_ENV)
             .ok()
             .filter(|v| !v.trim().is_empty())
