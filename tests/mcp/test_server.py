@@ -7,6 +7,8 @@ Usage: test_server.py [serve|hang-init|http] STATE_DIR [PORT]
   hang-init  never answers `initialize` (it does not read stdin)
   http       a normal server over streamable HTTP at http://127.0.0.1:PORT/mcp
   garbage    writes a line that is not JSON-RPC to stdout, then serves normally
+  malformed  a normal server behind a filter that replaces every result of the `broken` tool
+             with one that is not a CallToolResult (`content` is not a list of blocks)
 
 Every tool call that starts writes STATE_DIR/<tool>.started; a cancelled `slow` call writes
 STATE_DIR/slow.cancelled. Tests wait for those files with a deadline.
@@ -26,6 +28,43 @@ print(f"crush-test-server {mode} pid {os.getpid()}", file=sys.stderr, flush=True
 if mode == "hang-init":
     time.sleep(3600)
     sys.exit(0)
+
+if mode == "malformed":
+    # The SDK never writes a malformed result, so the server runs as a child and this process
+    # corrupts the answers to `broken` on their way out.
+    import json
+    import subprocess
+    import threading
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "serve", state], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    broken_ids = set()
+
+    def upstream() -> None:
+        for line in sys.stdin.buffer:
+            try:
+                msg = json.loads(line)
+                if msg.get("method") == "tools/call" and msg["params"]["name"] == "broken":
+                    broken_ids.add(msg["id"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+            child.stdin.write(line)
+            child.stdin.flush()
+        child.stdin.close()
+
+    threading.Thread(target=upstream, daemon=True).start()
+    for line in child.stdout:
+        try:
+            msg = json.loads(line)
+            if msg.get("id") in broken_ids and "result" in msg:
+                msg["result"] = {"content": "not a list of blocks", "isError": "maybe"}
+                line = (json.dumps(msg) + "\n").encode()
+        except (ValueError, AttributeError, TypeError):
+            pass
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+    sys.exit(child.wait())
 
 if mode == "garbage":
     sys.stdout.write("this is not JSON-RPC\n")
@@ -92,6 +131,12 @@ async def grow(ctx: Context) -> str:
     server.add_tool(extra)
     await ctx.session.send_tool_list_changed()
     return "grown"
+
+
+@server.tool()
+def broken() -> str:
+    """Answers normally; in `malformed` mode the answer is corrupted on its way out."""
+    return "fine"
 
 
 @server.tool()

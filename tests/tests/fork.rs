@@ -184,7 +184,7 @@ async fn a_fork_keeps_the_summary_and_names_its_own_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_at_a_message_of_another_session_or_of_no_session_is_refused() {
+async fn a_fork_diff_or_undo_at_a_message_of_another_session_or_of_no_session_is_refused() {
     let mut w = world().await;
     w.mock.push(Script::text("one"));
     run(&mut w.c, &w.session, "hello").await;
@@ -207,6 +207,15 @@ async fn a_fork_at_a_message_of_another_session_or_of_no_session_is_refused() {
             .contains("has no message"),
         "{r}"
     );
+    // The same rule for the other methods that name a message of a session.
+    for method in ["session/diff", "session/revert"] {
+        let r =
+            w.c.request(method, json!({"sessionId": other, "messageId": foreign}))
+                .await;
+        assert_eq!(r["error"]["code"], -32602, "{method}: {r}");
+        let text = r["error"]["message"].as_str().unwrap();
+        assert!(text.contains("has no message"), "{method}: {r}");
+    }
     let r =
         w.c.request("session/fork", json!({"sessionId": "nope"}))
             .await;

@@ -754,6 +754,34 @@ async fn a_server_that_writes_a_garbage_line_keeps_working_and_so_do_the_others(
     assert_eq!(server_info(&mut w.c, "t").await["state"], "ready");
 }
 
+/// A result that is not a `CallToolResult` fails that call with an error naming the server;
+/// the server stays ready and its next call works.
+#[tokio::test]
+async fn a_malformed_result_fails_the_call_and_the_server_keeps_working() {
+    let mut w = world_with("malformed", "10s", "10s").await;
+    w.c.request(
+        "session/setYolo",
+        json!({"sessionId": w.session, "yolo": true}),
+    )
+    .await;
+    w.mock
+        .push(Script::text("Trying.").tool_call("call_1", "mcp__t__broken", "{}"));
+    w.mock
+        .push(Script::text("Again.").tool_call("call_2", "mcp__t__echo", r#"{"text":"ok"}"#));
+    w.mock.push(Script::text("Done."));
+    let run = send(&mut w.c, &w.session, "broken").await;
+    let done = w.c.run_complete(&run).await;
+    assert_eq!(done["text"], "Done.", "{done}");
+    let reqs = w.mock.requests();
+    let broken = &reqs[1].tool_results()[0].1;
+    assert!(
+        broken.contains("MCP server t") && !broken.contains("fine"),
+        "the model hears the call failed and where: {broken}"
+    );
+    assert_eq!(reqs[2].tool_results().last().unwrap().1, "echo: ok");
+    assert_eq!(server_info(&mut w.c, "t").await["state"], "ready");
+}
+
 #[tokio::test]
 async fn a_server_that_will_not_start_is_failed_with_its_reason_and_the_run_completes() {
     let env = TestEnv::new();
@@ -784,37 +812,43 @@ async fn a_server_that_will_not_start_is_failed_with_its_reason_and_the_run_comp
 }
 
 #[tokio::test]
-async fn a_tool_list_change_reaches_the_next_turn() {
+async fn a_tool_list_change_reaches_the_next_step_of_the_same_run() {
     let mut w = world("serve", "10s").await;
     w.c.request(
         "session/setYolo",
         json!({"sessionId": w.session, "yolo": true}),
     )
     .await;
+    // The model grows the server's tool list, then calls the new tool in the next step.
     w.mock
         .push(Script::text("Growing.").tool_call("call_1", "mcp__t__grow", "{}"));
-    w.mock.push(Script::text("Grown."));
-    let run = send(&mut w.c, &w.session, "grow").await;
-    let done = w.c.run_complete(&run).await;
-    assert_eq!(done["text"], "Grown.", "{done}");
-    assert!(
-        !w.mock.requests()[0]
-            .tool_names()
-            .contains(&"mcp__t__extra".to_owned())
-    );
-    wait_server(&mut w.c, "t", "listing extra", |s| {
-        s["tools"].as_array().unwrap().iter().any(|t| t == "extra")
-    })
-    .await;
     w.mock
         .push(Script::text("Extra.").tool_call("call_2", "mcp__t__extra", "{}"));
     w.mock.push(Script::text("Done."));
-    let run = send(&mut w.c, &w.session, "extra").await;
+    let run = send(&mut w.c, &w.session, "grow").await;
     let done = w.c.run_complete(&run).await;
     assert_eq!(done["text"], "Done.", "{done}");
     let reqs = w.mock.requests();
-    assert!(reqs[2].tool_names().contains(&"mcp__t__extra".to_owned()));
-    assert_eq!(reqs[3].tool_results().last().unwrap().1, "extra");
+    let extra = "mcp__t__extra".to_owned();
+    assert!(
+        !reqs[0].tool_names().contains(&extra),
+        "offered before it existed"
+    );
+    assert!(
+        reqs[1].tool_names().contains(&extra),
+        "the step after the change offers it: {:?}",
+        reqs[1].tool_names()
+    );
+    assert_eq!(reqs[2].tool_results().last().unwrap().1, "extra");
+    let info = server_info(&mut w.c, "t").await;
+    assert!(
+        info["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "extra"),
+        "{info}"
+    );
 }
 
 #[tokio::test]

@@ -280,6 +280,16 @@ impl Mcp {
         servers.iter().flat_map(|s| s.offered()).collect()
     }
 
+    /// The tools ready servers offer now, without starting any: what a step after the first
+    /// offers. A server whose `tools/list_changed` notice arrived is waited for (at most its
+    /// call `timeout`) until it has re-listed, so the step sees the announced list.
+    pub(crate) async fn current_specs(&self, ws: Option<&str>) -> Vec<ToolSpec> {
+        let servers = self.servers_for(ws);
+        let waits = servers.iter().map(|s| s.wait_listed(s.spec.timeout));
+        futures::future::join_all(waits).await;
+        servers.iter().flat_map(|s| s.offered()).collect()
+    }
+
     /// Whether an MCP tool (model-facing name) runs without asking: its server's `allow` list.
     pub(crate) fn allowed(&self, ws: Option<&str>, name: &str) -> bool {
         split_name(name)

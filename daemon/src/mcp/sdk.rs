@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
 use rmcp::service::{NotificationContext, Peer, RoleClient, ServiceError, ServiceExt};
@@ -49,10 +50,36 @@ pub(crate) struct ServerInfo {
     pub protocol_version: Option<String>,
 }
 
+/// `notifications/tools/list_changed` as it arrives: a count, so a reader can tell whether the
+/// tool list it holds was listed after the last notice, and a wake-up for the supervisor that
+/// re-lists.
+#[derive(Debug, Default)]
+pub(crate) struct ListChanged {
+    count: AtomicU64,
+    wake: Notify,
+}
+
+impl ListChanged {
+    fn signal(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// How many notices arrived so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a notice (one that arrived while nobody waited counts).
+    pub(crate) async fn notified(&self) {
+        self.wake.notified().await;
+    }
+}
+
 /// Our side of the connection: answers the server's requests with the SDK's defaults and
 /// records `notifications/tools/list_changed`.
 struct Handler {
-    tools_changed: Arc<Notify>,
+    tools_changed: Arc<ListChanged>,
 }
 
 impl rmcp::ClientHandler for Handler {
@@ -60,7 +87,7 @@ impl rmcp::ClientHandler for Handler {
         &self,
         _context: NotificationContext<RoleClient>,
     ) -> impl Future<Output = ()> + Send + '_ {
-        self.tools_changed.notify_one();
+        self.tools_changed.signal();
         std::future::ready(())
     }
 
@@ -87,7 +114,7 @@ pub(crate) struct Connection {
 pub(crate) async fn connect<R, W>(
     reader: R,
     writer: W,
-    tools_changed: Arc<Notify>,
+    tools_changed: Arc<ListChanged>,
 ) -> Result<(Connection, Ended), SdkError>
 where
     R: AsyncRead + Send + Unpin + 'static,
@@ -101,7 +128,7 @@ where
 pub(crate) async fn connect_http(
     url: &str,
     headers: &[(String, String)],
-    tools_changed: Arc<Notify>,
+    tools_changed: Arc<ListChanged>,
 ) -> Result<(Connection, Ended), SdkError> {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -135,7 +162,7 @@ pub(crate) type Ended = std::pin::Pin<Box<dyn Future<Output = String> + Send>>;
 
 async fn serve<T, E, A>(
     transport: T,
-    tools_changed: Arc<Notify>,
+    tools_changed: Arc<ListChanged>,
 ) -> Result<(Connection, Ended), SdkError>
 where
     T: rmcp::transport::IntoTransport<RoleClient, E, A>,

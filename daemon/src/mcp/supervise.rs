@@ -49,6 +49,8 @@ pub(super) struct Server {
     state: Mutex<State>,
     changed: watch::Sender<()>,
     restart: Notify,
+    /// `tools/list_changed` notices from the server (kept across restarts).
+    list_changed: Arc<sdk::ListChanged>,
     /// The server's last stderr lines, for start failures.
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
@@ -59,6 +61,8 @@ struct State {
     launched: bool,
     conn: Option<Connection>,
     offered: Vec<ToolSpec>,
+    /// How many `tools/list_changed` notices had arrived when `offered` was listed.
+    listed: u64,
     tools: Vec<String>,
     rejected: Vec<McpRejectedTool>,
     last_error: Option<String>,
@@ -153,6 +157,7 @@ impl Server {
                 launched: false,
                 conn: None,
                 offered: Vec::new(),
+                listed: 0,
                 tools: Vec::new(),
                 rejected: Vec::new(),
                 last_error: None,
@@ -162,6 +167,7 @@ impl Server {
             }),
             changed: watch::Sender::new(()),
             restart: Notify::new(),
+            list_changed: Arc::default(),
             stderr_tail: Arc::default(),
         }
     }
@@ -254,6 +260,26 @@ impl Server {
         }
     }
 
+    /// Waits, at most `max`, until a ready server has re-listed its tools after its last
+    /// `tools/list_changed` notice, so a step reads the list the server announced.
+    pub(super) async fn wait_listed(&self, max: Duration) {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let stale = {
+                let s = lock(&self.state);
+                s.phase == McpServerState::Ready && s.listed < self.list_changed.count()
+            };
+            if !stale {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return,
+            }
+        }
+    }
+
     /// Waits, at most `max`, until the server is no longer starting.
     pub(super) async fn wait_settled(&self, max: Duration) {
         let mut rx = self.changed.subscribe();
@@ -285,7 +311,8 @@ impl Server {
         });
     }
 
-    fn set_tools(&self, tools: &[serde_json::Value]) {
+    /// Records a fresh tool list, listed when `seen` list-changed notices had arrived.
+    fn set_tools(&self, tools: &[serde_json::Value], seen: u64) {
         let mut offered = Vec::new();
         let mut rejected = Vec::new();
         for t in tools {
@@ -303,6 +330,7 @@ impl Server {
             .collect();
         self.update(|s| {
             s.offered = offered;
+            s.listed = seen;
             s.tools = names;
             s.rejected = rejected;
         });
@@ -317,10 +345,9 @@ impl Server {
                 s.conn = None;
                 s.pid = None;
             });
-            let tools_changed = Arc::new(Notify::new());
             let mut restart_requested = false;
             let started = tokio::select! {
-                r = tokio::time::timeout(self.spec.startup_timeout, self.start(&tracker, tools_changed.clone())) => Some(r),
+                r = tokio::time::timeout(self.spec.startup_timeout, self.start(&tracker)) => Some(r),
                 _ = self.restart.notified() => {
                     restart_requested = true;
                     None
@@ -355,12 +382,15 @@ impl Server {
                         tokio::select! {
                             reason = exited(&mut live.process) => break reason,
                             reason = &mut live.ended => break reason,
-                            _ = tools_changed.notified() => {
+                            _ = self.list_changed.notified() => {
+                                let seen = self.list_changed.count();
                                 match tokio::time::timeout(self.spec.timeout, live.conn.list_tools()).await {
-                                    Ok(Ok(tools)) => self.set_tools(&tools),
+                                    Ok(Ok(tools)) => self.set_tools(&tools, seen),
                                     Ok(Err(e)) => warn!(server = %self.spec.name, error = %e, "re-listing tools failed"),
                                     Err(_) => warn!(server = %self.spec.name, "re-listing tools timed out"),
                                 }
+                                // A failed re-list keeps the old list; steps stop waiting for it.
+                                self.update(|s| s.listed = s.listed.max(seen));
                             }
                             _ = self.restart.notified() => {
                                 restart_requested = true;
@@ -407,7 +437,7 @@ impl Server {
     }
 
     /// Connects to an HTTP server and lists its tools.
-    async fn start_http(&self, url: &str, tools_changed: Arc<Notify>) -> Result<Live, String> {
+    async fn start_http(&self, url: &str) -> Result<Live, String> {
         let mut headers: Vec<(String, String)> = self
             .spec
             .headers
@@ -424,11 +454,12 @@ impl Server {
             headers.push((header.clone(), value));
         }
         let fail = |e: sdk::SdkError| format!("{e} ({})", self.spec.command_line());
-        let (conn, ended) = sdk::connect_http(url, &headers, tools_changed)
+        let (conn, ended) = sdk::connect_http(url, &headers, self.list_changed.clone())
             .await
             .map_err(fail)?;
+        let seen = self.list_changed.count();
         let tools = conn.list_tools().await.map_err(fail)?;
-        self.set_tools(&tools);
+        self.set_tools(&tools, seen);
         let info = conn.info.clone();
         self.update(|s| {
             s.phase = McpServerState::Ready;
@@ -445,13 +476,9 @@ impl Server {
 
     /// Spawns the process (or connects, for an HTTP server), initializes the connection and
     /// lists the tools.
-    async fn start(
-        &self,
-        tracker: &TaskTracker,
-        tools_changed: Arc<Notify>,
-    ) -> Result<Live, String> {
+    async fn start(&self, tracker: &TaskTracker) -> Result<Live, String> {
         if let Some(url) = &self.spec.url {
-            return self.start_http(url, tools_changed).await;
+            return self.start_http(url).await;
         }
         let cwd = self.spec.cwd.clone().unwrap_or_else(home_dir);
         let spawned = process::spawn(&self.spec, &cwd, &self.key_vars)
@@ -470,14 +497,16 @@ impl Server {
         let pid = proc.pid();
         self.update(|s| s.pid = pid);
         let connected = async {
-            let (conn, ended) = sdk::connect(spawned.stdout, spawned.stdin, tools_changed).await?;
+            let (conn, ended) =
+                sdk::connect(spawned.stdout, spawned.stdin, self.list_changed.clone()).await?;
+            let seen = self.list_changed.count();
             let tools = conn.list_tools().await?;
-            Ok::<_, sdk::SdkError>((conn, ended, tools))
+            Ok::<_, sdk::SdkError>((conn, ended, tools, seen))
         }
         .await;
         match connected {
-            Ok((conn, ended, tools)) => {
-                self.set_tools(&tools);
+            Ok((conn, ended, tools, seen)) => {
+                self.set_tools(&tools, seen);
                 let info = conn.info.clone();
                 self.update(|s| {
                     s.phase = McpServerState::Ready;

@@ -14,6 +14,7 @@ impl From<StoreError> for RpcError {
             StoreError::WorkspaceNotFound(_) => ErrorCode::WorkspaceNotFound,
             StoreError::SessionNotFound(_) => ErrorCode::SessionNotFound,
             StoreError::RunNotFound(_) => ErrorCode::RunNotFound,
+            StoreError::MessageNotInSession { .. } => ErrorCode::InvalidParams,
             StoreError::Open { .. }
             | StoreError::Corrupt { .. }
             | StoreError::NewerSchema { .. }

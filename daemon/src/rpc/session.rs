@@ -73,15 +73,7 @@ pub(super) async fn fork(ctx: &RequestCtx, p: SessionForkParams) -> Result<Sessi
     let original = store.require_session(&p.session_id).await?;
     let through = match &p.message_id {
         None => None,
-        Some(id) => match store.get_message(id).await? {
-            Some(m) if m.session_id == p.session_id => Some(m.seq),
-            _ => {
-                return Err(RpcError::invalid_params(format!(
-                    "invalid params: messageId: session {} has no message {id}",
-                    p.session_id
-                )));
-            }
-        },
+        Some(id) => Some(store.require_message_of(&p.session_id, id).await?.seq),
     };
     let title = format!("{} (fork)", original.title);
     let Some(row) = store.fork_session(&p.session_id, through, &title).await? else {

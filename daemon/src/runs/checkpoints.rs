@@ -51,18 +51,15 @@ impl Runtime {
         let session = self.store.require_session(&p.session_id).await?;
         let run_id = match &p.message_id {
             None => None,
-            Some(id) => match self.store.get_message(id).await? {
-                Some(m) if m.session_id == p.session_id => match m.run_id {
-                    Some(run) => Some(run),
-                    // A message of no run (a summary written on demand, a fork's copy).
-                    None => return Ok(SessionDiffResult::default()),
-                },
-                _ => {
-                    return Err(RpcError::invalid_params(format!(
-                        "invalid params: messageId: session {} has no message {id}",
-                        p.session_id
-                    )));
-                }
+            Some(id) => match self
+                .store
+                .require_message_of(&p.session_id, id)
+                .await?
+                .run_id
+            {
+                Some(run) => Some(run),
+                // A message of no run (a summary written on demand, a fork's copy).
+                None => return Ok(SessionDiffResult::default()),
             },
         };
         let (Some(snaps), Some(ws)) = (

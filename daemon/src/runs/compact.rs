@@ -211,7 +211,7 @@ impl Runtime {
             None => String::new(),
         };
         let tools = if root.is_some() {
-            crate::tools::specs()
+            self.current_tools(&s.ws().id).await
         } else {
             Vec::new()
         };

@@ -267,7 +267,7 @@ impl Runtime {
             },
             max_output_tokens: model.max_output_tokens,
         };
-        let preamble = counter.preamble(&request.system, &request.tools);
+        let mut preamble = counter.preamble(&request.system, &request.tools);
         let mut conv = Conversation::new(counter);
         for shown in history_entries(&history) {
             push_shown(&mut conv, shown, first_id.as_deref());
@@ -296,6 +296,14 @@ impl Runtime {
                     )),
                 );
             }
+            if steps > 0 && root.is_some() && !token.is_cancelled() {
+                // An MCP server's `tools/list_changed` applies from the next step on.
+                let now = self.current_tools(&ws_id).await;
+                if now != request.tools {
+                    preamble = counter.preamble(&request.system, &now);
+                    request.tools = now;
+                }
+            }
             let step = if token.is_cancelled() {
                 // Cancelled before the model was called: the turn is written as cancelled.
                 Step::Cancelled
@@ -312,8 +320,6 @@ impl Runtime {
                 }
                 Step::Finished(r, calls) => (r, calls),
             };
-            // A step boundary: take the steered prompts waiting, or close the turn to steers
-            // when it is about to end.
             // A step boundary: take the steered prompts waiting, or close the turn to steers
             // when it is about to end.
             let steered = lock(&s.inner).runs.step_boundary(!calls.is_empty());

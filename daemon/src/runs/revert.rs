@@ -55,16 +55,16 @@ impl Runtime {
 
     pub async fn revert(&self, p: &SessionRevertParams) -> Result<SessionRevertResult, RpcError> {
         let (s, _guard, workspace_id) = self.idle_session(&p.session_id).await?;
-        let message = match self.store.get_message(&p.message_id).await? {
-            Some(m) if m.session_id == p.session_id && m.reverted_by.is_none() => m,
-            _ => {
-                return Err(RpcError::invalid_params(format!(
-                    "invalid params: messageId: session {} has no message {} that is not \
-                     reverted already",
-                    p.session_id, p.message_id
-                )));
-            }
-        };
+        let message = self
+            .store
+            .require_message_of(&p.session_id, &p.message_id)
+            .await?;
+        if message.reverted_by.is_some() {
+            return Err(RpcError::invalid_params(format!(
+                "invalid params: messageId: message {} of session {} is undone already",
+                p.message_id, p.session_id
+            )));
+        }
         // The whole turn of the message goes, from its prompt.
         let from_seq = match &message.run_id {
             Some(run) => self

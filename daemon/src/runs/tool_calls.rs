@@ -191,6 +191,15 @@ impl Runtime {
         tools
     }
 
+    /// The tools a step after the turn's first offers: the built-in ones and what the ready MCP
+    /// servers offer now (a `tools/list_changed` applies from the next step on). Also what
+    /// `session/compact` counts, so its token figures match a turn's.
+    pub(super) async fn current_tools(&self, ws: &str) -> Vec<crate::model::ToolSpec> {
+        let mut tools = crate::tools::specs();
+        tools.extend(self.mcp.current_specs(Some(ws)).await);
+        tools
+    }
+
     /// Asks the session's clients whether a call may run — `(tool call id, tool, title, diff,
     /// input)` —; `Err` is the call's end when the answer is no (or the run was cancelled
     /// while waiting).

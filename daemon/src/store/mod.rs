@@ -85,6 +85,9 @@ pub enum StoreError {
     SessionNotFound(String),
     #[error("no run with id {0:?}")]
     RunNotFound(String),
+    /// A message id the request names is not one of the session's messages.
+    #[error("invalid params: messageId: session {session} has no message {message}")]
+    MessageNotInSession { session: String, message: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

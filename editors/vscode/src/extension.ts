@@ -9,6 +9,7 @@ import { Controller, DIFF_SCHEME, diffContents, FromWebview, Settings } from "./
 import { resolveSocketPath } from "./socketPath";
 import { FolderMemento } from "./folderMemento";
 import type { SessionRevertResult } from "./protocol.generated";
+import { MCP_VIEW_ID, McpNode, McpServersView } from "./mcpView";
 
 export const VIEW_ID = "crush.chat";
 
@@ -91,6 +92,7 @@ class ChatViewProvider implements vscode.WebviewViewProvider {
 export interface Api {
   controller: Controller;
   client: CrushClient;
+  mcpView: McpServersView;
 }
 
 let active: { client: CrushClient; controller: Controller } | undefined;
@@ -130,6 +132,9 @@ export function activate(context: vscode.ExtensionContext): Api {
       }
     };
 
+  const mcpView = new McpServersView(client, () => controller.workspaceId);
+  const mcpTree = vscode.window.createTreeView(MCP_VIEW_ID, { treeDataProvider: mcpView });
+
   context.subscriptions.push(
     output,
     statusBar,
@@ -137,6 +142,20 @@ export function activate(context: vscode.ExtensionContext): Api {
     vscode.window.registerWebviewViewProvider(VIEW_ID, new ChatViewProvider(controller, context.extensionUri), {
       webviewOptions: { retainContextWhenHidden: true },
     }),
+    mcpTree,
+    mcpTree.onDidChangeVisibility((e) => {
+      if (e.visible) {
+        void mcpView.refresh();
+      }
+    }),
+    vscode.commands.registerCommand(
+      "crush.refreshMcpServers",
+      guarded(() => mcpView.refresh()),
+    ),
+    vscode.commands.registerCommand(
+      "crush.restartMcpServer",
+      guarded((node?: McpNode) => mcpView.restart(node)),
+    ),
     vscode.workspace.registerTextDocumentContentProvider(DIFF_SCHEME, {
       provideTextDocumentContent: (uri) => diffContents.get(uri.toString()) ?? "",
     }),
@@ -287,8 +306,11 @@ export function activate(context: vscode.ExtensionContext): Api {
     );
   }
   // Connect in the background; failures are shown, and the status bar says "disconnected".
-  void controller.connect().catch((e) => controller.showError(e));
-  return { controller, client };
+  void controller
+    .connect()
+    .then(() => mcpView.refresh())
+    .catch((e) => controller.showError(e));
+  return { controller, client, mcpView };
 }
 
 export async function deactivate(): Promise<void> {

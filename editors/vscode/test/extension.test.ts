@@ -6,7 +6,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as stubModule from "./support/vscodeStub";
-import { Daemon, TestEnv, waitFor } from "./support/daemon";
+import { Daemon, TestEnv, waitFor, waitUntil } from "./support/daemon";
 import { MockLlm } from "./support/mockLlm";
 
 stubModule.install();
@@ -272,6 +272,35 @@ describe("extension against a stub vscode", () => {
     assert.equal(st.socket, env.socket);
     assert.ok(recorded.info.some((m) => m.includes(`socket ${env.socket}`)));
     await stub.commands.executeCommand("crush.openLogs");
+    assert.equal(recorded.errors.length, 0, recorded.errors.join("\n"));
+  });
+
+  test("the MCP Servers view shows each server's state and error, and restarts one", async () => {
+    assert.equal(recorded.views.get("crush.mcp"), api.mcpView);
+    const servers = (await stub.commands.executeCommand("crush.refreshMcpServers")) as any[];
+    const byName = new Map(servers.map((s) => [s.name, s]));
+    assert.equal(byName.get("off")?.state, "disabled");
+    const rows = api.mcpView.getChildren().map((n) => api.mcpView.getTreeItem(n) as any);
+    const off = rows.find((r) => r.label === "off");
+    assert.match(off.description, /^disabled/);
+    // The broken server is started by the first run that needs tools, or by a restart.
+    const restarted = (await stub.commands.executeCommand("crush.restartMcpServer", {
+      kind: "server",
+      info: byName.get("broken"),
+    })) as any;
+    assert.equal(restarted.name, "broken");
+    const failed = await waitUntil(async () => {
+      const all = (await stub.commands.executeCommand("crush.refreshMcpServers")) as any[];
+      return all.find((s) => s.name === "broken" && s.state === "failed");
+    }, "the broken server to fail");
+    assert.match(failed.lastError, /nonexistent/);
+    const row = api.mcpView
+      .getChildren()
+      .map((n) => api.mcpView.getTreeItem(n) as any)
+      .find((r) => r.label === "broken");
+    assert.match(row.description, /^failed/);
+    assert.match(row.tooltip, /Last error: .*nonexistent/);
+    assert.equal(row.contextValue, "mcpServer", "a failed server offers Restart");
     assert.equal(recorded.errors.length, 0, recorded.errors.join("\n"));
   });
 

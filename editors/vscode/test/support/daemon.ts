@@ -27,7 +27,11 @@ export class TestEnv {
     fs.mkdirSync(cfg, { recursive: true });
     fs.writeFileSync(
       path.join(cfg, "config.toml"),
-      `default_model = "mock/mock-1"\n\n[providers.mock]\ntype = "openai"\nbase_url = "${modelBaseUrl}"\n`,
+      `default_model = "mock/mock-1"\n\n[providers.mock]\ntype = "openai"\nbase_url = "${modelBaseUrl}"\n` +
+        // Two MCP servers for the MCP Servers view: one whose program does not exist (it fails
+        // with the reason) and one turned off.
+        `\n[mcp.servers.broken]\ncommand = "/nonexistent/crush-test-mcp-server"\n` +
+        `\n[mcp.servers.off]\ncommand = "true"\nenabled = false\n`,
     );
     fs.mkdirSync(path.join(this.dir, "workspace"));
   }
@@ -146,4 +150,26 @@ export function waitFor<T>(
     };
     emitter.on(event, on);
   });
+}
+
+/**
+ * Asks `probe` again (every 50 ms) until it returns a value, or rejects at the deadline: for
+ * daemon state that no notification announces (an MCP server's state), read with a request.
+ */
+export async function waitUntil<T>(
+  probe: () => Promise<T | undefined>,
+  what: string,
+  deadlineMs = DEADLINE_MS,
+): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) {
+      return v;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

@@ -89,10 +89,44 @@ class Uri {
 }
 
 const disposable = { dispose() {} };
+
+/** vscode.EventEmitter: `event` subscribes, `fire` calls the listeners. */
+class VsEventEmitter<T> {
+  private listeners: Array<(e: T) => unknown> = [];
+  event = (f: (e: T) => unknown) => {
+    this.listeners.push(f);
+    return disposable;
+  };
+  fire(e: T) {
+    this.listeners.forEach((f) => f(e));
+  }
+  dispose() {
+    this.listeners = [];
+  }
+}
+
+class TreeItem {
+  description?: string;
+  tooltip?: string;
+  iconPath?: unknown;
+  contextValue?: string;
+  constructor(
+    readonly label: string,
+    readonly collapsibleState: number,
+  ) {}
+}
+
+class ThemeIcon {
+  constructor(readonly id: string) {}
+}
 export const memento = new Map<string, unknown>();
 
 export const stub = {
   Uri,
+  EventEmitter: VsEventEmitter,
+  TreeItem,
+  ThemeIcon,
+  TreeItemCollapsibleState: { None: 0, Collapsed: 1, Expanded: 2 },
   StatusBarAlignment: { Left: 1, Right: 2 },
   ProgressLocation: { SourceControl: 1, Window: 10, Notification: 15 },
   Disposable: class {
@@ -135,6 +169,10 @@ export const stub = {
     setStatusBarMessage: () => disposable,
     createOutputChannel: (_name: string) => ({ appendLine() {}, show() {}, dispose() {} }),
     createStatusBarItem: () => ({ text: "", tooltip: "", command: "", show() {}, dispose() {} }),
+    createTreeView: (id: string, options: { treeDataProvider: any }) => {
+      recorded.views.set(id, options.treeDataProvider);
+      return { onDidChangeVisibility: () => disposable, dispose() {} };
+    },
     registerWebviewViewProvider: (id: string, provider: any) => {
       recorded.views.set(id, provider);
       return disposable;
