@@ -30,6 +30,7 @@ use crush_protocol::{
 
 use crate::autostart;
 use crate::error::ClientError;
+use crate::remote::{Remote, Tunnel};
 
 /// A notification from the daemon.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct ConnectOptions {
     /// daemon. `None` leaves it to the daemon (true). [`crate::ReconnectingClient`] passes false:
     /// it resubscribes from its own cursors.
     pub restore_subscriptions: Option<bool>,
+    /// Reach a daemon on another machine over SSH instead of the local socket (then `socket`
+    /// and `daemon_bin` are not used: the remote `crushctl proxy` finds and starts its daemon).
+    pub remote: Option<Remote>,
 }
 
 impl Default for ConnectOptions {
@@ -89,6 +93,7 @@ impl Default for ConnectOptions {
             client_id: None,
             request_handler: None,
             restore_subscriptions: None,
+            remote: None,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct Client {
     tasks: Vec<JoinHandle<()>>,
     init: InitializeResult,
     socket: PathBuf,
+    /// The ssh process carrying a remote connection; dropping it closes the connection.
+    tunnel: Option<Tunnel>,
 }
 
 impl Drop for Client {
@@ -125,13 +132,45 @@ impl Client {
     /// Connects (starting the daemon if allowed and needed) and performs `initialize`.
     pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
         let socket = crush_protocol::paths::resolve_socket(opts.socket.as_deref());
-        let stream = if opts.autostart {
-            autostart::connect_or_start(&socket, opts.daemon_bin.as_deref(), opts.start_timeout)
-                .await?
-        } else {
-            autostart::connect(&socket).await?
-        };
-        Self::over_stream(stream, socket, opts).await
+        let (note_tx, note_rx) = mpsc::unbounded_channel();
+        let sink: NoteSink = Box::new(move |n| {
+            let _ = note_tx.send(n);
+        });
+        let autostart = opts.autostart;
+        Self::open(socket, opts, autostart, sink, Some(note_rx)).await
+    }
+
+    /// Opens the transport `opts` names — the local socket, or an SSH tunnel to a remote
+    /// `crushctl proxy` — and performs `initialize`, handing every notification to `sink` in
+    /// arrival order. The one place a connection is made, for [`Client::connect`] and every
+    /// attempt of [`crate::ReconnectingClient`].
+    pub(crate) async fn open(
+        socket: PathBuf,
+        opts: ConnectOptions,
+        autostart: bool,
+        sink: NoteSink,
+        notifications: Option<mpsc::UnboundedReceiver<IncomingNotification>>,
+    ) -> Result<Client, ClientError> {
+        match opts.remote.clone() {
+            None => {
+                let stream = if autostart {
+                    autostart::connect_or_start(
+                        &socket,
+                        opts.daemon_bin.as_deref(),
+                        opts.start_timeout,
+                    )
+                    .await?
+                } else {
+                    autostart::connect(&socket).await?
+                };
+                let (read, write) = SharedHalf::pair(stream);
+                Self::start(read, write, socket, opts, sink, notifications, None).await
+            }
+            Some(remote) => {
+                let (read, write, tunnel) = Tunnel::open(&remote, autostart)?;
+                Self::start(read, write, socket, opts, sink, notifications, Some(tunnel)).await
+            }
+        }
     }
 
     /// Performs `initialize` over an already-connected stream.
@@ -159,19 +198,7 @@ impl Client {
         let sink: NoteSink = Box::new(move |n| {
             let _ = note_tx.send(n);
         });
-        Self::start(read, write, socket, opts, sink, Some(note_rx)).await
-    }
-
-    /// Performs `initialize` over a connected stream, handing every notification to `sink` in
-    /// arrival order (the reconnecting client's single ordered inbox).
-    pub(crate) async fn with_sink(
-        stream: Stream,
-        socket: PathBuf,
-        opts: ConnectOptions,
-        sink: NoteSink,
-    ) -> Result<Client, ClientError> {
-        let (read, write) = SharedHalf::pair(stream);
-        Self::start(read, write, socket, opts, sink, None).await
+        Self::start(read, write, socket, opts, sink, Some(note_rx), None).await
     }
 
     async fn start<R, W>(
@@ -181,6 +208,7 @@ impl Client {
         opts: ConnectOptions,
         sink: NoteSink,
         notifications: Option<mpsc::UnboundedReceiver<IncomingNotification>>,
+        tunnel: Option<Tunnel>,
     ) -> Result<Client, ClientError>
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -210,15 +238,28 @@ impl Client {
             tasks: vec![writer, reader],
             init: placeholder_init(),
             socket,
+            tunnel,
         };
-        client.init = client
+        let init = client
             .request::<request::Initialize>(InitializeParams {
                 client_info: Some(opts.client_info),
                 client_id: opts.client_id,
                 protocol_version: Some(PROTOCOL_VERSION),
                 restore_subscriptions: opts.restore_subscriptions,
             })
-            .await?;
+            .await;
+        let tunnel = client.tunnel.take();
+        client.init = match (init, tunnel) {
+            (Ok(init), tunnel) => {
+                client.tunnel = tunnel;
+                init
+            }
+            // ssh failed (unknown host, refused key, no crushctl there): say what it said.
+            (Err(e @ (ClientError::Closed | ClientError::ConnectionLost { .. })), Some(t)) => {
+                return Err(t.failed(e).await);
+            }
+            (Err(e), _) => return Err(e),
+        };
         client.notify_raw("initialized", &serde_json::json!({}));
         Ok(client)
     }
@@ -230,6 +271,12 @@ impl Client {
 
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
+    }
+
+    /// Whether this connection goes over SSH to another machine (then [`Self::socket`] means
+    /// nothing here: the socket is the remote daemon's, named in its `daemon/status`).
+    pub fn is_remote(&self) -> bool {
+        self.tunnel.is_some()
     }
 
     /// Takes the notification stream (once). Notifications are buffered until taken, and none is

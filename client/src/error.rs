@@ -31,6 +31,10 @@ pub enum ClientError {
     /// (file, line and key). A configuration error, not an unreachable daemon.
     #[error("{message}")]
     DaemonConfig { message: String },
+    /// The SSH connection to a remote daemon could not be made or ended before `initialize`
+    /// was answered; `reason` is what ssh (or the remote crushctl) said.
+    #[error("cannot reach crushd on {host} over SSH: {reason}")]
+    Remote { host: String, reason: String },
     #[error("the connection to crushd closed")]
     Closed,
     /// The connection dropped after the request was written and before its answer came: the
@@ -63,6 +67,7 @@ impl ClientError {
                 | ClientError::DaemonNotFound
                 | ClientError::DaemonStartFailed { .. }
                 | ClientError::GaveUp { .. }
+                | ClientError::Remote { .. }
         )
     }
 }

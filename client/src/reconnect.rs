@@ -36,7 +36,6 @@ use crush_protocol::{
     request, vocab::text_of,
 };
 
-use crate::autostart;
 use crate::connection::{Client, ConnectOptions, IncomingNotification, NoteSink, RequestHandler};
 use crate::error::ClientError;
 
@@ -329,13 +328,14 @@ impl ReconnectingClient {
         };
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let stream = if opts.autostart {
-            autostart::connect_or_start(&socket, opts.daemon_bin.as_deref(), opts.start_timeout)
-                .await?
-        } else {
-            autostart::connect(&socket).await?
-        };
-        let first = Client::with_sink(stream, socket.clone(), opts.clone(), sink(&inbox)).await?;
+        let first = Client::open(
+            socket.clone(),
+            opts.clone(),
+            opts.autostart,
+            sink(&inbox),
+            None,
+        )
+        .await?;
         let server = first.server().clone();
         tokio::spawn(
             Actor {
@@ -363,6 +363,11 @@ impl ReconnectingClient {
         });
         tokio::spawn(supervise(shared.clone(), first));
         Ok(Self { shared })
+    }
+
+    /// The remote machine this client reaches over SSH, if it is not the local daemon's.
+    pub fn remote(&self) -> Option<&crate::Remote> {
+        self.shared.opts.remote.as_ref()
     }
 
     /// The `clientId` this client uses on every connection.
@@ -772,14 +777,15 @@ impl Shared {
         }
     }
 
-    /// One connection attempt: connect (never starting the daemon) and `initialize`.
+    /// One connection attempt: connect (never starting the daemon) and `initialize`. Over
+    /// SSH this is a new ssh process: a dropped tunnel is reconnected like a dropped socket.
     async fn open(&self) -> Result<Client, ClientError> {
-        let stream = autostart::connect(&self.socket).await?;
-        Client::with_sink(
-            stream,
+        Client::open(
             self.socket.clone(),
             self.opts.clone(),
+            false,
             sink(&self.inbox),
+            None,
         )
         .await
     }

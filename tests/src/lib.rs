@@ -11,6 +11,7 @@ pub mod cli;
 pub mod mock_llm;
 pub mod mock_window;
 pub mod procfs;
+pub mod sshd;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

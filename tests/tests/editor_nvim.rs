@@ -398,6 +398,50 @@ async fn nvim_reconnects_and_catches_up() {
     stop_started_daemon(&env);
 }
 
+/// `remote = { host, workspace }`: the plugin runs `crushctl --remote box proxy`, whose ssh is a
+/// stand-in here (`$CRUSHD_SSH` runs the remote command on this machine; the real OpenSSH path
+/// is tests/tests/remote_ssh.rs). The workspace is the remote one, not Neovim's directory; a
+/// dropped tunnel is reopened and the missed run replayed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_remote_runs_through_crushctl_remote_proxy() {
+    let (env, _mock, project) = world().await;
+    let elsewhere = env.dir.path().join("local-dir");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let ssh = env.dir.path().join("fake-ssh");
+    let calls = env.dir.path().join("ssh-calls");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\n# The last argument is the remote command; run it here.\n\
+             echo \"$@\" >> '{}'\nfor last; do :; done\nexec sh -c \"$last\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let nvim = spawn_nvim(
+        &env,
+        "remote",
+        &elsewhere,
+        &[
+            ("CRUSHD_SSH", ssh.display().to_string()),
+            ("CRUSH_REMOTE_WORKSPACE", project.display().to_string()),
+        ],
+    );
+    nvim.finish().await;
+    // Connected through ssh twice: first, and again after the drop.
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        calls.matches("-- box 'crushctl' proxy").count(),
+        2,
+        "{calls}"
+    );
+    stop_started_daemon(&env);
+}
+
 /// A reconnect that the daemon cannot replay (its replay log is disabled) while a reply is being
 /// streamed: the plugin rebuilds the chat from `session/messages` and the `streaming` message,
 /// then continues with the live deltas; the reply appears once and whole.

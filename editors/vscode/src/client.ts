@@ -1,18 +1,23 @@
-// The protocol client: one JSON-RPC connection (vscode-jsonrpc over a Node socket) to crushd,
+// The protocol client: one JSON-RPC connection (vscode-jsonrpc over a Node socket, or over the
+// stdio of `crushctl --remote HOST proxy` for a daemon on another machine) to crushd,
 // started with `crushctl daemon start` when nobody answers, kept alive across drops with a
 // backoff, and the sessions it follows resubscribed from their cursors (epoch + last seq,
 // docs/protocol.md §7 "Sharing sessions between clients"). It must not import `vscode`: the
 // tests run it under plain Node against a real daemon.
 import { EventEmitter } from "node:events";
 import * as net from "node:net";
-import { execFile } from "node:child_process";
+import { ChildProcess, execFile, spawn } from "node:child_process";
 import {
   CancellationToken,
   createMessageConnection,
   MessageConnection,
+  MessageReader,
+  MessageWriter,
   ResponseError,
   SocketMessageReader,
   SocketMessageWriter,
+  StreamMessageReader,
+  StreamMessageWriter,
 } from "vscode-jsonrpc/node";
 import type {
   InitializeResult,
@@ -49,11 +54,75 @@ export interface ClientOptions {
   clientVersion?: string;
   /** `crushctl` to run as `crushctl --socket PATH daemon start` when nothing answers; unset: never start. */
   crushctlPath?: string;
+  /**
+   * The daemon on another machine: the client runs `crushctl --remote HOST proxy` (ssh, keys from
+   * an agent or ~/.ssh/config) and speaks over its stdio; `socketPath` is then not used.
+   */
+  remote?: RemoteOptions;
   /** Environment for crushctl (defaults to process.env). */
   env?: NodeJS.ProcessEnv;
   /** Reconnect delays: first, and the cap of the doubling. */
   backoffMs?: { initial: number; max: number };
   log?: (line: string) => void;
+}
+
+export interface RemoteOptions {
+  /** `[ssh://][user@]host[:port]`, or a Host alias of ~/.ssh/config. */
+  host: string;
+  /** The crushctl on that machine when it is not on its PATH (`--remote-crushctl`). */
+  crushctl?: string;
+}
+
+/** A byte stream to crushd: the local socket, or a remote proxy's stdio. */
+interface Transport {
+  reader: MessageReader;
+  writer: MessageWriter;
+  /** Calls `f` once the stream is gone. */
+  onGone(f: () => void): void;
+  /** Still writable (a goodbye can be sent). */
+  isOpen(): boolean;
+  /** Ends politely (end of input), then hard. */
+  end(): void;
+  destroy(): void;
+  /** What the transport said about its end (the remote proxy's stderr), if anything. */
+  said(): string;
+}
+
+function socketTransport(socket: net.Socket): Transport {
+  socket.on("error", () => undefined);
+  return {
+    reader: new SocketMessageReader(socket),
+    writer: new SocketMessageWriter(socket),
+    onGone: (f) => socket.on("close", f),
+    isOpen: () => socket.readyState === "open",
+    end: () => socket.end(),
+    destroy: () => socket.destroy(),
+    said: () => "",
+  };
+}
+
+function processTransport(child: ChildProcess, stderr: () => string): Transport {
+  let gone = false;
+  child.on("exit", () => {
+    gone = true;
+  });
+  child.stdin!.on("error", () => undefined);
+  return {
+    reader: new StreamMessageReader(child.stdout!),
+    writer: new StreamMessageWriter(child.stdin!),
+    onGone: (f) => child.on("exit", f),
+    isOpen: () => !gone && child.stdin!.writable,
+    end: () => child.stdin!.end(),
+    destroy: () => {
+      // Close our ends too: whatever holds the other ends (ssh) sees end-of-input.
+      child.stdin!.destroy();
+      child.stdout!.destroy();
+      if (!gone) {
+        child.kill("SIGKILL");
+      }
+    },
+    said: stderr,
+  };
 }
 
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
@@ -91,7 +160,7 @@ export type PermissionHandler = (
  */
 export class CrushClient extends EventEmitter {
   private conn: MessageConnection | undefined;
-  private socket: net.Socket | undefined;
+  private transport: Transport | undefined;
   private followed = new Map<string, Followed>();
   private workspaces = new Set<string>();
   private permissionHandler: PermissionHandler | undefined;
@@ -139,6 +208,16 @@ export class CrushClient extends EventEmitter {
 
   private async connectAndInit(): Promise<InitializeResult> {
     this.setState("connecting");
+    if (this.opts.remote) {
+      let t: Transport;
+      try {
+        t = await this.spawnRemote(this.opts.remote);
+      } catch (e) {
+        this.setState("disconnected");
+        throw e;
+      }
+      return this.initializeOver(t);
+    }
     let socket: net.Socket;
     try {
       socket = await this.connectSocket();
@@ -159,15 +238,46 @@ export class CrushClient extends EventEmitter {
         throw e2;
       }
     }
+    return this.initializeOver(socketTransport(socket));
+  }
+
+  private async initializeOver(t: Transport): Promise<InitializeResult> {
     try {
-      return await this.initialize(socket);
+      return await this.initialize(t);
     } catch (e) {
-      socket.destroy();
+      t.destroy();
       if (this.state === "connecting") {
         this.setState("disconnected");
       }
       throw e;
     }
+  }
+
+  /**
+   * `crushctl --remote HOST proxy`: ssh to the remote crushctl's proxy, which starts the remote
+   * daemon when needed. Its stderr (ssh's words: unknown host, refused key) is kept to explain a
+   * failure.
+   */
+  private spawnRemote(remote: RemoteOptions): Promise<Transport> {
+    const crushctl = this.opts.crushctlPath || "crushctl";
+    const args = ["--remote", remote.host];
+    if (remote.crushctl) {
+      args.push("--remote-crushctl", remote.crushctl);
+    }
+    args.push("proxy");
+    this.log(`connecting to crushd on ${remote.host}: ${crushctl} ${args.join(" ")}`);
+    return new Promise((resolve, reject) => {
+      const child = spawn(crushctl, args, { env: this.opts.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
+      let stderr = "";
+      child.stderr!.on("data", (d: Buffer) => {
+        stderr = (stderr + d.toString()).slice(-4096);
+        this.log(`[${remote.host}] ${d.toString().trimEnd()}`);
+      });
+      child.once("error", (err: NodeJS.ErrnoException) => {
+        reject(new Error(remoteFailure(remote.host, crushctl, err.code === "ENOENT" ? "not found" : err.message, "")));
+      });
+      child.once("spawn", () => resolve(processTransport(child, () => stderr)));
+    });
   }
 
   private connectSocket(): Promise<net.Socket> {
@@ -198,9 +308,9 @@ export class CrushClient extends EventEmitter {
     });
   }
 
-  private async initialize(socket: net.Socket): Promise<InitializeResult> {
-    const conn = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
-    this.socket = socket;
+  private async initialize(t: Transport): Promise<InitializeResult> {
+    const conn = createMessageConnection(t.reader, t.writer);
+    this.transport = t;
     this.conn = conn;
     conn.onNotification("$/sessionUpdate", (p: SessionUpdateParams) => this.onSessionUpdate(p));
     conn.onNotification("$/runComplete", (p: RunCompleteParams) => this.emit("runComplete", p));
@@ -229,19 +339,36 @@ export class CrushClient extends EventEmitter {
     const onGone = () => this.onConnectionLost(conn);
     conn.onClose(onGone);
     conn.onError(() => undefined);
-    socket.on("close", onGone);
-    socket.on("error", () => undefined);
+    // Before initialize is answered, the end of the transport is a failure to connect: say
+    // what the transport said (ssh's words for a remote daemon).
+    const ended = new Promise<never>((_, reject) =>
+      t.onGone(() => {
+        const remote = this.opts.remote;
+        reject(
+          new Error(
+            remote
+              ? remoteFailure(remote.host, this.opts.crushctlPath || "crushctl", "ended", t.said())
+              : "the connection to crushd closed before it answered initialize",
+          ),
+        );
+      }),
+    );
+    ended.catch(() => undefined);
+    t.onGone(onGone);
     conn.listen();
 
-    const info = (await conn.sendRequest("initialize", {
-      clientInfo: { name: this.opts.clientName ?? "vscode", version: this.opts.clientVersion },
-      clientId: this.opts.clientId,
-      protocolVersion: PROTOCOL_VERSION,
-      // We keep our own cursors and subscribe with afterSeq ourselves.
-      restoreSubscriptions: false,
-    })) as InitializeResult;
+    const info = (await Promise.race([
+      conn.sendRequest("initialize", {
+        clientInfo: { name: this.opts.clientName ?? "vscode", version: this.opts.clientVersion },
+        clientId: this.opts.clientId,
+        protocolVersion: PROTOCOL_VERSION,
+        // We keep our own cursors and subscribe with afterSeq ourselves.
+        restoreSubscriptions: false,
+      }),
+      ended,
+    ])) as InitializeResult;
     if (info.protocolVersion !== PROTOCOL_VERSION) {
-      socket.destroy();
+      t.destroy();
       throw new Error(
         `crushd speaks protocol version ${info.protocolVersion}, this extension ${PROTOCOL_VERSION}: stop the daemon (crushctl daemon stop) so a matching one starts`,
       );
@@ -259,7 +386,7 @@ export class CrushClient extends EventEmitter {
       return;
     }
     this.conn = undefined;
-    this.socket = undefined;
+    this.transport = undefined;
     // vscode-jsonrpc hands queued messages over asynchronously: let what arrived before the close
     // (a response, `$/daemonShutdown`) through before pending requests are failed.
     setTimeout(() => conn.dispose(), 100);
@@ -438,9 +565,9 @@ export class CrushClient extends EventEmitter {
     return this.reconnect();
   }
 
-  /** Drops the socket without a goodbye, as a crash or a network hiccup would (tests, "reconnect"). */
+  /** Drops the connection without a goodbye, as a crash or a network hiccup would (tests, "reconnect"). */
   dropConnection(): void {
-    this.socket?.destroy();
+    this.transport?.destroy();
   }
 
   /** Ends for good: `shutdown` + `exit`, so the daemon releases our claims at once (§5.3). */
@@ -451,7 +578,7 @@ export class CrushClient extends EventEmitter {
       this.reconnectTimer = undefined;
     }
     const conn = this.conn;
-    if (conn && this.state === "connected" && !this.shutdownNotice && this.socket?.readyState === "open") {
+    if (conn && this.state === "connected" && !this.shutdownNotice && this.transport?.isOpen()) {
       try {
         await conn.sendRequest("shutdown", {});
         await conn.sendNotification("exit", {});
@@ -459,8 +586,8 @@ export class CrushClient extends EventEmitter {
         // Already gone.
       }
     }
-    this.socket?.end();
-    this.socket?.destroy();
+    this.transport?.end();
+    this.transport?.destroy();
     this.conn?.dispose();
     this.conn = undefined;
     this.setState("closed");
@@ -487,6 +614,23 @@ export function startFailure(
   const said = (stderr.trim() || stdout.trim()).split("\n").slice(-5).join("\n");
   const how = err.killed ? "timed out" : typeof err.code === "number" ? `exited with status ${err.code}` : err.message.trim();
   return `could not start crushd: \`${crushctl} daemon start\` ${how}${said ? `: ${said}` : ""}`;
+}
+
+/**
+ * Why the remote daemon could not be reached: what ssh or the remote crushctl said (its last
+ * lines), or that crushctl itself is missing, naming the settings to fix.
+ */
+export function remoteFailure(host: string, crushctl: string, how: string, stderr: string): string {
+  if (how === "not found") {
+    return `cannot reach crushd on ${host}: \`${crushctl}\` was not found; set crush.crushctlPath to the local crushctl executable`;
+  }
+  const said = stderr
+    .trim()
+    .split("\n")
+    .map((l) => l.replace(/^crushctl: /, "").replace(/^cannot reach crushd on \S+ over SSH: /, ""))
+    .slice(-5)
+    .join("\n");
+  return `cannot reach crushd on ${host} over SSH: ${said || `\`${crushctl} --remote ${host} proxy\` ${how}`}`;
 }
 
 /** The JSON-RPC error code of a failed request, if it has one. */

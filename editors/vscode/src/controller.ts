@@ -97,6 +97,12 @@ export const SESSION_KEY = "crush.sessionId";
 export interface Settings {
   socketPath: string;
   crushctlPath: string;
+  /** `crush.remote`: the daemon's machine, over SSH ("" for this one). */
+  remote: string;
+  /** `crush.remoteWorkspace`: the project directory on that machine. */
+  remoteWorkspace: string;
+  /** `crush.remoteCrushctl`: crushctl there, when not on its PATH. */
+  remoteCrushctl: string;
   defaultModel: string;
   yolo: boolean;
 }
@@ -174,8 +180,14 @@ export class Controller implements vscode.Disposable {
   async connect(): Promise<void> {
     await this.client.start();
     const folder = vscode.workspace.workspaceFolders?.[0];
-    if (folder && folder.uri.scheme === "file") {
-      const ws = await this.client.openWorkspace(folder.uri.fsPath);
+    // With a remote daemon the workspace is a directory over there, never this window's folder.
+    const remote = this.client.opts.remote;
+    if (remote && !this.settings().remoteWorkspace) {
+      throw new Error(`crush.remote is ${remote.host}: set crush.remoteWorkspace to the project directory there`);
+    }
+    const where = remote ? this.settings().remoteWorkspace : folder?.uri.scheme === "file" ? folder.uri.fsPath : undefined;
+    if (where) {
+      const ws = await this.client.openWorkspace(where);
       this.workspaceId = ws.workspaceId;
       this.workspacePath = ws.path;
     }

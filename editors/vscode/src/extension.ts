@@ -18,6 +18,9 @@ export function readSettings(): Settings {
   return {
     socketPath: c.get<string>("socketPath", ""),
     crushctlPath: c.get<string>("crushctlPath", "crushctl") || "crushctl",
+    remote: c.get<string>("remote", "").trim(),
+    remoteWorkspace: c.get<string>("remoteWorkspace", "").trim(),
+    remoteCrushctl: c.get<string>("remoteCrushctl", "").trim(),
     defaultModel: c.get<string>("defaultModel", ""),
     yolo: c.get<boolean>("yolo", false),
   };
@@ -105,6 +108,7 @@ export function activate(context: vscode.ExtensionContext): Api {
     clientName: "vscode",
     clientVersion: String(context.extension?.packageJSON?.version ?? "0.1.0"),
     crushctlPath: settings.crushctlPath,
+    remote: settings.remote ? { host: settings.remote, crushctl: settings.remoteCrushctl || undefined } : undefined,
     log: (line) => output.appendLine(line),
   });
   const statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 100);

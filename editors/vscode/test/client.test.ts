@@ -255,3 +255,88 @@ describe("daemon start", () => {
     await c.dispose();
   });
 });
+
+describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`", () => {
+  // The stand-in ssh ($CRUSHD_SSH) runs the remote command on this machine and logs its
+  // arguments; the real OpenSSH path is tests/tests/remote_ssh.rs.
+  function fakeSsh(env: TestEnv, script: string): string {
+    const p = path.join(env.dir, "fake-ssh");
+    fs.writeFileSync(p, `#!/bin/sh\necho "$@" >> '${path.join(env.dir, "ssh-calls")}'\n${script}\n`, { mode: 0o755 });
+    return p;
+  }
+
+  test("runs a prompt over the remote proxy (autostarting that daemon) and replays across a dropped tunnel", async () => {
+    const mock = await MockLlm.start();
+    const env = new TestEnv(mock.baseUrl);
+    const ssh = fakeSsh(env, 'for last; do :; done\nexec sh -c "$last"');
+    const c = new CrushClient({
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: "box" },
+      env: { ...env.env(), CRUSHD_SSH: ssh, CRUSHD_REMOTE_CRUSHCTL: env.crushctl() },
+      backoffMs: { initial: 60_000, max: 60_000 },
+    });
+    const observer = newClient(env, "observer");
+    try {
+      const info = await c.start();
+      assert.ok(info.pid > 0);
+      const st = await c.request("daemon/status", {});
+      assert.equal(st.socket, env.socket, "the daemon the remote proxy started");
+      const { sessionId, model } = await session(c, env);
+      await observer.start();
+      await observer.follow(sessionId, new SessionModel(sessionId, observer));
+      const runId = randomUUID();
+      const holding = mock.whenHolding();
+      const firstDelta = waitFor(c, "sessionUpdate", (ev: any) => ev.kind === "textDelta", "the first delta");
+      await c.request("agent/send", { sessionId, prompt: "#hold on", attachments: [], runId, mode: "queue", yolo: false });
+      await holding;
+      await firstDelta;
+      const gone = waitFor(c, "state", (s) => s === "disconnected", "the drop");
+      c.dropConnection();
+      await gone;
+      const observed = runComplete(observer, runId);
+      mock.release();
+      await observed;
+      const resubscribed = waitFor<{ sessionId: string; result: SessionSubscribeResult }>(c, "resubscribed", (r) => r.sessionId === sessionId, "the resubscribe");
+      await c.reconnectNow();
+      const { result } = await resubscribed;
+      assert.equal(result.resync, false);
+      assert.ok(result.replayed > 0, `replayed ${result.replayed}`);
+      assert.equal(assistantText(model), "w0 w1");
+      const calls = fs.readFileSync(path.join(env.dir, "ssh-calls"), "utf8");
+      assert.equal(calls.match(/-- box '.*crushctl' proxy/g)?.length, 2, calls);
+      const closed = waitFor(c, "state", (s) => s === "disconnected", "the daemon closing the connection");
+      await c.request("daemon/shutdown", { force: true });
+      await closed;
+    } finally {
+      await observer.dispose();
+      await c.dispose();
+      await mock.close();
+      env.cleanup();
+    }
+  });
+
+  test("an unreachable host fails with ssh's words and leaves the client disconnected", async () => {
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const ssh = fakeSsh(env, 'echo "ssh: Could not resolve hostname nohost: Name or service not known" >&2\nexit 255');
+    const c = new CrushClient({
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: "nohost" },
+      env: { ...env.env(), CRUSHD_SSH: ssh },
+    });
+    try {
+      const err = await c.start().then(
+        () => assert.fail("start() succeeded"),
+        (e: Error) => e,
+      );
+      assert.match(err.message, /^cannot reach crushd on nohost over SSH: ssh: Could not resolve hostname nohost/);
+      assert.equal(c.state, "disconnected");
+    } finally {
+      await c.dispose();
+      env.cleanup();
+    }
+  });
+});

@@ -170,7 +170,13 @@ pub async fn stop(g: &Global, force: bool) -> anyhow::Result<u8> {
         );
     }
     let socket = client.socket().to_path_buf();
+    let remote = client.is_remote();
     drop(client);
+    if remote {
+        // The lock file is on the other machine; the closed connection is all there is to see.
+        crate::outln!("crushd (pid {pid}) stopped")?;
+        return Ok(0);
+    }
     // The daemon releases its instance lock as its very last step: once we can take it, the
     // daemon is gone and a new one may start.
     let lock_path = paths::lock_dir(&socket).join(paths::LOCK_FILE);
@@ -247,6 +253,9 @@ pub fn logs(follow: bool, lines: usize) -> anyhow::Result<u8> {
 }
 
 pub async fn proxy(g: &Global) -> anyhow::Result<u8> {
+    if let Some(remote) = &g.remote {
+        return remote_proxy(remote, !g.no_autostart).await;
+    }
     let opts = g.options(true);
     let socket = paths::resolve_socket(opts.socket.as_deref());
     let stream = if opts.autostart {
@@ -260,6 +269,35 @@ pub async fn proxy(g: &Global) -> anyhow::Result<u8> {
     let (from_daemon, to_daemon) = tokio::io::split(stream);
     relay(from_daemon, to_daemon).await?;
     Ok(0)
+}
+
+/// `proxy --remote`: ssh itself relays (stdio ⇄ the remote `crushctl proxy`), so an editor gets
+/// a remote daemon by adding `--remote HOST` to the command it already runs. On Unix crushctl
+/// becomes ssh (exec): the process the editor holds is the tunnel, and killing it drops the
+/// connection, as it would a local proxy's.
+async fn remote_proxy(remote: &crush_client::Remote, autostart: bool) -> anyhow::Result<u8> {
+    let mut cmd = remote.proxy_command(autostart);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        anyhow::bail!("cannot run {}: {e}", remote.ssh.display());
+    }
+    #[cfg(not(unix))]
+    {
+        let status = tokio::process::Command::from(cmd)
+            .status()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", remote.ssh.display()))?;
+        Ok(match status.code() {
+            Some(0) => 0,
+            // ssh's own failure (no route, refused key): the daemon is out of reach.
+            Some(255) => EXIT_UNREACHABLE,
+            // The remote crushctl's exit code, passed on.
+            Some(c) => u8::try_from(c).unwrap_or(crate::EXIT_FAILED),
+            None => crate::EXIT_FAILED,
+        })
+    }
 }
 
 /// interprocess's streams cannot half-close (their `shutdown` is a no-op), and the proxy must

@@ -26,7 +26,9 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crush_client::{ClientError, ConnectOptions, ReconnectPolicy, ReconnectingClient};
+use crush_client::{
+    ClientError, ConnectOptions, ReconnectPolicy, ReconnectingClient, Remote, RemoteHost, remote,
+};
 use crush_protocol::{
     ClientInfo, ErrorCode, RpcError, SessionInfo, SessionListParams, WorkspaceInfo, paths, request,
 };
@@ -78,6 +80,14 @@ struct Cli {
     /// Show protocol details in error messages (JSON-RPC error codes).
     #[arg(long, global = true)]
     verbose: bool,
+    /// Use the daemon on another machine, over SSH: `[ssh://][user@]host[:port]` (keys and
+    /// aliases from ~/.ssh/config or an agent; never a password prompt). Workspaces are then
+    /// paths on that machine, given with -w.
+    #[arg(long, global = true, env = remote::REMOTE_ENV, value_name = "HOST")]
+    remote: Option<String>,
+    /// The crushctl to run on the remote machine [default: crushctl on its PATH].
+    #[arg(long, global = true, env = remote::REMOTE_CRUSHCTL_ENV, value_name = "PATH")]
+    remote_crushctl: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -456,6 +466,8 @@ pub struct Global {
     pub no_autostart: bool,
     /// Keep protocol details (error codes) in messages.
     pub verbose: bool,
+    /// The daemon is on another machine, reached over SSH.
+    pub remote: Option<Remote>,
 }
 
 impl Global {
@@ -481,7 +493,21 @@ impl Global {
                 name: client_name(),
                 version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             },
+            remote: self.remote.clone(),
             ..ConnectOptions::default()
+        }
+    }
+
+    /// Refuses a command that reads or runs something on this machine when the daemon is on
+    /// another one, naming the way to do it there.
+    pub fn local_only(&self, command: &str) -> anyhow::Result<()> {
+        match &self.remote {
+            Some(r) => Err(usage(format!(
+                "`crushctl {command}` works on this machine's files, not through --remote; \
+                 run it there: ssh {} {} {command}",
+                r.host.host, r.crushctl
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -593,10 +619,18 @@ pub fn rpc_exit_code(r: &RpcError) -> u8 {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let remote = match cli.remote.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(host) => {
+            let host: RemoteHost = host.parse().map_err(|e| usage(format!("--remote: {e}")))?;
+            Some(Remote::new(host, cli.remote_crushctl.clone()))
+        }
+    };
     let g = Global {
         socket: cli.socket.clone(),
         no_autostart: cli.no_autostart,
         verbose: cli.verbose,
+        remote,
     };
     match cli.command {
         Command::Run(a) => run::run(&g, a).await,
@@ -639,12 +673,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             daemon::stop(&g, force).await?;
             daemon::start(&g).await
         }
-        Command::Daemon(DaemonCommand::Logs { follow, lines }) => daemon::logs(follow, lines),
+        Command::Daemon(DaemonCommand::Logs { follow, lines }) => {
+            g.local_only("daemon logs")?;
+            daemon::logs(follow, lines)
+        }
         Command::Proxy => daemon::proxy(&g).await,
         Command::Acp(a) => acp::acp(&g, a).await,
-        Command::Config(ConfigCommand::Path) => config::path(),
+        Command::Config(ConfigCommand::Path) => {
+            g.local_only("config path")?;
+            config::path()
+        }
         Command::Config(ConfigCommand::Show { json }) => config::show(&g, json).await,
-        Command::Config(ConfigCommand::Check { file }) => config::check(file.as_deref()),
+        Command::Config(ConfigCommand::Check { file }) => {
+            g.local_only("config check")?;
+            config::check(file.as_deref())
+        }
         Command::Mcp(McpCommand::List { json }) => mcp::list(&g, json).await,
         Command::Mcp(McpCommand::Restart { name, json }) => mcp::restart(&g, &name, json).await,
         Command::Permissions(c) => permissions::permissions(&g, c).await,
@@ -678,13 +721,48 @@ pub fn workspace_dir(arg: &WorkspaceArg) -> anyhow::Result<String> {
         .ok_or_else(|| usage(format!("workspace {} is not valid UTF-8", abs.display())))
 }
 
-/// Opens the workspace (`workspace/open`).
+/// Opens the workspace (`workspace/open`): here, or on the remote machine.
 pub async fn open_workspace(
     client: &ReconnectingClient,
     arg: &WorkspaceArg,
 ) -> anyhow::Result<WorkspaceInfo> {
-    let dir = workspace_dir(arg)?;
+    let dir = match client.remote() {
+        Some(r) => remote_workspace_dir(arg, r)?,
+        None => workspace_dir(arg)?,
+    };
     Ok(client.open_workspace(&dir).await?)
+}
+
+/// Environment variable naming the workspace on the remote machine when -w is not given.
+pub const REMOTE_WORKSPACE_ENV: &str = "CRUSHD_REMOTE_WORKSPACE";
+
+/// The workspace on the remote machine: -w, else `$CRUSHD_REMOTE_WORKSPACE`, never the local
+/// current directory (the same path over there is a different directory, if it exists). An
+/// absolute path; the remote daemon checks that it is a directory.
+pub fn remote_workspace_dir(arg: &WorkspaceArg, remote: &Remote) -> anyhow::Result<String> {
+    let dir = match &arg.workspace {
+        Some(p) => p
+            .to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| usage(format!("workspace {} is not valid UTF-8", p.display())))?,
+        None => std::env::var(REMOTE_WORKSPACE_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                usage(format!(
+                    "with --remote, name the workspace on {} with -w DIR (or set \
+                     {REMOTE_WORKSPACE_ENV}); the current directory is this machine's",
+                    remote.host
+                ))
+            })?,
+    };
+    if !dir.starts_with('/') {
+        return Err(usage(format!(
+            "workspace {dir:?}: with --remote, give an absolute path on {}",
+            remote.host
+        )));
+    }
+    Ok(dir)
 }
 
 /// The workspace's sessions, most recently updated first.

@@ -204,11 +204,40 @@ local function dispatchers(gen)
   }
 end
 
-local function open(path)
+--- The `remote` option when it names a host, else nil.
+function M.remote()
+  local r = config.options.remote
+  if type(r) == "table" and type(r.host) == "string" and r.host ~= "" then
+    return r
+  end
+  return nil
+end
+
+--- The command that relays to the remote daemon: `crushctl --remote HOST proxy` (ssh runs the
+--- remote crushctl's proxy, which starts the remote daemon unless `no_autostart`).
+function M.remote_command(remote, no_autostart)
+  local cmd = { config.options.crushctl, "--remote", remote.host }
+  if type(remote.crushctl) == "string" and remote.crushctl ~= "" then
+    vim.list_extend(cmd, { "--remote-crushctl", remote.crushctl })
+  end
+  if no_autostart then
+    table.insert(cmd, "--no-autostart")
+  end
+  table.insert(cmd, "proxy")
+  return cmd
+end
+
+--- `where`: a socket path, or the remote command; the transport follows.
+local function open(where)
   state.gen = state.gen + 1
   local gen = state.gen
+  local remote = type(where) == "table"
+  local path = remote and table.concat(where, " ") or where
   local ok, rpc = pcall(function()
-    return vim.lsp.rpc.connect(path)(dispatchers(gen))
+    if remote then
+      return vim.lsp.rpc.start(where, dispatchers(gen))
+    end
+    return vim.lsp.rpc.connect(where)(dispatchers(gen))
   end)
   if not ok or not rpc then
     state.status = "disconnected"
@@ -287,6 +316,17 @@ function M.connect(allow_autostart)
     state.timer = nil
   end
   state.status = "connecting"
+  local remote = M.remote()
+  if remote then
+    -- The remote proxy finds (and starts) its daemon; a failure ends the process, and
+    -- on_exit reconnects with backoff like a dropped socket.
+    state.last_error = string.format(
+      "could not reach crushd on %s over SSH (`%s`; see :LspLog for what ssh said)",
+      remote.host,
+      table.concat(M.remote_command(remote, false), " ")
+    )
+    return open(M.remote_command(remote, not (config.options.autostart and allow_autostart)))
+  end
   local path = M.socket_path()
   M.probe(path, function(ok, perr)
     if ok then

@@ -9,6 +9,12 @@ M.defaults = {
   crushctl = "crushctl",
   --- Start the daemon (`crushctl daemon start`) when nobody answers on the socket.
   autostart = true,
+  --- The daemon on another machine, over SSH: nil (this machine's daemon), or
+  --- `{ host = "[ssh://][user@]host[:port]", workspace = "/abs/path/there", crushctl = nil }`.
+  --- The plugin runs `crushctl --remote HOST proxy` (ssh with BatchMode: keys from an agent or
+  --- ~/.ssh/config); `workspace` is the project directory on that machine (the local current
+  --- directory means nothing there); `crushctl` is the remote crushctl when not on its PATH.
+  remote = nil,
   --- `clientInfo.name`: other clients see it in claims and in "answered by" notes. nil: "crush.nvim
   --- (pid N)", so two Neovims are told apart.
   client_name = nil,

@@ -111,6 +111,20 @@ function M.check()
     health.warn("crushd not found beside crushctl, on PATH or at $CRUSHD_BIN", { "Install crushd next to crushctl" })
   end
 
+  local remote = require("crush.client").remote()
+  if remote then
+    -- The daemon and its socket are on the other machine; `crushctl --remote` speaks for it.
+    health.info(string.format(
+      "remote: crushd on %s over SSH (`%s`), workspace %s",
+      remote.host,
+      table.concat(require("crush.client").remote_command(remote, false), " "),
+      tostring(remote.workspace)
+    ))
+    if type(remote.workspace) ~= "string" or remote.workspace == "" then
+      health.warn("`remote.workspace` is not set", { "Set it to the project directory on " .. remote.host })
+    end
+    return
+  end
   local path = require("crush.client").socket_path()
   local reachable = false
   local client = require("crush.client")

@@ -33,8 +33,16 @@ local function guard()
   return true
 end
 
---- The workspace of this editor: the current working directory.
+--- The workspace of this editor: the current working directory, or with `remote` its
+--- `workspace` (a path on that machine). nil and a message when `remote` names none.
 function M.workspace_path()
+  local remote = require("crush.client").remote()
+  if remote then
+    if type(remote.workspace) ~= "string" or remote.workspace == "" then
+      return nil, "with `remote`, set `remote.workspace` to the project directory on " .. remote.host
+    end
+    return remote.workspace
+  end
   return vim.fn.getcwd()
 end
 

@@ -869,6 +869,11 @@ end
 
 --- Opens the workspace at `path` (claiming it); cb(err, workspace).
 function M.open_workspace(path, cb)
+  if not path then
+    -- `remote` without `remote.workspace`: nothing over there to default to.
+    local _, why = require("crush").workspace_path()
+    return cb(why or "no workspace")
+  end
   client.request("workspace/open", { path = path }, function(err, info)
     if err then
       return cb(err.message)
