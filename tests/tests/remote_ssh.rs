@@ -339,3 +339,102 @@ async fn proxy_with_remote_relays_to_the_remote_daemon() {
     let stop = w.remote.crushctl(&["daemon", "stop", "--force"]);
     assert_eq!(stop.status.code(), Some(0));
 }
+
+/// `crushctl acp --remote`: an ACP editor drives the remote daemon through the tunnel. The
+/// editor's `cwd` is a path of this machine; every session is in the remote workspace `-w`
+/// names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crushctl_acp_over_the_tunnel_runs_a_prompt_in_the_remote_workspace() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let w = World::start().await;
+    w.mock.push(Script::text("Remote hello."));
+    let mut cmd = w.crushctl("box", &["acp", "-w", w.project()]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut answer = async |id: u64, line: Value| -> (Value, Vec<Value>) {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let l = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+                .expect("crushctl acp closed its stdout");
+            let v: Value = serde_json::from_str(&l).unwrap();
+            if v["id"] == id && v.get("method").is_none() {
+                return (v, seen);
+            }
+            seen.push(v);
+        }
+    };
+    let (init, _) = answer(
+        1,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+               "params": {"protocolVersion": 1, "clientCapabilities": {}}}),
+    )
+    .await;
+    assert_eq!(init["result"]["protocolVersion"], 1, "{init}");
+    let local_cwd = w.local.dir.path().join("editor-project");
+    let (s, _) = answer(
+        2,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "session/new",
+               "params": {"cwd": local_cwd, "mcpServers": []}}),
+    )
+    .await;
+    let session = s["result"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"))
+        .to_owned();
+    let (done, updates) = answer(
+        3,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
+               "params": {"sessionId": session, "prompt": [{"type": "text", "text": "hi"}]}}),
+    )
+    .await;
+    assert_eq!(done["result"]["stopReason"], "end_turn", "{done}");
+    let text: String = updates
+        .iter()
+        .filter(|u| u["params"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        .map(|u| {
+            u["params"]["update"]["content"]["text"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(text, "Remote hello.");
+    // The session is the remote daemon's, in the remote workspace.
+    assert!(w.remote.socket.exists(), "no remote daemon socket");
+    assert!(!w.local.socket.exists(), "a local daemon was started");
+    let mut c = RawConn::initialized(&w.remote.socket).await;
+    let got = c
+        .request("session/get", json!({"sessionId": session}))
+        .await;
+    let ws = c.request("workspace/list", json!({})).await;
+    let path = ws["result"]["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["workspaceId"] == got["result"]["workspaceId"])
+        .map(|x| x["path"].clone())
+        .unwrap_or_else(|| panic!("{ws}"));
+    assert_eq!(
+        PathBuf::from(path.as_str().unwrap()),
+        std::fs::canonicalize(w.project()).unwrap()
+    );
+    drop(stdin);
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "stdin closed → clean exit: {status}");
+}

@@ -69,6 +69,12 @@ const ALLOW_ALWAYS: &str = "allow-always";
 const REJECT_ONCE: &str = "reject-once";
 
 pub async fn acp(g: &Global, a: AcpArgs) -> anyhow::Result<u8> {
+    // Over --remote the editor's directories are on this machine and mean nothing to the
+    // remote daemon: every session is in the remote workspace `-w` names.
+    let remote_workspace = match &g.remote {
+        Some(r) => Some(PathBuf::from(crate::remote_workspace_dir(&a.ws, r)?)),
+        None => None,
+    };
     let base = match &a.ws.workspace {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
@@ -82,6 +88,7 @@ pub async fn acp(g: &Global, a: AcpArgs) -> anyhow::Result<u8> {
     let mut b = Bridge {
         g: g.clone(),
         base,
+        remote_workspace,
         out,
         prompt_tx,
         client: None,
@@ -222,6 +229,8 @@ struct Bridge {
     g: Global,
     /// Where relative client paths are taken from (`-w`).
     base: PathBuf,
+    /// With `--remote`: the workspace on the remote machine every session is in.
+    remote_workspace: Option<PathBuf>,
     out: mpsc::UnboundedSender<String>,
     prompt_tx: mpsc::UnboundedSender<PromptRequest>,
     client: Option<ReconnectingClient>,
@@ -414,6 +423,9 @@ impl Bridge {
 
     /// The client's directory, absolute.
     fn dir(&self, cwd: &Path) -> PathBuf {
+        if let Some(w) = &self.remote_workspace {
+            return w.clone();
+        }
         if cwd.is_absolute() {
             cwd.to_owned()
         } else {
