@@ -201,9 +201,21 @@ mod tests {
     #[test]
     fn refusals_name_paths_outside_the_writable_set_only() {
         let ws = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
         let root = std::fs::canonicalize(ws.path()).unwrap();
         let p = policy(&root, true);
+        // A directory this process can write that the policy does not cover (not under the
+        // temp directory: a checkout under /tmp is in the writable set): the home directory or
+        // the crate's directory, whichever lies outside it.
+        let base = [
+            std::env::var_os("HOME").map(PathBuf::from),
+            std::env::current_dir().ok(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .find(|d| !p.writable.iter().any(|w| d.starts_with(w)))
+        .expect("a writable directory outside the temp directory (HOME or the crate's)");
+        let outside = tempfile::tempdir_in(base).unwrap();
         let target = outside.path().join("f");
         let out = format!(
             "touch: cannot touch '{}': Permission denied",
