@@ -15,6 +15,7 @@ mod images;
 mod mcp;
 mod model;
 mod permissions;
+mod prompts;
 mod render;
 mod run;
 mod sessions;

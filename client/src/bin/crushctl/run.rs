@@ -9,22 +9,22 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{IsTerminal, Read};
-use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crush_client::{
-    ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler, Resync, RunOutcome,
+    ClientError, ClientEvent, OutcomeState, ReconnectingClient, Resync, RunOutcome,
 };
 use crush_protocol::{
     AgentCancelParams, AgentSendParams, ErrorCode, ImageInput, PermissionDecision,
-    PermissionRequestParams, PermissionRequestResult, PermissionResolution, RpcError, RuleScope,
-    RunRef, RunState, SendMode, SessionCreateParams, SessionEvent, SessionInfo,
-    SessionMessagesParams, SessionRef, SessionSetSandboxParams, SessionSubscribeParams,
-    SessionUpdateParams, ToolStatus, WorkspaceInfo, daemon_request, request,
+    PermissionRequestParams, PermissionRequestResult, PermissionResolution, RuleScope, RunRef,
+    RunState, SendMode, SessionCreateParams, SessionEvent, SessionInfo, SessionMessagesParams,
+    SessionRef, SessionSetSandboxParams, SessionSubscribeParams, SessionUpdateParams, ToolStatus,
+    WorkspaceInfo, request,
 };
 
+use crate::prompts::{PromptRequest, decided, permission_handler};
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
 use crate::ui::{DIM, GREEN, RED, Term, Ui, YELLOW};
 use crate::{
@@ -161,48 +161,6 @@ async fn send_prompt(
     }
 }
 
-type PromptRequest = (
-    PermissionRequestParams,
-    oneshot::Sender<PermissionRequestResult>,
-);
-
-/// Hands the daemon's permission prompts to the command's event loop, which knows which run
-/// they are for and whether anyone can be asked.
-fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandler {
-    Arc::new(move |method, params| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            if method != daemon_request::PERMISSION_REQUEST {
-                return Err(RpcError::new(
-                    ErrorCode::MethodNotFound,
-                    format!("crushctl does not handle {method:?}"),
-                ));
-            }
-            let p: PermissionRequestParams = serde_json::from_value(params)
-                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
-            let (reply, answer) = oneshot::channel();
-            let result = if tx.send((p, reply)).is_ok() {
-                answer
-                    .await
-                    .unwrap_or(decided(PermissionDecision::Deferred))
-            } else {
-                decided(PermissionDecision::Deferred)
-            };
-            serde_json::to_value(result)
-                .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
-        })
-    })
-}
-
-/// An answer without a rule.
-fn decided(decision: PermissionDecision) -> PermissionRequestResult {
-    PermissionRequestResult {
-        decision,
-        scope: None,
-        pattern: None,
-    }
-}
-
 /// The `agent/send` of a prompt command (`run` and `send` share it).
 fn send_params(
     p: &PromptArgs,
@@ -285,7 +243,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
     let run_id = uuid::Uuid::now_v7().to_string();
     let (prompt_tx, prompt_rx) = mpsc::unbounded_channel();
     let mut opts = g.options(true);
-    opts.request_handler = Some(permission_handler(prompt_tx));
+    opts.request_handler = Some(permission_handler(prompt_tx, "crushctl"));
     let client = g.reconnecting(opts).await?;
     let Some(events) = client.take_events() else {
         anyhow::bail!("the client's event stream was already taken");

@@ -18,22 +18,21 @@ mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient, RequestHandler};
+use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient};
 use crush_protocol::{
     AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, NoParams,
-    PermissionDecision, PermissionRequestParams, PermissionRequestResult, RpcError, RuleScope,
-    RunState, SendMode, SessionCreateParams, SessionEvent, SessionListParams,
-    SessionMessagesParams, SessionRef, SessionSetMcpServersParams, SessionSubscribeParams,
-    daemon_request, request,
+    PermissionDecision, PermissionRequestParams, PermissionRequestResult, RuleScope, RunState,
+    SendMode, SessionCreateParams, SessionEvent, SessionListParams, SessionMessagesParams,
+    SessionRef, SessionSetMcpServersParams, SessionSubscribeParams, request,
 };
 
+use crate::prompts::{PromptRequest, decided, permission_handler};
 use crate::{Global, WorkspaceArg};
 use wire::ClientRequest as Req;
 use wire::{Incoming, WireError, code};
@@ -45,20 +44,6 @@ pub struct AcpArgs {
     /// directory].
     #[command(flatten)]
     pub ws: WorkspaceArg,
-}
-
-type PromptRequest = (
-    PermissionRequestParams,
-    oneshot::Sender<PermissionRequestResult>,
-);
-
-/// An answer without a rule.
-fn decided(decision: PermissionDecision) -> PermissionRequestResult {
-    PermissionRequestResult {
-        decision,
-        scope: None,
-        pattern: None,
-    }
 }
 
 /// The ACP permission options crushd's answers map to. "Allow always" saves a lasting rule for
@@ -162,33 +147,6 @@ async fn write_lines(mut rx: mpsc::UnboundedReceiver<String>, closed: Cancellati
         }
     }
     closed.cancel();
-}
-
-/// Hands the daemon's permission prompts to the bridge's task, which asks the editor.
-fn permission_handler(tx: mpsc::UnboundedSender<PromptRequest>) -> RequestHandler {
-    Arc::new(move |method, params| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            if method != daemon_request::PERMISSION_REQUEST {
-                return Err(RpcError::new(
-                    ErrorCode::MethodNotFound,
-                    format!("crushctl acp does not handle {method:?}"),
-                ));
-            }
-            let p: PermissionRequestParams = serde_json::from_value(params)
-                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
-            let (reply, answer) = oneshot::channel();
-            let result = if tx.send((p, reply)).is_ok() {
-                answer
-                    .await
-                    .unwrap_or_else(|_| decided(PermissionDecision::Deferred))
-            } else {
-                decided(PermissionDecision::Deferred)
-            };
-            serde_json::to_value(result)
-                .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
-        })
-    })
 }
 
 /// A session the client opened (`session/new`, `load`, `resume`) in this process.
@@ -309,7 +267,7 @@ impl Bridge {
                 editor.unwrap_or("ACP client"),
                 std::process::id()
             );
-            opts.request_handler = Some(permission_handler(self.prompt_tx.clone()));
+            opts.request_handler = Some(permission_handler(self.prompt_tx.clone(), "crushctl acp"));
             let client = self
                 .g
                 .reconnecting(opts)
