@@ -589,11 +589,7 @@ function M.model(name, cb)
         util.error("session/setModel failed: " .. tostring(err.message))
         return cb(err.message)
       end
-      s.model = info.model
-      if s.entries[1] then
-        session().touch(s, s.entries[1])
-        session().changed(s)
-      end
+      session().set_info(s, info)
       util.notify("model of this session: " .. (info.model or "the daemon's default"))
       cb(nil, info)
     end)

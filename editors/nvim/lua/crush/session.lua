@@ -304,9 +304,15 @@ function M.refresh_info(s)
   if not client.is_ready() then
     return
   end
+  local asked_at = s.info_version
   client.request_now("session/get", { sessionId = s.id }, function(err, info)
     if err or type(info) ~= "table" then
       return
+    end
+    if s.info_version ~= asked_at then
+      -- Newer news arrived while this read was on its way (a `sessionUpdated` event, a
+      -- setModel answer): its title and model may be older than what we show. Take the usage.
+      info = { title = s.title, model = s.model, usage = info.usage, workspaceId = info.workspaceId }
     end
     M.set_info(s, info)
   end)
@@ -318,6 +324,7 @@ function M.set_info(s, info)
   local usage = info.usage or s.usage
   local changed = s.title ~= info.title or s.model ~= info.model or not vim.deep_equal(s.usage, usage)
   local retitled = s.title ~= info.title
+  s.info_version = (s.info_version or 0) + 1
   s.title = info.title
   s.model = info.model
   s.usage = usage

@@ -136,6 +136,31 @@ T.it(":Crush model sets the session's model", function()
   end)
 end)
 
+T.it("a session/get answer read before a model change does not undo it", function()
+  -- The race CI hit: a turn ends, the plugin reads the session again (session/get), the user
+  -- sets a model, the daemon answers setModel and sends sessionUpdated, and only then the older
+  -- read's answer arrives with the old model. Held here so the order is certain.
+  local client = require("crush.client")
+  local s = session.sessions[sid]
+  local orig, held = client.request_now, nil
+  client.request_now = function(m, p, cb)
+    if m == "session/get" then
+      held = cb
+      return
+    end
+    return orig(m, p, cb)
+  end
+  local ok, err = pcall(session.refresh_info, s)
+  client.request_now = orig
+  assert(ok, err)
+  T.ok(held ~= nil, "refresh_info asked session/get")
+  session.set_info(s, { title = s.title, model = "echo/echo" })
+  held(nil, { title = s.title, model = "mock/mock-1", usage = { inputTokens = 7 } })
+  T.eq("echo/echo", s.model, "the model after the late answer")
+  T.eq(7, s.usage and s.usage.inputTokens, "the late answer's usage is still taken")
+  session.set_info(s, { title = s.title, model = "mock/mock-1" })
+end)
+
 T.it(":Crush sessions lists title, update time and state; :Crush new adds one", function()
   vim.cmd("Crush new Second one")
   T.wait("the new chat", function()
