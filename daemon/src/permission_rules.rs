@@ -58,6 +58,32 @@ pub struct Subject<'a> {
     pub path: Option<&'a str>,
 }
 
+/// A `Subject` that owns its strings, kept with a prompt while it waits: a rule saved meanwhile
+/// by an answer to another prompt may allow it.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedSubject {
+    pub command: Option<String>,
+    pub path: Option<String>,
+}
+
+impl OwnedSubject {
+    pub fn borrow(&self) -> Subject<'_> {
+        Subject {
+            command: self.command.as_deref(),
+            path: self.path.as_deref(),
+        }
+    }
+}
+
+impl From<Subject<'_>> for OwnedSubject {
+    fn from(s: Subject<'_>) -> Self {
+        Self {
+            command: s.command.map(str::to_owned),
+            path: s.path.map(str::to_owned),
+        }
+    }
+}
+
 /// The scopes a prompt for `tool` offers for `allowAlways`: none for prompts that cannot be
 /// saved as a rule (an MCP server's start, the sandbox's escalations).
 pub fn scopes(tool: &str) -> Vec<RuleScope> {

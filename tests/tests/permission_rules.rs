@@ -381,3 +381,67 @@ async fn crushctl_lists_removes_and_logs_rules() {
     assert!(ok);
     assert!(out.contains("No saved permission rules"), "{out}");
 }
+
+#[tokio::test]
+async fn an_always_allow_answer_releases_the_prompts_its_rule_matches_in_other_sessions() {
+    let w = world().await;
+    let (mut nvim, _, first) = w.client("nvim").await;
+    let (mut code, _, second) = w.client("vscode").await;
+    let (mut cli, _, third) = w.client("crushctl").await;
+    // Three sessions of the workspace each wait for an answer: two `ls`, one `cat`. Each run is
+    // scripted and asked before the next is sent, so each takes its own tool call.
+    let ask_in = async |c: &mut RawConn, session: &str, command: &str| {
+        w.mock
+            .push(Script::text("").tool_call("call_1", "bash", &bash(command).to_string()));
+        let r = c
+            .request("agent/send", json!({"sessionId": session, "prompt": "go"}))
+            .await;
+        let run = r["result"]["runId"].as_str().unwrap().to_owned();
+        let ask = asked(c, &run).await.expect("asked");
+        (run, ask)
+    };
+    let (run1, ask1) = ask_in(&mut nvim, &first, "ls -la").await;
+    let (run2, ask2) = ask_in(&mut code, &second, "ls src").await;
+    let (run3, ask3) = ask_in(&mut cli, &third, "cat notes").await;
+    w.mock.push(Script::text("done"));
+    w.mock.push(Script::text("done"));
+
+    nvim.reply(
+        &ask1,
+        json!({"decision": "allowAlways", "scope": "workspace", "pattern": "ls"}),
+    )
+    .await;
+    // The second session's `ls` runs without its own answer: its prompt is withdrawn and
+    // resolved for every client, naming who made the rule.
+    let withdrawn = code
+        .wait_for("the second prompt withdrawn", |m| {
+            m["method"] == "$/cancelRequest" && m["params"]["id"] == ask2["id"]
+        })
+        .await;
+    assert_eq!(withdrawn["params"]["id"], ask2["id"]);
+    let resolved = code
+        .wait_for("the second prompt resolved", |m| {
+            m["method"] == "$/permissionResolved"
+                && m["params"]["requestId"] == ask2["params"]["requestId"]
+        })
+        .await;
+    assert_eq!(resolved["params"]["decision"], "allow", "{resolved}");
+    assert_eq!(resolved["params"]["by"], "nvim", "{resolved}");
+    assert_eq!(tool_status(&mut code).await, "completed");
+    assert_eq!(code.run_complete(&run2).await["text"], "done");
+    assert_eq!(tool_status(&mut nvim).await, "completed");
+    nvim.run_complete(&run1).await;
+
+    // The `cat` the rule does not match is still waiting, and still answerable.
+    cli.reply(&ask3, json!({"decision": "deny"})).await;
+    assert_eq!(tool_status(&mut cli).await, "denied");
+    cli.run_complete(&run3).await;
+
+    let entries = log(&mut code, json!({"sessionId": second})).await;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0]["decision"], "allow");
+    assert_eq!(entries[0]["source"], "rule");
+    assert_eq!(entries[0]["client"], "nvim");
+    let saved = rules(&mut code, json!({})).await;
+    assert_eq!(entries[0]["ruleId"], saved[0]["id"]);
+}

@@ -26,7 +26,7 @@ use super::workspaces::Workspace;
 use super::{RunMeta, Runtime, SessionInner, SessionRt};
 use crate::config::PermissionRules;
 use crate::peer::Peer;
-use crate::permission_rules::{self as rules, LiveRule, Subject, bash_rule};
+use crate::permission_rules::{self as rules, LiveRule, OwnedSubject, Subject, bash_rule};
 use crate::store::{new_id, now_ms};
 use crate::sync::lock;
 
@@ -61,6 +61,9 @@ pub(super) struct PendingPermissions(Vec<PendingPermission>);
 /// A tool call waiting for a client's answer.
 pub(super) struct PendingPermission {
     params: PermissionRequestParams,
+    /// What the call would do, for rules saved while it waits; `None` for a prompt no rule may
+    /// answer (leaving the sandbox).
+    subject: Option<OwnedSubject>,
     /// Every connection it was sent to, with that connection's request id.
     sent: Vec<(Arc<Peer>, RequestId)>,
     answer: oneshot::Sender<Answer>,
@@ -98,6 +101,20 @@ struct Answer {
     by: Answerer,
     /// For `allowAlways`: the rule to save (checked already).
     rule: Option<PermissionRule>,
+    /// Set when the answer came from a rule another prompt's answer saved, not from this
+    /// prompt's own answer (the audit log's source).
+    basis: Option<Basis>,
+}
+
+impl Answer {
+    fn new(decision: Option<PermissionDecision>, by: Answerer) -> Self {
+        Self {
+            decision,
+            by,
+            rule: None,
+            basis: None,
+        }
+    }
 }
 
 /// Why a tool call runs without asking (the audit log's `source` and `rule`).
@@ -466,12 +483,14 @@ impl Runtime {
     /// Asks the session's clients whether a tool call may run, and waits for the first answer
     /// (or the run's cancel: `None`). With no client connected the request waits for one. The
     /// answer is in the audit log, and an `allowAlways` answer's rule is saved, before this
-    /// returns.
+    /// returns. `subject` (what the call would do) lets a rule another prompt's answer saves
+    /// meanwhile answer this one; `None` keeps it for a person.
     pub(super) async fn ask_permission(
         self: &Arc<Self>,
         s: &SessionRt,
         token: &CancellationToken,
         params: PermissionRequestParams,
+        subject: Option<Subject<'_>>,
     ) -> Option<PermissionDecision> {
         let (tx, rx) = oneshot::channel();
         let request_id = params.request_id.clone();
@@ -484,6 +503,7 @@ impl Runtime {
             }
             let mut p = PendingPermission {
                 params,
+                subject: subject.map(OwnedSubject::from),
                 sent: Vec::new(),
                 answer: tx,
             };
@@ -512,21 +532,17 @@ impl Runtime {
                 // withdraw the request here so `permissionResolved` precedes the call's end.
                 let mut inner = lock(&s.inner);
                 if let Some(p) = inner.permissions.take(&request_id) {
-                    self.finish_permission(&mut inner, p, None, Answerer::cancel(), None);
+                    self.finish_permission(&mut inner, p, Answer::new(None, Answerer::cancel()));
                 }
                 None
             }
         };
-        let answer = answer.unwrap_or(Answer {
-            decision: None,
-            by: Answerer::cancel(),
-            rule: None,
-        });
-        let mut basis = Basis {
+        let answer = answer.unwrap_or(Answer::new(None, Answerer::cancel()));
+        let mut basis = answer.basis.clone().unwrap_or(Basis {
             source: PermissionSource::Prompt,
             rule: None,
             rule_id: None,
-        };
+        });
         if let Some(rule) = answer.rule {
             basis.rule = Some(rules::describe(&rule));
             basis.rule_id = Some(rule.id.clone());
@@ -596,7 +612,16 @@ impl Runtime {
                     .tools
                     .insert(p.params.tool.clone());
             }
-            self.finish_permission(&mut inner, p, Some(reply.decision), by, rule);
+            let saved = rule.clone();
+            let answer = Answer {
+                rule,
+                ..Answer::new(Some(reply.decision), by.clone())
+            };
+            self.finish_permission(&mut inner, p, answer);
+            drop(inner);
+            if let Some(rule) = saved {
+                self.release_allowed_by(rule, &by);
+            }
             return Ok(());
         }
         Err(match self.permissions.resolution(request_id) {
@@ -613,16 +638,9 @@ impl Runtime {
 
     /// Ends a pending request: answers the waiting run, withdraws the request from every other
     /// connection, and tells every subscriber how it ended.
-    pub(super) fn finish_permission(
-        &self,
-        inner: &mut SessionInner,
-        p: PendingPermission,
-        decision: Option<PermissionDecision>,
-        answerer: Answerer,
-        rule: Option<PermissionRule>,
-    ) {
-        let name = resolution(decision);
-        let by = answerer.client.as_str();
+    fn finish_permission(&self, inner: &mut SessionInner, p: PendingPermission, answer: Answer) {
+        let name = resolution(answer.decision);
+        let by = answer.by.client.as_str();
         for (peer, id) in &p.sent {
             peer.abandon_request(id);
         }
@@ -654,11 +672,45 @@ impl Runtime {
                 by: by.to_owned(),
             },
         );
-        let _ = p.answer.send(Answer {
-            decision,
-            by: answerer,
-            rule,
-        });
+        let _ = p.answer.send(answer);
+    }
+
+    /// A rule an `allowAlways` answer just made also answers the prompts waiting in other
+    /// sessions that it matches (in its workspace, or everywhere): the user said "always", and
+    /// a second session's identical prompt is not a new question. A session runs its tool
+    /// calls one at a time, so its own other prompts are never waiting at once.
+    fn release_allowed_by(&self, rule: PermissionRule, by: &Answerer) {
+        let rule = LiveRule::new(rule);
+        let basis = Basis {
+            source: PermissionSource::Rule,
+            rule: Some(rule.describe()),
+            rule_id: Some(rule.rule.id.clone()),
+        };
+        let sessions: Vec<Arc<SessionRt>> = lock(&self.sessions).values().cloned().collect();
+        for s in sessions {
+            let workspace_id = s.ws().id.clone();
+            let mut inner = lock(&s.inner);
+            let allowed: Vec<String> = inner
+                .permissions
+                .0
+                .iter()
+                .filter(|p| {
+                    p.subject.as_ref().is_some_and(|subject| {
+                        rule.allows(&s.id, &workspace_id, &p.params.tool, subject.borrow())
+                    })
+                })
+                .map(|p| p.params.request_id.clone())
+                .collect();
+            for id in allowed {
+                if let Some(p) = inner.permissions.take(&id) {
+                    let answer = Answer {
+                        basis: Some(basis.clone()),
+                        ..Answer::new(Some(PermissionDecision::Allow), by.clone())
+                    };
+                    self.finish_permission(&mut inner, p, answer);
+                }
+            }
+        }
     }
 
     /// Withdraws requests a cancel ended (under the session lock, before the cancel is
@@ -669,7 +721,7 @@ impl Runtime {
         withdrawn: Vec<PendingPermission>,
     ) {
         for p in withdrawn {
-            self.finish_permission(inner, p, None, Answerer::cancel(), None);
+            self.finish_permission(inner, p, Answer::new(None, Answerer::cancel()));
         }
     }
 }

@@ -214,7 +214,7 @@ impl Runtime {
                 refused,
             }),
         };
-        match self.ask_permission(s, token, params).await {
+        match self.ask_permission(s, token, params, None).await {
             Some(
                 PermissionDecision::Allow
                 | PermissionDecision::AllowSession
@@ -388,7 +388,10 @@ impl Runtime {
             suggested_pattern: rules::suggested_pattern(ask.tool, ask.subject),
             escalation: None,
         };
-        match self.ask_permission(s, token, params).await {
+        match self
+            .ask_permission(s, token, params, Some(ask.subject))
+            .await
+        {
             Some(
                 PermissionDecision::Allow
                 | PermissionDecision::AllowSession
