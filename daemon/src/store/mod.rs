@@ -252,7 +252,7 @@ impl Store {
             )
             .await?;
             sqlx::query!(
-                "UPDATE runs SET user_message_id = ? WHERE run_id = ?",
+                "UPDATE runs SET user_message_id = ?, user_parts = NULL WHERE run_id = ?",
                 message.id,
                 run.run_id
             )

@@ -152,6 +152,12 @@ async fn runs_record_their_lifecycle() {
     assert_eq!(run.state, "running");
     assert_eq!(run.user_message_id.as_deref(), Some(u.id.as_str()));
     assert!(run.started_at.is_some());
+    // The accepted parts (an image's base64 among them) now live in the user message only.
+    let kept: Option<String> = sqlx::query_scalar("SELECT user_parts FROM runs WHERE run_id = 'r'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, None, "the run row no longer holds the user's parts");
     store
         .finish_turn(&FinishTurn {
             session_id: &s.id,

@@ -386,6 +386,9 @@ pub(crate) struct RunEnd<'a> {
     pub(crate) error: Option<&'a str>,
 }
 
+/// Marks a run running with its turn's messages. Its accepted `user_parts` are dropped: the
+/// user message holds them now, and they were kept only for a crash before this point (with an
+/// image prompt they are megabytes).
 #[allow(clippy::too_many_arguments)]
 async fn upsert_running_run(
     tx: &mut SqliteConnection,
@@ -402,7 +405,7 @@ async fn upsert_running_run(
                            created_at, started_at, folded_into)
          VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)
          ON CONFLICT(run_id) DO UPDATE SET state = 'running', started_at = excluded.started_at,
-                user_message_id = excluded.user_message_id,
+                user_message_id = excluded.user_message_id, user_parts = NULL,
                 assistant_message_id = excluded.assistant_message_id,
                 folded_into = excluded.folded_into
          WHERE runs.state IN ('accepted', 'queued')",
