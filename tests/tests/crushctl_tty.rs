@@ -1,6 +1,6 @@
 //! `crushctl run` on a terminal, through a pseudo-terminal (`expectrl`): the spinner while the
 //! model thinks, and the permission question — answered with Enter (the default, deny), `y`, or
-//! `w` (always allow: a rule saved for the workspace).
+//! `w` (always allow: a rule saved for the workspace), or `w` with a pattern of the user's own.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +15,17 @@ use crush_tests::{DEADLINE, TestEnv};
 /// "All done."; the permission question is answered with `answer`. Returns the tool result the
 /// model got back and the saved rules (`crushctl permissions list --all --json`).
 async fn run_on_a_terminal(answer: &'static str) -> (String, String) {
+    let said = match answer {
+        "" => "denied",
+        "w" => "always allowed \"echo from-the-tool\" in this workspace",
+        _ => "allowed once",
+    };
+    answering_on_a_terminal(vec![(answer, said)]).await
+}
+
+/// As `run_on_a_terminal`, with the question answered by each line in turn, each followed by
+/// what crushctl must say to it (an answer the daemon refuses asks the question again).
+async fn answering_on_a_terminal(answers: Vec<(&'static str, &'static str)>) -> (String, String) {
     let env = TestEnv::new();
     let mock = MockLlm::start().await;
     env.use_model_at(&mock.base_url());
@@ -40,15 +51,12 @@ async fn run_on_a_terminal(answer: &'static str) -> (String, String) {
         p.expect("permission:").unwrap();
         p.expect("echo from-the-tool").unwrap();
         p.expect("allow?").unwrap();
-        p.expect("always allow bash \"echo from-the-tool\":  [s] in this session  [w] in this workspace  [g] everywhere")
-            .unwrap();
-        p.send_line(answer).unwrap();
-        let said = match answer {
-            "" => "denied",
-            "w" => "always allowed \"echo from-the-tool\" in this workspace",
-            _ => "allowed once",
-        };
-        p.expect(said).unwrap();
+        for (answer, said) in answers {
+            p.expect("always allow bash \"echo from-the-tool\":  [s] in this session  [w] in this workspace  [g] everywhere")
+                .unwrap();
+            p.send_line(answer).unwrap();
+            p.expect(said).unwrap();
+        }
         p.expect("All done.").unwrap();
         p.expect(expectrl::Eof).unwrap();
         p.get_process().wait().unwrap()
@@ -96,4 +104,18 @@ async fn on_a_terminal_w_allows_the_call_and_saves_a_rule_for_the_workspace() {
         rule["createdBy"].as_str().unwrap().starts_with("crushctl"),
         "{rule}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_rule_takes_the_users_own_pattern_and_a_bad_one_is_asked_again() {
+    let (result, rules) = answering_on_a_terminal(vec![
+        // The daemon refuses shell syntax in a command prefix: said, and asked again.
+        ("w echo; rm", "has shell syntax"),
+        ("w echo", "always allowed \"echo\" in this workspace"),
+    ])
+    .await;
+    assert!(result.contains("from-the-tool"), "{result}");
+    let rule: serde_json::Value = serde_json::from_str(rules.trim()).unwrap();
+    assert_eq!(rule["pattern"], "echo", "{rule}");
+    assert_eq!(rule["scope"], "workspace");
 }

@@ -16,6 +16,7 @@ mod mcp;
 mod model;
 mod permissions;
 mod prompts;
+mod question;
 mod render;
 mod run;
 mod sessions;

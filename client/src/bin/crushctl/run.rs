@@ -11,20 +11,21 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{IsTerminal, Read};
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crush_client::{
     ClientError, ClientEvent, OutcomeState, ReconnectingClient, Resync, RunOutcome,
 };
 use crush_protocol::{
     AgentCancelParams, AgentSendParams, ErrorCode, ImageInput, PermissionDecision,
-    PermissionRequestParams, PermissionRequestResult, PermissionResolution, RuleScope, RunRef,
-    RunState, SendMode, SessionCreateParams, SessionEvent, SessionInfo, SessionMessagesParams,
-    SessionRef, SessionSetSandboxParams, SessionSubscribeParams, SessionUpdateParams, ToolStatus,
-    WorkspaceInfo, request,
+    PermissionRequestParams, PermissionRequestResult, PermissionResolution,
+    PermissionRespondParams, RunRef, RunState, SendMode, SessionCreateParams, SessionEvent,
+    SessionInfo, SessionMessagesParams, SessionRef, SessionSetSandboxParams,
+    SessionSubscribeParams, SessionUpdateParams, ToolStatus, WorkspaceInfo, request,
 };
 
 use crate::prompts::{PromptRequest, decided, permission_handler};
+use crate::question;
 use crate::render::{TextTracker, first_line, text_of, tool_summary};
 use crate::ui::{DIM, GREEN, RED, Term, Ui, YELLOW};
 use crate::{
@@ -268,6 +269,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         messages: Vec::new(),
         prompts: VecDeque::new(),
         asking: None,
+        responding: false,
     };
     let result = async {
         client
@@ -328,9 +330,34 @@ struct RunView {
     /// Assistant messages whose text was printed, in order.
     messages: Vec<String>,
     /// Permission questions waiting for the terminal.
-    prompts: VecDeque<PromptRequest>,
-    /// The question on the terminal now (its request id and reply).
-    asking: Option<PromptRequest>,
+    prompts: VecDeque<Question>,
+    /// The question on the terminal now.
+    asking: Option<Question>,
+    /// An answer is on its way as `permission/respond`: the next question waits for its result.
+    responding: bool,
+}
+
+/// A permission question for the terminal, and how its answer goes to the daemon.
+type Question = (PermissionRequestParams, Answering);
+
+enum Answering {
+    /// As the reply to the daemon's `permission/request`.
+    Reply(oneshot::Sender<PermissionRequestResult>),
+    /// As a `permission/respond` request, whose error (a pattern the daemon refuses) comes back
+    /// to us: the request was answered `deferred` already.
+    Respond,
+}
+
+/// A `permission/respond` on its way, yielding its answer and what it answered.
+type RespondFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Responding, Result<(), ClientError>)> + 'a>,
+>;
+
+/// An answer sent as `permission/respond`, with what to say once it is taken.
+struct Responding {
+    params: PermissionRequestParams,
+    said: String,
+    answer: PermissionRespondParams,
 }
 
 impl RunView {
@@ -380,6 +407,8 @@ impl RunView {
     ) -> anyhow::Result<Flow> {
         let (answers_tx, mut answers) = mpsc::unbounded_channel::<(String, String)>();
         let mut interrupted = 0;
+        // The `permission/respond` in flight, if any (one at a time: the next question waits).
+        let mut responding: Option<RespondFuture<'_>> = None;
         loop {
             tokio::select! {
                 ev = events.recv() => {
@@ -391,7 +420,23 @@ impl RunView {
                     }
                 }
                 Some(p) = prompts.recv() => self.permission(p, &answers_tx),
-                Some((request_id, line)) = answers.recv() => self.answered(&request_id, &line, &answers_tx),
+                Some((request_id, line)) = answers.recv() => {
+                    if let Some(r) = self.answered(&request_id, &line, &answers_tx) {
+                        responding = Some(Box::pin(async move {
+                            let result = client.request::<request::PermissionRespond>(r.answer.clone()).await;
+                            (r, result.map(|_| ()))
+                        }));
+                    }
+                }
+                (r, result) = async {
+                    match responding.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if responding.is_some() => {
+                    responding = None;
+                    self.responded(r, result, &answers_tx);
+                }
                 _ = crate::ui::wait_stdout_closed() => {
                     // Nobody reads the answer any more (`| head`): cancel this run only, as
                     // Ctrl-C would, and end at once with the status of a closed pipe.
@@ -690,15 +735,15 @@ impl RunView {
             ));
             return;
         }
-        self.prompts.push_back((params, reply));
+        self.prompts.push_back((params, Answering::Reply(reply)));
         self.next_question(answers);
     }
 
     fn next_question(&mut self, answers: &mpsc::UnboundedSender<(String, String)>) {
-        if self.asking.is_some() {
+        if self.asking.is_some() || self.responding {
             return;
         }
-        let Some((params, reply)) = self.prompts.pop_front() else {
+        let Some((params, how)) = self.prompts.pop_front() else {
             return;
         };
         if let Some(diff) = &params.diff {
@@ -715,7 +760,7 @@ impl RunView {
             "{} {}\n{}",
             self.ui.paint_err(YELLOW, "permission:"),
             params.title,
-            prompt_choices(&params)
+            question::choices(&params)
         ));
         let id = params.request_id.clone();
         let tx = answers.clone();
@@ -728,40 +773,94 @@ impl RunView {
             }
             let _ = tx.send((id, line));
         });
-        self.asking = Some((params, reply));
+        self.asking = Some((params, how));
     }
 
+    /// A line typed for the question with `request_id`. An answer with the user's own rule
+    /// pattern goes as `permission/respond` (returned for the caller to send), so that a
+    /// pattern the daemon refuses is said and the question asked again.
     fn answered(
         &mut self,
         request_id: &str,
         line: &str,
         answers: &mpsc::UnboundedSender<(String, String)>,
-    ) {
+    ) -> Option<Responding> {
         if self
             .asking
             .as_ref()
             .is_none_or(|(p, _)| p.request_id != request_id)
         {
-            return;
+            return None;
         }
-        let Some((params, reply)) = self.asking.take() else {
-            return;
+        let (params, how) = self.asking.take()?;
+        let (answer, said) = question::answer(&params, line);
+        let how = match how {
+            Answering::Reply(reply) if answer.pattern.is_some() => {
+                let _ = reply.send(decided(PermissionDecision::Deferred));
+                Answering::Respond
+            }
+            how => how,
         };
-        let (answer, said) = read_choice(&params, line);
-        let decision = answer.decision;
-        let _ = reply.send(answer);
+        match how {
+            Answering::Reply(reply) => {
+                let decision = answer.decision;
+                let _ = reply.send(answer);
+                self.said(decision, &said, &params.title);
+                self.next_question(answers);
+                None
+            }
+            Answering::Respond => {
+                self.responding = true;
+                let answer = PermissionRespondParams {
+                    request_id: params.request_id.clone(),
+                    decision: answer.decision,
+                    scope: answer.scope,
+                    pattern: answer.pattern,
+                };
+                Some(Responding {
+                    params,
+                    said,
+                    answer,
+                })
+            }
+        }
+    }
+
+    /// The daemon's answer to a `permission/respond`: taken, or refused (a bad pattern: said,
+    /// and the question asked again; resolved meanwhile by another client: said).
+    fn responded(
+        &mut self,
+        r: Responding,
+        result: Result<(), ClientError>,
+        answers: &mpsc::UnboundedSender<(String, String)>,
+    ) {
+        self.responding = false;
+        match result {
+            Ok(()) => self.said(r.answer.decision, &r.said, &r.params.title),
+            Err(ClientError::Rpc(e)) if e.code == ErrorCode::InvalidParams.code() => {
+                self.ui
+                    .err_line(&self.ui.paint_err(RED, &format!("  {}", e.message)));
+                self.prompts.push_front((r.params, Answering::Respond));
+            }
+            Err(e) => self.ui.err_line(
+                &self
+                    .ui
+                    .paint_err(YELLOW, &format!("  {}: not answered: {e}", r.params.title)),
+            ),
+        }
+        self.next_question(answers);
+    }
+
+    /// Says what the terminal's answer did.
+    fn said(&self, decision: PermissionDecision, said: &str, title: &str) {
         let sgr = if decision == PermissionDecision::Deny {
             RED
         } else {
             GREEN
         };
-        self.ui.err_line(
-            &self
-                .ui
-                .paint_err(sgr, &format!("  {said}: {}", params.title)),
-        );
+        self.ui
+            .err_line(&self.ui.paint_err(sgr, &format!("  {said}: {title}")));
         self.ui.spin(Some("thinking"));
-        self.next_question(answers);
     }
 
     fn resolved_elsewhere(&mut self, request_id: &str, decision: PermissionResolution, by: &str) {
@@ -772,9 +871,11 @@ impl RunView {
             .asking
             .as_ref()
             .is_some_and(|(p, _)| p.request_id == request_id)
-            && let Some((params, reply)) = self.asking.take()
+            && let Some((params, how)) = self.asking.take()
         {
-            let _ = reply.send(decided(PermissionDecision::Deferred));
+            if let Answering::Reply(reply) = how {
+                let _ = reply.send(decided(PermissionDecision::Deferred));
+            }
             self.ui.err_line("");
             self.ui.err_line(&self.ui.paint_err(
                 DIM,
@@ -787,68 +888,6 @@ impl RunView {
         }
         self.prompts.retain(|(p, _)| p.request_id != request_id);
     }
-}
-
-/// The answers a prompt offers: once, the tool for this session, and — when the daemon offers
-/// scopes — a saved rule for the suggested pattern in this session, workspace or everywhere.
-fn prompt_choices(params: &PermissionRequestParams) -> String {
-    let mut s = format!("  allow? [y] once  [a] {} for this session", params.tool);
-    let what = match &params.suggested_pattern {
-        Some(p) => format!("{} {p:?}", params.tool),
-        None => params.tool.clone(),
-    };
-    let offered = |scope| params.scopes.contains(&scope);
-    if offered(RuleScope::Session) || offered(RuleScope::Workspace) || offered(RuleScope::Global) {
-        s.push_str(&format!("\n  always allow {what}:"));
-        for (key, scope, name) in SCOPE_KEYS {
-            if offered(*scope) {
-                s.push_str(&format!("  [{key}] {name}"));
-            }
-        }
-        s.push('\n');
-    }
-    s.push_str("  [N] deny: ");
-    s
-}
-
-/// The keys of the saved-rule answers: `s`, `w`, `g`.
-const SCOPE_KEYS: &[(&str, RuleScope, &str)] = &[
-    ("s", RuleScope::Session, "in this session"),
-    ("w", RuleScope::Workspace, "in this workspace"),
-    ("g", RuleScope::Global, "everywhere"),
-];
-
-/// The answer a typed line gives (anything else denies), and what to say about it.
-fn read_choice(params: &PermissionRequestParams, line: &str) -> (PermissionRequestResult, String) {
-    let key = line.trim().to_lowercase();
-    match key.as_str() {
-        "y" | "yes" => return (decided(PermissionDecision::Allow), "allowed once".into()),
-        "a" => {
-            return (
-                decided(PermissionDecision::AllowSession),
-                "allowed for this session".into(),
-            );
-        }
-        _ => {}
-    }
-    for (k, scope, name) in SCOPE_KEYS {
-        if key == *k && params.scopes.contains(scope) {
-            let what = params
-                .suggested_pattern
-                .as_deref()
-                .map(|p| format!(" {p:?}"))
-                .unwrap_or_default();
-            return (
-                PermissionRequestResult {
-                    decision: PermissionDecision::AllowAlways,
-                    scope: Some(*scope),
-                    pattern: None,
-                },
-                format!("always allowed{what} {name}"),
-            );
-        }
-    }
-    (decided(PermissionDecision::Deny), "denied".into())
 }
 
 pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
