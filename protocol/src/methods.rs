@@ -10,7 +10,7 @@ use crate::error::RpcError;
 use crate::message::RequestId;
 use crate::vocab::{
     AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
-    PermissionResolution, PermissionSource, RuleScope, RunState, ToolStatus,
+    PermissionResolution, PermissionSource, RuleScope, RunState, RunStopReason, ToolStatus,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
@@ -1529,6 +1529,10 @@ pub struct RunCompleteParams {
     /// Why the run failed; absent when it completed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when a limit of the daemon's stopped the run (it then also has `error`, for
+    /// clients that do not know this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<RunStopReason>,
     pub cancelled: bool,
     /// For a steered prompt: the run whose turn it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
