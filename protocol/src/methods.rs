@@ -1530,8 +1530,12 @@ pub struct RunCompleteParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Set when a limit of the daemon's stopped the run (it then also has `error`, for
-    /// clients that do not know this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// clients that do not know this field). A reason this build does not know reads as none.
+    #[serde(
+        default,
+        deserialize_with = "known_stop_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_reason: Option<RunStopReason>,
     pub cancelled: bool,
     /// For a steered prompt: the run whose turn it joined.
@@ -1540,6 +1544,15 @@ pub struct RunCompleteParams {
     /// The tokens of the run's turn and their cost (absent when no turn ran for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+/// A newer daemon may stop runs for reasons this build has no name for: the rest of the
+/// notification (the run's end, its `error`) must still be read, so such a reason is none.
+fn known_stop_reason<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RunStopReason>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    Ok(name.and_then(|n| n.parse().ok()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1730,6 +1743,22 @@ mod tests {
                 .unwrap();
             assert!(matches!(r, ClientRequest::DaemonStatus(NoParams)));
         }
+    }
+
+    #[test]
+    fn a_stop_reason_of_a_newer_daemon_reads_as_none() {
+        let read = |v: serde_json::Value| serde_json::from_value::<RunCompleteParams>(v).unwrap();
+        let base = serde_json::json!({"sessionId": "s", "runId": "r", "cancelled": false});
+        assert_eq!(read(base.clone()).stop_reason, None);
+        let mut known = base.clone();
+        known["stopReason"] = "maxSteps".into();
+        assert_eq!(read(known).stop_reason, Some(RunStopReason::MaxSteps));
+        let mut newer = base;
+        newer["stopReason"] = "someLimitToCome".into();
+        newer["error"] = "stopped".into();
+        let p = read(newer);
+        assert_eq!(p.stop_reason, None);
+        assert_eq!(p.error.as_deref(), Some("stopped"));
     }
 
     #[test]

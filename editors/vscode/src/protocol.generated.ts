@@ -958,7 +958,7 @@ text?: string | null,
 error?: string | null, 
 /**
  * Set when a limit of the daemon's stopped the run (it then also has `error`, for
- * clients that do not know this field).
+ * clients that do not know this field). A reason this build does not know reads as none.
  */
 stopReason?: RunStopReason | null, cancelled: boolean, 
 /**
