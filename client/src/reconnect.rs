@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crush_protocol::{
     AgentSendParams, AgentSendResult, AgentStatusResult, ClientRequest, ErrorCode,
     InitializeResult, NoParams, Notification, Request, RpcError, RunCompleteParams, RunInfo,
-    RunRef, RunState, SessionMessagesParams, SessionRef, SessionSubscribeParams,
+    RunRef, RunState, RunStopReason, SessionMessagesParams, SessionRef, SessionSubscribeParams,
     SessionSubscribeResult, SessionUnsubscribeResult, SessionUpdateParams, StreamingMessage, Usage,
     WorkspaceCloseParams, WorkspaceInfo, WorkspaceOpenParams, daemon_notification, daemon_request,
     request, vocab::text_of,
@@ -127,6 +127,9 @@ pub struct RunOutcome {
     pub state: OutcomeState,
     pub cancelled: bool,
     pub error: Option<String>,
+    /// The daemon's limit that stopped the run (`stopReason`); `None` for other endings, from
+    /// an older daemon, and for a recovered outcome (`run/get` does not report it).
+    pub stop_reason: Option<RunStopReason>,
     /// The turn's last assistant message and its text.
     pub message_id: Option<String>,
     pub text: Option<String>,
@@ -199,6 +202,7 @@ impl RunOutcome {
             run_id: p.run_id,
             cancelled: p.cancelled,
             error: p.error,
+            stop_reason: p.stop_reason,
             message_id: p.message_id,
             text: p.text,
             folded_into: p.folded_into,
@@ -891,6 +895,7 @@ impl Shared {
                             "the daemon no longer knows this run (was its session deleted?): {}",
                             e.message
                         )),
+                        stop_reason: None,
                         message_id: None,
                         text: None,
                         folded_into: None,
@@ -1083,6 +1088,7 @@ async fn recovered_outcome(client: &Client, info: &RunInfo) -> Result<RunOutcome
         state: OutcomeState::Ended(info.state),
         cancelled: info.state == RunState::Cancelled,
         error: info.error.clone(),
+        stop_reason: None,
         message_id: info.assistant_message_id.clone(),
         text,
         folded_into: info.folded_into.clone(),
@@ -1557,6 +1563,7 @@ mod tests {
             state: OutcomeState::Ended(RunState::Completed),
             cancelled: false,
             error: None,
+            stop_reason: None,
             message_id: None,
             text: Some("recovered".into()),
             folded_into: None,

@@ -20,6 +20,6 @@ pub use message::{Message, RequestId};
 pub use methods::*;
 pub use vocab::{
     AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
-    PermissionResolution, PermissionSource, RuleScope, RunState, SandboxMode, ToolStatus,
-    UnknownName,
+    PermissionResolution, PermissionSource, RuleScope, RunState, RunStopReason, SandboxMode,
+    ToolStatus, UnknownName,
 };

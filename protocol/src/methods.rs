@@ -10,7 +10,7 @@ use crate::error::RpcError;
 use crate::message::RequestId;
 use crate::vocab::{
     AgentState, ContextWindowSource, FinishReason, McpScope, McpServerState, Part,
-    PermissionResolution, PermissionSource, RuleScope, RunState, ToolStatus,
+    PermissionResolution, PermissionSource, RuleScope, RunState, RunStopReason, ToolStatus,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
@@ -1529,6 +1529,14 @@ pub struct RunCompleteParams {
     /// Why the run failed; absent when it completed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when a limit of the daemon's stopped the run (it then also has `error`, for
+    /// clients that do not know this field). A reason this build does not know reads as none.
+    #[serde(
+        default,
+        deserialize_with = "known_stop_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_reason: Option<RunStopReason>,
     pub cancelled: bool,
     /// For a steered prompt: the run whose turn it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1536,6 +1544,15 @@ pub struct RunCompleteParams {
     /// The tokens of the run's turn and their cost (absent when no turn ran for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+/// A newer daemon may stop runs for reasons this build has no name for: the rest of the
+/// notification (the run's end, its `error`) must still be read, so such a reason is none.
+fn known_stop_reason<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RunStopReason>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    Ok(name.and_then(|n| n.parse().ok()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1726,6 +1743,22 @@ mod tests {
                 .unwrap();
             assert!(matches!(r, ClientRequest::DaemonStatus(NoParams)));
         }
+    }
+
+    #[test]
+    fn a_stop_reason_of_a_newer_daemon_reads_as_none() {
+        let read = |v: serde_json::Value| serde_json::from_value::<RunCompleteParams>(v).unwrap();
+        let base = serde_json::json!({"sessionId": "s", "runId": "r", "cancelled": false});
+        assert_eq!(read(base.clone()).stop_reason, None);
+        let mut known = base.clone();
+        known["stopReason"] = "maxSteps".into();
+        assert_eq!(read(known).stop_reason, Some(RunStopReason::MaxSteps));
+        let mut newer = base;
+        newer["stopReason"] = "someLimitToCome".into();
+        newer["error"] = "stopped".into();
+        let p = read(newer);
+        assert_eq!(p.stop_reason, None);
+        assert_eq!(p.error.as_deref(), Some("stopped"));
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn typescript() -> String {
         RuleScope,
         PermissionSource,
         RunState,
+        RunStopReason,
         AgentState,
         ToolStatus,
         FinishReason,

@@ -111,6 +111,15 @@ impl RunState {
 }
 
 wire_enum! {
+    /// Why a run stopped where it did, when a limit of the daemon's ended it
+    /// (`$/runComplete`'s `stopReason`).
+    pub enum RunStopReason ("run stop reason") {
+        /// The turn reached `[agent] max_steps` model steps; a follow-up prompt lets it go on.
+        MaxSteps = "maxSteps",
+    }
+}
+
+wire_enum! {
     /// Where an MCP server is in its life (`mcp/list`).
     pub enum McpServerState ("MCP server state") {
         /// Configured, not started yet: it starts when a run first needs its tools.

@@ -11,12 +11,20 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::watch;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
+
+use crush_protocol::LspCodec;
 
 use crush_tests::mock_llm::{MockLlm, Script};
 use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv, bin};
@@ -93,9 +101,15 @@ struct Sdk {
 
 impl Sdk {
     async fn start(w: &World) -> Sdk {
+        Sdk::start_at(w, &w.env.socket).await
+    }
+
+    /// A client whose `crushctl acp` reaches the daemon at `socket` (a [`Relay`]).
+    async fn start_at(w: &World, socket: &Path) -> Sdk {
         let dir = clients();
         let mut cmd = std::process::Command::new(node(&dir));
         w.env.apply_env(&mut cmd);
+        cmd.env("CRUSHD_SOCKET", socket);
         cmd.arg(driver_script())
             .arg(bin("crushctl"))
             .arg("acp")
@@ -1047,6 +1061,424 @@ async fn the_editors_mcp_servers_serve_its_session() {
     assert_eq!(
         reqs[1].tool_results()[0].1,
         "echo: from the editor's server"
+    );
+    sdk.close().await;
+}
+
+/// A daemon message the relay looks for.
+type Matcher = Box<dyn Fn(&Value) -> bool + Send>;
+
+/// Relays `crushctl acp`'s connections to the daemon message by message, so a test can put the
+/// bridge's conversation with the daemon exactly where it needs it: hold one of its requests
+/// until released, stop passing the daemon's messages on from one of them (as a connection
+/// that died there), drop the connections and keep new ones out.
+struct Relay {
+    path: PathBuf,
+    state: Arc<RelayState>,
+    held: watch::Receiver<usize>,
+    muted: watch::Receiver<usize>,
+    refused: watch::Receiver<usize>,
+    stop: CancellationToken,
+}
+
+struct RelayState {
+    /// The method of the next request to hold, and what releases it.
+    hold: Mutex<Option<(String, CancellationToken)>>,
+    held: watch::Sender<usize>,
+    /// The daemon message from which on the connection carrying it passes nothing on.
+    mute: Mutex<Option<Matcher>>,
+    muted: watch::Sender<usize>,
+    paused: AtomicBool,
+    refused: watch::Sender<usize>,
+    live: Mutex<Vec<CancellationToken>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Relay {
+    async fn start(w: &World) -> Relay {
+        let path = w.env.dir.path().join("relay.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (held_tx, held) = watch::channel(0);
+        let (muted_tx, muted) = watch::channel(0);
+        let (refused_tx, refused) = watch::channel(0);
+        let state = Arc::new(RelayState {
+            hold: Mutex::new(None),
+            held: held_tx,
+            mute: Mutex::new(None),
+            muted: muted_tx,
+            paused: AtomicBool::new(false),
+            refused: refused_tx,
+            live: Mutex::new(Vec::new()),
+        });
+        let stop = CancellationToken::new();
+        let (st, s, upstream) = (state.clone(), stop.clone(), w.env.socket.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = s.cancelled() => break,
+                };
+                let Ok((down, _)) = accepted else { break };
+                if st.paused.load(Ordering::SeqCst) {
+                    drop(down);
+                    st.refused.send_modify(|n| *n += 1);
+                    continue;
+                }
+                let Ok(up) = UnixStream::connect(&upstream).await else {
+                    continue;
+                };
+                let cut = s.child_token();
+                st.live.lock().unwrap().push(cut.clone());
+                tokio::spawn(relay_connection(st.clone(), down, up, cut));
+            }
+        });
+        Relay {
+            path,
+            state,
+            held,
+            muted,
+            refused,
+            stop,
+        }
+    }
+
+    /// Holds the next request of `method` until `gate` is cancelled.
+    fn hold(&self, method: &str, gate: CancellationToken) {
+        *self.state.hold.lock().unwrap() = Some((method.to_owned(), gate));
+    }
+
+    async fn wait_held(&mut self) {
+        tokio::time::timeout(DEADLINE, self.held.wait_for(|n| *n >= 1))
+            .await
+            .expect("the request to hold never came")
+            .unwrap();
+    }
+
+    /// From the first daemon message matching `m` on, that connection passes nothing on.
+    fn mute_from(&self, m: impl Fn(&Value) -> bool + Send + 'static) {
+        *self.state.mute.lock().unwrap() = Some(Box::new(m));
+    }
+
+    async fn wait_muted(&mut self) {
+        tokio::time::timeout(DEADLINE, self.muted.wait_for(|n| *n >= 1))
+            .await
+            .expect("the message to mute from never came")
+            .unwrap();
+    }
+
+    /// Drops every connection and refuses new ones until [`Self::resume`].
+    async fn cut_and_pause(&mut self) {
+        self.state.paused.store(true, Ordering::SeqCst);
+        for t in self.state.live.lock().unwrap().drain(..) {
+            t.cancel();
+        }
+        tokio::time::timeout(DEADLINE, self.refused.wait_for(|n| *n >= 1))
+            .await
+            .expect("crushctl acp never tried to reconnect")
+            .unwrap();
+    }
+
+    fn resume(&self) {
+        self.state.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn relay_connection(
+    st: Arc<RelayState>,
+    down: UnixStream,
+    up: UnixStream,
+    cut: CancellationToken,
+) {
+    let (down_r, down_w) = down.into_split();
+    let (up_r, up_w) = up.into_split();
+    let mut from_client = FramedRead::new(down_r, LspCodec::new(64 * 1024 * 1024));
+    let mut to_client = FramedWrite::new(down_w, LspCodec::default());
+    let mut from_daemon = FramedRead::new(up_r, LspCodec::new(64 * 1024 * 1024));
+    let mut to_daemon = FramedWrite::new(up_w, LspCodec::default());
+    let requests = async {
+        while let Some(Ok(body)) = from_client.next().await {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let gate = {
+                let mut hold = st.hold.lock().unwrap();
+                let due = hold
+                    .as_ref()
+                    .is_some_and(|(m, _)| v["method"] == m.as_str());
+                if due {
+                    hold.take().map(|(_, g)| g)
+                } else {
+                    None
+                }
+            };
+            if let Some(gate) = gate {
+                st.held.send_modify(|n| *n += 1);
+                gate.cancelled().await;
+            }
+            if to_daemon.send(body).await.is_err() {
+                break;
+            }
+        }
+    };
+    let messages = async {
+        let mut muted = false;
+        while let Some(Ok(body)) = from_daemon.next().await {
+            if !muted {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let mut mute = st.mute.lock().unwrap();
+                if mute.as_ref().is_some_and(|m| m(&v)) {
+                    *mute = None;
+                    muted = true;
+                    st.muted.send_modify(|n| *n += 1);
+                }
+            }
+            if !muted && to_client.send(body).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = messages => {}
+        _ = cut.cancelled() => {}
+    }
+}
+
+/// The updates of `kind` about tool call `id`.
+fn tool_updates<'a>(updates: &'a [Value], kind: &str, id: &str) -> Vec<&'a Value> {
+    updates
+        .iter()
+        .filter(|u| u["sessionUpdate"] == kind && u["toolCallId"] == id)
+        .collect()
+}
+
+/// Waits until the client has been sent an agent chunk with `text` (keeping it with the other
+/// updates): every update of the session before it has arrived too.
+async fn wait_chunk(sdk: &mut Sdk, text: &str) {
+    let v = sdk
+        .event("update", |v| {
+            let u = &v["params"]["update"];
+            u["sessionUpdate"] == "agent_message_chunk"
+                && u["content"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(text))
+        })
+        .await;
+    sdk.kept.push_back(v);
+}
+
+/// `session/load` while the session changes: the bridge subscribes, then reads the history,
+/// and what happened in between is in the history and comes live too. The relay holds the
+/// bridge's `session/messages` while a run streaming at the subscription finishes (a tool
+/// call, a second step) and another prompt runs, so that window is certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_a_session_that_changes_meanwhile_shows_each_update_once() {
+    let w = world().await;
+    let mut relay = Relay::start(&w).await;
+    let (mut a, session) = Sdk::open(&w).await;
+    let gate = CancellationToken::new();
+    w.mock.push(
+        Script::text("Looking.")
+            .tool_call("call_1", "ls", "{}")
+            .held(gate.clone()),
+    );
+    w.mock.push(Script::text("Found it."));
+    let first = a
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "look around"}]}),
+        )
+        .await;
+    wait_chunk(&mut a, "Looking.").await;
+
+    // Another editor loads the session while the run streams; its history read waits.
+    let released = CancellationToken::new();
+    relay.hold("session/messages", released.clone());
+    let mut b = Sdk::start_at(&w, &relay.path).await;
+    b.initialize().await;
+    let load = b
+        .start_request(
+            "session/load",
+            json!({"sessionId": session, "cwd": w.project, "mcpServers": []}),
+        )
+        .await;
+    relay.wait_held().await;
+    // Meanwhile: the run's tool call and second step, and a whole second prompt.
+    gate.cancel();
+    let r = a.response(first).await;
+    assert_eq!(r["result"]["stopReason"], "end_turn", "{r}");
+    w.mock.push(Script::text("Again."));
+    let r = a
+        .ok(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "once more"}]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "end_turn");
+    released.cancel();
+    let r = b.response(load).await;
+    assert!(r.get("error").is_none(), "{r}");
+    // One more prompt: once the loading editor has its answer, it has everything before.
+    w.mock.push(Script::text("Last."));
+    a.ok(
+        "session/prompt",
+        json!({"sessionId": session, "prompt": [{"type": "text", "text": "last"}]}),
+    )
+    .await;
+    wait_chunk(&mut b, "Last.").await;
+
+    let updates = b.take_updates();
+    assert_eq!(
+        chunks(&updates, "agent_message_chunk"),
+        "Looking.Found it.Again.Last.",
+        "{updates:#?}"
+    );
+    assert_eq!(
+        chunks(&updates, "user_message_chunk"),
+        "look aroundonce morelast",
+        "{updates:#?}"
+    );
+    assert_eq!(
+        tool_updates(&updates, "tool_call", "call_1").len(),
+        1,
+        "{updates:#?}"
+    );
+    assert_eq!(
+        tool_updates(&updates, "tool_call_update", "call_1").len(),
+        1,
+        "{updates:#?}"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+/// The daemon cannot replay what the bridge missed while its connection was down (replay is
+/// off): the bridge sends the editor the rest of the streaming message, the tool call that ran
+/// meanwhile and the next step's text, each once, and the prompt still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resync_the_editor_gets_what_it_missed_and_nothing_twice() {
+    let w = world_with("[daemon]\nreplay_events = 0\n").await;
+    let mut relay = Relay::start(&w).await;
+    let mut b = Sdk::start_at(&w, &relay.path).await;
+    b.initialize().await;
+    let s = b
+        .ok("session/new", json!({"cwd": w.project, "mcpServers": []}))
+        .await;
+    let session = s["sessionId"].as_str().unwrap().to_owned();
+    let mut watcher = RawConn::initialized(&w.env.socket).await;
+    watcher
+        .request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    let (gate, last_gate) = (CancellationToken::new(), CancellationToken::new());
+    w.mock.push(
+        Script::from_chunks(vec!["First half.".to_owned(), " Second half.".to_owned()])
+            // Paced, so that the halves are two events (a merged one still checks the rest).
+            .chunk_delay(Duration::from_millis(30))
+            .tool_call("call_1", "ls", "{}")
+            .held(gate.clone()),
+    );
+    w.mock
+        .push(Script::text("All done.").held(last_gate.clone()));
+    // The bridge's connection dies just before the second half.
+    relay.mute_from(|v| {
+        v["method"] == "$/sessionUpdate"
+            && v["params"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("Second"))
+    });
+    let prompt = b
+        .start_request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "two steps"}]}),
+        )
+        .await;
+    relay.wait_muted().await;
+    relay.cut_and_pause().await;
+    // While it is away: the tool call runs and the next step streams.
+    gate.cancel();
+    watcher
+        .wait_for("the second step's text", |m| {
+            m["params"]["kind"] == "textDelta"
+                && m["params"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("done"))
+        })
+        .await;
+    relay.resume();
+    wait_chunk(&mut b, "All done.").await;
+    last_gate.cancel();
+    let r = b.response(prompt).await;
+    assert_eq!(r["result"]["stopReason"], "end_turn", "{r}");
+
+    let updates = b.take_updates();
+    assert_eq!(
+        chunks(&updates, "agent_message_chunk"),
+        "First half. Second half.All done.",
+        "{updates:#?}"
+    );
+    assert_eq!(
+        tool_updates(&updates, "tool_call", "call_1").len(),
+        1,
+        "{updates:#?}"
+    );
+    let finished = tool_updates(&updates, "tool_call_update", "call_1");
+    assert_eq!(finished.len(), 1, "{updates:#?}");
+    assert_eq!(finished[0]["status"], "completed");
+    b.close().await;
+}
+
+/// A run stopped by `[agent] max_steps` says so in `$/runComplete`'s `stopReason`, and the
+/// editor gets `max_turn_requests`; a run failing for another reason whose error mentions
+/// max_steps is a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_limit_is_max_turn_requests_and_only_it() {
+    let w = world_with("[agent]\nmax_steps = 2\n").await;
+    let (mut sdk, session) = Sdk::open(&w).await;
+    let mut watcher = RawConn::initialized(&w.env.socket).await;
+    watcher
+        .request("session/subscribe", json!({"sessionId": session}))
+        .await;
+    w.mock.push(Script::default().tool_call("l1", "ls", "{}"));
+    w.mock.push(Script::default().tool_call("l2", "ls", "{}"));
+    let r = sdk
+        .ok(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "loop"}]}),
+        )
+        .await;
+    assert_eq!(r["stopReason"], "max_turn_requests", "{r}");
+    let done = watcher
+        .wait_for("the run's end", |m| m["method"] == "$/runComplete")
+        .await;
+    assert_eq!(done["params"]["stopReason"], "maxSteps", "{done}");
+    // The text older clients read is still there.
+    let err = done["params"]["error"].as_str().unwrap();
+    assert!(err.contains("max_steps"), "{err}");
+
+    w.mock.push(Script::error(
+        400,
+        "the max_steps parameter is not supported",
+    ));
+    let r = sdk
+        .request(
+            "session/prompt",
+            json!({"sessionId": session, "prompt": [{"type": "text", "text": "fail"}]}),
+        )
+        .await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_steps"), "{r}");
+    let done = watcher
+        .wait_for("the failed run's end", |m| m["method"] == "$/runComplete")
+        .await;
+    assert!(done["params"].get("stopReason").is_none(), "{done}");
+    assert!(
+        done["params"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_steps")
     );
     sdk.close().await;
 }

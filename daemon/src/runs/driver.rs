@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crush_protocol::{RunCompleteParams, RunState, SessionEvent};
+use crush_protocol::{RunCompleteParams, RunState, RunStopReason, SessionEvent};
 
 use super::budget::{Budget, Conversation};
 use super::compact::push_shown;
@@ -58,6 +58,8 @@ struct Outcome {
     message_id: Option<String>,
     text: Option<String>,
     error: Option<String>,
+    /// The limit that ended the turn, if one did (`$/runComplete`'s `stopReason`).
+    stop_reason: Option<RunStopReason>,
     /// The turn's tokens and cost, for its own run's `$/runComplete`.
     usage: Option<crush_protocol::Usage>,
     written: Written,
@@ -81,6 +83,7 @@ impl Outcome {
             message_id: None,
             text: None,
             error: Some(error),
+            stop_reason: None,
             usage: None,
             written: Written::NotYet,
             titled: None,
@@ -137,6 +140,7 @@ impl Runtime {
                             message_id: outcome.message_id.clone(),
                             text: outcome.text.clone(),
                             error: outcome.error.clone(),
+                            stop_reason: outcome.stop_reason,
                             cancelled: outcome.end == End::Cancelled,
                             // A folded run's tokens are the turn's, counted once.
                             usage: outcome.usage.filter(|_| folded_into.is_none()),
@@ -282,9 +286,11 @@ impl Runtime {
         let mut folded: Vec<Arc<RunMeta>> = Vec::new();
         let mut steps: u32 = 0;
         let mut snapshotted = false;
+        let mut stop_reason = None;
 
         let (end, reason, error) = loop {
             if steps >= self.agent.max_steps && !token.is_cancelled() {
+                stop_reason = Some(RunStopReason::MaxSteps);
                 break (
                     End::Failed,
                     FinishReason::Error,
@@ -429,6 +435,7 @@ impl Runtime {
             message_id: Some(live.id),
             text: Some(text),
             error,
+            stop_reason,
             usage: Some(turn_usage.into()),
             written,
             titled,

@@ -153,6 +153,8 @@ export type PermissionSource = "prompt" | "yolo" | "config" | "sessionGrant" | "
 
 export type RunState = "accepted" | "queued" | "running" | "completed" | "cancelled" | "failed" | "interrupted";
 
+export type RunStopReason = "maxSteps";
+
 export type AgentState = "idle" | "active" | "waitingForPermission";
 
 export type ToolStatus = "completed" | "failed" | "denied" | "cancelled";
@@ -953,7 +955,12 @@ text?: string | null,
 /**
  * Why the run failed; absent when it completed or was cancelled.
  */
-error?: string | null, cancelled: boolean, 
+error?: string | null, 
+/**
+ * Set when a limit of the daemon's stopped the run (it then also has `error`, for
+ * clients that do not know this field). A reason this build does not know reads as none.
+ */
+stopReason?: RunStopReason | null, cancelled: boolean, 
 /**
  * For a steered prompt: the run whose turn it joined.
  */

@@ -10,9 +10,12 @@
 //! `session/load` streams its whole history before the live events that follow it.
 //!
 //! Modules: [`wire`] (JSON-RPC lines, requests decoded by method), [`schema`] (the ACP
-//! messages as types), [`translate`] (daemon events and messages → `session/update`).
+//! messages as types), [`translate`] (daemon events and messages → `session/update`),
+//! [`shown`] (what the editor has of each session, so that a rebuild after `session/load` or a
+//! resync sends each piece once).
 
 mod schema;
+mod shown;
 mod translate;
 mod wire;
 
@@ -24,12 +27,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient};
+use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient, Resync};
 use crush_protocol::{
-    AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, NoParams,
+    AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, MessageInfo, NoParams,
     PermissionDecision, PermissionRequestParams, PermissionRequestResult, RuleScope, RunState,
-    SendMode, SessionCreateParams, SessionEvent, SessionListParams, SessionMessagesParams,
-    SessionRef, SessionSetMcpServersParams, SessionSubscribeParams, request,
+    RunStopReason, SendMode, SessionCreateParams, SessionEvent, SessionListParams,
+    SessionMessagesParams, SessionRef, SessionSetMcpServersParams, SessionSubscribeParams, request,
 };
 
 use crate::prompts::{PromptRequest, decided, permission_handler};
@@ -154,6 +157,12 @@ struct Open {
     cwd: PathBuf,
     /// The model of the session's latest assistant message (for `usage_update`'s `size`).
     model: Option<String>,
+    /// The seq of the last event applied, or of the subscribe answer or resync the view was
+    /// built from: events not above it are in the view already (docs/protocol.md, "Sharing
+    /// sessions between clients"). The client library drops them too, except on a connection
+    /// that was subscribed already (a session loaded again).
+    cursor: u64,
+    shown: shown::Shown,
 }
 
 /// A `session/prompt` waiting for its run to end.
@@ -229,6 +238,44 @@ async fn set_mcp_servers(
         .await
         .map_err(daemon_error)?;
     Ok(())
+}
+
+/// The session's stored messages, oldest first.
+async fn history(
+    client: &ReconnectingClient,
+    session_id: &str,
+) -> Result<Vec<MessageInfo>, WireError> {
+    let mut messages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = client
+            .request::<request::SessionMessages>(SessionMessagesParams {
+                session_id: session_id.to_owned(),
+                before,
+                limit: Some(1000),
+            })
+            .await
+            .map_err(daemon_error)?;
+        messages.extend(page.messages);
+        match (page.has_more, page.next_before) {
+            (true, Some(b)) => before = Some(b),
+            _ => break,
+        }
+    }
+    messages.sort_by_key(|m| m.seq);
+    Ok(messages)
+}
+
+/// Which stored messages a catch-up counts as shown without sending them (by role and run):
+/// every message of a run whose prompt was answered (nothing of it is sent after the answer),
+/// and the editor's own prompts (it shows them itself).
+fn hidden<'a>(
+    prompts: &'a HashMap<String, Prompt>,
+    answered: &'a HashSet<String>,
+) -> impl Fn(&str, Option<&str>) -> bool + 'a {
+    move |role, run| {
+        run.is_some_and(|r| answered.contains(r) || (role == "user" && prompts.contains_key(r)))
+    }
 }
 
 fn daemon_error(e: ClientError) -> WireError {
@@ -410,7 +457,7 @@ impl Bridge {
             .await
             .map_err(daemon_error)?;
         set_mcp_servers(client, &s.session_id, &r.mcp_servers).await?;
-        client
+        let sub = client
             .subscribe(SessionSubscribeParams {
                 session_id: s.session_id.clone(),
                 after_seq: None,
@@ -423,6 +470,8 @@ impl Bridge {
             Open {
                 cwd: PathBuf::from(ws.path),
                 model: s.model,
+                cursor: sub.seq,
+                shown: shown::Shown::default(),
             },
         );
         to_value(schema::NewSessionResponse {
@@ -467,6 +516,16 @@ impl Bridge {
             None => cwd.to_string_lossy().into_owned(),
         };
         set_mcp_servers(client, session_id, servers).await?;
+        // `session/resume`: the editor has the history, which counts as shown. It is read
+        // before subscribing: read after, it could hold events past the cursor, which would
+        // then not be sent.
+        let before = if replay {
+            Vec::new()
+        } else {
+            history(client, session_id).await?
+        };
+        // The cursor is the answer's seq (the client library delivers only the events after
+        // it); `session/messages` is read after it, and `shown` sends what both hold once.
         let sub = client
             .subscribe(SessionSubscribeParams {
                 session_id: session_id.to_owned(),
@@ -475,49 +534,60 @@ impl Bridge {
             })
             .await
             .map_err(daemon_error)?;
-        let ws_path = PathBuf::from(ws_path);
+        let messages = if replay {
+            history(client, session_id).await?
+        } else {
+            before
+        };
+        let mut open = Open {
+            cwd: PathBuf::from(ws_path),
+            model: info.model,
+            cursor: sub.seq,
+            shown: shown::Shown::default(),
+        };
+        let updates = open.shown.catch_up(
+            &open.cwd,
+            &messages,
+            sub.streaming.as_ref(),
+            hidden(&self.prompts, &self.answered),
+        );
         if replay {
-            let mut messages = Vec::new();
-            let mut before = None;
-            loop {
-                let page = client
-                    .request::<request::SessionMessages>(SessionMessagesParams {
-                        session_id: session_id.to_owned(),
-                        before,
-                        limit: Some(1000),
-                    })
-                    .await
-                    .map_err(daemon_error)?;
-                messages.extend(page.messages);
-                match (page.has_more, page.next_before) {
-                    (true, Some(b)) => before = Some(b),
-                    _ => break,
-                }
-            }
-            messages.sort_by_key(|m| m.seq);
-            let streaming_id = sub.streaming.as_ref().map(|s| s.message_id.as_str());
-            let mut updates = Vec::new();
-            for m in &messages {
-                // The stored copy of the message being streamed may lag: the snapshot wins.
-                if Some(m.message_id.as_str()) != streaming_id {
-                    updates.extend(translate::message(&ws_path, m));
-                }
-            }
-            if let Some(s) = &sub.streaming {
-                updates.extend(translate::streaming(&ws_path, s));
-            }
             for u in updates {
                 self.update(session_id, u);
             }
         }
-        self.sessions.insert(
-            session_id.to_owned(),
-            Open {
-                cwd: ws_path,
-                model: info.model,
-            },
-        );
+        self.sessions.insert(session_id.to_owned(), open);
         Ok(())
+    }
+
+    /// The client library could not continue a session's stream from where it was (the
+    /// daemon's replay log had moved on, or it restarted): send the editor what it has not
+    /// been shown of the session as the database and the streaming message now have it.
+    async fn resync(&mut self, r: Resync) {
+        let (Some(client), true) = (&self.client, self.sessions.contains_key(&r.session_id)) else {
+            return;
+        };
+        let messages = match history(client, &r.session_id).await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!(
+                    "crushctl acp: cannot catch up with session {}: {}",
+                    r.session_id, e.message
+                );
+                return;
+            }
+        };
+        let hidden = hidden(&self.prompts, &self.answered);
+        let Some(open) = self.sessions.get_mut(&r.session_id) else {
+            return;
+        };
+        open.cursor = r.seq;
+        let updates = open
+            .shown
+            .catch_up(&open.cwd, &messages, r.streaming.as_ref(), hidden);
+        for u in updates {
+            self.update(&r.session_id, u);
+        }
     }
 
     async fn list(&mut self, r: schema::ListSessionsRequest) -> Result<Value, WireError> {
@@ -682,18 +752,26 @@ impl Bridge {
     async fn event(&mut self, ev: ClientEvent) -> bool {
         match ev {
             ClientEvent::Update(u) => {
-                let Some(cwd) = self.sessions.get(&u.session_id).map(|o| o.cwd.clone()) else {
+                let run = u.run_id.as_deref();
+                let own = run.is_some_and(|r| self.prompts.contains_key(r));
+                let answered = run.is_some_and(|r| self.answered.contains(r));
+                let Some(open) = self
+                    .sessions
+                    .get_mut(&u.session_id)
+                    .filter(|o| u.seq > o.cursor)
+                else {
                     return true;
                 };
-                let run = u.run_id.as_deref();
-                if run.is_some_and(|r| self.answered.contains(r)) {
+                open.cursor = u.seq;
+                // Counted as shown even when it is not sent (an answered run's, the client's
+                // own prompt), so that a later catch-up does not send it either.
+                let update = open.shown.event(&open.cwd, &u.event);
+                if answered {
                     return true;
                 }
                 match &u.event {
                     SessionEvent::AssistantStarted { model, .. } => {
-                        if let Some(open) = self.sessions.get_mut(&u.session_id) {
-                            open.model = Some(model.clone());
-                        }
+                        open.model = Some(model.clone());
                     }
                     SessionEvent::MessageFinished { finish_reason, .. } => {
                         if let Some(p) = run.and_then(|r| self.prompts.get_mut(r)) {
@@ -701,11 +779,7 @@ impl Bridge {
                         }
                     }
                     // The client showed its own prompt already; others' prompts it has not seen.
-                    SessionEvent::UserMessage { .. }
-                        if run.is_some_and(|r| self.prompts.contains_key(r)) =>
-                    {
-                        return true;
-                    }
+                    SessionEvent::UserMessage { .. } if own => return true,
                     SessionEvent::PermissionResolved { request_id, .. } => {
                         self.withdraw(request_id);
                     }
@@ -720,10 +794,11 @@ impl Bridge {
                     }
                     _ => {}
                 }
-                if let Some(update) = translate::event(&cwd, &u.event) {
+                if let Some(update) = update {
                     self.update(&u.session_id, update);
                 }
             }
+            ClientEvent::Resync(r) => self.resync(r).await,
             ClientEvent::RunOutcome(o) => {
                 if let Some(p) = self.prompts.remove(&o.run_id) {
                     self.answered.insert(o.run_id.clone());
@@ -772,9 +847,9 @@ impl Bridge {
             }
             OutcomeState::Ended(RunState::Completed) => schema::StopReason::EndTurn,
             OutcomeState::Ended(RunState::Cancelled) => schema::StopReason::Cancelled,
-            // The daemon ends a run at its `[agent] max_steps` limit with this error.
+            // The daemon's `[agent] max_steps` limit is ACP's limit on model requests per turn.
             OutcomeState::Ended(RunState::Failed)
-                if o.error.as_deref().is_some_and(|e| e.contains("max_steps")) =>
+                if o.stop_reason == Some(RunStopReason::MaxSteps) =>
             {
                 schema::StopReason::MaxTurnRequests
             }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crush_protocol::{FinishReason, MessageInfo, Part, SessionEvent, StreamingMessage, ToolStatus};
+use crush_protocol::{FinishReason, MessageInfo, Part, SessionEvent, ToolStatus};
 
 use super::schema::{
     ContentBlock, ContentChunk, SessionUpdate, ToolCall, ToolCallContent, ToolCallLocation,
@@ -161,11 +161,6 @@ pub fn event(cwd: &Path, ev: &SessionEvent) -> Option<SessionUpdate> {
 /// A stored message as the updates that replay it (`session/load`).
 pub fn message(cwd: &Path, m: &MessageInfo) -> Vec<SessionUpdate> {
     parts(cwd, &m.message_id, &m.role, &m.parts)
-}
-
-/// The message being streamed, as of the subscription.
-pub fn streaming(cwd: &Path, s: &StreamingMessage) -> Vec<SessionUpdate> {
-    parts(cwd, &s.message_id, "assistant", &s.parts)
 }
 
 fn parts(cwd: &Path, message_id: &str, role: &str, parts: &[Part]) -> Vec<SessionUpdate> {
