@@ -127,8 +127,8 @@ pub struct RunOutcome {
     pub state: OutcomeState,
     pub cancelled: bool,
     pub error: Option<String>,
-    /// The daemon's limit that stopped the run (`stopReason`); `None` for other endings, from
-    /// an older daemon, and for a recovered outcome (`run/get` does not report it).
+    /// The daemon's limit that stopped the run (`stopReason`); `None` for other endings and
+    /// from an older daemon.
     pub stop_reason: Option<RunStopReason>,
     /// The turn's last assistant message and its text.
     pub message_id: Option<String>,
@@ -1088,7 +1088,7 @@ async fn recovered_outcome(client: &Client, info: &RunInfo) -> Result<RunOutcome
         state: OutcomeState::Ended(info.state),
         cancelled: info.state == RunState::Cancelled,
         error: info.error.clone(),
-        stop_reason: None,
+        stop_reason: info.stop_reason,
         message_id: info.assistant_message_id.clone(),
         text,
         folded_into: info.folded_into.clone(),

@@ -73,6 +73,7 @@ async fn stream_reply(reply: usize) -> Outcome {
             finish_reason: crush_protocol::FinishReason::EndTurn,
             error: None,
             run_state: crush_protocol::RunState::Completed,
+            stop_reason: None,
             run_ids: &[],
             usage: TurnUsage::default(),
         })

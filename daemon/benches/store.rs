@@ -72,6 +72,7 @@ async fn run_case(runs: usize, interval: Duration, paced: bool) -> Outcome {
                     finish_reason: crush_protocol::FinishReason::EndTurn,
                     error: None,
                     run_state: crush_protocol::RunState::Completed,
+                    stop_reason: None,
                     run_ids: &[],
                     usage: TurnUsage::default(),
                 })

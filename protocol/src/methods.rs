@@ -1164,6 +1164,13 @@ pub struct RunInfo {
     /// its tokens are the turn's it joined).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// As `$/runComplete`'s: the daemon's limit that stopped the run, if one did.
+    #[serde(
+        default,
+        deserialize_with = "known_stop_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_reason: Option<RunStopReason>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -603,7 +603,12 @@ async fn the_step_limit_ends_a_looping_run_with_a_clear_reason() {
     let done = w.c.run_complete(&run).await;
     let err = done["error"].as_str().unwrap();
     assert!(err.contains("max_steps") && err.contains('3'), "{err}");
+    assert_eq!(done["stopReason"], "maxSteps", "{done}");
     assert_eq!(w.mock.requests().len(), 3);
+    // run/get says so too (a client that missed the notice learns it there).
+    let info = w.c.request("run/get", json!({"runId": run})).await;
+    assert_eq!(info["result"]["state"], "failed", "{info}");
+    assert_eq!(info["result"]["stopReason"], "maxSteps", "{info}");
 }
 
 #[tokio::test]

@@ -74,6 +74,7 @@ fn run_info(r: RunRow) -> Result<RunInfo, StoreError> {
         created_at: r.created_at,
         started_at: r.started_at,
         finished_at: r.finished_at,
+        stop_reason: r.stop_reason.as_deref().and_then(|n| n.parse().ok()),
         folded_into: r.folded_into,
     })
 }

@@ -404,6 +404,7 @@ impl Runtime {
             finish_reason: reason,
             error: error.clone(),
             run_state: end.state(),
+            stop_reason,
             run_ids: std::iter::once(&run.run_id)
                 .chain(folded.iter().map(|r| &r.run_id))
                 .cloned()

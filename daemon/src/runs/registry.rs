@@ -108,6 +108,7 @@ impl RunRegistry {
                 finished_at: None,
                 folded_into: l.folded_into.clone(),
                 usage: None,
+                stop_reason: None,
             });
         }
         runs.unsaved.get(run_id).cloned()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crush_protocol::{FinishReason, RunInfo, RunState};
+use crush_protocol::{FinishReason, RunInfo, RunState, RunStopReason};
 
 use super::Runtime;
 use crate::store::{FinishTurn, RunEnd, StoreError, TurnUsage, now_ms};
@@ -40,6 +40,7 @@ pub(super) struct OwnedFinish {
     pub finish_reason: FinishReason,
     pub error: Option<String>,
     pub run_state: RunState,
+    pub stop_reason: Option<RunStopReason>,
     pub run_ids: Vec<String>,
     pub usage: TurnUsage,
 }
@@ -83,6 +84,7 @@ impl Runtime {
                         finish_reason: f.finish_reason,
                         error: f.error.as_deref(),
                         run_state: f.run_state,
+                        stop_reason: f.stop_reason,
                         run_ids: &ids,
                         usage: f.usage,
                     })
@@ -115,8 +117,13 @@ impl Runtime {
         message_id: Option<&str>,
     ) {
         let ids = w.run_ids();
-        self.registry
-            .keep_unsaved(self.ended_infos(&ids, state, error, message_id));
+        let mut infos = self.ended_infos(&ids, state, error, message_id);
+        if let EndWrite::Turn(f) = &w {
+            for info in &mut infos {
+                info.stop_reason = f.stop_reason;
+            }
+        }
+        self.registry.keep_unsaved(infos);
         warn!(runs = ?ids, "the end of a run could not be saved; retrying in the background");
         let rt = self.clone();
         self.retries.spawn(async move {

@@ -319,6 +319,7 @@ mod tests {
             finish_reason: crush_protocol::FinishReason::EndTurn,
             error: None,
             run_state: crush_protocol::RunState::Completed,
+            stop_reason: None,
             run_ids: &[],
             usage: crate::store::TurnUsage::default(),
         };

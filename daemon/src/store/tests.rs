@@ -166,6 +166,7 @@ async fn runs_record_their_lifecycle() {
             finish_reason: crush_protocol::FinishReason::EndTurn,
             error: Some("boom"),
             run_state: crush_protocol::RunState::Failed,
+            stop_reason: None,
             run_ids: &["r"],
             usage: TurnUsage::default(),
         })
@@ -368,6 +369,7 @@ async fn session_usage_accumulates() {
                 finish_reason: crush_protocol::FinishReason::EndTurn,
                 error: None,
                 run_state: crush_protocol::RunState::Completed,
+                stop_reason: None,
                 run_ids: &[],
                 usage: TurnUsage {
                     input_tokens: prompt_tokens,
@@ -410,6 +412,7 @@ async fn turn_usage_goes_to_its_run_and_the_session() {
         finish_reason: crush_protocol::FinishReason::EndTurn,
         error: None,
         run_state: crush_protocol::RunState::Completed,
+        stop_reason: None,
         run_ids,
         usage,
     };

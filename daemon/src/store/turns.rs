@@ -1,7 +1,7 @@
 //! Runs and the writes of their turns: the run row, and each write of a turn (start, step
 //! boundary, end, or an end without a turn) as one transaction with the messages it adds.
 
-use crush_protocol::{FinishReason, RunState};
+use crush_protocol::{FinishReason, RunState, RunStopReason};
 use sqlx::SqliteConnection;
 
 use super::messages::insert_message_in;
@@ -26,6 +26,8 @@ pub(crate) struct RunRow {
     pub(crate) cached_tokens: Option<i64>,
     pub(crate) reasoning_tokens: Option<i64>,
     pub(crate) cost: Option<f64>,
+    /// `RunStopReason`'s name, when a limit stopped the run (`0010_run_stop_reason.sql`).
+    pub(crate) stop_reason: Option<String>,
 }
 
 impl Store {
@@ -36,7 +38,7 @@ impl Store {
             RunRow,
             "SELECT run_id, session_id, state, prompt, error, user_message_id, assistant_message_id,
                     created_at, started_at, finished_at, folded_into,
-                    input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost
+                    input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost, stop_reason
              FROM runs WHERE run_id = ?",
             run_id
         )
@@ -233,15 +235,17 @@ impl Store {
             pieces::delete_pieces_in(&mut tx, id).await?;
         }
         let u = &f.usage;
+        let stop_reason = f.stop_reason.map(RunStopReason::as_str);
         if let Some((run_id, folded)) = f.run_ids.split_first() {
             sqlx::query!(
-                "UPDATE runs SET state = ?, error = ?, finished_at = ?,
+                "UPDATE runs SET state = ?, error = ?, stop_reason = ?, finished_at = ?,
                         assistant_message_id = COALESCE(?, assistant_message_id),
                         input_tokens = ?, output_tokens = ?, cached_tokens = ?,
                         reasoning_tokens = ?, cost = ?
                  WHERE run_id = ?",
                 f.run_state.as_str(),
                 f.error,
+                stop_reason,
                 now,
                 f.message_id,
                 u.input_tokens,
@@ -255,11 +259,12 @@ impl Store {
             .await?;
             for run_id in folded {
                 sqlx::query!(
-                    "UPDATE runs SET state = ?, error = ?, finished_at = ?,
+                    "UPDATE runs SET state = ?, error = ?, stop_reason = ?, finished_at = ?,
                             assistant_message_id = COALESCE(?, assistant_message_id)
                      WHERE run_id = ?",
                     f.run_state.as_str(),
                     f.error,
+                    stop_reason,
                     now,
                     f.message_id,
                     run_id
@@ -360,6 +365,8 @@ pub struct FinishTurn<'a> {
     pub error: Option<&'a str>,
     /// `completed`, `cancelled` or `failed`.
     pub run_state: RunState,
+    /// The daemon's limit that ended the turn, if one did.
+    pub stop_reason: Option<RunStopReason>,
     /// The turn's run and the runs folded into it.
     pub run_ids: &'a [&'a str],
     pub usage: TurnUsage,

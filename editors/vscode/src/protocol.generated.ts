@@ -658,7 +658,11 @@ foldedInto?: string | null,
  * The tokens of the run's turn and their cost, once it ended (absent for a folded run:
  * its tokens are the turn's it joined).
  */
-usage?: Usage | null, };
+usage?: Usage | null, 
+/**
+ * As `$/runComplete`'s: the daemon's limit that stopped the run, if one did.
+ */
+stopReason?: RunStopReason | null, };
 
 export type WorkspaceCloseParams = { workspaceId: string, 
 /**
