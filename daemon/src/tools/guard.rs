@@ -168,6 +168,11 @@ pub fn main(args: &[OsString]) -> ExitCode {
 async fn guard(command: Command, parent: Option<Pid>, group: Pid) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
 
+    // SIGHUP (the parent-death signal) is caught before the command starts: its default action
+    // ends this process, and a daemon killed between the start and the handler would leave the
+    // command running with nobody to stop it (seen under load: bash and its sleep outlived a
+    // SIGKILLed daemon, the guard gone).
+    let mut hup = signal(SignalKind::hangup()).ok();
     let spawned = match &command {
         Command::Shell(c) => spawn(c),
         Command::Exec(argv) => spawn_exec(argv),
@@ -243,7 +248,6 @@ async fn guard(command: Command, parent: Option<Pid>, group: Pid) -> i32 {
             }
             let _ = eof_tx.send(());
         });
-    let mut hup = signal(SignalKind::hangup()).ok();
     let parent_died = parent_gone(parent);
     loop {
         if parent_died || parent_gone(parent) {
