@@ -20,7 +20,7 @@ use crush_tests::{DEADLINE, DaemonProcess, RawConn, TestEnv};
 struct Fixture {
     env: TestEnv,
     mock: MockLlm,
-    _daemon: DaemonProcess,
+    daemon: DaemonProcess,
     c: RawConn,
     sid: String,
     project: PathBuf,
@@ -50,12 +50,7 @@ impl Fixture {
             std::fs::create_dir_all(d).unwrap();
         }
         env.use_model_with(&mock.base_url(), "openai", &sandbox);
-        let mut cmd = env.command("crushd");
-        cmd.arg("--foreground")
-            .env("HOME", &home)
-            .env("TMPDIR", &tmp);
-        let daemon = DaemonProcess::spawn(cmd);
-        daemon.wait_for_log("listening", DEADLINE);
+        let daemon = spawn_daemon(&env, &home, &tmp);
         let mut c = RawConn::initialized(&env.socket).await;
         let ws = c.request("workspace/open", json!({"path": project})).await;
         let s = c
@@ -72,7 +67,7 @@ impl Fixture {
         Self {
             env,
             mock,
-            _daemon: daemon,
+            daemon,
             c,
             sid,
             project,
@@ -133,12 +128,34 @@ impl Fixture {
         Ran { output, escalation }
     }
 
+    /// Stops the daemon (SIGTERM), starts a new one on the same database and subscribes again.
+    async fn restart(&mut self) {
+        self.daemon.signal(rustix::process::Signal::TERM);
+        assert!(self.daemon.wait_exit(DEADLINE).success());
+        self.daemon = spawn_daemon(&self.env, &self.home, &self.tmp);
+        self.c = RawConn::initialized(&self.env.socket).await;
+        let r = self
+            .c
+            .request("session/subscribe", json!({"sessionId": self.sid}))
+            .await;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+
     async fn set_sandbox(&mut self, params: Value) -> Value {
         let mut p = params;
         p["sessionId"] = json!(self.sid);
         let r = self.c.request("session/setSandbox", p).await;
         r["result"].clone()
     }
+}
+
+/// A daemon whose home and temp directory are the test's own.
+fn spawn_daemon(env: &TestEnv, home: &std::path::Path, tmp: &std::path::Path) -> DaemonProcess {
+    let mut cmd = env.command("crushd");
+    cmd.arg("--foreground").env("HOME", home).env("TMPDIR", tmp);
+    let daemon = DaemonProcess::spawn(cmd);
+    daemon.wait_for_log("listening", DEADLINE);
+    daemon
 }
 
 /// The file exists, and only then is removed (a test that failed must not leave one in /etc).
@@ -353,6 +370,28 @@ async fn read_only_and_off_modes() {
     f.bash(&format!("echo free > {}", home_file.display()), None)
         .await;
     assert!(home_file.exists());
+}
+
+#[tokio::test]
+async fn a_sessions_own_mode_outlives_a_daemon_restart() {
+    let mut f = Fixture::new("").await;
+    let st = f.set_sandbox(json!({"mode": "read-only"})).await;
+    assert_eq!(st["mode"], "read-only", "{st}");
+    f.restart().await;
+    // Still read-only: the write is refused (and its escalation prompt denied).
+    let ran = f.bash("echo new > new.txt", Some("deny")).await;
+    assert!(
+        !f.project.join("new.txt").exists(),
+        "a restart made the session writable again: {}",
+        ran.output
+    );
+    assert!(ran.escalation.is_some(), "{}", ran.output);
+    // Back to the config's, and that too is remembered.
+    let st = f.set_sandbox(json!({"mode": null})).await;
+    assert_eq!(st["mode"], "workspace-write", "{st}");
+    f.restart().await;
+    f.bash("echo new > new.txt", None).await;
+    assert!(f.project.join("new.txt").exists());
 }
 
 #[tokio::test]

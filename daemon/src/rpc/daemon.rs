@@ -118,7 +118,7 @@ pub(super) fn status(ctx: &RequestCtx, _: NoParams) -> Result<DaemonStatusResult
             .idle_timeout
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
-        sandbox: Some(daemon.runtime.sandbox_status(None)),
+        sandbox: Some(daemon.runtime.sandbox_status()),
     })
 }
 
@@ -159,7 +159,7 @@ pub(super) fn model_list(ctx: &RequestCtx, _: NoParams) -> Result<ModelListResul
     Ok(ModelListResult {
         default: models.default_name().map(str::to_owned),
         models: models.list(),
-        sandbox: Some(ctx.daemon.runtime.sandbox_status(None)),
+        sandbox: Some(ctx.daemon.runtime.sandbox_status()),
     })
 }
 

@@ -221,11 +221,10 @@ pub(super) async fn set_sandbox(
     p: SessionSetSandboxParams,
 ) -> Result<SandboxStatus, RpcError> {
     let daemon = &ctx.daemon;
-    daemon.store.require_session(&p.session_id).await?;
     daemon
         .runtime
-        .set_session_sandbox(&p.session_id, p.mode, p.network);
-    Ok(daemon.runtime.sandbox_status(Some(&p.session_id)))
+        .set_session_sandbox(&p.session_id, p.mode, p.network)
+        .await
 }
 
 fn session_info(r: SessionRow) -> SessionInfo {

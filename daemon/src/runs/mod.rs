@@ -272,21 +272,47 @@ impl Runtime {
         self
     }
 
-    /// How `bash` commands are confined: a session's (its own choice or the config's), or with
-    /// `None` the config's.
-    pub fn sandbox_status(&self, session_id: Option<&str>) -> crush_protocol::SandboxStatus {
-        self.sandboxes.status(session_id)
+    /// How `bash` commands are confined by the config (`daemon/status`, `model/list`).
+    pub fn sandbox_status(&self) -> crush_protocol::SandboxStatus {
+        self.sandboxes.status(None)
     }
 
-    /// Sets a session's own sandbox mode and network choice (`None`: the config's). Kept in
-    /// memory, like yolo: a restarted daemon uses the config's again.
-    pub fn set_session_sandbox(
+    /// The sandboxes, with the sessions' saved choices read from the store the first time. A
+    /// store that cannot be read is retried at the next call; until then the config applies.
+    pub(super) async fn sandboxes(&self) -> &crate::tools::sandbox::Sandboxes {
+        let loaded = self
+            .sandboxes
+            .loaded
+            .get_or_try_init(|| async {
+                let saved = self.store.session_sandboxes().await?;
+                self.sandboxes.restore(saved);
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await;
+        if let Err(e) = loaded {
+            tracing::warn!(error = %e, "cannot read the sessions' sandbox choices; the config's applies");
+        }
+        &self.sandboxes
+    }
+
+    /// Sets a session's own sandbox mode and network choice (`None`: the config's), saved in
+    /// the store first so that it outlives a restart; returns the session's status now.
+    pub async fn set_session_sandbox(
         &self,
         session_id: &str,
         mode: Option<crush_protocol::SandboxMode>,
         network: Option<bool>,
-    ) {
-        self.sandboxes.set_session(session_id, mode, network);
+    ) -> Result<crush_protocol::SandboxStatus, RpcError> {
+        let sandboxes = self.sandboxes().await;
+        let saved = self
+            .store
+            .set_session_sandbox(session_id, mode.map(|m| m.as_str()), network)
+            .await?;
+        if !saved {
+            return Err(crate::store::StoreError::SessionNotFound(session_id.to_owned()).into());
+        }
+        sandboxes.set_session(session_id, mode, network);
+        Ok(sandboxes.status(Some(session_id)))
     }
 
     /// Sets the MCP servers runs may use.

@@ -157,7 +157,7 @@ impl Runtime {
         // The session's sandbox as it is now: `session/setSandbox` applies from the next call.
         let mut ctx = ctx.clone();
         if call.name == "bash" {
-            ctx.sandbox = self.sandboxes.policy(Some(&s.id), &ctx.root);
+            ctx.sandbox = self.sandboxes().await.policy(Some(&s.id), &ctx.root);
         }
         let (out, refused) = prepared.run_reporting(&ctx).await;
         if token.is_cancelled() {

@@ -11,6 +11,14 @@ pub struct WorkspaceRow {
     pub last_opened_at: i64,
 }
 
+/// A session's own sandbox choice as stored (`mode` is a `SandboxMode` name).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SessionSandboxRow {
+    pub(crate) id: String,
+    pub(crate) mode: Option<String>,
+    pub(crate) network: Option<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRow {
     pub id: String,
@@ -209,6 +217,37 @@ impl Store {
     }
 
     /// Sets (or clears) the session's model; `None` when the session does not exist.
+    /// Saves a session's own sandbox choice (`None`s: the config's). `false` when no session
+    /// has the id.
+    pub(crate) async fn set_session_sandbox(
+        &self,
+        id: &str,
+        mode: Option<&str>,
+        network: Option<bool>,
+    ) -> Result<bool> {
+        let changed = sqlx::query!(
+            "UPDATE sessions SET sandbox_mode = ?, sandbox_network = ? WHERE id = ?",
+            mode,
+            network,
+            id
+        )
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    /// Every session's own sandbox choice (the sessions that made one).
+    pub(crate) async fn session_sandboxes(&self) -> Result<Vec<SessionSandboxRow>> {
+        Ok(sqlx::query_as!(
+            SessionSandboxRow,
+            r#"SELECT id AS "id!", sandbox_mode AS "mode", sandbox_network AS "network: bool"
+               FROM sessions WHERE sandbox_mode IS NOT NULL OR sandbox_network IS NOT NULL"#
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     pub(crate) async fn set_session_model(
         &self,
         id: &str,

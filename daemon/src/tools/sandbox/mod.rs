@@ -119,11 +119,14 @@ pub(crate) use self::refusals::{refusal_note, refusals};
 /// The first Landlock ABI that can restrict TCP.
 const NETWORK_ABI: u32 = 4;
 
-/// The config's sandbox and each session's own choice (`session/setSandbox`), in memory.
+/// The config's sandbox and each session's own choice (`session/setSandbox`): saved in the
+/// store, held here for matching (read from the store once, see `Runtime::sandboxes`).
 #[derive(Debug, Default)]
 pub(crate) struct Sandboxes {
     settings: crate::config::SandboxSettings,
     sessions: Mutex<HashMap<String, SessionChoice>>,
+    /// Set once the saved choices were read into `sessions`.
+    pub(crate) loaded: tokio::sync::OnceCell<()>,
 }
 
 /// What a session chose; `None` fields follow the config.
@@ -137,7 +140,20 @@ impl Sandboxes {
     pub(crate) fn new(settings: crate::config::SandboxSettings) -> Self {
         Self {
             settings,
-            sessions: Mutex::default(),
+            ..Self::default()
+        }
+    }
+
+    /// Takes the choices saved in the store (a mode name this build does not know is left to
+    /// the config's).
+    pub(crate) fn restore(&self, saved: Vec<crate::store::SessionSandboxRow>) {
+        let mut sessions = lock(&self.sessions);
+        for row in saved {
+            let choice = SessionChoice {
+                mode: row.mode.and_then(|m| m.parse().ok()),
+                network: row.network,
+            };
+            sessions.entry(row.id).or_insert(choice);
         }
     }
 
