@@ -442,6 +442,49 @@ async fn nvim_remote_runs_through_crushctl_remote_proxy() {
     stop_started_daemon(&env);
 }
 
+/// The connection cannot be made: the user sees an error naming what failed, with the failing
+/// program's own words, once per failure (not once per retry), and `:checkhealth crush` says
+/// it. The local crushctl missing; the remote one missing (a stand-in ssh runs the remote
+/// command here: the shell's "not found"); and a real OpenSSH `ssh` to a 127.0.0.1 port where
+/// nothing listens, whose own "Connection refused" must reach the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_remote_failures_are_shown_with_ssh_words() {
+    let (env, _mock, project) = world().await;
+    assert!(
+        Command::new("ssh").arg("-V").output().is_ok(),
+        "this test runs OpenSSH's ssh client: install it (Debian: openssh-client)"
+    );
+    // A port nothing listens on: bound, then released.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ssh = env.dir.path().join("fake-ssh");
+    std::fs::write(
+        &ssh,
+        "#!/bin/sh\n# The last argument is the remote command; run it here.\n\
+         for last; do :; done\nexec sh -c \"$last\"\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let nvim = spawn_nvim(
+        &env,
+        "unreachable",
+        &project,
+        &[
+            ("CRUSH_DEAD_PORT", dead_port.to_string()),
+            ("CRUSH_FAKE_SSH", ssh.display().to_string()),
+            // The real ssh unless a test of the spec names the stand-in.
+            ("CRUSHD_SSH", String::new()),
+        ],
+    );
+    nvim.finish().await;
+}
+
 /// A reconnect that the daemon cannot replay (its replay log is disabled) while a reply is being
 /// streamed: the plugin rebuilds the chat from `session/messages` and the `streaming` message,
 /// then continues with the live deltas; the reply appears once and whole.
