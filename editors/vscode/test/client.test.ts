@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { CrushClient, startFailure } from "../src/client";
 import { SessionModel } from "../src/sessionModel";
 import type { RunCompleteParams, SessionSubscribeResult } from "../src/protocol.generated";
-import { Daemon, TestEnv, waitFor } from "./support/daemon";
+import { Daemon, deadPort, TestEnv, waitFor } from "./support/daemon";
 import { MockLlm } from "./support/mockLlm";
 
 function newClient(env: TestEnv, name = "vscode-test", extra: Partial<ConstructorParameters<typeof CrushClient>[0]> = {}) {
@@ -313,6 +313,37 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
       await observer.dispose();
       await c.dispose();
       await mock.close();
+      env.cleanup();
+    }
+  });
+
+  test("a real ssh to a port where nothing listens: the failure quotes ssh's own words, every time", async () => {
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const port = await deadPort();
+    const environ = { ...env.env() };
+    delete environ.CRUSHD_SSH;
+    const c = new CrushClient({
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: `127.0.0.1:${port}` },
+      env: environ,
+    });
+    try {
+      // Several attempts: ssh's message must not depend on its stderr being read before its exit.
+      for (let i = 0; i < 5; i++) {
+        const err = await c.start().then(
+          () => assert.fail("start() succeeded"),
+          (e: Error) => e,
+        );
+        assert.equal(
+          err.message,
+          `cannot reach crushd on 127.0.0.1:${port} over SSH: ssh: connect to host 127.0.0.1 port ${port}: Connection refused`,
+        );
+        assert.equal(c.state, "disconnected");
+      }
+    } finally {
+      await c.dispose();
       env.cleanup();
     }
   });
