@@ -212,9 +212,18 @@ export class CrushClient extends EventEmitter {
       return Promise.resolve(this.info);
     }
     if (!this.starting) {
-      this.starting = this.connectAndInit().finally(() => {
-        this.starting = undefined;
+      // A failure after `retarget` is the old target's, which nobody wants any more.
+      const generation = this.generation;
+      const attempt = this.connectAndInit().catch((e: unknown) => {
+        throw generation !== this.generation ? new SupersededError() : e;
       });
+      // Cleared only if still current: `retarget` may have started another meanwhile.
+      const starting: Promise<InitializeResult> = attempt.finally(() => {
+        if (this.starting === starting) {
+          this.starting = undefined;
+        }
+      });
+      this.starting = starting;
     }
     return this.starting;
   }
@@ -444,9 +453,12 @@ export class CrushClient extends EventEmitter {
 
   private reconnect(): Promise<void> {
     if (!this.reconnecting) {
-      this.reconnecting = this.doReconnect().finally(() => {
-        this.reconnecting = undefined;
+      const reconnecting: Promise<void> = this.doReconnect().finally(() => {
+        if (this.reconnecting === reconnecting) {
+          this.reconnecting = undefined;
+        }
       });
+      this.reconnecting = reconnecting;
     }
     return this.reconnecting;
   }
@@ -463,7 +475,8 @@ export class CrushClient extends EventEmitter {
       }
     } catch (e) {
       this.log(`reconnect failed: ${(e as Error).message}`);
-      if (this.state !== "connected") {
+      // Superseded: the settings moved the client, and what it follows now is the new daemon's.
+      if (this.state !== "connected" && !(e instanceof SupersededError)) {
         this.scheduleReconnect();
       }
       throw e;
