@@ -445,8 +445,9 @@ async fn nvim_remote_runs_through_crushctl_remote_proxy() {
 /// The connection cannot be made: the user sees an error naming what failed, with the failing
 /// program's own words, once per failure (not once per retry), and `:checkhealth crush` says
 /// it. The local crushctl missing; the remote one missing (a stand-in ssh runs the remote
-/// command here: the shell's "not found"); and a real OpenSSH `ssh` to a 127.0.0.1 port where
-/// nothing listens, whose own "Connection refused" must reach the user.
+/// command here: the shell's "not found"); a real OpenSSH `ssh` to a 127.0.0.1 port where
+/// nothing listens, whose own "Connection refused" must reach the user; then the host answers
+/// (the stand-in again) and a note says the plugin is connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nvim_remote_failures_are_shown_with_ssh_words() {
     let (env, _mock, project) = world().await;
@@ -483,6 +484,8 @@ async fn nvim_remote_failures_are_shown_with_ssh_words() {
         ],
     );
     nvim.finish().await;
+    // The last test of the spec reached a daemon through the stand-in ssh, which started it.
+    stop_started_daemon(&env);
 }
 
 /// A reconnect that the daemon cannot replay (its replay log is disabled) while a reply is being

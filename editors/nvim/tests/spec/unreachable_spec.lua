@@ -88,3 +88,21 @@ T.it(":checkhealth crush reports the failure with ssh's message", function()
   T.ok(text:find("Connection refused", 1, true), "ssh's words:\n" .. text)
   T.ok(text:find("cannot reach crushd on 127.0.0.1:" .. vim.env.CRUSH_DEAD_PORT, 1, true), "what failed:\n" .. text)
 end)
+
+T.it("when a connection succeeds again, a note says so", function()
+  -- The host answers now (the stand-in ssh runs the proxy here, which starts a daemon); the
+  -- session followed above keeps the plugin reconnecting.
+  vim.env.CRUSHD_SSH = vim.env.CRUSH_FAKE_SSH
+  crush.setup({ remote = { host = "box", workspace = "/srv/app" }, reconnect = { initial_ms = 20, factor = 2, max_ms = 40 } })
+  T.wait("connected", function()
+    return client.is_ready()
+  end, 15000, shown)
+  T.wait("the note", function()
+    for _, n in ipairs(notes) do
+      if n.level == vim.log.levels.INFO and n.msg == "crush: connected to crushd on box" then
+        return true
+      end
+    end
+  end, 5000, shown)
+  T.eq(1, #errors("Connection refused"), "the failure was not shown again: " .. shown())
+end)
