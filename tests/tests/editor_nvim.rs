@@ -309,6 +309,56 @@ async fn nvim_permission_prompt_answered() {
     );
 }
 
+/// "Always allow" lets the user edit the rule's pattern (vim.ui.input, filled in with the
+/// daemon's suggestion): `W` saves `echo` instead of `echo hello`, `:Crush permission` saves
+/// `docs/*.md` instead of `docs/**`; an empty or cancelled input and a pattern the daemon refuses
+/// (its reason is shown, and the input asked again) leave the prompt answerable. The saved
+/// rules are the edited ones (`permission/rules/list`, through `crushctl permissions list`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_always_allow_with_an_edited_pattern() {
+    let (env, mock, project) = world().await;
+    std::fs::create_dir_all(project.join("docs")).unwrap();
+    mock.push(Script::default().tool_call("call_e", "bash", r#"{"command":"echo hello world"}"#));
+    mock.push(Script::text("Said hello."));
+    // Allowed by the edited rule `echo`, which the suggestion `echo hello` would not.
+    mock.push(Script::default().tool_call("call_b", "bash", r#"{"command":"echo bye"}"#));
+    mock.push(Script::text("Said bye."));
+    mock.push(Script::default().tool_call(
+        "call_w",
+        "write",
+        r#"{"path":"docs/a.md","content":"A doc\n"}"#,
+    ));
+    mock.push(Script::text("Wrote it."));
+    let _daemon = env.spawn_daemon(&[]);
+    let nvim = spawn_nvim(&env, "rule", &project, &[]);
+    nvim.finish().await;
+    let out = env.crushctl(&["permissions", "list", "--all", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut rules: Vec<(String, String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            (
+                r["tool"].as_str().unwrap().to_owned(),
+                r["pattern"].as_str().unwrap().to_owned(),
+                r["scope"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            ("bash".into(), "echo".into(), "workspace".into()),
+            ("write".into(), "docs/*.md".into(), "session".into()),
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("docs/a.md")).unwrap(),
+        "A doc\n"
+    );
+}
+
 /// A second client (this test, a `RawConn` named rust-test) follows the session Neovim attaches
 /// to: it sees the run Neovim sent, and its answer to the permission request takes Neovim's
 /// prompt down with a note naming it.
@@ -439,6 +489,52 @@ async fn nvim_remote_runs_through_crushctl_remote_proxy() {
         2,
         "{calls}"
     );
+    stop_started_daemon(&env);
+}
+
+/// The connection cannot be made: the user sees an error naming what failed, with the failing
+/// program's own words, once per failure (not once per retry), and `:checkhealth crush` says
+/// it. The local crushctl missing; the remote one missing (a stand-in ssh runs the remote
+/// command here: the shell's "not found"); a real OpenSSH `ssh` to a 127.0.0.1 port where
+/// nothing listens, whose own "Connection refused" must reach the user; then the host answers
+/// (the stand-in again) and a note says the plugin is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvim_remote_failures_are_shown_with_ssh_words() {
+    let (env, _mock, project) = world().await;
+    assert!(
+        Command::new("ssh").arg("-V").output().is_ok(),
+        "this test runs OpenSSH's ssh client: install it (Debian: openssh-client)"
+    );
+    // A port nothing listens on: bound, then released.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ssh = env.dir.path().join("fake-ssh");
+    std::fs::write(
+        &ssh,
+        "#!/bin/sh\n# The last argument is the remote command; run it here.\n\
+         for last; do :; done\nexec sh -c \"$last\"\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let nvim = spawn_nvim(
+        &env,
+        "unreachable",
+        &project,
+        &[
+            ("CRUSH_DEAD_PORT", dead_port.to_string()),
+            ("CRUSH_FAKE_SSH", ssh.display().to_string()),
+            // The real ssh unless a test of the spec names the stand-in.
+            ("CRUSHD_SSH", String::new()),
+        ],
+    );
+    nvim.finish().await;
+    // The last test of the spec reached a daemon through the stand-in ssh, which started it.
     stop_started_daemon(&env);
 }
 

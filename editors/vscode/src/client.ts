@@ -152,11 +152,22 @@ export type PermissionHandler = (
   token: CancellationToken,
 ) => Promise<PermissionDecision | PermissionRequestResult>;
 
+/** A connection given up because the settings moved the client to another daemon meanwhile. */
+export class SupersededError extends Error {
+  constructor() {
+    super("the connection settings changed while connecting");
+  }
+}
+
+/** Where the client connects: the settings that choose the daemon. */
+export type Target = Pick<ClientOptions, "socketPath" | "crushctlPath" | "remote">;
+
 /**
  * Events: `state` (ConnectionState), `sessionUpdate` (SessionUpdateParams, after the cursor
  * filter), `runComplete` (RunCompleteParams), `permissionResolved`, `permissionWithdrawn`
  * (requestId: a `$/cancelRequest` for a prompt), `daemonShutdown`, `resubscribed`
- * ({sessionId, result}), `initialized` (InitializeResult), `log` (string).
+ * ({sessionId, result}), `initialized` (InitializeResult), `reconnectFailed` (Error: an attempt
+ * of the background reconnect after a drop failed), `log` (string).
  */
 export class CrushClient extends EventEmitter {
   private conn: MessageConnection | undefined;
@@ -171,6 +182,8 @@ export class CrushClient extends EventEmitter {
   private reconnecting: Promise<void> | undefined;
   /** The daemon said it is going away: reconnect when next needed, not on a timer. */
   private shutdownNotice = false;
+  /** Bumped by `retarget`: a connection begun for an earlier target is not used. */
+  private generation = 0;
   state: ConnectionState = "disconnected";
   info: InitializeResult | undefined;
 
@@ -199,15 +212,25 @@ export class CrushClient extends EventEmitter {
       return Promise.resolve(this.info);
     }
     if (!this.starting) {
-      this.starting = this.connectAndInit().finally(() => {
-        this.starting = undefined;
+      // A failure after `retarget` is the old target's, which nobody wants any more.
+      const generation = this.generation;
+      const attempt = this.connectAndInit().catch((e: unknown) => {
+        throw generation !== this.generation ? new SupersededError() : e;
       });
+      // Cleared only if still current: `retarget` may have started another meanwhile.
+      const starting: Promise<InitializeResult> = attempt.finally(() => {
+        if (this.starting === starting) {
+          this.starting = undefined;
+        }
+      });
+      this.starting = starting;
     }
     return this.starting;
   }
 
   private async connectAndInit(): Promise<InitializeResult> {
     this.setState("connecting");
+    const generation = this.generation;
     if (this.opts.remote) {
       let t: Transport;
       try {
@@ -216,7 +239,7 @@ export class CrushClient extends EventEmitter {
         this.setState("disconnected");
         throw e;
       }
-      return this.initializeOver(t);
+      return this.initializeOver(t, generation);
     }
     let socket: net.Socket;
     try {
@@ -238,12 +261,17 @@ export class CrushClient extends EventEmitter {
         throw e2;
       }
     }
-    return this.initializeOver(socketTransport(socket));
+    return this.initializeOver(socketTransport(socket), generation);
   }
 
-  private async initializeOver(t: Transport): Promise<InitializeResult> {
+  private async initializeOver(t: Transport, generation: number): Promise<InitializeResult> {
+    if (generation !== this.generation) {
+      // The settings changed while this connection was being made: it leads to the old daemon.
+      t.destroy();
+      throw new SupersededError();
+    }
     try {
-      return await this.initialize(t);
+      return await this.initialize(t, generation);
     } catch (e) {
       t.destroy();
       if (this.state === "connecting") {
@@ -308,7 +336,7 @@ export class CrushClient extends EventEmitter {
     });
   }
 
-  private async initialize(t: Transport): Promise<InitializeResult> {
+  private async initialize(t: Transport, generation: number): Promise<InitializeResult> {
     const conn = createMessageConnection(t.reader, t.writer);
     this.transport = t;
     this.conn = conn;
@@ -367,6 +395,10 @@ export class CrushClient extends EventEmitter {
       }),
       ended,
     ])) as InitializeResult;
+    if (generation !== this.generation) {
+      t.destroy();
+      throw new SupersededError();
+    }
     if (info.protocolVersion !== PROTOCOL_VERSION) {
       t.destroy();
       throw new Error(
@@ -410,15 +442,23 @@ export class CrushClient extends EventEmitter {
     this.log(`connection lost; reconnecting in ${delay} ms`);
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;
-      this.reconnect().catch(() => undefined);
+      const generation = this.generation;
+      this.reconnect().catch((e: Error) => {
+        if (generation === this.generation && !this.disposed) {
+          this.emit("reconnectFailed", e);
+        }
+      });
     }, delay);
   }
 
   private reconnect(): Promise<void> {
     if (!this.reconnecting) {
-      this.reconnecting = this.doReconnect().finally(() => {
-        this.reconnecting = undefined;
+      const reconnecting: Promise<void> = this.doReconnect().finally(() => {
+        if (this.reconnecting === reconnecting) {
+          this.reconnecting = undefined;
+        }
       });
+      this.reconnecting = reconnecting;
     }
     return this.reconnecting;
   }
@@ -435,7 +475,8 @@ export class CrushClient extends EventEmitter {
       }
     } catch (e) {
       this.log(`reconnect failed: ${(e as Error).message}`);
-      if (this.state !== "connected") {
+      // Superseded: the settings moved the client, and what it follows now is the new daemon's.
+      if (this.state !== "connected" && !(e instanceof SupersededError)) {
         this.scheduleReconnect();
       }
       throw e;
@@ -573,12 +614,46 @@ export class CrushClient extends EventEmitter {
   /** Ends for good: `shutdown` + `exit`, so the daemon releases our claims at once (§5.3). */
   async dispose(): Promise<void> {
     this.disposed = true;
+    await this.close();
+    this.setState("closed");
+  }
+
+  /**
+   * Moves to another daemon (the settings that choose it changed): the current connection ends
+   * politely, as at `dispose`, so the old daemon releases our claims at once; the workspaces and
+   * sessions followed there are forgotten (they are that daemon's); the next request connects
+   * to `target`. The `clientId` stays: it names this window, whichever daemon it talks to.
+   */
+  async retarget(target: Target): Promise<void> {
+    this.generation += 1;
+    this.starting = undefined;
+    this.reconnecting = undefined;
+    this.followed.clear();
+    this.workspaces.clear();
+    this.shutdownNotice = false;
+    this.attempt = 0;
+    this.info = undefined;
+    // Before anything is awaited: a request made meanwhile goes to the new daemon.
+    this.opts.socketPath = target.socketPath;
+    this.opts.crushctlPath = target.crushctlPath;
+    this.opts.remote = target.remote;
+    const wasConnected = this.state === "connected";
+    await this.close(wasConnected);
+    this.setState("disconnected");
+  }
+
+  /** Closes the connection (if any) with `shutdown` + `exit` when `polite`, and stops reconnecting. */
+  private async close(polite = this.state === "connected"): Promise<void> {
     if (this.reconnectTimer) {
       clearTimeout(this.reconnectTimer);
       this.reconnectTimer = undefined;
     }
     const conn = this.conn;
-    if (conn && this.state === "connected" && !this.shutdownNotice && this.transport?.isOpen()) {
+    const transport = this.transport;
+    // Detached first: its end is not a drop to reconnect from.
+    this.conn = undefined;
+    this.transport = undefined;
+    if (conn && polite && !this.shutdownNotice && transport?.isOpen()) {
       try {
         await conn.sendRequest("shutdown", {});
         await conn.sendNotification("exit", {});
@@ -586,11 +661,9 @@ export class CrushClient extends EventEmitter {
         // Already gone.
       }
     }
-    this.transport?.end();
-    this.transport?.destroy();
-    this.conn?.dispose();
-    this.conn = undefined;
-    this.setState("closed");
+    transport?.end();
+    transport?.destroy();
+    conn?.dispose();
   }
 }
 

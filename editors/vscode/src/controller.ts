@@ -6,7 +6,7 @@
 import * as vscode from "vscode";
 import { randomUUID } from "node:crypto";
 import type { CancellationToken } from "vscode-jsonrpc/node";
-import { CrushClient, errorCode, ErrorCodes } from "./client";
+import { CrushClient, errorCode, ErrorCodes, SupersededError, Target } from "./client";
 import { SessionModel, SessionState } from "./sessionModel";
 import { proposedChange, finishedChange } from "./diffs";
 import type {
@@ -94,6 +94,16 @@ export interface Memento {
 
 export const SESSION_KEY = "crush.sessionId";
 
+/** The key a session is remembered under: one per daemon, so switching back shows it again. */
+export function sessionKey(remote: string | undefined): string {
+  return remote ? `${SESSION_KEY}@${remote}` : SESSION_KEY;
+}
+
+/** Which daemon, in words: "crushd on HOST" or "this machine's crushd". */
+export function daemonName(remote: string | undefined): string {
+  return remote ? `crushd on ${remote}` : "this machine's crushd";
+}
+
 export interface Settings {
   socketPath: string;
   crushctlPath: string;
@@ -136,6 +146,10 @@ export class Controller implements vscode.Disposable {
   private busy = new Map<string, boolean>();
   private disposables: vscode.Disposable[] = [];
   private postScheduled = false;
+  /** The connection failure last shown, so that background reconnects failing alike are not. */
+  private failureShown: string | undefined;
+  /** Counts moves to another daemon: a move overtaken by a later one stops where it is. */
+  private moves = 0;
 
   constructor(
     readonly client: CrushClient,
@@ -147,7 +161,21 @@ export class Controller implements vscode.Disposable {
     client.setPermissionHandler((p, token) => this.askPermission(p, token));
     const onResolved = (p: PermissionResolvedParams) => this.withdraw(p.requestId, `${p.decision} by ${p.by}`);
     const onWithdrawn = (requestId: string) => this.withdraw(requestId, "withdrawn");
-    const onState = () => this.refresh();
+    const onState = (s: string) => {
+      if (s === "connected") {
+        this.failureShown = undefined;
+      }
+      this.refresh();
+    };
+    // A reconnect after a drop failed (ssh's words for a remote daemon): shown once per
+    // failure, not at every attempt of the backoff.
+    const onReconnectFailed = (e: Error) => {
+      if (e.message !== this.failureShown) {
+        this.failureShown = e.message;
+        this.showError(e);
+      }
+    };
+    client.on("reconnectFailed", onReconnectFailed);
     const onComplete = (p: { sessionId: string }) => {
       this.busy.set(p.sessionId, false);
       void this.reloadSessionInfo(p.sessionId).catch(() => undefined);
@@ -162,6 +190,7 @@ export class Controller implements vscode.Disposable {
         client.off("permissionWithdrawn", onWithdrawn);
         client.off("state", onState);
         client.off("runComplete", onComplete);
+        client.off("reconnectFailed", onReconnectFailed);
       },
     });
     this.refresh();
@@ -193,7 +222,7 @@ export class Controller implements vscode.Disposable {
     }
     await Promise.all([this.loadSessions(), this.loadModels()]);
     // A reload (or a restart of VS Code) shows the session this workspace showed last.
-    const remembered = this.memento?.get<string>(SESSION_KEY);
+    const remembered = this.memento?.get<string>(sessionKey(remote?.host));
     const known = !!remembered && this.sessions.some((s) => s.sessionId === remembered);
     this.output.appendLine(
       `workspace ${this.workspacePath ?? "(none)"}: ${this.sessions.length} session(s); remembered session: ${remembered ?? "none"}${remembered && !known ? " (no longer in the folder)" : ""}`,
@@ -295,7 +324,7 @@ export class Controller implements vscode.Disposable {
     model.on("runFinished", () => void this.reloadSessionInfo(sessionId).catch(() => undefined));
     this.sessionInfo = await this.client.request("session/get", { sessionId });
     this.output.appendLine(`showing session ${sessionId}`);
-    void this.memento?.update(SESSION_KEY, sessionId);
+    void this.memento?.update(sessionKey(this.client.opts.remote?.host), sessionId);
     // Prompts that arrived before we showed the session.
     for (const p of this.pending.values()) {
       if (p.params.sessionId === sessionId) {
@@ -304,6 +333,55 @@ export class Controller implements vscode.Disposable {
     }
     await this.client.follow(sessionId, model);
     this.refresh();
+  }
+
+  /**
+   * The settings that choose the daemon (or the remote workspace) changed: leave the current
+   * daemon cleanly and show the new one. A session lives in one daemon, so what this window
+   * showed goes: the shown session, the list, the models and the prompts waiting for an answer
+   * here (the old daemon asks its other clients, or waits). The chat then follows the new
+   * daemon: its sessions of the workspace, and the session last shown with it. Runs keep
+   * running where they are.
+   */
+  async retarget(target: Target): Promise<void> {
+    const move = ++this.moves;
+    const before = daemonName(this.client.opts.remote?.host);
+    this.model?.removeAllListeners();
+    this.model = undefined;
+    this.sessionInfo = undefined;
+    this.sessions = [];
+    this.models = [];
+    this.workspaceId = undefined;
+    this.workspacePath = undefined;
+    this.busy.clear();
+    this.sent.clear();
+    for (const [id, p] of [...this.pending]) {
+      this.pending.delete(id);
+      p.pick?.dispose();
+      p.reject(new Error("this window moved to another daemon"));
+    }
+    this.lastError = undefined;
+    this.failureShown = undefined;
+    const after = daemonName(target.remote?.host);
+    this.output.appendLine(`the settings changed: leaving ${before}, connecting to ${after}`);
+    await this.client.retarget(target);
+    this.refresh();
+    try {
+      await this.connect();
+    } catch (e) {
+      if (move === this.moves) {
+        throw e;
+      }
+    }
+    if (move !== this.moves) {
+      return;
+    }
+    const where = this.workspacePath ? ` (workspace ${this.workspacePath})` : "";
+    void vscode.window.showInformationMessage(
+      before === after
+        ? `Crush: now showing the sessions of ${after}${where}.`
+        : `Crush: now using ${after}${where}. The chat shows its sessions; those of ${before} are still there — change the setting back to see them.`,
+    );
   }
 
   async send(text: string, mode: SendMode = "queue", attachments: Attachment[] = []): Promise<string> {
@@ -622,6 +700,10 @@ export class Controller implements vscode.Disposable {
   }
 
   showError(e: unknown): void {
+    if (e instanceof SupersededError) {
+      // Not a failure: the settings moved the window elsewhere, and that move reports itself.
+      return;
+    }
     const msg = e instanceof Error ? e.message : String(e);
     this.lastError = msg;
     this.output.appendLine(`error: ${msg}`);

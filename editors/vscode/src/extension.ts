@@ -4,7 +4,7 @@ import * as vscode from "vscode";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes, randomUUID } from "node:crypto";
-import { CrushClient } from "./client";
+import { CrushClient, Target } from "./client";
 import { Controller, DIFF_SCHEME, diffContents, FromWebview, ruleWhat, SCOPE_TEXT, Settings } from "./controller";
 import { resolveSocketPath } from "./socketPath";
 import { FolderMemento } from "./folderMemento";
@@ -23,6 +23,24 @@ export function readSettings(): Settings {
     remoteCrushctl: c.get<string>("remoteCrushctl", "").trim(),
     defaultModel: c.get<string>("defaultModel", ""),
     yolo: c.get<boolean>("yolo", false),
+  };
+}
+
+/** The settings that decide where the extension connects (and which workspace it opens there). */
+export const TARGET_SETTINGS = [
+  "crush.socketPath",
+  "crush.crushctlPath",
+  "crush.remote",
+  "crush.remoteCrushctl",
+  "crush.remoteWorkspace",
+] as const;
+
+/** The daemon the settings choose. */
+export function targetOf(settings: Settings): Target {
+  return {
+    socketPath: resolveSocketPath(settings.socketPath),
+    crushctlPath: settings.crushctlPath,
+    remote: settings.remote ? { host: settings.remote, crushctl: settings.remoteCrushctl || undefined } : undefined,
   };
 }
 
@@ -103,12 +121,10 @@ export function activate(context: vscode.ExtensionContext): Api {
   // One id per window (extension host), kept across reconnects; never shared between windows.
   const clientId = randomUUID();
   const client = new CrushClient({
-    socketPath: resolveSocketPath(settings.socketPath),
+    ...targetOf(settings),
     clientId,
     clientName: "vscode",
     clientVersion: String(context.extension?.packageJSON?.version ?? "0.1.0"),
-    crushctlPath: settings.crushctlPath,
-    remote: settings.remote ? { host: settings.remote, crushctl: settings.remoteCrushctl || undefined } : undefined,
     log: (line) => output.appendLine(line),
   });
   const statusBar = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 100);
@@ -138,6 +154,8 @@ export function activate(context: vscode.ExtensionContext): Api {
     () => controller.model?.sessionId,
   );
   const mcpTree = vscode.window.createTreeView(MCP_VIEW_ID, { treeDataProvider: mcpView });
+  // Where the window connects (the target settings), to notice when they change.
+  let connectedTo = JSON.stringify([targetOf(settings), settings.remote ? settings.remoteWorkspace : ""]);
 
   context.subscriptions.push(
     output,
@@ -332,6 +350,18 @@ export function activate(context: vscode.ExtensionContext): Api {
       }),
     ),
     vscode.workspace.onDidChangeConfiguration((e) => {
+      if (TARGET_SETTINGS.some((s) => e.affectsConfiguration(s))) {
+        const now = readSettings();
+        const target = JSON.stringify([targetOf(now), now.remote ? now.remoteWorkspace : ""]);
+        if (target !== connectedTo) {
+          connectedTo = target;
+          // A move still under way is overtaken: the latest settings win.
+          void controller
+            .retarget(targetOf(now))
+            .then(() => mcpView.refresh())
+            .catch((err) => controller.showError(err));
+        }
+      }
       if (e.affectsConfiguration("crush.yolo") && readSettings().yolo) {
         void vscode.window.showWarningMessage(
           "Crush yolo mode is on: the agent will write files and run commands without asking. Turn off crush.yolo to be asked again.",

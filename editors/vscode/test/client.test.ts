@@ -4,10 +4,10 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomUUID } from "node:crypto";
-import { CrushClient, startFailure } from "../src/client";
+import { CrushClient, startFailure, SupersededError } from "../src/client";
 import { SessionModel } from "../src/sessionModel";
 import type { RunCompleteParams, SessionSubscribeResult } from "../src/protocol.generated";
-import { Daemon, TestEnv, waitFor } from "./support/daemon";
+import { Daemon, deadPort, TestEnv, waitFor, waitUntil } from "./support/daemon";
 import { MockLlm } from "./support/mockLlm";
 
 function newClient(env: TestEnv, name = "vscode-test", extra: Partial<ConstructorParameters<typeof CrushClient>[0]> = {}) {
@@ -313,6 +313,67 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
       await observer.dispose();
       await c.dispose();
       await mock.close();
+      env.cleanup();
+    }
+  });
+
+  test("a real ssh to a port where nothing listens: the failure quotes ssh's own words, every time", async () => {
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const port = await deadPort();
+    const environ = { ...env.env() };
+    delete environ.CRUSHD_SSH;
+    const c = new CrushClient({
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: `127.0.0.1:${port}` },
+      env: environ,
+    });
+    try {
+      // Several attempts: ssh's message must not depend on its stderr being read before its exit.
+      for (let i = 0; i < 5; i++) {
+        const err = await c.start().then(
+          () => assert.fail("start() succeeded"),
+          (e: Error) => e,
+        );
+        assert.equal(
+          err.message,
+          `cannot reach crushd on 127.0.0.1:${port} over SSH: ssh: connect to host 127.0.0.1 port ${port}: Connection refused`,
+        );
+        assert.equal(c.state, "disconnected");
+      }
+    } finally {
+      await c.dispose();
+      env.cleanup();
+    }
+  });
+
+  test("retarget while a connection is being made: that one is dropped, the new target is used", async () => {
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const daemon = await env.spawnDaemon();
+    // An ssh that never gets anywhere (a host that does not answer).
+    const ssh = fakeSsh(env, "exec sleep 60");
+    const c = new CrushClient({
+      socketPath: env.socket,
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: "slow" },
+      env: { ...env.env(), CRUSHD_SSH: ssh },
+    });
+    try {
+      const first = c.start();
+      await waitUntil(async () => (fs.existsSync(path.join(env.dir, "ssh-calls")) ? true : undefined), "ssh started");
+      await c.retarget({ socketPath: env.socket, crushctlPath: env.crushctl(), remote: undefined });
+      await assert.rejects(first, SupersededError);
+      const info = await c.start();
+      assert.ok(info.pid > 0);
+      const st = await c.request("daemon/status", {});
+      assert.equal(st.socket, env.socket);
+      assert.equal(st.connections, 1, "one connection: the dropped attempt left none behind");
+      assert.equal(c.state, "connected");
+    } finally {
+      await c.dispose();
+      await daemon.stop();
       env.cleanup();
     }
   });

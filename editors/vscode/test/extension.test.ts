@@ -6,7 +6,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as stubModule from "./support/vscodeStub";
-import { Daemon, TestEnv, waitFor, waitUntil } from "./support/daemon";
+import { Daemon, deadPort, TestEnv, waitFor, waitUntil } from "./support/daemon";
 import { MockLlm } from "./support/mockLlm";
 
 stubModule.install();
@@ -350,6 +350,113 @@ describe("extension against a stub vscode", () => {
     assert.match(row.tooltip, /Last error: .*nonexistent/);
     assert.equal(row.contextValue, "mcpServer", "a failed server offers Restart");
     assert.equal(recorded.errors.length, 0, recorded.errors.join("\n"));
+  });
+
+  test("changing crush.remote moves the window to that daemon cleanly, and back; an unreachable one shows ssh's words", async () => {
+    // "The other machine": a second daemon with its own directories, reached through a stand-in
+    // ssh (a crushctl wrapper sets $CRUSHD_SSH) that runs the remote command with its environment.
+    const there = new TestEnv(mock.baseUrl);
+    const remoteDaemon = await there.spawnDaemon();
+    const exports = Object.entries(there.env())
+      .filter(([k]) => k.startsWith("XDG_") || k === "CRUSHD_SOCKET")
+      .map(([k, v]) => `${k}='${v}'`)
+      .join(" ");
+    const ssh = path.join(there.dir, "fake-ssh");
+    // While `down` exists it fails as ssh does when the host refuses.
+    const down = path.join(there.dir, "down");
+    fs.writeFileSync(
+      ssh,
+      `#!/bin/sh\nif [ -e '${down}' ]; then echo 'ssh: connect to host box port 22: Connection refused' >&2; exit 255; fi\n` +
+        `for last; do :; done\nexport ${exports}\nexec sh -c "$last"\n`,
+      { mode: 0o755 },
+    );
+    const wrapper = path.join(there.dir, "crushctl");
+    fs.writeFileSync(wrapper, `#!/bin/sh\nCRUSHD_SSH='${ssh}' exec '${env.crushctl()}' "$@"\n`, { mode: 0o755 });
+    const changed = (...keys: string[]) =>
+      stubModule.events.emit("config", { affectsConfiguration: (s: string) => keys.some((k) => k === s || k.startsWith(`${s}.`)) });
+    const local = api.controller.model!.sessionId;
+    const observer = new (require("../src/client") as typeof import("../src/client")).CrushClient({ socketPath: env.socket, clientId: "observer" });
+    const connections = async () => (await observer.request("daemon/status", {})).connections;
+    try {
+      await observer.start();
+      assert.equal(await connections(), 2, "this window and the observer");
+      const infos = recorded.info.length;
+      const moved = waitFor(api.client, "initialized", () => true, "the connection to the other daemon");
+      config["crush.remote"] = "box";
+      config["crush.remoteWorkspace"] = there.workspace;
+      config["crush.remoteCrushctl"] = env.crushctl();
+      config["crush.crushctlPath"] = wrapper;
+      changed("crush.remote", "crush.remoteWorkspace", "crush.remoteCrushctl", "crush.crushctlPath");
+      await moved;
+      // The old daemon saw a clean goodbye: only the observer is left.
+      await waitUntil(async () => ((await connections()) === 1 ? true : undefined), "the window to leave the old daemon");
+      await waitUntil(async () => (recorded.info.length > infos ? true : undefined), "the note saying where the window is now");
+      assert.match(recorded.info.at(-1)!, /now using crushd on box .*this machine's crushd are still there/);
+      const st = await api.client.request("daemon/status", {});
+      assert.equal(st.socket, there.socket, "connected to the other daemon");
+      assert.equal(api.controller.workspacePath, fs.realpathSync(there.workspace));
+      assert.equal(api.controller.model, undefined, "the old daemon's session is not shown");
+      assert.deepEqual(api.controller.sessions, []);
+      // A prompt runs there, in a session of its own.
+      const runId = await api.controller.send("over there");
+      await waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run on the other daemon");
+      const remoteSession = api.controller.model!.sessionId;
+      assert.notEqual(remoteSession, local);
+
+      // The tunnel drops and the host refuses for a while: the reconnects in the background fail
+      // with ssh's words, shown once, not at every attempt; when it answers again, it says so.
+      fs.writeFileSync(down, "");
+      // Answered after every request sent before it was written (the run's end has the window
+      // read the session again): the drop then cuts no write short.
+      await api.client.request("daemon/status", {});
+      const shownBefore = recorded.errors.length;
+      let failures = 0;
+      const thrice = waitFor<Error>(api.client, "reconnectFailed", (e) => {
+        assert.match(e.message, /^cannot reach crushd on box over SSH: ssh: connect to host box port 22: Connection refused/);
+        return ++failures === 3;
+      }, "three failed reconnects");
+      api.client.dropConnection();
+      await thrice;
+      assert.deepEqual(recorded.errors.slice(shownBefore), [
+        "Crush: cannot reach crushd on box over SSH: ssh: connect to host box port 22: Connection refused",
+      ]);
+      fs.rmSync(down);
+      await api.client.reconnectNow();
+      await waitUntil(async () => (api.controller.model?.sessionId === remoteSession && api.client.state === "connected" ? true : undefined), "reconnected");
+
+      // Back to this machine: the session shown here before is shown again.
+      const back = waitFor(api.client, "initialized", () => true, "the connection back");
+      config["crush.remote"] = "";
+      config["crush.crushctlPath"] = env.crushctl();
+      changed("crush.remote", "crush.crushctlPath");
+      await back;
+      await waitUntil(async () => (api.controller.model?.sessionId === local ? true : undefined), "the local session shown again");
+      assert.equal((await api.client.request("daemon/status", {})).socket, env.socket);
+
+      // An unreachable host: the error notification quotes ssh (the real one).
+      const port = await deadPort();
+      const errors = recorded.errors.length;
+      config["crush.remote"] = `127.0.0.1:${port}`;
+      changed("crush.remote");
+      await waitUntil(async () => (recorded.errors.length > errors ? true : undefined), "the error notification");
+      assert.equal(
+        recorded.errors.at(-1),
+        `Crush: cannot reach crushd on 127.0.0.1:${port} over SSH: ssh: connect to host 127.0.0.1 port ${port}: Connection refused`,
+      );
+      assert.equal(api.client.state, "disconnected");
+    } finally {
+      config["crush.remote"] = "";
+      config["crush.remoteWorkspace"] = "";
+      config["crush.remoteCrushctl"] = "";
+      config["crush.crushctlPath"] = env.crushctl();
+      const home = waitFor(api.client, "initialized", () => true, "the connection home");
+      changed("crush.remote");
+      await home;
+      recorded.errors.length = 0;
+      await observer.dispose();
+      await remoteDaemon.stop();
+      there.cleanup();
+    }
   });
 
   test("turning yolo on warns", async () => {

@@ -84,10 +84,11 @@ local function map_keys(buf, s)
       function()
         local p = current_prompt()
         if p and vim.tbl_contains(p.params.scopes or {}, "workspace") then
-          session().answer(p.requestId, "allowAlways", nil, "workspace")
+          -- Asks for the rule's pattern first, filled in with the daemon's suggestion.
+          session().always(p.requestId, "workspace")
         end
       end,
-      "crush: always allow (a rule for this workspace)",
+      "crush: always allow (a rule for this workspace; edit its pattern first)",
     },
     deny = { answer("deny"), "crush: deny" },
     choose = {

@@ -25,6 +25,8 @@ local state = {
   no_autostart = false, -- set after a deliberate daemon stop: reconnect, but do not restart it
   stopped = false, -- VimLeave: no more reconnects
   last_error = nil, ---@type string?
+  reported = nil, ---@type string? the connection failure last shown to the user, until a connection succeeds
+  closing_why = nil, ---@type string? why we closed the connection being made (timeout, refused initialize)
   connects = 0, -- successful initializes, for tests and :checkhealth
 }
 M.state = state
@@ -130,6 +132,17 @@ local function fail_waiters(err)
   end
 end
 
+--- A connection could not be made: shown to the user (once: the reconnects that fail the same
+--- way are not, until a connection succeeds or the failure changes), and given to the waiters.
+local function failed(msg)
+  state.last_error = msg
+  if msg ~= state.reported then
+    state.reported = msg
+    util.error(msg)
+  end
+  fail_waiters(msg)
+end
+
 local function flush_waiters()
   local w = state.waiters
   state.waiters = {}
@@ -140,7 +153,9 @@ end
 
 local schedule_reconnect
 
-local function on_closed(gen)
+--- The connection `gen` ended; `failure` says why when it ended before `initialize` was
+--- answered (the remote relay's exit, in its own words).
+local function on_closed(gen, failure)
   if gen ~= state.gen then
     return
   end
@@ -158,12 +173,12 @@ local function on_closed(gen)
     M.handlers.closed()
   end
   if was == "connecting" then
-    fail_waiters(state.last_error or "the connection to crushd closed while connecting")
+    failed(failure or state.closing_why or "the connection to crushd closed before it answered initialize")
   end
   schedule_reconnect()
 end
 
-local function dispatchers(gen)
+local function dispatchers(gen, remote)
   return {
     notification = function(method, params)
       local function handle()
@@ -195,9 +210,13 @@ local function dispatchers(gen)
       end
       return result, err
     end,
-    on_exit = function()
+    on_exit = function(code, signal, said)
       vim.schedule(function()
-        on_closed(gen)
+        local failure = nil
+        if remote and state.status == "connecting" and gen == state.gen then
+          failure = M.remote_failure(remote, code, signal, said, state.closing_why)
+        end
+        on_closed(gen, failure)
       end)
     end,
     on_error = function() end,
@@ -227,29 +246,95 @@ function M.remote_command(remote, no_autostart)
   return cmd
 end
 
+--- How much of the relay's stderr is kept to explain a failure (its last bytes).
+local STDERR_TAIL = 4096
+
+--- Starts `cmd`, the relay to a remote daemon, as the transport of a `vim.lsp.rpc` client.
+--- `vim.lsp.rpc.start` sends a process's stderr only to :LspLog, where nobody looks; `sh`
+--- redirects it to a file instead, whose tail is passed to `dispatchers.on_exit` as its third
+--- argument: ssh's own words (refused connection, unknown host, denied key) or the remote
+--- shell's and crushctl's. Raises when crushctl itself cannot be found.
+function M.start_relay(cmd, dispatchers)
+  if vim.fn.executable(cmd[1]) ~= 1 then
+    error(
+      string.format("%q was not found: put crushctl on PATH or set `crushctl` in require('crush').setup()", cmd[1]),
+      0
+    )
+  end
+  local file = vim.fn.tempname()
+  local on_exit = dispatchers.on_exit or function() end
+  local wrapped = vim.tbl_extend("force", dispatchers, {
+    on_exit = function(code, signal)
+      -- vim.system calls this once the process has exited and its pipes are read.
+      local said = ""
+      local f = io.open(file, "rb")
+      if f then
+        local size = f:seek("end") or 0
+        f:seek("set", math.max(0, size - STDERR_TAIL))
+        said = f:read("*a") or ""
+        f:close()
+      end
+      os.remove(file)
+      on_exit(code, signal, vim.trim(said))
+    end,
+  })
+  local sh = { "sh", "-c", 'f=$1; shift; exec "$@" 2>"$f"', "sh", file }
+  return vim.lsp.rpc.start(vim.list_extend(sh, cmd), wrapped)
+end
+
+--- Why the remote daemon could not be reached, for the user: the host, then what ssh (or the
+--- remote shell, or the remote crushctl) said, its last lines; `why` is our own reason when we
+--- ended the relay ourselves (no answer in time).
+function M.remote_failure(remote, code, signal, said, why)
+  local lines = vim.split(said or "", "\n", { trimempty = true })
+  lines = vim.list_slice(lines, math.max(1, #lines - 4))
+  local msg = string.format("cannot reach crushd on %s over SSH: ", remote.host)
+  if #lines > 0 then
+    msg = msg .. table.concat(lines, "\n")
+    if why then
+      msg = msg .. "\n(" .. why .. ")"
+    end
+  elseif why then
+    msg = msg .. why
+  elseif signal and signal ~= 0 then
+    msg = msg .. string.format("`%s` was killed by signal %d", table.concat(M.remote_command(remote, false), " "), signal)
+  else
+    msg = msg .. string.format("`%s` exited with status %s", table.concat(M.remote_command(remote, false), " "), tostring(code))
+  end
+  if code == 127 then
+    -- The remote shell found no crushctl: point at the setting that names it.
+    msg = msg .. "\n(is crushctl installed there? set `remote.crushctl` to its path on " .. remote.host .. ")"
+  end
+  return msg
+end
+
 --- `where`: a socket path, or the remote command; the transport follows.
 local function open(where)
   state.gen = state.gen + 1
   local gen = state.gen
-  local remote = type(where) == "table"
+  state.closing_why = nil
+  local remote = type(where) == "table" and M.remote() or nil
   local path = remote and table.concat(where, " ") or where
   local ok, rpc = pcall(function()
     if remote then
-      return vim.lsp.rpc.start(where, dispatchers(gen))
+      return M.start_relay(where, dispatchers(gen, remote))
     end
     return vim.lsp.rpc.connect(where)(dispatchers(gen))
   end)
   if not ok or not rpc then
     state.status = "disconnected"
-    state.last_error = "cannot connect to " .. path .. ": " .. tostring(rpc)
-    fail_waiters(state.last_error)
+    if remote then
+      failed(string.format("cannot reach crushd on %s over SSH: %s", remote.host, tostring(rpc)))
+    else
+      failed("cannot connect to " .. path .. ": " .. tostring(rpc))
+    end
     return schedule_reconnect()
   end
   state.rpc = rpc
   local answered = false
   local timer = vim.defer_fn(function()
     if not answered and gen == state.gen then
-      state.last_error = "crushd did not answer initialize on " .. path
+      state.closing_why = "crushd did not answer initialize on " .. path
       rpc.terminate()
     end
   end, config.options.connect_timeout_ms)
@@ -270,7 +355,7 @@ local function open(where)
       return
     end
     if err or type(result) ~= "table" then
-      state.last_error = "initialize failed: " .. (err and err.message or "no result")
+      state.closing_why = "initialize failed: " .. (err and err.message or "no result")
       rpc.terminate()
       return
     end
@@ -294,6 +379,12 @@ local function open(where)
     state.attempt = 0
     state.no_autostart = false
     state.last_error = nil
+    if state.reported then
+      -- The user was told it failed: tell them it works again.
+      state.reported = nil
+      local remote = M.remote()
+      util.notify("connected to crushd" .. (remote and (" on " .. remote.host) or ""))
+    end
     state.connects = state.connects + 1
     M.handlers.ready(result)
     flush_waiters()
@@ -318,13 +409,8 @@ function M.connect(allow_autostart)
   state.status = "connecting"
   local remote = M.remote()
   if remote then
-    -- The remote proxy finds (and starts) its daemon; a failure ends the process, and
-    -- on_exit reconnects with backoff like a dropped socket.
-    state.last_error = string.format(
-      "could not reach crushd on %s over SSH (`%s`; see :LspLog for what ssh said)",
-      remote.host,
-      table.concat(M.remote_command(remote, false), " ")
-    )
+    -- The remote proxy finds (and starts) its daemon; a failure ends the process, which says
+    -- why on stderr, and on_exit reconnects with backoff like a dropped socket.
     return open(M.remote_command(remote, not (config.options.autostart and allow_autostart)))
   end
   local path = M.socket_path()
@@ -343,8 +429,7 @@ function M.connect(allow_autostart)
         return open(path)
       end
       state.status = "disconnected"
-      state.last_error = msg
-      fail_waiters(msg)
+      failed(msg)
       schedule_reconnect()
     end)
   end)

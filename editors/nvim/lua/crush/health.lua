@@ -11,8 +11,9 @@ local health = vim.health and vim.health.start and vim.health
 
 --- Connects once (without a clientId, without starting the daemon) and asks `daemon/status`,
 --- `model/list` and `mcp/list`, waiting at most `timeout` ms. Uses the plugin's connection when
---- it is up.
-local function ask(path, timeout)
+--- it is up. `where`: the socket path, or with `remote` the relay's command; `out.exit` is how
+--- the relay ended (code, and why in its own words) when it ended before answering.
+local function ask(where, timeout)
   local client = require("crush.client")
   if client.is_ready() then
     local st, e1 = client.request_sync("daemon/status", vim.empty_dict(), timeout)
@@ -25,11 +26,24 @@ local function ask(path, timeout)
   local done = false
   local rpc
   local ok, err = pcall(function()
-    rpc = vim.lsp.rpc.connect(path)({
-      on_exit = function()
-        done = true
-      end,
-    })
+    if type(where) == "table" then
+      local remote = client.remote()
+      rpc = client.start_relay(where, {
+        on_exit = function(code, signal, said)
+          if not out.init then
+            out.exit = { code = code, said = said }
+            out.err = client.remote_failure(remote, code, signal, said)
+          end
+          done = true
+        end,
+      })
+    else
+      rpc = vim.lsp.rpc.connect(where)({
+        on_exit = function()
+          done = true
+        end,
+      })
+    end
   end)
   if not ok then
     return { err = tostring(err) }
@@ -111,24 +125,41 @@ function M.check()
     health.warn("crushd not found beside crushctl, on PATH or at $CRUSHD_BIN", { "Install crushd next to crushctl" })
   end
 
-  local remote = require("crush.client").remote()
+  local client = require("crush.client")
+  local remote = client.remote()
+  local path, r
   if remote then
     -- The daemon and its socket are on the other machine; `crushctl --remote` speaks for it.
     health.info(string.format(
       "remote: crushd on %s over SSH (`%s`), workspace %s",
       remote.host,
-      table.concat(require("crush.client").remote_command(remote, false), " "),
+      table.concat(client.remote_command(remote, false), " "),
       tostring(remote.workspace)
     ))
     if type(remote.workspace) ~= "string" or remote.workspace == "" then
       health.warn("`remote.workspace` is not set", { "Set it to the project directory on " .. remote.host })
     end
-    return
+    path = remote.host .. " over SSH"
+    -- Through the relay, as the plugin connects, but without starting the daemon there.
+    r = ask(client.remote_command(remote, true), 15000)
+    if not r.init then
+      if r.exit and r.exit.code == 3 then
+        -- The remote crushctl's "unreachable": ssh got there, and no daemon runs.
+        health.warn("crushd is not running on " .. remote.host .. ": " .. tostring(r.exit.said), {
+          config.autostart and "It is started on first use (:Crush)"
+            or "Run `crushctl daemon start` there (autostart is off)",
+        })
+      else
+        health.error(tostring(r.err), {
+          "Try `crushctl --remote " .. remote.host .. " status` in a shell: ssh runs in batch mode, so it needs a key from ssh-agent or ~/.ssh/config and a known host key, and crushctl on the PATH there (or `remote.crushctl`)",
+        })
+      end
+      return
+    end
   end
-  local path = require("crush.client").socket_path()
-  local reachable = false
-  local client = require("crush.client")
-  if client.is_ready() then
+  path = path or client.socket_path()
+  local reachable = remote ~= nil
+  if reachable or client.is_ready() then
     reachable = true
   else
     local done = false
@@ -147,7 +178,7 @@ function M.check()
     })
     return
   end
-  local r = ask(path, 5000)
+  r = r or ask(path, 5000)
   if not r.init then
     health.error("crushd at " .. path .. " did not answer: " .. tostring(r.err))
     return

@@ -686,43 +686,116 @@ local function find_prompt(request_id)
   end
 end
 
---- Answers a pending prompt: decision is "allow", "allowSession", "allowAlways" or "deny";
---- `scope` ("session", "workspace", "global": one of the request's `scopes`) saves an
---- "always allow" rule with the request's suggested pattern (decision "allowAlways").
-function M.answer(request_id, decision, cb, scope)
-  cb = cb or function() end
-  local s, p = find_prompt(request_id)
-  if not p then
-    return cb("no pending permission request " .. tostring(request_id))
-  end
+--- Sends `permission/respond` for prompt `p` of session `s`. Someone else answering first (or
+--- the request being gone) settles the prompt with what the daemon says; any other error puts
+--- the prompt back to pending and is passed to cb(err) (the daemon kept the request pending).
+local function respond(s, p, params, cb)
   p.state = "answering"
   p.answered_here = true
-  local params = { requestId = request_id, decision = decision }
-  if decision == "allowAlways" then
-    params.scope = scope
-  end
   client.request("permission/respond", params, function(err)
     if not err then
-      resolve_prompt(s, request_id, decision, client.name())
+      resolve_prompt(s, p.requestId, params.decision, client.name())
       return cb(nil)
     end
     if err.code == -32017 then
       -- Someone else was first: the message says how and by whom.
       local how, who = tostring(err.message):match("resolved: (%S+) by (.+)$")
       p.answered_here = false
-      resolve_prompt(s, request_id, how or "resolved", who)
+      resolve_prompt(s, p.requestId, how or "resolved", who)
       return cb(nil)
     elseif err.code == -32016 then
-      resolve_prompt(s, request_id, "withdrawn", nil)
+      resolve_prompt(s, p.requestId, "withdrawn", nil)
       return cb(nil)
     end
     p.state = "pending"
-    util.error("permission/respond failed: " .. tostring(err.message))
-    cb(err.message)
+    p.answered_here = false
+    cb(err)
+  end)
+end
+
+--- Answers a pending prompt: decision is "allow", "allowSession", "allowAlways" or "deny";
+--- for "allowAlways", `scope` ("session", "workspace", "global": one of the request's `scopes`)
+--- and `pattern` (nil: the request's suggested pattern) are the rule the daemon saves. To let
+--- the user edit the pattern first, use `M.always`.
+function M.answer(request_id, decision, cb, scope, pattern)
+  cb = cb or function() end
+  local s, p = find_prompt(request_id)
+  if not p then
+    return cb("no pending permission request " .. tostring(request_id))
+  end
+  local params = { requestId = request_id, decision = decision }
+  if decision == "allowAlways" then
+    params.scope = scope
+    params.pattern = pattern
+  end
+  respond(s, p, params, function(err)
+    if err then
+      util.error("permission/respond failed: " .. tostring(err.message))
+      return cb(err.message)
+    end
+    cb(nil)
   end)
 end
 
 local SCOPE_TEXT = { session = "in this session", workspace = "in this workspace", global = "everywhere" }
+
+--- What a rule's pattern is, for the input prompt.
+local PATTERN_TEXT = {
+  bash = "commands starting with",
+  write = "files matching (a glob in the workspace)",
+  edit = "files matching (a glob in the workspace)",
+}
+
+--- Answers "always allow" in `scope`, asking for the rule's pattern first (vim.ui.input, filled
+--- in with `default` or the daemon's suggestion). A cancelled or empty input answers nothing:
+--- the prompt stays pending. A pattern the daemon refuses (-32602) is said with the daemon's
+--- reason and asked for again, filled in with what was refused. A prompt without a suggested
+--- pattern (an MCP tool: the rule takes none) is answered at once.
+--- cb(err) once the prompt is answered, or err "not answered" when the user gave up.
+function M.always(request_id, scope, cb, default)
+  cb = cb or function() end
+  local s, p = find_prompt(request_id)
+  if not p or p.state ~= "pending" then
+    return cb("no pending permission request " .. tostring(request_id))
+  end
+  local suggested = p.params.suggestedPattern
+  if type(suggested) ~= "string" then
+    return M.answer(request_id, "allowAlways", cb, scope)
+  end
+  local tool = tostring(p.params.tool)
+  vim.ui.input({
+    prompt = string.format(
+      "crush: always allow %s %s, %s: ",
+      tool,
+      SCOPE_TEXT[scope] or scope,
+      PATTERN_TEXT[tool] or "pattern"
+    ),
+    default = default or suggested,
+  }, function(pattern)
+    pattern = pattern and vim.trim(pattern)
+    if p.state ~= "pending" or s.prompts[request_id] ~= p then
+      return cb("the prompt was answered meanwhile")
+    end
+    if not pattern or pattern == "" then
+      util.notify("no rule saved: the prompt is still waiting for an answer")
+      return cb("not answered")
+    end
+    respond(s, p, { requestId = request_id, decision = "allowAlways", scope = scope, pattern = pattern }, function(err)
+      if not err then
+        return cb(nil)
+      end
+      if err.code ~= -32602 then
+        util.error("permission/respond failed: " .. tostring(err.message))
+        return cb(err.message)
+      end
+      -- The daemon's reason ("pattern: the command prefix ... has shell syntax ..."); ask again.
+      util.error("rule not saved: " .. tostring(err.message):gsub("^invalid params: ", ""))
+      vim.schedule(function()
+        M.always(request_id, scope, cb, pattern)
+      end)
+    end)
+  end)
+end
 
 --- The answers a prompt offers, `{ decision, label, scope }`: once, the tool for this session,
 --- a saved rule in each scope the daemon offers, deny.
@@ -757,7 +830,12 @@ function M.choose(request_id)
       return it[2]
     end,
   }, function(choice)
-    if choice and p.state == "pending" then
+    if not choice or p.state ~= "pending" then
+      return
+    end
+    if choice[1] == "allowAlways" then
+      M.always(request_id, choice[3])
+    else
       M.answer(request_id, choice[1], nil, choice[3])
     end
   end)

@@ -78,9 +78,20 @@ function M.uuid7()
   )
 end
 
+-- Notifications scheduled and not shown yet: the same one made twice in one go (a failed
+-- connection, reported by the connection and by the command that waited for it) is shown once.
+local queued = {}
+
 function M.notify(msg, level)
+  msg, level = tostring(msg), level or vim.log.levels.INFO
+  local key = level .. "\0" .. msg
+  if queued[key] then
+    return
+  end
+  queued[key] = true
   vim.schedule(function()
-    vim.notify("crush: " .. msg, level or vim.log.levels.INFO)
+    queued[key] = nil
+    vim.notify("crush: " .. msg, level)
   end)
 end
 

@@ -102,8 +102,17 @@ T.it("saves a rule with W, which allows the next ls; :Crush permissions shows an
   T.eq({ "session", "workspace", "global" }, requests[3].scopes, "scopes offered")
   T.eq("ls", requests[3].suggestedPattern, "suggested pattern")
   T.ok(T.contains(buf, '[W] always allow "ls" here'), "the key is shown:\n" .. T.text(buf))
+  -- W asks for the rule's pattern, filled in with the suggestion; the user keeps it.
+  local orig = vim.ui.input
+  local offered
+  vim.ui.input = function(opts, cb)
+    offered = opts.default
+    cb(opts.default)
+  end
   vim.api.nvim_set_current_win(win)
   vim.api.nvim_feedkeys("W", "mx", false)
+  vim.ui.input = orig
+  T.eq("ls", offered, "the pattern offered")
   T.wait("the run's end", function()
     return completes[3]
   end, 15000)

@@ -3,6 +3,7 @@
 // tests/tests/editor_vscode.rs); waits are on the daemon's "listening" log line, with a deadline.
 import { ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 
@@ -172,4 +173,16 @@ export async function waitUntil<T>(
     }
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** A 127.0.0.1 port nothing listens on: bound, then released. */
+export function deadPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }
