@@ -126,11 +126,12 @@ function renderPending(p) {
 
 function renderPrompt(p) {
   var detail = p.diff ? '<pre class="diff">' + esc(p.diff) + "</pre>" : "<pre>" + esc(pretty(p.input)) + "</pre>";
-  // "Always allow" saves a rule for the workspace; the other scopes are in the quick pick.
+  // "Always allow" saves a rule for the workspace (the extension asks for its pattern, filled in
+  // with the suggestion); the other scopes are in the quick pick.
   var always = "";
   if (p.scopes && p.scopes.indexOf("workspace") >= 0) {
     var what = typeof p.suggestedPattern === "string" ? esc(p.tool) + ' "' + esc(p.suggestedPattern) + '"' : esc(p.tool);
-    always = ' <button class="secondary" data-decision="allowAlways" data-scope="workspace" title="Save a rule: ' + what + ' runs without asking in this workspace">Always allow here</button>';
+    always = ' <button class="secondary" data-decision="allowAlways" data-scope="workspace" title="Save a rule (you edit its pattern next): ' + what + ' runs without asking in this workspace">Always allow here…</button>';
   }
   var diffButton = p.diff ? ' <button class="secondary" data-open-diff-request="' + esc(p.requestId) + '"><span class="codicon codicon-diff"></span> Open diff</button>' : "";
   return (

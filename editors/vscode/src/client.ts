@@ -39,6 +39,7 @@ export type Result<M extends Method> = Requests[M]["result"];
 /** Error codes the extension branches on (docs/protocol.md §8). */
 export const ErrorCodes = {
   RequestCancelled: -32800,
+  InvalidParams: -32602,
   SessionNotFound: -32011,
   PermissionResolved: -32017,
   PermissionNotFound: -32016,

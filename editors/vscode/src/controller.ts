@@ -121,6 +121,11 @@ interface PendingPrompt {
   params: PermissionRequestParams;
   resolve: (d: PermissionRequestResult) => void;
   reject: (e: Error) => void;
+  /**
+   * The daemon's request was answered `deferred` (to answer with `permission/respond`, whose
+   * errors come back to us): the prompt stays until `$/permissionResolved` or our own answer.
+   */
+  deferred?: boolean;
   /** The quick pick shown while the chat view is hidden; disposed when the prompt goes. */
   pick?: vscode.QuickPick<vscode.QuickPickItem & { decision?: string }>;
 }
@@ -511,7 +516,7 @@ export class Controller implements vscode.Disposable {
         label: `$(pass-filled) Always allow ${ruleWhat(params.tool, params.suggestedPattern)} ${SCOPE_TEXT[scope]}`,
         decision: "allowAlways",
         scope,
-        description: "a rule kept by the daemon (Crush: Permission Rules)",
+        description: "a rule kept by the daemon (Crush: Permission Rules); edit its pattern next",
       });
     }
     items.push({ label: "$(close) Deny", decision: "deny" });
@@ -564,29 +569,129 @@ export class Controller implements vscode.Disposable {
     await showDiff(change, `${change.relPath} (edited by Crush)`);
   }
 
-  /** The user chose; answers the daemon's request if it still waits. */
-  answer(requestId: string, decision: Decision, scope?: RuleScope): boolean {
-    if (decision === "allowAlways" && !scope) {
-      return false;
+  /**
+   * The user chose; answers the daemon's request if it still waits. "Always allow" for a tool
+   * whose rule has a pattern asks for the pattern first (`askRule`).
+   */
+  answer(requestId: string, decision: Decision, scope?: RuleScope): void {
+    if (decision === "allowAlways") {
+      const params = this.promptParams(requestId);
+      if (!scope || !params) {
+        return;
+      }
+      if (typeof params.suggestedPattern === "string") {
+        void this.askRule(params, scope, params.suggestedPattern).catch((e) => this.showError(e));
+        return;
+      }
     }
     const result: PermissionRequestResult = decision === "allowAlways" ? { decision, scope } : { decision };
     const p = this.pending.get(requestId);
-    this.model?.removePrompt(requestId);
-    if (!p) {
-      // Known only from status.pendingPermissions (no request of ours): answer by id.
-      void this.client.request("permission/respond", { requestId, ...result }).catch((e) => {
-        if (errorCode(e) !== ErrorCodes.PermissionResolved && errorCode(e) !== ErrorCodes.PermissionNotFound) {
-          this.showError(e);
-        }
-      });
+    if (p && !p.deferred) {
+      this.pending.delete(requestId);
+      this.model?.removePrompt(requestId);
+      p.pick?.dispose();
+      p.resolve(result);
       this.refresh();
-      return false;
+      return;
     }
+    // Known only from status.pendingPermissions, or deferred: answer by id.
+    this.takeDown(requestId);
+    void this.respond(requestId, result).catch((e) => this.showError(e));
+  }
+
+  /** The prompt's request, from the daemon's request or from the session's pending prompts. */
+  private promptParams(requestId: string): PermissionRequestParams | undefined {
+    return this.pending.get(requestId)?.params ?? this.model?.prompts.get(requestId);
+  }
+
+  private takeDown(requestId: string): void {
+    const p = this.pending.get(requestId);
     this.pending.delete(requestId);
-    p.pick?.dispose();
-    p.resolve(result);
+    p?.pick?.dispose();
+    this.model?.removePrompt(requestId);
     this.refresh();
-    return true;
+  }
+
+  /**
+   * `permission/respond`: resolves once answered, also when someone else was first or the
+   * request is gone (nothing left to answer); throws the daemon's error otherwise (the request
+   * is still pending then).
+   */
+  private async respond(requestId: string, result: PermissionRequestResult): Promise<void> {
+    try {
+      await this.client.request("permission/respond", { requestId, ...result });
+    } catch (e) {
+      const code = errorCode(e);
+      if (code !== ErrorCodes.PermissionResolved && code !== ErrorCodes.PermissionNotFound) {
+        throw e;
+      }
+    }
+  }
+
+  /**
+   * "Always allow" in `scope`: an input box filled in with `value` (the daemon's suggestion, or
+   * a pattern it refused, with its reason) lets the user edit the rule's pattern. Escape leaves
+   * the prompt unanswered. The answer goes by `permission/respond` (the daemon's own request,
+   * if we hold it, is answered `deferred` first): a refused pattern comes back as an error
+   * there, while a refused answer to the daemon's request would only be logged by the daemon.
+   */
+  private async askRule(params: PermissionRequestParams, scope: RuleScope, value: string, refused?: string): Promise<void> {
+    const requestId = params.requestId;
+    // Only one quick input shows at a time: the quick pick goes (`reoffer` brings it back).
+    const held = this.pending.get(requestId);
+    if (held?.pick) {
+      held.pick.dispose();
+      held.pick = undefined;
+    }
+    const what =
+      params.tool === "bash"
+        ? "Commands that start with these words run without asking."
+        : `A ${params.tool} of a file matching this glob (relative to the workspace) runs without asking.`;
+    const pattern = await vscode.window.showInputBox({
+      title: `Crush: always allow ${params.tool} ${SCOPE_TEXT[scope]}`,
+      prompt: refused ? `Not saved: ${refused}. Edit the pattern, or press Escape to leave the prompt unanswered.` : what,
+      value,
+      ignoreFocusOut: true,
+      validateInput: (v) =>
+        v.trim() === ""
+          ? "Give a pattern, or press Escape to leave the prompt unanswered."
+          : refused && v === value
+            ? refused
+            : undefined,
+    });
+    if (!this.promptParams(requestId)) {
+      return; // answered elsewhere or withdrawn meanwhile
+    }
+    if (pattern === undefined || pattern.trim() === "") {
+      this.reoffer(requestId);
+      return;
+    }
+    const p = this.pending.get(requestId);
+    if (p && !p.deferred) {
+      p.deferred = true;
+      p.resolve({ decision: "deferred" });
+    }
+    try {
+      await this.respond(requestId, { decision: "allowAlways", scope, pattern: pattern.trim() });
+    } catch (e) {
+      if (errorCode(e) !== ErrorCodes.InvalidParams) {
+        throw e;
+      }
+      // The daemon's reason, e.g. `pattern: the command prefix "a; b" has shell syntax …`.
+      const reason = (e as Error).message.replace(/^invalid params: /, "");
+      this.output.appendLine(`rule not saved: ${reason}`);
+      return this.askRule(params, scope, pattern.trim(), reason);
+    }
+    this.takeDown(requestId);
+  }
+
+  /** The rule was not saved and the prompt still waits: offer it again if the chat is hidden. */
+  private reoffer(requestId: string): void {
+    const p = this.pending.get(requestId);
+    if (p && !p.pick && !this.view?.visible) {
+      this.notifyPermission(p.params);
+    }
+    this.refresh();
   }
 
   /** The saved permission rules that apply in this window's workspace (`permission/rules/list`). */

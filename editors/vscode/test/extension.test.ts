@@ -152,8 +152,25 @@ describe("extension against a stub vscode", () => {
     for (const scope of ["in this session", "in this workspace", "everywhere"]) {
       assert.ok(labels.some((l) => l.includes(`Always allow write "**" ${scope}`)), labels.join("\n"));
     }
+    // The pattern is asked for next, filled in with the daemon's suggestion. Escape: the quick
+    // pick comes back, the prompt unanswered.
+    const asked = recorded.inputBoxes.length;
+    const back = waitFor<stubModule.StubQuickPick>(stubModule.events, "quickPick", (q) => q !== pick && /Crush wants to/.test(q.title), "the quick pick again");
     pick.choose(/in this workspace/);
-    await done;
+    const pick2 = await back;
+    assert.ok(pick.disposed, "the first quick pick made way for the input box");
+    assert.equal(api.controller.pendingPrompts().length, 1, "still pending");
+    // This time the user keeps the suggestion.
+    user.inputBox = (opts) => opts.value;
+    try {
+      pick2.choose(/in this workspace/);
+      await done;
+    } finally {
+      user.inputBox = undefined;
+    }
+    assert.equal(recorded.inputBoxes.length, asked + 2);
+    assert.equal(recorded.inputBoxes[asked].value, "**");
+    assert.equal(recorded.inputBoxes[asked + 1].value, "**");
     const rules = await api.controller.permissionRules();
     assert.equal(rules.length, 1);
     assert.equal(rules[0].tool, "write");
@@ -186,6 +203,48 @@ describe("extension against a stub vscode", () => {
     await stub.commands.executeCommand("crush.permissionRules");
     assert.ok(recorded.info.some((m) => m.includes("no saved permission rules")), recorded.info.join("\n"));
     v.view.visible = true;
+  });
+
+  test("Always allow asks for the pattern: a refused one is said and the prompt stays; the edited one is saved", async () => {
+    const v = fakeView();
+    recorded.views.get(ext.VIEW_ID).resolveWebviewView(v.view);
+    const prompted = waitPosted(v, (s) => s.prompts.length === 1, "the prompt");
+    const runId = await api.controller.send("#write with my own rule");
+    const done = waitFor<any>(api.client, "runComplete", (r) => r.runId === runId, "the run's end");
+    const p = (await prompted).prompts[0];
+    assert.equal(p.suggestedPattern, "**");
+    // A glob outside the workspace: the daemon refuses it; the input box comes back with it and
+    // the daemon's reason; Escape leaves the prompt waiting.
+    const answers: Array<string | undefined> = ["../*.txt", undefined];
+    user.inputBox = () => answers.shift();
+    const asked = recorded.inputBoxes.length;
+    const again = waitFor<any>(stubModule.events, "inputBox", (o) => o.value === "../*.txt", "the input box again");
+    v.send({ type: "permission", requestId: p.requestId, decision: "allowAlways", scope: "workspace" });
+    const second = await again;
+    assert.equal(recorded.inputBoxes[asked].value, "**", "filled in with the suggestion");
+    assert.match(recorded.inputBoxes[asked].title, /always allow write in this workspace/);
+    assert.match(second.prompt, /Not saved: pattern: the path glob "\.\.\/\*\.txt" must be relative to the workspace/);
+    assert.match(second.validateInput("../*.txt"), /must be relative to the workspace/, "the refused glob is marked");
+    assert.equal(second.validateInput("*.txt"), undefined);
+    await waitUntil(async () => (answers.length === 0 ? true : undefined), "the Escape");
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(api.controller.viewState().prompts.map((x) => x.requestId), [p.requestId], "the prompt is still shown");
+    assert.equal(api.controller.sessionState, "waitingForPermission");
+    assert.deepEqual(await api.controller.permissionRules(), [], "no rule saved");
+    // Answered again, with the user's own glob.
+    user.inputBox = () => "*.txt";
+    try {
+      v.send({ type: "permission", requestId: p.requestId, decision: "allowAlways", scope: "workspace" });
+      await done;
+    } finally {
+      user.inputBox = undefined;
+    }
+    await waitPosted(v, (st) => st.prompts.length === 0, "the prompt taken down");
+    const rules = await api.controller.permissionRules();
+    assert.deepEqual(rules.map((r) => [r.tool, r.pattern, r.scope]), [["write", "*.txt", "workspace"]]);
+    const log = await api.client.request("permission/log", { limit: 1 });
+    assert.equal(log.entries[0].decision, "allowAlways");
+    await api.controller.removePermissionRule(rules[0].id);
   });
 
   test("the session shown is remembered for the workspace and shown again after a reload (bug 3)", async () => {

@@ -59,7 +59,7 @@ T.it("has help tags for its commands, options and events", function()
   vim.fn.writefile(vim.fn.readfile(T.root .. "/doc/crush.txt"), dir .. "/doc/crush.txt")
   vim.cmd("helptags " .. vim.fn.fnameescape(dir .. "/doc"))
   local tags = table.concat(vim.fn.readfile(dir .. "/doc/tags"), "\n")
-  for _, tag in ipairs({ "crush", "crush.txt", ":Crush", ":Crush-send", ":Crush-cancel", ":Crush-attach", ":Crush-model", "crush-config", "crush-permissions", "crush-statusline", "CrushRunComplete", "CrushPermissionRequest" }) do
+  for _, tag in ipairs({ "crush", "crush.txt", ":Crush", ":Crush-send", ":Crush-cancel", ":Crush-attach", ":Crush-model", "crush-config", "crush-permissions", "crush-rules", "crush-statusline", "CrushRunComplete", "CrushPermissionRequest" }) do
     T.ok(tags:find("\n" .. vim.pesc(tag) .. "\t", 1) or tags:find("^" .. vim.pesc(tag) .. "\t"), "tag " .. tag)
   end
   vim.opt.runtimepath:prepend(dir)

@@ -19,6 +19,8 @@ export const recorded = {
   /** Quick picks created with createQuickPick, live or disposed. */
   quickPicks: [] as StubQuickPick[],
   executed: [] as string[],
+  /** The options of every showInputBox call. */
+  inputBoxes: [] as any[],
 };
 
 /** A createQuickPick() result: records what it shows and whether it was taken down. */
@@ -61,7 +63,8 @@ export class StubQuickPick {
   }
 }
 export const user = {
-  inputBox: undefined as string | undefined,
+  /** What the user enters in an input box (undefined: Escape); a function gets its options. */
+  inputBox: undefined as string | undefined | ((opts: any) => string | undefined),
   quickPick: (items: any[]) => items[0],
   warningChoice: undefined as string | undefined,
 };
@@ -190,7 +193,11 @@ export const stub = {
       recorded.errors.push(m);
       return undefined;
     },
-    showInputBox: async () => user.inputBox,
+    showInputBox: async (opts: any = {}) => {
+      recorded.inputBoxes.push(opts);
+      events.emit("inputBox", opts);
+      return typeof user.inputBox === "function" ? user.inputBox(opts) : user.inputBox;
+    },
     withProgress: async (_opts: unknown, task: (p: { report(v: unknown): void }) => Promise<unknown>) =>
       task({ report() {} }),
     showQuickPick: async (items: any[]) => user.quickPick(items),
