@@ -10,6 +10,7 @@ import { ChildProcess, execFile, spawn } from "node:child_process";
 import {
   CancellationToken,
   createMessageConnection,
+  ErrorCodes as JsonRpcErrorCodes,
   MessageConnection,
   MessageReader,
   MessageWriter,
@@ -89,11 +90,39 @@ interface Transport {
   said(): string;
 }
 
+/**
+ * A reader without vscode-jsonrpc's "partial message" timer: for a frame cut short by the end of
+ * its stream, that timer re-arms itself every 10 s forever (disposing the reader does not stop
+ * it), which would keep a window's extension host, or a test run, from ever exiting. We do not
+ * use its notice: the end of the stream is the transport's `onGone`.
+ */
+function quietReader<R extends { partialMessageTimeout: number }>(reader: R): R {
+  reader.partialMessageTimeout = 0;
+  return reader;
+}
+
+/**
+ * A writer whose writes never reject. vscode-jsonrpc 8.2.1 sends a request from an `async`
+ * Promise executor that rethrows a failed write, so every request written to a transport that
+ * just died (EPIPE, a destroyed stream) became an unhandled rejection. A failed write means the
+ * transport is gone, which `onGone` reports; the request is then rejected when the connection
+ * is disposed, like any request still waiting for its answer.
+ */
+function settledWriter(writer: MessageWriter): MessageWriter {
+  return {
+    onError: writer.onError,
+    onClose: writer.onClose,
+    write: (msg) => writer.write(msg).catch(() => undefined),
+    end: () => writer.end(),
+    dispose: () => writer.dispose(),
+  };
+}
+
 function socketTransport(socket: net.Socket): Transport {
   socket.on("error", () => undefined);
   return {
-    reader: new SocketMessageReader(socket),
-    writer: new SocketMessageWriter(socket),
+    reader: quietReader(new SocketMessageReader(socket)),
+    writer: settledWriter(new SocketMessageWriter(socket)),
     onGone: (f) => socket.on("close", f),
     isOpen: () => socket.readyState === "open",
     end: () => socket.end(),
@@ -102,16 +131,33 @@ function socketTransport(socket: net.Socket): Transport {
   };
 }
 
+/** How long, after the process exited, the rest of its stderr may take to arrive. */
+const STDERR_GRACE_MS = 1000;
+
 function processTransport(child: ChildProcess, stderr: () => string): Transport {
   let gone = false;
-  child.on("exit", () => {
-    gone = true;
+  // "exit" can come before the last of stderr is read (or even written: a child of ssh may hold
+  // stderr open), and what it said explains the end. So the end is announced at the end of
+  // stderr, waiting at most a moment after the exit for it.
+  const ended = new Promise<void>((resolve) => {
+    child.on("exit", () => {
+      gone = true;
+      const err = child.stderr!;
+      if (err.readableEnded || err.destroyed) {
+        return resolve();
+      }
+      err.once("end", () => resolve());
+      err.once("close", () => resolve());
+      setTimeout(resolve, STDERR_GRACE_MS).unref();
+    });
   });
   child.stdin!.on("error", () => undefined);
   return {
-    reader: new StreamMessageReader(child.stdout!),
-    writer: new StreamMessageWriter(child.stdin!),
-    onGone: (f) => child.on("exit", f),
+    reader: quietReader(new StreamMessageReader(child.stdout!)),
+    writer: settledWriter(new StreamMessageWriter(child.stdin!)),
+    onGone: (f) => {
+      void ended.then(f);
+    },
     isOpen: () => !gone && child.stdin!.writable,
     end: () => child.stdin!.end(),
     destroy: () => {
@@ -386,16 +432,41 @@ export class CrushClient extends EventEmitter {
     t.onGone(onGone);
     conn.listen();
 
-    const info = (await Promise.race([
-      conn.sendRequest("initialize", {
-        clientInfo: { name: this.opts.clientName ?? "vscode", version: this.opts.clientVersion },
-        clientId: this.opts.clientId,
-        protocolVersion: PROTOCOL_VERSION,
-        // We keep our own cursors and subscribe with afterSeq ourselves.
-        restoreSubscriptions: false,
-      }),
-      ended,
-    ])) as InitializeResult;
+    let info: InitializeResult;
+    try {
+      info = (await Promise.race([
+        conn.sendRequest("initialize", {
+          clientInfo: { name: this.opts.clientName ?? "vscode", version: this.opts.clientVersion },
+          clientId: this.opts.clientId,
+          protocolVersion: PROTOCOL_VERSION,
+          // We keep our own cursors and subscribe with afterSeq ourselves.
+          restoreSubscriptions: false,
+        }),
+        ended,
+      ])) as InitializeResult;
+    } catch (e) {
+      // vscode-jsonrpc's own codes for a transport that failed under the request (never the
+      // daemon's: its codes stop above -32095).
+      const connectionGone =
+        e instanceof ResponseError &&
+        (
+          [
+            JsonRpcErrorCodes.MessageWriteError,
+            JsonRpcErrorCodes.MessageReadError,
+            JsonRpcErrorCodes.PendingResponseRejected,
+            JsonRpcErrorCodes.ConnectionInactive,
+          ] as number[]
+        ).includes(e.code);
+      if (e instanceof ResponseError && !connectionGone) {
+        throw e; // the daemon's own answer
+      }
+      // The connection can notice the end (its input closed) before the transport has said why
+      // (ssh's stderr, read to its end): give the transport's words the moment they need.
+      throw await Promise.race([
+        ended.catch((why: Error) => why),
+        new Promise<unknown>((resolve) => setTimeout(() => resolve(e), STDERR_GRACE_MS + 100).unref()),
+      ]);
+    }
     if (generation !== this.generation) {
       t.destroy();
       throw new SupersededError();

@@ -4,6 +4,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomUUID } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { CrushClient, startFailure, SupersededError } from "../src/client";
 import { SessionModel } from "../src/sessionModel";
 import type { RunCompleteParams, SessionSubscribeResult } from "../src/protocol.generated";
@@ -374,6 +375,61 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
     } finally {
       await c.dispose();
       await daemon.stop();
+      env.cleanup();
+    }
+  });
+
+  test("ssh's words that come after its exit are still quoted", async () => {
+    // The process exits at once; what it says reaches stderr later (a child of it still holds
+    // stderr): the failure must wait for the end of stderr, not only for the exit.
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const ssh = fakeSsh(env, '(sleep 0.3; echo "ssh: said after the exit" >&2) &\nexit 255');
+    const c = new CrushClient({
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: "late" },
+      env: { ...env.env(), CRUSHD_SSH: ssh },
+    });
+    try {
+      const err = await c.start().then(
+        () => assert.fail("start() succeeded"),
+        (e: Error) => e,
+      );
+      assert.match(err.message, /ssh: said after the exit/);
+    } finally {
+      await c.dispose();
+      env.cleanup();
+    }
+  });
+
+  test("a connection that ends inside a message leaves nothing running: the process can exit", () => {
+    // vscode-jsonrpc re-arms a 10 s "partial message" timer forever for a frame cut short, and
+    // disposing the reader does not stop it: a window (or this test run) would never exit.
+    const env = new TestEnv("http://127.0.0.1:9/v1");
+    const ssh = fakeSsh(env, `printf 'Content-Length: 100\\r\\n\\r\\n{"jsonrpc"'\nexit 255`);
+    const script = path.join(env.dir, "partial.js");
+    const options = {
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host: "cut" },
+      env: { ...env.env(), CRUSHD_SSH: ssh },
+    };
+    fs.writeFileSync(
+      script,
+      // As in the extension host, an unhandled rejection is reported, not fatal.
+      `process.on("unhandledRejection", () => {});
+const { CrushClient } = require(${JSON.stringify(path.join(__dirname, "..", "src", "client.js"))});
+const c = new CrushClient(${JSON.stringify(options)});
+c.start().then(() => console.log("connected"), (e) => console.log("failed: " + e.message)).finally(() => c.dispose());
+`,
+    );
+    try {
+      const r = spawnSync(process.execPath, [script], { timeout: 15_000, encoding: "utf8" });
+      assert.match(r.stdout, /^failed: /, r.stderr);
+      assert.equal(r.signal, null, `the process did not exit after the client was disposed: ${r.stdout}`);
+    } finally {
       env.cleanup();
     }
   });
