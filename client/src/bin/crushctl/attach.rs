@@ -23,7 +23,7 @@ pub async fn history(
     session_id: &str,
     from_start: bool,
     limit: u32,
-) -> anyhow::Result<Vec<MessageInfo>> {
+) -> Result<Vec<MessageInfo>, crush_client::ClientError> {
     let mut out: Vec<MessageInfo> = Vec::new();
     let mut before = None;
     loop {
@@ -41,10 +41,10 @@ pub async fn history(
         let mut msgs = page.messages;
         msgs.append(&mut out);
         out = msgs;
-        if !from_start || !page.has_more {
-            return Ok(out);
+        match page.next_before {
+            Some(b) if from_start && page.has_more => before = Some(b),
+            _ => return Ok(out),
         }
-        before = page.next_before;
     }
 }
 

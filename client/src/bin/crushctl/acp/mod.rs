@@ -31,8 +31,8 @@ use crush_client::{ClientError, ClientEvent, OutcomeState, ReconnectingClient, R
 use crush_protocol::{
     AgentCancelParams, AgentSendParams, Attachment, ErrorCode, ImageInput, MessageInfo, NoParams,
     PermissionDecision, PermissionRequestParams, PermissionRequestResult, RuleScope, RunState,
-    RunStopReason, SendMode, SessionCreateParams, SessionEvent, SessionListParams,
-    SessionMessagesParams, SessionRef, SessionSetMcpServersParams, SessionSubscribeParams, request,
+    RunStopReason, SendMode, SessionCreateParams, SessionEvent, SessionListParams, SessionRef,
+    SessionSetMcpServersParams, SessionSubscribeParams, request,
 };
 
 use crate::prompts::{PromptRequest, decided, permission_handler};
@@ -245,25 +245,9 @@ async fn history(
     client: &ReconnectingClient,
     session_id: &str,
 ) -> Result<Vec<MessageInfo>, WireError> {
-    let mut messages = Vec::new();
-    let mut before = None;
-    loop {
-        let page = client
-            .request::<request::SessionMessages>(SessionMessagesParams {
-                session_id: session_id.to_owned(),
-                before,
-                limit: Some(1000),
-            })
-            .await
-            .map_err(daemon_error)?;
-        messages.extend(page.messages);
-        match (page.has_more, page.next_before) {
-            (true, Some(b)) => before = Some(b),
-            _ => break,
-        }
-    }
-    messages.sort_by_key(|m| m.seq);
-    Ok(messages)
+    crate::attach::history(client, session_id, true, 0)
+        .await
+        .map_err(daemon_error)
 }
 
 /// Which stored messages a catch-up counts as shown without sending them (by role and run):
