@@ -266,16 +266,31 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
     return p;
   }
 
+  /** A client of the daemon on `host`, reached through `crushctl --remote` (no local socket). */
+  function remoteOptions(env: TestEnv, host: string, environ: NodeJS.ProcessEnv) {
+    return {
+      socketPath: "/nonexistent/not-used.sock",
+      clientId: randomUUID(),
+      crushctlPath: env.crushctl(),
+      remote: { host },
+      env: environ,
+    };
+  }
+
+  /** The error `start()` fails with (it must fail). */
+  function startError(c: CrushClient): Promise<Error> {
+    return c.start().then(
+      () => assert.fail("start() succeeded"),
+      (e: Error) => e,
+    );
+  }
+
   test("runs a prompt over the remote proxy (autostarting that daemon) and replays across a dropped tunnel", async () => {
     const mock = await MockLlm.start();
     const env = new TestEnv(mock.baseUrl);
     const ssh = fakeSsh(env, 'for last; do :; done\nexec sh -c "$last"');
     const c = new CrushClient({
-      socketPath: "/nonexistent/not-used.sock",
-      clientId: randomUUID(),
-      crushctlPath: env.crushctl(),
-      remote: { host: "box" },
-      env: { ...env.env(), CRUSHD_SSH: ssh, CRUSHD_REMOTE_CRUSHCTL: env.crushctl() },
+      ...remoteOptions(env, "box", { ...env.env(), CRUSHD_SSH: ssh, CRUSHD_REMOTE_CRUSHCTL: env.crushctl() }),
       backoffMs: { initial: 60_000, max: 60_000 },
     });
     const observer = newClient(env, "observer");
@@ -323,20 +338,11 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
     const port = await deadPort();
     const environ = { ...env.env() };
     delete environ.CRUSHD_SSH;
-    const c = new CrushClient({
-      socketPath: "/nonexistent/not-used.sock",
-      clientId: randomUUID(),
-      crushctlPath: env.crushctl(),
-      remote: { host: `127.0.0.1:${port}` },
-      env: environ,
-    });
+    const c = new CrushClient(remoteOptions(env, `127.0.0.1:${port}`, environ));
     try {
       // Several attempts: ssh's message must not depend on its stderr being read before its exit.
       for (let i = 0; i < 5; i++) {
-        const err = await c.start().then(
-          () => assert.fail("start() succeeded"),
-          (e: Error) => e,
-        );
+        const err = await startError(c);
         assert.equal(
           err.message,
           `cannot reach crushd on 127.0.0.1:${port} over SSH: ssh: connect to host 127.0.0.1 port ${port}: Connection refused`,
@@ -384,18 +390,9 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
     // stderr): the failure must wait for the end of stderr, not only for the exit.
     const env = new TestEnv("http://127.0.0.1:9/v1");
     const ssh = fakeSsh(env, '(sleep 0.3; echo "ssh: said after the exit" >&2) &\nexit 255');
-    const c = new CrushClient({
-      socketPath: "/nonexistent/not-used.sock",
-      clientId: randomUUID(),
-      crushctlPath: env.crushctl(),
-      remote: { host: "late" },
-      env: { ...env.env(), CRUSHD_SSH: ssh },
-    });
+    const c = new CrushClient(remoteOptions(env, "late", { ...env.env(), CRUSHD_SSH: ssh }));
     try {
-      const err = await c.start().then(
-        () => assert.fail("start() succeeded"),
-        (e: Error) => e,
-      );
+      const err = await startError(c);
       assert.match(err.message, /ssh: said after the exit/);
     } finally {
       await c.dispose();
@@ -409,13 +406,7 @@ describe("crush.remote: a daemon reached through `crushctl --remote HOST proxy`"
     const env = new TestEnv("http://127.0.0.1:9/v1");
     const ssh = fakeSsh(env, `printf 'Content-Length: 100\\r\\n\\r\\n{"jsonrpc"'\nexit 255`);
     const script = path.join(env.dir, "partial.js");
-    const options = {
-      socketPath: "/nonexistent/not-used.sock",
-      clientId: randomUUID(),
-      crushctlPath: env.crushctl(),
-      remote: { host: "cut" },
-      env: { ...env.env(), CRUSHD_SSH: ssh },
-    };
+    const options = remoteOptions(env, "cut", { ...env.env(), CRUSHD_SSH: ssh });
     fs.writeFileSync(
       script,
       // As in the extension host, an unhandled rejection is reported, not fatal.
@@ -437,18 +428,9 @@ c.start().then(() => console.log("connected"), (e) => console.log("failed: " + e
   test("an unreachable host fails with ssh's words and leaves the client disconnected", async () => {
     const env = new TestEnv("http://127.0.0.1:9/v1");
     const ssh = fakeSsh(env, 'echo "ssh: Could not resolve hostname nohost: Name or service not known" >&2\nexit 255');
-    const c = new CrushClient({
-      socketPath: "/nonexistent/not-used.sock",
-      clientId: randomUUID(),
-      crushctlPath: env.crushctl(),
-      remote: { host: "nohost" },
-      env: { ...env.env(), CRUSHD_SSH: ssh },
-    });
+    const c = new CrushClient(remoteOptions(env, "nohost", { ...env.env(), CRUSHD_SSH: ssh }));
     try {
-      const err = await c.start().then(
-        () => assert.fail("start() succeeded"),
-        (e: Error) => e,
-      );
+      const err = await startError(c);
       assert.match(err.message, /^cannot reach crushd on nohost over SSH: ssh: Could not resolve hostname nohost/);
       assert.equal(c.state, "disconnected");
     } finally {
