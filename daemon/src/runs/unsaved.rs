@@ -68,6 +68,14 @@ impl EndWrite {
             EndWrite::Ends(ends) => ends.iter().map(|e| e.run_id.clone()).collect(),
         }
     }
+
+    /// The limit that ended the turn, if one did (runs without a turn have none).
+    fn stop_reason(&self) -> Option<RunStopReason> {
+        match self {
+            EndWrite::Turn(f) => f.stop_reason,
+            EndWrite::Ends(_) => None,
+        }
+    }
 }
 
 impl Runtime {
@@ -117,13 +125,13 @@ impl Runtime {
         message_id: Option<&str>,
     ) {
         let ids = w.run_ids();
-        let mut infos = self.ended_infos(&ids, state, error, message_id);
-        if let EndWrite::Turn(f) = &w {
-            for info in &mut infos {
-                info.stop_reason = f.stop_reason;
-            }
-        }
-        self.registry.keep_unsaved(infos);
+        self.registry.keep_unsaved(self.ended_infos(
+            &ids,
+            state,
+            error,
+            w.stop_reason(),
+            message_id,
+        ));
         warn!(runs = ?ids, "the end of a run could not be saved; retrying in the background");
         let rt = self.clone();
         self.retries.spawn(async move {
@@ -174,6 +182,7 @@ impl Runtime {
         ids: &[String],
         state: RunState,
         error: Option<&str>,
+        stop_reason: Option<RunStopReason>,
         message_id: Option<&str>,
     ) -> Vec<RunInfo> {
         let now = now_ms();
@@ -182,6 +191,7 @@ impl Runtime {
             .map(|mut info| {
                 info.state = state;
                 info.error = error.map(str::to_owned);
+                info.stop_reason = stop_reason;
                 info.finished_at = Some(now);
                 if message_id.is_some() {
                     info.assistant_message_id = message_id.map(str::to_owned);
